@@ -1,0 +1,18 @@
+//! Ironplant core: the types every other crate speaks — tag paths, typed values, quality, samples,
+//! assets with locations, the configuration model, and the tag bus every sample travels on.
+//!
+//! This crate does no I/O: no sockets, no files (the caller reads the config text), no clocks deep
+//! inside logic (time is passed in, except [`Timestamp::now`] for callers at the edges).
+
+pub mod asset;
+pub mod bus;
+pub mod config;
+pub mod namespace;
+pub mod path;
+pub mod sample;
+
+pub use asset::{Asset, AssetLevel, Location};
+pub use bus::{Batch, BusStats, Overflow, Subscription, TagBus};
+pub use namespace::{Namespace, TagId, TagMeta};
+pub use path::{PathError, TagPath};
+pub use sample::{Quality, QualityLevel, QualityReason, Sample, Timestamp, Value, ValueType};
