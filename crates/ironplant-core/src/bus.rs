@@ -111,7 +111,12 @@ impl TagBus {
     pub fn subscribe(&self, name: &str, capacity: usize, overflow: Overflow) -> Subscription {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
-        let slot = Arc::new(Slot { name: name.to_owned(), tx, overflow, dropped: dropped.clone() });
+        let slot = Arc::new(Slot {
+            name: name.to_owned(),
+            tx,
+            overflow,
+            dropped: dropped.clone(),
+        });
         let mut subs = self.inner.subscribers.write();
         let mut next = Vec::clone(&subs);
         next.push(slot);
@@ -128,7 +133,9 @@ impl TagBus {
         }
         self.update_current(&samples);
         let batch: Batch = samples.into();
-        self.inner.published_samples.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.inner
+            .published_samples
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.inner.published_batches.fetch_add(1, Ordering::Relaxed);
         let subs = self.inner.subscribers.read().clone();
         let mut closed = false;
@@ -138,7 +145,8 @@ impl TagBus {
                 Overflow::DropNewest => match slot.tx.try_send(batch.clone()) {
                     Ok(()) => Ok(()),
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        slot.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        slot.dropped
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
                         Err(false)
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => Err(true),
@@ -177,7 +185,11 @@ impl TagBus {
     /// The latest sample of a tag, if any arrived.
     pub fn current(&self, tag: TagId) -> Option<Sample> {
         let shard = self.inner.shards.get(tag.index() / SHARD_TAGS)?;
-        shard.read().get(tag.index() % SHARD_TAGS).cloned().flatten()
+        shard
+            .read()
+            .get(tag.index() % SHARD_TAGS)
+            .cloned()
+            .flatten()
     }
 
     /// Calls `f` with the latest sample of every tag that has one, in id order.
@@ -225,16 +237,23 @@ mod tests {
         let bus = TagBus::new(3000);
         let mut a = bus.subscribe("a", 8, Overflow::Block);
         let mut b = bus.subscribe("b", 8, Overflow::DropNewest);
-        bus.publish(vec![sample(0, 1), sample(2047, 2), sample(2999, 3)]).await;
+        bus.publish(vec![sample(0, 1), sample(2047, 2), sample(2999, 3)])
+            .await;
         bus.publish(vec![sample(0, 4)]).await;
         for sub in [&mut a, &mut b] {
             let first = sub.recv().await.expect("batch");
-            assert_eq!(first.iter().map(|s| s.tag.0).collect::<Vec<_>>(), vec![0, 2047, 2999]);
+            assert_eq!(
+                first.iter().map(|s| s.tag.0).collect::<Vec<_>>(),
+                vec![0, 2047, 2999]
+            );
             let second = sub.recv().await.expect("batch");
             assert_eq!(second[0].value, Value::Int(4));
         }
         assert_eq!(bus.current(TagId(0)).map(|s| s.value), Some(Value::Int(4)));
-        assert_eq!(bus.current(TagId(2999)).map(|s| s.value), Some(Value::Int(3)));
+        assert_eq!(
+            bus.current(TagId(2999)).map(|s| s.value),
+            Some(Value::Int(3))
+        );
         assert_eq!(bus.current(TagId(5)), None);
         assert_eq!(bus.current(TagId(99_999)), None);
         let mut seen = 0;

@@ -226,15 +226,22 @@ impl Config {
         // BTreeMap order puts a parent before its children, so effective locations inherit.
         let mut effective: HashMap<TagPath, Location> = HashMap::new();
         for (path, cfg) in &all {
-            let Some(level) = AssetLevel::from_depth(path.depth()) else { continue };
+            let Some(level) = AssetLevel::from_depth(path.depth()) else {
+                continue;
+            };
             let own = cfg.map(|c| c.location.clone()).unwrap_or_default();
-            let parent_loc = path.parent().and_then(|p| effective.get(&p).cloned()).unwrap_or_default();
+            let parent_loc = path
+                .parent()
+                .and_then(|p| effective.get(&p).cloned())
+                .unwrap_or_default();
             let eff = own.inherit(&parent_loc);
             effective.insert(path.clone(), eff.clone());
             ns.add_asset(Asset {
                 path: path.clone(),
                 level,
-                name: cfg.and_then(|c| c.name.clone()).unwrap_or_else(|| path.name().to_owned()),
+                name: cfg
+                    .and_then(|c| c.name.clone())
+                    .unwrap_or_else(|| path.name().to_owned()),
                 description: cfg.map(|c| c.description.clone()).unwrap_or_default(),
                 location: own,
                 effective_location: eff,
@@ -288,7 +295,9 @@ fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let before = source.get(..offset).unwrap_or(source);
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let col = before.get(line_start..).map_or(1, |s| s.chars().count() + 1);
+    let col = before
+        .get(line_start..)
+        .map_or(1, |s| s.chars().count() + 1);
     (line, col)
 }
 
@@ -301,7 +310,10 @@ impl fmt::Display for ConfigErrors {
             let (line, col) = self.line_col(e.span.start);
             writeln!(f, "{}:{line}:{col}: error: {}", self.file, e.message)?;
             if let Some(text) = self.source.lines().nth(line - 1) {
-                let width = e.span.len().clamp(1, text.chars().count().saturating_sub(col - 1).max(1));
+                let width = e
+                    .span
+                    .len()
+                    .clamp(1, text.chars().count().saturating_sub(col - 1).max(1));
                 writeln!(f, "{line:>5} | {text}")?;
                 writeln!(f, "      | {}{}", " ".repeat(col - 1), "^".repeat(width))?;
             }
@@ -405,14 +417,27 @@ struct Collector {
 }
 
 impl Collector {
-    fn err(&mut self, span: Range<usize>, message: impl Into<String>, hint: impl Into<Option<String>>) {
-        self.errors.push(ConfigError { span, message: message.into(), hint: hint.into() });
+    fn err(
+        &mut self,
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: impl Into<Option<String>>,
+    ) {
+        self.errors.push(ConfigError {
+            span,
+            message: message.into(),
+            hint: hint.into(),
+        });
     }
 }
 
 /// Parses and validates a configuration. `file` names the source in error messages.
 pub fn parse(file: &str, source: &str) -> Result<Config, ConfigErrors> {
-    let fail = |errors| ConfigErrors { file: file.to_owned(), source: source.to_owned(), errors };
+    let fail = |errors| ConfigErrors {
+        file: file.to_owned(),
+        source: source.to_owned(),
+        errors,
+    };
     let raw: RawConfig = match toml::from_str(source) {
         Ok(raw) => raw,
         Err(e) => {
@@ -423,7 +448,11 @@ pub fn parse(file: &str, source: &str) -> Result<Config, ConfigErrors> {
             } else {
                 None
             };
-            return Err(fail(vec![ConfigError { span, message, hint }]));
+            return Err(fail(vec![ConfigError {
+                span,
+                message,
+                hint,
+            }]));
         }
     };
     let mut c = Collector { errors: Vec::new() };
@@ -450,12 +479,21 @@ fn parse_path(c: &mut Collector, raw: &Spanned<String>, what: &str) -> Option<Ta
     }
 }
 
-fn parse_duration(c: &mut Collector, raw: &Option<Spanned<String>>, field: &str, default: Duration) -> Duration {
+fn parse_duration(
+    c: &mut Collector,
+    raw: &Option<Spanned<String>>,
+    field: &str,
+    default: Duration,
+) -> Duration {
     let Some(raw) = raw else { return default };
     match humantime::parse_duration(raw.get_ref()) {
         Ok(d) if !d.is_zero() => d,
         Ok(_) => {
-            c.err(raw.span(), format!("{field} must be greater than zero"), Some("e.g. \"500ms\" or \"1s\"".to_owned()));
+            c.err(
+                raw.span(),
+                format!("{field} must be greater than zero"),
+                Some("e.g. \"500ms\" or \"1s\"".to_owned()),
+            );
             default
         }
         Err(e) => {
@@ -471,7 +509,11 @@ fn parse_duration(c: &mut Collector, raw: &Option<Spanned<String>>, field: &str,
 
 fn parse_u8(c: &mut Collector, raw: &Spanned<i64>, field: &str) -> u8 {
     u8::try_from(*raw.get_ref()).unwrap_or_else(|_| {
-        c.err(raw.span(), format!("{field} {} is out of range", raw.get_ref()), Some("use 0..=255".to_owned()));
+        c.err(
+            raw.span(),
+            format!("{field} {} is out of range", raw.get_ref()),
+            Some("use 0..=255".to_owned()),
+        );
         0
     })
 }
@@ -481,17 +523,26 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
     let mut assets = Vec::new();
     let mut asset_paths = HashSet::new();
     for a in raw.assets {
-        let Some(path) = parse_path(c, &a.path, "asset") else { continue };
+        let Some(path) = parse_path(c, &a.path, "asset") else {
+            continue;
+        };
         if path.depth() >= MAX_DEPTH {
             c.err(
                 a.path.span(),
-                format!("asset path {path} has {} levels; assets stop at the device level (6)", path.depth()),
+                format!(
+                    "asset path {path} has {} levels; assets stop at the device level (6)",
+                    path.depth()
+                ),
                 Some("the 7th level is a tag; declare it as a [[tag]]".to_owned()),
             );
             continue;
         }
         if !asset_paths.insert(path.clone()) {
-            c.err(a.path.span(), format!("asset {path} is declared twice"), Some("remove one of the [[asset]] entries".to_owned()));
+            c.err(
+                a.path.span(),
+                format!("asset {path} is declared twice"),
+                Some("remove one of the [[asset]] entries".to_owned()),
+            );
             continue;
         }
         let mut location = Location::default();
@@ -500,19 +551,35 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
             let l = l.into_inner();
             if let Some(lat) = &l.latitude {
                 if !(-90.0..=90.0).contains(lat.get_ref()) {
-                    c.err(lat.span(), format!("latitude {} is outside -90..=90", lat.get_ref()), Some("give degrees in WGS 84, e.g. 45.76".to_owned()));
+                    c.err(
+                        lat.span(),
+                        format!("latitude {} is outside -90..=90", lat.get_ref()),
+                        Some("give degrees in WGS 84, e.g. 45.76".to_owned()),
+                    );
                 }
             }
             if let Some(lon) = &l.longitude {
                 if !(-180.0..=180.0).contains(lon.get_ref()) {
-                    c.err(lon.span(), format!("longitude {} is outside -180..=180", lon.get_ref()), Some("give degrees in WGS 84, e.g. 4.84".to_owned()));
+                    c.err(
+                        lon.span(),
+                        format!("longitude {} is outside -180..=180", lon.get_ref()),
+                        Some("give degrees in WGS 84, e.g. 4.84".to_owned()),
+                    );
                 }
             }
             if l.latitude.is_some() != l.longitude.is_some() {
-                c.err(span.clone(), "a location needs both latitude and longitude, or neither", None);
+                c.err(
+                    span.clone(),
+                    "a location needs both latitude and longitude, or neither",
+                    None,
+                );
             }
             if l.x.is_some() != l.y.is_some() {
-                c.err(span, "a location needs both x and y (metres inside the site), or neither", None);
+                c.err(
+                    span,
+                    "a location needs both x and y (metres inside the site), or neither",
+                    None,
+                );
             }
             location = Location {
                 latitude: l.latitude.map(Spanned::into_inner),
@@ -522,7 +589,12 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
                 y_m: l.y,
             };
         }
-        assets.push(AssetConfig { path, name: a.name, description: a.description, location });
+        assets.push(AssetConfig {
+            path,
+            name: a.name,
+            description: a.description,
+            location,
+        });
     }
 
     // Devices.
@@ -530,35 +602,65 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
     let mut device_ids: HashMap<String, usize> = HashMap::new();
     for d in raw.devices {
         let id = d.id.get_ref().clone();
-        if id.is_empty() || !id.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.')) {
-            c.err(d.id.span(), format!("device id {id:?} is not valid"), Some("use letters, digits, '_', '-' and '.'".to_owned()));
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'))
+        {
+            c.err(
+                d.id.span(),
+                format!("device id {id:?} is not valid"),
+                Some("use letters, digits, '_', '-' and '.'".to_owned()),
+            );
         }
         if device_ids.contains_key(&id) {
-            c.err(d.id.span(), format!("device {id:?} is declared twice"), Some("give every [[device]] its own id".to_owned()));
+            c.err(
+                d.id.span(),
+                format!("device {id:?} is declared twice"),
+                Some("give every [[device]] its own id".to_owned()),
+            );
             continue;
         }
         let protocol = match d.protocol.get_ref().as_str() {
             "modbus-tcp" | "modbus" => Protocol::ModbusTcp,
             other => {
-                c.err(d.protocol.span(), format!("unknown protocol {other:?}"), Some("supported: \"modbus-tcp\"".to_owned()));
+                c.err(
+                    d.protocol.span(),
+                    format!("unknown protocol {other:?}"),
+                    Some("supported: \"modbus-tcp\"".to_owned()),
+                );
                 Protocol::ModbusTcp
             }
         };
         let addr = d.address.get_ref();
-        let port_ok = addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !port_ok {
-            c.err(d.address.span(), format!("address {addr:?} is not host:port"), Some("e.g. \"192.168.1.10:502\" or \"plc1.local:502\"".to_owned()));
+            c.err(
+                d.address.span(),
+                format!("address {addr:?} is not host:port"),
+                Some("e.g. \"192.168.1.10:502\" or \"plc1.local:502\"".to_owned()),
+            );
         }
         let unit_id = d.unit_id.as_ref().map_or(1, |u| parse_u8(c, u, "unit_id"));
         let poll_interval = parse_duration(c, &d.poll_interval, "poll_interval", DEFAULT_POLL);
         let timeout = parse_duration(c, &d.timeout, "timeout", DEFAULT_TIMEOUT.min(poll_interval));
-        let reconnect_max = parse_duration(c, &d.reconnect_max, "reconnect_max", DEFAULT_RECONNECT_MAX);
+        let reconnect_max =
+            parse_duration(c, &d.reconnect_max, "reconnect_max", DEFAULT_RECONNECT_MAX);
         let max_gap = match &d.max_gap {
             None => 0,
-            Some(g) => u16::try_from(*g.get_ref()).ok().filter(|g| *g <= 124).unwrap_or_else(|| {
-                c.err(g.span(), format!("max_gap {} is out of range", g.get_ref()), Some("use 0..=124 registers".to_owned()));
-                0
-            }),
+            Some(g) => u16::try_from(*g.get_ref())
+                .ok()
+                .filter(|g| *g <= 124)
+                .unwrap_or_else(|| {
+                    c.err(
+                        g.span(),
+                        format!("max_gap {} is out of range", g.get_ref()),
+                        Some("use 0..=124 registers".to_owned()),
+                    );
+                    0
+                }),
         };
         device_ids.insert(id.clone(), devices.len());
         devices.push(DeviceConfig {
@@ -584,9 +686,17 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         let path = parse_path(c, &t.path, "tag");
         if let Some(p) = &path {
             if asset_paths.contains(p) {
-                c.err(t.path.span(), format!("{p} is declared as an asset and as a tag"), Some("a tag path must end below its asset".to_owned()));
+                c.err(
+                    t.path.span(),
+                    format!("{p} is declared as an asset and as a tag"),
+                    Some("a tag path must end below its asset".to_owned()),
+                );
             } else if !tag_paths.insert(p.clone()) {
-                c.err(t.path.span(), format!("tag {p} is declared twice"), Some("remove one of the [[tag]] entries".to_owned()));
+                c.err(
+                    t.path.span(),
+                    format!("tag {p} is declared twice"),
+                    Some("remove one of the [[tag]] entries".to_owned()),
+                );
             }
         }
         let device = match &t.device {
@@ -601,7 +711,11 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
                     } else {
                         format!("known devices: {}", known.join(", "))
                     };
-                    c.err(d.span(), format!("unknown device {:?}", d.get_ref()), Some(hint));
+                    c.err(
+                        d.span(),
+                        format!("unknown device {:?}", d.get_ref()),
+                        Some(hint),
+                    );
                     None
                 }
             },
@@ -609,12 +723,20 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         let range = match (&t.min, &t.max) {
             (Some(lo), Some(hi)) => {
                 if lo.get_ref() >= hi.get_ref() {
-                    c.err(lo.span(), format!("min {} is not below max {}", lo.get_ref(), hi.get_ref()), None);
+                    c.err(
+                        lo.span(),
+                        format!("min {} is not below max {}", lo.get_ref(), hi.get_ref()),
+                        None,
+                    );
                 }
                 Some((*lo.get_ref(), *hi.get_ref()))
             }
             (Some(x), None) | (None, Some(x)) => {
-                c.err(x.span(), "give both min and max for the engineering range", None);
+                c.err(
+                    x.span(),
+                    "give both min and max for the engineering range",
+                    None,
+                );
                 None
             }
             (None, None) => None,
@@ -623,18 +745,33 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         let mut value_type = ValueType::Float;
         let modbus = match (&t.modbus, &t.device) {
             (Some(m), None) => {
-                c.err(m.span(), "a tag with a modbus mapping needs a device", Some("add device = \"<device id>\"".to_owned()));
+                c.err(
+                    m.span(),
+                    "a tag with a modbus mapping needs a device",
+                    Some("add device = \"<device id>\"".to_owned()),
+                );
                 None
             }
             (None, Some(d)) => {
-                c.err(d.span(), "a tag of a Modbus device needs a modbus mapping", Some("add modbus = { table = \"holding\", address = 0, type = \"u16\" }".to_owned()));
+                c.err(
+                    d.span(),
+                    "a tag of a Modbus device needs a modbus mapping",
+                    Some(
+                        "add modbus = { table = \"holding\", address = 0, type = \"u16\" }"
+                            .to_owned(),
+                    ),
+                );
                 None
             }
             (Some(m), Some(_)) => {
                 let point = validate_modbus(c, m, device.map_or(1, |d| d.unit_id));
                 if let (Some(p), Some(w)) = (&point, &t.writable) {
                     if *w.get_ref() && !p.table.is_writable() {
-                        c.err(w.span(), format!("a tag in the {} table cannot be writable", p.table.as_str()), Some("only coil and holding tables accept writes".to_owned()));
+                        c.err(
+                            w.span(),
+                            format!("a tag in the {} table cannot be writable", p.table.as_str()),
+                            Some("only coil and holding tables accept writes".to_owned()),
+                        );
                         writable = false;
                     }
                 }
@@ -648,8 +785,16 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
                     };
                     if let (Some(dev), Some(_)) = (device, &path) {
                         let first = u32::from(p.address);
-                        let entry = occupancy.entry((dev.id.clone(), p.unit_id, p.table)).or_default();
-                        entry.push((first, p.last_address(), p.bit, tags.len(), m.get_ref().address.span()));
+                        let entry = occupancy
+                            .entry((dev.id.clone(), p.unit_id, p.table))
+                            .or_default();
+                        entry.push((
+                            first,
+                            p.last_address(),
+                            p.bit,
+                            tags.len(),
+                            m.get_ref().address.span(),
+                        ));
                     }
                 }
                 point
@@ -676,7 +821,8 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
             for j in 0..i {
                 let (a, b) = (&occ[j], &occ[i]);
                 let overlap = b.0 <= a.1 && a.0 <= b.1;
-                let distinct_bits = matches!((a.2, b.2), (Some(x), Some(y)) if x != y) && a.0 == a.1 && b.0 == b.1;
+                let distinct_bits =
+                    matches!((a.2, b.2), (Some(x), Some(y)) if x != y) && a.0 == a.1 && b.0 == b.1;
                 if overlap && !distinct_bits {
                     c.err(
                         b.4.clone(),
@@ -691,7 +837,11 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         }
     }
 
-    Config { assets, devices, tags }
+    Config {
+        assets,
+        devices,
+        tags,
+    }
 }
 
 fn data_type_name(t: ModbusDataType) -> &'static str {
@@ -709,7 +859,11 @@ fn data_type_name(t: ModbusDataType) -> &'static str {
     }
 }
 
-fn validate_modbus(c: &mut Collector, m: &Spanned<RawModbus>, default_unit: u8) -> Option<ModbusPoint> {
+fn validate_modbus(
+    c: &mut Collector,
+    m: &Spanned<RawModbus>,
+    default_unit: u8,
+) -> Option<ModbusPoint> {
     let m = m.get_ref();
     let errors_before = c.errors.len();
     let table = match m.table.get_ref().as_str() {
@@ -718,7 +872,11 @@ fn validate_modbus(c: &mut Collector, m: &Spanned<RawModbus>, default_unit: u8) 
         "holding" | "holding_register" | "holding_registers" => ModbusTable::Holding,
         "input" | "input_register" | "input_registers" => ModbusTable::Input,
         other => {
-            c.err(m.table.span(), format!("unknown Modbus table {other:?}"), Some("use coil, discrete_input, holding or input".to_owned()));
+            c.err(
+                m.table.span(),
+                format!("unknown Modbus table {other:?}"),
+                Some("use coil, discrete_input, holding or input".to_owned()),
+            );
             ModbusTable::Holding
         }
     };
@@ -728,12 +886,24 @@ fn validate_modbus(c: &mut Collector, m: &Spanned<RawModbus>, default_unit: u8) 
         Some(dt) => match ModbusDataType::parse(dt.get_ref()) {
             Some(t) => {
                 if table.is_bits() && t != ModbusDataType::Bool {
-                    c.err(dt.span(), format!("a {} holds single bits, not {}", table.as_str(), dt.get_ref()), Some("use type = \"bool\" or a register table".to_owned()));
+                    c.err(
+                        dt.span(),
+                        format!(
+                            "a {} holds single bits, not {}",
+                            table.as_str(),
+                            dt.get_ref()
+                        ),
+                        Some("use type = \"bool\" or a register table".to_owned()),
+                    );
                 }
                 t
             }
             None => {
-                c.err(dt.span(), format!("unknown data type {:?}", dt.get_ref()), Some(format!("use one of: {}", ModbusDataType::NAMES)));
+                c.err(
+                    dt.span(),
+                    format!("unknown data type {:?}", dt.get_ref()),
+                    Some(format!("use one of: {}", ModbusDataType::NAMES)),
+                );
                 ModbusDataType::U16
             }
         },
@@ -742,48 +912,107 @@ fn validate_modbus(c: &mut Collector, m: &Spanned<RawModbus>, default_unit: u8) 
         None => None,
         Some(b) => {
             if table.is_bits() || data_type != ModbusDataType::Bool {
-                c.err(b.span(), "bit applies only to type = \"bool\" in a holding or input register", None);
+                c.err(
+                    b.span(),
+                    "bit applies only to type = \"bool\" in a holding or input register",
+                    None,
+                );
             }
             match u8::try_from(*b.get_ref()).ok().filter(|b| *b < 16) {
                 Some(b) => Some(b),
                 None => {
-                    c.err(b.span(), format!("bit {} is out of range", b.get_ref()), Some("use 0..=15 (0 is the least significant bit)".to_owned()));
+                    c.err(
+                        b.span(),
+                        format!("bit {} is out of range", b.get_ref()),
+                        Some("use 0..=15 (0 is the least significant bit)".to_owned()),
+                    );
                     None
                 }
             }
         }
     };
     if !table.is_bits() && data_type == ModbusDataType::Bool && m.bit.is_none() {
-        c.err(m.table.span(), format!("a bool in the {} table needs a bit number", table.as_str()), Some("add bit = 0..15, or use a coil/discrete_input table".to_owned()));
+        c.err(
+            m.table.span(),
+            format!("a bool in the {} table needs a bit number", table.as_str()),
+            Some("add bit = 0..15, or use a coil/discrete_input table".to_owned()),
+        );
     }
-    let order = |c: &mut Collector, raw: &Option<Spanned<String>>, what: &str| match raw.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
+    let order = |c: &mut Collector, raw: &Option<Spanned<String>>, what: &str| match raw
+        .as_ref()
+        .map(|r| (r.get_ref().as_str(), r.span()))
+    {
         None | Some(("big", _)) => true,
         Some(("little", _)) => false,
         Some((other, span)) => {
-            c.err(span, format!("unknown {what} {other:?}"), Some("use \"big\" or \"little\"".to_owned()));
+            c.err(
+                span,
+                format!("unknown {what} {other:?}"),
+                Some("use \"big\" or \"little\"".to_owned()),
+            );
             true
         }
     };
-    let word_order = if order(c, &m.word_order, "word_order") { WordOrder::BigEndian } else { WordOrder::LittleEndian };
-    let byte_order = if order(c, &m.byte_order, "byte_order") { ByteOrder::BigEndian } else { ByteOrder::LittleEndian };
-    let unit_id = m.unit_id.as_ref().map_or(default_unit, |u| parse_u8(c, u, "unit_id"));
+    let word_order = if order(c, &m.word_order, "word_order") {
+        WordOrder::BigEndian
+    } else {
+        WordOrder::LittleEndian
+    };
+    let byte_order = if order(c, &m.byte_order, "byte_order") {
+        ByteOrder::BigEndian
+    } else {
+        ByteOrder::LittleEndian
+    };
+    let unit_id = m
+        .unit_id
+        .as_ref()
+        .map_or(default_unit, |u| parse_u8(c, u, "unit_id"));
     let scale = m.scale.unwrap_or(1.0);
     let offset = m.offset.unwrap_or(0.0);
     if !scale.is_finite() || scale == 0.0 || !offset.is_finite() {
-        c.err(m.address.span(), "scale must be a finite non-zero number and offset finite", None);
+        c.err(
+            m.address.span(),
+            "scale must be a finite non-zero number and offset finite",
+            None,
+        );
     }
-    let len = if table.is_bits() { 1 } else { u32::from(data_type.registers()) };
+    let len = if table.is_bits() {
+        1
+    } else {
+        u32::from(data_type.registers())
+    };
     let address = match u16::try_from(*m.address.get_ref()) {
         Ok(a) if u32::from(a) + len - 1 <= 0xFFFF => a,
         _ => {
-            c.err(m.address.span(), format!("address {} is out of range for a {}", m.address.get_ref(), data_type_name(data_type)), Some(format!("use 0..={} (0-based protocol addresses, not 4xxxx numbers)", 0x1_0000 - len)));
+            c.err(
+                m.address.span(),
+                format!(
+                    "address {} is out of range for a {}",
+                    m.address.get_ref(),
+                    data_type_name(data_type)
+                ),
+                Some(format!(
+                    "use 0..={} (0-based protocol addresses, not 4xxxx numbers)",
+                    0x1_0000 - len
+                )),
+            );
             return None;
         }
     };
     if c.errors.len() > errors_before {
         return None;
     }
-    Some(ModbusPoint { unit_id, table, address, data_type, word_order, byte_order, bit, scale, offset })
+    Some(ModbusPoint {
+        unit_id,
+        table,
+        address,
+        data_type,
+        word_order,
+        byte_order,
+        bit,
+        scale,
+        offset,
+    })
 }
 
 #[cfg(test)]
@@ -846,20 +1075,38 @@ modbus = { table = "input", address = 3, type = "bool", bit = 5 }
         assert_eq!(speed.value_type, ValueType::Float);
         assert_eq!(speed.range, Some((0.0, 600.0)));
         let m = speed.modbus.as_ref().expect("mapping");
-        assert_eq!((m.table, m.address, m.word_order, m.len()), (ModbusTable::Input, 0, WordOrder::LittleEndian, 2));
+        assert_eq!(
+            (m.table, m.address, m.word_order, m.len()),
+            (ModbusTable::Input, 0, WordOrder::LittleEndian, 2)
+        );
         assert_eq!(cfg.tags[1].value_type, ValueType::Bool);
-        assert_eq!(cfg.tags[2].value_type, ValueType::Float, "scaled ints are floats");
+        assert_eq!(
+            cfg.tags[2].value_type,
+            ValueType::Float,
+            "scaled ints are floats"
+        );
 
         let ns = cfg.namespace();
         assert_eq!(ns.len(), 5);
-        let filler = ns.asset(&TagPath::parse("acme/lyon/bottling/line1/filler").expect("path")).expect("asset");
+        let filler = ns
+            .asset(&TagPath::parse("acme/lyon/bottling/line1/filler").expect("path"))
+            .expect("asset");
         assert_eq!(filler.level, AssetLevel::Cell);
-        assert_eq!(filler.effective_location.latitude, Some(45.76), "inherits the site's coordinates");
+        assert_eq!(
+            filler.effective_location.latitude,
+            Some(45.76),
+            "inherits the site's coordinates"
+        );
         assert_eq!(filler.effective_location.zone.as_deref(), Some("hall-b"));
-        let plc = ns.asset(&TagPath::parse("acme/lyon/bottling/line1/filler/plc1").expect("path")).expect("implied asset");
+        let plc = ns
+            .asset(&TagPath::parse("acme/lyon/bottling/line1/filler/plc1").expect("path"))
+            .expect("implied asset");
         assert_eq!(plc.level, AssetLevel::Device);
         assert_eq!(plc.effective_location.x_m, Some(12.5));
-        assert!(ns.asset(&TagPath::parse("acme").expect("path")).is_some(), "implied enterprise");
+        assert!(
+            ns.asset(&TagPath::parse("acme").expect("path")).is_some(),
+            "implied enterprise"
+        );
     }
 
     const BROKEN: &str = r#"[[device]]
@@ -897,23 +1144,47 @@ modbus = { table = "holding", address = 30, type = "float128" }
     fn reports_every_error_with_position() {
         let errs = parse("broken.toml", BROKEN).expect_err("broken config");
         let rendered = errs.to_string();
-        let positions: Vec<_> = errs.errors.iter().map(|e| errs.line_col(e.span.start)).collect();
+        let positions: Vec<_> = errs
+            .errors
+            .iter()
+            .map(|e| errs.line_col(e.span.start))
+            .collect();
         assert_eq!(errs.errors.len(), 4, "{rendered}");
-        assert!(errs.errors[0].message.contains("unknown device \"plc9\""), "{rendered}");
+        assert!(
+            errs.errors[0].message.contains("unknown device \"plc9\""),
+            "{rendered}"
+        );
         assert_eq!(positions[0], (8, 10));
-        assert!(errs.errors[1].message.contains("invalid tag path"), "{rendered}");
+        assert!(
+            errs.errors[1].message.contains("invalid tag path"),
+            "{rendered}"
+        );
         assert_eq!(positions[1], (12, 8));
-        assert!(errs.errors[2].message.contains("overlaps tag acme/lyon/line1/a"), "{rendered}");
+        assert!(
+            errs.errors[2]
+                .message
+                .contains("overlaps tag acme/lyon/line1/a"),
+            "{rendered}"
+        );
         assert_eq!(positions[2].0, 24);
-        assert!(errs.errors[3].message.contains("unknown data type \"float128\""), "{rendered}");
+        assert!(
+            errs.errors[3]
+                .message
+                .contains("unknown data type \"float128\""),
+            "{rendered}"
+        );
         assert_eq!(positions[3].0, 29);
-        assert!(rendered.contains("broken.toml:8:10: error: unknown device \"plc9\""), "{rendered}");
+        assert!(
+            rendered.contains("broken.toml:8:10: error: unknown device \"plc9\""),
+            "{rendered}"
+        );
         assert!(rendered.contains("hint: known devices: plc1"), "{rendered}");
     }
 
     #[test]
     fn syntax_errors_have_a_position() {
-        let errs = parse("x.toml", "[[device]]\nid = \"a\"\nprotocoll = 1\n").expect_err("unknown field");
+        let errs =
+            parse("x.toml", "[[device]]\nid = \"a\"\nprotocoll = 1\n").expect_err("unknown field");
         assert_eq!(errs.errors.len(), 1);
         assert_eq!(errs.line_col(errs.errors[0].span.start).0, 3);
         assert!(errs.errors[0].message.contains("unknown field"), "{}", errs);

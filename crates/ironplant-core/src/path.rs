@@ -30,9 +30,19 @@ pub enum PathError {
     #[error("level {level} is empty (a leading, trailing or doubled '/'); remove the extra '/'")]
     EmptyLevel { level: usize },
     #[error("level {level} ({name:?}) is {len} bytes long; the limit is {MAX_LEVEL_LEN}")]
-    LevelTooLong { level: usize, name: String, len: usize },
-    #[error("level {level} ({name:?}) contains {ch:?}; use only letters, digits, '_', '-' and '.'")]
-    BadChar { level: usize, name: String, ch: char },
+    LevelTooLong {
+        level: usize,
+        name: String,
+        len: usize,
+    },
+    #[error(
+        "level {level} ({name:?}) contains {ch:?}; use only letters, digits, '_', '-' and '.'"
+    )]
+    BadChar {
+        level: usize,
+        name: String,
+        ch: char,
+    },
     #[error("level {level} ({name:?}) starts with '.'; start it with a letter, digit, '_' or '-'")]
     LeadingDot { level: usize, name: String },
 }
@@ -56,16 +66,27 @@ impl TagPath {
                 return Err(PathError::EmptyLevel { level });
             }
             if name.len() > MAX_LEVEL_LEN {
-                return Err(PathError::LevelTooLong { level, name: name.to_owned(), len: name.len() });
+                return Err(PathError::LevelTooLong {
+                    level,
+                    name: name.to_owned(),
+                    len: name.len(),
+                });
             }
             if let Some(ch) = name
                 .chars()
                 .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
             {
-                return Err(PathError::BadChar { level, name: name.to_owned(), ch });
+                return Err(PathError::BadChar {
+                    level,
+                    name: name.to_owned(),
+                    ch,
+                });
             }
             if name.starts_with('.') {
-                return Err(PathError::LeadingDot { level, name: name.to_owned() });
+                return Err(PathError::LeadingDot {
+                    level,
+                    name: name.to_owned(),
+                });
             }
         }
         Ok(TagPath(Arc::from(s)))
@@ -97,7 +118,8 @@ impl TagPath {
     /// Whether `self` equals `ancestor` or lies below it (level-wise, so `a/bc` is not under `a/b`).
     pub fn is_under(&self, ancestor: &TagPath) -> bool {
         let (me, anc) = (self.as_str(), ancestor.as_str());
-        me == anc || (me.len() > anc.len() && me.starts_with(anc) && me.as_bytes()[anc.len()] == b'/')
+        me == anc
+            || (me.len() > anc.len() && me.starts_with(anc) && me.as_bytes()[anc.len()] == b'/')
     }
 
     /// Whether the path starts with the textual prefix `prefix` at a level boundary or inside the
@@ -138,25 +160,60 @@ mod tests {
 
     #[test]
     fn accepts_full_isa95_path() {
-        let p = TagPath::parse("acme/lyon/bottling/line1/filler/plc-1/speed_actual").expect("valid");
+        let p =
+            TagPath::parse("acme/lyon/bottling/line1/filler/plc-1/speed_actual").expect("valid");
         assert_eq!(p.depth(), 7);
         assert_eq!(p.name(), "speed_actual");
-        assert_eq!(p.parent().expect("has parent").as_str(), "acme/lyon/bottling/line1/filler/plc-1");
+        assert_eq!(
+            p.parent().expect("has parent").as_str(),
+            "acme/lyon/bottling/line1/filler/plc-1"
+        );
     }
 
     #[test]
     fn rejects_bad_paths_with_reason() {
         assert_eq!(TagPath::parse(""), Err(PathError::Empty));
-        assert_eq!(TagPath::parse("a//b"), Err(PathError::EmptyLevel { level: 2 }));
-        assert_eq!(TagPath::parse("a/b/"), Err(PathError::EmptyLevel { level: 3 }));
-        assert_eq!(TagPath::parse("a/b/c/d/e/f/g/h"), Err(PathError::TooDeep { depth: 8 }));
-        assert!(matches!(TagPath::parse("a/b c"), Err(PathError::BadChar { level: 2, ch: ' ', .. })));
-        assert!(matches!(TagPath::parse("a/+/c"), Err(PathError::BadChar { ch: '+', .. })));
-        assert!(matches!(TagPath::parse("a/#"), Err(PathError::BadChar { ch: '#', .. })));
-        assert!(matches!(TagPath::parse("a/.."), Err(PathError::LeadingDot { level: 2, .. })));
-        assert!(matches!(TagPath::parse(&"x".repeat(65)), Err(PathError::LevelTooLong { .. })));
+        assert_eq!(
+            TagPath::parse("a//b"),
+            Err(PathError::EmptyLevel { level: 2 })
+        );
+        assert_eq!(
+            TagPath::parse("a/b/"),
+            Err(PathError::EmptyLevel { level: 3 })
+        );
+        assert_eq!(
+            TagPath::parse("a/b/c/d/e/f/g/h"),
+            Err(PathError::TooDeep { depth: 8 })
+        );
+        assert!(matches!(
+            TagPath::parse("a/b c"),
+            Err(PathError::BadChar {
+                level: 2,
+                ch: ' ',
+                ..
+            })
+        ));
+        assert!(matches!(
+            TagPath::parse("a/+/c"),
+            Err(PathError::BadChar { ch: '+', .. })
+        ));
+        assert!(matches!(
+            TagPath::parse("a/#"),
+            Err(PathError::BadChar { ch: '#', .. })
+        ));
+        assert!(matches!(
+            TagPath::parse("a/.."),
+            Err(PathError::LeadingDot { level: 2, .. })
+        ));
+        assert!(matches!(
+            TagPath::parse(&"x".repeat(65)),
+            Err(PathError::LevelTooLong { .. })
+        ));
         let long = vec!["x".repeat(60); 5].join("/");
-        assert!(matches!(TagPath::parse(&long), Err(PathError::TooLong { .. })));
+        assert!(matches!(
+            TagPath::parse(&long),
+            Err(PathError::TooLong { .. })
+        ));
     }
 
     #[test]

@@ -163,14 +163,23 @@ pub struct Quality {
 }
 
 impl Quality {
-    pub const GOOD: Quality = Quality { level: QualityLevel::Good, reason: QualityReason::None };
+    pub const GOOD: Quality = Quality {
+        level: QualityLevel::Good,
+        reason: QualityReason::None,
+    };
 
     pub fn bad(reason: QualityReason) -> Quality {
-        Quality { level: QualityLevel::Bad, reason }
+        Quality {
+            level: QualityLevel::Bad,
+            reason,
+        }
     }
 
     pub fn uncertain(reason: QualityReason) -> Quality {
-        Quality { level: QualityLevel::Uncertain, reason }
+        Quality {
+            level: QualityLevel::Uncertain,
+            reason,
+        }
     }
 
     pub fn is_good(self) -> bool {
@@ -207,13 +216,19 @@ mod tests {
 
     #[test]
     fn timestamps_format_with_microseconds() {
-        assert_eq!(Timestamp(1_000_000_000_123_456).to_rfc3339(), "2001-09-09T01:46:40.123456Z");
+        assert_eq!(
+            Timestamp(1_000_000_000_123_456).to_rfc3339(),
+            "2001-09-09T01:46:40.123456Z"
+        );
         assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00.000000Z");
     }
 
     #[test]
     fn quality_displays_reason() {
-        assert_eq!(Quality::bad(QualityReason::CommFailure).to_string(), "Bad(CommFailure)");
+        assert_eq!(
+            Quality::bad(QualityReason::CommFailure).to_string(),
+            "Bad(CommFailure)"
+        );
         assert_eq!(Quality::GOOD.to_string(), "Good");
     }
 }

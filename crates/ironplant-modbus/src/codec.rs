@@ -1,0 +1,281 @@
+//! Conversion between Modbus registers and typed values, with word/byte order and scaling.
+
+use ironplant_core::config::{ByteOrder, ModbusDataType, ModbusPoint, WordOrder};
+use ironplant_core::Value;
+
+/// Why a value cannot be encoded into a point's registers.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("value {value} does not fit a {data_type:?} register after scaling (raw {raw})")]
+    OutOfRange {
+        value: String,
+        data_type: ModbusDataType,
+        raw: f64,
+    },
+    #[error("a {expected} value is needed, got {got}")]
+    WrongType { expected: &'static str, got: String },
+}
+
+/// Puts `words` (most significant first) into wire order.
+fn to_wire(mut words: Vec<u16>, wo: WordOrder, bo: ByteOrder) -> Vec<u16> {
+    if wo == WordOrder::LittleEndian {
+        words.reverse();
+    }
+    if bo == ByteOrder::LittleEndian {
+        for w in &mut words {
+            *w = w.swap_bytes();
+        }
+    }
+    words
+}
+
+/// Reassembles the raw big-endian integer from wire-order registers.
+fn from_wire(regs: &[u16], wo: WordOrder, bo: ByteOrder) -> u64 {
+    let mut acc = 0u64;
+    let n = regs.len();
+    for i in 0..n {
+        let w = if wo == WordOrder::LittleEndian {
+            regs[n - 1 - i]
+        } else {
+            regs[i]
+        };
+        let w = if bo == ByteOrder::LittleEndian {
+            w.swap_bytes()
+        } else {
+            w
+        };
+        acc = (acc << 16) | u64::from(w);
+    }
+    acc
+}
+
+/// Decodes a register point. `regs` holds exactly `point.len()` registers (the caller slices).
+pub fn decode_registers(point: &ModbusPoint, regs: &[u16]) -> Value {
+    use ModbusDataType::*;
+    if let (Bool, Some(bit)) = (point.data_type, point.bit) {
+        return Value::Bool(regs.first().is_some_and(|r| r & (1 << bit) != 0));
+    }
+    let raw = from_wire(regs, point.word_order, point.byte_order);
+    let (as_int, as_float): (Option<i64>, f64) = match point.data_type {
+        Bool => return Value::Bool(raw != 0),
+        U16 => (Some(raw as u16 as i64), f64::from(raw as u16)),
+        I16 => (Some(raw as u16 as i16 as i64), f64::from(raw as u16 as i16)),
+        U32 => (Some(raw as u32 as i64), f64::from(raw as u32)),
+        I32 => (Some(raw as u32 as i32 as i64), f64::from(raw as u32 as i32)),
+        // u64 above i64::MAX cannot be an Int; it becomes a float.
+        U64 => (i64::try_from(raw).ok(), raw as f64),
+        I64 => (Some(raw as i64), raw as i64 as f64),
+        F32 => (None, f64::from(f32::from_bits(raw as u32))),
+        F64 => (None, f64::from_bits(raw)),
+    };
+    let scaled = point.scale != 1.0 || point.offset != 0.0;
+    match as_int {
+        Some(i) if !scaled => Value::Int(i),
+        _ => Value::Float(as_float * point.scale + point.offset),
+    }
+}
+
+/// Encodes an engineering value into wire-order registers for `point` (inverse of
+/// [`decode_registers`]; integers are rounded to the nearest raw step).
+pub fn encode_registers(point: &ModbusPoint, value: &Value) -> Result<Vec<u16>, EncodeError> {
+    use ModbusDataType::*;
+    let wrong = |expected| EncodeError::WrongType {
+        expected,
+        got: value.to_string(),
+    };
+    if point.data_type == Bool {
+        return match value {
+            Value::Bool(b) => Ok(vec![u16::from(*b)]),
+            _ => Err(wrong("bool")),
+        };
+    }
+    let eng = match value {
+        Value::Int(i) => *i as f64,
+        Value::Float(f) => *f,
+        _ => return Err(wrong("numeric")),
+    };
+    let raw = (eng - point.offset) / point.scale;
+    let out_of_range = || EncodeError::OutOfRange {
+        value: value.to_string(),
+        data_type: point.data_type,
+        raw,
+    };
+    let scaled = point.scale != 1.0 || point.offset != 0.0;
+    // Unscaled integers take an exact path, so 64-bit values keep every bit.
+    let int_raw = |lo: i128, hi: i128| -> Result<i128, EncodeError> {
+        let r = match value {
+            Value::Int(i) if !scaled => i128::from(*i),
+            _ if raw.is_finite() => raw.round() as i128,
+            _ => return Err(out_of_range()),
+        };
+        if (lo..=hi).contains(&r) {
+            Ok(r)
+        } else {
+            Err(out_of_range())
+        }
+    };
+    let words: Vec<u16> = match point.data_type {
+        Bool => unreachable!("handled above"),
+        U16 => vec![int_raw(0, u16::MAX.into())? as u16],
+        I16 => vec![int_raw(i16::MIN.into(), i16::MAX.into())? as i16 as u16],
+        U32 => split(int_raw(0, u32::MAX.into())? as u64, 2),
+        I32 => split(
+            int_raw(i32::MIN.into(), i32::MAX.into())? as i32 as u32 as u64,
+            2,
+        ),
+        U64 => split(int_raw(0, u64::MAX.into())? as u64, 4),
+        I64 => split(int_raw(i64::MIN.into(), i64::MAX.into())? as i64 as u64, 4),
+        F32 => {
+            if raw.is_finite() && raw.abs() > f64::from(f32::MAX) {
+                return Err(out_of_range());
+            }
+            split(u64::from((raw as f32).to_bits()), 2)
+        }
+        F64 => split(raw.to_bits(), 4),
+    };
+    Ok(to_wire(words, point.word_order, point.byte_order))
+}
+
+/// Splits the low `n` words of `v`, most significant first.
+fn split(v: u64, n: usize) -> Vec<u16> {
+    (0..n).rev().map(|i| (v >> (16 * i)) as u16).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ironplant_core::config::ModbusTable;
+
+    fn point(data_type: ModbusDataType, wo: WordOrder, bo: ByteOrder) -> ModbusPoint {
+        ModbusPoint {
+            unit_id: 1,
+            table: ModbusTable::Holding,
+            address: 0,
+            data_type,
+            word_order: wo,
+            byte_order: bo,
+            bit: None,
+            scale: 1.0,
+            offset: 0.0,
+        }
+    }
+
+    #[test]
+    fn float32_in_both_word_orders_matches_known_vectors() {
+        // 123.456f32 = 0x42F6E979
+        let be = point(
+            ModbusDataType::F32,
+            WordOrder::BigEndian,
+            ByteOrder::BigEndian,
+        );
+        let le = point(
+            ModbusDataType::F32,
+            WordOrder::LittleEndian,
+            ByteOrder::BigEndian,
+        );
+        assert_eq!(
+            decode_registers(&be, &[0x42F6, 0xE979]),
+            Value::Float(f64::from(123.456f32))
+        );
+        assert_eq!(
+            decode_registers(&le, &[0xE979, 0x42F6]),
+            Value::Float(f64::from(123.456f32))
+        );
+        assert_eq!(
+            encode_registers(&le, &Value::Float(f64::from(123.456f32))),
+            Ok(vec![0xE979, 0x42F6])
+        );
+        let bswap = point(
+            ModbusDataType::F32,
+            WordOrder::BigEndian,
+            ByteOrder::LittleEndian,
+        );
+        assert_eq!(
+            decode_registers(&bswap, &[0xF642, 0x79E9]),
+            Value::Float(f64::from(123.456f32))
+        );
+    }
+
+    #[test]
+    fn integers_signed_and_wide() {
+        let i16p = point(
+            ModbusDataType::I16,
+            WordOrder::BigEndian,
+            ByteOrder::BigEndian,
+        );
+        assert_eq!(decode_registers(&i16p, &[0xFFFE]), Value::Int(-2));
+        let u32p = point(
+            ModbusDataType::U32,
+            WordOrder::BigEndian,
+            ByteOrder::BigEndian,
+        );
+        assert_eq!(
+            decode_registers(&u32p, &[0x0001, 0x0002]),
+            Value::Int(65538)
+        );
+        let i64p = point(
+            ModbusDataType::I64,
+            WordOrder::LittleEndian,
+            ByteOrder::BigEndian,
+        );
+        let words = encode_registers(&i64p, &Value::Int(-1_234_567_890_123)).expect("fits");
+        assert_eq!(
+            decode_registers(&i64p, &words),
+            Value::Int(-1_234_567_890_123)
+        );
+        let u64p = point(
+            ModbusDataType::U64,
+            WordOrder::BigEndian,
+            ByteOrder::BigEndian,
+        );
+        assert_eq!(
+            decode_registers(&u64p, &[0, 0, 0x0001, 0x0000]),
+            Value::Int(65536)
+        );
+    }
+
+    #[test]
+    fn scaling_applies_both_ways() {
+        let mut p = point(
+            ModbusDataType::I16,
+            WordOrder::BigEndian,
+            ByteOrder::BigEndian,
+        );
+        p.scale = 0.1;
+        p.offset = -50.0;
+        assert_eq!(decode_registers(&p, &[700]), Value::Float(20.0));
+        assert_eq!(encode_registers(&p, &Value::Float(20.0)), Ok(vec![700]));
+        assert!(matches!(
+            encode_registers(&p, &Value::Float(1e9)),
+            Err(EncodeError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            encode_registers(&p, &Value::Bool(true)),
+            Err(EncodeError::WrongType { .. })
+        ));
+    }
+
+    #[test]
+    fn bits_in_registers() {
+        let mut p = point(
+            ModbusDataType::Bool,
+            WordOrder::BigEndian,
+            ByteOrder::BigEndian,
+        );
+        p.bit = Some(3);
+        assert_eq!(decode_registers(&p, &[0b1000]), Value::Bool(true));
+        assert_eq!(decode_registers(&p, &[0b0100]), Value::Bool(false));
+    }
+
+    #[test]
+    fn u16_range_is_enforced() {
+        let p = point(
+            ModbusDataType::U16,
+            WordOrder::BigEndian,
+            ByteOrder::BigEndian,
+        );
+        assert_eq!(encode_registers(&p, &Value::Int(65535)), Ok(vec![65535]));
+        assert!(encode_registers(&p, &Value::Int(65536)).is_err());
+        assert!(encode_registers(&p, &Value::Int(-1)).is_err());
+    }
+}
