@@ -1,0 +1,238 @@
+//! Platform metrics, rendered in the Prometheus text exposition format (version 0.0.4).
+//!
+//! Hand-written rather than a metrics crate: the set is small and fixed per device, updates are
+//! lock-free atomics on the poll path, and we control the exact text (`prometheus-client` emits
+//! OpenMetrics, which older scrapers and `curl | grep` users find surprising).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ironplant_core::BusStats;
+use ironplant_modbus::PollObserver;
+
+/// Upper bounds (seconds) of the poll latency histogram buckets.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[derive(Default)]
+struct DeviceMetrics {
+    requests_ok: AtomicU64,
+    requests_failed: AtomicU64,
+    connected: AtomicU64,
+    connects: AtomicU64,
+    disconnects: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+/// All counters of a running platform. The device set is fixed at start-up.
+pub struct Metrics {
+    devices: BTreeMap<String, DeviceMetrics>,
+}
+
+impl Metrics {
+    pub fn new(device_ids: impl IntoIterator<Item = String>) -> Metrics {
+        Metrics {
+            devices: device_ids
+                .into_iter()
+                .map(|d| (d, DeviceMetrics::default()))
+                .collect(),
+        }
+    }
+
+    /// Whether the device's connection is up.
+    pub fn device_connected(&self, device: &str) -> Option<bool> {
+        self.devices
+            .get(device)
+            .map(|d| d.connected.load(Ordering::Relaxed) == 1)
+    }
+
+    pub fn device_ids(&self) -> impl Iterator<Item = &str> {
+        self.devices.keys().map(String::as_str)
+    }
+
+    /// Failed requests of a device so far.
+    pub fn poll_errors(&self, device: &str) -> u64 {
+        self.devices
+            .get(device)
+            .map_or(0, |d| d.requests_failed.load(Ordering::Relaxed))
+    }
+
+    /// Renders every metric; `bus` supplies the tag bus counters.
+    pub fn render(&self, bus: &BusStats, tag_count: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        let w = &mut out;
+        let _ = writeln!(w, "# HELP ironplant_tags Tags in the namespace.\n# TYPE ironplant_tags gauge\nironplant_tags {tag_count}");
+        let _ = writeln!(w, "# HELP ironplant_samples_ingested_total Samples published on the tag bus.\n# TYPE ironplant_samples_ingested_total counter\nironplant_samples_ingested_total {}", bus.published_samples);
+        let _ = writeln!(w, "# HELP ironplant_bus_batches_total Batches published on the tag bus.\n# TYPE ironplant_bus_batches_total counter\nironplant_bus_batches_total {}", bus.published_batches);
+        let _ = writeln!(w, "# HELP ironplant_bus_dropped_samples_total Samples dropped for a subscriber whose queue was full.\n# TYPE ironplant_bus_dropped_samples_total counter");
+        for (name, dropped, _) in &bus.subscribers {
+            let _ = writeln!(
+                w,
+                "ironplant_bus_dropped_samples_total{{subscriber=\"{}\"}} {dropped}",
+                escape(name)
+            );
+        }
+        let _ = writeln!(w, "# HELP ironplant_bus_queued_batches Batches waiting in a subscriber's queue.\n# TYPE ironplant_bus_queued_batches gauge");
+        for (name, _, queued) in &bus.subscribers {
+            let _ = writeln!(
+                w,
+                "ironplant_bus_queued_batches{{subscriber=\"{}\"}} {queued}",
+                escape(name)
+            );
+        }
+        let _ = writeln!(w, "# HELP ironplant_poll_requests_total Modbus read requests by outcome.\n# TYPE ironplant_poll_requests_total counter");
+        for (id, d) in &self.devices {
+            let id = escape(id);
+            let _ = writeln!(
+                w,
+                "ironplant_poll_requests_total{{device=\"{id}\",result=\"ok\"}} {}",
+                d.requests_ok.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                w,
+                "ironplant_poll_requests_total{{device=\"{id}\",result=\"error\"}} {}",
+                d.requests_failed.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(w, "# HELP ironplant_poll_errors_total Failed Modbus read requests (exceptions, timeouts, broken connections).\n# TYPE ironplant_poll_errors_total counter");
+        for (id, d) in &self.devices {
+            let _ = writeln!(
+                w,
+                "ironplant_poll_errors_total{{device=\"{}\"}} {}",
+                escape(id),
+                d.requests_failed.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(w, "# HELP ironplant_device_connected Whether the device connection is up (1) or down (0).\n# TYPE ironplant_device_connected gauge");
+        for (id, d) in &self.devices {
+            let _ = writeln!(
+                w,
+                "ironplant_device_connected{{device=\"{}\"}} {}",
+                escape(id),
+                d.connected.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(w, "# HELP ironplant_device_reconnects_total Connections established after the first.\n# TYPE ironplant_device_reconnects_total counter");
+        for (id, d) in &self.devices {
+            let _ = writeln!(
+                w,
+                "ironplant_device_reconnects_total{{device=\"{}\"}} {}",
+                escape(id),
+                d.connects.load(Ordering::Relaxed).saturating_sub(1)
+            );
+        }
+        let _ = writeln!(w, "# HELP ironplant_poll_latency_seconds Round-trip time of Modbus read requests.\n# TYPE ironplant_poll_latency_seconds histogram");
+        for (id, d) in &self.devices {
+            let id = escape(id);
+            let mut cumulative = 0;
+            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+                cumulative += d.latency_buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(w, "ironplant_poll_latency_seconds_bucket{{device=\"{id}\",le=\"{le}\"}} {cumulative}");
+            }
+            let count = d.latency_count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                w,
+                "ironplant_poll_latency_seconds_bucket{{device=\"{id}\",le=\"+Inf\"}} {count}"
+            );
+            let sum = d.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                w,
+                "ironplant_poll_latency_seconds_sum{{device=\"{id}\"}} {sum}"
+            );
+            let _ = writeln!(
+                w,
+                "ironplant_poll_latency_seconds_count{{device=\"{id}\"}} {count}"
+            );
+        }
+        out
+    }
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl PollObserver for Metrics {
+    fn request(&self, device: &str, latency: Duration, ok: bool) {
+        let Some(d) = self.devices.get(device) else {
+            return;
+        };
+        if ok {
+            d.requests_ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            d.requests_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let secs = latency.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|le| secs <= *le) {
+            d.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        d.latency_count.fetch_add(1, Ordering::Relaxed);
+        d.latency_sum_us
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn connection(&self, device: &str, up: bool) {
+        let Some(d) = self.devices.get(device) else {
+            return;
+        };
+        d.connected.store(u64::from(up), Ordering::Relaxed);
+        if up {
+            d.connects.fetch_add(1, Ordering::Relaxed);
+        } else {
+            d.disconnects.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text_with_histogram() {
+        let m = Metrics::new(["plc\"1".to_owned()]);
+        m.request("plc\"1", Duration::from_millis(3), true);
+        m.request("plc\"1", Duration::from_millis(30), false);
+        m.request("unknown", Duration::from_millis(30), false);
+        m.connection("plc\"1", true);
+        let stats = BusStats {
+            published_samples: 42,
+            published_batches: 2,
+            subscribers: vec![("api".into(), 7, 1)],
+        };
+        let text = m.render(&stats, 31);
+        assert!(
+            text.contains("ironplant_samples_ingested_total 42\n"),
+            "{text}"
+        );
+        assert!(text.contains("ironplant_tags 31\n"));
+        assert!(text.contains("ironplant_bus_dropped_samples_total{subscriber=\"api\"} 7\n"));
+        assert!(
+            text.contains("ironplant_poll_errors_total{device=\"plc\\\"1\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ironplant_poll_latency_seconds_bucket{device=\"plc\\\"1\",le=\"0.005\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ironplant_poll_latency_seconds_bucket{device=\"plc\\\"1\",le=\"0.05\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("ironplant_poll_latency_seconds_count{device=\"plc\\\"1\"} 2\n"));
+        assert!(text.contains("ironplant_device_connected{device=\"plc\\\"1\"} 1\n"));
+        assert_eq!(m.device_connected("plc\"1"), Some(true));
+    }
+}
