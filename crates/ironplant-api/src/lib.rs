@@ -1,1 +1,347 @@
-//! placeholder
+//! Ironplant HTTP API (axum): live tag values, the asset hierarchy, health and metrics.
+//!
+//! JSON only at this edge: internal types are turned into response structs here. Every error has
+//! the shape `{ "error": { "code": "...", "message": "..." } }` with a stable `code`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use ironplant_core::{Asset, Location, Quality, QualityLevel, Sample, TagMeta, TagPath, Value};
+use ironplant_runtime::Runtime;
+use serde::{Deserialize, Serialize};
+
+/// Shared state of the HTTP server.
+pub struct ApiState {
+    pub runtime: Arc<Runtime>,
+    pub started: Instant,
+}
+
+/// The router with every route of the API.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/api/v1/tags", get(list_tags))
+        .route("/api/v1/tags/{*path}", get(get_tag))
+        .route("/api/v1/assets", get(list_assets))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then finishes open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ApiState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// An API error with a stable machine-readable code.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: &self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see /api/v1/tags, /api/v1/assets, /healthz, /metrics",
+    )
+}
+
+#[derive(Serialize)]
+struct TagJson<'a> {
+    path: &'a TagPath,
+    value: ValueJson<'a>,
+    value_type: &'static str,
+    quality: &'static str,
+    quality_reason: Option<&'static str>,
+    source_ts: Option<String>,
+    server_ts: Option<String>,
+    unit: Option<&'a str>,
+    description: &'a str,
+    range: Option<RangeJson>,
+    writable: bool,
+    device: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct RangeJson {
+    min: f64,
+    max: f64,
+}
+
+/// A value as JSON: null, bool, number or string (non-finite floats become null).
+struct ValueJson<'a>(Option<&'a Value>);
+
+impl Serialize for ValueJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            None | Some(Value::Null) => s.serialize_none(),
+            Some(Value::Bool(b)) => s.serialize_bool(*b),
+            Some(Value::Int(i)) => s.serialize_i64(*i),
+            Some(Value::Float(f)) if f.is_finite() => s.serialize_f64(*f),
+            Some(Value::Float(_)) => s.serialize_none(),
+            Some(Value::String(v)) => s.serialize_str(v),
+        }
+    }
+}
+
+fn quality_json(q: Option<Quality>) -> (&'static str, Option<&'static str>) {
+    match q {
+        // Never sampled yet: the platform has no value to vouch for.
+        None => ("Bad", Some("NotConnected")),
+        Some(q) => {
+            let level = match q.level {
+                QualityLevel::Good => "Good",
+                QualityLevel::Uncertain => "Uncertain",
+                QualityLevel::Bad => "Bad",
+            };
+            (
+                level,
+                (q.level != QualityLevel::Good).then(|| q.reason.as_str()),
+            )
+        }
+    }
+}
+
+fn tag_json<'a>(meta: &'a TagMeta, sample: Option<&'a Sample>) -> TagJson<'a> {
+    let (quality, quality_reason) = quality_json(sample.map(|s| s.quality));
+    TagJson {
+        path: &meta.path,
+        value: ValueJson(sample.map(|s| &s.value)),
+        value_type: meta.value_type.as_str(),
+        quality,
+        quality_reason,
+        source_ts: sample.map(|s| s.source_ts.to_rfc3339()),
+        server_ts: sample.map(|s| s.server_ts.to_rfc3339()),
+        unit: meta.unit.as_deref(),
+        description: &meta.description,
+        range: meta.range.map(|(min, max)| RangeJson { min, max }),
+        writable: meta.writable,
+        device: meta.device.as_deref(),
+    }
+}
+
+#[derive(Deserialize)]
+struct TagsQuery {
+    prefix: Option<String>,
+}
+
+async fn list_tags(State(st): State<Arc<ApiState>>, Query(q): Query<TagsQuery>) -> Response {
+    let rt = &st.runtime;
+    let mut current: Vec<Option<Sample>> = vec![None; rt.namespace.len()];
+    rt.bus.for_each_current(|s| {
+        if let Some(slot) = current.get_mut(s.tag.index()) {
+            *slot = Some(s.clone());
+        }
+    });
+    let prefix = q.prefix.as_deref().unwrap_or("");
+    let tags: Vec<TagJson<'_>> = rt
+        .namespace
+        .tags()
+        .filter(|m| m.path.has_prefix(prefix))
+        .map(|m| tag_json(m, current.get(m.id.index()).and_then(Option::as_ref)))
+        .collect();
+    #[derive(Serialize)]
+    struct Body<'a> {
+        count: usize,
+        tags: Vec<TagJson<'a>>,
+    }
+    Json(Body {
+        count: tags.len(),
+        tags,
+    })
+    .into_response()
+}
+
+async fn get_tag(
+    State(st): State<Arc<ApiState>>,
+    Path(path): Path<String>,
+) -> Result<Response, ApiError> {
+    let path = path.trim_end_matches('/');
+    if let Err(e) = TagPath::parse(path) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            format!("{path:?} is not a valid tag path: {e}"),
+        ));
+    }
+    let rt = &st.runtime;
+    let meta = rt.namespace.lookup(path).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "tag_not_found",
+            format!("no tag {path:?}; list tags with GET /api/v1/tags?prefix=..."),
+        )
+    })?;
+    let sample = rt.bus.current(meta.id);
+    Ok(Json(tag_json(meta, sample.as_ref())).into_response())
+}
+
+#[derive(Serialize)]
+struct LocationJson<'a> {
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+    zone: Option<&'a str>,
+    x_m: Option<f64>,
+    y_m: Option<f64>,
+}
+
+impl<'a> From<&'a Location> for LocationJson<'a> {
+    fn from(l: &'a Location) -> Self {
+        LocationJson {
+            latitude: l.latitude,
+            longitude: l.longitude,
+            zone: l.zone.as_deref(),
+            x_m: l.x_m,
+            y_m: l.y_m,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AssetJson<'a> {
+    path: &'a TagPath,
+    name: &'a str,
+    level: &'static str,
+    description: &'a str,
+    /// As configured on this asset.
+    location: LocationJson<'a>,
+    /// After inheriting from its ancestors.
+    effective_location: LocationJson<'a>,
+    tags: Vec<&'a TagPath>,
+    children: Vec<AssetJson<'a>>,
+}
+
+async fn list_assets(State(st): State<Arc<ApiState>>) -> Response {
+    let ns = &st.runtime.namespace;
+    let mut tags_by_parent: BTreeMap<TagPath, Vec<&TagPath>> = BTreeMap::new();
+    for t in ns.tags() {
+        if let Some(parent) = t.path.parent() {
+            tags_by_parent.entry(parent).or_default().push(&t.path);
+        }
+    }
+    let assets: Vec<&Asset> = ns.assets().collect();
+    fn build<'a>(
+        a: &'a Asset,
+        all: &[&'a Asset],
+        tags: &mut BTreeMap<TagPath, Vec<&'a TagPath>>,
+    ) -> AssetJson<'a> {
+        let children = all
+            .iter()
+            .filter(|c| c.path.parent().as_ref() == Some(&a.path))
+            .map(|c| build(c, all, tags))
+            .collect();
+        AssetJson {
+            path: &a.path,
+            name: &a.name,
+            level: a.level.as_str(),
+            description: &a.description,
+            location: (&a.location).into(),
+            effective_location: (&a.effective_location).into(),
+            tags: tags.remove(&a.path).unwrap_or_default(),
+            children,
+        }
+    }
+    let roots: Vec<AssetJson<'_>> = assets
+        .iter()
+        .filter(|a| a.path.parent().is_none())
+        .map(|a| build(a, &assets, &mut tags_by_parent))
+        .collect();
+    #[derive(Serialize)]
+    struct Body<'a> {
+        assets: Vec<AssetJson<'a>>,
+    }
+    Json(Body { assets: roots }).into_response()
+}
+
+async fn healthz(State(st): State<Arc<ApiState>>) -> Response {
+    let rt = &st.runtime;
+    let devices: BTreeMap<&str, &str> = rt
+        .metrics
+        .device_ids()
+        .map(|id| {
+            (
+                id,
+                if rt.metrics.device_connected(id) == Some(true) {
+                    "up"
+                } else {
+                    "down"
+                },
+            )
+        })
+        .collect();
+    #[derive(Serialize)]
+    struct Body<'a> {
+        status: &'static str,
+        uptime_s: u64,
+        tags: usize,
+        devices: BTreeMap<&'a str, &'a str>,
+    }
+    let body = Body {
+        status: "ok",
+        uptime_s: st.started.elapsed().as_secs(),
+        tags: rt.namespace.len(),
+        devices,
+    };
+    Json(body).into_response()
+}
+
+async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
+    let rt = &st.runtime;
+    let text = rt.metrics.render(&rt.bus.stats(), rt.namespace.len());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

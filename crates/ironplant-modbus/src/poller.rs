@@ -184,6 +184,9 @@ impl DevicePoller {
 
 impl State {
     async fn run(mut self, mut cmds: mpsc::Receiver<WriteCmd>) {
+        if self.cfg.poll_interval.is_zero() {
+            return self.run_back_to_back(cmds).await;
+        }
         let mut tick = tokio::time::interval(self.cfg.poll_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -196,6 +199,21 @@ impl State {
                     }
                     None => return,
                 },
+            }
+        }
+    }
+
+    /// Polls as fast as the device answers (benchmarks; config validation forbids a zero interval).
+    async fn run_back_to_back(mut self, mut cmds: mpsc::Receiver<WriteCmd>) {
+        loop {
+            self.poll_cycle().await;
+            match cmds.try_recv() {
+                Ok(cmd) => {
+                    let result = self.write(cmd.tag, &cmd.value).await;
+                    let _ = cmd.reply.send(result);
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+                Err(mpsc::error::TryRecvError::Empty) => tokio::task::yield_now().await,
             }
         }
     }

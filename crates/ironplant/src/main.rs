@@ -1,1 +1,181 @@
-fn main() {}
+//! `ironplant`: the command-line entry point. Thin: parses arguments, sets up logging, and calls
+//! into the library crates.
+
+mod bench;
+mod platform;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Ironplant: an industrial IoT platform in one binary — connect PLCs and sensors, see live values.
+#[derive(Parser)]
+#[command(name = "ironplant", version, about, long_about = None, after_help = "Examples:\n  ironplant demo                              simulated bottling line + platform on http://127.0.0.1:8080\n  ironplant serve --config ironplant.toml     run the platform with your own config\n  ironplant check --config ironplant.toml     validate a config file")]
+struct Cli {
+    /// Address of the HTTP API (port 0 picks a free port).
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    http: String,
+    /// Directory for the platform's data.
+    #[arg(
+        long,
+        global = true,
+        default_value = "ironplant-data",
+        value_name = "DIR"
+    )]
+    data_dir: PathBuf,
+    /// Log output format (logs go to stderr; RUST_LOG sets the level, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the simulated bottling line and the platform with the bundled config.
+    #[command(
+        after_help = "Example:\n  ironplant demo --http 127.0.0.1:18080\n  curl -s 127.0.0.1:18080/api/v1/tags"
+    )]
+    Demo {
+        /// Address for the simulator's Modbus TCP server (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+        sim_listen: SocketAddr,
+        /// Random seed of the simulated plant.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Run the platform with a configuration file.
+    #[command(
+        after_help = "Example:\n  ironplant serve --config ironplant.toml --http 0.0.0.0:8080"
+    )]
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run the simulated bottling line as a Modbus TCP server (units 1 and 2).
+    #[command(
+        after_help = "Example:\n  ironplant simulate --listen 127.0.0.1:5020\n  # then, in another shell: ironplant serve --config examples/bottling.toml"
+    )]
+    Simulate {
+        /// Address to listen on (port 0 picks a free port; the bound address is printed).
+        #[arg(long, default_value = "127.0.0.1:5020", value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Random seed of the simulated plant.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Validate a configuration file and report every error with line and column.
+    #[command(after_help = "Example:\n  ironplant check --config ironplant.toml")]
+    Check {
+        /// The configuration file (TOML).
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Measure performance and print the figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check { config } => Ok(check(&config)),
+        Command::Serve { config } => {
+            let Some(cfg) = load_config(&config)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            runtime()?.block_on(platform::serve(cfg, &cli.http, &cli.data_dir, None))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { sim_listen, seed } => {
+            runtime()?.block_on(platform::demo(sim_listen, seed, &cli.http, &cli.data_dir))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate { listen, seed } => {
+            runtime()?.block_on(platform::simulate(listen, seed))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(cmd) => {
+            runtime()?.block_on(bench::run(cmd))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Reads and validates a config file. `Ok(None)` means it was invalid and the errors were printed.
+fn load_config(path: &Path) -> anyhow::Result<Option<ironplant_core::config::Config>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    match ironplant_core::config::parse(&path.display().to_string(), &text) {
+        Ok(cfg) => Ok(Some(cfg)),
+        Err(errors) => {
+            eprintln!("{errors}");
+            Ok(None)
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match load_config(path) {
+        Ok(Some(cfg)) => {
+            println!(
+                "{}: ok — {} asset(s), {} device(s), {} tag(s)",
+                path.display(),
+                cfg.namespace().assets().count(),
+                cfg.devices.len(),
+                cfg.tags.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

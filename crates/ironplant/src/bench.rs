@@ -1,0 +1,339 @@
+//! `ironplant bench`: performance figures printed as tables.
+//!
+//! Servers run in child processes (this same binary), so the CPU figures count the platform's
+//! side only.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Subcommand;
+use ironplant_core::config::{
+    ByteOrder, DeviceConfig, ModbusDataType, ModbusPoint, ModbusTable, Protocol, WordOrder,
+};
+use ironplant_core::{Overflow, TagBus, TagId};
+use ironplant_modbus::server::{RegisterBank, UnitImage};
+use ironplant_modbus::{DevicePoller, PollObserver, PollPoint};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Modbus connector: register reads/s against the simulator, and CPU per 1,000 tags at 1 s polling.
+    #[command(after_help = "Example:\n  ironplant bench modbus --seconds 10")]
+    Modbus {
+        /// Seconds each scenario runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Tags polled in the CPU scenario.
+        #[arg(long, default_value_t = 1000)]
+        tags: usize,
+    },
+    /// A Modbus server with changing registers, for the benchmarks (internal).
+    #[command(hide = true)]
+    RegisterServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Modbus { seconds, tags } => {
+            bench_modbus(Duration::from_secs(seconds.max(1)), tags).await
+        }
+        BenchCommand::RegisterServer { listen } => register_server(listen).await,
+    }
+}
+
+/// Registers per table in the register server.
+const SERVER_ITEMS: usize = 20_000;
+
+async fn register_server(listen: SocketAddr) -> anyhow::Result<()> {
+    let bank = Arc::new(parking_lot::Mutex::new(RegisterBank::default()));
+    bank.lock().units.insert(1, UnitImage::new(SERVER_ITEMS));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!("listening on {}", listener.local_addr()?);
+    let writer = bank.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut n: u16 = 0;
+        loop {
+            tick.tick().await;
+            n = n.wrapping_add(1);
+            let mut b = writer.lock();
+            if let Some(u) = b.units.get_mut(&1) {
+                for (i, r) in u.holding.iter_mut().enumerate() {
+                    *r = n.wrapping_add(i as u16);
+                }
+                for (i, r) in u.input.iter_mut().enumerate() {
+                    *r = n.wrapping_mul(3).wrapping_add(i as u16);
+                }
+                for (i, c) in u.coils.iter_mut().enumerate() {
+                    *c = (usize::from(n) + i) % 2 == 0;
+                }
+            }
+        }
+    });
+    ironplant_modbus::serve(listener, bank).await?;
+    Ok(())
+}
+
+/// Starts `ironplant ARGS…` and returns it with the address it printed.
+async fn spawn_server(args: &[&str]) -> anyhow::Result<(Child, String)> {
+    let exe = std::env::current_exe().context("cannot locate the ironplant binary")?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the benchmark server")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .context("benchmark server did not start within 10 s")??
+        .context("benchmark server exited")?;
+    let Some(addr) = line
+        .split_whitespace()
+        .find(|w| w.parse::<SocketAddr>().is_ok())
+    else {
+        bail!("benchmark server printed no address: {line:?}");
+    };
+    Ok((child, addr.to_owned()))
+}
+
+#[derive(Default)]
+struct Counter {
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl PollObserver for Counter {
+    fn request(&self, _: &str, _: Duration, ok: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn connection(&self, _: &str, _: bool) {}
+}
+
+/// CPU time (user + system) of this process so far. Linux's /proc reports it in USER_HZ ticks,
+/// which is 100 per second on every mainstream architecture.
+fn process_cpu() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("cannot read /proc/self/stat")?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("unexpected /proc/self/stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the command name: state is field 3, utime 14 and stime 15 (1-based in proc(5)).
+    let tick = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .context("unexpected /proc/self/stat")
+    };
+    Ok(Duration::from_millis((tick(14)? + tick(15)?) * 10))
+}
+
+fn device(id: &str, address: &str, unit_id: u8, poll: Duration) -> DeviceConfig {
+    DeviceConfig {
+        id: id.to_owned(),
+        protocol: Protocol::ModbusTcp,
+        address: address.to_owned(),
+        unit_id,
+        poll_interval: poll,
+        timeout: Duration::from_secs(1),
+        reconnect_max: Duration::from_secs(1),
+        max_gap: 0,
+        description: String::new(),
+    }
+}
+
+/// A realistic mix: half u16 holding registers, a quarter f32 input registers, a quarter coils.
+fn tag_mix(n: usize) -> Vec<PollPoint> {
+    (0..n)
+        .map(|i| {
+            let (table, address, data_type) = match i % 4 {
+                0 | 1 => (ModbusTable::Holding, i / 2 * 2 + i % 2, ModbusDataType::U16),
+                2 => (ModbusTable::Input, i / 4 * 2, ModbusDataType::F32),
+                _ => (ModbusTable::Coil, i / 4, ModbusDataType::Bool),
+            };
+            let point = ModbusPoint {
+                unit_id: 1,
+                table,
+                address: (address % SERVER_ITEMS) as u16,
+                data_type,
+                word_order: WordOrder::BigEndian,
+                byte_order: ByteOrder::BigEndian,
+                bit: None,
+                scale: 1.0,
+                offset: 0.0,
+            };
+            PollPoint {
+                tag: TagId(i as u32),
+                point,
+                range: None,
+            }
+        })
+        .collect()
+}
+
+struct RunFigures {
+    requests: u64,
+    errors: u64,
+    samples: u64,
+    wall: Duration,
+    cpu: Duration,
+}
+
+/// Polls `points` from `config` for `duration`, counting requests and samples.
+async fn drive(
+    config: DeviceConfig,
+    points: Vec<PollPoint>,
+    duration: Duration,
+) -> anyhow::Result<RunFigures> {
+    let bus = TagBus::new(points.len());
+    let mut sub = bus.subscribe("bench", 1024, Overflow::Block);
+    let samples = Arc::new(AtomicU64::new(0));
+    let counted = samples.clone();
+    let drain = tokio::spawn(async move {
+        while let Some(b) = sub.recv().await {
+            counted.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+    });
+    let counter = Arc::new(Counter::default());
+    let cpu0 = process_cpu()?;
+    let t0 = Instant::now();
+    let handle = DevicePoller {
+        config,
+        points,
+        bus,
+        observer: counter.clone(),
+    }
+    .spawn();
+    tokio::time::sleep(duration).await;
+    drop(handle);
+    let wall = t0.elapsed();
+    let cpu = process_cpu()?.saturating_sub(cpu0);
+    drain.abort();
+    Ok(RunFigures {
+        requests: counter.requests.load(Ordering::Relaxed),
+        errors: counter.errors.load(Ordering::Relaxed),
+        samples: samples.load(Ordering::Relaxed),
+        wall,
+        cpu,
+    })
+}
+
+async fn bench_modbus(duration: Duration, tags: usize) -> anyhow::Result<()> {
+    println!(
+        "ironplant bench modbus: {} s per scenario, servers in child processes",
+        duration.as_secs()
+    );
+
+    // 1. Throughput against the simulator: the bundled config's filler PLC, polled back to back.
+    let (_sim, sim_addr) = spawn_server(&["simulate", "--listen", "127.0.0.1:0"]).await?;
+    let text = crate::platform::BOTTLING_CONFIG.replace("127.0.0.1:5020", &sim_addr);
+    let cfg = ironplant_core::config::parse("bottling.toml", &text)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ns = cfg.namespace();
+    let dev = cfg
+        .devices
+        .first()
+        .context("bundled config has no device")?
+        .clone();
+    let points: Vec<PollPoint> = cfg
+        .tags
+        .iter()
+        .filter(|t| t.device.as_deref() == Some(dev.id.as_str()))
+        .filter_map(|t| {
+            Some(PollPoint {
+                tag: ns.lookup(t.path.as_str())?.id,
+                point: t.modbus.clone()?,
+                range: t.range,
+            })
+        })
+        .collect();
+    let regs_per_cycle: u64 = ironplant_modbus::plan_reads(
+        &points.iter().map(|p| p.point.clone()).collect::<Vec<_>>(),
+        0,
+    )
+    .iter()
+    .map(|r| u64::from(r.count))
+    .sum();
+    let sim_tags = points.len();
+    let fast = device(&dev.id, &sim_addr, dev.unit_id, Duration::ZERO);
+    let sim = drive(fast, points, duration).await?;
+    let secs = sim.wall.as_secs_f64();
+    let cycles = sim.samples as f64 / sim_tags.max(1) as f64;
+
+    // 2. CPU cost of 1 s polling of `tags` tags against a plain register server.
+    let (_srv, srv_addr) = spawn_server(&["bench", "register-server"]).await?;
+    let mix = tag_mix(tags);
+    let requests_per_cycle =
+        ironplant_modbus::plan_reads(&mix.iter().map(|p| p.point.clone()).collect::<Vec<_>>(), 0)
+            .len();
+    let slow = drive(
+        device("bench", &srv_addr, 1, Duration::from_secs(1)),
+        mix,
+        duration,
+    )
+    .await?;
+    let core_pct = slow.cpu.as_secs_f64() / slow.wall.as_secs_f64() * 100.0;
+    let per_1000 = core_pct * 1000.0 / tags.max(1) as f64;
+
+    println!();
+    println!("| scenario                                   | figure                      |");
+    println!("|--------------------------------------------|-----------------------------|");
+    println!("| simulator: tags / requests per poll cycle  | {sim_tags} tags / {} requests ({regs_per_cycle} items) |", sim.requests as f64 / cycles.max(1.0));
+    println!(
+        "| simulator: requests/s, one connection      | {:>10.0} req/s             |",
+        sim.requests as f64 / secs
+    );
+    println!(
+        "| simulator: registers+bits read/s           | {:>10.0} /s                |",
+        cycles * regs_per_cycle as f64 / secs
+    );
+    println!(
+        "| simulator: samples published/s            | {:>10.0} /s                |",
+        sim.samples as f64 / secs
+    );
+    println!(
+        "| simulator: request errors                  | {:>10}                     |",
+        sim.errors
+    );
+    println!("| 1 s polling: tags / requests per cycle     | {tags} tags / {requests_per_cycle} requests |");
+    println!(
+        "| 1 s polling: samples published             | {:>10} in {:.1} s          |",
+        slow.samples,
+        slow.wall.as_secs_f64()
+    );
+    println!(
+        "| 1 s polling: CPU, whole process            | {:>9.2} % of one core      |",
+        core_pct
+    );
+    println!(
+        "| 1 s polling: CPU per 1,000 tags            | {:>9.2} % of one core      |",
+        per_1000
+    );
+    println!();
+    let verdict = if per_1000 < 1.0 { "meets" } else { "misses" };
+    println!("target: under 1% of one core per 1,000 tags at 1 s polling — {verdict} it ({per_1000:.2}%)");
+    if sim.errors > 0 || slow.errors > 0 {
+        bail!(
+            "requests failed during the benchmark ({} + {}); figures are not trustworthy",
+            sim.errors,
+            slow.errors
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Running the platform, the demo and the simulator from the command line.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use ironplant_api::ApiState;
+use ironplant_core::config::Config;
+use ironplant_runtime::Runtime;
+use tokio::net::TcpListener;
+
+/// The example configuration bundled into the binary; the demo points it at its simulator.
+pub const BOTTLING_CONFIG: &str = include_str!("../../../examples/bottling.toml");
+
+async fn bind(addr: &str, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::AddrInUse => "the address is in use by another program".to_owned(),
+            std::io::ErrorKind::AddrNotAvailable => {
+                "no local interface has that address".to_owned()
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "permission denied (ports below 1024 need privileges)".to_owned()
+            }
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!(
+            "cannot listen for {what} on {addr}: {why}; choose another address with {flag} ADDR"
+        )
+    })
+}
+
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let probe = dir.join(".ironplant-write-test");
+    std::fs::write(&probe, b"ok").with_context(|| {
+        format!(
+            "data directory {} is not writable; pick another with --data-dir DIR",
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Runs the platform until Ctrl-C/SIGTERM. `banner` is printed once the HTTP port is bound.
+pub async fn serve(
+    config: Config,
+    http: &str,
+    data_dir: &Path,
+    banner: Option<String>,
+) -> anyhow::Result<()> {
+    let listener = bind(http, "HTTP", "--http").await?;
+    prepare_data_dir(data_dir)?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the HTTP listener's address")?;
+    let runtime = Arc::new(Runtime::start(&config));
+    let state = Arc::new(ApiState {
+        runtime: runtime.clone(),
+        started: Instant::now(),
+    });
+    if let Some(b) = banner {
+        println!("{b}");
+    }
+    println!(
+        "Ironplant is running: {} tags from {} device(s)",
+        runtime.namespace.len(),
+        config.devices.len()
+    );
+    println!("  HTTP API:  http://{local}/api/v1/tags");
+    println!("  Assets:    http://{local}/api/v1/assets");
+    println!("  Metrics:   http://{local}/metrics");
+    println!("  Health:    http://{local}/healthz");
+    println!("Press Ctrl-C to stop.");
+    tracing::info!(http = %local, data_dir = %data_dir.display(), "platform started");
+    ironplant_api::serve(listener, state, shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    Ok(())
+}
+
+/// Starts the simulator, then the platform on the bundled config pointed at it.
+pub async fn demo(
+    sim_listen: SocketAddr,
+    seed: u64,
+    http: &str,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    let sim = bind(&sim_listen.to_string(), "the simulator", "--sim-listen").await?;
+    let sim_addr = sim
+        .local_addr()
+        .context("cannot read the simulator's address")?;
+    tokio::spawn(async move {
+        if let Err(e) = ironplant_sim::run(sim, seed).await {
+            tracing::error!(error = %e, "simulator stopped");
+        }
+    });
+    let text = BOTTLING_CONFIG.replace("127.0.0.1:5020", &sim_addr.to_string());
+    let config = ironplant_core::config::parse("examples/bottling.toml (bundled)", &text)
+        .map_err(|e| anyhow::anyhow!("the bundled demo config is invalid:\n{e}"))?;
+    prepare_data_dir(data_dir)?;
+    let saved = data_dir.join("demo.toml");
+    std::fs::write(&saved, &text).with_context(|| format!("cannot write {}", saved.display()))?;
+    let banner = format!(
+        "Simulated bottling line (Modbus TCP) on {sim_addr}; its config is saved in {}",
+        saved.display()
+    );
+    serve(config, http, data_dir, Some(banner)).await
+}
+
+/// Runs the simulator alone until Ctrl-C.
+pub async fn simulate(listen: SocketAddr, seed: u64) -> anyhow::Result<()> {
+    let listener = bind(&listen.to_string(), "the simulator", "--listen").await?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the simulator's address")?;
+    println!("Simulated bottling line listening on {addr} (Modbus TCP, units 1 and 2)");
+    tokio::select! {
+        res = ironplant_sim::run(listener, seed) => res.context("simulator failed")?,
+        () = shutdown_signal() => {},
+    }
+    Ok(())
+}
