@@ -1,0 +1,401 @@
+//! End-to-end tests of the `ironplant` binary: demo, serve + simulate, check, and clear errors.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ironplant");
+
+/// A child process killed on drop, whose stdout lines arrive on a channel.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    errs: mpsc::Receiver<String>,
+}
+
+/// Forwards the lines of a pipe to a channel, from a thread, so reads never block a test.
+fn pump(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Proc {
+    fn start(args: &[&str], dir: &Path) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ironplant");
+        let lines = pump(child.stdout.take().expect("piped stdout"));
+        let errs = pump(child.stderr.take().expect("piped stderr"));
+        Proc { child, lines, errs }
+    }
+
+    /// Waits for a stdout line containing `marker` and returns the first socket address in it.
+    fn address_after(&self, marker: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no line with {marker:?}"));
+            if line.contains(marker) {
+                let word = line
+                    .split_whitespace()
+                    .find(|w| w.contains("127.0.0.1:"))
+                    .expect("an address");
+                let addr = word.trim_start_matches("http://");
+                return addr.split('/').next().expect("host:port").to_owned();
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the API");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (status, body.to_owned())
+}
+
+fn get_json(addr: &str, path: &str) -> (u16, Json) {
+    let (status, body) = get(addr, path);
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}")),
+    )
+}
+
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn tags(addr: &str, query: &str) -> Vec<Json> {
+    let (status, body) = get_json(addr, &format!("/api/v1/tags{query}"));
+    assert_eq!(status, 200);
+    body["tags"].as_array().expect("tags array").clone()
+}
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run ironplant")
+}
+
+#[test]
+fn demo_serves_live_good_changing_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let started = Instant::now();
+    let demo = Proc::start(
+        &["demo", "--http", "127.0.0.1:0", "--data-dir", "data"],
+        dir.path(),
+    );
+    let addr = demo.address_after("HTTP API:");
+
+    // >= 30 tags, all Good, within 5 s of start-up.
+    let first = wait_for("30 Good tags", 20, || {
+        let t = tags(&addr, "");
+        (t.len() >= 30 && t.iter().all(|t| t["quality"] == "Good")).then_some(t)
+    });
+    eprintln!("all tags Good after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    for t in &first {
+        assert!(
+            t["source_ts"]
+                .as_str()
+                .is_some_and(|s| s.ends_with('Z') && s.contains('.')),
+            "{t}"
+        );
+        assert!(
+            t["path"]
+                .as_str()
+                .is_some_and(|p| p.split('/').count() == 7),
+            "{t}"
+        );
+    }
+
+    // Values change between two calls 2 s apart.
+    std::thread::sleep(Duration::from_secs(2));
+    let second = tags(&addr, "");
+    let changed = first
+        .iter()
+        .zip(&second)
+        .filter(|(a, b)| a["value"] != b["value"])
+        .count();
+    assert!(changed >= 5, "only {changed} tag values changed in 2 s");
+
+    // One tag, prefix filter, errors with a stable shape.
+    let path = first[0]["path"].as_str().expect("path");
+    let (status, one) = get_json(&addr, &format!("/api/v1/tags/{path}"));
+    assert_eq!(status, 200);
+    assert_eq!(one["path"], path);
+    let prefix = path.rsplit_once('/').expect("parent").0;
+    let filtered = tags(&addr, &format!("?prefix={prefix}"));
+    assert!(!filtered.is_empty() && filtered.len() < first.len());
+    assert!(filtered
+        .iter()
+        .all(|t| t["path"].as_str().is_some_and(|p| p.starts_with(prefix))));
+    let (status, err) = get_json(&addr, "/api/v1/tags/acme/nope");
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (404, Some("tag_not_found"))
+    );
+    let (status, err) = get_json(&addr, "/api/v1/tags/acme/bad%20path");
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (400, Some("invalid_path"))
+    );
+    assert!(err["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    let (status, err) = get_json(&addr, "/no/such/endpoint");
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+
+    // Assets with locations; health; metrics.
+    let (status, assets) = get_json(&addr, "/api/v1/assets");
+    assert_eq!(status, 200);
+    let root = &assets["assets"][0];
+    assert_eq!(root["level"], "enterprise");
+    let site = &root["children"][0];
+    assert_eq!(site["level"], "site");
+    assert!(site["location"]["latitude"].is_f64(), "{site}");
+    let (status, health) = get_json(&addr, "/healthz");
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    let (status, metrics) = get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    let ingested: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ironplant_samples_ingested_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("samples counter");
+    assert!(ingested >= 60, "{ingested}");
+    assert!(metrics.contains("ironplant_poll_latency_seconds_bucket{device="));
+    assert!(metrics.contains("ironplant_poll_errors_total{device="));
+    assert!(
+        dir.path().join("data/demo.toml").exists(),
+        "demo saves its config in the data dir"
+    );
+}
+
+#[test]
+fn killing_the_simulator_makes_tags_bad_until_it_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = Proc::start(&["simulate", "--listen", "127.0.0.1:0"], dir.path());
+    let sim_addr = sim.address_after("listening on");
+    let config = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/bottling.toml"),
+    )
+    .expect("example config")
+    .replace("127.0.0.1:5020", &sim_addr);
+    std::fs::write(dir.path().join("plant.toml"), config).expect("write config");
+    let platform = Proc::start(
+        &["serve", "--config", "plant.toml", "--http", "127.0.0.1:0"],
+        dir.path(),
+    );
+    let addr = platform.address_after("HTTP API:");
+    let all_quality = |q: &str| {
+        let t = tags(&addr, "");
+        (!t.is_empty() && t.iter().all(|t| t["quality"] == q)).then_some(t)
+    };
+    wait_for("all Good", 20, || all_quality("Good"));
+
+    drop(sim);
+    let killed = Instant::now();
+    let bad = wait_for("all Bad", 10, || all_quality("Bad"));
+    assert!(bad.iter().all(|t| t["quality_reason"] == "CommFailure"));
+    // Two poll intervals of the example (1 s), plus slack for a loaded machine.
+    assert!(
+        killed.elapsed() < Duration::from_millis(2500),
+        "took {:?}",
+        killed.elapsed()
+    );
+
+    let _sim = Proc::start(&["simulate", "--listen", &sim_addr], dir.path());
+    wait_for("all Good again", 20, || all_quality("Good"));
+}
+
+#[test]
+fn check_reports_every_error_with_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = r#"[[device]]
+id = "plc"
+protocol = "modbus-tcp"
+address = "127.0.0.1:502"
+
+[[tag]]
+path = "acme/site/area/line/cell/plc/a"
+device = "nope"
+modbus = { table = "holding", address = 0 }
+
+[[tag]]
+path = "acme/site/area/line/cell/plc/bad path"
+device = "plc"
+modbus = { table = "holding", address = 5 }
+
+[[tag]]
+path = "acme/site/area/line/cell/plc/b"
+device = "plc"
+modbus = { table = "holding", address = 10, type = "f32" }
+
+[[tag]]
+path = "acme/site/area/line/cell/plc/c"
+device = "plc"
+modbus = { table = "holding", address = 11, type = "u16" }
+
+[[tag]]
+path = "acme/site/area/line/cell/plc/d"
+device = "plc"
+modbus = { table = "holding", address = 20, type = "int128" }
+"#;
+    std::fs::write(dir.path().join("broken.toml"), broken).expect("write");
+    let out = run(&["check", "--config", "broken.toml"], dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "broken.toml:8:10: error: unknown device \"nope\"",
+        "broken.toml:12:8: error: invalid tag path",
+        "broken.toml:24:",
+        "overlaps tag acme/site/area/line/cell/plc/b",
+        "broken.toml:29:",
+        "unknown data type \"int128\"",
+        "hint:",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/bottling.toml");
+    let out = run(
+        &["check", "--config", example.to_str().expect("utf-8 path")],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn clear_one_line_errors_for_port_in_use_and_missing_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let holder = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = holder.local_addr().expect("addr").to_string();
+    let out = run(&["demo", "--http", &taken], dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line in:\n{err}"));
+    assert!(
+        line.contains(&taken) && line.contains("in use") && line.contains("--http"),
+        "{line}"
+    );
+
+    let out = run(&["serve", "--config", "missing.toml"], dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("cannot read config file missing.toml") && err.contains("No such file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unreachable_device_keeps_the_platform_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A port that refuses connections: bound, then closed.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let cfg = format!(
+        "[[device]]\nid = \"gone\"\nprotocol = \"modbus-tcp\"\naddress = \"{dead}\"\npoll_interval = \"200ms\"\n\n\
+         [[tag]]\npath = \"acme/site/area/line/cell/gone/x\"\ndevice = \"gone\"\nmodbus = {{ table = \"input\", address = 0 }}\n"
+    );
+    std::fs::write(dir.path().join("c.toml"), cfg).expect("write");
+    let p = Proc::start(
+        &["serve", "--config", "c.toml", "--http", "127.0.0.1:0"],
+        dir.path(),
+    );
+    let addr = p.address_after("HTTP API:");
+    // Before the first poll the tag is Bad(NotConnected); then the failed connect makes it CommFailure.
+    let t = wait_for("tag Bad(CommFailure)", 10, || {
+        let t = tags(&addr, "");
+        (t[0]["quality_reason"] == "CommFailure").then(|| t[0].clone())
+    });
+    assert_eq!(t["quality"], "Bad");
+    let (status, health) = get_json(&addr, "/healthz");
+    assert_eq!(
+        (status, health["devices"]["gone"].as_str()),
+        (200, Some("down"))
+    );
+    let warning = wait_for("a warning on stderr", 10, || {
+        p.errs.try_iter().find(|l| l.contains("cannot connect"))
+    });
+    assert!(
+        warning.contains("gone") && warning.contains(&dead.to_string()),
+        "{warning}"
+    );
+}
