@@ -65,14 +65,58 @@ pub fn decode_registers(point: &ModbusPoint, regs: &[u16]) -> Value {
         // u64 above i64::MAX cannot be an Int; it becomes a float.
         U64 => (i64::try_from(raw).ok(), raw as f64),
         I64 => (Some(raw as i64), raw as i64 as f64),
-        F32 => (None, f64::from(f32::from_bits(raw as u32))),
+        F32 => (None, f32_as_f64(f32::from_bits(raw as u32))),
         F64 => (None, f64::from_bits(raw)),
     };
     let scaled = point.scale != 1.0 || point.offset != 0.0;
     match as_int {
         Some(i) if !scaled => Value::Int(i),
-        _ => Value::Float(as_float * point.scale + point.offset),
+        _ => Value::Float(apply_scale(as_float, point.scale) + point.offset),
     }
+}
+
+/// `raw × scale`, but for scales like 0.1 or 0.01 divides by 10 or 100 instead, so that raw 3989
+/// with scale 0.1 reads 398.9 and not 398.90000000000003 (0.1 has no exact binary form).
+fn apply_scale(raw: f64, scale: f64) -> f64 {
+    let inverse = 1.0 / scale;
+    if inverse.abs() >= 1.0 && (inverse - inverse.round()).abs() < 1e-9 {
+        raw / inverse.round()
+    } else {
+        raw * scale
+    }
+}
+
+/// Widens an f32 to the f64 with the same shortest decimal form (123.456f32 becomes 123.456, not
+/// 123.45600128173828): the device meant the f32's decimal value, and every consumer downstream
+/// (JSON, historian, alarm limits) should see that. No heap allocation.
+fn f32_as_f64(x: f32) -> f64 {
+    struct Buf {
+        bytes: [u8; 32],
+        len: usize,
+    }
+    impl std::fmt::Write for Buf {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let end = self.len + s.len();
+            self.bytes
+                .get_mut(self.len..end)
+                .ok_or(std::fmt::Error)?
+                .copy_from_slice(s.as_bytes());
+            self.len = end;
+            Ok(())
+        }
+    }
+    let mut buf = Buf {
+        bytes: [0; 32],
+        len: 0,
+    };
+    // `{:e}` prints the shortest digits that round-trip, with an exponent: at most ~15 bytes.
+    if std::fmt::write(&mut buf, format_args!("{x:e}")).is_err() {
+        return f64::from(x);
+    }
+    std::str::from_utf8(&buf.bytes[..buf.len])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(f64::from(x))
 }
 
 /// Encodes an engineering value into wire-order registers for `point` (inverse of
@@ -175,14 +219,14 @@ mod tests {
         );
         assert_eq!(
             decode_registers(&be, &[0x42F6, 0xE979]),
-            Value::Float(f64::from(123.456f32))
+            Value::Float(123.456)
         );
         assert_eq!(
             decode_registers(&le, &[0xE979, 0x42F6]),
-            Value::Float(f64::from(123.456f32))
+            Value::Float(123.456)
         );
         assert_eq!(
-            encode_registers(&le, &Value::Float(f64::from(123.456f32))),
+            encode_registers(&le, &Value::Float(123.456)),
             Ok(vec![0xE979, 0x42F6])
         );
         let bswap = point(
@@ -192,7 +236,7 @@ mod tests {
         );
         assert_eq!(
             decode_registers(&bswap, &[0xF642, 0x79E9]),
-            Value::Float(f64::from(123.456f32))
+            Value::Float(123.456)
         );
     }
 
@@ -253,6 +297,37 @@ mod tests {
             encode_registers(&p, &Value::Bool(true)),
             Err(EncodeError::WrongType { .. })
         ));
+    }
+
+    #[test]
+    fn f32_widens_to_its_shortest_decimal() {
+        for x in [
+            0.1f32,
+            400.18646,
+            -98.765,
+            1e-40,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            0.0,
+            -0.0,
+        ] {
+            let wide = f32_as_f64(x);
+            assert_eq!(wide as f32, x, "round-trips to the same f32");
+            assert_eq!(wide.to_string(), x.to_string(), "same decimal form");
+        }
+        assert!(f32_as_f64(f32::NAN).is_nan());
+        assert_eq!(f32_as_f64(f32::INFINITY), f64::INFINITY);
+        let mut p = point(
+            ModbusDataType::U16,
+            WordOrder::BigEndian,
+            ByteOrder::BigEndian,
+        );
+        p.scale = 0.1;
+        assert_eq!(decode_registers(&p, &[3989]), Value::Float(398.9));
+        p.scale = 0.25;
+        assert_eq!(decode_registers(&p, &[3]), Value::Float(0.75));
+        p.scale = 2.5;
+        assert_eq!(decode_registers(&p, &[3]), Value::Float(7.5));
     }
 
     #[test]

@@ -319,6 +319,10 @@ impl State {
                             continue;
                         };
                         let quality = match (p.range, value.as_f64()) {
+                            // NaN or infinity is no measurement: a sensor or PLC fault.
+                            (_, Some(x)) if !x.is_finite() => {
+                                Quality::bad(QualityReason::DeviceFailure)
+                            }
                             (Some((lo, hi)), Some(x)) if x < lo || x > hi => {
                                 Quality::uncertain(QualityReason::OutOfRange)
                             }

@@ -162,8 +162,8 @@ async fn connector_reads_and_writes_a_pymodbus_server() {
     };
     assert_eq!(value("u16"), Some(Value::Int(1234)));
     assert_eq!(value("i16"), Some(Value::Int(-1234)));
-    assert_eq!(f("f32_abcd"), f64::from(123.456f32));
-    assert_eq!(f("f32_cdab"), f64::from(-98.765f32));
+    assert_eq!(f("f32_abcd"), 123.456);
+    assert_eq!(f("f32_cdab"), -98.765);
     assert!(
         (f("scaled") - 234.5).abs() < 1e-9,
         "scaled = {}",

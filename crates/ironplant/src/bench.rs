@@ -144,11 +144,18 @@ impl PollObserver for Counter {
 /// call are not counted; the tokio workers that do the polling live for the whole run.
 fn process_cpu() -> anyhow::Result<Duration> {
     let mut total_ns: u64 = 0;
-    for task in std::fs::read_dir("/proc/self/task").context("cannot read /proc/self/task (Linux only)")? {
+    for task in
+        std::fs::read_dir("/proc/self/task").context("cannot read /proc/self/task (Linux only)")?
+    {
         let path = task?.path().join("schedstat");
         // A thread may exit between listing and reading: skip it.
-        let Ok(text) = std::fs::read_to_string(&path) else { continue };
-        let ns = text.split_whitespace().next().and_then(|f| f.parse::<u64>().ok());
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let ns = text
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse::<u64>().ok());
         total_ns += ns.with_context(|| format!("unexpected {}", path.display()))?;
     }
     Ok(Duration::from_nanos(total_ns))

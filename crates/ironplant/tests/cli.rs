@@ -398,4 +398,20 @@ fn an_unreachable_device_keeps_the_platform_running() {
         warning.contains("gone") && warning.contains(&dead.to_string()),
         "{warning}"
     );
+
+    // Ctrl-C (SIGINT) shuts down cleanly with exit code 0.
+    let mut p = p;
+    let pid = p.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let status = wait_for("exit after SIGINT", 10, || {
+        p.child.try_wait().expect("try_wait")
+    });
+    assert!(status.success(), "{status:?}");
+    wait_for("the shutdown log line", 10, || {
+        p.errs.try_iter().find(|l| l.contains("shutting down"))
+    });
 }
