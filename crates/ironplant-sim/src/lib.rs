@@ -109,7 +109,10 @@ const MAX_DT: Duration = Duration::from_secs(10);
 pub async fn run(listener: TcpListener, seed: u64) -> io::Result<()> {
     let bank = new_bank();
     let _physics = AbortOnDrop(tokio::spawn(physics_loop(bank.clone(), seed)));
-    tracing::info!(addr = ?listener.local_addr().ok(), seed, "simulated bottling line serving");
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, seed, "simulated bottling line serving"),
+        Err(_) => tracing::info!(seed, "simulated bottling line serving"),
+    }
     ironplant_modbus::serve(listener, bank).await
 }
 
