@@ -229,6 +229,26 @@ fn print_table(header: [&str; 2], rows: &[(String, String)]) {
     }
 }
 
+/// Waits `duration` while a progress bar on stderr (hidden when stderr is not a terminal) shows it.
+async fn wait_with_progress(label: &str, duration: Duration) {
+    let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg:>24} [{bar:40}] {elapsed}/{duration}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(label.to_owned());
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        tokio::time::sleep(
+            Duration::from_millis(100).min(duration.saturating_sub(start.elapsed())),
+        )
+        .await;
+        bar.set_position(start.elapsed().as_millis() as u64);
+    }
+    bar.finish_and_clear();
+}
+
 struct RunFigures {
     requests: u64,
     errors: u64,
@@ -239,6 +259,7 @@ struct RunFigures {
 
 /// Polls `points` from `config` for `duration`, counting requests and samples.
 async fn drive(
+    label: &str,
     config: DeviceConfig,
     points: Vec<PollPoint>,
     duration: Duration,
@@ -262,7 +283,7 @@ async fn drive(
         observer: counter.clone(),
     }
     .spawn();
-    tokio::time::sleep(duration).await;
+    wait_with_progress(label, duration).await;
     drop(handle);
     let wall = t0.elapsed();
     let cpu = process_cpu()?.saturating_sub(cpu0);
@@ -314,7 +335,7 @@ async fn bench_modbus(duration: Duration, tags: usize) -> anyhow::Result<()> {
     .sum();
     let sim_tags = points.len();
     let fast = device(&dev.id, &sim_addr, dev.unit_id, Duration::ZERO);
-    let sim = drive(fast, points, duration).await?;
+    let sim = drive("simulator, back to back", fast, points, duration).await?;
     let secs = sim.wall.as_secs_f64();
     let cycles = sim.samples as f64 / sim_tags.max(1) as f64;
 
@@ -436,7 +457,7 @@ async fn bench_bus(duration: Duration, tags: usize) -> anyhow::Result<()> {
             }
         }));
     }
-    tokio::time::sleep(duration).await;
+    wait_with_progress("tag bus", duration).await;
     stop.store(true, Ordering::Relaxed);
     for p in publishers {
         p.await?;

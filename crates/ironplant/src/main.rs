@@ -13,7 +13,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Ironplant: an industrial IoT platform in one binary — connect PLCs and sensors, see live values.
 #[derive(Parser)]
-#[command(name = "ironplant", version, about, long_about = None, after_help = "Examples:\n  ironplant demo                              simulated bottling line + platform on http://127.0.0.1:8080\n  ironplant serve --config ironplant.toml     run the platform with your own config\n  ironplant check --config ironplant.toml     validate a config file")]
+#[command(
+    name = "ironplant",
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  ironplant demo\n  ironplant serve --config ironplant.toml --http 0.0.0.0:8080\n  ironplant check --config ironplant.toml"
+)]
 struct Cli {
     /// Address of the HTTP API (port 0 picks a free port).
     #[arg(
@@ -87,7 +93,10 @@ enum Command {
         config: PathBuf,
     },
     /// Measure performance and print the figures.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  ironplant bench modbus --seconds 10\n  ironplant bench bus"
+    )]
     Bench(bench::BenchCommand),
 }
 
