@@ -346,6 +346,7 @@ async fn bench_modbus(duration: Duration, tags: usize) -> anyhow::Result<()> {
         ironplant_modbus::plan_reads(&mix.iter().map(|p| p.point.clone()).collect::<Vec<_>>(), 0)
             .len();
     let slow = drive(
+        "1 s polling",
         device("bench", &srv_addr, 1, Duration::from_secs(1)),
         mix,
         duration,
