@@ -139,6 +139,22 @@ impl ModbusDataType {
         })
     }
 
+    /// The name used in configuration files.
+    pub fn as_str(self) -> &'static str {
+        use ModbusDataType::*;
+        match self {
+            Bool => "bool",
+            U16 => "u16",
+            I16 => "i16",
+            U32 => "u32",
+            I32 => "i32",
+            U64 => "u64",
+            I64 => "i64",
+            F32 => "f32",
+            F64 => "f64",
+        }
+    }
+
     /// Registers it occupies (1 for bools, which use a bit or a coil).
     pub fn registers(self) -> u16 {
         use ModbusDataType::*;
@@ -830,7 +846,7 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
                             "{} {}..={} of tag {} overlaps tag {} ({} {}..={}) on device {dev:?} unit {unit}",
                             table.as_str(), b.0, b.1, tags[b.3].path, tags[a.3].path, table.as_str(), a.0, a.1
                         ),
-                        Some(format!("move one of the two tags; a {} needs {} register(s)", tags[b.3].modbus.as_ref().map_or("value", |m| data_type_name(m.data_type)), b.1 - b.0 + 1)),
+                        Some(format!("move one of the two tags; a {} needs {} register(s)", tags[b.3].modbus.as_ref().map_or("value", |m| m.data_type.as_str()), b.1 - b.0 + 1)),
                     );
                 }
             }
@@ -841,21 +857,6 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         assets,
         devices,
         tags,
-    }
-}
-
-fn data_type_name(t: ModbusDataType) -> &'static str {
-    use ModbusDataType::*;
-    match t {
-        Bool => "bool",
-        U16 => "u16",
-        I16 => "i16",
-        U32 => "u32",
-        I32 => "i32",
-        U64 => "u64",
-        I64 => "i64",
-        F32 => "f32",
-        F64 => "f64",
     }
 }
 
@@ -989,7 +990,7 @@ fn validate_modbus(
                 format!(
                     "address {} is out of range for a {}",
                     m.address.get_ref(),
-                    data_type_name(data_type)
+                    data_type.as_str()
                 ),
                 Some(format!(
                     "use 0..={} (0-based protocol addresses, not 4xxxx numbers)",

@@ -153,21 +153,10 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ironplant_core::config::{ByteOrder, ModbusDataType, WordOrder};
+    use ironplant_core::config::{ByteOrder, WordOrder};
 
     fn type_name(d: &PointDef) -> String {
-        use ModbusDataType::*;
-        let base = match d.data_type {
-            Bool => "bool",
-            U16 => "u16",
-            I16 => "i16",
-            U32 => "u32",
-            I32 => "i32",
-            U64 => "u64",
-            I64 => "i64",
-            F32 => "f32",
-            F64 => "f64",
-        };
+        let base = d.data_type.as_str();
         let order = match (d.word_order, d.byte_order) {
             _ if d.data_type.registers() == 1 || d.table.is_bits() => "",
             (WordOrder::BigEndian, ByteOrder::BigEndian) => " ABCD",
