@@ -1,0 +1,371 @@
+//! Chunk storage in redb (ACID, pure Rust): the tag registry, the compressed chunks, and the
+//! checkpoint LSN, committed together so chunks and the WAL position never disagree.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use ironplant_core::TagPath;
+use parking_lot::RwLock;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::chunk;
+use crate::memtable::Raw;
+use crate::HistorianError;
+
+/// path → historian tag id.
+const TAGS: TableDefinition<'_, &str, u32> = TableDefinition::new("tags");
+/// (hid, last_ts, first_ts, seq) → chunk bytes. Ordered by last_ts so a range scan from `from`
+/// finds every chunk that can hold samples at or after it.
+const CHUNKS: TableDefinition<'_, (u32, i64, i64, u64), &[u8]> = TableDefinition::new("chunks");
+/// hid → the longest time span of any of its chunks (bounds how far a scan must look).
+const SPANS: TableDefinition<'_, u32, i64> = TableDefinition::new("spans");
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkKey {
+    pub hid: u32,
+    pub last_ts: i64,
+    pub first_ts: i64,
+    pub seq: u64,
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    spans: RwLock<HashMap<u32, i64>>,
+    next_seq: RwLock<u64>,
+}
+
+fn storage<E: std::fmt::Display>(e: E) -> HistorianError {
+    HistorianError::Storage(e.to_string())
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, HistorianError> {
+        let db = Database::create(path)
+            .map_err(|e| HistorianError::Storage(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            txn.open_table(TAGS).map_err(storage)?;
+            txn.open_table(CHUNKS).map_err(storage)?;
+            txn.open_table(SPANS).map_err(storage)?;
+            txn.open_table(META).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(Store {
+            db,
+            path: path.to_owned(),
+            spans: RwLock::new(HashMap::new()),
+            next_seq: RwLock::new(0),
+        })
+    }
+
+    /// Loads the checkpoint LSN and the tag registry (and caches spans).
+    pub fn load(&self) -> Result<(u64, Vec<(String, u32)>), HistorianError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let meta = txn.open_table(META).map_err(storage)?;
+        let checkpoint = meta
+            .get("checkpoint_lsn")
+            .map_err(storage)?
+            .map_or(0, |v| v.value());
+        *self.next_seq.write() = meta
+            .get("next_seq")
+            .map_err(storage)?
+            .map_or(0, |v| v.value());
+        let mut tags = Vec::new();
+        for row in txn
+            .open_table(TAGS)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (k, v) = row.map_err(storage)?;
+            tags.push((k.value().to_owned(), v.value()));
+        }
+        let mut spans = self.spans.write();
+        for row in txn
+            .open_table(SPANS)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (k, v) = row.map_err(storage)?;
+            spans.insert(k.value(), v.value());
+        }
+        Ok((checkpoint, tags))
+    }
+
+    pub fn register(&self, new: &[(TagPath, u32)]) -> Result<(), HistorianError> {
+        if new.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = txn.open_table(TAGS).map_err(storage)?;
+            for (p, hid) in new {
+                t.insert(p.as_str(), *hid).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// Inserts chunks and sets the checkpoint LSN in one durable transaction.
+    pub fn commit_chunks(
+        &self,
+        chunks: Vec<(ChunkKey, Vec<u8>)>,
+        checkpoint_lsn: u64,
+    ) -> Result<(), HistorianError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let mut seq = *self.next_seq.read();
+        let mut spans = self.spans.read().clone();
+        {
+            let mut t = txn.open_table(CHUNKS).map_err(storage)?;
+            let mut s = txn.open_table(SPANS).map_err(storage)?;
+            for (k, bytes) in &chunks {
+                t.insert((k.hid, k.last_ts, k.first_ts, seq), bytes.as_slice())
+                    .map_err(storage)?;
+                seq += 1;
+                let span = k.last_ts.saturating_sub(k.first_ts);
+                let cur = spans.entry(k.hid).or_insert(0);
+                if span > *cur {
+                    *cur = span;
+                    s.insert(k.hid, span).map_err(storage)?;
+                }
+            }
+            let mut m = txn.open_table(META).map_err(storage)?;
+            m.insert("checkpoint_lsn", checkpoint_lsn)
+                .map_err(storage)?;
+            m.insert("next_seq", seq).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        *self.next_seq.write() = seq;
+        *self.spans.write() = spans;
+        Ok(())
+    }
+
+    pub fn begin_read(&self) -> Result<redb::ReadTransaction, HistorianError> {
+        self.db.begin_read().map_err(storage)
+    }
+
+    fn span(&self, hid: u32) -> i64 {
+        self.spans.read().get(&hid).copied().unwrap_or(0)
+    }
+
+    fn decode(
+        &self,
+        key: (u32, i64, i64, u64),
+        bytes: &[u8],
+        path: &str,
+        warnings: &mut Vec<String>,
+    ) -> Option<chunk::Columns> {
+        match chunk::decode(bytes) {
+            Ok((_, cols)) => Some(cols),
+            Err(e) => {
+                warnings.push(format!(
+                    "corrupt chunk of tag {path} covering {} .. {} ({e}); its samples were skipped",
+                    ironplant_core::Timestamp(key.2),
+                    ironplant_core::Timestamp(key.1)
+                ));
+                None
+            }
+        }
+    }
+
+    /// Samples with `from <= ts < to` from every chunk that may hold some.
+    pub fn scan(
+        &self,
+        txn: &redb::ReadTransaction,
+        hid: u32,
+        from: i64,
+        to: i64,
+        warnings: &mut Vec<String>,
+        path: &str,
+    ) -> Result<Vec<Raw>, HistorianError> {
+        let t = txn.open_table(CHUNKS).map_err(storage)?;
+        let horizon = to.saturating_add(self.span(hid));
+        let mut out = Vec::new();
+        for row in t
+            .range((hid, from, i64::MIN, 0)..=(hid, i64::MAX, i64::MAX, u64::MAX))
+            .map_err(storage)?
+        {
+            let (k, v) = row.map_err(storage)?;
+            let key = k.value();
+            if key.1 > horizon {
+                break;
+            }
+            if key.2 >= to {
+                continue;
+            }
+            if let Some(c) = self.decode(key, v.value(), path, warnings) {
+                for i in 0..c.ts.len() {
+                    if c.ts[i] >= from && c.ts[i] < to {
+                        out.push(Raw {
+                            ts: c.ts[i],
+                            value: c.values[i].clone(),
+                            quality: c.quality[i],
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The latest sample strictly before `t` in chunks.
+    pub fn before(
+        &self,
+        txn: &redb::ReadTransaction,
+        hid: u32,
+        t: i64,
+        warnings: &mut Vec<String>,
+        path: &str,
+    ) -> Result<Option<Raw>, HistorianError> {
+        let table = txn.open_table(CHUNKS).map_err(storage)?;
+        let mut best: Option<Raw> = None;
+        let consider = |c: &chunk::Columns, best: &mut Option<Raw>| {
+            for i in 0..c.ts.len() {
+                if c.ts[i] < t && best.as_ref().is_none_or(|b| c.ts[i] >= b.ts) {
+                    *best = Some(Raw {
+                        ts: c.ts[i],
+                        value: c.values[i].clone(),
+                        quality: c.quality[i],
+                    });
+                }
+            }
+        };
+        // Chunks ending before t: the one ending last holds the latest such sample (skipping
+        // corrupt ones).
+        for row in table
+            .range((hid, i64::MIN, i64::MIN, 0)..(hid, t, i64::MIN, 0))
+            .map_err(storage)?
+            .rev()
+        {
+            let (k, v) = row.map_err(storage)?;
+            if let Some(c) = self.decode(k.value(), v.value(), path, warnings) {
+                consider(&c, &mut best);
+                break;
+            }
+        }
+        // Chunks ending at or after t that start before it.
+        let horizon = t.saturating_add(self.span(hid));
+        for row in table
+            .range((hid, t, i64::MIN, 0)..=(hid, i64::MAX, i64::MAX, u64::MAX))
+            .map_err(storage)?
+        {
+            let (k, v) = row.map_err(storage)?;
+            let key = k.value();
+            if key.1 > horizon {
+                break;
+            }
+            if key.2 < t {
+                if let Some(c) = self.decode(key, v.value(), path, warnings) {
+                    consider(&c, &mut best);
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// The earliest sample at or after `t` in chunks.
+    pub fn after(
+        &self,
+        txn: &redb::ReadTransaction,
+        hid: u32,
+        t: i64,
+        warnings: &mut Vec<String>,
+        path: &str,
+    ) -> Result<Option<Raw>, HistorianError> {
+        let table = txn.open_table(CHUNKS).map_err(storage)?;
+        let span = self.span(hid);
+        let mut best: Option<Raw> = None;
+        for row in table
+            .range((hid, t, i64::MIN, 0)..=(hid, i64::MAX, i64::MAX, u64::MAX))
+            .map_err(storage)?
+        {
+            let (k, v) = row.map_err(storage)?;
+            let key = k.value();
+            // A chunk ending at L starts at or after L - span: none further can beat `best`.
+            if best
+                .as_ref()
+                .is_some_and(|b| key.1.saturating_sub(span) > b.ts)
+            {
+                break;
+            }
+            if let Some(c) = self.decode(key, v.value(), path, warnings) {
+                for i in 0..c.ts.len() {
+                    if c.ts[i] >= t && best.as_ref().is_none_or(|b| c.ts[i] < b.ts) {
+                        best = Some(Raw {
+                            ts: c.ts[i],
+                            value: c.values[i].clone(),
+                            quality: c.quality[i],
+                        });
+                    }
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// The latest sample of a tag in chunks.
+    pub fn last_in_chunks(&self, hid: u32) -> Result<Option<Raw>, HistorianError> {
+        let txn = self.begin_read()?;
+        let mut ignored = Vec::new();
+        self.before(&txn, hid, i64::MAX, &mut ignored, "")
+    }
+
+    /// Deletes chunks whose last sample is older than the tag's cutoff.
+    pub fn drop_before(&self, cutoffs: &[(u32, i64)]) -> Result<u64, HistorianError> {
+        if cutoffs.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write().map_err(storage)?;
+        let mut n = 0;
+        {
+            let mut t = txn.open_table(CHUNKS).map_err(storage)?;
+            for &(hid, cutoff) in cutoffs {
+                let keys: Vec<(u32, i64, i64, u64)> = t
+                    .range((hid, i64::MIN, i64::MIN, 0)..(hid, cutoff, i64::MIN, 0))
+                    .map_err(storage)?
+                    .filter_map(|r| r.ok().map(|(k, _)| k.value()))
+                    .collect();
+                for k in keys {
+                    t.remove(k).map_err(storage)?;
+                    n += 1;
+                }
+            }
+        }
+        txn.commit().map_err(storage)?;
+        Ok(n)
+    }
+
+    /// Bytes of the database file on disk.
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// Test helper: overwrites one byte of the first chunk of `hid`, as disk corruption would.
+    #[doc(hidden)]
+    pub fn corrupt_first_chunk(&self, hid: u32) -> Result<bool, HistorianError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let found = {
+            let mut t = txn.open_table(CHUNKS).map_err(storage)?;
+            let first = t
+                .range((hid, i64::MIN, i64::MIN, 0)..=(hid, i64::MAX, i64::MAX, u64::MAX))
+                .map_err(storage)?
+                .next()
+                .and_then(|r| r.ok())
+                .map(|(k, v)| (k.value(), v.value().to_vec()));
+            match first {
+                Some((k, mut bytes)) => {
+                    let mid = bytes.len() / 2;
+                    bytes[mid] ^= 0x5A;
+                    t.insert(k, bytes.as_slice()).map_err(storage)?;
+                    true
+                }
+                None => false,
+            }
+        };
+        txn.commit().map_err(storage)?;
+        Ok(found)
+    }
+}

@@ -1,0 +1,279 @@
+//! The historian against a simple in-memory model, restarts, queries, corruption and retention.
+
+use std::time::Duration;
+
+use ironplant_core::{Quality, QualityReason, TagPath, Timestamp, Value};
+use ironplant_historian::{Aggregate, Historian, HistorianConfig, HistorianError, Interpolation};
+
+fn path(s: &str) -> TagPath {
+    TagPath::parse(s).expect("valid path")
+}
+
+fn cfg(dir: &std::path::Path) -> HistorianConfig {
+    let mut c = HistorianConfig::new(dir);
+    c.flush_samples = 500; // many checkpoints, so queries cross chunks and memtables
+    c
+}
+
+const T0: i64 = 1_700_000_000_000_000;
+const S: i64 = 1_000_000;
+
+#[test]
+fn stores_queries_and_survives_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = Historian::open(cfg(dir.path())).expect("open");
+    let ids = h
+        .register(&[path("a/b/temp"), path("a/b/count"), path("a/b/run")])
+        .expect("register");
+    // 3 tags × 2000 s at 1 s; the temperature is Bad for 10 s in the middle.
+    for chunk in 0..20 {
+        let mut batch = Vec::new();
+        for i in chunk * 100..(chunk + 1) * 100 {
+            let ts = T0 + i * S;
+            let q = if (1000..1010).contains(&i) {
+                Quality::bad(QualityReason::CommFailure)
+            } else {
+                Quality::GOOD
+            };
+            batch.push((ids[0], ts, Value::Float(20.0 + (i % 10) as f64 * 0.1), q));
+            batch.push((ids[1], ts, Value::Int(i * 3), Quality::GOOD));
+            batch.push((ids[2], ts, Value::Bool(i % 100 < 50), Quality::GOOD));
+        }
+        h.submit(batch)
+            .expect("submit")
+            .wait_blocking()
+            .expect("durable");
+    }
+    let check = |h: &Historian| {
+        let page = h
+            .raw(
+                "a/b/count",
+                Timestamp(T0),
+                Timestamp(T0 + 2000 * S),
+                100_000,
+            )
+            .expect("raw");
+        assert_eq!(page.points.len(), 2000);
+        assert!(page
+            .points
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.value == Value::Int(i as i64 * 3)
+                && p.ts == Timestamp(T0 + i as i64 * S)));
+        assert!(page.warnings.is_empty());
+        // Paging never loses or repeats a sample.
+        let mut from = Timestamp(T0);
+        let mut seen = 0;
+        loop {
+            let p = h
+                .raw("a/b/run", from, Timestamp(T0 + 2000 * S), 300)
+                .expect("page");
+            seen += p.points.len();
+            match p.next {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+        assert_eq!(seen, 2000);
+        // 1-minute averages over the range; the bad samples are excluded and counted.
+        let agg = h
+            .aggregate(
+                "a/b/temp",
+                Timestamp(T0),
+                Timestamp(T0 + 2000 * S),
+                Duration::from_secs(60),
+                &[
+                    Aggregate::Avg,
+                    Aggregate::Count,
+                    Aggregate::Min,
+                    Aggregate::Max,
+                ],
+            )
+            .expect("aggregate");
+        assert_eq!(agg.rows.len(), 34);
+        let row = &agg.rows[0];
+        assert!(
+            (row.values[0].expect("avg") - 20.45).abs() < 1e-9,
+            "{row:?}"
+        );
+        assert_eq!(
+            (row.values[1], row.values[2], row.values[3]),
+            (Some(60.0), Some(20.0), Some(20.9))
+        );
+        let with_bad = &agg.rows[16]; // [960, 1020) holds the 10 bad samples
+        assert_eq!((with_bad.good, with_bad.bad), (50, 10));
+        let delta = h
+            .aggregate(
+                "a/b/count",
+                Timestamp(T0),
+                Timestamp(T0 + 600 * S),
+                Duration::from_secs(600),
+                &[Aggregate::Delta],
+            )
+            .expect("delta");
+        assert_eq!(delta.rows[0].values[0], Some(599.0 * 3.0));
+        // Interpolation at an instant between samples.
+        let at = h
+            .at(
+                "a/b/count",
+                Timestamp(T0 + 10 * S + S / 2),
+                Interpolation::Linear,
+            )
+            .expect("at")
+            .point
+            .expect("value");
+        assert_eq!(at.value, Value::Float(31.5));
+        let prev = h
+            .at(
+                "a/b/count",
+                Timestamp(T0 + 10 * S + S / 2),
+                Interpolation::Previous,
+            )
+            .expect("at")
+            .point
+            .expect("value");
+        assert_eq!(prev.value, Value::Int(30));
+        let last = h.last(&["a/b/count", "a/b/none"]);
+        assert_eq!(
+            last[0].as_ref().map(|p| p.value.clone()),
+            Some(Value::Int(1999 * 3))
+        );
+        assert_eq!(last[1], None);
+    };
+    check(&h);
+    assert!(h.stats().checkpoints > 0, "some data went into chunks");
+    h.close();
+    // Reopen: the same answers from chunks and the replayed WAL.
+    let h = Historian::open(cfg(dir.path())).expect("reopen");
+    check(&h);
+    h.flush_blocking().expect("flush");
+    check(&h);
+    h.close();
+    let h = Historian::open(cfg(dir.path())).expect("reopen");
+    check(&h);
+    h.close();
+}
+
+#[test]
+fn bad_queries_get_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = Historian::open(cfg(dir.path())).expect("open");
+    h.register(&[path("a/x")]).expect("register");
+    assert!(matches!(
+        h.raw("a/nope", Timestamp(0), Timestamp(1), 10),
+        Err(HistorianError::UnknownTag(_))
+    ));
+    assert!(matches!(
+        h.raw("a/x", Timestamp(10), Timestamp(1), 10),
+        Err(HistorianError::BadRange { .. })
+    ));
+    assert!(matches!(
+        h.raw("a/x", Timestamp(0), Timestamp(1), 10_000_000),
+        Err(HistorianError::LimitTooLarge { .. })
+    ));
+    let e = h
+        .aggregate(
+            "a/x",
+            Timestamp(0),
+            Timestamp(T0),
+            Duration::from_millis(1),
+            &[Aggregate::Avg],
+        )
+        .expect_err("too many");
+    assert!(matches!(e, HistorianError::TooManyIntervals { .. }), "{e}");
+    assert!(matches!(
+        h.aggregate(
+            "a/x",
+            Timestamp(0),
+            Timestamp(1),
+            Duration::ZERO,
+            &[Aggregate::Avg]
+        ),
+        Err(HistorianError::BadInterval(_))
+    ));
+    h.close();
+}
+
+#[test]
+fn a_corrupt_chunk_is_reported_and_skipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = Historian::open(cfg(dir.path())).expect("open");
+    let id = h.register(&[path("a/c")]).expect("register")[0];
+    let batch = (0..3000)
+        .map(|i| (id, T0 + i * S, Value::Float(i as f64), Quality::GOOD))
+        .collect();
+    h.submit(batch)
+        .expect("submit")
+        .wait_blocking()
+        .expect("durable");
+    h.flush_blocking().expect("flush");
+    h.close();
+    // Flip a byte of the first chunk on disk (through redb, as bit rot would).
+    {
+        let store = ironplant_historian::store::Store::open(&dir.path().join("chunks.redb"))
+            .expect("store");
+        assert!(store.corrupt_first_chunk(id).expect("corrupt"));
+    }
+    let h = Historian::open(cfg(dir.path())).expect("reopen");
+    let page = h
+        .raw("a/c", Timestamp(T0), Timestamp(T0 + 3000 * S), 10_000)
+        .expect("query still answers");
+    assert_eq!(page.warnings.len(), 1, "{:?}", page.warnings);
+    assert!(
+        page.warnings[0].contains("a/c") && page.warnings[0].contains("corrupt"),
+        "{}",
+        page.warnings[0]
+    );
+    assert!(!page.points.is_empty() && page.points.len() < 3000);
+    assert_eq!(h.stats().corrupt_chunks_seen, 1);
+    h.close();
+}
+
+#[test]
+fn retention_drops_old_chunks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(dir.path());
+    c.retention = vec![ironplant_historian::Retention {
+        prefix: "a/old".into(),
+        keep: Duration::from_secs(3600),
+    }];
+    let h = Historian::open(c.clone()).expect("open");
+    let ids = h
+        .register(&[path("a/old"), path("a/keep")])
+        .expect("register");
+    let now = Timestamp::now().0;
+    let mut batch = Vec::new();
+    for i in 0..1000 {
+        let ts = now - 7200 * S + i * S; // two hours ago
+        batch.push((ids[0], ts, Value::Float(1.0), Quality::GOOD));
+        batch.push((ids[1], ts, Value::Float(1.0), Quality::GOOD));
+    }
+    h.submit(batch)
+        .expect("submit")
+        .wait_blocking()
+        .expect("durable");
+    h.flush_blocking().expect("flush");
+    h.close();
+    // Retention runs on start-up's first checkpoint and then every minute.
+    let h = Historian::open(c).expect("reopen");
+    h.submit(vec![(ids[1], now, Value::Float(2.0), Quality::GOOD)])
+        .expect("submit")
+        .wait_blocking()
+        .expect("durable");
+    h.flush_blocking().expect("flush");
+    let old = h
+        .raw("a/old", Timestamp(now - 8000 * S), Timestamp(now), 10_000)
+        .expect("raw");
+    let kept = h
+        .raw(
+            "a/keep",
+            Timestamp(now - 8000 * S),
+            Timestamp(now + 1),
+            10_000,
+        )
+        .expect("raw");
+    assert_eq!(old.points.len(), 0, "expired data dropped");
+    assert_eq!(kept.points.len(), 1001, "other tags untouched");
+    assert!(h.stats().retention_dropped_chunks > 0);
+    h.close();
+}
