@@ -16,6 +16,8 @@ use ironplant_core::{Asset, Location, Quality, QualityLevel, Sample, TagMeta, Ta
 use ironplant_runtime::Runtime;
 use serde::{Deserialize, Serialize};
 
+pub mod history;
+
 /// Shared state of the HTTP server.
 pub struct ApiState {
     pub runtime: Arc<Runtime>,
@@ -28,6 +30,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/tags", get(list_tags))
         .route("/api/v1/tags/{*path}", get(get_tag))
         .route("/api/v1/assets", get(list_assets))
+        .route("/api/v1/history", get(history::get_history))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -334,8 +337,7 @@ async fn healthz(State(st): State<Arc<ApiState>>) -> Response {
 }
 
 async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
-    let rt = &st.runtime;
-    let text = rt.metrics.render(&rt.bus.stats(), rt.namespace.len());
+    let text = st.runtime.render_metrics();
     (
         [(
             header::CONTENT_TYPE,

@@ -67,6 +67,11 @@ impl Subscription {
         self.rx.recv().await
     }
 
+    /// The next batch, blocking the thread (for consumers on their own thread, never in async code).
+    pub fn blocking_recv(&mut self) -> Option<Batch> {
+        self.rx.blocking_recv()
+    }
+
     /// The next batch if one is queued.
     pub fn try_recv(&mut self) -> Option<Batch> {
         self.rx.try_recv().ok()

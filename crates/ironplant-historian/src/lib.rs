@@ -128,6 +128,7 @@ struct Counters {
     stored_samples: AtomicU64,
     wal_fsyncs: AtomicU64,
     chunks_written: AtomicU64,
+    chunk_payload_bytes: AtomicU64,
     checkpoints: AtomicU64,
     retention_dropped_chunks: AtomicU64,
     corrupt_chunks_seen: AtomicU64,
@@ -140,6 +141,8 @@ pub struct HistorianStats {
     pub stored_samples: u64,
     pub wal_fsyncs: u64,
     pub chunks_written: u64,
+    /// Bytes of compressed chunks written (before the database's own overhead).
+    pub chunk_payload_bytes: u64,
     pub checkpoints: u64,
     pub retention_dropped_chunks: u64,
     pub corrupt_chunks_seen: u64,
@@ -178,6 +181,7 @@ struct Shared {
 enum Msg {
     Append(Vec<Entry>, Option<oneshot::Sender<Result<(), String>>>),
     Flush(oneshot::Sender<Result<(), String>>),
+    Compact(oneshot::Sender<Result<(), String>>),
 }
 
 /// The historian. Cheap to clone; the writer stops when the last clone is dropped (after a
@@ -386,6 +390,24 @@ impl Historian {
         self.submit_entries(entries, true)
     }
 
+    /// Queues samples without asking for an acknowledgement (the tag bus path: durability is
+    /// still the WAL's, only nobody waits for it). Blocks while the writer is saturated.
+    pub fn ingest(
+        &self,
+        samples: impl IntoIterator<Item = (u32, i64, Value, Quality)>,
+    ) -> Result<(), HistorianError> {
+        let entries = samples
+            .into_iter()
+            .map(|(hid, ts, value, q)| Entry {
+                hid,
+                ts,
+                value,
+                quality: codec::quality_code(q),
+            })
+            .collect();
+        self.submit_entries(entries, false).map(|_| ())
+    }
+
     fn submit_entries(&self, entries: Vec<Entry>, want_ack: bool) -> Result<Ack, HistorianError> {
         let (ack_tx, ack_rx) = if want_ack {
             let (a, b) = oneshot::channel();
@@ -417,12 +439,27 @@ impl Historian {
             .map_err(HistorianError::Storage)
     }
 
+    /// Flushes, merges every run of small chunks into full-size ones and shrinks the database
+    /// file (the flusher merges in the background too, once runs are long enough).
+    pub fn compact_blocking(&self) -> Result<(), HistorianError> {
+        self.flush_blocking()?;
+        let (a, b) = oneshot::channel();
+        let tx = self.tx.lock().clone().ok_or(HistorianError::Closed)?;
+        tx.send(Msg::Compact(a))
+            .map_err(|_| HistorianError::Closed)?;
+        b.blocking_recv()
+            .map_err(|_| HistorianError::Closed)?
+            .map_err(HistorianError::Storage)
+    }
+
     /// Stops the writer after flushing everything acknowledged into chunks.
     pub fn close(&self) {
         drop(self.tx.lock().take());
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
+        // Release the file and its lock now, even if clones of this handle remain.
+        self.shared.store.close();
     }
 
     pub fn stats(&self) -> HistorianStats {
@@ -435,6 +472,7 @@ impl Historian {
             stored_samples: c.stored_samples.load(Ordering::Relaxed),
             wal_fsyncs: c.wal_fsyncs.load(Ordering::Relaxed),
             chunks_written: c.chunks_written.load(Ordering::Relaxed),
+            chunk_payload_bytes: c.chunk_payload_bytes.load(Ordering::Relaxed),
             checkpoints: c.checkpoints.load(Ordering::Relaxed),
             retention_dropped_chunks: c.retention_dropped_chunks.load(Ordering::Relaxed),
             corrupt_chunks_seen: c.corrupt_chunks_seen.load(Ordering::Relaxed),
@@ -821,6 +859,8 @@ fn number(v: f64, is_int: bool) -> Value {
 struct Job {
     mem: Option<Arc<Memtable>>,
     done: Option<std_mpsc::Sender<Result<(), String>>>,
+    /// Merge every run of small chunks and shrink the database file.
+    compact: bool,
 }
 
 fn writer_loop(
@@ -836,6 +876,7 @@ fn writer_loop(
     let mut pending: Vec<Entry> = Vec::new();
     let mut acks: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
     let mut flush_acks: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
+    let mut compact_acks: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
     let mut closing = false;
     while !closing {
         // Wait for work, but wake up to honour flush_interval.
@@ -853,6 +894,7 @@ fn writer_loop(
                 acks.extend(ack);
             }
             Msg::Flush(ack) => flush_acks.push(ack),
+            Msg::Compact(ack) => compact_acks.push(ack),
         };
         if let Some(m) = first {
             take(m, &mut pending);
@@ -931,6 +973,24 @@ fn writer_loop(
                 let _ = a.send(result.clone());
             }
         }
+        if !compact_acks.is_empty() {
+            let (done, finished) = std_mpsc::channel();
+            let result = flusher
+                .send(Job {
+                    mem: None,
+                    done: Some(done),
+                    compact: true,
+                })
+                .map_err(|_| "the flusher has stopped".to_owned())
+                .and_then(|()| {
+                    finished
+                        .recv()
+                        .map_err(|_| "the flusher has stopped".to_owned())?
+                });
+            for a in compact_acks.drain(..) {
+                let _ = a.send(result.clone());
+            }
+        }
     }
 }
 
@@ -977,7 +1037,11 @@ fn freeze(
     };
     if frozen.is_some() || done.is_some() {
         flusher
-            .send(Job { mem: frozen, done })
+            .send(Job {
+                mem: frozen,
+                done,
+                compact: false,
+            })
             .map_err(|_| "the flusher has stopped".to_owned())?;
     }
     match finished {
@@ -1044,6 +1108,22 @@ fn flusher_loop(shared: Arc<Shared>, rx: std_mpsc::Receiver<Job>) {
                 return;
             }
         }
+        // Background merging: checkpoints leave one small chunk per tag each time.
+        let (min_run, since) = if job.compact {
+            (2, i64::MIN)
+        } else {
+            (8, Timestamp::now().0 - 7 * 86_400_000_000)
+        };
+        match shared.store.merge_small(min_run, since) {
+            Ok((0, _)) => {}
+            Ok((removed, written)) => {
+                tracing::debug!(removed, written, "historian merged small chunks")
+            }
+            Err(e) => tracing::warn!(error = %e, "merging small chunks failed; will retry"),
+        }
+        if job.compact && !shared.store.compact_file() {
+            tracing::debug!("database file compaction skipped (readers active or nothing to do)");
+        }
         if let Some(done) = job.done {
             let _ = done.send(result);
         }
@@ -1083,6 +1163,11 @@ fn checkpoint(shared: &Arc<Shared>, mem: &Arc<Memtable>) -> Result<u64, Historia
         }
     }
     let n = chunks.len() as u64;
+    let payload: u64 = chunks.iter().map(|c| c.1.len() as u64).sum();
+    shared
+        .counters
+        .chunk_payload_bytes
+        .fetch_add(payload, Ordering::Relaxed);
     // Commit under the state lock so no query sees both the new chunks and the frozen memtable.
     let mut st = shared.state.write();
     shared.store.commit_chunks(chunks, mem.lsn)?;

@@ -30,7 +30,9 @@ pub struct ChunkKey {
 }
 
 pub struct Store {
-    db: Database,
+    /// Behind a lock so that file compaction (which needs `&mut`) can exclude readers, and so
+    /// that closing releases the file (and its lock) even while handles remain.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
     spans: RwLock<HashMap<u32, i64>>,
     next_seq: RwLock<u64>,
@@ -53,7 +55,7 @@ impl Store {
         }
         txn.commit().map_err(storage)?;
         Ok(Store {
-            db,
+            db: RwLock::new(Some(db)),
             path: path.to_owned(),
             spans: RwLock::new(HashMap::new()),
             next_seq: RwLock::new(0),
@@ -62,7 +64,7 @@ impl Store {
 
     /// Loads the checkpoint LSN and the tag registry (and caches spans).
     pub fn load(&self) -> Result<(u64, Vec<(String, u32)>), HistorianError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db()?.begin_read().map_err(storage)?;
         let meta = txn.open_table(META).map_err(storage)?;
         let checkpoint = meta
             .get("checkpoint_lsn")
@@ -99,7 +101,7 @@ impl Store {
         if new.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db()?.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(TAGS).map_err(storage)?;
             for (p, hid) in new {
@@ -115,7 +117,7 @@ impl Store {
         chunks: Vec<(ChunkKey, Vec<u8>)>,
         checkpoint_lsn: u64,
     ) -> Result<(), HistorianError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db()?.begin_write().map_err(storage)?;
         let mut seq = *self.next_seq.read();
         let mut spans = self.spans.read().clone();
         {
@@ -143,8 +145,18 @@ impl Store {
         Ok(())
     }
 
+    fn db(&self) -> Result<parking_lot::MappedRwLockReadGuard<'_, Database>, HistorianError> {
+        parking_lot::RwLockReadGuard::try_map(self.db.read(), Option::as_ref)
+            .map_err(|_| HistorianError::Closed)
+    }
+
+    /// Closes the database file; later calls fail with `Closed`.
+    pub fn close(&self) {
+        *self.db.write() = None;
+    }
+
     pub fn begin_read(&self) -> Result<redb::ReadTransaction, HistorianError> {
-        self.db.begin_read().map_err(storage)
+        self.db()?.begin_read().map_err(storage)
     }
 
     fn span(&self, hid: u32) -> i64 {
@@ -318,7 +330,7 @@ impl Store {
         if cutoffs.is_empty() {
             return Ok(0);
         }
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db()?.begin_write().map_err(storage)?;
         let mut n = 0;
         {
             let mut t = txn.open_table(CHUNKS).map_err(storage)?;
@@ -338,6 +350,130 @@ impl Store {
         Ok(n)
     }
 
+    /// Merges runs of small neighbouring chunks of each tag into chunks of up to
+    /// [`chunk::MAX_CHUNK_SAMPLES`]: a run is merged once it has `min_run` chunks or enough samples
+    /// for a full-size chunk. Checkpoints write one chunk per tag each time, so without this a
+    /// tag polled every second would keep ten-minute chunks whose fixed overhead costs more than
+    /// their data. Corrupt chunks are never merged (they stay, reported by queries).
+    /// Returns (chunks merged away, chunks written).
+    /// Only chunks ending at or after `since` are considered, so the background pass reads the
+    /// recent end of each tag's series, not the whole history.
+    pub fn merge_small(&self, min_run: usize, since: i64) -> Result<(u64, u64), HistorianError> {
+        const SMALL: u32 = chunk::MAX_CHUNK_SAMPLES as u32 / 2;
+        type Key = (u32, i64, i64, u64);
+        let mut plans: Vec<Vec<(Key, Vec<u8>)>> = Vec::new();
+        {
+            let txn = self.begin_read()?;
+            let t = txn.open_table(CHUNKS).map_err(storage)?;
+            let mut run: Vec<(Key, Vec<u8>)> = Vec::new();
+            let mut run_samples = 0u32;
+            let close = |run: &mut Vec<(Key, Vec<u8>)>,
+                         samples: u32,
+                         plans: &mut Vec<Vec<(Key, Vec<u8>)>>| {
+                if run.len() >= 2 && (run.len() >= min_run || samples >= SMALL) {
+                    plans.push(std::mem::take(run));
+                } else {
+                    run.clear();
+                }
+            };
+            let mut hids: Vec<u32> = self.spans.read().keys().copied().collect();
+            hids.sort_unstable();
+            let rows = hids.into_iter().map(|hid| {
+                t.range((hid, since, i64::MIN, 0)..=(hid, i64::MAX, i64::MAX, u64::MAX))
+            });
+            for row in rows
+                .map(|r| r.map_err(storage))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+            {
+                let (k, v) = row.map_err(storage)?;
+                let key = k.value();
+                let header = chunk::header(v.value()).ok();
+                let fits = header.is_some_and(|h| {
+                    h.count < SMALL && run_samples + h.count <= chunk::MAX_CHUNK_SAMPLES as u32
+                });
+                let same_tag = run.first().is_some_and(|r| r.0 .0 == key.0);
+                if !(same_tag && fits) {
+                    close(&mut run, run_samples, &mut plans);
+                    run_samples = 0;
+                }
+                if let Some(h) = header.filter(|h| h.count < SMALL) {
+                    run_samples += h.count;
+                    run.push((key, v.value().to_vec()));
+                }
+            }
+            close(&mut run, run_samples, &mut plans);
+        }
+        if plans.is_empty() {
+            return Ok((0, 0));
+        }
+        let txn = self.db()?.begin_write().map_err(storage)?;
+        let (mut removed, mut written) = (0, 0);
+        let mut seq = *self.next_seq.read();
+        {
+            let mut t = txn.open_table(CHUNKS).map_err(storage)?;
+            for plan in plans {
+                let mut rows: Vec<(i64, ironplant_core::Value, u8)> = Vec::new();
+                let mut ok = true;
+                for (_, bytes) in &plan {
+                    match chunk::decode(bytes) {
+                        Ok((_, c)) => rows.extend(
+                            c.ts.into_iter()
+                                .zip(c.values)
+                                .zip(c.quality)
+                                .map(|((t, v), q)| (t, v, q)),
+                        ),
+                        Err(_) => ok = false,
+                    }
+                }
+                if !ok || rows.is_empty() {
+                    continue;
+                }
+                rows.sort_by_key(|r| r.0);
+                let ts: Vec<i64> = rows.iter().map(|r| r.0).collect();
+                let quality: Vec<u8> = rows.iter().map(|r| r.2).collect();
+                let values: Vec<ironplant_core::Value> = rows.into_iter().map(|r| r.1).collect();
+                let bytes = chunk::encode(&ts, &values, &quality)
+                    .map_err(|e| HistorianError::Storage(e.to_string()))?;
+                let hid = plan[0].0 .0;
+                for (k, _) in &plan {
+                    t.remove(*k).map_err(storage)?;
+                    removed += 1;
+                }
+                let (first, last) = (ts[0], ts[ts.len() - 1]);
+                t.insert((hid, last, first, seq), bytes.as_slice())
+                    .map_err(storage)?;
+                seq += 1;
+                written += 1;
+                let span = last - first;
+                if span > self.span(hid) {
+                    txn.open_table(SPANS)
+                        .map_err(storage)?
+                        .insert(hid, span)
+                        .map_err(storage)?;
+                    self.spans.write().insert(hid, span);
+                }
+            }
+            txn.open_table(META)
+                .map_err(storage)?
+                .insert("next_seq", seq)
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        *self.next_seq.write() = seq;
+        Ok((removed, written))
+    }
+
+    /// Gives free pages back to the file system. Fails harmlessly (returns false) while queries
+    /// hold read transactions; redb reuses free pages anyway, so this only shrinks the file.
+    pub fn compact_file(&self) -> bool {
+        self.db
+            .write()
+            .as_mut()
+            .is_some_and(|db| db.compact().unwrap_or(false))
+    }
+
     /// Bytes of the database file on disk.
     pub fn file_bytes(&self) -> u64 {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
@@ -346,7 +482,7 @@ impl Store {
     /// Test helper: overwrites one byte of the first chunk of `hid`, as disk corruption would.
     #[doc(hidden)]
     pub fn corrupt_first_chunk(&self, hid: u32) -> Result<bool, HistorianError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db()?.begin_write().map_err(storage)?;
         let found = {
             let mut t = txn.open_table(CHUNKS).map_err(storage)?;
             let first = t

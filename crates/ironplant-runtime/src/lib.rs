@@ -4,10 +4,13 @@
 pub mod metrics;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
-use ironplant_core::config::{Config, Protocol};
-use ironplant_core::{Namespace, TagBus, TagMeta, Value};
+use ironplant_core::config::{Config, HistorianSettings, LossyMethod, Protocol};
+use ironplant_core::{Namespace, Overflow, TagBus, TagMeta, Value};
+use ironplant_historian::lossy::LossySpec;
+use ironplant_historian::{Historian, HistorianConfig, HistorianError};
 use ironplant_modbus::{DeviceHandle, DevicePoller, PollPoint, WriteError};
 
 pub use metrics::Metrics;
@@ -25,20 +28,96 @@ pub enum RuntimeWriteError {
     Device { device: String, source: WriteError },
 }
 
-/// A running platform: namespace, bus, metrics and device tasks. Dropping it stops the devices.
+/// A running platform: namespace, bus, metrics, historian and device tasks. Dropping it stops
+/// the devices; [`Runtime::shutdown`] also closes the historian cleanly.
 pub struct Runtime {
     pub namespace: Arc<Namespace>,
     pub bus: TagBus,
     pub metrics: Arc<Metrics>,
+    /// The historian, when the platform has a data directory and it is enabled.
+    pub historian: Option<Historian>,
     devices: HashMap<String, DeviceHandle>,
 }
 
+/// The historian's settings from the config, for a data directory.
+pub fn historian_config(data_dir: &Path, s: &HistorianSettings) -> HistorianConfig {
+    let mut c = HistorianConfig::new(data_dir.join("historian"));
+    c.commit_interval = s.commit_interval;
+    c.flush_interval = s.flush_interval;
+    c.flush_samples = s.flush_samples;
+    c.retention = s
+        .retention
+        .iter()
+        .map(|r| ironplant_historian::Retention {
+            prefix: r.prefix.clone(),
+            keep: r.keep,
+        })
+        .collect();
+    c.lossy = s
+        .lossy
+        .iter()
+        .map(|l| {
+            let spec = match l.method {
+                LossyMethod::Deadband(deadband) => LossySpec::Deadband { deadband },
+                LossyMethod::SwingingDoor {
+                    deviation,
+                    max_interval,
+                } => LossySpec::SwingingDoor {
+                    deviation,
+                    max_interval_us: max_interval
+                        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+                },
+            };
+            (l.prefix.clone(), spec)
+        })
+        .collect();
+    c
+}
+
+/// Feeds every sample of the bus into the historian, on its own thread (the historian's
+/// submit blocks when its writer is saturated, which must not stall async workers). The bus
+/// subscription is lossless (`Block`): a slow disk slows the adapters rather than losing data.
+fn attach_historian(
+    historian: &Historian,
+    bus: &TagBus,
+    namespace: &Namespace,
+) -> Result<(), HistorianError> {
+    let paths: Vec<_> = namespace.tags().map(|t| t.path.clone()).collect();
+    let hids = historian.register(&paths)?;
+    let mut sub = bus.subscribe("historian", 256, Overflow::Block);
+    let h = historian.clone();
+    std::thread::Builder::new()
+        .name("historian-ingest".into())
+        .spawn(move || {
+            while let Some(batch) = sub.blocking_recv() {
+                let samples = batch.iter().filter_map(|s| {
+                    let hid = *hids.get(s.tag.index())?;
+                    Some((hid, s.source_ts.0, s.value.clone(), s.quality))
+                });
+                if h.ingest(samples).is_err() {
+                    return; // closed: the platform is shutting down
+                }
+            }
+        })
+        .map_err(|e| HistorianError::Storage(format!("cannot start the ingest thread: {e}")))?;
+    Ok(())
+}
+
 impl Runtime {
-    /// Starts every configured device on the current tokio runtime.
-    pub fn start(config: &Config) -> Runtime {
+    /// Starts every configured device on the current tokio runtime, and the historian in
+    /// `data_dir/historian` when a data directory is given and the config enables it.
+    pub fn start(config: &Config, data_dir: Option<&Path>) -> Result<Runtime, HistorianError> {
         let namespace = Arc::new(config.namespace());
         let bus = TagBus::new(namespace.len());
         let metrics = Arc::new(Metrics::new(config.devices.iter().map(|d| d.id.clone())));
+        let historian = match data_dir {
+            Some(dir) if config.historian.enabled => {
+                let h = Historian::open(historian_config(dir, &config.historian))?;
+                attach_historian(&h, &bus, &namespace)?;
+                Some(h)
+            }
+            _ => None,
+        };
         let mut devices = HashMap::new();
         for dev in &config.devices {
             match dev.protocol {
@@ -67,12 +146,27 @@ impl Runtime {
                 }
             }
         }
-        Runtime {
+        Ok(Runtime {
             namespace,
             bus,
             metrics,
+            historian,
             devices,
+        })
+    }
+
+    /// Stops the devices and closes the historian, flushing what it holds into chunks.
+    pub fn shutdown(&self) {
+        if let Some(h) = &self.historian {
+            h.close();
         }
+    }
+
+    /// Prometheus text of every metric.
+    pub fn render_metrics(&self) -> String {
+        let historian = self.historian.as_ref().map(Historian::stats);
+        self.metrics
+            .render(&self.bus.stats(), self.namespace.len(), historian.as_ref())
     }
 
     /// Writes `value` to a writable tag through its device (the command path builds on this).

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ironplant_core::BusStats;
+use ironplant_historian::HistorianStats;
 use ironplant_modbus::PollObserver;
 
 /// Upper bounds (seconds) of the poll latency histogram buckets.
@@ -63,7 +64,12 @@ impl Metrics {
     }
 
     /// Renders every metric; `bus` supplies the tag bus counters.
-    pub fn render(&self, bus: &BusStats, tag_count: usize) -> String {
+    pub fn render(
+        &self,
+        bus: &BusStats,
+        tag_count: usize,
+        historian: Option<&HistorianStats>,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         let w = &mut out;
         let _ = writeln!(w, "# HELP ironplant_tags Tags in the namespace.\n# TYPE ironplant_tags gauge\nironplant_tags {tag_count}");
@@ -149,8 +155,67 @@ impl Metrics {
                 "ironplant_poll_latency_seconds_count{{device=\"{id}\"}} {count}"
             );
         }
+        if let Some(h) = historian {
+            render_historian(w, h);
+        }
         out
     }
+}
+
+fn render_historian(w: &mut String, h: &HistorianStats) {
+    let counters: [(&str, &str, u64); 7] = [
+        (
+            "acked_samples_total",
+            "Samples durable in the WAL and visible to queries.",
+            h.acked_samples,
+        ),
+        (
+            "stored_samples_total",
+            "Samples compressed into chunks.",
+            h.stored_samples,
+        ),
+        (
+            "wal_fsyncs_total",
+            "WAL group commits (one fsync each).",
+            h.wal_fsyncs,
+        ),
+        (
+            "chunks_written_total",
+            "Compressed chunks written.",
+            h.chunks_written,
+        ),
+        (
+            "checkpoints_total",
+            "Checkpoints (memtable compressed into chunks).",
+            h.checkpoints,
+        ),
+        (
+            "retention_dropped_chunks_total",
+            "Chunks dropped by retention rules.",
+            h.retention_dropped_chunks,
+        ),
+        (
+            "corrupt_chunks_total",
+            "Corrupt chunks found (and skipped) by queries.",
+            h.corrupt_chunks_seen,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(w, "# HELP ironplant_historian_{name} {help}\n# TYPE ironplant_historian_{name} counter\nironplant_historian_{name} {v}");
+    }
+    let _ = writeln!(w, "# HELP ironplant_historian_memtable_samples Samples in memory, not yet in chunks.\n# TYPE ironplant_historian_memtable_samples gauge\nironplant_historian_memtable_samples {}", h.memtable_samples);
+    let _ = writeln!(w, "# HELP ironplant_historian_tags Tags with history.\n# TYPE ironplant_historian_tags gauge\nironplant_historian_tags {}", h.tags);
+    let _ = writeln!(w, "# HELP ironplant_historian_disk_bytes Bytes on disk by part.\n# TYPE ironplant_historian_disk_bytes gauge");
+    let _ = writeln!(
+        w,
+        "ironplant_historian_disk_bytes{{part=\"wal\"}} {}",
+        h.wal_bytes
+    );
+    let _ = writeln!(
+        w,
+        "ironplant_historian_disk_bytes{{part=\"chunks\"}} {}",
+        h.chunk_bytes
+    );
 }
 
 fn escape(label: &str) -> String {
@@ -208,7 +273,21 @@ mod tests {
             published_batches: 2,
             subscribers: vec![("api".into(), 7, 1)],
         };
-        let text = m.render(&stats, 31);
+        let hist = HistorianStats {
+            acked_samples: 5,
+            wal_bytes: 100,
+            chunk_bytes: 2000,
+            ..HistorianStats::default()
+        };
+        let text = m.render(&stats, 31, Some(&hist));
+        assert!(
+            text.contains("ironplant_historian_acked_samples_total 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ironplant_historian_disk_bytes{part=\"chunks\"} 2000\n"),
+            "{text}"
+        );
         assert!(
             text.contains("ironplant_samples_ingested_total 42\n"),
             "{text}"

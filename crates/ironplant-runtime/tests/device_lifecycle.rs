@@ -68,7 +68,7 @@ async fn tags_go_bad_when_the_device_dies_and_recover_when_it_returns() {
     let server = tokio::spawn(serve(listener, bank.clone()));
 
     let cfg = ironplant_core::config::parse("test.toml", &config(addr)).expect("valid config");
-    let rt = Runtime::start(&cfg);
+    let rt = Runtime::start(&cfg, None).expect("start");
     let level = rt
         .namespace
         .lookup("acme/site/area/line/cell/plc/level")

@@ -142,7 +142,7 @@ async fn connector_reads_and_writes_a_pymodbus_server() {
         cfg.push_str(&tag(name, writable, m));
     }
     let cfg = ironplant_core::config::parse("interop.toml", &cfg).expect("valid config");
-    let rt = Runtime::start(&cfg);
+    let rt = Runtime::start(&cfg, None).expect("start");
     let path = |n: &str| format!("acme/lab/test/bench/rig/py/{n}");
     let value = |n: &str| {
         let id = rt.namespace.lookup(&path(n)).expect("tag").id;

@@ -42,6 +42,22 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100_000)]
         tags: usize,
     },
+    /// Historian: ingest a realistic mix with durability on, bytes per sample, query latency;
+    /// the same data into PostgreSQL (COPY, narrow table) in the same run.
+    #[command(
+        after_help = "Examples:\n  ironplant bench historian                      # 10,000 tags x 1 h, with PostgreSQL\n  ironplant bench historian --seconds 86400      # a whole simulated day (slow; PostgreSQL needs ~80 GB)\n  ironplant bench historian --no-postgres --tags 1000"
+    )]
+    Historian {
+        /// Tags in the mix (half noisy analogs, setpoints, counters, state bits).
+        #[arg(long, default_value_t = 10_000)]
+        tags: usize,
+        /// Simulated seconds of data at one sample per tag per second.
+        #[arg(long, default_value_t = 3600)]
+        seconds: u64,
+        /// Skip the PostgreSQL comparison.
+        #[arg(long)]
+        no_postgres: bool,
+    },
     /// A Modbus server with changing registers, for the benchmarks (internal).
     #[command(hide = true)]
     RegisterServer {
@@ -56,6 +72,11 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             bench_modbus(Duration::from_secs(seconds.max(1)), tags).await
         }
         BenchCommand::RegisterServer { listen } => register_server(listen).await,
+        BenchCommand::Historian {
+            tags,
+            seconds,
+            no_postgres,
+        } => bench_historian(tags.max(1), seconds.max(1), !no_postgres).await,
         BenchCommand::Bus { seconds, tags } => {
             bench_bus(Duration::from_secs(seconds.max(1)), tags.max(1000)).await
         }
@@ -507,6 +528,349 @@ async fn bench_bus(duration: Duration, tags: usize) -> anyhow::Result<()> {
         } else {
             "missed"
         }
+    );
+    Ok(())
+}
+
+/// Samples per tag in the "one day of one tag" query data set.
+const DAY: u64 = 86_400;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn mix_value(v: crate::bench_mix::MixValue) -> ironplant_core::Value {
+    use crate::bench_mix::MixValue;
+    match v {
+        MixValue::Float(x) => ironplant_core::Value::Float(x),
+        MixValue::Int(i) => ironplant_core::Value::Int(i),
+        MixValue::Bool(b) => ironplant_core::Value::Bool(b),
+    }
+}
+
+fn fmt_bytes(b: f64) -> String {
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.1} kB", b / 1e3)
+    }
+}
+
+fn fmt_ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Ingests `tags` × `seconds` of the mix (plus one tag with a full day, for the aggregate query)
+/// into a fresh historian with durability on, then the same rows into PostgreSQL.
+async fn bench_historian(tags: usize, seconds: u64, postgres: bool) -> anyhow::Result<()> {
+    use crate::bench_mix::Mix;
+    use ironplant_core::{Quality, TagPath, Timestamp};
+    use ironplant_historian::{Aggregate, Historian, HistorianConfig};
+
+    let total = tags as u64 * seconds;
+    println!("ironplant bench historian: {tags} tags x {seconds} s at 1 s = {total} samples, plus 1 tag x 1 day ({DAY} samples)");
+    let dir = tempfile::Builder::new()
+        .prefix("ironplant-bench-historian-")
+        .tempdir()
+        .context("cannot create a temp dir")?;
+    let h =
+        Historian::open(HistorianConfig::new(dir.path())).context("cannot open the historian")?;
+    let mut mix = Mix::new(tags, crate::bench_mix::START_2026_US, 1_000_000, 7);
+    let paths: Vec<TagPath> = mix
+        .tags()
+        .iter()
+        .map(|t| TagPath::parse(&t.name))
+        .collect::<Result<_, _>>()?;
+    let hids = h.register(&paths)?;
+    let day_path = TagPath::parse("acme/plant1/area00/line00/cell00/dev00/day_temp")?;
+    let day_hid = h.register(std::slice::from_ref(&day_path))?[0];
+
+    // 1. Ingest, durability on: a sample counts once its WAL group commit is fsynced.
+    let bar = indicatif::ProgressBar::new(seconds);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg:>24} [{bar:40}] {pos}/{len} s {eta}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message("ironplant ingest");
+    let mut rows = Vec::with_capacity(tags);
+    let mut acks = std::collections::VecDeque::new();
+    let cpu0 = process_cpu()?;
+    let t0 = Instant::now();
+    for step in 0..seconds {
+        mix.step(step, &mut rows);
+        let batch = rows
+            .iter()
+            .map(|&(i, ts, v)| (hids[i as usize], ts, mix_value(v), Quality::GOOD))
+            .collect();
+        acks.push_back(h.submit(batch)?);
+        // Bounded pipelining: a few batches in flight, like adapters feeding the bus.
+        while acks.len() > 16 {
+            if let Some(a) = acks.pop_front() {
+                a.wait().await?;
+            }
+        }
+        bar.inc(1);
+    }
+    for a in acks {
+        a.wait().await?;
+    }
+    let ingest = t0.elapsed();
+    let ingest_cpu = process_cpu()?.saturating_sub(cpu0);
+    bar.finish_and_clear();
+    let fsyncs = h.stats().wal_fsyncs;
+
+    // The one-day tag for the aggregate query (not timed as ingest).
+    let mut day_mix = Mix::new(1, crate::bench_mix::START_2026_US, 1_000_000, 11);
+    let mut day_rows = Vec::new();
+    let mut day_batch = Vec::new();
+    let mut day_pg: Vec<(u32, i64, f64)> = Vec::with_capacity(DAY as usize);
+    for step in 0..DAY {
+        day_mix.step(step, &mut day_rows);
+        for &(_, ts, v) in &day_rows {
+            day_batch.push((day_hid, ts, mix_value(v), Quality::GOOD));
+            day_pg.push((tags as u32, ts, v.as_f64()));
+        }
+        if day_batch.len() >= 10_000 {
+            h.submit(std::mem::take(&mut day_batch))?.wait().await?;
+        }
+    }
+    h.submit(day_batch)?.wait().await?;
+
+    // Compress everything into chunks, then measure the disk.
+    let t1 = Instant::now();
+    tokio::task::block_in_place(|| h.flush_blocking())?;
+    let compress = t1.elapsed();
+    let stats = h.stats();
+    let bytes_before = (stats.chunk_bytes + stats.wal_bytes) as f64;
+    // What the background merge does over time, done now: full-size chunks, file shrunk.
+    let t2 = Instant::now();
+    tokio::task::block_in_place(|| h.compact_blocking())?;
+    let merge = t2.elapsed();
+    let stats = h.stats();
+    let bytes = (stats.chunk_bytes + stats.wal_bytes) as f64;
+    let stored = (total + DAY) as f64;
+
+    // 2. Queries: 1 day of one tag into 1-minute averages; last value of every tag.
+    let from = Timestamp(crate::bench_mix::START_2026_US);
+    let to = Timestamp(crate::bench_mix::START_2026_US + DAY as i64 * 1_000_000);
+    let day_name = day_path.to_string();
+    let mut agg_times = Vec::new();
+    let mut rows_out = 0;
+    for _ in 0..21 {
+        let t = Instant::now();
+        let r = h.aggregate(
+            &day_name,
+            from,
+            to,
+            Duration::from_secs(60),
+            &[Aggregate::Avg],
+        )?;
+        agg_times.push(t.elapsed());
+        rows_out = r.rows.len();
+    }
+    anyhow::ensure!(
+        rows_out == 1440,
+        "expected 1440 one-minute rows, got {rows_out}"
+    );
+    let names: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut last_times = Vec::new();
+    for _ in 0..21 {
+        let t = Instant::now();
+        let last = h.last(&refs);
+        last_times.push(t.elapsed());
+        anyhow::ensure!(last.iter().all(Option::is_some), "a tag has no last value");
+    }
+    let agg_ms = median(agg_times);
+    let last_ms = median(last_times);
+    h.close();
+
+    let ours_rate = total as f64 / ingest.as_secs_f64();
+    let mut table = vec![
+        (
+            "ingest, durability on (samples/s)".to_owned(),
+            format!("{ours_rate:.0}"),
+            String::new(),
+            String::new(),
+        ),
+        (
+            "ingest CPU (cores busy)".to_owned(),
+            format!("{:.2}", ingest_cpu.as_secs_f64() / ingest.as_secs_f64()),
+            String::new(),
+            String::new(),
+        ),
+        (
+            "WAL group commits (fsyncs)".to_owned(),
+            fsyncs.to_string(),
+            String::new(),
+            String::new(),
+        ),
+        (
+            "compression into chunks (after ingest)".to_owned(),
+            format!("{:.2} s", compress.as_secs_f64()),
+            String::new(),
+            String::new(),
+        ),
+        (
+            "bytes on disk".to_owned(),
+            fmt_bytes(bytes),
+            String::new(),
+            String::new(),
+        ),
+        (
+            "bytes per sample".to_owned(),
+            format!("{:.3}", bytes / stored),
+            String::new(),
+            String::new(),
+        ),
+        (
+            "  before merging checkpoint chunks".to_owned(),
+            format!("{:.3}", bytes_before / stored),
+            String::new(),
+            String::new(),
+        ),
+        (
+            "  merge + file compaction took".to_owned(),
+            format!("{:.2} s", merge.as_secs_f64()),
+            String::new(),
+            String::new(),
+        ),
+        (
+            "1 day of 1 tag -> 1-min avg (median of 21)".to_owned(),
+            fmt_ms(agg_ms),
+            String::new(),
+            String::new(),
+        ),
+        (
+            format!("last value of {tags} tags (median of 21)"),
+            fmt_ms(last_ms),
+            String::new(),
+            String::new(),
+        ),
+    ];
+
+    if postgres {
+        let pg = crate::bench_pg::Pg::start().await?;
+        println!("PostgreSQL {} (narrow table: tag, ts, value; primary key (tag, ts); fsync and synchronous_commit on)", pg.server_version());
+        pg.create_schema().await?;
+        let mut mix = Mix::new(tags, crate::bench_mix::START_2026_US, 1_000_000, 7);
+        let bar = indicatif::ProgressBar::new(seconds);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{msg:>24} [{bar:40}] {pos}/{len} s {eta}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message("PostgreSQL COPY");
+        let t0 = Instant::now();
+        let mut w = pg.copy_writer().await?;
+        let mut pg_rows = Vec::with_capacity(tags);
+        for step in 0..seconds {
+            mix.step(step, &mut rows);
+            pg_rows.clear();
+            pg_rows.extend(rows.iter().map(|&(i, ts, v)| (i, ts, v.as_f64())));
+            w.write_batch(&pg_rows).await?;
+            bar.inc(1);
+        }
+        w.finish().await?;
+        let pg_ingest = t0.elapsed();
+        bar.finish_and_clear();
+        let mut w = pg.copy_writer().await?;
+        for part in day_pg.chunks(10_000) {
+            w.write_batch(part).await?;
+        }
+        w.finish().await?;
+        let _ = pg.timed_query("VACUUM ANALYZE samples").await?;
+        let size = pg.size().await?;
+        let pg_rate = total as f64 / pg_ingest.as_secs_f64();
+        let pg_bps = size.total_bytes as f64 / stored;
+        let agg_sql = format!(
+            "SELECT count(*) FROM (SELECT date_bin('1 minute', ts, timestamptz '2000-01-01'), avg(value) FROM samples WHERE tag = {tags} AND ts >= to_timestamp({}) AND ts < to_timestamp({}) GROUP BY 1) q",
+            from.0 / 1_000_000,
+            to.0 / 1_000_000
+        );
+        let last_sql = format!(
+            "SELECT count(*) FROM generate_series(0, {}) AS t(tag), LATERAL (SELECT value FROM samples s WHERE s.tag = t.tag ORDER BY ts DESC LIMIT 1) l",
+            tags - 1
+        );
+        let mut pg_agg = Vec::new();
+        let mut pg_last = Vec::new();
+        for _ in 0..5 {
+            pg_agg.push(pg.timed_query(&agg_sql).await?.0);
+            pg_last.push(pg.timed_query(&last_sql).await?.0);
+        }
+        let (pg_agg, pg_last) = (median(pg_agg), median(pg_last));
+        pg.stop().await?;
+        let ratio = |ours: f64, theirs: f64| format!("{:.1}x", ours / theirs);
+        table[0].2 = format!("{pg_rate:.0}");
+        table[0].3 = ratio(ours_rate, pg_rate);
+        table[4].2 = fmt_bytes(size.total_bytes as f64);
+        table[5].2 = format!("{pg_bps:.1}");
+        table[5].3 = format!("{:.0}x smaller", pg_bps / (bytes / stored));
+        table[8].2 = fmt_ms(pg_agg);
+        table[8].3 = ratio(pg_agg.as_secs_f64(), agg_ms.as_secs_f64()) + " faster";
+        table[9].2 = fmt_ms(pg_last);
+        table[9].3 = ratio(pg_last.as_secs_f64(), last_ms.as_secs_f64()) + " faster";
+        table.push((
+            "PostgreSQL WAL written (bytes/sample)".to_owned(),
+            String::new(),
+            format!("{:.1}", size.wal_bytes as f64 / stored),
+            String::new(),
+        ));
+    }
+
+    println!();
+    let w: Vec<usize> = (0..4)
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| [&r.0, &r.1, &r.2, &r.3][c].chars().count())
+                .chain([["figure", "ironplant", "PostgreSQL", "ratio"][c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    println!(
+        "| {:<w0$} | {:>w1$} | {:>w2$} | {:>w3$} |",
+        "figure",
+        "ironplant",
+        "PostgreSQL",
+        "ratio",
+        w0 = w[0],
+        w1 = w[1],
+        w2 = w[2],
+        w3 = w[3]
+    );
+    println!(
+        "|{}|{}|{}|{}|",
+        "-".repeat(w[0] + 2),
+        "-".repeat(w[1] + 2),
+        "-".repeat(w[2] + 2),
+        "-".repeat(w[3] + 2)
+    );
+    for r in &table {
+        println!(
+            "| {:<w0$} | {:>w1$} | {:>w2$} | {:>w3$} |",
+            r.0,
+            r.1,
+            r.2,
+            r.3,
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
+        );
+    }
+    println!();
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!(
+        "targets: >= 1,000,000 samples/s ingest: {}; <= 1.0 byte/sample: {}; 1-day/1-min aggregate < 5 ms: {}",
+        verdict(ours_rate >= 1e6),
+        verdict(bytes / stored <= 1.0),
+        verdict(agg_ms < Duration::from_millis(5))
     );
     Ok(())
 }

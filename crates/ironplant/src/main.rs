@@ -2,6 +2,8 @@
 //! into the library crates.
 
 mod bench;
+mod bench_mix;
+mod bench_pg;
 mod platform;
 
 use std::net::SocketAddr;

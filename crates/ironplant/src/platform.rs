@@ -81,7 +81,12 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .context("cannot read the HTTP listener's address")?;
-    let runtime = Arc::new(Runtime::start(&config));
+    let runtime = Arc::new(Runtime::start(&config, Some(data_dir)).with_context(|| {
+        format!(
+            "cannot start the historian in {}",
+            data_dir.join("historian").display()
+        )
+    })?);
     let state = Arc::new(ApiState {
         runtime: runtime.clone(),
         started: Instant::now(),
@@ -100,9 +105,11 @@ pub async fn serve(
     println!("  Health:    http://{local}/healthz");
     println!("Press Ctrl-C to stop.");
     tracing::info!(http = %local, data_dir = %data_dir.display(), "platform started");
-    ironplant_api::serve(listener, state, shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
+    let served = ironplant_api::serve(listener, state, shutdown_signal()).await;
+    // Flush the historian even if the HTTP server failed: acknowledged data is in the WAL
+    // anyway, but a clean close leaves nothing to replay.
+    tokio::task::block_in_place(|| runtime.shutdown());
+    served.context("HTTP server failed")?;
     Ok(())
 }
 
