@@ -297,3 +297,65 @@ fn retention_drops_old_chunks() {
     assert!(h.stats().retention_dropped_chunks > 0);
     h.close();
 }
+
+#[test]
+fn lossy_rules_store_less_within_the_declared_error() {
+    use ironplant_historian::lossy::{reconstruct, LossySpec};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = LossySpec::SwingingDoor {
+        deviation: 0.5,
+        max_interval_us: None,
+    };
+    let mut c = cfg(dir.path());
+    c.lossy = vec![("a/lossy".into(), spec)];
+    let h = Historian::open(c).expect("open");
+    let ids = h
+        .register(&[path("a/lossy/x"), path("a/exact")])
+        .expect("register");
+    let signal = |i: i64| ((i as f64) * 0.01).sin() * 20.0 + ((i * 7919) % 13) as f64 * 0.01;
+    let mut batch = Vec::new();
+    for i in 0..5000 {
+        batch.push((ids[0], T0 + i * S, Value::Float(signal(i)), Quality::GOOD));
+        batch.push((ids[1], T0 + i * S, Value::Float(signal(i)), Quality::GOOD));
+    }
+    h.submit(batch)
+        .expect("submit")
+        .wait_blocking()
+        .expect("durable");
+    h.flush_blocking().expect("flush");
+    let lossy = h
+        .raw(
+            "a/lossy/x",
+            Timestamp(T0),
+            Timestamp(T0 + 5000 * S),
+            100_000,
+        )
+        .expect("raw");
+    let exact = h
+        .raw("a/exact", Timestamp(T0), Timestamp(T0 + 5000 * S), 100_000)
+        .expect("raw");
+    assert_eq!(
+        exact.points.len(),
+        5000,
+        "tags without a rule stay lossless"
+    );
+    assert!(
+        lossy.points.len() < 500,
+        "stored {} of 5000",
+        lossy.points.len()
+    );
+    let stored: Vec<(i64, f64)> = lossy
+        .points
+        .iter()
+        .map(|p| (p.ts.0, p.value.as_f64().expect("number")))
+        .collect();
+    for i in 0..5000 {
+        let r = reconstruct(&spec, &stored, T0 + i * S).expect("covered");
+        assert!(
+            (r - signal(i)).abs() <= 0.5,
+            "sample {i}: {r} vs {}",
+            signal(i)
+        );
+    }
+    h.close();
+}
