@@ -100,76 +100,72 @@ struct Acc {
 
 /// Computes `aggs` over `[from, to)` in intervals of `step` µs. `pts` are sorted by time and
 /// lie in the range; `before` is the last sample before `from`, if any (for TWA and Delta).
-pub fn compute(
-    pts: &[Raw],
-    before: Option<&Raw>,
-    from: i64,
+pub fn compute(pts: &[Raw], before: Option<&Raw>, from: i64, to: i64, step: i64, aggs: &[Aggregate]) -> Vec<Row> {
+    let mut a = Aggregator::new(aggs, before, from, to, step);
+    for p in pts {
+        a.push(p);
+    }
+    a.finish()
+}
+
+fn numeric(r: &Raw) -> Option<f64> {
+    if is_good(r.quality) {
+        r.value.as_f64()
+    } else {
+        None
+    }
+}
+
+/// Streaming form of [`compute`]: samples are pushed in time order, so a query over a long range
+/// holds one interval's state, not the samples.
+pub struct Aggregator {
+    aggs: Vec<Aggregate>,
     to: i64,
     step: i64,
-    aggs: &[Aggregate],
-) -> Vec<Row> {
-    let mut rows = Vec::new();
-    // The held value for TWA (None = unknown, e.g. after a Bad sample) and the counter's last value.
-    let numeric = |r: &Raw| {
-        if is_good(r.quality) {
-            r.value.as_f64()
-        } else {
-            None
+    /// The held value for TWA (None = unknown, e.g. after a Bad sample).
+    held: Option<f64>,
+    /// The counter's last good value, for Delta.
+    counter: Option<f64>,
+    start: i64,
+    end: i64,
+    t_prev: i64,
+    acc: Acc,
+    rows: Vec<Row>,
+}
+
+impl Aggregator {
+    pub fn new(aggs: &[Aggregate], before: Option<&Raw>, from: i64, to: i64, step: i64) -> Aggregator {
+        let held = before.and_then(numeric);
+        Aggregator {
+            aggs: aggs.to_vec(),
+            to,
+            step,
+            held,
+            counter: held,
+            start: from,
+            end: from.saturating_add(step).min(to),
+            t_prev: from,
+            acc: Acc::fresh(),
+            rows: Vec::new(),
         }
-    };
-    let mut held: Option<f64> = before.and_then(numeric);
-    let mut counter: Option<f64> = held;
-    let mut i = 0;
-    let mut start = from;
-    while start < to {
-        let end = start.saturating_add(step).min(to);
-        let mut a = Acc {
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
-            ..Acc::default()
-        };
-        let mut t_prev = start;
-        while i < pts.len() && pts[i].ts < end {
-            let p = &pts[i];
-            i += 1;
-            if p.ts < start {
-                continue;
-            }
-            if let Some(h) = held {
-                a.area += h * (p.ts - t_prev) as f64;
-                a.known_us += p.ts - t_prev;
-            }
-            t_prev = p.ts;
-            if !is_good(p.quality) {
-                a.bad += 1;
-                held = None;
-                continue;
-            }
-            a.good += 1;
-            let Some(x) = p.value.as_f64() else {
-                held = None;
-                continue;
-            };
-            held = Some(x);
-            a.n += 1;
-            a.min = a.min.min(x);
-            a.max = a.max.max(x);
-            let d = x - a.mean;
-            a.mean += d / a.n as f64;
-            a.m2 += d * (x - a.mean);
-            a.first.get_or_insert(x);
-            a.last = Some(x);
-            if let Some(c) = counter {
-                a.delta += if x >= c { x - c } else { x };
-            }
-            counter = Some(x);
+    }
+
+    /// Closes intervals until `ts` falls in the current one.
+    fn advance_to(&mut self, ts: i64) {
+        while ts >= self.end && self.start < self.to {
+            self.close();
         }
-        if let Some(h) = held {
-            a.area += h * (end - t_prev) as f64;
-            a.known_us += end - t_prev;
+    }
+
+    fn close(&mut self) {
+        let a = &mut self.acc;
+        if let Some(h) = self.held {
+            a.area += h * (self.end - self.t_prev) as f64;
+            a.known_us += self.end - self.t_prev;
         }
         let has = a.n > 0;
-        let values = aggs
+        let values = self
+            .aggs
             .iter()
             .map(|agg| match agg {
                 Aggregate::Min => has.then_some(a.min),
@@ -180,18 +176,65 @@ pub fn compute(
                 Aggregate::Last => a.last,
                 Aggregate::Count => Some(a.good as f64),
                 Aggregate::StdDev => has.then(|| (a.m2 / a.n as f64).sqrt()),
-                Aggregate::Delta => counter.map(|_| a.delta),
+                Aggregate::Delta => self.counter.map(|_| a.delta),
             })
             .collect();
-        rows.push(Row {
-            start: Timestamp(start),
-            values,
-            good: a.good,
-            bad: a.bad,
-        });
-        start = end;
+        self.rows.push(Row { start: Timestamp(self.start), values, good: a.good, bad: a.bad });
+        self.start = self.end;
+        self.end = self.start.saturating_add(self.step).min(self.to);
+        self.t_prev = self.start;
+        self.acc = Acc::fresh();
     }
-    rows
+
+    /// Adds the next sample (time order; samples outside the range are ignored).
+    pub fn push(&mut self, p: &Raw) {
+        if p.ts < self.start || p.ts >= self.to {
+            return;
+        }
+        self.advance_to(p.ts);
+        let a = &mut self.acc;
+        if let Some(h) = self.held {
+            a.area += h * (p.ts - self.t_prev) as f64;
+            a.known_us += p.ts - self.t_prev;
+        }
+        self.t_prev = p.ts;
+        if !is_good(p.quality) {
+            a.bad += 1;
+            self.held = None;
+            return;
+        }
+        a.good += 1;
+        let Some(x) = p.value.as_f64() else {
+            self.held = None;
+            return;
+        };
+        self.held = Some(x);
+        a.n += 1;
+        a.min = a.min.min(x);
+        a.max = a.max.max(x);
+        let d = x - a.mean;
+        a.mean += d / a.n as f64;
+        a.m2 += d * (x - a.mean);
+        a.first.get_or_insert(x);
+        a.last = Some(x);
+        if let Some(c) = self.counter {
+            a.delta += if x >= c { x - c } else { x };
+        }
+        self.counter = Some(x);
+    }
+
+    pub fn finish(mut self) -> Vec<Row> {
+        while self.start < self.to {
+            self.close();
+        }
+        self.rows
+    }
+}
+
+impl Acc {
+    fn fresh() -> Acc {
+        Acc { min: f64::INFINITY, max: f64::NEG_INFINITY, ..Acc::default() }
+    }
 }
 
 /// The value at `t`: `hit` is a sample exactly at `t`, `before`/`after` the nearest ones

@@ -546,13 +546,13 @@ impl Historian {
         let hid = self.resolve(path)?;
         let view = self.snapshot(hid, from.0, to.0, false)?;
         let mut warnings = Vec::new();
-        let mut pts = self
-            .shared
-            .store
-            .scan(&view.txn, hid, from.0, to.0, &mut warnings, path)?;
+        let mut pts: Vec<Raw> = Vec::new();
+        // Stop once the page is full and the first sample of the next page is known.
+        self.stream(view, hid, from.0, to.0, path, &mut warnings, |r| {
+            pts.push(r);
+            !(pts.len() > limit && pts.last().map(|l| l.ts) != pts.get(limit.saturating_sub(1)).map(|p| p.ts))
+        })?;
         self.note_corrupt(&warnings);
-        pts.extend(view.mem);
-        pts.sort_by_key(|r| r.ts);
         let mut next = None;
         if pts.len() > limit {
             let cut_ts = pts[limit].ts;
@@ -602,20 +602,14 @@ impl Historian {
         let hid = self.resolve(path)?;
         let mut view = self.snapshot(hid, from.0, to.0, true)?;
         let mut warnings = Vec::new();
-        let mut pts = self
-            .shared
-            .store
-            .scan(&view.txn, hid, from.0, to.0, &mut warnings, path)?;
-        let before = later(
-            view.before.take(),
-            self.shared
-                .store
-                .before(&view.txn, hid, from.0, &mut warnings, path)?,
-        );
+        let before = later(view.before.take(), self.shared.store.before(&view.txn, hid, from.0, &mut warnings, path)?);
+        let mut agg = aggregate::Aggregator::new(aggs, before.as_ref(), from.0, to.0, step);
+        self.stream(view, hid, from.0, to.0, path, &mut warnings, |r| {
+            agg.push(&r);
+            true
+        })?;
         self.note_corrupt(&warnings);
-        pts.extend(view.mem);
-        pts.sort_by_key(|r| r.ts);
-        let rows = aggregate::compute(&pts, before.as_ref(), from.0, to.0, step, aggs);
+        let rows = agg.finish();
         Ok(AggResult {
             aggregates: aggs.to_vec(),
             rows,
@@ -674,6 +668,48 @@ impl Historian {
                 last.get(hid as usize).cloned().flatten().map(to_point)
             })
             .collect()
+    }
+
+    /// Feeds `emit` every sample of `[from, to)` in time order, holding only what cannot yet be
+    /// ordered: chunks arrive by last timestamp, and a chunk ending at L starts at or after
+    /// L - span, so once a chunk ending at L is read, samples before L - span are final.
+    #[allow(clippy::too_many_arguments)]
+    fn stream(
+        &self,
+        view: TagView,
+        hid: u32,
+        from: i64,
+        to: i64,
+        path: &str,
+        warnings: &mut Vec<String>,
+        mut emit: impl FnMut(Raw) -> bool,
+    ) -> Result<(), HistorianError> {
+        let span = self.shared.store.span(hid);
+        let mut buf: Vec<Raw> = view.mem;
+        let mut go_on = true;
+        let mut drain_until = |buf: &mut Vec<Raw>, watermark: i64, go_on: &mut bool| {
+            buf.sort_by_key(|r| r.ts);
+            let n = buf.partition_point(|r| r.ts < watermark);
+            for r in buf.drain(..n) {
+                if !emit(r) {
+                    *go_on = false;
+                    break;
+                }
+            }
+        };
+        self.shared.store.visit(&view.txn, hid, from, to, warnings, path, |last_ts, c| {
+            for i in 0..c.ts.len() {
+                if c.ts[i] >= from && c.ts[i] < to {
+                    buf.push(Raw { ts: c.ts[i], value: c.values[i].clone(), quality: c.quality[i] });
+                }
+            }
+            drain_until(&mut buf, last_ts.saturating_sub(span), &mut go_on);
+            go_on
+        })?;
+        if go_on {
+            drain_until(&mut buf, i64::MAX, &mut go_on);
+        }
+        Ok(())
     }
 
     fn note_corrupt(&self, warnings: &[String]) {

@@ -159,7 +159,7 @@ impl Store {
         self.db()?.begin_read().map_err(storage)
     }
 
-    fn span(&self, hid: u32) -> i64 {
+    pub fn span(&self, hid: u32) -> i64 {
         self.spans.read().get(&hid).copied().unwrap_or(0)
     }
 
@@ -181,6 +181,39 @@ impl Store {
                 None
             }
         }
+    }
+
+    /// Calls `f` with every readable chunk that may hold samples in `[from, to)`, in order of
+    /// their last timestamp, until `f` returns false. Corrupt chunks become warnings.
+    #[allow(clippy::too_many_arguments)]
+    pub fn visit(
+        &self,
+        txn: &redb::ReadTransaction,
+        hid: u32,
+        from: i64,
+        to: i64,
+        warnings: &mut Vec<String>,
+        path: &str,
+        mut f: impl FnMut(i64, chunk::Columns) -> bool,
+    ) -> Result<(), HistorianError> {
+        let t = txn.open_table(CHUNKS).map_err(storage)?;
+        let horizon = to.saturating_add(self.span(hid));
+        for row in t.range((hid, from, i64::MIN, 0)..=(hid, i64::MAX, i64::MAX, u64::MAX)).map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            let key = k.value();
+            if key.1 > horizon {
+                break;
+            }
+            if key.2 >= to {
+                continue;
+            }
+            if let Some(c) = self.decode(key, v.value(), path, warnings) {
+                if !f(key.1, c) {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Samples with `from <= ts < to` from every chunk that may hold some.
