@@ -100,7 +100,14 @@ struct Acc {
 
 /// Computes `aggs` over `[from, to)` in intervals of `step` µs. `pts` are sorted by time and
 /// lie in the range; `before` is the last sample before `from`, if any (for TWA and Delta).
-pub fn compute(pts: &[Raw], before: Option<&Raw>, from: i64, to: i64, step: i64, aggs: &[Aggregate]) -> Vec<Row> {
+pub fn compute(
+    pts: &[Raw],
+    before: Option<&Raw>,
+    from: i64,
+    to: i64,
+    step: i64,
+    aggs: &[Aggregate],
+) -> Vec<Row> {
     let mut a = Aggregator::new(aggs, before, from, to, step);
     for p in pts {
         a.push(p);
@@ -134,7 +141,13 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    pub fn new(aggs: &[Aggregate], before: Option<&Raw>, from: i64, to: i64, step: i64) -> Aggregator {
+    pub fn new(
+        aggs: &[Aggregate],
+        before: Option<&Raw>,
+        from: i64,
+        to: i64,
+        step: i64,
+    ) -> Aggregator {
         let held = before.and_then(numeric);
         Aggregator {
             aggs: aggs.to_vec(),
@@ -179,7 +192,12 @@ impl Aggregator {
                 Aggregate::Delta => self.counter.map(|_| a.delta),
             })
             .collect();
-        self.rows.push(Row { start: Timestamp(self.start), values, good: a.good, bad: a.bad });
+        self.rows.push(Row {
+            start: Timestamp(self.start),
+            values,
+            good: a.good,
+            bad: a.bad,
+        });
         self.start = self.end;
         self.end = self.start.saturating_add(self.step).min(self.to);
         self.t_prev = self.start;
@@ -233,7 +251,11 @@ impl Aggregator {
 
 impl Acc {
     fn fresh() -> Acc {
-        Acc { min: f64::INFINITY, max: f64::NEG_INFINITY, ..Acc::default() }
+        Acc {
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            ..Acc::default()
+        }
     }
 }
 

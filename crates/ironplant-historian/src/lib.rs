@@ -550,7 +550,8 @@ impl Historian {
         // Stop once the page is full and the first sample of the next page is known.
         self.stream(view, hid, from.0, to.0, path, &mut warnings, |r| {
             pts.push(r);
-            !(pts.len() > limit && pts.last().map(|l| l.ts) != pts.get(limit.saturating_sub(1)).map(|p| p.ts))
+            !(pts.len() > limit
+                && pts.last().map(|l| l.ts) != pts.get(limit.saturating_sub(1)).map(|p| p.ts))
         })?;
         self.note_corrupt(&warnings);
         let mut next = None;
@@ -602,7 +603,12 @@ impl Historian {
         let hid = self.resolve(path)?;
         let mut view = self.snapshot(hid, from.0, to.0, true)?;
         let mut warnings = Vec::new();
-        let before = later(view.before.take(), self.shared.store.before(&view.txn, hid, from.0, &mut warnings, path)?);
+        let before = later(
+            view.before.take(),
+            self.shared
+                .store
+                .before(&view.txn, hid, from.0, &mut warnings, path)?,
+        );
         let mut agg = aggregate::Aggregator::new(aggs, before.as_ref(), from.0, to.0, step);
         self.stream(view, hid, from.0, to.0, path, &mut warnings, |r| {
             agg.push(&r);
@@ -671,8 +677,8 @@ impl Historian {
     }
 
     /// Feeds `emit` every sample of `[from, to)` in time order, holding only what cannot yet be
-    /// ordered: chunks arrive by last timestamp, and a chunk ending at L starts at or after
-    /// L - span, so once a chunk ending at L is read, samples before L - span are final.
+    /// ordered: chunks arrive by last timestamp with the earliest start of all later chunks
+    /// (the watermark), so samples before it are final.
     #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,
@@ -682,30 +688,53 @@ impl Historian {
         to: i64,
         path: &str,
         warnings: &mut Vec<String>,
-        mut emit: impl FnMut(Raw) -> bool,
+        emit: impl FnMut(Raw) -> bool,
     ) -> Result<(), HistorianError> {
-        let span = self.shared.store.span(hid);
         let mut buf: Vec<Raw> = view.mem;
         let mut go_on = true;
-        let mut drain_until = |buf: &mut Vec<Raw>, watermark: i64, go_on: &mut bool| {
+        let emit = std::cell::RefCell::new(emit);
+        let emit_direct = |r: Raw| (emit.borrow_mut())(r);
+        let drain_until = |buf: &mut Vec<Raw>, watermark: i64, go_on: &mut bool| {
             buf.sort_by_key(|r| r.ts);
             let n = buf.partition_point(|r| r.ts < watermark);
             for r in buf.drain(..n) {
-                if !emit(r) {
+                if !(emit.borrow_mut())(r) {
                     *go_on = false;
                     break;
                 }
             }
         };
-        self.shared.store.visit(&view.txn, hid, from, to, warnings, path, |last_ts, c| {
-            for i in 0..c.ts.len() {
-                if c.ts[i] >= from && c.ts[i] < to {
-                    buf.push(Raw { ts: c.ts[i], value: c.values[i].clone(), quality: c.quality[i] });
+        self.shared
+            .store
+            .visit(&view.txn, hid, from, to, warnings, path, |watermark, c| {
+                let in_range = |i: usize| c.ts[i] >= from && c.ts[i] < to;
+                let sorted = c.ts.windows(2).all(|w| w[0] <= w[1]);
+                if buf.is_empty() && sorted {
+                    // The common case: ordered chunks that do not overlap. No buffering.
+                    for i in (0..c.ts.len()).filter(|&i| in_range(i)) {
+                        let r = Raw {
+                            ts: c.ts[i],
+                            value: c.values[i].clone(),
+                            quality: c.quality[i],
+                        };
+                        if r.ts >= watermark {
+                            buf.push(r);
+                        } else if go_on && !emit_direct(r) {
+                            go_on = false;
+                        }
+                    }
+                    return go_on;
                 }
-            }
-            drain_until(&mut buf, last_ts.saturating_sub(span), &mut go_on);
-            go_on
-        })?;
+                for i in (0..c.ts.len()).filter(|&i| in_range(i)) {
+                    buf.push(Raw {
+                        ts: c.ts[i],
+                        value: c.values[i].clone(),
+                        quality: c.quality[i],
+                    });
+                }
+                drain_until(&mut buf, watermark, &mut go_on);
+                go_on
+            })?;
         if go_on {
             drain_until(&mut buf, i64::MAX, &mut go_on);
         }

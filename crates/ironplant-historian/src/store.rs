@@ -183,8 +183,10 @@ impl Store {
         }
     }
 
-    /// Calls `f` with every readable chunk that may hold samples in `[from, to)`, in order of
-    /// their last timestamp, until `f` returns false. Corrupt chunks become warnings.
+    /// Calls `f(watermark, chunk)` with every readable chunk that may hold samples in
+    /// `[from, to)`, in order of their last timestamp, until `f` returns false. `watermark` is
+    /// the earliest first timestamp of any chunk still to come: samples before it are final.
+    /// Corrupt chunks become warnings.
     #[allow(clippy::too_many_arguments)]
     pub fn visit(
         &self,
@@ -198,17 +200,31 @@ impl Store {
     ) -> Result<(), HistorianError> {
         let t = txn.open_table(CHUNKS).map_err(storage)?;
         let horizon = to.saturating_add(self.span(hid));
-        for row in t.range((hid, from, i64::MIN, 0)..=(hid, i64::MAX, i64::MAX, u64::MAX)).map_err(storage)? {
-            let (k, v) = row.map_err(storage)?;
+        // Keys first (cheap), so each chunk knows the earliest start of those after it.
+        let mut keys = Vec::new();
+        for row in t
+            .range((hid, from, i64::MIN, 0)..=(hid, i64::MAX, i64::MAX, u64::MAX))
+            .map_err(storage)?
+        {
+            let (k, _) = row.map_err(storage)?;
             let key = k.value();
             if key.1 > horizon {
                 break;
             }
-            if key.2 >= to {
-                continue;
+            if key.2 < to {
+                keys.push(key);
             }
+        }
+        let mut after = vec![i64::MAX; keys.len()];
+        for i in (0..keys.len().saturating_sub(1)).rev() {
+            after[i] = after[i + 1].min(keys[i + 1].2);
+        }
+        for (i, key) in keys.into_iter().enumerate() {
+            let Some(v) = t.get(key).map_err(storage)? else {
+                continue;
+            };
             if let Some(c) = self.decode(key, v.value(), path, warnings) {
-                if !f(key.1, c) {
+                if !f(after[i], c) {
                     break;
                 }
             }
