@@ -17,15 +17,18 @@ use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ironplant_core::{Quality, QualityLevel, QualityReason, TagPath, Timestamp, Value};
 use ironplant_historian::aggregate::Row;
-use ironplant_historian::{Aggregate, Historian, HistorianError, Interpolation, Point, MAX_POINTS};
+use ironplant_historian::{
+    Aggregate, Historian, HistorianError, Interpolation, Point, MAX_INTERVALS, MAX_POINTS,
+};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::{quality_json, ApiError, ApiState, ValueJson};
 
-/// Raw points per tag when the request gives no `limit`.
+/// Raw points per tag when the request gives no `limit` (less when many tags share the call).
 pub const DEFAULT_LIMIT: usize = 10_000;
-/// Most tags in one request (each may return up to `MAX_POINTS` points or intervals).
+/// Most tags in one request. Tags share one call's budget of `MAX_POINTS` raw points or
+/// `MAX_INTERVALS` aggregate rows, so a single request's memory stays bounded.
 pub const MAX_TAGS: usize = 100;
 /// The range when only `to` (or nothing) is given: the hour before it.
 pub const DEFAULT_SPAN: Duration = Duration::from_secs(3600);
@@ -243,6 +246,11 @@ impl HistoryQuery {
                             )
                         })?;
                         if !tags.contains(&path) {
+                            if tags.len() == MAX_TAGS {
+                                return Err(bad_request(format!(
+                                    "more than {MAX_TAGS} tags requested; at most {MAX_TAGS} per call: split the request"
+                                )));
+                            }
                             tags.push(path);
                         }
                     }
@@ -265,12 +273,6 @@ impl HistoryQuery {
             return Err(bad_request(
                 "no tag given: add ?tag=PATH (repeat tag=... for several tags); list tags with GET /api/v1/tags",
             ));
-        }
-        if tags.len() > MAX_TAGS {
-            return Err(bad_request(format!(
-                "{} tags requested; at most {MAX_TAGS} per call: split the request",
-                tags.len()
-            )));
         }
         let format = match one.get("format").copied() {
             None | Some("json") => Format::Json,
@@ -337,6 +339,22 @@ impl HistoryQuery {
                     Some(list) => parse_aggs(list)?,
                     None => vec![Aggregate::Avg],
                 };
+                // Per tag the historian bounds the intervals; across tags, this call does.
+                let step = interval.as_micros().max(1);
+                let rows = ((to.0 - from.0) as u128).div_ceil(step) * tags.len() as u128;
+                if tags.len() > 1
+                    && interval >= Duration::from_millis(1)
+                    && rows > u128::from(MAX_INTERVALS)
+                {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "too_many_intervals",
+                        format!(
+                            "{rows} intervals requested over {} tags; at most {MAX_INTERVALS} per call: use a longer interval, a shorter range or fewer tags per call",
+                            tags.len()
+                        ),
+                    ));
+                }
                 QueryKind::Aggregate {
                     from,
                     to,
@@ -349,8 +367,10 @@ impl HistoryQuery {
                         "agg= needs interval= (e.g. interval=1m&agg=avg,max)",
                     ));
                 }
+                // At most MAX_POINTS points per call, shared by the tags.
+                let budget = MAX_POINTS / tags.len();
                 let limit = match one.get("limit") {
-                    None => DEFAULT_LIMIT,
+                    None => DEFAULT_LIMIT.min(budget),
                     Some(l) => match l.trim().parse::<usize>() {
                         Ok(0) => {
                             return Err(bad_request(
@@ -362,6 +382,16 @@ impl HistoryQuery {
                                 limit: n,
                                 max: MAX_POINTS,
                             }))
+                        }
+                        Ok(n) if n > budget => {
+                            return Err(ApiError::new(
+                                StatusCode::BAD_REQUEST,
+                                "limit_too_large",
+                                format!(
+                                    "limit {n} for {} tags is more than {MAX_POINTS} points per call; use limit={budget} or less (page with `next`)",
+                                    tags.len()
+                                ),
+                            ))
                         }
                         Ok(n) => n,
                         Err(_) => {
@@ -1024,6 +1054,22 @@ mod tests {
         assert_eq!(err("tag=a&from=-1h&from=-2h").0, "bad_request");
         assert_eq!(err("tag=a//b").0, "invalid_path");
         assert_eq!(err("tag=a&format=xml").0, "bad_request");
+        // Tags share one call's budget.
+        let (code, msg) = err("tag=a&tag=b&limit=60000");
+        assert_eq!(code, "limit_too_large");
+        assert!(msg.contains("limit=50000"), "{msg}");
+        let (code, msg) = err("tag=a&tag=b&from=-1d&interval=1s");
+        assert_eq!(code, "too_many_intervals");
+        assert!(msg.contains("172800 intervals"), "{msg}");
+        let many: String = (0..=MAX_TAGS).map(|i| format!("tag=t{i}&")).collect();
+        assert_eq!(err(&many).0, "bad_request");
+        let tags: String = (0..MAX_TAGS).map(|i| format!("tag=t{i}&")).collect();
+        let (q, _) = HistoryQuery::parse(&pairs(&tags), NOW).expect("100 tags are fine");
+        assert!(
+            matches!(q.kind, QueryKind::Raw { limit: 1000, .. }),
+            "{:?}",
+            q.kind
+        );
     }
 
     fn sample_result() -> HistoryResult {

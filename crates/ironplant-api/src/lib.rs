@@ -93,7 +93,7 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; see /api/v1/tags, /api/v1/assets, /healthz, /metrics",
+        "no such endpoint; see /api/v1/tags, /api/v1/assets, /api/v1/history, /healthz, /metrics",
     )
 }
 

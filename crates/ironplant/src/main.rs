@@ -5,6 +5,7 @@ mod bench;
 mod bench_mix;
 mod bench_pg;
 mod platform;
+mod query;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,9 @@ enum Command {
         after_help = "Examples:\n  ironplant bench modbus --seconds 10\n  ironplant bench bus"
     )]
     Bench(bench::BenchCommand),
+    /// Query the historian: raw samples, aggregates over intervals, or the value at an instant.
+    #[command(after_help = query::AFTER_HELP)]
+    Query(query::QueryArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -155,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(platform::simulate(listen, seed))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Query(args) => query::run(args, &cli.http, &cli.data_dir),
         Command::Bench(cmd) => {
             runtime()?.block_on(bench::run(cmd))?;
             Ok(ExitCode::SUCCESS)
