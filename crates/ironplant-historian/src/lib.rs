@@ -378,16 +378,7 @@ impl Historian {
     /// Queues samples `(hid, ts µs, value, quality)` for storage. The returned [`Ack`] resolves
     /// once they are durable and visible to queries. Blocks while the writer is saturated.
     pub fn submit(&self, samples: Vec<(u32, i64, Value, Quality)>) -> Result<Ack, HistorianError> {
-        let entries = samples
-            .into_iter()
-            .map(|(hid, ts, value, q)| Entry {
-                hid,
-                ts,
-                value,
-                quality: codec::quality_code(q),
-            })
-            .collect();
-        self.submit_entries(entries, true)
+        self.submit_entries(entries(samples), true)
     }
 
     /// Queues samples without asking for an acknowledgement (the tag bus path: durability is
@@ -396,16 +387,7 @@ impl Historian {
         &self,
         samples: impl IntoIterator<Item = (u32, i64, Value, Quality)>,
     ) -> Result<(), HistorianError> {
-        let entries = samples
-            .into_iter()
-            .map(|(hid, ts, value, q)| Entry {
-                hid,
-                ts,
-                value,
-                quality: codec::quality_code(q),
-            })
-            .collect();
-        self.submit_entries(entries, false).map(|_| ())
+        self.submit_entries(entries(samples), false).map(|_| ())
     }
 
     fn submit_entries(&self, entries: Vec<Entry>, want_ack: bool) -> Result<Ack, HistorianError> {
@@ -783,6 +765,18 @@ pub struct AggResult {
 pub struct AtResult {
     pub point: Option<Point>,
     pub warnings: Vec<String>,
+}
+
+fn entries(samples: impl IntoIterator<Item = (u32, i64, Value, Quality)>) -> Vec<Entry> {
+    samples
+        .into_iter()
+        .map(|(hid, ts, value, q)| Entry {
+            hid,
+            ts,
+            value,
+            quality: codec::quality_code(q),
+        })
+        .collect()
 }
 
 fn check_range(from: Timestamp, to: Timestamp) -> Result<(), HistorianError> {

@@ -232,7 +232,7 @@ impl Store {
         Ok(())
     }
 
-    /// Samples with `from <= ts < to` from every chunk that may hold some.
+    /// Samples with `from <= ts < to` from every chunk that may hold some (in chunk order).
     pub fn scan(
         &self,
         txn: &redb::ReadTransaction,
@@ -242,33 +242,17 @@ impl Store {
         warnings: &mut Vec<String>,
         path: &str,
     ) -> Result<Vec<Raw>, HistorianError> {
-        let t = txn.open_table(CHUNKS).map_err(storage)?;
-        let horizon = to.saturating_add(self.span(hid));
         let mut out = Vec::new();
-        for row in t
-            .range((hid, from, i64::MIN, 0)..=(hid, i64::MAX, i64::MAX, u64::MAX))
-            .map_err(storage)?
-        {
-            let (k, v) = row.map_err(storage)?;
-            let key = k.value();
-            if key.1 > horizon {
-                break;
+        self.visit(txn, hid, from, to, warnings, path, |_, c| {
+            for i in (0..c.ts.len()).filter(|&i| c.ts[i] >= from && c.ts[i] < to) {
+                out.push(Raw {
+                    ts: c.ts[i],
+                    value: c.values[i].clone(),
+                    quality: c.quality[i],
+                });
             }
-            if key.2 >= to {
-                continue;
-            }
-            if let Some(c) = self.decode(key, v.value(), path, warnings) {
-                for i in 0..c.ts.len() {
-                    if c.ts[i] >= from && c.ts[i] < to {
-                        out.push(Raw {
-                            ts: c.ts[i],
-                            value: c.values[i].clone(),
-                            quality: c.quality[i],
-                        });
-                    }
-                }
-            }
-        }
+            true
+        })?;
         Ok(out)
     }
 
