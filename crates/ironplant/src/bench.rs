@@ -229,24 +229,39 @@ fn tag_mix(n: usize) -> Vec<PollPoint> {
         .collect()
 }
 
-/// Prints rows as a Markdown table with aligned columns.
-fn print_table(header: [&str; 2], rows: &[(String, String)]) {
-    let w0 = rows
-        .iter()
-        .map(|r| r.0.chars().count())
-        .chain([header[0].len()])
-        .max()
-        .unwrap_or(0);
-    let w1 = rows
-        .iter()
-        .map(|r| r.1.chars().count())
-        .chain([header[1].len()])
-        .max()
-        .unwrap_or(0);
-    println!("| {:<w0$} | {:>w1$} |", header[0], header[1]);
-    println!("|{}|{}|", "-".repeat(w0 + 2), "-".repeat(w1 + 2));
-    for (a, b) in rows {
-        println!("| {a:<w0$} | {b:>w1$} |");
+/// Prints rows as a Markdown table: the first column left-aligned, the others right-aligned.
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let widths: Vec<usize> = (0..N)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain([header[c].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let mut out = String::from("|");
+        for (c, cell) in cells.iter().enumerate() {
+            let w = widths[c];
+            out += &if c == 0 {
+                format!(" {cell:<w$} |")
+            } else {
+                format!(" {cell:>w$} |")
+            };
+        }
+        println!("{out}");
+    };
+    line(header.to_vec());
+    println!(
+        "|{}",
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2) + "|")
+            .collect::<String>()
+    );
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
     }
 }
 
@@ -419,6 +434,7 @@ async fn bench_modbus(duration: Duration, tags: usize) -> anyhow::Result<()> {
             format!("{per_1000:.2} % of one core"),
         ),
     ];
+    let rows: Vec<[String; 2]> = rows.into_iter().map(|(a, b)| [a, b]).collect();
     print_table(["scenario", "figure"], &rows);
     println!();
     let verdict = if per_1000 < 1.0 { "meets" } else { "misses" };
@@ -519,6 +535,7 @@ async fn bench_bus(duration: Duration, tags: usize) -> anyhow::Result<()> {
             format!("{:.2}", cpu / wall),
         ),
     ];
+    let rows: Vec<[String; 2]> = rows.into_iter().map(|(a, b)| [a, b]).collect();
     print_table(["figure", "value"], &rows);
     println!();
     println!(
@@ -823,47 +840,8 @@ async fn bench_historian(tags: usize, seconds: u64, postgres: bool) -> anyhow::R
     }
 
     println!();
-    let w: Vec<usize> = (0..4)
-        .map(|c| {
-            table
-                .iter()
-                .map(|r| [&r.0, &r.1, &r.2, &r.3][c].chars().count())
-                .chain([["figure", "ironplant", "PostgreSQL", "ratio"][c].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    println!(
-        "| {:<w0$} | {:>w1$} | {:>w2$} | {:>w3$} |",
-        "figure",
-        "ironplant",
-        "PostgreSQL",
-        "ratio",
-        w0 = w[0],
-        w1 = w[1],
-        w2 = w[2],
-        w3 = w[3]
-    );
-    println!(
-        "|{}|{}|{}|{}|",
-        "-".repeat(w[0] + 2),
-        "-".repeat(w[1] + 2),
-        "-".repeat(w[2] + 2),
-        "-".repeat(w[3] + 2)
-    );
-    for r in &table {
-        println!(
-            "| {:<w0$} | {:>w1$} | {:>w2$} | {:>w3$} |",
-            r.0,
-            r.1,
-            r.2,
-            r.3,
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3]
-        );
-    }
+    let rows: Vec<[String; 4]> = table.into_iter().map(|(a, b, c, d)| [a, b, c, d]).collect();
+    print_table(["figure", "ironplant", "PostgreSQL", "ratio"], &rows);
     println!();
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!(
