@@ -1,0 +1,271 @@
+//! The broker over real TCP with a minimal client built on our codec. (Interop with paho-mqtt
+//! and the Mosquitto clients comes with the rest of issue 5.)
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ironplant_mqtt::codec::{
+    self, Connect, MqttString, Packet, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe,
+    SubscribeProperties, Subscription, SubscriptionOptions, Will, WillProperties,
+};
+use ironplant_mqtt::{Broker, BrokerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    version: ProtocolVersion,
+}
+
+fn s(text: &str) -> MqttString {
+    MqttString::from_utf8(Bytes::copy_from_slice(text.as_bytes())).expect("valid string")
+}
+
+impl Client {
+    async fn connect(
+        addr: std::net::SocketAddr,
+        id: &str,
+        version: ProtocolVersion,
+        will: Option<Will>,
+    ) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let mut c = Client {
+            stream,
+            buf: Vec::new(),
+            version,
+        };
+        let mut connect = Connect::new(version, s(id), 30);
+        connect.will = will;
+        c.send(Packet::Connect(Box::new(connect))).await;
+        match c.recv().await {
+            Some(Packet::Connack(a)) => assert_eq!(a.reason_code, ReasonCode::Success),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        c
+    }
+
+    async fn send(&mut self, p: Packet) {
+        let mut out = Vec::new();
+        codec::encode(&p, self.version, &mut out).expect("encode");
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    /// The next packet, or None when the server closed the connection (5 s deadline).
+    async fn recv(&mut self) -> Option<Packet> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some((p, used)) = codec::decode(&self.buf, self.version, 1 << 20)
+                .expect("valid packet from the broker")
+            {
+                self.buf.drain(..used);
+                return Some(p);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+                .await
+                .expect("broker answered in time")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: QoS) {
+        let sub = Subscribe {
+            packet_id: std::num::NonZeroU16::new(1).expect("non-zero"),
+            properties: SubscribeProperties::default(),
+            subscriptions: vec![Subscription {
+                filter: s(filter),
+                options: SubscriptionOptions::qos(qos),
+            }],
+        };
+        self.send(Packet::Subscribe(sub)).await;
+        match self.recv().await {
+            Some(Packet::SubAck(a)) => assert_eq!(a.reason_codes.len(), 1),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+}
+
+fn publish(topic: &str, payload: &str, qos: QoS, retain: bool, pid: u16) -> Packet {
+    let mut p = Publish::new(s(topic), Bytes::copy_from_slice(payload.as_bytes()));
+    p.qos = qos;
+    p.retain = retain;
+    p.packet_id = std::num::NonZeroU16::new(pid);
+    Packet::Publish(p)
+}
+
+async fn start(cfg: BrokerConfig) -> (Broker, std::net::SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let broker = Broker::new(cfg);
+    let b = broker.clone();
+    tokio::spawn(async move { b.serve(listener).await });
+    (broker, addr)
+}
+
+#[tokio::test]
+async fn routes_by_wildcard_with_qos_downgrade_and_acks() {
+    for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        let (broker, addr) = start(BrokerConfig::default()).await;
+        let mut sub = Client::connect(addr, "sub", version, None).await;
+        sub.subscribe("plant/+/temp", QoS::AtLeastOnce).await;
+        let mut sub0 = Client::connect(addr, "sub0", version, None).await;
+        sub0.subscribe("plant/#", QoS::AtMostOnce).await;
+        let mut publ = Client::connect(addr, "pub", version, None).await;
+        publ.send(publish("plant/a/temp", "21.5", QoS::AtLeastOnce, false, 7))
+            .await;
+        match publ.recv().await {
+            Some(Packet::PubAck(a)) => assert_eq!(a.packet_id.get(), 7),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+        match sub.recv().await {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(
+                    (p.topic.as_str(), &p.payload[..], p.qos),
+                    ("plant/a/temp", &b"21.5"[..], QoS::AtLeastOnce)
+                );
+                assert!(p.packet_id.is_some());
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+        match sub0.recv().await {
+            Some(Packet::Publish(p)) => assert_eq!(
+                (p.qos, p.packet_id),
+                (QoS::AtMostOnce, None),
+                "downgraded to the subscription's QoS"
+            ),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+        // Not matching: nothing arrives, and the next message does.
+        publ.send(publish("other/a/temp", "x", QoS::AtMostOnce, false, 0))
+            .await;
+        publ.send(publish("plant/b/temp", "22", QoS::AtMostOnce, false, 0))
+            .await;
+        match sub.recv().await {
+            Some(Packet::Publish(p)) => assert_eq!(p.topic.as_str(), "plant/b/temp"),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+        assert!(
+            broker
+                .stats()
+                .messages_in
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 3
+        );
+    }
+}
+
+#[tokio::test]
+async fn retained_messages_reach_later_subscribers_and_clear() {
+    let (_broker, addr) = start(BrokerConfig::default()).await;
+    let mut publ = Client::connect(addr, "pub", ProtocolVersion::V5, None).await;
+    publ.send(publish("uns/line1/speed", "400", QoS::AtMostOnce, true, 0))
+        .await;
+    publ.send(publish(
+        "uns/line1/state",
+        "running",
+        QoS::AtMostOnce,
+        true,
+        0,
+    ))
+    .await;
+    publ.send(publish("uns/line1/state", "", QoS::AtMostOnce, true, 0))
+        .await; // clears it
+    publ.send(Packet::PingReq).await;
+    assert_eq!(
+        publ.recv().await,
+        Some(Packet::PingResp),
+        "the publishes before it were handled"
+    );
+    let mut sub = Client::connect(addr, "late", ProtocolVersion::V5, None).await;
+    sub.subscribe("uns/#", QoS::AtMostOnce).await;
+    match sub.recv().await {
+        Some(Packet::Publish(p)) => assert_eq!(
+            (p.topic.as_str(), &p.payload[..], p.retain),
+            ("uns/line1/speed", &b"400"[..], true)
+        ),
+        other => panic!("expected the retained PUBLISH, got {other:?}"),
+    }
+    sub.send(Packet::PingReq).await;
+    assert_eq!(
+        sub.recv().await,
+        Some(Packet::PingResp),
+        "the cleared message is not sent"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_connection_publishes_the_will_a_clean_one_does_not() {
+    let (_broker, addr) = start(BrokerConfig::default()).await;
+    let mut sub = Client::connect(addr, "watcher", ProtocolVersion::V311, None).await;
+    sub.subscribe("devices/+/status", QoS::AtMostOnce).await;
+    let will = |who: &str| Will {
+        topic: s(&format!("devices/{who}/status")),
+        payload: Bytes::from_static(b"offline"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: WillProperties::default(),
+    };
+    let polite = Client::connect(addr, "polite", ProtocolVersion::V311, Some(will("polite"))).await;
+    let mut polite = polite;
+    polite.send(Packet::Disconnect(Default::default())).await;
+    let crashed = Client::connect(
+        addr,
+        "crashed",
+        ProtocolVersion::V311,
+        Some(will("crashed")),
+    )
+    .await;
+    drop(crashed);
+    match sub.recv().await {
+        Some(Packet::Publish(p)) => assert_eq!(
+            (p.topic.as_str(), &p.payload[..]),
+            ("devices/crashed/status", &b"offline"[..])
+        ),
+        other => panic!("expected the will, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_clients_are_disconnected_with_the_right_reason() {
+    let cfg = BrokerConfig {
+        connect_timeout: Duration::from_millis(300),
+        ..BrokerConfig::default()
+    };
+    let (_broker, addr) = start(cfg).await;
+    // Slow loris: connects and says nothing.
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    let mut b = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut b))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    assert_eq!(n, 0, "closed without a word");
+    // An unsupported protocol level: CONNACK 0x01 (3.1.1 form), then close.
+    let mut old = TcpStream::connect(addr).await.expect("connect");
+    old.write_all(&[0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 30, 0, 0])
+        .await
+        .expect("write");
+    let mut b = [0u8; 4];
+    old.read_exact(&mut b).await.expect("connack");
+    assert_eq!(b, [0x20, 0x02, 0x00, 0x01]);
+    // A malformed packet after CONNECT (QoS 3 PUBLISH): DISCONNECT 0x81 for a 5.0 client.
+    let mut c = Client::connect(addr, "broken", ProtocolVersion::V5, None).await;
+    c.stream
+        .write_all(&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01])
+        .await
+        .expect("write");
+    match c.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::MalformedPacket),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert_eq!(c.recv().await, None, "then the connection is closed");
+    // Others are unaffected.
+    let mut ok = Client::connect(addr, "fine", ProtocolVersion::V5, None).await;
+    ok.send(Packet::PingReq).await;
+    assert_eq!(ok.recv().await, Some(Packet::PingResp));
+}
