@@ -241,10 +241,7 @@ impl SubTree {
         }));
     }
 
-    fn pick_shared(
-        groups: &mut Groups,
-        out: &mut Vec<Match>,
-    ) {
+    fn pick_shared(groups: &mut Groups, out: &mut Vec<Match>) {
         for g in groups.values_mut() {
             if g.members.is_empty() {
                 continue;
@@ -286,11 +283,7 @@ impl SubTree {
     }
 }
 
-fn remove_shared(
-    groups: &mut Groups,
-    group: &str,
-    client: ClientId,
-) -> bool {
+fn remove_shared(groups: &mut Groups, group: &str, client: ClientId) -> bool {
     let Some(g) = groups.get_mut(group) else {
         return false;
     };

@@ -32,6 +32,16 @@ struct Cli {
         value_name = "ADDR"
     )]
     http: String,
+    /// Address of the MQTT listener (the Unified Namespace: every tag's value, retained, on its
+    /// path); `off` disables it; port 0 picks a free port.
+    #[arg(
+        long,
+        global = true,
+        env = "IRONPLANT_MQTT",
+        default_value = "127.0.0.1:1883",
+        value_name = "ADDR"
+    )]
+    mqtt: String,
     /// Directory for the platform's data.
     #[arg(
         long,
@@ -148,11 +158,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some(cfg) = load_config(&config)? else {
                 return Ok(ExitCode::FAILURE);
             };
-            runtime()?.block_on(platform::serve(cfg, &cli.http, &cli.data_dir, None))?;
+            let mqtt = (cli.mqtt != "off").then_some(cli.mqtt.as_str());
+            runtime()?.block_on(platform::serve(cfg, &cli.http, mqtt, &cli.data_dir, None))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { sim_listen, seed } => {
-            runtime()?.block_on(platform::demo(sim_listen, seed, &cli.http, &cli.data_dir))?;
+            let mqtt = (cli.mqtt != "off").then_some(cli.mqtt.as_str());
+            runtime()?.block_on(platform::demo(
+                sim_listen,
+                seed,
+                &cli.http,
+                mqtt,
+                &cli.data_dir,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate { listen, seed } => {

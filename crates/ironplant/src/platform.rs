@@ -73,10 +73,15 @@ async fn shutdown_signal() {
 pub async fn serve(
     config: Config,
     http: &str,
+    mqtt: Option<&str>,
     data_dir: &Path,
     banner: Option<String>,
 ) -> anyhow::Result<()> {
     let listener = bind(http, "HTTP", "--http").await?;
+    let mqtt_listener = match mqtt {
+        Some(addr) => Some(bind(addr, "MQTT", "--mqtt").await?),
+        None => None,
+    };
     prepare_data_dir(data_dir)?;
     let local = listener
         .local_addr()
@@ -103,6 +108,20 @@ pub async fn serve(
     println!("  Assets:    http://{local}/api/v1/assets");
     println!("  Metrics:   http://{local}/metrics");
     println!("  Health:    http://{local}/healthz");
+    if let Some(l) = mqtt_listener {
+        let addr = l
+            .local_addr()
+            .context("cannot read the MQTT listener's address")?;
+        let broker = ironplant_mqtt::Broker::new(ironplant_mqtt::BrokerConfig::default());
+        ironplant_runtime::uns::attach(broker.clone(), &runtime.bus, runtime.namespace.clone(), "");
+        tokio::spawn(async move {
+            if let Err(e) = broker.serve(l).await {
+                tracing::error!(error = %e, "MQTT listener failed");
+            }
+        });
+        println!("  MQTT:      mqtt://{addr} (live values on each tag path, e.g. mosquitto_sub -h {} -p {} -t 'acme/#' -v)", addr.ip(), addr.port());
+        tracing::warn!(mqtt = %addr, "MQTT listener is plain TCP without authentication (TLS and ACLs come with the security work); keep it on a trusted interface");
+    }
     println!("Press Ctrl-C to stop.");
     tracing::info!(http = %local, data_dir = %data_dir.display(), "platform started");
     let served = ironplant_api::serve(listener, state, shutdown_signal()).await;
@@ -118,6 +137,7 @@ pub async fn demo(
     sim_listen: SocketAddr,
     seed: u64,
     http: &str,
+    mqtt: Option<&str>,
     data_dir: &Path,
 ) -> anyhow::Result<()> {
     let sim = bind(&sim_listen.to_string(), "the simulator", "--sim-listen").await?;
@@ -139,7 +159,7 @@ pub async fn demo(
         "Simulated bottling line (Modbus TCP) on {sim_addr}; its config is saved in {}",
         saved.display()
     );
-    serve(config, http, data_dir, Some(banner)).await
+    serve(config, http, mqtt, data_dir, Some(banner)).await
 }
 
 /// Runs the simulator alone until Ctrl-C.

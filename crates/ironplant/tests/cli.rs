@@ -34,6 +34,7 @@ fn pump(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 impl Proc {
     fn start(args: &[&str], dir: &Path) -> Proc {
         let mut child = Command::new(BIN)
+            .env("IRONPLANT_MQTT", "127.0.0.1:0")
             .args(args)
             .current_dir(dir)
             .env("NO_COLOR", "1")
@@ -60,7 +61,7 @@ impl Proc {
                     .split_whitespace()
                     .find(|w| w.contains("127.0.0.1:"))
                     .expect("an address");
-                let addr = word.trim_start_matches("http://");
+                let addr = word.rsplit("://").next().unwrap_or(word);
                 return addr.split('/').next().expect("host:port").to_owned();
             }
         }
@@ -125,6 +126,7 @@ fn tags(addr: &str, query: &str) -> Vec<Json> {
 
 fn run(args: &[&str], dir: &Path) -> Output {
     Command::new(BIN)
+        .env("IRONPLANT_MQTT", "127.0.0.1:0")
         .args(args)
         .current_dir(dir)
         .output()
@@ -414,4 +416,82 @@ fn an_unreachable_device_keeps_the_platform_running() {
     wait_for("the shutdown log line", 10, || {
         p.errs.try_iter().find(|l| l.contains("shutting down"))
     });
+}
+
+/// `mosquitto_sub`, a third-party MQTT client, sees the plant live on the tag paths. Under
+/// CI=true a missing client fails the test (.ci/test installs Debian's mosquitto-clients).
+#[test]
+fn mqtt_clients_see_the_unified_namespace() {
+    let have = Command::new("mosquitto_sub").arg("--help").output().is_ok();
+    if !have {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mosquitto_sub is required under CI=true"
+        );
+        eprintln!("SKIPPED: mosquitto_sub not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let demo = Proc::start(
+        &["demo", "--http", "127.0.0.1:0", "--data-dir", "data"],
+        dir.path(),
+    );
+    let mqtt = demo.address_after("MQTT:");
+    let (host, port) = mqtt.rsplit_once(':').expect("host:port");
+    let out = Command::new("timeout")
+        .args([
+            "20",
+            "mosquitto_sub",
+            "-h",
+            host,
+            "-p",
+            port,
+            "-t",
+            "acme/lyon/bottling/line1/filler/#",
+            "-v",
+            "-C",
+            "25",
+        ])
+        .output()
+        .expect("run mosquitto_sub");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 25, "{text}");
+    for line in &lines {
+        let (topic, payload) = line.split_once(' ').expect("topic payload");
+        assert!(
+            topic.starts_with("acme/lyon/bottling/line1/filler/"),
+            "{line}"
+        );
+        let v: Json = serde_json::from_str(payload).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(v["quality"], "Good", "{line}");
+        assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
+    }
+    // Live: the actual speed keeps changing.
+    let out = Command::new("timeout")
+        .args([
+            "20",
+            "mosquitto_sub",
+            "-h",
+            host,
+            "-p",
+            port,
+            "-t",
+            "acme/lyon/bottling/line1/filler/plc/speed_actual",
+            "-C",
+            "3",
+        ])
+        .output()
+        .expect("run mosquitto_sub");
+    let values: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(values.len(), 3, "the retained value and two changes");
+    assert!(values[1] != values[2], "{values:?}");
 }

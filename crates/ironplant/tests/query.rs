@@ -25,6 +25,7 @@ struct Demo {
 impl Demo {
     fn start(data: &Path) -> Demo {
         let mut child = Command::new(BIN)
+            .env("IRONPLANT_MQTT", "127.0.0.1:0")
             .args(["demo", "--http", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .env("NO_COLOR", "1")
@@ -157,6 +158,7 @@ fn dead_http() -> String {
 
 fn query(http: &str, data: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
+        .env("IRONPLANT_MQTT", "127.0.0.1:0")
         .args(["query", "--http", http, "--data-dir"])
         .arg(data)
         .args(args)
@@ -351,6 +353,7 @@ fn offline_table_csv_json_paging_aggregates_and_at() {
     );
     assert!(!out.status.success(), "--output needs a file");
     let (_, stderr) = ok(&Command::new(BIN)
+        .env("IRONPLANT_MQTT", "127.0.0.1:0")
         .args(["query", "--http", &http, "--data-dir"])
         .arg(&data)
         .args(["--tag", SPEED, "--format", "csv", "--output"])
@@ -392,6 +395,7 @@ fn offline_parquet_export_reads_back() {
 
     let file = dir.path().join("h.parquet");
     let out = Command::new(BIN)
+        .env("IRONPLANT_MQTT", "127.0.0.1:0")
         .args(["query", "--http", &http, "--data-dir"])
         .arg(&data)
         .args([
@@ -442,6 +446,7 @@ fn offline_parquet_export_reads_back() {
     // Aggregates get their own columns.
     let file = dir.path().join("agg.parquet");
     let out = Command::new(BIN)
+        .env("IRONPLANT_MQTT", "127.0.0.1:0")
         .args(["query", "--http", &http, "--data-dir"])
         .arg(&data)
         .args([

@@ -1,0 +1,113 @@
+//! Unified Namespace over MQTT: every change of a tag's value or quality is published, retained,
+//! as JSON on the tag's path, so any MQTT client can browse the plant live.
+//!
+//! The bus subscription is lossy (`DropNewest`): a slow broker never slows the adapters; drops
+//! are counted in `ironplant_bus_dropped_samples_total{subscriber="uns"}`. Since every message is
+//! retained and re-sent on the next change, a drop delays a value, it does not lose the topic.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ironplant_core::{Namespace, Overflow, Quality, QualityLevel, Sample, TagBus, Value};
+use ironplant_mqtt::codec::{MqttString, Publish, QoS};
+use ironplant_mqtt::Broker;
+use tokio::task::JoinHandle;
+
+/// The JSON payload of a tag's UNS message.
+pub fn payload(sample: &Sample, unit: Option<&str>) -> Vec<u8> {
+    let value = match &sample.value {
+        Value::Null => serde_json::Value::Null,
+        Value::Bool(b) => serde_json::Value::Bool(*b),
+        Value::Int(i) => serde_json::Value::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Value::String(s) => serde_json::Value::String(s.to_string()),
+    };
+    let q = sample.quality;
+    let (quality, reason) = match q.level {
+        QualityLevel::Good => ("Good", None),
+        QualityLevel::Uncertain => ("Uncertain", Some(q.reason.as_str())),
+        QualityLevel::Bad => ("Bad", Some(q.reason.as_str())),
+    };
+    let body = serde_json::json!({
+        "value": value,
+        "quality": quality,
+        "quality_reason": reason,
+        "ts": sample.source_ts.to_rfc3339(),
+        "unit": unit,
+    });
+    body.to_string().into_bytes()
+}
+
+/// Publishes every tag change of `bus` on `broker` under `prefix` (empty: the bare tag path).
+pub fn attach(
+    broker: Broker,
+    bus: &TagBus,
+    namespace: Arc<Namespace>,
+    prefix: &str,
+) -> JoinHandle<()> {
+    let mut sub = bus.subscribe("uns", 256, Overflow::DropNewest);
+    let prefix = prefix.trim_end_matches('/').to_owned();
+    tokio::spawn(async move {
+        let mut last: Vec<Option<(Value, Quality)>> = vec![None; namespace.len()];
+        while let Some(batch) = sub.recv().await {
+            for s in batch.iter() {
+                let Some(slot) = last.get_mut(s.tag.index()) else {
+                    continue;
+                };
+                if slot
+                    .as_ref()
+                    .is_some_and(|(v, q)| *v == s.value && *q == s.quality)
+                {
+                    continue;
+                }
+                *slot = Some((s.value.clone(), s.quality));
+                let Some(meta) = namespace.tag(s.tag) else {
+                    continue;
+                };
+                let topic = if prefix.is_empty() {
+                    meta.path.to_string()
+                } else {
+                    format!("{prefix}/{}", meta.path)
+                };
+                let Ok(topic) = MqttString::from_utf8(Bytes::from(topic)) else {
+                    continue;
+                };
+                let mut p = Publish::new(topic, Bytes::from(payload(s, meta.unit.as_deref())));
+                p.qos = QoS::AtMostOnce;
+                p.retain = true;
+                broker.publish(p);
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ironplant_core::{QualityReason, TagId, Timestamp};
+
+    #[test]
+    fn payload_is_json_with_quality_and_unit() {
+        let s = Sample {
+            tag: TagId(0),
+            value: Value::Float(21.5),
+            quality: Quality::bad(QualityReason::CommFailure),
+            source_ts: Timestamp(1_000_000_000_000_000),
+            server_ts: Timestamp(1_000_000_000_000_000),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&payload(&s, Some("°C"))).expect("json");
+        assert_eq!(v["value"], 21.5);
+        assert_eq!(v["quality"], "Bad");
+        assert_eq!(v["quality_reason"], "CommFailure");
+        assert_eq!(v["unit"], "°C");
+        assert_eq!(v["ts"], "2001-09-09T01:46:40.000000Z");
+        let nan = Sample {
+            value: Value::Float(f64::NAN),
+            quality: Quality::GOOD,
+            ..s
+        };
+        let v: serde_json::Value = serde_json::from_slice(&payload(&nan, None)).expect("json");
+        assert!(v["value"].is_null() && v["quality_reason"].is_null() && v["unit"].is_null());
+    }
+}
