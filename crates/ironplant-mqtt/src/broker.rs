@@ -30,6 +30,9 @@ use crate::retained::RetainedStore;
 use crate::topic;
 use crate::tree::{ClientId, Match, SubOptions, SubTree};
 
+/// Bytes a connection's read buffer grows by per read.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// Broker settings.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -341,20 +344,20 @@ impl Broker {
         let idle = (connect.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
         loop {
-            // Decode everything buffered.
+            // Decode everything buffered: one freeze, then zero-copy slices per packet (their
+            // payloads share this buffer); the incomplete tail goes back for the next read.
+            let frozen = buf.split().freeze();
+            let mut off = 0;
             loop {
-                let frozen = buf.split().freeze();
-                match codec::decode_bytes(&frozen, version, max) {
+                let rest = frozen.slice(off..);
+                match codec::decode_bytes(&rest, version, max) {
                     Ok(Some((packet, used))) => {
-                        buf.extend_from_slice(&frozen[used..]);
+                        off += used;
                         if let Some(bye) = self.handle(id, version, packet, tx) {
                             return Ok(bye);
                         }
                     }
-                    Ok(None) => {
-                        buf.extend_from_slice(&frozen);
-                        break;
-                    }
+                    Ok(None) => break,
                     Err(e) => {
                         self.inner
                             .stats
@@ -365,6 +368,9 @@ impl Broker {
                     }
                 }
             }
+            buf.extend_from_slice(&frozen[off..]);
+            // A fresh buffer after split(): make room for a large read, not 64 bytes at a time.
+            buf.reserve(READ_CHUNK);
             let read = rd.read_buf(&mut buf);
             let n = match idle {
                 Some(d) => match tokio::time::timeout(d, read).await {

@@ -269,3 +269,42 @@ async fn bad_clients_are_disconnected_with_the_right_reason() {
     ok.send(Packet::PingReq).await;
     assert_eq!(ok.recv().await, Some(Packet::PingResp));
 }
+
+#[tokio::test]
+async fn many_pipelined_publishes_all_arrive_in_order() {
+    let (broker, addr) = start(BrokerConfig::default()).await;
+    let mut sub = Client::connect(addr, "sink", ProtocolVersion::V5, None).await;
+    sub.subscribe("load/#", QoS::AtMostOnce).await;
+    let mut publ = Client::connect(addr, "source", ProtocolVersion::V5, None).await;
+    let mut bytes = Vec::new();
+    for i in 0..2000 {
+        codec::encode(
+            &publish(
+                &format!("load/{}", i % 7),
+                &i.to_string(),
+                QoS::AtMostOnce,
+                false,
+                0,
+            ),
+            ProtocolVersion::V5,
+            &mut bytes,
+        )
+        .expect("encode");
+    }
+    publ.stream.write_all(&bytes).await.expect("one big write");
+    for i in 0..2000 {
+        match sub.recv().await {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(&p.payload[..], i.to_string().as_bytes(), "message {i}")
+            }
+            other => panic!("message {i}: expected PUBLISH, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        broker
+            .stats()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
