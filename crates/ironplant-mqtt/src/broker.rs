@@ -284,6 +284,15 @@ impl Broker {
             let mut p = Publish::new(will.topic.clone(), will.payload.clone());
             p.qos = will.qos;
             p.retain = will.retain;
+            // MQTT 5 (3.1.3.2): the will's properties go out with it. The will delay is not
+            // implemented yet (clean sessions only), so it is published at once.
+            let wp = &will.properties;
+            p.properties.payload_format_indicator = wp.payload_format_indicator;
+            p.properties.message_expiry_interval = wp.message_expiry_interval;
+            p.properties.content_type = wp.content_type.clone();
+            p.properties.response_topic = wp.response_topic.clone();
+            p.properties.correlation_data = wp.correlation_data.clone();
+            p.properties.user_properties = wp.user_properties.clone();
             self.route(None, p);
         }
         if let Ok(Goodbye::Kick(code)) = outcome {
@@ -401,7 +410,11 @@ impl Broker {
                 if topic::validate_topic_name(p.topic.as_str()).is_err() {
                     return Some(Goodbye::Kick(ReasonCode::TopicNameInvalid));
                 }
-                match (p.qos, p.packet_id) {
+                let (qos, pid) = (p.qos, p.packet_id);
+                // Route (and store a retained message) before acknowledging: once the publisher
+                // has its PUBACK/PUBREC, a new subscriber must find the retained message.
+                self.route(Some(id), p);
+                match (qos, pid) {
                     (QoS::AtLeastOnce, Some(pid)) => {
                         send(Packet::PubAck(PublishResponse::new(pid)))
                     }
@@ -410,7 +423,6 @@ impl Broker {
                     }
                     _ => {}
                 }
-                self.route(Some(id), p);
             }
             Packet::PubRel(r) => send(Packet::PubComp(PublishResponse::new(r.packet_id))),
             Packet::PubRec(r) => send(Packet::PubRel(PublishResponse::new(r.packet_id))),

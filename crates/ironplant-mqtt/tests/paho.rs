@@ -1,0 +1,162 @@
+//! Interop: the broker against the third-party client paho-mqtt (PyPI), MQTT 3.1.1 and 5.0.
+//!
+//! Each test starts its own broker on 127.0.0.1:0 and runs one scenario of
+//! `tests/peers/paho_scenarios.py`, which checks what paho observed and prints it as JSON lines
+//! (the last one `{"ok": true, ...}`). The venv comes from the test command (`.ci/test`), which
+//! exports IRONPLANT_PYTHON. Without paho the test is skipped locally with a message, but fails
+//! under CI=true: a peer must never be silently missing there.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ironplant_mqtt::{Broker, BrokerConfig};
+
+/// Longest a scenario may take (its own waits time out after 5 s each).
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn python() -> Option<PathBuf> {
+    let candidate = std::env::var_os("IRONPLANT_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let venv =
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/venv/bin/python");
+            venv.exists().then_some(venv)
+        });
+    let ok = candidate.as_ref().is_some_and(|py| {
+        Command::new(py)
+            .args(["-c", "import paho.mqtt.client"])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    match (ok, std::env::var("CI").as_deref()) {
+        (true, _) => candidate,
+        (false, Ok("true")) => {
+            panic!("paho-mqtt is required under CI=true; run the tests through .ci/test")
+        }
+        (false, _) => {
+            eprintln!(
+                "SKIPPED: paho-mqtt not installed; run .ci/test to install the interop peers"
+            );
+            None
+        }
+    }
+}
+
+/// Runs one scenario against a fresh broker and fails the test with paho's report if it failed.
+fn scenario(name: &str, version: &str) {
+    let Some(py) = python() else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind an ephemeral port");
+    let port = listener.local_addr().expect("local address").port();
+    let broker = Broker::new(BrokerConfig::default());
+    let b = broker.clone();
+    rt.spawn(async move { b.serve(listener).await });
+
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/paho_scenarios.py");
+    let mut child = Command::new(&py)
+        .arg(&script)
+        .args(["127.0.0.1", &port.to_string(), name, version])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the paho scenario script");
+    // Drain both pipes on their own threads so a chatty script cannot block on a full pipe.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the scenario process") {
+            break Some(status);
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out.join().expect("stdout reader");
+    let stderr = err.join().expect("stderr reader");
+    let report = format!("--- stdout\n{stdout}--- stderr\n{stderr}");
+    let Some(status) = status else {
+        panic!("{name} (MQTT {version}) did not finish within {DEADLINE:?}\n{report}");
+    };
+    assert!(
+        status.success(),
+        "{name} (MQTT {version}) failed: {status}\n{report}"
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        format!(r#"{{"ok": true, "scenario": "{name}", "version": "{version}"}}"#),
+        "{name} (MQTT {version}): unexpected final line\n{report}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .filter(|l| l.contains(r#""check": "#))
+            .count()
+            >= 1,
+        "{name} (MQTT {version}): no checks reported\n{report}"
+    );
+    assert_eq!(
+        broker
+            .stats()
+            .protocol_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "{name} (MQTT {version}): the broker saw protocol errors from paho\n{report}"
+    );
+}
+
+macro_rules! both_versions {
+    ($($test:ident => $scenario:literal),* $(,)?) => {
+        mod v311 {
+            $(#[test] fn $test() { super::scenario($scenario, "3.1.1") })*
+        }
+        mod v5 {
+            $(#[test] fn $test() { super::scenario($scenario, "5") })*
+        }
+    };
+}
+
+both_versions! {
+    qos0_end_to_end => "qos0",
+    qos1_end_to_end => "qos1",
+    qos2_handshake_on_both_sides => "qos2",
+    retained_delivered_later_and_cleared => "retained",
+    will_on_lost_connection_only => "will",
+    wildcards_plus_and_hash => "wildcards",
+    shared_subscription_splits_messages => "shared",
+}
+
+#[test]
+fn v5_subscription_identifiers_come_back() {
+    scenario("subscription_identifier", "5");
+}
+
+#[test]
+fn v5_user_properties_pass_through() {
+    scenario("user_properties", "5");
+}
+
+#[test]
+fn v5_no_local() {
+    scenario("no_local", "5");
+}
