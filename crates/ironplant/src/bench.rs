@@ -58,6 +58,25 @@ pub enum BenchCommand {
         #[arg(long)]
         no_postgres: bool,
     },
+    /// MQTT broker: msgs/s and p50/p99 latency of ours and Mosquitto's in the same run
+    /// (1 -> 1, fan-in, fan-out; QoS 0 and 1); optionally RSS with many idle connections.
+    #[command(
+        after_help = "Examples:\n  ironplant bench mqtt --seconds 5\n  ironplant bench mqtt --seconds 2 --idle 10000"
+    )]
+    Mqtt {
+        /// Seconds each scenario runs (after a 0.5 s warm-up).
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Idle connections to open to each broker to measure its RSS (0: skip).
+        #[arg(long, default_value_t = 0)]
+        idle: usize,
+    },
+    /// Our MQTT broker alone, for the benchmarks (internal).
+    #[command(hide = true)]
+    MqttServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
     /// A Modbus server with changing registers, for the benchmarks (internal).
     #[command(hide = true)]
     RegisterServer {
@@ -72,6 +91,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             bench_modbus(Duration::from_secs(seconds.max(1)), tags).await
         }
         BenchCommand::RegisterServer { listen } => register_server(listen).await,
+        BenchCommand::Mqtt { seconds, idle } => crate::bench_mqtt::run(seconds, idle).await,
+        BenchCommand::MqttServer { listen } => crate::bench_mqtt::server(listen).await,
         BenchCommand::Historian {
             tags,
             seconds,
@@ -119,7 +140,7 @@ async fn register_server(listen: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// Starts `ironplant ARGS…` and returns it with the address it printed.
-async fn spawn_server(args: &[&str]) -> anyhow::Result<(Child, String)> {
+pub(crate) async fn spawn_server(args: &[&str]) -> anyhow::Result<(Child, String)> {
     let exe = std::env::current_exe().context("cannot locate the ironplant binary")?;
     let mut child = Command::new(exe)
         .args(args)
@@ -230,7 +251,7 @@ fn tag_mix(n: usize) -> Vec<PollPoint> {
 }
 
 /// Prints rows as a Markdown table: the first column left-aligned, the others right-aligned.
-fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+pub(crate) fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     let widths: Vec<usize> = (0..N)
         .map(|c| {
             rows.iter()
@@ -266,7 +287,7 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
 }
 
 /// Waits `duration` while a progress bar on stderr (hidden when stderr is not a terminal) shows it.
-async fn wait_with_progress(label: &str, duration: Duration) {
+pub(crate) async fn wait_with_progress(label: &str, duration: Duration) {
     let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
     if let Ok(style) =
         indicatif::ProgressStyle::with_template("{msg:>24} [{bar:40}] {elapsed}/{duration}")

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_mix;
+mod bench_mqtt;
 mod bench_pg;
 mod platform;
 mod query;
