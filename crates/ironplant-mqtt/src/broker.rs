@@ -30,8 +30,12 @@ use crate::retained::RetainedStore;
 use crate::topic;
 use crate::tree::{ClientId, Match, SubOptions, SubTree};
 
-/// Bytes a connection's read buffer grows by per read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Room a connection's read buffer makes before each read. Small, because most connections are
+/// idle devices (10,000 of them must fit in a few hundred MB); a busy connection's buffer
+/// grows as its packets need.
+const READ_CHUNK: usize = 2 * 1024;
+/// A writer's buffer is given back when a burst left it larger than this.
+const WRITE_KEEP: usize = 64 * 1024;
 
 /// Broker settings.
 #[derive(Debug, Clone)]
@@ -197,7 +201,7 @@ impl Broker {
 
     async fn connection(&self, mut stream: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
         let cfg = &self.inner.cfg;
-        let mut buf = BytesMut::with_capacity(8192);
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
         // CONNECT first, within the connect timeout.
         let connect = match tokio::time::timeout(
             cfg.connect_timeout,
@@ -581,9 +585,9 @@ async fn writer(
     mut rx: mpsc::Receiver<Out>,
     version: ProtocolVersion,
 ) {
-    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut out: Vec<u8> = Vec::new();
     let mut next_pid: u16 = 0;
-    let mut batch = Vec::with_capacity(256);
+    let mut batch = Vec::new();
     loop {
         if rx.recv_many(&mut batch, 256).await == 0 {
             break;
@@ -638,6 +642,12 @@ async fn writer(
         }
         if !out.is_empty() && wr.write_all(&out).await.is_err() {
             break;
+        }
+        if out.capacity() > WRITE_KEEP {
+            out = Vec::new();
+        }
+        if batch.capacity() > 256 {
+            batch = Vec::new();
         }
         if close.is_some() {
             let _ = wr.shutdown().await;
