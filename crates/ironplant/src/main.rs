@@ -39,7 +39,7 @@ struct Cli {
         long,
         global = true,
         env = "IRONPLANT_MQTT",
-        default_value = "127.0.0.1:1883",
+        default_value = platform::DEFAULT_MQTT,
         value_name = "ADDR"
     )]
     mqtt: String,

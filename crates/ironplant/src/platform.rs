@@ -11,6 +11,9 @@ use ironplant_core::config::Config;
 use ironplant_runtime::Runtime;
 use tokio::net::TcpListener;
 
+/// The MQTT listener's default address (`--mqtt`).
+pub const DEFAULT_MQTT: &str = "127.0.0.1:1883";
+
 /// The example configuration bundled into the binary; the demo points it at its simulator.
 pub const BOTTLING_CONFIG: &str = include_str!("../../../examples/bottling.toml");
 
@@ -82,6 +85,29 @@ pub async fn serve(
         Some(addr) => Some(bind(addr, "MQTT", "--mqtt").await?),
         None => None,
     };
+    serve_with(config, listener, mqtt_listener, data_dir, banner).await
+}
+
+/// Binds the demo's MQTT listener: the standard port if it is free, else (another broker runs
+/// on this laptop, say) a free port, so the demo still starts with one command.
+async fn bind_demo_mqtt(addr: &str) -> anyhow::Result<TcpListener> {
+    match bind(addr, "MQTT", "--mqtt").await {
+        Ok(l) => Ok(l),
+        Err(e) if addr == DEFAULT_MQTT => {
+            tracing::warn!(error = %e, "the standard MQTT port is taken; the demo uses a free port instead");
+            bind("127.0.0.1:0", "MQTT", "--mqtt").await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn serve_with(
+    config: Config,
+    listener: TcpListener,
+    mqtt_listener: Option<TcpListener>,
+    data_dir: &Path,
+    banner: Option<String>,
+) -> anyhow::Result<()> {
     prepare_data_dir(data_dir)?;
     let local = listener
         .local_addr()
@@ -159,7 +185,12 @@ pub async fn demo(
         "Simulated bottling line (Modbus TCP) on {sim_addr}; its config is saved in {}",
         saved.display()
     );
-    serve(config, http, mqtt, data_dir, Some(banner)).await
+    let listener = bind(http, "HTTP", "--http").await?;
+    let mqtt_listener = match mqtt {
+        Some(addr) => Some(bind_demo_mqtt(addr).await?),
+        None => None,
+    };
+    serve_with(config, listener, mqtt_listener, data_dir, Some(banner)).await
 }
 
 /// Runs the simulator alone until Ctrl-C.
