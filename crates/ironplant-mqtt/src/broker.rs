@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -147,6 +147,74 @@ impl Broker {
         }
     }
 
+    /// Serves one already accepted connection over any byte stream (a TLS stream, a WebSocket
+    /// adapter); returns when the connection ends.
+    pub async fn serve_connection<S: Transport>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+    ) -> std::io::Result<()> {
+        self.connection(stream, peer).await
+    }
+
+    /// An in-process subscriber (Sparkplug host, bridge): every message matching `filter`
+    /// (wildcards allowed, no `$share`) arrives on the returned channel, at QoS 0 and with its
+    /// retain flag, retained messages first. When the channel is full, messages are dropped and
+    /// counted like any slow client's. Dropping the receiver ends the subscription.
+    pub fn subscribe_internal(
+        &self,
+        name: &str,
+        filter: &str,
+        capacity: usize,
+    ) -> Result<mpsc::Receiver<Publish>, topic::TopicError> {
+        topic::validate_topic_filter(filter)?;
+        let (tx, mut rx) = mpsc::channel::<Out>(capacity.max(1));
+        let (out_tx, out_rx) = mpsc::channel::<Publish>(capacity.max(1));
+        let id = self.register(&format!("$internal/{name}"), tx);
+        {
+            let mut r = self.inner.router.lock();
+            let opts = SubOptions {
+                qos: 0,
+                no_local: false,
+                retain_as_published: true,
+                identifier: 0,
+            };
+            if r.tree.subscribe(filter, id, opts) {
+                r.filters.entry(id).or_default().push(filter.to_owned());
+            }
+            for (_, m) in r.retained.matching(filter) {
+                let mut p = m.publish.clone();
+                p.retain = true;
+                if out_tx.try_send(p).is_err() {
+                    self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let broker = self.clone();
+        tokio::spawn(async move {
+            while let Some(item) = rx.recv().await {
+                match item {
+                    Out::Deliver {
+                        mut publish,
+                        retain,
+                        ..
+                    } => {
+                        publish.qos = QoS::AtMostOnce;
+                        publish.packet_id = None;
+                        publish.retain = retain;
+                        if out_tx.send(publish).await.is_err() {
+                            break;
+                        }
+                    }
+                    Out::Close(_) => break,
+                    Out::Packet(_) => {}
+                }
+            }
+            broker.unregister(id);
+        });
+        Ok(out_rx)
+    }
+
     /// Publishes a message from inside the platform (UNS, $SYS, Sparkplug host commands).
     pub fn publish(&self, publish: Publish) {
         self.route(None, publish);
@@ -199,7 +267,11 @@ impl Broker {
         }
     }
 
-    async fn connection(&self, mut stream: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
+    async fn connection<S: Transport>(
+        &self,
+        mut stream: S,
+        peer: SocketAddr,
+    ) -> std::io::Result<()> {
         let cfg = &self.inner.cfg;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         // CONNECT first, within the connect timeout.
@@ -275,7 +347,7 @@ impl Broker {
             reason_code: ReasonCode::Success,
             properties: props,
         });
-        let (read_half, write_half) = stream.into_split();
+        let (read_half, write_half) = Transport::split(stream);
         let _ = tx.try_send(Out::Packet(ack));
         let writer = tokio::spawn(writer(write_half, rx, version));
         let outcome = self
@@ -343,9 +415,9 @@ impl Broker {
         }
     }
 
-    async fn read_loop(
+    async fn read_loop<R: AsyncRead + Unpin>(
         &self,
-        mut rd: tokio::net::tcp::OwnedReadHalf,
+        mut rd: R,
         mut buf: BytesMut,
         id: ClientId,
         version: ProtocolVersion,
@@ -539,8 +611,8 @@ enum Goodbye {
     Kick(ReasonCode),
 }
 
-async fn refuse(
-    stream: &mut TcpStream,
+async fn refuse<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     version: ProtocolVersion,
     code: ReasonCode,
 ) -> std::io::Result<()> {
@@ -556,8 +628,8 @@ async fn refuse(
     Ok(())
 }
 
-async fn read_connect(
-    stream: &mut TcpStream,
+async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     max: usize,
 ) -> std::io::Result<Result<Connect, DecodeError>> {
@@ -580,8 +652,8 @@ async fn read_connect(
 }
 
 /// Drains the queue into one buffer per wake-up and writes it with one syscall.
-async fn writer(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+async fn writer<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Out>,
     version: ProtocolVersion,
 ) {
@@ -653,5 +725,64 @@ async fn writer(
             let _ = wr.shutdown().await;
             break;
         }
+    }
+}
+
+/// A byte stream the broker can serve MQTT over. TCP splits without a lock; anything else
+/// (TLS, WebSocket adapters) goes through [`Generic`].
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+impl Transport for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+/// Wraps any stream as a [`Transport`] (split with `tokio::io::split`).
+pub struct Generic<S>(pub S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for Generic<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Generic<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Generic<S> {
+    type Read = tokio::io::ReadHalf<Generic<S>>;
+    type Write = tokio::io::WriteHalf<Generic<S>>;
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
     }
 }

@@ -35,4 +35,4 @@ pub mod retained;
 pub mod topic;
 pub mod tree;
 
-pub use broker::{Broker, BrokerConfig, BrokerStats};
+pub use broker::{Broker, BrokerConfig, BrokerStats, Transport};

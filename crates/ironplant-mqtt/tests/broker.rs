@@ -308,3 +308,49 @@ async fn many_pipelined_publishes_all_arrive_in_order() {
         0
     );
 }
+
+#[tokio::test]
+async fn internal_subscriber_gets_retained_then_live_and_can_publish() {
+    let (broker, addr) = start(BrokerConfig::default()).await;
+    let mut c = Client::connect(addr, "dev", ProtocolVersion::V5, None).await;
+    c.send(publish(
+        "spBv1.0/g/NBIRTH/n",
+        "birth",
+        QoS::AtLeastOnce,
+        true,
+        1,
+    ))
+    .await;
+    assert!(matches!(c.recv().await, Some(Packet::PubAck(_))));
+    let mut rx = broker
+        .subscribe_internal("host", "spBv1.0/#", 16)
+        .expect("valid filter");
+    let first = rx.recv().await.expect("retained message");
+    assert_eq!(first.topic.as_str(), "spBv1.0/g/NBIRTH/n");
+    assert!(first.retain);
+    c.send(publish(
+        "spBv1.0/g/NDATA/n",
+        "data",
+        QoS::AtMostOnce,
+        false,
+        0,
+    ))
+    .await;
+    let live = rx.recv().await.expect("live message");
+    assert_eq!(live.topic.as_str(), "spBv1.0/g/NDATA/n");
+    assert_eq!(&live.payload[..], b"data");
+    assert!(!live.retain);
+    // Messages from inside the platform reach MQTT clients.
+    c.subscribe("spBv1.0/g/NCMD/#", QoS::AtMostOnce).await;
+    broker.publish(
+        match publish("spBv1.0/g/NCMD/n", "rebirth", QoS::AtMostOnce, false, 0) {
+            Packet::Publish(p) => p,
+            _ => unreachable!(),
+        },
+    );
+    match c.recv().await {
+        Some(Packet::Publish(p)) => assert_eq!(p.topic.as_str(), "spBv1.0/g/NCMD/n"),
+        other => panic!("expected the command, got {other:?}"),
+    }
+    assert!(broker.subscribe_internal("bad", "a/#/b", 1).is_err());
+}
