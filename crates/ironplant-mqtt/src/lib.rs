@@ -29,9 +29,12 @@
 //! `split_to` each packet off its read buffer (and a retained-message store that keeps
 //! payloads for long may want `Bytes::copy_from_slice`).
 
+pub mod auth;
 pub mod broker;
 pub mod codec;
+pub mod persist;
 pub mod retained;
+pub mod session;
 pub mod topic;
 pub mod tree;
 
