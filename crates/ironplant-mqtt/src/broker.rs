@@ -227,7 +227,10 @@ struct Inner {
     router: Mutex<Router>,
     stats: BrokerStats,
     auth: Arc<dyn Auth>,
-    store: Option<Store>,
+    /// `None` without a state directory, and after [`Broker::close`].
+    store: Mutex<Option<Store>>,
+    /// Whether this broker persists at all (cheap check on the routing path).
+    persistent: bool,
     started: Instant,
 }
 
@@ -304,7 +307,8 @@ impl Broker {
                 router: Mutex::new(Router::default()),
                 stats: BrokerStats::default(),
                 auth,
-                store,
+                persistent: store.is_some(),
+                store: Mutex::new(store),
                 started: Instant::now(),
             }),
         };
@@ -315,7 +319,7 @@ impl Broker {
     }
 
     fn start_background(&self) {
-        if self.inner.store.is_some() {
+        if self.inner.persistent {
             let weak = Arc::downgrade(&self.inner);
             let every = self.inner.cfg.persist_interval;
             tokio::spawn(async move {
@@ -364,7 +368,9 @@ impl Broker {
     /// Saves everything that changed (and, with `all`, every persistent session, stamped as
     /// seen now: for a clean shutdown). Blocking; a no-op without a state directory.
     pub fn save(&self, all: bool) {
-        let Some(store) = &self.inner.store else {
+        // One save at a time (the store's lock), so batches reach the disk in order.
+        let store = self.inner.store.lock();
+        let Some(store) = store.as_ref() else {
             return;
         };
         let batch = self.snapshot(all);
@@ -394,9 +400,16 @@ impl Broker {
         }
     }
 
-    /// Saves all state now (call on shutdown, after the listeners stopped).
+    /// Saves all state now.
     pub fn flush(&self) {
         self.save(true);
+    }
+
+    /// Saves all state and closes the store (call on shutdown, after the listeners stopped);
+    /// nothing is saved after this. The state directory can then be opened again.
+    pub fn close(&self) {
+        self.save(true);
+        self.inner.store.lock().take();
     }
 
     fn snapshot(&self, all: bool) -> Batch {
@@ -728,7 +741,7 @@ impl Broker {
                     }),
                 );
             }
-            if self.inner.store.is_some() && !topic.starts_with("$SYS/") {
+            if self.inner.persistent && !topic.starts_with("$SYS/") {
                 r.dirty_retained.insert(topic.to_owned());
             }
         }
@@ -969,9 +982,11 @@ impl Broker {
     }
 
     fn will_later(&self, client_id: Arc<str>, generation: u64, delay: u32, p: Publish) {
-        let broker = self.clone();
+        let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+            let Some(inner) = weak.upgrade() else { return };
+            let broker = Broker { inner };
             let due = {
                 let r = broker.inner.router.lock();
                 match r.by_name.get(&client_id).and_then(|id| r.entries.get(id)) {

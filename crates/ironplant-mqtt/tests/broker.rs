@@ -4,108 +4,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ironplant_mqtt::codec::{
-    self, Connect, MqttString, Packet, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe,
-    SubscribeProperties, Subscription, SubscriptionOptions, Will, WillProperties,
-};
-use ironplant_mqtt::{Broker, BrokerConfig};
+use ironplant_mqtt::codec::{self, Packet, ProtocolVersion, QoS, ReasonCode, Will, WillProperties};
+use ironplant_mqtt::BrokerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-struct Client {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    version: ProtocolVersion,
-}
-
-fn s(text: &str) -> MqttString {
-    MqttString::from_utf8(Bytes::copy_from_slice(text.as_bytes())).expect("valid string")
-}
-
-impl Client {
-    async fn connect(
-        addr: std::net::SocketAddr,
-        id: &str,
-        version: ProtocolVersion,
-        will: Option<Will>,
-    ) -> Client {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let mut c = Client {
-            stream,
-            buf: Vec::new(),
-            version,
-        };
-        let mut connect = Connect::new(version, s(id), 30);
-        connect.will = will;
-        c.send(Packet::Connect(Box::new(connect))).await;
-        match c.recv().await {
-            Some(Packet::Connack(a)) => assert_eq!(a.reason_code, ReasonCode::Success),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-        c
-    }
-
-    async fn send(&mut self, p: Packet) {
-        let mut out = Vec::new();
-        codec::encode(&p, self.version, &mut out).expect("encode");
-        self.stream.write_all(&out).await.expect("write");
-    }
-
-    /// The next packet, or None when the server closed the connection (5 s deadline).
-    async fn recv(&mut self) -> Option<Packet> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some((p, used)) = codec::decode(&self.buf, self.version, 1 << 20)
-                .expect("valid packet from the broker")
-            {
-                self.buf.drain(..used);
-                return Some(p);
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
-                .await
-                .expect("broker answered in time")
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn subscribe(&mut self, filter: &str, qos: QoS) {
-        let sub = Subscribe {
-            packet_id: std::num::NonZeroU16::new(1).expect("non-zero"),
-            properties: SubscribeProperties::default(),
-            subscriptions: vec![Subscription {
-                filter: s(filter),
-                options: SubscriptionOptions::qos(qos),
-            }],
-        };
-        self.send(Packet::Subscribe(sub)).await;
-        match self.recv().await {
-            Some(Packet::SubAck(a)) => assert_eq!(a.reason_codes.len(), 1),
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
-    }
-}
-
-fn publish(topic: &str, payload: &str, qos: QoS, retain: bool, pid: u16) -> Packet {
-    let mut p = Publish::new(s(topic), Bytes::copy_from_slice(payload.as_bytes()));
-    p.qos = qos;
-    p.retain = retain;
-    p.packet_id = std::num::NonZeroU16::new(pid);
-    Packet::Publish(p)
-}
-
-async fn start(cfg: BrokerConfig) -> (Broker, std::net::SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let broker = Broker::new(cfg);
-    let b = broker.clone();
-    tokio::spawn(async move { b.serve(listener).await });
-    (broker, addr)
-}
+mod client;
+use client::{publish, s, start, Client};
 
 #[tokio::test]
 async fn routes_by_wildcard_with_qos_downgrade_and_acks() {
