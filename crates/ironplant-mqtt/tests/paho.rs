@@ -144,6 +144,12 @@ both_versions! {
     will_on_lost_connection_only => "will",
     wildcards_plus_and_hash => "wildcards",
     shared_subscription_splits_messages => "shared",
+    persistent_session_keeps_qos1_and_qos2_messages => "persistent",
+}
+
+#[test]
+fn v5_will_delay() {
+    scenario("will_delay", "5");
 }
 
 #[test]
