@@ -33,6 +33,8 @@ struct DeviceMetrics {
 /// All counters of a running platform. The device set is fixed at start-up.
 pub struct Metrics {
     devices: BTreeMap<String, DeviceMetrics>,
+    /// The embedded MQTT broker, once the platform started it.
+    broker: std::sync::OnceLock<ironplant_mqtt::Broker>,
 }
 
 impl Metrics {
@@ -42,7 +44,13 @@ impl Metrics {
                 .into_iter()
                 .map(|d| (d, DeviceMetrics::default()))
                 .collect(),
+            broker: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Includes the broker's counters in [`Metrics::render`].
+    pub fn attach_broker(&self, broker: ironplant_mqtt::Broker) {
+        let _ = self.broker.set(broker);
     }
 
     /// Whether the device's connection is up.
@@ -158,7 +166,91 @@ impl Metrics {
         if let Some(h) = historian {
             render_historian(w, h);
         }
+        if let Some(b) = self.broker.get() {
+            render_broker(w, b);
+        }
         out
+    }
+}
+
+fn render_broker(w: &mut String, b: &ironplant_mqtt::Broker) {
+    let st = b.stats();
+    let c = b.counts();
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let counters = [
+        (
+            "connections_total",
+            "MQTT connections accepted.",
+            get(&st.connections),
+        ),
+        (
+            "messages_received_total",
+            "PUBLISH packets routed (from clients and the platform).",
+            get(&st.messages_in),
+        ),
+        (
+            "messages_sent_total",
+            "Messages handed to subscribers (sent or queued in their session).",
+            get(&st.messages_out),
+        ),
+        (
+            "messages_dropped_total",
+            "Messages dropped because a client's queue was full.",
+            get(&st.dropped),
+        ),
+        (
+            "messages_expired_total",
+            "Messages not delivered because their message expiry passed.",
+            get(&st.expired),
+        ),
+        (
+            "protocol_errors_total",
+            "Connections ended for a protocol error.",
+            get(&st.protocol_errors),
+        ),
+        (
+            "denied_total",
+            "Connections, publishes and subscriptions refused.",
+            get(&st.denied),
+        ),
+        (
+            "persist_errors_total",
+            "Failed saves of retained messages and sessions.",
+            get(&st.persist_errors),
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(w, "# HELP ironplant_mqtt_{name} {help}\n# TYPE ironplant_mqtt_{name} counter\nironplant_mqtt_{name} {v}");
+    }
+    let gauges = [
+        (
+            "clients_connected",
+            "Connected MQTT clients.",
+            get(&st.connected),
+        ),
+        (
+            "sessions",
+            "MQTT sessions (connected or kept for an absent client).",
+            c.sessions as u64,
+        ),
+        (
+            "subscriptions",
+            "MQTT subscriptions.",
+            c.subscriptions as u64,
+        ),
+        (
+            "retained_messages",
+            "Retained MQTT messages.",
+            c.retained as u64,
+        ),
+        (
+            "queued_messages",
+            "QoS 1/2 messages waiting in sessions.",
+            c.queued as u64,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let _ = writeln!(w, "# HELP ironplant_mqtt_{name} {help}\n# TYPE ironplant_mqtt_{name} gauge\nironplant_mqtt_{name} {v}");
     }
 }
 

@@ -134,11 +134,20 @@ async fn serve_with(
     println!("  Assets:    http://{local}/api/v1/assets");
     println!("  Metrics:   http://{local}/metrics");
     println!("  Health:    http://{local}/healthz");
+    let mut mqtt_broker = None;
     if let Some(l) = mqtt_listener {
         let addr = l
             .local_addr()
             .context("cannot read the MQTT listener's address")?;
-        let broker = ironplant_mqtt::Broker::new(ironplant_mqtt::BrokerConfig::default());
+        let broker_cfg = ironplant_mqtt::BrokerConfig {
+            state_dir: Some(data_dir.join("mqtt")),
+            ..ironplant_mqtt::BrokerConfig::default()
+        };
+        let broker =
+            ironplant_mqtt::Broker::open(broker_cfg, Arc::new(ironplant_mqtt::auth::AllowAll))
+                .context("cannot open the MQTT broker's state (retained messages and sessions)")?;
+        runtime.metrics.attach_broker(broker.clone());
+        mqtt_broker = Some(broker.clone());
         ironplant_runtime::uns::attach(broker.clone(), &runtime.bus, runtime.namespace.clone(), "");
         tokio::spawn(async move {
             if let Err(e) = broker.serve(l).await {
@@ -153,7 +162,13 @@ async fn serve_with(
     let served = ironplant_api::serve(listener, state, shutdown_signal()).await;
     // Flush the historian even if the HTTP server failed: acknowledged data is in the WAL
     // anyway, but a clean close leaves nothing to replay.
-    tokio::task::block_in_place(|| runtime.shutdown());
+    tokio::task::block_in_place(|| {
+        // Retained messages and persistent sessions are saved for the next start.
+        if let Some(b) = &mqtt_broker {
+            b.close();
+        }
+        runtime.shutdown();
+    });
     served.context("HTTP server failed")?;
     Ok(())
 }

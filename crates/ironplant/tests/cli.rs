@@ -230,6 +230,10 @@ fn demo_serves_live_good_changing_values() {
     assert!(metrics.contains("ironplant_poll_latency_seconds_bucket{device="));
     assert!(metrics.contains("ironplant_poll_errors_total{device="));
     assert!(
+        metrics.contains("ironplant_mqtt_retained_messages "),
+        "the broker reports to /metrics"
+    );
+    assert!(
         dir.path().join("data/demo.toml").exists(),
         "demo saves its config in the data dir"
     );
