@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,16 +50,34 @@ const WRITE_KEEP: usize = 64 * 1024;
 /// Session expiry meaning "never" (MQTT 5: 0xFFFFFFFF).
 const NEVER: u32 = u32::MAX;
 
+/// What happens when a client's queue is full (it reads slower than its messages arrive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Keep what is queued; new messages for it are dropped (and counted).
+    #[default]
+    DropNewest,
+    /// End the connection (DISCONNECT 0x97 quota exceeded). QoS 1/2 messages for a
+    /// persistent session wait in it, so a client that reconnects catches up without loss.
+    Disconnect,
+}
+
 /// Broker settings.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     /// Largest packet accepted (and announced to 5.0 clients).
     pub max_packet_size: usize,
-    /// Messages queued per client (in its connection's queue, and in its session while it is
-    /// away or its window is full) before new ones are dropped and counted.
+    /// Messages queued for a connection's writer before the overflow policy applies.
     pub max_queue: usize,
+    /// QoS 1/2 messages a session keeps while its client is away or its window is full, before
+    /// new ones are dropped and counted.
+    pub max_session_queue: usize,
+    /// What happens when a connection's queue is full.
+    pub overflow: Overflow,
     /// Time a new connection has to send CONNECT (slow-loris defence).
     pub connect_timeout: Duration,
+    /// Longest a write to a client may take before the connection is considered dead (a
+    /// client that stops reading does not hold its messages forever).
+    pub write_timeout: Duration,
     /// Most QoS 1/2 messages in flight to one client (its Receive Maximum is honoured below
     /// this; 3.1.1 clients get this).
     pub max_inflight: u16,
@@ -84,7 +102,12 @@ impl Default for BrokerConfig {
         BrokerConfig {
             max_packet_size: 1 << 20,
             max_queue: 10_000,
+            max_session_queue: 10_000,
+
+            overflow: Overflow::DropNewest,
+
             connect_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
             max_inflight: 1_000,
             receive_maximum: 1_024,
             topic_alias_maximum: 64,
@@ -112,6 +135,8 @@ pub struct BrokerStats {
     pub denied: AtomicU64,
     /// Failed saves of the state store.
     pub persist_errors: AtomicU64,
+    /// Connections ended because their queue overflowed (`Overflow::Disconnect`).
+    pub slow_disconnects: AtomicU64,
 }
 
 /// Sizes of the broker's state, for `$SYS` and `/metrics`.
@@ -151,8 +176,6 @@ enum Out {
     Release,
     /// The session was resumed: send again what is in flight, then what waits.
     Resume,
-    /// Send DISCONNECT (5.0) if possible, then close.
-    Close(Option<ReasonCode>),
 }
 
 /// A session: its name and delivery state (shared by the router and its connection's tasks).
@@ -161,11 +184,41 @@ struct Session {
     state: Mutex<SessionState>,
 }
 
+/// Ends a connection from outside its read loop, with a reason.
+struct Kick {
+    notify: Notify,
+    reason: Mutex<Option<ReasonCode>>,
+    /// Set with the first kick (a cheap check on the routing path).
+    kicked: AtomicBool,
+}
+
+impl Kick {
+    fn new() -> Kick {
+        Kick {
+            notify: Notify::new(),
+            reason: Mutex::new(None),
+            kicked: AtomicBool::new(false),
+        }
+    }
+
+    /// True the first time (later kicks keep the first reason).
+    fn kick(&self, reason: ReasonCode) -> bool {
+        let mut r = self.reason.lock();
+        if r.is_some() {
+            return false;
+        }
+        *r = Some(reason);
+        self.kicked.store(true, Ordering::Release);
+        self.notify.notify_one();
+        true
+    }
+}
+
 /// The live connection of a session.
 struct Conn {
     tx: mpsc::Sender<Out>,
-    /// Wakes the read loop to end the connection (session takeover).
-    kick: Arc<Notify>,
+    /// Wakes the read loop to end the connection (takeover, overflow).
+    kick: Arc<Kick>,
     /// Becomes true when the connection has fully detached from the session.
     done: watch::Receiver<bool>,
 }
@@ -466,8 +519,11 @@ impl Broker {
                 }
             }
             for (name, bytes) in loaded.sessions {
-                let rec = match Record::decode(&bytes, usize::from(cfg.max_inflight), cfg.max_queue)
-                {
+                let rec = match Record::decode(
+                    &bytes,
+                    usize::from(cfg.max_inflight),
+                    cfg.max_session_queue,
+                ) {
                     Ok(rec) => rec,
                     Err(e) => {
                         tracing::warn!(client = %name, error = %e, "unreadable MQTT session; dropped");
@@ -608,7 +664,7 @@ impl Broker {
                     }),
                     conn: Some(Conn {
                         tx,
-                        kick: Arc::new(Notify::new()),
+                        kick: Arc::new(Kick::new()),
                         done,
                     }),
                     subs: vec![(filter.to_owned(), opts)],
@@ -643,7 +699,6 @@ impl Broker {
                             break;
                         }
                     }
-                    Out::Close(_) => break,
                     Out::Packet(_) | Out::Release | Out::Resume => {}
                 }
             }
@@ -756,9 +811,36 @@ impl Broker {
             };
             let p = prepare(&publish, m);
             let p = match &e.conn {
+                // A connection being closed (taken over, or too slow) gets nothing more: what
+                // is for its session waits behind what its queue still holds.
+                Some(c) if c.kick.kicked.load(Ordering::Acquire) => {
+                    if p.qos == QoS::AtMostOnce || e.expiry == 0 {
+                        dropped += 1;
+                    } else if let Admit::Overflow =
+                        e.session.state.lock().enqueue_overflow(Queued::new(p))
+                    {
+                        dropped += 1;
+                    }
+                    continue;
+                }
                 Some(c) => match c.tx.try_send(Out::Deliver(p)) {
                     Ok(()) => {
                         sent += 1;
+                        continue;
+                    }
+                    Err(mpsc::error::TrySendError::Full(Out::Deliver(p)))
+                        if self.inner.cfg.overflow == Overflow::Disconnect =>
+                    {
+                        if c.kick.kick(ReasonCode::QuotaExceeded) {
+                            st.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if p.qos == QoS::AtMostOnce || e.expiry == 0 {
+                            dropped += 1;
+                        } else if let Admit::Overflow =
+                            e.session.state.lock().enqueue_overflow(Queued::new(p))
+                        {
+                            dropped += 1;
+                        }
                         continue;
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {
@@ -883,24 +965,6 @@ impl Broker {
                 .map_or(usize::MAX, |m| m.get() as usize),
         };
 
-        let (tx, rx) = mpsc::channel::<Out>(cfg.max_queue);
-        let kick = Arc::new(Notify::new());
-        let (done_tx, done_rx) = watch::channel(false);
-        let (id, session, present, generation) = self
-            .attach(
-                &client_id,
-                connect.clean_start,
-                expiry,
-                usize::from(window),
-                Conn {
-                    tx: tx.clone(),
-                    kick: kick.clone(),
-                    done: done_rx,
-                },
-            )
-            .await;
-        self.inner.stats.connections.fetch_add(1, Ordering::Relaxed);
-        self.inner.stats.connected.fetch_add(1, Ordering::Relaxed);
         let mut ack_props = codec::ConnackProperties::default();
         if version == ProtocolVersion::V5 {
             if assigned {
@@ -916,14 +980,27 @@ impl Broker {
                 ack_props.session_expiry_interval = Some(expiry);
             }
         }
-        let ack = Packet::Connack(Connack {
-            session_present: present,
-            reason_code: ReasonCode::Success,
-            properties: ack_props,
-        });
+        let (tx, rx) = mpsc::channel::<Out>(cfg.max_queue);
+        let kick = Arc::new(Kick::new());
+        let (done_tx, done_rx) = watch::channel(false);
+        let (id, session, generation) = self
+            .attach(
+                &client_id,
+                connect.clean_start,
+                expiry,
+                usize::from(window),
+                Conn {
+                    tx: tx.clone(),
+                    kick: kick.clone(),
+                    done: done_rx,
+                },
+                ack_props,
+            )
+            .await;
+        self.inner.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.connected.fetch_add(1, Ordering::Relaxed);
         let (read_half, write_half) = Transport::split(stream);
-        let _ = tx.try_send(Out::Packet(ack));
-        let _ = tx.try_send(Out::Resume);
+        let stop = Arc::new(Kick::new());
         let writer = tokio::spawn(writer(
             write_half,
             rx,
@@ -931,6 +1008,7 @@ impl Broker {
             session.clone(),
             limits,
             self.inner.clone(),
+            stop.clone(),
         ));
         let mut ctx = ConnCtx {
             id,
@@ -950,7 +1028,13 @@ impl Broker {
             Ok(Goodbye::Kick(code)) => Some(*code),
             _ => None,
         };
-        let _ = tx.send(Out::Close(close)).await;
+        // (A kick already carries its reason; the first reason wins.)
+        match close {
+            Some(code) => {
+                stop.kick(code);
+            }
+            None => stop.notify.notify_one(),
+        }
         drop(tx);
         let leftovers = writer.await.ok();
         let ended = self.detach(id, ctx.expiry, leftovers);
@@ -1004,7 +1088,9 @@ impl Broker {
 
     /// Binds a connection to its session: takes over a live connection of the same client id
     /// (waiting until it has detached), resumes the stored session unless `clean` (or starts a
-    /// new one). Returns (id, session, session present, generation).
+    /// new one). CONNACK (with `ack_props`) and the resume order are queued before the
+    /// connection becomes visible to routing, so they come first. Returns (id, session,
+    /// generation).
     async fn attach(
         &self,
         client_id: &str,
@@ -1012,7 +1098,17 @@ impl Broker {
         expiry: u32,
         window: usize,
         conn: Conn,
-    ) -> (ClientId, Arc<Session>, bool, u64) {
+        ack_props: codec::ConnackProperties,
+    ) -> (ClientId, Arc<Session>, u64) {
+        let greet = |conn: &Conn, present: bool| {
+            let ack = Packet::Connack(Connack {
+                session_present: present,
+                reason_code: ReasonCode::Success,
+                properties: ack_props.clone(),
+            });
+            let _ = conn.tx.try_send(Out::Packet(ack));
+            let _ = conn.tx.try_send(Out::Resume);
+        };
         let cfg = &self.inner.cfg;
         // Session takeover: the older connection is closed first.
         for _ in 0..3 {
@@ -1023,9 +1119,7 @@ impl Broker {
                     .and_then(|id| r.entries.get(id))
                     .and_then(|e| e.conn.as_ref())
                     .map(|c| {
-                        c.kick.notify_one();
-                        let _ =
-                            c.tx.try_send(Out::Close(Some(ReasonCode::SessionTakenOver)));
+                        c.kick.kick(ReasonCode::SessionTakenOver);
                         c.done.clone()
                     })
             };
@@ -1044,22 +1138,24 @@ impl Broker {
         }
         if let Some(id) = r.by_name.get(client_id).copied() {
             if let Some(e) = r.entries.get_mut(&id) {
+                greet(&conn, true);
                 e.conn = Some(conn);
                 e.expiry = expiry;
                 e.generation += 1;
                 let mut st = e.session.state.lock();
                 st.window = window.max(1);
                 st.dirty = true;
-                return (id, e.session.clone(), true, e.generation);
+                return (id, e.session.clone(), e.generation);
             }
         }
         let id = r.alloc_id();
         let client_id: Arc<str> = client_id.into();
         let session = Arc::new(Session {
             client_id: client_id.clone(),
-            state: Mutex::new(SessionState::new(window, cfg.max_queue)),
+            state: Mutex::new(SessionState::new(window, cfg.max_session_queue)),
         });
         session.state.lock().dirty = true;
+        greet(&conn, false);
         r.by_name.insert(client_id, id);
         r.entries.insert(
             id,
@@ -1073,7 +1169,7 @@ impl Broker {
                 internal: false,
             },
         );
-        (id, session, false, 0)
+        (id, session, 0)
     }
 
     /// Unbinds the connection from its session. A session with expiry 0 ends here (true);
@@ -1093,8 +1189,8 @@ impl Broker {
         }
         let mut st = e.session.state.lock();
         st.dirty = true;
-        if let Some((mut rx, rest)) = leftovers {
-            let mut waiting = rest;
+        if let Some(mut rx) = leftovers {
+            let mut waiting = Vec::new();
             while let Ok(item) = rx.try_recv() {
                 waiting.push(item);
             }
@@ -1115,6 +1211,7 @@ impl Broker {
                     .fetch_add(dropped, Ordering::Relaxed);
             }
         }
+        st.absorb_overflow();
         false
     }
 
@@ -1125,7 +1222,7 @@ impl Broker {
         ctx: &mut ConnCtx,
         connect: &Connect,
         tx: &mpsc::Sender<Out>,
-        kick: &Notify,
+        kick: &Kick,
     ) -> std::io::Result<Goodbye> {
         let max = self.inner.cfg.max_packet_size;
         // Keep alive: 1.5 times the client's interval without any packet closes the connection.
@@ -1184,7 +1281,10 @@ impl Broker {
             };
             let n = tokio::select! {
                 r = read => r?,
-                () = kick.notified() => return Ok(Goodbye::Kick(ReasonCode::SessionTakenOver)),
+                () = kick.notify.notified() => {
+                    let reason = kick.reason.lock().unwrap_or(ReasonCode::UnspecifiedError);
+                    return Ok(Goodbye::Kick(reason));
+                }
             };
             match n {
                 None => return Ok(Goodbye::Kick(ReasonCode::KeepAliveTimeout)),
@@ -1479,7 +1579,7 @@ enum Goodbye {
 }
 
 /// What a writer leaves when it stops: its queue and the part of its last batch not sent.
-type Leftovers = (mpsc::Receiver<Out>, Vec<Out>);
+type Leftovers = mpsc::Receiver<Out>;
 
 /// Encodes packets for one client: assigns outgoing topic aliases (MQTT 5) and discards
 /// packets larger than the client accepts.
@@ -1534,8 +1634,9 @@ impl Encoder {
 
 /// Drains the queue into one buffer per wake-up and writes it with one syscall. QoS 1/2
 /// messages enter the session's window here (packet ids are assigned under its lock), so the
-/// order in which messages reach the client is the order they were queued. Returns the queue
-/// and what it did not send when it stops, for the session to keep.
+/// order in which messages reach the client is the order they were queued. Stops when `stop`
+/// is kicked (sending DISCONNECT with its reason to a 5.0 client), when a write fails or takes
+/// longer than the write timeout; returns the queue, whose messages go back to the session.
 async fn writer<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::Receiver<Out>,
@@ -1543,7 +1644,8 @@ async fn writer<W: AsyncWrite + Unpin>(
     session: Arc<Session>,
     limits: ClientLimits,
     inner: Arc<Inner>,
-) -> Leftovers {
+    stop: Arc<Kick>,
+) -> mpsc::Receiver<Out> {
     let mut enc = Encoder {
         version,
         limits,
@@ -1551,20 +1653,23 @@ async fn writer<W: AsyncWrite + Unpin>(
     };
     let mut out: Vec<u8> = Vec::new();
     let mut batch: Vec<Out> = Vec::new();
-    let mut rest: Vec<Out> = Vec::new();
     let stats = &inner.stats;
+    let write_timeout = inner.cfg.write_timeout;
     loop {
-        if rx.recv_many(&mut batch, 256).await == 0 {
+        let n = tokio::select! {
+            biased;
+            () = stop.notify.notified() => break,
+            n = rx.recv_many(&mut batch, 256) => n,
+        };
+        if n == 0 {
             break;
         }
         out.clear();
-        let mut close: Option<Option<ReasonCode>> = None;
         let (mut dropped, mut expired) = (0u64, 0u64);
         {
             let mut st = None;
             let mut now = None;
-            let mut items = batch.drain(..);
-            for item in items.by_ref() {
+            for item in batch.drain(..) {
                 match item {
                     Out::Packet(p) => {
                         enc.push(p, &mut out);
@@ -1612,13 +1717,8 @@ async fn writer<W: AsyncWrite + Unpin>(
                             enc.push(Packet::Publish(p), &mut out);
                         }
                     }
-                    Out::Close(code) => {
-                        close = Some(code);
-                        break;
-                    }
                 }
             }
-            rest.extend(items);
         }
         if dropped > 0 {
             stats.dropped.fetch_add(dropped, Ordering::Relaxed);
@@ -1626,20 +1726,19 @@ async fn writer<W: AsyncWrite + Unpin>(
         if expired > 0 {
             stats.expired.fetch_add(expired, Ordering::Relaxed);
         }
-        if let Some(Some(code)) = close {
-            if version == ProtocolVersion::V5 {
-                let _ = codec::encode(
-                    &Packet::Disconnect(Disconnect {
-                        reason_code: code,
-                        properties: Default::default(),
-                    }),
-                    version,
-                    &mut out,
-                );
+        if !out.is_empty() {
+            // A client that stops reading must not hold its connection (and its messages)
+            // forever: the write is bounded, and a kick interrupts it.
+            let written = tokio::select! {
+                biased;
+                () = stop.notify.notified() => false,
+                r = tokio::time::timeout(write_timeout, wr.write_all(&out)) => matches!(r, Ok(Ok(()))),
+            };
+            if !written {
+                // Cut mid-packet, possibly: no DISCONNECT after that.
+                stop.reason.lock().take();
+                break;
             }
-        }
-        if !out.is_empty() && wr.write_all(&out).await.is_err() {
-            break;
         }
         if out.capacity() > WRITE_KEEP {
             out = Vec::new();
@@ -1647,12 +1746,28 @@ async fn writer<W: AsyncWrite + Unpin>(
         if batch.capacity() > 256 {
             batch = Vec::new();
         }
-        if close.is_some() {
-            let _ = wr.shutdown().await;
-            break;
-        }
     }
-    (rx, rest)
+    // Goodbye: a 5.0 client learns why (best effort, briefly).
+    let reason = *stop.reason.lock();
+    out.clear();
+    if let (Some(code), ProtocolVersion::V5) = (reason, version) {
+        let _ = codec::encode(
+            &Packet::Disconnect(Disconnect {
+                reason_code: code,
+                properties: Default::default(),
+            }),
+            version,
+            &mut out,
+        );
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if !out.is_empty() {
+            wr.write_all(&out).await?;
+        }
+        wr.shutdown().await
+    })
+    .await;
+    rx
 }
 
 async fn refuse<S: AsyncWrite + Unpin>(

@@ -38,4 +38,4 @@ pub mod session;
 pub mod topic;
 pub mod tree;
 
-pub use broker::{Broker, BrokerConfig, BrokerStats, Transport};
+pub use broker::{Broker, BrokerConfig, BrokerStats, Overflow, Transport};

@@ -92,6 +92,9 @@ pub struct SessionState {
     inflight: VecDeque<(NonZeroU16, InFlight)>,
     /// Outgoing QoS 1/2 messages not yet sent, oldest first.
     pending: VecDeque<Queued>,
+    /// Messages for a connection being closed because its queue overflowed (newer than what
+    /// that queue holds; they join `pending` when it detaches).
+    overflow: VecDeque<Queued>,
     /// QoS 2 packet ids received from the client, PUBREC sent, PUBREL not yet received.
     incoming_qos2: BTreeSet<u16>,
     next_pid: u16,
@@ -108,6 +111,7 @@ impl SessionState {
         SessionState {
             inflight: VecDeque::new(),
             pending: VecDeque::new(),
+            overflow: VecDeque::new(),
             incoming_qos2: BTreeSet::new(),
             next_pid: 0,
             window: window.max(1),
@@ -149,6 +153,24 @@ impl SessionState {
             return Admit::Expired;
         }
         self.enqueue(q)
+    }
+
+    /// Keeps a message that arrived while the connection's queue was full and the connection is
+    /// being closed for it: it goes behind whatever that queue still holds ([`Self::absorb`]).
+    pub fn enqueue_overflow(&mut self, q: Queued) -> Admit {
+        if self.pending.len() + self.overflow.len() >= self.max_pending {
+            return Admit::Overflow;
+        }
+        self.overflow.push_back(q);
+        Admit::Queued
+    }
+
+    /// After the connection's leftovers were queued: the overflow follows them.
+    pub fn absorb_overflow(&mut self) {
+        while let Some(q) = self.overflow.pop_front() {
+            self.pending.push_back(q);
+            self.dirty = true;
+        }
     }
 
     /// Keeps a message for later (the client is away or its window is full).

@@ -577,3 +577,95 @@ async fn takeover_moves_the_session_to_the_new_connection() {
         .await;
     assert_eq!(&new.next_publish().await.payload[..], b"hello");
 }
+
+#[tokio::test]
+async fn a_slow_consumer_is_disconnected_and_catches_up_without_loss() {
+    let cfg = BrokerConfig {
+        max_queue: 8,
+        max_session_queue: 1_000,
+        overflow: ironplant_mqtt::Overflow::Disconnect,
+        ..BrokerConfig::default()
+    };
+    let (broker, addr) = start(cfg).await;
+    let v = ProtocolVersion::V5;
+    let (mut sub, _) = Client::connect_with(addr, connect("slow", v, false, Some(60))).await;
+    sub.subscribe("big/#", QoS::AtLeastOnce).await;
+    // The subscriber stops reading; 300 messages of 32 KB fill its socket and its queue.
+    const N: usize = 300;
+    let body = "x".repeat(32 * 1024);
+    let mut publ = Client::connect(addr, "firehose", v, None).await;
+    for i in 0..N {
+        let n = u16::try_from(i % 60_000 + 1).expect("small");
+        publ.send(publish(
+            "big/t",
+            &format!("{i:04}{body}"),
+            QoS::AtLeastOnce,
+            false,
+            n,
+        ))
+        .await;
+    }
+    eventually("the slow consumer is disconnected", || {
+        broker
+            .stats()
+            .slow_disconnects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    // What reached the old connection, then everything else after reconnecting.
+    let mut seen: Vec<usize> = Vec::new();
+    let id = |p: &Publish| -> usize {
+        std::str::from_utf8(&p.payload[..4])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .expect("numbered payload")
+    };
+    while let Some(p) = sub.recv().await {
+        match p {
+            Packet::Publish(p) => seen.push(id(&p)),
+            Packet::Disconnect(d) => assert_eq!(d.reason_code, ReasonCode::QuotaExceeded),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    publ.drain().await;
+    let (mut sub, ack) = Client::connect_with(addr, connect("slow", v, false, Some(60))).await;
+    assert!(ack.session_present);
+    while seen.iter().filter(|i| **i == N - 1).count() == 0 {
+        let p = match tokio::time::timeout(Duration::from_secs(3), sub.next_publish()).await {
+            Ok(p) => p,
+            Err(_) => panic!(
+                "stuck after {:?}; dropped {}",
+                &seen,
+                broker
+                    .stats()
+                    .dropped
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            ),
+        };
+        seen.push(id(&p));
+        sub.send(Packet::PubAck(PublishResponse::new(
+            p.packet_id.expect("packet id"),
+        )))
+        .await;
+    }
+    // Every message, in order; re-sent ones (in flight when the connection ended) may repeat.
+    let mut firsts = Vec::new();
+    for i in &seen {
+        if !firsts.contains(i) {
+            firsts.push(*i);
+        }
+    }
+    assert_eq!(
+        firsts,
+        (0..N).collect::<Vec<_>>(),
+        "nothing lost or reordered"
+    );
+    assert_eq!(
+        broker
+            .stats()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
