@@ -27,6 +27,41 @@ pub struct Config {
     pub devices: Vec<DeviceConfig>,
     pub tags: Vec<TagConfig>,
     pub historian: HistorianSettings,
+    pub mqtt: MqttSettings,
+}
+
+/// The `[mqtt]` section: the embedded broker's limits and the Unified Namespace topics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttSettings {
+    /// Topic prefix of the UNS messages (`""`: the bare tag path).
+    pub uns_prefix: String,
+    pub max_packet_size: usize,
+    /// Messages queued for a connection before the overflow policy applies.
+    pub max_queue: usize,
+    /// QoS 1/2 messages a session keeps while its client is away.
+    pub max_session_queue: usize,
+    /// `true`: disconnect a client whose queue is full (its session keeps QoS 1/2 messages);
+    /// `false`: drop new messages for it.
+    pub disconnect_slow_clients: bool,
+    pub max_inflight: u16,
+    pub max_session_expiry: Duration,
+    /// `None`: no `$SYS` topics.
+    pub sys_interval: Option<Duration>,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        MqttSettings {
+            uns_prefix: String::new(),
+            max_packet_size: 1 << 20,
+            max_queue: 10_000,
+            max_session_queue: 10_000,
+            disconnect_slow_clients: false,
+            max_inflight: 1_000,
+            max_session_expiry: Duration::from_secs(7 * 24 * 3600),
+            sys_interval: Some(Duration::from_secs(10)),
+        }
+    }
 }
 
 /// The `[historian]` section.
@@ -411,6 +446,20 @@ struct RawConfig {
     #[serde(default, rename = "tag")]
     tags: Vec<RawTag>,
     historian: Option<RawHistorian>,
+    mqtt: Option<RawMqtt>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    uns_prefix: Option<Spanned<String>>,
+    max_packet_size: Option<Spanned<i64>>,
+    max_queue: Option<Spanned<i64>>,
+    max_session_queue: Option<Spanned<i64>>,
+    overflow: Option<Spanned<String>>,
+    max_inflight: Option<Spanned<i64>>,
+    max_session_expiry: Option<Spanned<String>>,
+    sys_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -939,11 +988,116 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
     }
 
     let historian = validate_historian(c, raw.historian);
+    let mqtt = validate_mqtt(c, raw.mqtt);
     Config {
         assets,
         devices,
         tags,
         historian,
+        mqtt,
+    }
+}
+
+fn int_in(
+    c: &mut Collector,
+    raw: &Option<Spanned<i64>>,
+    field: &str,
+    range: std::ops::RangeInclusive<i64>,
+    default: usize,
+) -> usize {
+    let Some(n) = raw else { return default };
+    match usize::try_from(*n.get_ref()) {
+        Ok(v) if range.contains(n.get_ref()) => v,
+        _ => {
+            c.err(
+                n.span(),
+                format!("{field} {} is out of range", n.get_ref()),
+                Some(format!("use {}..={}", range.start(), range.end())),
+            );
+            default
+        }
+    }
+}
+
+fn validate_mqtt(c: &mut Collector, raw: Option<RawMqtt>) -> MqttSettings {
+    let d = MqttSettings::default();
+    let Some(m) = raw else { return d };
+    let uns_prefix = match &m.uns_prefix {
+        None => d.uns_prefix.clone(),
+        Some(p) => {
+            let v = p.get_ref().trim_end_matches('/');
+            let bad = v.contains(['+', '#', '\0']) || v.starts_with('$') || v.contains("//");
+            if bad {
+                c.err(
+                    p.span(),
+                    format!("uns_prefix {:?} is not a usable topic prefix", p.get_ref()),
+                    Some(
+                        "use plain topic levels without wildcards, e.g. \"uns\" or \"site1/uns\""
+                            .to_owned(),
+                    ),
+                );
+            }
+            v.to_owned()
+        }
+    };
+    let disconnect_slow_clients = match &m.overflow {
+        None => d.disconnect_slow_clients,
+        Some(o) => match o.get_ref().as_str() {
+            "drop_newest" => false,
+            "disconnect" => true,
+            other => {
+                c.err(
+                    o.span(),
+                    format!("unknown overflow policy {other:?}"),
+                    Some("use \"drop_newest\" (keep what is queued, drop new messages) or \"disconnect\" (close the slow client; its persistent session keeps QoS 1/2 messages)".to_owned()),
+                );
+                d.disconnect_slow_clients
+            }
+        },
+    };
+    let sys_interval = match &m.sys_interval {
+        Some(s) if s.get_ref() == "off" => None,
+        Some(_) => Some(parse_duration(
+            c,
+            &m.sys_interval,
+            "sys_interval",
+            Duration::from_secs(10),
+        )),
+        None => d.sys_interval,
+    };
+    MqttSettings {
+        uns_prefix,
+        max_packet_size: int_in(
+            c,
+            &m.max_packet_size,
+            "max_packet_size",
+            64..=268_435_455,
+            d.max_packet_size,
+        ),
+        max_queue: int_in(c, &m.max_queue, "max_queue", 1..=10_000_000, d.max_queue),
+        max_session_queue: int_in(
+            c,
+            &m.max_session_queue,
+            "max_session_queue",
+            0..=10_000_000,
+            d.max_session_queue,
+        ),
+        disconnect_slow_clients,
+        max_inflight: u16::try_from(int_in(
+            c,
+            &m.max_inflight,
+            "max_inflight",
+            1..=65_535,
+            1_000,
+        ))
+        .unwrap_or(1_000),
+        max_session_expiry: parse_duration(
+            c,
+            &m.max_session_expiry,
+            "max_session_expiry",
+            d.max_session_expiry,
+        ),
+        sys_interval,
     }
 }
 
@@ -1367,6 +1521,43 @@ modbus = { table = "holding", address = 30, type = "float128" }
             "{rendered}"
         );
         assert!(rendered.contains("hint: known devices: plc1"), "{rendered}");
+    }
+
+    #[test]
+    fn mqtt_section() {
+        let cfg = parse(
+            "m.toml",
+            r#"
+[mqtt]
+uns_prefix = "site1/uns/"
+max_queue = 500
+overflow = "disconnect"
+max_session_expiry = "1day"
+sys_interval = "off"
+"#,
+        )
+        .expect("valid [mqtt]");
+        let m = cfg.mqtt;
+        assert_eq!(m.uns_prefix, "site1/uns");
+        assert_eq!(m.max_queue, 500);
+        assert!(m.disconnect_slow_clients);
+        assert_eq!(m.max_session_expiry, Duration::from_secs(86_400));
+        assert_eq!(m.sys_interval, None);
+        assert_eq!(m.max_inflight, 1_000);
+        let errs = parse(
+            "m.toml",
+            "[mqtt]\nuns_prefix = \"a/#\"\nmax_queue = 0\noverflow = \"block\"\nmax_inflight = 70000\n",
+        )
+        .expect_err("four errors");
+        let text = errs.to_string();
+        for what in [
+            "uns_prefix",
+            "max_queue 0",
+            "unknown overflow policy",
+            "max_inflight 70000",
+        ] {
+            assert!(text.contains(what), "{what} missing from:\n{text}");
+        }
     }
 
     #[test]

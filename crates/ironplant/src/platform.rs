@@ -139,8 +139,20 @@ async fn serve_with(
         let addr = l
             .local_addr()
             .context("cannot read the MQTT listener's address")?;
+        let m = &config.mqtt;
         let broker_cfg = ironplant_mqtt::BrokerConfig {
             state_dir: Some(data_dir.join("mqtt")),
+            max_packet_size: m.max_packet_size,
+            max_queue: m.max_queue,
+            max_session_queue: m.max_session_queue,
+            overflow: if m.disconnect_slow_clients {
+                ironplant_mqtt::Overflow::Disconnect
+            } else {
+                ironplant_mqtt::Overflow::DropNewest
+            },
+            max_inflight: m.max_inflight,
+            max_session_expiry: u32::try_from(m.max_session_expiry.as_secs()).unwrap_or(u32::MAX),
+            sys_interval: m.sys_interval,
             ..ironplant_mqtt::BrokerConfig::default()
         };
         let broker =
@@ -148,7 +160,12 @@ async fn serve_with(
                 .context("cannot open the MQTT broker's state (retained messages and sessions)")?;
         runtime.metrics.attach_broker(broker.clone());
         mqtt_broker = Some(broker.clone());
-        ironplant_runtime::uns::attach(broker.clone(), &runtime.bus, runtime.namespace.clone(), "");
+        ironplant_runtime::uns::attach(
+            broker.clone(),
+            &runtime.bus,
+            runtime.namespace.clone(),
+            &config.mqtt.uns_prefix,
+        );
         tokio::spawn(async move {
             if let Err(e) = broker.serve(l).await {
                 tracing::error!(error = %e, "MQTT listener failed");
