@@ -1383,12 +1383,7 @@ impl Broker {
             }
             Packet::PubRel(r) => {
                 let known = ctx.session.state.lock().pubrel(r.packet_id);
-                let code = if known {
-                    ReasonCode::Success
-                } else {
-                    ReasonCode::PacketIdentifierNotFound
-                };
-                out.push(Out::Packet(Packet::PubComp(ack(r.packet_id, code))));
+                out.push(Out::Packet(Packet::PubComp(ack(r.packet_id, found(known)))));
             }
             Packet::PubAck(r) => {
                 if ctx.session.state.lock().puback(r.packet_id) {
@@ -1397,16 +1392,11 @@ impl Broker {
             }
             Packet::PubRec(r) => {
                 let failed = r.reason_code.is_error();
-                let found = ctx.session.state.lock().pubrec(r.packet_id, failed);
+                let known = ctx.session.state.lock().pubrec(r.packet_id, failed);
                 if failed {
                     out.push(Out::Release);
                 } else {
-                    let code = if found {
-                        ReasonCode::Success
-                    } else {
-                        ReasonCode::PacketIdentifierNotFound
-                    };
-                    out.push(Out::Packet(Packet::PubRel(ack(r.packet_id, code))));
+                    out.push(Out::Packet(Packet::PubRel(ack(r.packet_id, found(known)))));
                 }
             }
             Packet::PubComp(r) => {
@@ -1543,6 +1533,15 @@ impl Broker {
             }
         }
         None
+    }
+}
+
+/// The reason code answering a PUBREC/PUBREL for a packet id that was (not) known.
+fn found(known: bool) -> ReasonCode {
+    if known {
+        ReasonCode::Success
+    } else {
+        ReasonCode::PacketIdentifierNotFound
     }
 }
 

@@ -227,33 +227,34 @@ impl SessionState {
             .collect()
     }
 
+    fn find(&self, pid: NonZeroU16, pred: impl Fn(&InFlight) -> bool) -> Option<usize> {
+        self.inflight.iter().position(|(p, f)| *p == pid && pred(f))
+    }
+
+    fn remove_at(&mut self, i: Option<usize>) -> bool {
+        let removed = i.and_then(|i| self.inflight.remove(i)).is_some();
+        self.dirty |= removed;
+        removed
+    }
+
     /// PUBACK (QoS 1): the message is delivered. False when no QoS 1 message had that id.
     pub fn puback(&mut self, pid: NonZeroU16) -> bool {
-        let found = self.inflight.iter().position(|(p, f)| {
-            *p == pid && matches!(f, InFlight::Publish(q) if q.publish.qos == QoS::AtLeastOnce)
-        });
-        match found {
-            Some(i) => {
-                self.inflight.remove(i);
-                self.dirty = true;
-                true
-            }
-            None => false,
-        }
+        let i = self.find(
+            pid,
+            |f| matches!(f, InFlight::Publish(q) if q.publish.qos == QoS::AtLeastOnce),
+        );
+        self.remove_at(i)
     }
 
     /// PUBREC (QoS 2): the client has the message; we answer PUBREL. A PUBREC with an error
     /// reason code ends the exchange (`failed`). False when no QoS 2 message had that id.
     pub fn pubrec(&mut self, pid: NonZeroU16, failed: bool) -> bool {
-        let found = self.inflight.iter().position(|(p, f)| {
-            *p == pid && matches!(f, InFlight::Publish(q) if q.publish.qos == QoS::ExactlyOnce)
-        });
-        match found {
-            Some(i) if failed => {
-                self.inflight.remove(i);
-                self.dirty = true;
-                true
-            }
+        let i = self.find(
+            pid,
+            |f| matches!(f, InFlight::Publish(q) if q.publish.qos == QoS::ExactlyOnce),
+        );
+        match i {
+            Some(_) if failed => self.remove_at(i),
             Some(i) => {
                 self.inflight[i].1 = InFlight::Released;
                 self.dirty = true;
@@ -261,26 +262,15 @@ impl SessionState {
             }
             // A repeated PUBREC for a message already released: answer PUBREL again.
             None => self
-                .inflight
-                .iter()
-                .any(|(p, f)| *p == pid && matches!(f, InFlight::Released)),
+                .find(pid, |f| matches!(f, InFlight::Released))
+                .is_some(),
         }
     }
 
     /// PUBCOMP (QoS 2): done. False when no released message had that id.
     pub fn pubcomp(&mut self, pid: NonZeroU16) -> bool {
-        let found = self
-            .inflight
-            .iter()
-            .position(|(p, f)| *p == pid && matches!(f, InFlight::Released));
-        match found {
-            Some(i) => {
-                self.inflight.remove(i);
-                self.dirty = true;
-                true
-            }
-            None => false,
-        }
+        let i = self.find(pid, |f| matches!(f, InFlight::Released));
+        self.remove_at(i)
     }
 
     /// An incoming QoS 2 PUBLISH: true when it is new and must be routed, false when it is a
@@ -315,10 +305,8 @@ impl SessionState {
     /// Forgets an in-flight message the client can never receive (larger than its maximum
     /// packet size: MQTT 5 says to discard it as if it had been delivered).
     pub fn forget(&mut self, pid: NonZeroU16) {
-        if let Some(i) = self.inflight.iter().position(|(p, _)| *p == pid) {
-            self.inflight.remove(i);
-            self.dirty = true;
-        }
+        let i = self.find(pid, |_| true);
+        self.remove_at(i);
     }
 
     /// Drops every message whose expiry interval passed; returns how many.

@@ -177,80 +177,95 @@ fn render_broker(w: &mut String, b: &ironplant_mqtt::Broker) {
     let st = b.stats();
     let c = b.counts();
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let counters = [
+    let (counter, gauge) = ("counter", "gauge");
+    let metrics = [
         (
             "connections_total",
+            counter,
             "MQTT connections accepted.",
             get(&st.connections),
         ),
         (
             "messages_received_total",
+            counter,
             "PUBLISH packets routed (from clients and the platform).",
             get(&st.messages_in),
         ),
         (
             "messages_sent_total",
+            counter,
             "Messages handed to subscribers (sent or queued in their session).",
             get(&st.messages_out),
         ),
         (
             "messages_dropped_total",
+            counter,
             "Messages dropped because a client's queue was full.",
             get(&st.dropped),
         ),
         (
             "messages_expired_total",
+            counter,
             "Messages not delivered because their message expiry passed.",
             get(&st.expired),
         ),
         (
             "protocol_errors_total",
+            counter,
             "Connections ended for a protocol error.",
             get(&st.protocol_errors),
         ),
         (
             "denied_total",
+            counter,
             "Connections, publishes and subscriptions refused.",
             get(&st.denied),
         ),
         (
+            "slow_disconnects_total",
+            counter,
+            "Connections closed because their queue overflowed.",
+            get(&st.slow_disconnects),
+        ),
+        (
             "persist_errors_total",
+            counter,
             "Failed saves of retained messages and sessions.",
             get(&st.persist_errors),
         ),
-    ];
-    for (name, help, v) in counters {
-        let _ = writeln!(w, "# HELP ironplant_mqtt_{name} {help}\n# TYPE ironplant_mqtt_{name} counter\nironplant_mqtt_{name} {v}");
-    }
-    let gauges = [
         (
             "clients_connected",
+            gauge,
             "Connected MQTT clients.",
             get(&st.connected),
         ),
         (
             "sessions",
+            gauge,
             "MQTT sessions (connected or kept for an absent client).",
             c.sessions as u64,
         ),
         (
             "subscriptions",
+            gauge,
             "MQTT subscriptions.",
             c.subscriptions as u64,
         ),
         (
             "retained_messages",
+            gauge,
             "Retained MQTT messages.",
             c.retained as u64,
         ),
         (
             "queued_messages",
+            gauge,
             "QoS 1/2 messages waiting in sessions.",
             c.queued as u64,
         ),
     ];
-    for (name, help, v) in gauges {
-        let _ = writeln!(w, "# HELP ironplant_mqtt_{name} {help}\n# TYPE ironplant_mqtt_{name} gauge\nironplant_mqtt_{name} {v}");
+    for (name, kind, help, v) in metrics {
+        let _ = writeln!(w, "# HELP ironplant_mqtt_{name} {help}\n# TYPE ironplant_mqtt_{name} {kind}\nironplant_mqtt_{name} {v}");
     }
 }
 
