@@ -313,6 +313,17 @@ fn prepare(publish: &Publish, m: &Match) -> Publish {
     p
 }
 
+/// A message for a connection that is being closed: a persistent session keeps QoS 1/2 ones
+/// (behind what the connection's queue holds). False when it is dropped.
+fn keep_overflow(e: &Entry, p: Publish) -> bool {
+    p.qos != QoS::AtMostOnce
+        && e.expiry > 0
+        && !matches!(
+            e.session.state.lock().enqueue_overflow(Queued::new(p)),
+            Admit::Overflow
+        )
+}
+
 fn will_publish(will: &codec::Will) -> Publish {
     let mut p = Publish::new(will.topic.clone(), will.payload.clone());
     p.qos = will.qos;
@@ -814,13 +825,7 @@ impl Broker {
                 // A connection being closed (taken over, or too slow) gets nothing more: what
                 // is for its session waits behind what its queue still holds.
                 Some(c) if c.kick.kicked.load(Ordering::Acquire) => {
-                    if p.qos == QoS::AtMostOnce || e.expiry == 0 {
-                        dropped += 1;
-                    } else if let Admit::Overflow =
-                        e.session.state.lock().enqueue_overflow(Queued::new(p))
-                    {
-                        dropped += 1;
-                    }
+                    dropped += u64::from(!keep_overflow(e, p));
                     continue;
                 }
                 Some(c) => match c.tx.try_send(Out::Deliver(p)) {
@@ -834,13 +839,7 @@ impl Broker {
                         if c.kick.kick(ReasonCode::QuotaExceeded) {
                             st.slow_disconnects.fetch_add(1, Ordering::Relaxed);
                         }
-                        if p.qos == QoS::AtMostOnce || e.expiry == 0 {
-                            dropped += 1;
-                        } else if let Admit::Overflow =
-                            e.session.state.lock().enqueue_overflow(Queued::new(p))
-                        {
-                            dropped += 1;
-                        }
+                        dropped += u64::from(!keep_overflow(e, p));
                         continue;
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {
