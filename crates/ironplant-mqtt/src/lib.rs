@@ -36,6 +36,7 @@ pub mod persist;
 pub mod retained;
 pub mod session;
 pub mod topic;
+pub mod transport;
 pub mod tree;
 
 pub use broker::{Broker, BrokerConfig, BrokerStats, Overflow, Transport};

@@ -1,0 +1,756 @@
+//! One connection's life: CONNECT, attaching to its session, the read loop and what each
+//! packet does, detaching, the will.
+
+use super::*;
+
+impl Broker {
+    pub(super) async fn connection<S: Transport>(
+        &self,
+        mut stream: S,
+        peer: SocketAddr,
+        certificate_subject: Option<String>,
+    ) -> std::io::Result<()> {
+        let cfg = &self.inner.cfg;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // CONNECT first, within the connect timeout.
+        let connect = match tokio::time::timeout(
+            cfg.connect_timeout,
+            read_connect(&mut stream, &mut buf, cfg.max_packet_size),
+        )
+        .await
+        {
+            Err(_) => {
+                tracing::debug!(%peer, "no CONNECT within the timeout; closing");
+                return Ok(());
+            }
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(Err(e))) => {
+                self.inner
+                    .stats
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                let version = if matches!(e, DecodeError::UnsupportedProtocolVersion { .. }) {
+                    ProtocolVersion::V311
+                } else {
+                    ProtocolVersion::V5
+                };
+                let code = if version == ProtocolVersion::V311 {
+                    ReasonCode::UnsupportedProtocolVersion
+                } else {
+                    e.reason_code()
+                };
+                tracing::debug!(%peer, error = %e, "bad CONNECT");
+                return refuse(&mut stream, version, code).await;
+            }
+            Ok(Ok(Ok(c))) => c,
+        };
+        let version = connect.protocol_version;
+        let (client_id, assigned) = if connect.client_id.as_str().is_empty() {
+            let id = format!(
+                "ironplant-{}",
+                self.inner.stats.connections.load(Ordering::Relaxed) + 1
+            );
+            (id, true)
+        } else {
+            (connect.client_id.as_str().to_owned(), false)
+        };
+        if assigned && version == ProtocolVersion::V311 && !connect.clean_start {
+            return refuse(&mut stream, version, ReasonCode::ClientIdentifierNotValid).await;
+        }
+        let info = ConnectInfo {
+            peer,
+            protocol: version,
+            client_id: &client_id,
+            username: connect.username.as_ref().map(MqttString::as_str),
+            password: connect.password.as_deref(),
+            certificate_subject: certificate_subject.as_deref(),
+        };
+        let principal = match self.inner.auth.connect(&info) {
+            Ok(p) => p,
+            Err(code) => {
+                self.inner.stats.denied.fetch_add(1, Ordering::Relaxed);
+                refuse(&mut stream, version, code).await?;
+                self.inner.auth.denied(None, peer, Denied::Connect(code));
+                return Ok(());
+            }
+        };
+        let props = &connect.properties;
+        let requested = if version == ProtocolVersion::V5 {
+            props.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            NEVER
+        };
+        let expiry = requested.min(cfg.max_session_expiry);
+        let window = if version == ProtocolVersion::V5 {
+            props.receive_maximum.map_or(u16::MAX, NonZeroU16::get)
+        } else {
+            u16::MAX
+        }
+        .min(cfg.max_inflight);
+        let limits = ClientLimits {
+            topic_alias_maximum: if version == ProtocolVersion::V5 {
+                props.topic_alias_maximum.unwrap_or(0)
+            } else {
+                0
+            },
+            max_packet_size: props
+                .maximum_packet_size
+                .map_or(usize::MAX, |m| m.get() as usize),
+        };
+
+        let mut ack_props = codec::ConnackProperties::default();
+        if version == ProtocolVersion::V5 {
+            if assigned {
+                ack_props.assigned_client_identifier =
+                    MqttString::from_utf8(Bytes::from(client_id.clone())).ok();
+            }
+            ack_props.maximum_packet_size = u32::try_from(cfg.max_packet_size)
+                .ok()
+                .and_then(NonZeroU32::new);
+            ack_props.receive_maximum = NonZeroU16::new(cfg.receive_maximum);
+            ack_props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+            if expiry != requested {
+                ack_props.session_expiry_interval = Some(expiry);
+            }
+        }
+        let (tx, rx) = mpsc::channel::<Out>(cfg.max_queue);
+        let kick = Arc::new(Kick::new());
+        let (done_tx, done_rx) = watch::channel(false);
+        let (id, session, generation) = self
+            .attach(
+                &client_id,
+                connect.clean_start,
+                expiry,
+                usize::from(window),
+                Conn {
+                    tx: tx.clone(),
+                    kick: kick.clone(),
+                    done: done_rx,
+                },
+                ack_props,
+            )
+            .await;
+        self.inner.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.connected.fetch_add(1, Ordering::Relaxed);
+        let (read_half, write_half) = Transport::split(stream);
+        let stop = Arc::new(Kick::new());
+        let writer = tokio::spawn(writer(
+            write_half,
+            rx,
+            version,
+            session.clone(),
+            limits,
+            self.inner.clone(),
+            stop.clone(),
+        ));
+        let mut ctx = ConnCtx {
+            id,
+            version,
+            peer,
+            session: session.clone(),
+            principal,
+            aliases: Vec::new(),
+            expiry,
+            requested_zero: requested == 0,
+        };
+        let outcome = self
+            .read_loop(read_half, buf, &mut ctx, &connect, &tx, &kick)
+            .await;
+        // Stop the writer, then detach: what it had not sent goes back to the session.
+        let close = match &outcome {
+            Ok(Goodbye::Kick(code)) => Some(*code),
+            _ => None,
+        };
+        // (A kick already carries its reason; the first reason wins.)
+        match close {
+            Some(code) => {
+                stop.kick(code);
+            }
+            None => stop.notify.notify_one(),
+        }
+        drop(tx);
+        let leftovers = writer.await.ok();
+        let ended = self.detach(id, ctx.expiry, leftovers);
+        self.inner.stats.connected.fetch_sub(1, Ordering::Relaxed);
+        let _ = done_tx.send(true);
+        // The will goes out unless the client said goodbye properly; MQTT 5 may delay it
+        // (will delay interval), and then it is cancelled if the client comes back in time.
+        if let (Some(will), false) = (&connect.will, matches!(outcome, Ok(Goodbye::Clean))) {
+            let delay = will
+                .properties
+                .will_delay_interval
+                .unwrap_or(0)
+                .min(ctx.expiry);
+            let p = will_publish(will);
+            if delay == 0 || ended {
+                self.route(None, p);
+            } else {
+                self.will_later(session.client_id.clone(), generation + 1, delay, p);
+            }
+        }
+        if !ended && ctx.expiry != NEVER {
+            self.expire_later(
+                session.client_id.clone(),
+                generation + 1,
+                Duration::from_secs(u64::from(ctx.expiry)),
+            );
+        }
+        outcome.map(|_| ())
+    }
+
+    fn will_later(&self, client_id: Arc<str>, generation: u64, delay: u32, p: Publish) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+            let Some(inner) = weak.upgrade() else { return };
+            let broker = Broker { inner };
+            let due = {
+                let r = broker.inner.router.lock();
+                match r.by_name.get(&client_id).and_then(|id| r.entries.get(id)) {
+                    // The session is still the one the client left, and it has not returned.
+                    Some(e) => e.conn.is_none() && e.generation == generation,
+                    // The session ended meanwhile (its will should have gone then; send now).
+                    None => true,
+                }
+            };
+            if due {
+                broker.route(None, p);
+            }
+        });
+    }
+
+    /// Binds a connection to its session: takes over a live connection of the same client id
+    /// (waiting until it has detached), resumes the stored session unless `clean` (or starts a
+    /// new one). CONNACK (with `ack_props`) and the resume order are queued before the
+    /// connection becomes visible to routing, so they come first. Returns (id, session,
+    /// generation).
+    async fn attach(
+        &self,
+        client_id: &str,
+        clean: bool,
+        expiry: u32,
+        window: usize,
+        conn: Conn,
+        ack_props: codec::ConnackProperties,
+    ) -> (ClientId, Arc<Session>, u64) {
+        let greet = |conn: &Conn, present: bool| {
+            let ack = Packet::Connack(Connack {
+                session_present: present,
+                reason_code: ReasonCode::Success,
+                properties: ack_props.clone(),
+            });
+            let _ = conn.tx.try_send(Out::Packet(ack));
+            let _ = conn.tx.try_send(Out::Resume);
+        };
+        let cfg = &self.inner.cfg;
+        // Session takeover: the older connection is closed first.
+        for _ in 0..3 {
+            let old = {
+                let r = self.inner.router.lock();
+                r.by_name
+                    .get(client_id)
+                    .and_then(|id| r.entries.get(id))
+                    .and_then(|e| e.conn.as_ref())
+                    .map(|c| {
+                        c.kick.kick(ReasonCode::SessionTakenOver);
+                        c.done.clone()
+                    })
+            };
+            let Some(mut done) = old else { break };
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), done.wait_for(|finished| *finished))
+                    .await;
+        }
+        let mut r = self.inner.router.lock();
+        let existing = r.by_name.get(client_id).copied();
+        if let Some(old) = existing {
+            let live = r.entries.get(&old).is_some_and(|e| e.conn.is_some());
+            if clean || live {
+                r.remove(old);
+            }
+        }
+        if let Some(id) = r.by_name.get(client_id).copied() {
+            if let Some(e) = r.entries.get_mut(&id) {
+                greet(&conn, true);
+                e.conn = Some(conn);
+                e.expiry = expiry;
+                e.generation += 1;
+                let mut st = e.session.state.lock();
+                st.window = window.max(1);
+                st.dirty = true;
+                return (id, e.session.clone(), e.generation);
+            }
+        }
+        let id = r.alloc_id();
+        let client_id: Arc<str> = client_id.into();
+        let session = Arc::new(Session {
+            client_id: client_id.clone(),
+            state: Mutex::new(SessionState::new(window, cfg.max_session_queue)),
+        });
+        session.state.lock().dirty = true;
+        greet(&conn, false);
+        r.by_name.insert(client_id, id);
+        r.entries.insert(
+            id,
+            Entry {
+                session: session.clone(),
+                conn: Some(conn),
+                subs: Vec::new(),
+                expiry,
+                last_seen_ms: now_ms(),
+                generation: 0,
+                internal: false,
+            },
+        );
+        (id, session, 0)
+    }
+
+    /// Unbinds the connection from its session. A session with expiry 0 ends here (true);
+    /// otherwise the messages the writer had not sent go back to the session, in order.
+    fn detach(&self, id: ClientId, expiry: u32, leftovers: Option<Leftovers>) -> bool {
+        let mut r = self.inner.router.lock();
+        let Some(e) = r.entries.get_mut(&id) else {
+            return true; // already removed (taken over with a clean start)
+        };
+        e.conn = None;
+        e.generation += 1;
+        e.last_seen_ms = now_ms();
+        e.expiry = expiry;
+        if expiry == 0 {
+            r.remove(id);
+            return true;
+        }
+        let mut st = e.session.state.lock();
+        st.dirty = true;
+        if let Some(mut rx) = leftovers {
+            let mut waiting = Vec::new();
+            while let Ok(item) = rx.try_recv() {
+                waiting.push(item);
+            }
+            let mut dropped = 0;
+            for item in waiting {
+                if let Out::Deliver(p) = item {
+                    if p.qos != QoS::AtMostOnce {
+                        if let Admit::Overflow = st.enqueue(Queued::new(p)) {
+                            dropped += 1;
+                        }
+                    }
+                }
+            }
+            if dropped > 0 {
+                self.inner
+                    .stats
+                    .dropped
+                    .fetch_add(dropped, Ordering::Relaxed);
+            }
+        }
+        st.absorb_overflow();
+        false
+    }
+
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &self,
+        mut rd: R,
+        mut buf: BytesMut,
+        ctx: &mut ConnCtx,
+        connect: &Connect,
+        tx: &mpsc::Sender<Out>,
+        kick: &Kick,
+    ) -> std::io::Result<Goodbye> {
+        let max = self.inner.cfg.max_packet_size;
+        // Keep alive: 1.5 times the client's interval without any packet closes the connection.
+        let idle = (connect.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        let mut replies: Vec<Out> = Vec::new();
+        loop {
+            // Decode everything buffered: one freeze, then zero-copy slices per packet (their
+            // payloads share this buffer); the incomplete tail goes back for the next read.
+            let frozen = buf.split().freeze();
+            let mut off = 0;
+            let mut end = None;
+            loop {
+                let rest = frozen.slice(off..);
+                match codec::decode_bytes(&rest, ctx.version, max) {
+                    Ok(Some((packet, used))) => {
+                        off += used;
+                        if let Some(bye) = self.handle(ctx, packet, &mut replies) {
+                            end = Some(bye);
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.inner
+                            .stats
+                            .protocol_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(client = %ctx.session.client_id, error = %e, "malformed packet; disconnecting");
+                        end = Some(Goodbye::Kick(e.reason_code()));
+                        break;
+                    }
+                }
+            }
+            // Acknowledgements wait for room in the writer's queue: a client that does not read
+            // its acks stops being read (back-pressure), it does not lose them.
+            for r in replies.drain(..) {
+                if tx.send(r).await.is_err() {
+                    return Ok(Goodbye::Lost);
+                }
+            }
+            if let Some(bye) = end {
+                return Ok(bye);
+            }
+            buf.extend_from_slice(&frozen[off..]);
+            // A fresh buffer after split(): make room for a large read, not 64 bytes at a time.
+            buf.reserve(READ_CHUNK);
+            let read = async {
+                match idle {
+                    Some(d) => match tokio::time::timeout(d, rd.read_buf(&mut buf)).await {
+                        Ok(r) => r.map(Some),
+                        Err(_) => Ok(None),
+                    },
+                    None => rd.read_buf(&mut buf).await.map(Some),
+                }
+            };
+            let n = tokio::select! {
+                r = read => r?,
+                () = kick.notify.notified() => {
+                    let reason = kick.reason.lock().unwrap_or(ReasonCode::UnspecifiedError);
+                    return Ok(Goodbye::Kick(reason));
+                }
+            };
+            match n {
+                None => return Ok(Goodbye::Kick(ReasonCode::KeepAliveTimeout)),
+                Some(0) => return Ok(Goodbye::Lost),
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn deny(&self, ctx: &ConnCtx, what: Denied<'_>) {
+        self.inner.stats.denied.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(client = %ctx.session.client_id, peer = %ctx.peer, ?what, "MQTT request denied");
+        self.inner.auth.denied(Some(&ctx.principal), ctx.peer, what);
+    }
+
+    /// Handles one packet, pushing what to send back; `Some` ends the connection.
+    fn handle(&self, ctx: &mut ConnCtx, packet: Packet, out: &mut Vec<Out>) -> Option<Goodbye> {
+        let cfg = &self.inner.cfg;
+        let v5 = ctx.version == ProtocolVersion::V5;
+        let ack = |pid, code: ReasonCode| {
+            let mut r = PublishResponse::new(pid);
+            if v5 {
+                r.reason_code = code;
+            }
+            r
+        };
+        match packet {
+            Packet::Publish(mut p) => {
+                // MQTT 5 topic aliases: a non-empty topic (re)binds the alias, an empty one
+                // uses it.
+                if let Some(alias) = p.properties.topic_alias.take() {
+                    let a = usize::from(alias.get());
+                    if a > usize::from(cfg.topic_alias_maximum) {
+                        return Some(Goodbye::Kick(ReasonCode::TopicAliasInvalid));
+                    }
+                    if ctx.aliases.len() < a {
+                        ctx.aliases.resize(a, None);
+                    }
+                    if p.topic.as_str().is_empty() {
+                        match &ctx.aliases[a - 1] {
+                            Some(t) => p.topic = t.clone(),
+                            None => return Some(Goodbye::Kick(ReasonCode::ProtocolError)),
+                        }
+                    } else {
+                        ctx.aliases[a - 1] = Some(p.topic.clone());
+                    }
+                }
+                if topic::validate_topic_name(p.topic.as_str()).is_err() {
+                    return Some(Goodbye::Kick(ReasonCode::TopicNameInvalid));
+                }
+                let (qos, pid) = (p.qos, p.packet_id);
+                if !self
+                    .inner
+                    .auth
+                    .may_publish(&ctx.principal, p.topic.as_str())
+                {
+                    self.deny(ctx, Denied::Publish(p.topic.as_str()));
+                    // 3.1.1 has no way to say no: the message is acknowledged and dropped.
+                    match (qos, pid) {
+                        (QoS::AtLeastOnce, Some(pid)) => out.push(Out::Packet(Packet::PubAck(
+                            ack(pid, ReasonCode::NotAuthorized),
+                        ))),
+                        (QoS::ExactlyOnce, Some(pid)) => out.push(Out::Packet(Packet::PubRec(
+                            ack(pid, ReasonCode::NotAuthorized),
+                        ))),
+                        _ => {}
+                    }
+                    return None;
+                }
+                match (qos, pid) {
+                    (QoS::ExactlyOnce, Some(pid)) => {
+                        let new = {
+                            let mut st = ctx.session.state.lock();
+                            if st.incoming_qos2_len() >= usize::from(cfg.receive_maximum)
+                                && !st.pubrel_pending(pid)
+                            {
+                                return Some(Goodbye::Kick(ReasonCode::ReceiveMaximumExceeded));
+                            }
+                            st.incoming_qos2(pid)
+                        };
+                        // Exactly once: a re-sent PUBLISH whose PUBREL is still to come is
+                        // acknowledged again but not routed again.
+                        if new {
+                            self.route(Some(ctx.id), p);
+                        }
+                        out.push(Out::Packet(Packet::PubRec(PublishResponse::new(pid))));
+                    }
+                    (QoS::AtLeastOnce, Some(pid)) => {
+                        // Route (and store a retained message) before acknowledging: once the
+                        // publisher has its PUBACK, a new subscriber must find it.
+                        self.route(Some(ctx.id), p);
+                        out.push(Out::Packet(Packet::PubAck(PublishResponse::new(pid))));
+                    }
+                    _ => self.route(Some(ctx.id), p),
+                }
+            }
+            Packet::PubRel(r) => {
+                let known = ctx.session.state.lock().pubrel(r.packet_id);
+                out.push(Out::Packet(Packet::PubComp(ack(r.packet_id, found(known)))));
+            }
+            Packet::PubAck(r) => {
+                if ctx.session.state.lock().puback(r.packet_id) {
+                    out.push(Out::Release);
+                }
+            }
+            Packet::PubRec(r) => {
+                let failed = r.reason_code.is_error();
+                let known = ctx.session.state.lock().pubrec(r.packet_id, failed);
+                if failed {
+                    out.push(Out::Release);
+                } else {
+                    out.push(Out::Packet(Packet::PubRel(ack(r.packet_id, found(known)))));
+                }
+            }
+            Packet::PubComp(r) => {
+                if ctx.session.state.lock().pubcomp(r.packet_id) {
+                    out.push(Out::Release);
+                }
+            }
+            Packet::Subscribe(s) => {
+                let mut codes = Vec::with_capacity(s.subscriptions.len());
+                let mut retained: Vec<Publish> = Vec::new();
+                let mut denied: Vec<String> = Vec::new();
+                {
+                    let now = now_ms();
+                    let mut r = self.inner.router.lock();
+                    let r = &mut *r;
+                    for sub in &s.subscriptions {
+                        let filter = sub.filter.as_str();
+                        if topic::validate_topic_filter(filter).is_err() {
+                            codes.push(ReasonCode::TopicFilterInvalid);
+                            continue;
+                        }
+                        let shared = crate::tree::split_shared(filter);
+                        let plain = shared.map_or(filter, |(_, f)| f);
+                        if !self.inner.auth.may_subscribe(&ctx.principal, plain) {
+                            denied.push(filter.to_owned());
+                            codes.push(if v5 {
+                                ReasonCode::NotAuthorized
+                            } else {
+                                ReasonCode::UnspecifiedError
+                            });
+                            continue;
+                        }
+                        let opts = SubOptions {
+                            qos: sub.options.qos as u8,
+                            no_local: sub.options.no_local,
+                            retain_as_published: sub.options.retain_as_published,
+                            identifier: s.properties.subscription_identifier.map_or(0, |i| i.get()),
+                        };
+                        let new = r.tree.subscribe(filter, ctx.id, opts);
+                        if let Some(e) = r.entries.get_mut(&ctx.id) {
+                            match e.subs.iter_mut().find(|(f, _)| f == filter) {
+                                Some(slot) => slot.1 = opts,
+                                None => e.subs.push((filter.to_owned(), opts)),
+                            }
+                            e.session.state.lock().dirty = true;
+                        }
+                        let send_retained = shared.is_none()
+                            && match sub.options.retain_handling {
+                                codec::RetainHandling::SendAtSubscribe => true,
+                                codec::RetainHandling::SendAtSubscribeIfNew => new,
+                                codec::RetainHandling::DoNotSend => false,
+                            };
+                        if send_retained {
+                            let m = Match {
+                                client: ctx.id,
+                                options: SubOptions {
+                                    retain_as_published: true,
+                                    ..opts
+                                },
+                                identifiers: vec![opts.identifier],
+                                shared: false,
+                            };
+                            for (_, kept) in r.retained.matching(filter) {
+                                if !kept.expired(now) {
+                                    let mut p = prepare(&kept.publish, &m);
+                                    p.retain = true;
+                                    retained.push(p);
+                                }
+                            }
+                        }
+                        codes.push(match sub.options.qos {
+                            QoS::AtMostOnce => ReasonCode::Success,
+                            QoS::AtLeastOnce => ReasonCode::GrantedQos1,
+                            QoS::ExactlyOnce => ReasonCode::GrantedQos2,
+                        });
+                    }
+                }
+                for f in &denied {
+                    self.deny(ctx, Denied::Subscribe(f));
+                }
+                out.push(Out::Packet(Packet::SubAck(SubAck {
+                    packet_id: s.packet_id,
+                    properties: Default::default(),
+                    reason_codes: codes,
+                })));
+                out.extend(retained.into_iter().map(Out::Deliver));
+            }
+            Packet::Unsubscribe(u) => {
+                let mut codes = Vec::with_capacity(u.filters.len());
+                {
+                    let mut r = self.inner.router.lock();
+                    let r = &mut *r;
+                    for f in &u.filters {
+                        let existed = r.tree.unsubscribe(f.as_str(), ctx.id);
+                        if let Some(e) = r.entries.get_mut(&ctx.id) {
+                            e.subs.retain(|(x, _)| x != f.as_str());
+                            e.session.state.lock().dirty = true;
+                        }
+                        codes.push(if existed {
+                            ReasonCode::Success
+                        } else {
+                            ReasonCode::NoSubscriptionExisted
+                        });
+                    }
+                }
+                if !v5 {
+                    codes.clear();
+                }
+                out.push(Out::Packet(Packet::UnsubAck(UnsubAck {
+                    packet_id: u.packet_id,
+                    properties: Default::default(),
+                    reason_codes: codes,
+                })));
+            }
+            Packet::PingReq => out.push(Out::Packet(Packet::PingResp)),
+            Packet::Disconnect(d) => {
+                // MQTT 5: the client may change its session expiry, but not from 0 (3.14.2.2.2).
+                if let Some(e) = d.properties.session_expiry_interval {
+                    if ctx.requested_zero && e != 0 {
+                        return Some(Goodbye::Kick(ReasonCode::ProtocolError));
+                    }
+                    ctx.expiry = e.min(cfg.max_session_expiry);
+                }
+                return Some(if d.reason_code == ReasonCode::DisconnectWithWillMessage {
+                    Goodbye::Lost
+                } else {
+                    Goodbye::Clean
+                });
+            }
+            Packet::Connect(_) => return Some(Goodbye::Kick(ReasonCode::ProtocolError)),
+            Packet::Auth(_) => return Some(Goodbye::Kick(ReasonCode::BadAuthenticationMethod)),
+            Packet::Connack(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                return Some(Goodbye::Kick(ReasonCode::ProtocolError));
+            }
+        }
+        None
+    }
+}
+
+/// The reason code answering a PUBREC/PUBREL for a packet id that was (not) known.
+fn found(known: bool) -> ReasonCode {
+    if known {
+        ReasonCode::Success
+    } else {
+        ReasonCode::PacketIdentifierNotFound
+    }
+}
+
+/// Per-connection state of the read side.
+pub(super) struct ConnCtx {
+    id: ClientId,
+    version: ProtocolVersion,
+    peer: SocketAddr,
+    session: Arc<Session>,
+    principal: Principal,
+    /// Topic aliases the client set up (index = alias - 1).
+    aliases: Vec<Option<MqttString>>,
+    /// Session expiry interval in force (DISCONNECT may change it).
+    expiry: u32,
+    /// The client asked for expiry 0 at CONNECT (it may not raise it at DISCONNECT).
+    requested_zero: bool,
+}
+
+/// What the client announced about what it can receive (MQTT 5).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ClientLimits {
+    pub(super) topic_alias_maximum: u16,
+    pub(super) max_packet_size: usize,
+}
+
+/// How a connection ended.
+pub(super) enum Goodbye {
+    /// DISCONNECT received: no will.
+    Clean,
+    /// The connection dropped: the will goes out.
+    Lost,
+    /// We end it with this reason (5.0 clients get a DISCONNECT); the will goes out.
+    Kick(ReasonCode),
+}
+
+/// What a writer leaves when it stops: its queue and the part of its last batch not sent.
+pub(super) type Leftovers = mpsc::Receiver<Out>;
+
+async fn refuse<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    version: ProtocolVersion,
+    code: ReasonCode,
+) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    let ack = Packet::Connack(Connack {
+        session_present: false,
+        reason_code: code,
+        properties: Default::default(),
+    });
+    if codec::encode(&ack, version, &mut out).is_ok() {
+        stream.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    max: usize,
+) -> std::io::Result<Result<Connect, DecodeError>> {
+    loop {
+        match codec::decode_connect(buf, max) {
+            Ok(Some((c, used))) => {
+                let _ = buf.split_to(used);
+                return Ok(Ok(c));
+            }
+            Ok(None) => {}
+            Err(e) => return Ok(Err(e)),
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before CONNECT",
+            ));
+        }
+    }
+}

@@ -1,0 +1,877 @@
+//! The broker: accepts MQTT connections, keeps sessions, routes PUBLISH through the
+//! subscription tree, keeps retained messages, and delivers wills.
+//!
+//! Shape: one task per connection reads packets and routes them; each session's outgoing
+//! messages go through a bounded queue to a writer task that coalesces everything queued into
+//! one socket write (the main lever for throughput: one syscall for many small packets).
+//! Routing holds the router lock to look up subscribers and hand each a message (a `try_send`,
+//! never an await); encoding happens in the writers.
+//!
+//! Sessions outlive connections when the client asks for it (3.1.1 clean session = 0, 5.0
+//! session expiry > 0): subscriptions stay in the tree, QoS 1/2 messages for an absent client
+//! wait in its session (bounded, drops counted), and messages in flight are sent again when it
+//! comes back ([`crate::session`]). With a state directory, retained messages and persistent
+//! sessions are saved to disk ([`crate::persist`]) and survive a restart.
+//!
+//! Lock order: router, then a session's state. The writer and read loop take only the
+//! session's lock.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::auth::{AllowAll, Auth, ConnectInfo, Denied, Principal};
+use crate::codec::{
+    self, Connack, Connect, DecodeError, Disconnect, MqttString, Packet, ProtocolVersion, Publish,
+    PublishResponse, QoS, ReasonCode, SubAck, UnsubAck,
+};
+use crate::persist::{Batch, Store, StoreError};
+use crate::retained::RetainedStore;
+use crate::session::{self, now_ms, Admit, Queued, Record, SessionState};
+use crate::topic;
+use crate::tree::{ClientId, Match, SubOptions, SubTree};
+
+mod conn;
+mod writer;
+
+pub use crate::transport::{Generic, Transport};
+use conn::ClientLimits;
+use writer::writer;
+
+/// Room a connection's read buffer makes before each read. Small, because most connections are
+/// idle devices (10,000 of them must fit in a few hundred MB); a busy connection's buffer
+/// grows as its packets need.
+const READ_CHUNK: usize = 2 * 1024;
+/// A writer's buffer is given back when a burst left it larger than this.
+const WRITE_KEEP: usize = 64 * 1024;
+/// Session expiry meaning "never" (MQTT 5: 0xFFFFFFFF).
+const NEVER: u32 = u32::MAX;
+
+/// What happens when a client's queue is full (it reads slower than its messages arrive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Keep what is queued; new messages for it are dropped (and counted).
+    #[default]
+    DropNewest,
+    /// End the connection (DISCONNECT 0x97 quota exceeded). QoS 1/2 messages for a
+    /// persistent session wait in it, so a client that reconnects catches up without loss.
+    Disconnect,
+}
+
+/// Broker settings.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Largest packet accepted (and announced to 5.0 clients).
+    pub max_packet_size: usize,
+    /// Messages queued for a connection's writer before the overflow policy applies.
+    pub max_queue: usize,
+    /// QoS 1/2 messages a session keeps while its client is away or its window is full, before
+    /// new ones are dropped and counted.
+    pub max_session_queue: usize,
+    /// What happens when a connection's queue is full.
+    pub overflow: Overflow,
+    /// Time a new connection has to send CONNECT (slow-loris defence).
+    pub connect_timeout: Duration,
+    /// Longest a write to a client may take before the connection is considered dead (a
+    /// client that stops reading does not hold its messages forever).
+    pub write_timeout: Duration,
+    /// Most QoS 1/2 messages in flight to one client (its Receive Maximum is honoured below
+    /// this; 3.1.1 clients get this).
+    pub max_inflight: u16,
+    /// Receive Maximum announced to 5.0 clients: QoS 2 messages a client may have in flight
+    /// to us (PUBREL not yet sent). More is a protocol violation (0x93).
+    pub receive_maximum: u16,
+    /// Topic aliases a 5.0 client may use towards us (0: none).
+    pub topic_alias_maximum: u16,
+    /// Longest session expiry granted, in seconds (3.1.1 persistent sessions get this too).
+    pub max_session_expiry: u32,
+    /// Where retained messages and persistent sessions are saved (`mqtt.redb` inside);
+    /// `None`: kept in memory only.
+    pub state_dir: Option<PathBuf>,
+    /// How often changed state is saved.
+    pub persist_interval: Duration,
+    /// How often `$SYS/broker/...` statistics are published (`None`: never).
+    pub sys_interval: Option<Duration>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            max_packet_size: 1 << 20,
+            max_queue: 10_000,
+            max_session_queue: 10_000,
+
+            overflow: Overflow::DropNewest,
+
+            connect_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
+            max_inflight: 1_000,
+            receive_maximum: 1_024,
+            topic_alias_maximum: 64,
+            max_session_expiry: 7 * 24 * 3600,
+            state_dir: None,
+            persist_interval: Duration::from_secs(1),
+            sys_interval: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Counters for `$SYS` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    pub connections: AtomicU64,
+    pub connected: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    /// Messages dropped because a client's queue (or its session's) was full.
+    pub dropped: AtomicU64,
+    /// Messages not delivered because their message expiry interval passed.
+    pub expired: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    /// Connections, publishes and subscriptions refused by the [`Auth`] hook.
+    pub denied: AtomicU64,
+    /// Failed saves of the state store.
+    pub persist_errors: AtomicU64,
+    /// Connections ended because their queue overflowed (`Overflow::Disconnect`).
+    pub slow_disconnects: AtomicU64,
+}
+
+/// Sizes of the broker's state, for `$SYS` and `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerCounts {
+    pub sessions: usize,
+    pub persistent_sessions: usize,
+    pub subscriptions: usize,
+    pub retained: usize,
+    /// QoS 1/2 messages waiting in sessions (client away or window full).
+    pub queued: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Retained {
+    publish: Publish,
+    stored_ms: u64,
+}
+
+impl Retained {
+    fn expired(&self, now: u64) -> bool {
+        self.publish
+            .properties
+            .message_expiry_interval
+            .is_some_and(|e| now.saturating_sub(self.stored_ms) / 1000 >= u64::from(e))
+    }
+}
+
+/// What a writer task is asked to do.
+enum Out {
+    /// A message routed to this client: QoS, retain flag and subscription identifiers as it is
+    /// delivered; packet id and topic alias are the writer's business.
+    Deliver(Publish),
+    /// A control packet (acks, SUBACK, PINGRESP...).
+    Packet(Packet),
+    /// The client's window has room again: send waiting messages.
+    Release,
+    /// The session was resumed: send again what is in flight, then what waits.
+    Resume,
+}
+
+/// A session: its name and delivery state (shared by the router and its connection's tasks).
+struct Session {
+    client_id: Arc<str>,
+    state: Mutex<SessionState>,
+}
+
+/// Ends a connection from outside its read loop, with a reason.
+struct Kick {
+    notify: Notify,
+    reason: Mutex<Option<ReasonCode>>,
+    /// Set with the first kick (a cheap check on the routing path).
+    kicked: AtomicBool,
+}
+
+impl Kick {
+    fn new() -> Kick {
+        Kick {
+            notify: Notify::new(),
+            reason: Mutex::new(None),
+            kicked: AtomicBool::new(false),
+        }
+    }
+
+    /// True the first time (later kicks keep the first reason).
+    fn kick(&self, reason: ReasonCode) -> bool {
+        let mut r = self.reason.lock();
+        if r.is_some() {
+            return false;
+        }
+        *r = Some(reason);
+        self.kicked.store(true, Ordering::Release);
+        self.notify.notify_one();
+        true
+    }
+}
+
+/// The live connection of a session.
+struct Conn {
+    tx: mpsc::Sender<Out>,
+    /// Wakes the read loop to end the connection (takeover, overflow).
+    kick: Arc<Kick>,
+    /// Becomes true when the connection has fully detached from the session.
+    done: watch::Receiver<bool>,
+}
+
+struct Entry {
+    session: Arc<Session>,
+    conn: Option<Conn>,
+    /// Filters (as subscribed, incl. `$share/...`) and options, to restore and to clean up.
+    subs: Vec<(String, SubOptions)>,
+    /// Session expiry interval, seconds (0: ends with the connection).
+    expiry: u32,
+    last_seen_ms: u64,
+    /// Counts attach/detach, so timers (expiry, delayed will) know if the client came back.
+    generation: u64,
+    internal: bool,
+}
+
+#[derive(Default)]
+struct Router {
+    tree: SubTree,
+    retained: RetainedStore<Retained>,
+    entries: HashMap<ClientId, Entry>,
+    by_name: HashMap<Arc<str>, ClientId>,
+    next_id: ClientId,
+    /// Retained topics changed since the last save.
+    dirty_retained: HashSet<String>,
+    /// Persistent sessions ended since the last save.
+    removed: Vec<String>,
+}
+
+impl Router {
+    fn alloc_id(&mut self) -> ClientId {
+        loop {
+            self.next_id = self.next_id.wrapping_add(1);
+            if !self.entries.contains_key(&self.next_id) {
+                return self.next_id;
+            }
+        }
+    }
+
+    /// Ends a session: its subscriptions leave the tree, its record the store.
+    fn remove(&mut self, id: ClientId) {
+        if let Some(e) = self.entries.remove(&id) {
+            if self.by_name.get(&e.session.client_id) == Some(&id) {
+                self.by_name.remove(&e.session.client_id);
+            }
+            for (f, _) in &e.subs {
+                self.tree.unsubscribe(f, id);
+            }
+            if e.expiry > 0 && !e.internal {
+                self.removed.push(e.session.client_id.to_string());
+            }
+        }
+    }
+}
+
+struct Inner {
+    cfg: BrokerConfig,
+    router: Mutex<Router>,
+    stats: BrokerStats,
+    auth: Arc<dyn Auth>,
+    /// `None` without a state directory, and after [`Broker::close`].
+    store: Mutex<Option<Store>>,
+    /// Whether this broker persists at all (cheap check on the routing path).
+    persistent: bool,
+    started: Instant,
+}
+
+/// A running broker; cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+/// The message a subscriber gets: QoS capped by its subscription, retain as published only when
+/// asked, its matching subscription identifiers.
+fn prepare(publish: &Publish, m: &Match) -> Publish {
+    let mut p = publish.clone();
+    p.qos = publish
+        .qos
+        .min(QoS::from_u8(m.options.qos).unwrap_or(QoS::AtMostOnce));
+    p.retain = publish.retain && m.options.retain_as_published;
+    p.dup = false;
+    p.packet_id = None;
+    p.properties.topic_alias = None;
+    p.properties.subscription_identifiers = m
+        .identifiers
+        .iter()
+        .copied()
+        .filter_map(NonZeroU32::new)
+        .collect();
+    p
+}
+
+/// A message for a connection that is being closed: a persistent session keeps QoS 1/2 ones
+/// (behind what the connection's queue holds). False when it is dropped.
+fn keep_overflow(e: &Entry, p: Publish) -> bool {
+    p.qos != QoS::AtMostOnce
+        && e.expiry > 0
+        && !matches!(
+            e.session.state.lock().enqueue_overflow(Queued::new(p)),
+            Admit::Overflow
+        )
+}
+
+fn will_publish(will: &codec::Will) -> Publish {
+    let mut p = Publish::new(will.topic.clone(), will.payload.clone());
+    p.qos = will.qos;
+    p.retain = will.retain;
+    // MQTT 5 (3.1.3.2): the will's properties go out with it.
+    let wp = &will.properties;
+    p.properties.payload_format_indicator = wp.payload_format_indicator;
+    p.properties.message_expiry_interval = wp.message_expiry_interval;
+    p.properties.content_type = wp.content_type.clone();
+    p.properties.response_topic = wp.response_topic.clone();
+    p.properties.correlation_data = wp.correlation_data.clone();
+    p.properties.user_properties = wp.user_properties.clone();
+    p
+}
+
+impl Broker {
+    /// A broker that keeps its state in memory only (tests, embedded use), allowing everyone.
+    pub fn new(cfg: BrokerConfig) -> Broker {
+        Self::build(cfg, Arc::new(AllowAll), None)
+    }
+
+    /// A broker with an authentication/authorisation hook and, when `cfg.state_dir` is set,
+    /// the retained messages and persistent sessions of the previous run. Call inside a tokio
+    /// runtime: it starts the save and `$SYS` tasks.
+    pub fn open(cfg: BrokerConfig, auth: Arc<dyn Auth>) -> Result<Broker, StoreError> {
+        let store = match &cfg.state_dir {
+            Some(dir) => Some(Store::open(&dir.join("mqtt.redb"))?),
+            None => None,
+        };
+        let loaded = match &store {
+            Some(s) => Some(s.load()?),
+            None => None,
+        };
+        let broker = Self::build(cfg, auth, store);
+        if let Some(l) = loaded {
+            broker.restore(l);
+        }
+        Ok(broker)
+    }
+
+    fn build(cfg: BrokerConfig, auth: Arc<dyn Auth>, store: Option<Store>) -> Broker {
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                cfg,
+                router: Mutex::new(Router::default()),
+                stats: BrokerStats::default(),
+                auth,
+                persistent: store.is_some(),
+                store: Mutex::new(store),
+                started: Instant::now(),
+            }),
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            broker.start_background();
+        }
+        broker
+    }
+
+    fn start_background(&self) {
+        if self.inner.persistent {
+            let weak = Arc::downgrade(&self.inner);
+            let every = self.inner.cfg.persist_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { break };
+                    let broker = Broker { inner };
+                    let _ = tokio::task::spawn_blocking(move || broker.save(false)).await;
+                }
+            });
+        }
+        if let Some(every) = self.inner.cfg.sys_interval {
+            let weak = Arc::downgrade(&self.inner);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { break };
+                    Broker { inner }.publish_sys();
+                }
+            });
+        }
+    }
+
+    pub fn stats(&self) -> &BrokerStats {
+        &self.inner.stats
+    }
+
+    pub fn counts(&self) -> BrokerCounts {
+        let r = self.inner.router.lock();
+        let mut c = BrokerCounts {
+            retained: r.retained.len(),
+            ..BrokerCounts::default()
+        };
+        for e in r.entries.values().filter(|e| !e.internal) {
+            c.sessions += 1;
+            c.persistent_sessions += usize::from(e.expiry > 0);
+            c.subscriptions += e.subs.len();
+            c.queued += e.session.state.lock().pending_len();
+        }
+        c
+    }
+
+    /// Saves everything that changed (and, with `all`, every persistent session, stamped as
+    /// seen now: for a clean shutdown). Blocking; a no-op without a state directory.
+    pub fn save(&self, all: bool) {
+        // One save at a time (the store's lock), so batches reach the disk in order.
+        let store = self.inner.store.lock();
+        let Some(store) = store.as_ref() else {
+            return;
+        };
+        let batch = self.snapshot(all);
+        if let Err(e) = store.save(&batch) {
+            self.inner
+                .stats
+                .persist_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "cannot save the MQTT state; retrying at the next interval");
+            // Keep the changes for the next attempt.
+            let mut r = self.inner.router.lock();
+            for (topic, _) in batch.retained {
+                r.dirty_retained.insert(topic);
+            }
+            for (name, rec) in batch.sessions {
+                match rec {
+                    None => r.removed.push(name),
+                    Some(_) => {
+                        if let Some(id) = r.by_name.get(name.as_str()).copied() {
+                            if let Some(e) = r.entries.get(&id) {
+                                e.session.state.lock().dirty = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Saves all state now.
+    pub fn flush(&self) {
+        self.save(true);
+    }
+
+    /// Saves all state and closes the store (call on shutdown, after the listeners stopped);
+    /// nothing is saved after this. The state directory can then be opened again.
+    pub fn close(&self) {
+        self.save(true);
+        self.inner.store.lock().take();
+    }
+
+    fn snapshot(&self, all: bool) -> Batch {
+        let mut batch = Batch::default();
+        let now = now_ms();
+        let mut r = self.inner.router.lock();
+        let r = &mut *r;
+        for topic in r.dirty_retained.drain() {
+            let m = r
+                .retained
+                .get(&topic)
+                .map(|m| (m.stored_ms, m.publish.clone()));
+            batch.retained.push((topic, m));
+        }
+        for name in r.removed.drain(..) {
+            batch.sessions.push((name, None));
+        }
+        for e in r.entries.values_mut() {
+            if e.expiry == 0 || e.internal {
+                continue;
+            }
+            let mut st = e.session.state.lock();
+            if !(st.dirty || all) {
+                continue;
+            }
+            if e.conn.is_some() {
+                e.last_seen_ms = now;
+            }
+            let rec = session::encode_record(e.expiry, e.last_seen_ms, &e.subs, &st);
+            st.dirty = false;
+            batch
+                .sessions
+                .push((e.session.client_id.to_string(), Some(rec)));
+        }
+        batch
+    }
+
+    /// Puts back what the store held: retained messages, and sessions (offline, with their
+    /// subscriptions and queued messages, expiring on schedule).
+    fn restore(&self, loaded: crate::persist::Loaded) {
+        let cfg = &self.inner.cfg;
+        let now = now_ms();
+        for what in &loaded.damaged {
+            tracing::warn!(%what, "unreadable entry in the MQTT state store; skipped");
+        }
+        let mut timers = Vec::new();
+        {
+            let mut r = self.inner.router.lock();
+            for (stored_ms, publish) in loaded.retained {
+                let topic = publish.topic.as_str().to_owned();
+                let m = Retained { publish, stored_ms };
+                if !m.expired(now) {
+                    r.retained.set(&topic, Some(m));
+                }
+            }
+            for (name, bytes) in loaded.sessions {
+                let rec = match Record::decode(
+                    &bytes,
+                    usize::from(cfg.max_inflight),
+                    cfg.max_session_queue,
+                ) {
+                    Ok(rec) => rec,
+                    Err(e) => {
+                        tracing::warn!(client = %name, error = %e, "unreadable MQTT session; dropped");
+                        r.removed.push(name);
+                        continue;
+                    }
+                };
+                let expiry = rec.expiry.min(cfg.max_session_expiry);
+                let gone_s = now.saturating_sub(rec.last_seen_ms) / 1000;
+                if expiry != NEVER && gone_s >= u64::from(expiry) {
+                    r.removed.push(name);
+                    continue;
+                }
+                let id = r.alloc_id();
+                let client_id: Arc<str> = name.into();
+                for (f, o) in &rec.subscriptions {
+                    r.tree.subscribe(f, id, *o);
+                }
+                r.by_name.insert(client_id.clone(), id);
+                r.entries.insert(
+                    id,
+                    Entry {
+                        session: Arc::new(Session {
+                            client_id: client_id.clone(),
+                            state: Mutex::new(rec.state),
+                        }),
+                        conn: None,
+                        subs: rec.subscriptions,
+                        expiry,
+                        last_seen_ms: rec.last_seen_ms,
+                        generation: 0,
+                        internal: false,
+                    },
+                );
+                if expiry != NEVER {
+                    let left = u64::from(expiry).saturating_sub(gone_s);
+                    timers.push((client_id, Duration::from_secs(left)));
+                }
+            }
+            tracing::info!(
+                retained = r.retained.len(),
+                sessions = r.entries.len(),
+                "MQTT state restored"
+            );
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            for (client_id, after) in timers {
+                self.expire_later(client_id, 0, after);
+            }
+        }
+    }
+
+    /// Ends the session `client_id` after `after`, unless its client came back meanwhile.
+    fn expire_later(&self, client_id: Arc<str>, generation: u64, after: Duration) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let Some(inner) = weak.upgrade() else { return };
+            let mut r = inner.router.lock();
+            let Some(id) = r.by_name.get(&client_id).copied() else {
+                return;
+            };
+            let stale = r
+                .entries
+                .get(&id)
+                .is_some_and(|e| e.conn.is_none() && e.generation == generation);
+            if stale {
+                tracing::debug!(client = %client_id, "MQTT session expired");
+                r.remove(id);
+            }
+        });
+    }
+
+    /// Accepts connections until the listener fails.
+    pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, peer) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let broker = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = broker.connection(stream, peer, None).await {
+                    tracing::debug!(%peer, error = %e, "mqtt connection ended");
+                }
+            });
+        }
+    }
+
+    /// Serves one already accepted connection over any byte stream (a TLS stream, a WebSocket
+    /// adapter); returns when the connection ends.
+    pub async fn serve_connection<S: Transport>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+    ) -> std::io::Result<()> {
+        self.connection(stream, peer, None).await
+    }
+
+    /// Like [`Broker::serve_connection`], for a transport that verified a client certificate:
+    /// its subject reaches the [`Auth`] hook.
+    pub async fn serve_authenticated<S: Transport>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        certificate_subject: Option<String>,
+    ) -> std::io::Result<()> {
+        self.connection(stream, peer, certificate_subject).await
+    }
+
+    /// An in-process subscriber (Sparkplug host, bridge): every message matching `filter`
+    /// (wildcards allowed, no `$share`) arrives on the returned channel, at QoS 0 and with its
+    /// retain flag, retained messages first. When the channel is full, messages are dropped and
+    /// counted like any slow client's. Dropping the receiver ends the subscription.
+    pub fn subscribe_internal(
+        &self,
+        name: &str,
+        filter: &str,
+        capacity: usize,
+    ) -> Result<mpsc::Receiver<Publish>, topic::TopicError> {
+        topic::validate_topic_filter(filter)?;
+        let (tx, mut rx) = mpsc::channel::<Out>(capacity.max(1));
+        let (out_tx, out_rx) = mpsc::channel::<Publish>(capacity.max(1));
+        let opts = SubOptions {
+            qos: 0,
+            no_local: false,
+            retain_as_published: true,
+            identifier: 0,
+        };
+        let id = {
+            let mut r = self.inner.router.lock();
+            let id = r.alloc_id();
+            let (_done_tx, done) = watch::channel(false);
+            r.entries.insert(
+                id,
+                Entry {
+                    session: Arc::new(Session {
+                        client_id: format!("$internal/{name}").into(),
+                        state: Mutex::new(SessionState::new(1, 0)),
+                    }),
+                    conn: Some(Conn {
+                        tx,
+                        kick: Arc::new(Kick::new()),
+                        done,
+                    }),
+                    subs: vec![(filter.to_owned(), opts)],
+                    expiry: 0,
+                    last_seen_ms: 0,
+                    generation: 0,
+                    internal: true,
+                },
+            );
+            r.tree.subscribe(filter, id, opts);
+            let now = now_ms();
+            for (_, m) in r.retained.matching(filter) {
+                if m.expired(now) {
+                    continue;
+                }
+                let mut p = m.publish.clone();
+                p.retain = true;
+                if out_tx.try_send(p).is_err() {
+                    self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            id
+        };
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            while let Some(item) = rx.recv().await {
+                match item {
+                    Out::Deliver(mut publish) => {
+                        publish.qos = QoS::AtMostOnce;
+                        publish.packet_id = None;
+                        if out_tx.send(publish).await.is_err() {
+                            break;
+                        }
+                    }
+                    Out::Packet(_) | Out::Release | Out::Resume => {}
+                }
+            }
+            if let Some(inner) = weak.upgrade() {
+                inner.router.lock().remove(id);
+            }
+        });
+        Ok(out_rx)
+    }
+
+    /// Publishes a message from inside the platform (UNS, $SYS, Sparkplug host commands).
+    pub fn publish(&self, publish: Publish) {
+        self.route(None, publish);
+    }
+
+    fn publish_sys(&self) {
+        let st = &self.inner.stats;
+        let c = self.counts();
+        let items: [(&str, String); 11] = [
+            (
+                "version",
+                format!("ironplant {}", env!("CARGO_PKG_VERSION")),
+            ),
+            (
+                "uptime",
+                format!("{} seconds", self.inner.started.elapsed().as_secs()),
+            ),
+            (
+                "clients/connected",
+                st.connected.load(Ordering::Relaxed).to_string(),
+            ),
+            ("clients/total", c.sessions.to_string()),
+            (
+                "messages/received",
+                st.messages_in.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "messages/sent",
+                st.messages_out.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "messages/dropped",
+                st.dropped.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "messages/expired",
+                st.expired.load(Ordering::Relaxed).to_string(),
+            ),
+            ("messages/queued", c.queued.to_string()),
+            ("retained messages/count", c.retained.to_string()),
+            ("subscriptions/count", c.subscriptions.to_string()),
+        ];
+        for (name, value) in items {
+            let topic = MqttString::from_utf8(Bytes::from(format!("$SYS/broker/{name}")));
+            if let Ok(topic) = topic {
+                let mut p = Publish::new(topic, Bytes::from(value));
+                p.retain = true;
+                self.route_inner(None, p, false);
+            }
+        }
+    }
+
+    fn route(&self, from: Option<ClientId>, publish: Publish) {
+        self.route_inner(from, publish, true);
+    }
+
+    fn route_inner(&self, from: Option<ClientId>, publish: Publish, count: bool) {
+        let st = &self.inner.stats;
+        if count {
+            st.messages_in.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut matches: Vec<Match> = Vec::new();
+        let mut r = self.inner.router.lock();
+        let r = &mut *r;
+        if publish.retain {
+            let topic = publish.topic.as_str();
+            if publish.payload.is_empty() {
+                r.retained.set(topic, None);
+            } else {
+                // Keep the payload apart from the connection's read buffer it was sliced from.
+                let mut kept = publish.clone();
+                kept.payload = Bytes::copy_from_slice(&publish.payload);
+                kept.dup = false;
+                kept.packet_id = None;
+                kept.properties.topic_alias = None;
+                r.retained.set(
+                    topic,
+                    Some(Retained {
+                        publish: kept,
+                        stored_ms: if publish.properties.message_expiry_interval.is_some() {
+                            now_ms()
+                        } else {
+                            0
+                        },
+                    }),
+                );
+            }
+            if self.inner.persistent && !topic.starts_with("$SYS/") {
+                r.dirty_retained.insert(topic.to_owned());
+            }
+        }
+        r.tree.matches(publish.topic.as_str(), &mut matches);
+        let (mut sent, mut dropped) = (0u64, 0u64);
+        for m in &matches {
+            if m.options.no_local && Some(m.client) == from && !m.shared {
+                continue;
+            }
+            let Some(e) = r.entries.get(&m.client) else {
+                continue;
+            };
+            let p = prepare(&publish, m);
+            let p = match &e.conn {
+                // A connection being closed (taken over, or too slow) gets nothing more: what
+                // is for its session waits behind what its queue still holds.
+                Some(c) if c.kick.kicked.load(Ordering::Acquire) => {
+                    dropped += u64::from(!keep_overflow(e, p));
+                    continue;
+                }
+                Some(c) => match c.tx.try_send(Out::Deliver(p)) {
+                    Ok(()) => {
+                        sent += 1;
+                        continue;
+                    }
+                    Err(mpsc::error::TrySendError::Full(Out::Deliver(p)))
+                        if self.inner.cfg.overflow == Overflow::Disconnect =>
+                    {
+                        if c.kick.kick(ReasonCode::QuotaExceeded) {
+                            st.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                        }
+                        dropped += u64::from(!keep_overflow(e, p));
+                        continue;
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        dropped += 1;
+                        continue;
+                    }
+                    // The connection is going: keep the message in its session.
+                    Err(mpsc::error::TrySendError::Closed(Out::Deliver(p))) => p,
+                    Err(mpsc::error::TrySendError::Closed(_)) => continue,
+                },
+                None => p,
+            };
+            // The client is away: QoS 1/2 messages wait in a persistent session.
+            if p.qos != QoS::AtMostOnce && e.expiry > 0 {
+                match e.session.state.lock().enqueue(Queued::new(p)) {
+                    Admit::Overflow => dropped += 1,
+                    _ => sent += 1,
+                }
+            }
+        }
+        if sent > 0 {
+            st.messages_out.fetch_add(sent, Ordering::Relaxed);
+        }
+        if dropped > 0 {
+            st.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+}
