@@ -31,6 +31,7 @@
 //! `split_to` each packet off its read buffer (and a retained-message store that keeps
 //! payloads for long may want `Bytes::copy_from_slice`).
 
+pub mod bridge;
 pub mod broker;
 pub mod client;
 pub mod codec;
