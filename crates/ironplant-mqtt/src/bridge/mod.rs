@@ -93,6 +93,8 @@ pub struct BridgeStats {
     pub queued: AtomicU64,
     /// Bytes in the queue now (gauge).
     pub queued_bytes: AtomicU64,
+    /// Messages handed to the client and not yet acknowledged (gauge).
+    pub in_flight: AtomicU64,
     /// Local messages written to the queue.
     pub enqueued: AtomicU64,
     /// Messages acknowledged by the remote.
@@ -370,7 +372,12 @@ async fn send(
                     continue;
                 };
                 match client.start_publish(p).await {
-                    Ok(d) => inflight.push_back((seq, d)),
+                    Ok(d) => {
+                        inflight.push_back((seq, d));
+                        stats
+                            .in_flight
+                            .store(inflight.len() as u64, Ordering::Relaxed);
+                    }
                     Err(_) => return,
                 }
             }
@@ -406,6 +413,9 @@ async fn send(
                 }
             }
             done.push(seq);
+            stats
+                .in_flight
+                .store(inflight.len() as u64, Ordering::Relaxed);
             if let Some((_, next)) = inflight.front_mut() {
                 result = futures_poll_now(next);
             }
