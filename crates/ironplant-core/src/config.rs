@@ -28,6 +28,79 @@ pub struct Config {
     pub tags: Vec<TagConfig>,
     pub historian: HistorianSettings,
     pub mqtt: MqttSettings,
+    pub bridges: Vec<BridgeConfig>,
+}
+
+/// An MQTT protocol version, as a bridge speaks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttVersion {
+    V311,
+    V5,
+}
+
+/// A `[[bridge]]`: topics forwarded between our broker and an external one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BridgeConfig {
+    /// Unique; names the queue directory (`<data-dir>/bridge/<name>`) and the metrics.
+    pub name: String,
+    /// The remote broker, `host:port`.
+    pub address: String,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub protocol: MqttVersion,
+    pub keep_alive: Duration,
+    /// `false`: the remote keeps the bridge's session (and its inbound messages) while the
+    /// bridge is away.
+    pub clean_session: bool,
+    /// Upper bound of the reconnect back-off.
+    pub reconnect_max: Duration,
+    pub out: Vec<BridgeOut>,
+    pub inbound: Vec<BridgeIn>,
+    pub queue: BridgeQueue,
+}
+
+/// Local topics (an MQTT filter) sent to the remote as `remote_prefix + topic`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeOut {
+    pub local: String,
+    pub remote_prefix: String,
+    pub qos: u8,
+}
+
+/// Remote topics (an MQTT filter) brought in as `local_prefix + topic`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeIn {
+    pub remote: String,
+    pub local_prefix: String,
+    pub qos: u8,
+}
+
+/// Bounds of a bridge's store-and-forward queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BridgeQueue {
+    pub max_messages: u64,
+    pub max_bytes: u64,
+    pub overflow: BridgeOverflow,
+}
+
+impl Default for BridgeQueue {
+    fn default() -> Self {
+        BridgeQueue {
+            max_messages: 1_000_000,
+            max_bytes: 1 << 30,
+            overflow: BridgeOverflow::DropOldest,
+        }
+    }
+}
+
+/// What a full queue does with a new message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeOverflow {
+    /// Drop the oldest queued message (keep the freshest data).
+    DropOldest,
+    /// Drop the new message (keep the history from the start of the outage).
+    DropNewest,
 }
 
 /// The `[mqtt]` section: the embedded broker's limits and the Unified Namespace topics.
@@ -447,6 +520,8 @@ struct RawConfig {
     tags: Vec<RawTag>,
     historian: Option<RawHistorian>,
     mqtt: Option<RawMqtt>,
+    #[serde(default, rename = "bridge")]
+    bridges: Vec<RawBridge>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -460,6 +535,57 @@ struct RawMqtt {
     max_inflight: Option<Spanned<i64>>,
     max_session_expiry: Option<Spanned<String>>,
     sys_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBridge {
+    name: Spanned<String>,
+    address: Spanned<String>,
+    client_id: Option<Spanned<String>>,
+    username: Option<String>,
+    password: Option<Spanned<String>>,
+    protocol: Option<Spanned<String>>,
+    keep_alive: Option<Spanned<String>>,
+    clean_session: Option<bool>,
+    reconnect_max: Option<Spanned<String>>,
+    #[serde(default)]
+    out: Vec<RawBridgeOut>,
+    #[serde(default, rename = "in")]
+    inbound: Vec<RawBridgeIn>,
+    queue: Option<RawBridgeQueue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBridgeOut {
+    local: Spanned<String>,
+    remote_prefix: Option<Spanned<String>>,
+    qos: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBridgeIn {
+    remote: Spanned<String>,
+    local_prefix: Option<Spanned<String>>,
+    qos: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBridgeQueue {
+    max_messages: Option<Spanned<i64>>,
+    max_bytes: Option<Spanned<RawSize>>,
+    overflow: Option<Spanned<String>>,
+}
+
+/// A size: a number of bytes or a string with a unit ("512MB", "1GiB").
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(i64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -989,12 +1115,14 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
 
     let historian = validate_historian(c, raw.historian);
     let mqtt = validate_mqtt(c, raw.mqtt);
+    let bridges = validate_bridges(c, raw.bridges);
     Config {
         assets,
         devices,
         tags,
         historian,
         mqtt,
+        bridges,
     }
 }
 
@@ -1099,6 +1227,259 @@ fn validate_mqtt(c: &mut Collector, raw: Option<RawMqtt>) -> MqttSettings {
         ),
         sys_interval,
     }
+}
+
+/// Checks an MQTT topic filter: non-empty, `#` only as the whole last level, `+` only as a
+/// whole level, no U+0000.
+fn check_topic_filter(f: &str) -> Result<(), String> {
+    if f.is_empty() {
+        return Err("a filter cannot be empty".into());
+    }
+    if f.len() > usize::from(u16::MAX) {
+        return Err("a filter is at most 65535 bytes".into());
+    }
+    if f.contains('\0') {
+        return Err("a filter cannot contain U+0000".into());
+    }
+    let levels: Vec<&str> = f.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Err("'#' must be a whole level and the last one, as in \"acme/#\"".into());
+        }
+        if level.contains('+') && *level != "+" {
+            return Err("'+' must be a whole level, as in \"acme/+/speed\"".into());
+        }
+    }
+    Ok(())
+}
+
+fn check_topic_prefix(p: &str) -> Result<(), String> {
+    if p.contains(['+', '#']) {
+        return Err("a prefix cannot contain the wildcards '+' or '#'".into());
+    }
+    if p.contains('\0') {
+        return Err("a prefix cannot contain U+0000".into());
+    }
+    Ok(())
+}
+
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|ch: char| !ch.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn validate_bridges(c: &mut Collector, raw: Vec<RawBridge>) -> Vec<BridgeConfig> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    for b in raw {
+        let name = b.name.get_ref().clone();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'))
+            || name.starts_with('.')
+        {
+            c.err(
+                b.name.span(),
+                format!("bridge name {name:?} is not valid"),
+                Some("use letters, digits, '_', '-' and '.' (it names a directory)".to_owned()),
+            );
+        } else if !names.insert(name.clone()) {
+            c.err(
+                b.name.span(),
+                format!("bridge {name:?} is declared twice"),
+                Some("give every [[bridge]] its own name".to_owned()),
+            );
+        }
+        let addr = b.address.get_ref();
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            c.err(
+                b.address.span(),
+                format!("address {addr:?} is not host:port"),
+                Some("e.g. \"mqtt.example.com:1883\"".to_owned()),
+            );
+        }
+        let protocol = match b
+            .protocol
+            .as_ref()
+            .map(|p| (p.get_ref().as_str(), p.span()))
+        {
+            None | Some(("3.1.1" | "311" | "v3.1.1", _)) => MqttVersion::V311,
+            Some(("5" | "5.0" | "v5", _)) => MqttVersion::V5,
+            Some((other, span)) => {
+                c.err(
+                    span,
+                    format!("unknown MQTT protocol {other:?}"),
+                    Some("use \"3.1.1\" or \"5\"".to_owned()),
+                );
+                MqttVersion::V311
+            }
+        };
+        let client_id = match &b.client_id {
+            None => format!("ironplant-{name}"),
+            Some(id) => {
+                if id.get_ref().is_empty() || id.get_ref().len() > 65_535 {
+                    c.err(
+                        id.span(),
+                        "client_id cannot be empty",
+                        Some("leave it out to use \"ironplant-<name>\"".to_owned()),
+                    );
+                }
+                id.get_ref().clone()
+            }
+        };
+        if let (Some(p), None) = (&b.password, &b.username) {
+            if protocol == MqttVersion::V311 {
+                c.err(
+                    p.span(),
+                    "MQTT 3.1.1 sends a password only with a username",
+                    Some("add username = \"...\" or use protocol = \"5\"".to_owned()),
+                );
+            }
+        }
+        let qos = |c: &mut Collector, q: &Option<Spanned<i64>>| match q {
+            None => 1,
+            Some(q) => match u8::try_from(*q.get_ref()) {
+                Ok(v @ 0..=2) => v,
+                _ => {
+                    c.err(
+                        q.span(),
+                        format!("qos {} is not an MQTT QoS", q.get_ref()),
+                        Some("use 0, 1 or 2 (1 is the default)".to_owned()),
+                    );
+                    1
+                }
+            },
+        };
+        let prefix = |c: &mut Collector, p: &Option<Spanned<String>>| match p {
+            None => String::new(),
+            Some(p) => {
+                if let Err(e) = check_topic_prefix(p.get_ref()) {
+                    c.err(
+                        p.span(),
+                        format!("invalid prefix {:?}: {e}", p.get_ref()),
+                        Some("e.g. \"site1/\" (the prefix is prepended as is)".to_owned()),
+                    );
+                }
+                p.get_ref().clone()
+            }
+        };
+        let filter = |c: &mut Collector, f: &Spanned<String>| {
+            if let Err(e) = check_topic_filter(f.get_ref()) {
+                c.err(
+                    f.span(),
+                    format!("invalid topic filter {:?}: {e}", f.get_ref()),
+                    Some("e.g. \"acme/#\" or \"acme/+/speed\"".to_owned()),
+                );
+            }
+            f.get_ref().clone()
+        };
+        let outs: Vec<BridgeOut> = b
+            .out
+            .iter()
+            .map(|o| BridgeOut {
+                local: filter(c, &o.local),
+                remote_prefix: prefix(c, &o.remote_prefix),
+                qos: qos(c, &o.qos),
+            })
+            .collect();
+        let ins: Vec<BridgeIn> = b
+            .inbound
+            .iter()
+            .map(|i| BridgeIn {
+                remote: filter(c, &i.remote),
+                local_prefix: prefix(c, &i.local_prefix),
+                qos: qos(c, &i.qos),
+            })
+            .collect();
+        if outs.is_empty() && ins.is_empty() {
+            c.err(
+                b.name.span(),
+                format!("bridge {name:?} forwards nothing"),
+                Some(
+                    "add out = [{ local = \"acme/#\", remote_prefix = \"site1/\" }] or in = [...]"
+                        .to_owned(),
+                ),
+            );
+        }
+        let mut queue = BridgeQueue::default();
+        if let Some(q) = &b.queue {
+            if let Some(m) = &q.max_messages {
+                match u64::try_from(*m.get_ref()) {
+                    Ok(v) if v > 0 => queue.max_messages = v,
+                    _ => c.err(
+                        m.span(),
+                        format!("max_messages {} must be positive", m.get_ref()),
+                        Some("e.g. max_messages = 1000000".to_owned()),
+                    ),
+                }
+            }
+            if let Some(m) = &q.max_bytes {
+                let v = match m.get_ref() {
+                    RawSize::Bytes(n) => u64::try_from(*n).ok(),
+                    RawSize::Text(t) => parse_size(t),
+                };
+                match v {
+                    Some(v) if v > 0 => queue.max_bytes = v,
+                    _ => c.err(
+                        m.span(),
+                        "max_bytes must be a positive size",
+                        Some("a number of bytes or a string like \"512MB\" or \"1GiB\"".to_owned()),
+                    ),
+                }
+            }
+            if let Some(o) = &q.overflow {
+                queue.overflow = match o.get_ref().as_str() {
+                    "drop_oldest" => BridgeOverflow::DropOldest,
+                    "drop_newest" => BridgeOverflow::DropNewest,
+                    other => {
+                        c.err(
+                            o.span(),
+                            format!("unknown overflow policy {other:?}"),
+                            Some("use \"drop_oldest\" (default) or \"drop_newest\"".to_owned()),
+                        );
+                        BridgeOverflow::DropOldest
+                    }
+                };
+            }
+        }
+        out.push(BridgeConfig {
+            client_id,
+            address: addr.clone(),
+            username: b.username,
+            password: b.password.map(Spanned::into_inner),
+            protocol,
+            keep_alive: parse_duration(c, &b.keep_alive, "keep_alive", Duration::from_secs(30)),
+            clean_session: b.clean_session.unwrap_or(false),
+            reconnect_max: parse_duration(
+                c,
+                &b.reconnect_max,
+                "reconnect_max",
+                Duration::from_secs(30),
+            ),
+            out: outs,
+            inbound: ins,
+            queue,
+            name,
+        });
+    }
+    out
 }
 
 fn validate_prefix(c: &mut Collector, raw: &Spanned<String>) -> String {
@@ -1605,6 +1986,95 @@ deadband = -1.0
         assert_eq!(
             parse("e.toml", "").expect("empty config").historian,
             HistorianSettings::default()
+        );
+    }
+
+    #[test]
+    fn bridge_section() {
+        let text = r#"
+[[bridge]]
+name = "enterprise"
+address = "mqtt.example.com:1883"
+username = "site1"
+password = "secret"
+protocol = "5"
+out = [{ local = "acme/#", remote_prefix = "site1/" }]
+in = [{ remote = "enterprise/cmd/#", local_prefix = "acme/cmd/", qos = 0 }]
+queue = { max_messages = 5000, max_bytes = "64MiB", overflow = "drop_newest" }
+
+[[bridge]]
+name = "enterprise"
+address = "nohost"
+protocol = "4"
+out = [{ local = "acme/#/x", remote_prefix = "a/+/", qos = 3 }]
+queue = { max_bytes = "12 parsecs", overflow = "drop_middle" }
+"#;
+        let errs = parse("b.toml", text).expect_err("second bridge is broken");
+        let rendered = errs.to_string();
+        let messages: Vec<&str> = errs.errors.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            vec![
+                "bridge \"enterprise\" is declared twice",
+                "address \"nohost\" is not host:port",
+                "unknown MQTT protocol \"4\"",
+                "invalid topic filter \"acme/#/x\": '#' must be a whole level and the last one, as in \"acme/#\"",
+                "invalid prefix \"a/+/\": a prefix cannot contain the wildcards '+' or '#'",
+                "qos 3 is not an MQTT QoS",
+                "max_bytes must be a positive size",
+                "unknown overflow policy \"drop_middle\"",
+            ],
+            "{rendered}"
+        );
+        assert_eq!(
+            errs.line_col(errs.errors[0].span.start),
+            (13, 8),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("b.toml:14:11: error: address"),
+            "{rendered}"
+        );
+
+        let good = text
+            .split("\n[[bridge]]\nname = \"enterprise\"\naddress = \"nohost\"")
+            .next()
+            .expect("first");
+        let cfg = parse("b.toml", good).expect("valid");
+        let b = &cfg.bridges[0];
+        assert_eq!(b.client_id, "ironplant-enterprise");
+        assert_eq!(b.protocol, MqttVersion::V5);
+        assert!(!b.clean_session);
+        assert_eq!(b.password.as_deref(), Some("secret"));
+        assert_eq!(
+            b.out,
+            vec![BridgeOut {
+                local: "acme/#".into(),
+                remote_prefix: "site1/".into(),
+                qos: 1
+            }]
+        );
+        assert_eq!(
+            b.inbound,
+            vec![BridgeIn {
+                remote: "enterprise/cmd/#".into(),
+                local_prefix: "acme/cmd/".into(),
+                qos: 0
+            }]
+        );
+        assert_eq!(
+            b.queue,
+            BridgeQueue {
+                max_messages: 5000,
+                max_bytes: 64 << 20,
+                overflow: BridgeOverflow::DropNewest
+            }
+        );
+        let none =
+            parse("n.toml", "[[bridge]]\nname = \"x\"\naddress = \"h:1\"\n").expect_err("no rules");
+        assert!(
+            none.errors[0].message.contains("forwards nothing"),
+            "{none}"
         );
     }
 

@@ -9,8 +9,8 @@ use ironplant_mqtt::BrokerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-mod client;
-use client::{publish, s, start, Client};
+mod raw_client;
+use raw_client::{publish, s, start, Client};
 
 #[tokio::test]
 async fn routes_by_wildcard_with_qos_downgrade_and_acks() {

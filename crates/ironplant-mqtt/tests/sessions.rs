@@ -3,20 +3,20 @@
 //! re-sent QoS 2, session expiry, state surviving a restart, topic aliases, receive maximum,
 //! message expiry, will delay, `$SYS` and the authorisation hook.
 
-mod client;
+mod raw_client;
 
 use std::num::NonZeroU16;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use client::{publish, s, start, Client};
 use ironplant_mqtt::auth::{Auth, ConnectInfo, Denied, Principal};
 use ironplant_mqtt::codec::{
     Connect, Disconnect, Packet, ProtocolVersion, Publish, PublishResponse, QoS, ReasonCode, Will,
     WillProperties,
 };
 use ironplant_mqtt::{Broker, BrokerConfig};
+use raw_client::{publish, s, start, Client};
 use tokio::net::TcpListener;
 
 fn connect(id: &str, version: ProtocolVersion, clean: bool, expiry: Option<u32>) -> Connect {

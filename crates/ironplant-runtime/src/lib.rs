@@ -1,6 +1,7 @@
 //! Ironplant runtime: builds the namespace and tag bus from a configuration, starts one task per
 //! device, collects metrics, and offers the operations the API and CLI need (live values, writes).
 
+pub mod bridges;
 pub mod metrics;
 pub mod uns;
 

@@ -135,6 +135,8 @@ async fn serve_with(
     println!("  Metrics:   http://{local}/metrics");
     println!("  Health:    http://{local}/healthz");
     let mut mqtt_broker = None;
+    // Kept until shutdown; dropping a bridge stops it (its queue stays on disk).
+    let mut _bridges = Vec::new();
     if let Some(l) = mqtt_listener {
         let addr = l
             .local_addr()
@@ -166,6 +168,17 @@ async fn serve_with(
             runtime.namespace.clone(),
             &config.mqtt.uns_prefix,
         );
+        _bridges = ironplant_runtime::bridges::start(&broker, &config.bridges, data_dir)
+            .await
+            .context("cannot start the MQTT bridges")?;
+        for b in &config.bridges {
+            println!(
+                "  Bridge:    {} <-> mqtt://{} (queue in {})",
+                b.name,
+                b.address,
+                data_dir.join("bridge").join(&b.name).display()
+            );
+        }
         tokio::spawn(async move {
             if let Err(e) = broker.serve(l).await {
                 tracing::error!(error = %e, "MQTT listener failed");
@@ -173,6 +186,9 @@ async fn serve_with(
         });
         println!("  MQTT:      mqtt://{addr} (live values on each tag path, e.g. mosquitto_sub -h {} -p {} -t 'acme/#' -v)", addr.ip(), addr.port());
         tracing::warn!(mqtt = %addr, "MQTT listener is plain TCP without authentication (TLS and ACLs come with the security work); keep it on a trusted interface");
+    }
+    if !config.bridges.is_empty() && _bridges.is_empty() {
+        tracing::warn!("[[bridge]] sections are ignored: the MQTT broker is off (--mqtt off)");
     }
     println!("Press Ctrl-C to stop.");
     tracing::info!(http = %local, data_dir = %data_dir.display(), "platform started");
