@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ironplant_core::BusStats;
@@ -35,6 +36,8 @@ pub struct Metrics {
     devices: BTreeMap<String, DeviceMetrics>,
     /// The embedded MQTT broker, once the platform started it.
     broker: std::sync::OnceLock<ironplant_mqtt::Broker>,
+    /// The MQTT bridges' counters, by bridge name.
+    bridges: std::sync::OnceLock<Vec<(String, Arc<ironplant_mqtt::bridge::BridgeStats>)>>,
 }
 
 impl Metrics {
@@ -45,7 +48,17 @@ impl Metrics {
                 .map(|d| (d, DeviceMetrics::default()))
                 .collect(),
             broker: std::sync::OnceLock::new(),
+            bridges: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Includes the bridges' counters in [`Metrics::render`].
+    pub fn attach_bridges(&self, bridges: &[ironplant_mqtt::bridge::Bridge]) {
+        let stats = bridges
+            .iter()
+            .map(|b| (b.name().to_owned(), b.stats().clone()))
+            .collect();
+        let _ = self.bridges.set(stats);
     }
 
     /// Includes the broker's counters in [`Metrics::render`].
@@ -168,6 +181,9 @@ impl Metrics {
         }
         if let Some(b) = self.broker.get() {
             render_broker(w, b);
+        }
+        if let Some(b) = self.bridges.get().filter(|b| !b.is_empty()) {
+            render_bridges(w, b);
         }
         out
     }
@@ -360,6 +376,92 @@ impl PollObserver for Metrics {
             d.connects.fetch_add(1, Ordering::Relaxed);
         } else {
             d.disconnects.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn render_bridges(w: &mut String, bridges: &[(String, Arc<ironplant_mqtt::bridge::BridgeStats>)]) {
+    type Field = fn(&ironplant_mqtt::bridge::BridgeStats) -> &std::sync::atomic::AtomicU64;
+    let metrics: [(&str, &str, &str, Field); 11] = [
+        (
+            "connected",
+            "gauge",
+            "1 while the bridge is connected to its remote broker.",
+            |s| &s.connected,
+        ),
+        (
+            "queued_messages",
+            "gauge",
+            "Messages in the store-and-forward queue (in flight included).",
+            |s| &s.queued,
+        ),
+        (
+            "queued_bytes",
+            "gauge",
+            "Bytes in the store-and-forward queue.",
+            |s| &s.queued_bytes,
+        ),
+        (
+            "in_flight",
+            "gauge",
+            "Messages sent to the remote and not yet acknowledged.",
+            |s| &s.in_flight,
+        ),
+        (
+            "enqueued_total",
+            "counter",
+            "Local messages written to the queue.",
+            |s| &s.enqueued,
+        ),
+        (
+            "sent_total",
+            "counter",
+            "Messages acknowledged by the remote.",
+            |s| &s.sent,
+        ),
+        (
+            "dropped_total",
+            "counter",
+            "Messages dropped by the queue's overflow policy.",
+            |s| &s.dropped,
+        ),
+        (
+            "rejected_total",
+            "counter",
+            "Messages the remote refused.",
+            |s| &s.rejected,
+        ),
+        (
+            "received_total",
+            "counter",
+            "Remote messages published into the local broker.",
+            |s| &s.received,
+        ),
+        (
+            "looped_total",
+            "counter",
+            "Messages not forwarded because they came over this bridge.",
+            |s| &s.looped,
+        ),
+        (
+            "connects_total",
+            "counter",
+            "Connections established to the remote.",
+            |s| &s.connects,
+        ),
+    ];
+    for (name, kind, help, field) in metrics {
+        let _ = writeln!(
+            w,
+            "# HELP ironplant_bridge_{name} {help}\n# TYPE ironplant_bridge_{name} {kind}"
+        );
+        for (bridge, st) in bridges {
+            let _ = writeln!(
+                w,
+                "ironplant_bridge_{name}{{bridge=\"{}\"}} {}",
+                escape(bridge),
+                field(st).load(Ordering::Relaxed)
+            );
         }
     }
 }

@@ -171,6 +171,7 @@ async fn serve_with(
         _bridges = ironplant_runtime::bridges::start(&broker, &config.bridges, data_dir)
             .await
             .context("cannot start the MQTT bridges")?;
+        runtime.metrics.attach_bridges(&_bridges);
         for b in &config.bridges {
             println!(
                 "  Bridge:    {} <-> mqtt://{} (queue in {})",
