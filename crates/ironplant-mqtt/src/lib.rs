@@ -34,5 +34,6 @@ pub mod codec;
 pub mod retained;
 pub mod topic;
 pub mod tree;
+pub mod ws;
 
 pub use broker::{Broker, BrokerConfig, BrokerStats, Transport};
