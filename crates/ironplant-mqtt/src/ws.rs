@@ -31,6 +31,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub mod close_code {
     /// Normal closure: the broker ended the connection.
     pub const NORMAL: u16 = 1000;
+    /// The peer broke the WebSocket protocol.
+    pub const PROTOCOL_ERROR: u16 = 1002;
     /// The message type is not accepted: a text message.
     pub const UNSUPPORTED_DATA: u16 = 1003;
     /// A message larger than the limit.
@@ -48,6 +50,9 @@ pub enum WsIn {
     Control,
     /// The peer's close frame (the library sends the reply): end of the byte stream.
     Close,
+    /// The library refused a message larger than its limit (from the frame header, before
+    /// buffering it); `size` is what the header announced.
+    TooBig { size: usize },
 }
 
 /// A WebSocket message the adapter sends.
@@ -162,8 +167,13 @@ where
             match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
                 None | Some(Ok(WsIn::Close)) => this.eof = true,
                 Some(Err(e)) => {
-                    this.eof = true;
-                    return Poll::Ready(Err(e));
+                    // A broken frame, or the connection is gone: try to say so, then end.
+                    this.failure = Some(Failure {
+                        code: close_code::PROTOCOL_ERROR,
+                        reason: "WebSocket protocol error",
+                        error: e.kind(),
+                        message: format!("WebSocket error: {e}"),
+                    })
                 }
                 Some(Ok(WsIn::Control)) => {}
                 Some(Ok(WsIn::Text)) => {
@@ -177,22 +187,27 @@ where
                             .to_owned(),
                     })
                 }
+                Some(Ok(WsIn::TooBig { size })) => {
+                    this.failure = Some(too_big(size, this.max_message))
+                }
                 Some(Ok(WsIn::Binary(b))) if b.len() > this.max_message => {
-                    this.failure = Some(Failure {
-                        code: close_code::MESSAGE_TOO_BIG,
-                        reason: "message larger than the broker's maximum packet size",
-                        error: io::ErrorKind::InvalidData,
-                        message: format!(
-                            "WebSocket message of {} bytes exceeds the limit of {} bytes; \
-                             send smaller messages (an MQTT packet may span several)",
-                            b.len(),
-                            this.max_message
-                        ),
-                    })
+                    this.failure = Some(too_big(b.len(), this.max_message))
                 }
                 Some(Ok(WsIn::Binary(b))) => this.pending = b,
             }
         }
+    }
+}
+
+fn too_big(size: usize, max: usize) -> Failure {
+    Failure {
+        code: close_code::MESSAGE_TOO_BIG,
+        reason: "message larger than the broker's maximum packet size",
+        error: io::ErrorKind::InvalidData,
+        message: format!(
+            "WebSocket message of {size} bytes exceeds the limit of {max} bytes; send smaller \
+             messages (an MQTT packet may span several)"
+        ),
     }
 }
 
@@ -429,6 +444,47 @@ mod tests {
             }
             other => panic!("expected a close frame, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn refusals_of_the_library_close_with_1009_or_1002() {
+        let (mut ws, mut h) = fake(16, 0);
+        h.send(WsIn::TooBig { size: 5000 });
+        let err = ws.read(&mut [0u8; 8]).await.expect_err("too big");
+        assert!(
+            err.to_string()
+                .contains("5000 bytes exceeds the limit of 16"),
+            "{err}"
+        );
+        assert!(matches!(
+            h.next_event().await,
+            Some(Event::Sent(WsOut::Close {
+                code: close_code::MESSAGE_TOO_BIG,
+                ..
+            }))
+        ));
+
+        let (mut ws, mut h) = fake(16, 0);
+        h.input
+            .send(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "reserved bits set",
+            )))
+            .expect("adapter alive");
+        let err = ws.read(&mut [0u8; 8]).await.expect_err("protocol error");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("reserved bits set"), "{err}");
+        assert!(matches!(
+            h.next_event().await,
+            Some(Event::Sent(WsOut::Close {
+                code: close_code::PROTOCOL_ERROR,
+                ..
+            }))
+        ));
+        // A close goes out once: shutting down afterwards sends no second one.
+        ws.shutdown().await.expect("shutdown");
+        assert_eq!(h.next_event().await, Some(Event::Flushed));
+        assert_eq!(h.next_event().await, Some(Event::Closed));
     }
 
     #[tokio::test]

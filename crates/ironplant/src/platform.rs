@@ -77,6 +77,7 @@ pub async fn serve(
     config: Config,
     http: &str,
     mqtt: Option<&str>,
+    mqtt_ws: Option<&str>,
     data_dir: &Path,
     banner: Option<String>,
 ) -> anyhow::Result<()> {
@@ -85,7 +86,23 @@ pub async fn serve(
         Some(addr) => Some(bind(addr, "MQTT", "--mqtt").await?),
         None => None,
     };
-    serve_with(config, listener, mqtt_listener, data_dir, banner).await
+    let ws_listener = bind_mqtt_ws(mqtt_ws).await?;
+    serve_with(
+        config,
+        listener,
+        mqtt_listener,
+        ws_listener,
+        data_dir,
+        banner,
+    )
+    .await
+}
+
+async fn bind_mqtt_ws(addr: Option<&str>) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        Some(addr) => Ok(Some(bind(addr, "MQTT over WebSocket", "--mqtt-ws").await?)),
+        None => Ok(None),
+    }
 }
 
 /// Binds the demo's MQTT listener: the standard port if it is free, else (another broker runs
@@ -105,6 +122,7 @@ async fn serve_with(
     config: Config,
     listener: TcpListener,
     mqtt_listener: Option<TcpListener>,
+    ws_listener: Option<TcpListener>,
     data_dir: &Path,
     banner: Option<String>,
 ) -> anyhow::Result<()> {
@@ -118,9 +136,13 @@ async fn serve_with(
             data_dir.join("historian").display()
         )
     })?);
+    // The broker runs when any MQTT listener is on; it is also served at /mqtt over WebSocket.
+    let broker = (mqtt_listener.is_some() || ws_listener.is_some())
+        .then(|| ironplant_mqtt::Broker::new(ironplant_mqtt::BrokerConfig::default()));
     let state = Arc::new(ApiState {
         runtime: runtime.clone(),
         started: Instant::now(),
+        mqtt: broker.clone(),
     });
     if let Some(b) = banner {
         println!("{b}");
@@ -134,12 +156,13 @@ async fn serve_with(
     println!("  Assets:    http://{local}/api/v1/assets");
     println!("  Metrics:   http://{local}/metrics");
     println!("  Health:    http://{local}/healthz");
-    if let Some(l) = mqtt_listener {
+    if let Some(broker) = &broker {
+        ironplant_runtime::uns::attach(broker.clone(), &runtime.bus, runtime.namespace.clone(), "");
+    }
+    if let (Some(l), Some(broker)) = (mqtt_listener, broker.clone()) {
         let addr = l
             .local_addr()
             .context("cannot read the MQTT listener's address")?;
-        let broker = ironplant_mqtt::Broker::new(ironplant_mqtt::BrokerConfig::default());
-        ironplant_runtime::uns::attach(broker.clone(), &runtime.bus, runtime.namespace.clone(), "");
         tokio::spawn(async move {
             if let Err(e) = broker.serve(l).await {
                 tracing::error!(error = %e, "MQTT listener failed");
@@ -147,6 +170,26 @@ async fn serve_with(
         });
         println!("  MQTT:      mqtt://{addr} (live values on each tag path, e.g. mosquitto_sub -h {} -p {} -t 'acme/#' -v)", addr.ip(), addr.port());
         tracing::warn!(mqtt = %addr, "MQTT listener is plain TCP without authentication (TLS and ACLs come with the security work); keep it on a trusted interface");
+    }
+    if let Some(broker) = broker {
+        println!(
+            "  MQTT/WS:   ws://{local}{} (browsers and web HMIs: MQTT over WebSocket, subprotocol mqtt)",
+            ironplant_api::mqtt_ws::PATH
+        );
+        if let Some(l) = ws_listener {
+            let addr = l
+                .local_addr()
+                .context("cannot read the MQTT over WebSocket listener's address")?;
+            tokio::spawn(async move {
+                let served =
+                    ironplant_api::mqtt_ws::serve_dedicated(l, broker, std::future::pending())
+                        .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "MQTT over WebSocket listener failed");
+                }
+            });
+            println!("  MQTT/WS:   ws://{addr}/ (dedicated listener, any path)");
+        }
     }
     println!("Press Ctrl-C to stop.");
     tracing::info!(http = %local, data_dir = %data_dir.display(), "platform started");
@@ -164,6 +207,7 @@ pub async fn demo(
     seed: u64,
     http: &str,
     mqtt: Option<&str>,
+    mqtt_ws: Option<&str>,
     data_dir: &Path,
 ) -> anyhow::Result<()> {
     let sim = bind(&sim_listen.to_string(), "the simulator", "--sim-listen").await?;
@@ -190,7 +234,16 @@ pub async fn demo(
         Some(addr) => Some(bind_demo_mqtt(addr).await?),
         None => None,
     };
-    serve_with(config, listener, mqtt_listener, data_dir, Some(banner)).await
+    let ws_listener = bind_mqtt_ws(mqtt_ws).await?;
+    serve_with(
+        config,
+        listener,
+        mqtt_listener,
+        ws_listener,
+        data_dir,
+        Some(banner),
+    )
+    .await
 }
 
 /// Runs the simulator alone until Ctrl-C.
