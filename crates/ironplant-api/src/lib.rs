@@ -1,4 +1,5 @@
-//! Ironplant HTTP API (axum): live tag values, the asset hierarchy, health and metrics.
+//! Ironplant HTTP API (axum): live tag values, the asset hierarchy, health and metrics, and
+//! MQTT over WebSocket at `/mqtt` for browsers ([`mqtt_ws`]).
 //!
 //! JSON only at this edge: internal types are turned into response structs here. Every error has
 //! the shape `{ "error": { "code": "...", "message": "..." } }` with a stable `code`.
@@ -17,11 +18,14 @@ use ironplant_runtime::Runtime;
 use serde::{Deserialize, Serialize};
 
 pub mod history;
+pub mod mqtt_ws;
 
 /// Shared state of the HTTP server.
 pub struct ApiState {
     pub runtime: Arc<Runtime>,
     pub started: Instant,
+    /// The embedded broker, served over WebSocket at `/mqtt`; `None` when MQTT is off.
+    pub mqtt: Option<ironplant_mqtt::Broker>,
 }
 
 /// The router with every route of the API.
@@ -33,6 +37,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/history", get(history::get_history))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route(mqtt_ws::PATH, get(mqtt_ws::upgrade_api))
         .fallback(not_found)
         .with_state(state)
 }
@@ -43,7 +48,9 @@ pub async fn serve(
     state: Arc<ApiState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    // The peer address reaches the broker's logs for MQTT over WebSocket.
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -93,7 +100,8 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; see /api/v1/tags, /api/v1/assets, /api/v1/history, /healthz, /metrics",
+        "no such endpoint; see /api/v1/tags, /api/v1/assets, /api/v1/history, /healthz, /metrics \
+         (and /mqtt for MQTT over WebSocket)",
     )
 }
 

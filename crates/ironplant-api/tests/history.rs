@@ -40,6 +40,7 @@ fn app(runtime: Arc<Runtime>) -> Router {
     ironplant_api::router(Arc::new(ApiState {
         runtime,
         started: Instant::now(),
+        mqtt: None,
     }))
 }
 

@@ -42,5 +42,6 @@ pub mod session;
 pub mod topic;
 pub mod transport;
 pub mod tree;
+pub mod ws;
 
 pub use broker::{Broker, BrokerConfig, BrokerStats, Overflow, Transport};

@@ -43,6 +43,18 @@ struct Cli {
         value_name = "ADDR"
     )]
     mqtt: String,
+    /// Address of a dedicated MQTT over WebSocket listener (any path, subprotocol mqtt), for
+    /// browsers that cannot reach the HTTP port; `off` (the default) disables it. MQTT over
+    /// WebSocket is always served at /mqtt on the HTTP listener while the broker runs.
+    /// Example: --mqtt-ws 127.0.0.1:8083
+    #[arg(
+        long,
+        global = true,
+        env = "IRONPLANT_MQTT_WS",
+        default_value = "off",
+        value_name = "ADDR"
+    )]
+    mqtt_ws: String,
     /// Directory for the platform's data.
     #[arg(
         long,
@@ -160,16 +172,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             };
             let mqtt = (cli.mqtt != "off").then_some(cli.mqtt.as_str());
-            runtime()?.block_on(platform::serve(cfg, &cli.http, mqtt, &cli.data_dir, None))?;
+            let mqtt_ws = (cli.mqtt_ws != "off").then_some(cli.mqtt_ws.as_str());
+            runtime()?.block_on(platform::serve(
+                cfg,
+                &cli.http,
+                mqtt,
+                mqtt_ws,
+                &cli.data_dir,
+                None,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { sim_listen, seed } => {
             let mqtt = (cli.mqtt != "off").then_some(cli.mqtt.as_str());
+            let mqtt_ws = (cli.mqtt_ws != "off").then_some(cli.mqtt_ws.as_str());
             runtime()?.block_on(platform::demo(
                 sim_listen,
                 seed,
                 &cli.http,
                 mqtt,
+                mqtt_ws,
                 &cli.data_dir,
             ))?;
             Ok(ExitCode::SUCCESS)

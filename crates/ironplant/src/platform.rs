@@ -77,6 +77,7 @@ pub async fn serve(
     config: Config,
     http: &str,
     mqtt: Option<&str>,
+    mqtt_ws: Option<&str>,
     data_dir: &Path,
     banner: Option<String>,
 ) -> anyhow::Result<()> {
@@ -85,7 +86,23 @@ pub async fn serve(
         Some(addr) => Some(bind(addr, "MQTT", "--mqtt").await?),
         None => None,
     };
-    serve_with(config, listener, mqtt_listener, data_dir, banner).await
+    let ws_listener = bind_mqtt_ws(mqtt_ws).await?;
+    serve_with(
+        config,
+        listener,
+        mqtt_listener,
+        ws_listener,
+        data_dir,
+        banner,
+    )
+    .await
+}
+
+async fn bind_mqtt_ws(addr: Option<&str>) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        Some(addr) => Ok(Some(bind(addr, "MQTT over WebSocket", "--mqtt-ws").await?)),
+        None => Ok(None),
+    }
 }
 
 /// Binds the demo's MQTT listener: the standard port if it is free, else (another broker runs
@@ -105,6 +122,7 @@ async fn serve_with(
     config: Config,
     listener: TcpListener,
     mqtt_listener: Option<TcpListener>,
+    ws_listener: Option<TcpListener>,
     data_dir: &Path,
     banner: Option<String>,
 ) -> anyhow::Result<()> {
@@ -118,29 +136,9 @@ async fn serve_with(
             data_dir.join("historian").display()
         )
     })?);
-    let state = Arc::new(ApiState {
-        runtime: runtime.clone(),
-        started: Instant::now(),
-    });
-    if let Some(b) = banner {
-        println!("{b}");
-    }
-    println!(
-        "Ironplant is running: {} tags from {} device(s)",
-        runtime.namespace.len(),
-        config.devices.len()
-    );
-    println!("  HTTP API:  http://{local}/api/v1/tags");
-    println!("  Assets:    http://{local}/api/v1/assets");
-    println!("  Metrics:   http://{local}/metrics");
-    println!("  Health:    http://{local}/healthz");
-    let mut mqtt_broker = None;
-    // Kept until shutdown; dropping a bridge stops it (its queue stays on disk).
-    let mut _bridges = Vec::new();
-    if let Some(l) = mqtt_listener {
-        let addr = l
-            .local_addr()
-            .context("cannot read the MQTT listener's address")?;
+    // The broker runs when any MQTT listener is on; it is also served at /mqtt over WebSocket.
+    // Retained messages and persistent sessions live in <data-dir>/mqtt.
+    let broker = if mqtt_listener.is_some() || ws_listener.is_some() {
         let m = &config.mqtt;
         let broker_cfg = ironplant_mqtt::BrokerConfig {
             state_dir: Some(data_dir.join("mqtt")),
@@ -161,14 +159,37 @@ async fn serve_with(
             ironplant_mqtt::Broker::open(broker_cfg, Arc::new(ironplant_mqtt::auth::AllowAll))
                 .context("cannot open the MQTT broker's state (retained messages and sessions)")?;
         runtime.metrics.attach_broker(broker.clone());
-        mqtt_broker = Some(broker.clone());
+        Some(broker)
+    } else {
+        None
+    };
+    let state = Arc::new(ApiState {
+        runtime: runtime.clone(),
+        started: Instant::now(),
+        mqtt: broker.clone(),
+    });
+    if let Some(b) = banner {
+        println!("{b}");
+    }
+    println!(
+        "Ironplant is running: {} tags from {} device(s)",
+        runtime.namespace.len(),
+        config.devices.len()
+    );
+    println!("  HTTP API:  http://{local}/api/v1/tags");
+    println!("  Assets:    http://{local}/api/v1/assets");
+    println!("  Metrics:   http://{local}/metrics");
+    println!("  Health:    http://{local}/healthz");
+    // Kept until shutdown; dropping a bridge stops it (its queue stays on disk).
+    let mut _bridges = Vec::new();
+    if let Some(broker) = &broker {
         ironplant_runtime::uns::attach(
             broker.clone(),
             &runtime.bus,
             runtime.namespace.clone(),
             &config.mqtt.uns_prefix,
         );
-        _bridges = ironplant_runtime::bridges::start(&broker, &config.bridges, data_dir)
+        _bridges = ironplant_runtime::bridges::start(broker, &config.bridges, data_dir)
             .await
             .context("cannot start the MQTT bridges")?;
         runtime.metrics.attach_bridges(&_bridges);
@@ -180,6 +201,13 @@ async fn serve_with(
                 data_dir.join("bridge").join(&b.name).display()
             );
         }
+    } else if !config.bridges.is_empty() {
+        tracing::warn!("[[bridge]] sections are ignored: the MQTT broker is off (--mqtt off)");
+    }
+    if let (Some(l), Some(broker)) = (mqtt_listener, broker.clone()) {
+        let addr = l
+            .local_addr()
+            .context("cannot read the MQTT listener's address")?;
         tokio::spawn(async move {
             if let Err(e) = broker.serve(l).await {
                 tracing::error!(error = %e, "MQTT listener failed");
@@ -188,8 +216,25 @@ async fn serve_with(
         println!("  MQTT:      mqtt://{addr} (live values on each tag path, e.g. mosquitto_sub -h {} -p {} -t 'acme/#' -v)", addr.ip(), addr.port());
         tracing::warn!(mqtt = %addr, "MQTT listener is plain TCP without authentication (TLS and ACLs come with the security work); keep it on a trusted interface");
     }
-    if !config.bridges.is_empty() && _bridges.is_empty() {
-        tracing::warn!("[[bridge]] sections are ignored: the MQTT broker is off (--mqtt off)");
+    if let Some(broker) = broker.clone() {
+        println!(
+            "  MQTT/WS:   ws://{local}{} (browsers and web HMIs: MQTT over WebSocket, subprotocol mqtt)",
+            ironplant_api::mqtt_ws::PATH
+        );
+        if let Some(l) = ws_listener {
+            let addr = l
+                .local_addr()
+                .context("cannot read the MQTT over WebSocket listener's address")?;
+            tokio::spawn(async move {
+                let served =
+                    ironplant_api::mqtt_ws::serve_dedicated(l, broker, std::future::pending())
+                        .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "MQTT over WebSocket listener failed");
+                }
+            });
+            println!("  MQTT/WS:   ws://{addr}/ (dedicated listener, any path)");
+        }
     }
     println!("Press Ctrl-C to stop.");
     tracing::info!(http = %local, data_dir = %data_dir.display(), "platform started");
@@ -198,7 +243,7 @@ async fn serve_with(
     // anyway, but a clean close leaves nothing to replay.
     tokio::task::block_in_place(|| {
         // Retained messages and persistent sessions are saved for the next start.
-        if let Some(b) = &mqtt_broker {
+        if let Some(b) = &broker {
             b.close();
         }
         runtime.shutdown();
@@ -213,6 +258,7 @@ pub async fn demo(
     seed: u64,
     http: &str,
     mqtt: Option<&str>,
+    mqtt_ws: Option<&str>,
     data_dir: &Path,
 ) -> anyhow::Result<()> {
     let sim = bind(&sim_listen.to_string(), "the simulator", "--sim-listen").await?;
@@ -239,7 +285,16 @@ pub async fn demo(
         Some(addr) => Some(bind_demo_mqtt(addr).await?),
         None => None,
     };
-    serve_with(config, listener, mqtt_listener, data_dir, Some(banner)).await
+    let ws_listener = bind_mqtt_ws(mqtt_ws).await?;
+    serve_with(
+        config,
+        listener,
+        mqtt_listener,
+        ws_listener,
+        data_dir,
+        Some(banner),
+    )
+    .await
 }
 
 /// Runs the simulator alone until Ctrl-C.
