@@ -81,17 +81,26 @@ pub fn server_config(
     let builder = ServerConfig::builder_with_provider(ring_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?;
+    let with_client_auth = client_auth.is_some();
     let builder = match client_auth {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
-    builder
+    let mut config = builder
         .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())
         .map_err(|e| {
             Error::Tls(format!(
                 "server certificate and key do not fit together: {e}"
             ))
-        })
+        })?;
+    if with_client_auth {
+        // A resumed session skips client-certificate verification, so a revoked device
+        // could come back on a ticket from before its revocation. Every handshake of a
+        // listener that accepts device certificates is a full one.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
+    Ok(config)
 }
 
 /// A client config trusting `ca_pem` and, when given, presenting a client certificate
