@@ -312,7 +312,9 @@ pub fn filter_contains(outer: &str, inner: &str) -> bool {
     loop {
         match (o.get(k), i.get(k)) {
             (Some(&"#"), _) => return true,
-            (_, Some(&"#")) => return false,
+            // A first-level `#` matches one or more levels, exactly like `+/#`; deeper, it
+            // also matches its parent, which no filter but `#` at the same level does.
+            (_, Some(&"#")) => return k == 0 && o.len() == 2 && o[0] == "+" && o[1] == "#",
             (Some(&"+"), Some(_)) => {}
             (Some(ol), Some(il)) if ol == il => {}
             (None, None) => return true,

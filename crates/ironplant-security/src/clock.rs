@@ -39,6 +39,10 @@ impl ManualClock {
     pub fn set(&self, to: SystemTime) {
         *self.0.lock() = to;
     }
+    /// The current instant (same as [`Clock::now`], without importing the trait).
+    pub fn now_for_test(&self) -> SystemTime {
+        *self.0.lock()
+    }
 }
 
 impl Clock for ManualClock {
