@@ -2,6 +2,7 @@
 //! device, collects metrics, and offers the operations the API and CLI need (live values, writes).
 
 pub mod metrics;
+pub mod sparkplug;
 pub mod uns;
 
 use std::collections::HashMap;
