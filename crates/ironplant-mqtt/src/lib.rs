@@ -8,6 +8,8 @@
 //!   before the version is known.
 //! - [`topic`]: `validate_topic_name`, `validate_topic_filter` (incl. `$share/{group}/{filter}`)
 //!   and `topic_matches`.
+//! - [`client`]: an async client on the same codec (reconnects, re-subscribes, re-sends
+//!   in-flight QoS 1/2), for the bridge and the simulator's Sparkplug edge node.
 //!
 //! # Invariants
 //! - **Input never panics the codec.** Every length from the wire is checked before use; reads
@@ -30,6 +32,7 @@
 //! payloads for long may want `Bytes::copy_from_slice`).
 
 pub mod broker;
+pub mod client;
 pub mod codec;
 pub mod retained;
 pub mod topic;
