@@ -120,6 +120,15 @@ impl EdgeNode {
         list.iter().find(|m| m.name == name).map(|m| m.alias)
     }
 
+    /// The current value of a node metric (`device_id: None`) or device metric.
+    pub fn value(&self, device_id: Option<&str>, name: &str) -> Option<&MetricValue> {
+        let list = match device_id {
+            None => &self.metrics,
+            Some(d) => &self.devices.iter().find(|x| x.id == d)?.metrics,
+        };
+        list.iter().find(|m| m.name == name).map(|m| &m.value)
+    }
+
     /// Declares a node metric with its initial value (its type is the metric's datatype).
     pub fn add_metric(&mut self, name: &str, value: MetricValue) -> Result<(), EdgeError> {
         if name == BD_SEQ || name == REBIRTH {
