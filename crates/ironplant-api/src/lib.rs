@@ -186,15 +186,17 @@ struct TagsQuery {
 
 async fn list_tags(State(st): State<Arc<ApiState>>, Query(q): Query<TagsQuery>) -> Response {
     let rt = &st.runtime;
-    let mut current: Vec<Option<Sample>> = vec![None; rt.namespace.len()];
+    // Tags born while running (Sparkplug) are listed once the namespace has them; the snapshot
+    // is taken before the current values so every value has its tag.
+    let ns = rt.namespace.read();
+    let mut current: Vec<Option<Sample>> = vec![None; ns.len()];
     rt.bus.for_each_current(|s| {
         if let Some(slot) = current.get_mut(s.tag.index()) {
             *slot = Some(s.clone());
         }
     });
     let prefix = q.prefix.as_deref().unwrap_or("");
-    let tags: Vec<TagJson<'_>> = rt
-        .namespace
+    let tags: Vec<TagJson<'_>> = ns
         .tags()
         .filter(|m| m.path.has_prefix(prefix))
         .map(|m| tag_json(m, current.get(m.id.index()).and_then(Option::as_ref)))
@@ -232,7 +234,7 @@ async fn get_tag(
         )
     })?;
     let sample = rt.bus.current(meta.id);
-    Ok(Json(tag_json(meta, sample.as_ref())).into_response())
+    Ok(Json(tag_json(&meta, sample.as_ref())).into_response())
 }
 
 #[derive(Serialize)]
@@ -271,7 +273,7 @@ struct AssetJson<'a> {
 }
 
 async fn list_assets(State(st): State<Arc<ApiState>>) -> Response {
-    let ns = &st.runtime.namespace;
+    let ns = st.runtime.namespace.read();
     let mut tags_by_parent: BTreeMap<TagPath, Vec<&TagPath>> = BTreeMap::new();
     for t in ns.tags() {
         if let Some(parent) = t.path.parent() {

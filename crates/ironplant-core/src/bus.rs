@@ -8,10 +8,12 @@
 //!   back-pressure to publishers (for consumers that must see everything, e.g. the historian),
 //!   `DropNewest` never slows publishers and counts every sample it drops.
 //! - The current value of every tag is kept in a table sharded by tag id, updated before fan-out,
-//!   so readers of live values never wait on a consumer.
+//!   so readers of live values never wait on a consumer. The table grows by shard when tags are
+//!   added while running (Sparkplug births): a fixed directory of lazily created shards, so the
+//!   hot path never takes a lock to find a shard.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
@@ -25,6 +27,13 @@ pub type Batch = Arc<[Sample]>;
 /// Tags per shard of the current-value table. Tags of one device have neighbouring ids, so a
 /// batch usually touches one shard.
 const SHARD_TAGS: usize = 1024;
+/// Shards the directory has room for. The directory is allocated up front (one pointer-sized
+/// cell a shard, 32 KiB) so that it never moves and needs no lock.
+const MAX_SHARDS: usize = 4096;
+/// The most tags a bus (and so a namespace) can hold: 4,194,304.
+pub const MAX_TAGS: usize = SHARD_TAGS * MAX_SHARDS;
+
+type Shard = RwLock<Box<[Option<Sample>]>>;
 
 /// What a subscriber's full queue does to a publisher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +52,9 @@ struct Slot {
 }
 
 struct Inner {
-    shards: Box<[RwLock<Vec<Option<Sample>>>]>,
+    /// Shard `i` holds tags `i * SHARD_TAGS ..`; created when the first of them is published
+    /// (or up front for the tags the bus was created with).
+    shards: Box<[OnceLock<Box<Shard>>]>,
     subscribers: RwLock<Arc<Vec<Arc<Slot>>>>,
     published_samples: AtomicU64,
     published_batches: AtomicU64,
@@ -93,15 +104,17 @@ pub struct BusStats {
 }
 
 impl TagBus {
-    /// A bus for a namespace of `tag_count` tags.
+    /// A bus for a namespace of `tag_count` tags now; tags added later (up to [`MAX_TAGS`]) get
+    /// their shard of the current-value table when their first sample is published.
     pub fn new(tag_count: usize) -> TagBus {
-        let shard_count = tag_count.div_ceil(SHARD_TAGS).max(1);
-        let shards = (0..shard_count)
-            .map(|s| {
-                let len = SHARD_TAGS.min(tag_count.saturating_sub(s * SHARD_TAGS));
-                RwLock::new(vec![None; len])
-            })
-            .collect();
+        let shards: Box<[OnceLock<Box<Shard>>]> =
+            (0..MAX_SHARDS).map(|_| OnceLock::new()).collect();
+        for shard in shards
+            .iter()
+            .take(tag_count.min(MAX_TAGS).div_ceil(SHARD_TAGS))
+        {
+            shard.get_or_init(new_shard);
+        }
         TagBus {
             inner: Arc::new(Inner {
                 shards,
@@ -130,8 +143,8 @@ impl TagBus {
     }
 
     /// Publishes a batch: updates the current-value table, then hands the batch to every
-    /// subscriber in subscription order. Samples for tags outside the namespace are ignored
-    /// (adapters only produce ids they were given).
+    /// subscriber in subscription order. Samples with ids of [`MAX_TAGS`] or more are left out
+    /// of the current-value table (adapters only produce ids the namespace gave them).
     pub async fn publish(&self, samples: Vec<Sample>) {
         if samples.is_empty() {
             return;
@@ -170,10 +183,12 @@ impl TagBus {
         let mut i = 0;
         while i < samples.len() {
             let shard_no = samples[i].tag.index() / SHARD_TAGS;
-            let Some(shard) = self.inner.shards.get(shard_no) else {
+            let Some(cell) = self.inner.shards.get(shard_no) else {
                 i += 1;
                 continue;
             };
+            // One atomic load when the shard exists; created once per 1,024 new tags.
+            let shard = cell.get_or_init(new_shard);
             let mut shard = shard.write();
             while let Some(s) = samples.get(i) {
                 if s.tag.index() / SHARD_TAGS != shard_no {
@@ -189,7 +204,7 @@ impl TagBus {
 
     /// The latest sample of a tag, if any arrived.
     pub fn current(&self, tag: TagId) -> Option<Sample> {
-        let shard = self.inner.shards.get(tag.index() / SHARD_TAGS)?;
+        let shard = self.inner.shards.get(tag.index() / SHARD_TAGS)?.get()?;
         shard
             .read()
             .get(tag.index() % SHARD_TAGS)
@@ -199,7 +214,7 @@ impl TagBus {
 
     /// Calls `f` with the latest sample of every tag that has one, in id order.
     pub fn for_each_current(&self, mut f: impl FnMut(&Sample)) {
-        for shard in self.inner.shards.iter() {
+        for shard in self.inner.shards.iter().filter_map(OnceLock::get) {
             for s in shard.read().iter().flatten() {
                 f(s);
             }
@@ -220,6 +235,10 @@ impl TagBus {
                 .collect(),
         }
     }
+}
+
+fn new_shard() -> Box<Shard> {
+    Box::new(RwLock::new(vec![None; SHARD_TAGS].into_boxed_slice()))
 }
 
 #[cfg(test)]
@@ -261,10 +280,45 @@ mod tests {
         );
         assert_eq!(bus.current(TagId(5)), None);
         assert_eq!(bus.current(TagId(99_999)), None);
+        assert_eq!(bus.current(TagId(u32::MAX)), None);
         let mut seen = 0;
         bus.for_each_current(|_| seen += 1);
         assert_eq!(seen, 3);
         assert_eq!(bus.stats().published_samples, 4);
+    }
+
+    #[tokio::test]
+    async fn current_value_table_grows_for_tags_added_later() {
+        let bus = TagBus::new(10);
+        let mut sub = bus.subscribe("s", 8, Overflow::Block);
+        // A tag born at run time, far past the initial shard, and one past the limit.
+        let late = u32::try_from(MAX_TAGS - 1).expect("fits");
+        bus.publish(vec![sample(5, 1), sample(5000, 2), sample(late, 3)])
+            .await;
+        bus.publish(vec![sample(u32::MAX, 4)]).await;
+        assert_eq!(
+            bus.current(TagId(5000)).map(|s| s.value),
+            Some(Value::Int(2))
+        );
+        assert_eq!(
+            bus.current(TagId(late)).map(|s| s.value),
+            Some(Value::Int(3))
+        );
+        assert_eq!(bus.current(TagId(5001)), None);
+        assert_eq!(
+            bus.current(TagId(u32::MAX)),
+            None,
+            "beyond MAX_TAGS: not kept"
+        );
+        let mut seen = Vec::new();
+        bus.for_each_current(|s| seen.push(s.tag.0));
+        assert_eq!(seen, vec![5, 5000, late]);
+        assert_eq!(sub.recv().await.expect("batch").len(), 3);
+        assert_eq!(
+            sub.recv().await.expect("batch")[0].tag.0,
+            u32::MAX,
+            "still fanned out"
+        );
     }
 
     #[tokio::test]

@@ -29,6 +29,7 @@ pub struct Config {
     pub historian: HistorianSettings,
     pub mqtt: MqttSettings,
     pub bridges: Vec<BridgeConfig>,
+    pub sparkplug: SparkplugSettings,
 }
 
 /// An MQTT protocol version, as a bridge speaks it.
@@ -133,6 +134,28 @@ impl Default for MqttSettings {
             max_inflight: 1_000,
             max_session_expiry: Duration::from_secs(7 * 24 * 3600),
             sys_interval: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// The `[sparkplug]` section: the Sparkplug B host application on the embedded broker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SparkplugSettings {
+    /// Run the host whenever the MQTT broker runs.
+    pub enabled: bool,
+    /// The host id: its STATE topic is `spBv1.0/STATE/<host_id>`.
+    pub host_id: String,
+    /// Levels in front of every Sparkplug tag path (`<prefix>/<group>/<node>/<device>/<metric>`);
+    /// `None` puts the group at the root.
+    pub prefix: Option<TagPath>,
+}
+
+impl Default for SparkplugSettings {
+    fn default() -> Self {
+        SparkplugSettings {
+            enabled: true,
+            host_id: "ironplant".to_owned(),
+            prefix: None,
         }
     }
 }
@@ -522,6 +545,7 @@ struct RawConfig {
     mqtt: Option<RawMqtt>,
     #[serde(default, rename = "bridge")]
     bridges: Vec<RawBridge>,
+    sparkplug: Option<RawSparkplug>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -586,6 +610,14 @@ struct RawBridgeQueue {
 enum RawSize {
     Bytes(i64),
     Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSparkplug {
+    enabled: Option<bool>,
+    host_id: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1116,6 +1148,7 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
     let historian = validate_historian(c, raw.historian);
     let mqtt = validate_mqtt(c, raw.mqtt);
     let bridges = validate_bridges(c, raw.bridges);
+    let sparkplug = validate_sparkplug(c, raw.sparkplug);
     Config {
         assets,
         devices,
@@ -1123,6 +1156,71 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         historian,
         mqtt,
         bridges,
+        sparkplug,
+    }
+}
+
+/// Sparkplug prefix levels at most: group, node, device and one metric level must still fit.
+const SPARKPLUG_PREFIX_MAX: usize = MAX_DEPTH - 4;
+
+fn validate_sparkplug(c: &mut Collector, raw: Option<RawSparkplug>) -> SparkplugSettings {
+    let d = SparkplugSettings::default();
+    let Some(raw) = raw else { return d };
+    let host_id = match raw.host_id {
+        None => d.host_id,
+        Some(h) => {
+            let id = h.get_ref();
+            // Sparkplug ids are UTF-8 without '/', '+' or '#'; we also keep them short and
+            // printable so the STATE topic is easy to type.
+            let ok = !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
+            if !ok {
+                c.err(
+                    h.span(),
+                    format!("invalid Sparkplug host id {id:?}"),
+                    Some(
+                        "use 1-64 characters from A-Z a-z 0-9 _ - ., e.g. \"ironplant\"".to_owned(),
+                    ),
+                );
+            }
+            id.clone()
+        }
+    };
+    let prefix = raw.prefix.and_then(|p| {
+        let text = p.get_ref().trim_end_matches('/');
+        if text.is_empty() {
+            return None;
+        }
+        match TagPath::parse(text) {
+            Ok(path) if path.depth() <= SPARKPLUG_PREFIX_MAX => Some(path),
+            Ok(path) => {
+                c.err(
+                    p.span(),
+                    format!(
+                        "Sparkplug prefix {text:?} has {} levels; at most {SPARKPLUG_PREFIX_MAX} leave room for group/node/device/metric",
+                        path.depth()
+                    ),
+                    Some("shorten it, e.g. \"acme/lyon/sparkplug\"".to_owned()),
+                );
+                None
+            }
+            Err(e) => {
+                c.err(
+                    p.span(),
+                    format!("invalid Sparkplug prefix {text:?}: {e}"),
+                    Some("use a path prefix such as \"acme/lyon/sparkplug\" (\"\" for none)".to_owned()),
+                );
+                None
+            }
+        }
+    });
+    SparkplugSettings {
+        enabled: raw.enabled.unwrap_or(true),
+        host_id,
+        prefix,
     }
 }
 
@@ -2076,6 +2174,35 @@ queue = { max_bytes = "12 parsecs", overflow = "drop_middle" }
             none.errors[0].message.contains("forwards nothing"),
             "{none}"
         );
+    }
+
+    #[test]
+    fn sparkplug_section() {
+        let d = parse("e.toml", "").expect("empty config").sparkplug;
+        assert_eq!(d, SparkplugSettings::default());
+        assert!(d.enabled && d.host_id == "ironplant" && d.prefix.is_none());
+        let cfg = parse(
+            "s.toml",
+            "[sparkplug]\nenabled = false\nhost_id = \"scada-1\"\nprefix = \"acme/lyon/sp/\"\n",
+        )
+        .expect("valid");
+        assert!(!cfg.sparkplug.enabled);
+        assert_eq!(cfg.sparkplug.host_id, "scada-1");
+        assert_eq!(
+            cfg.sparkplug.prefix.as_ref().map(TagPath::as_str),
+            Some("acme/lyon/sp")
+        );
+        let err = parse(
+            "s.toml",
+            "[sparkplug]\nhost_id = \"a/b\"\nprefix = \"a/b/c/d\"\n",
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert_eq!(err.errors.len(), 2, "{text}");
+        assert!(text.contains("s.toml:2:11"), "{text}");
+        assert!(text.contains("invalid Sparkplug host id \"a/b\""), "{text}");
+        assert!(text.contains("s.toml:3:10"), "{text}");
+        assert!(text.contains("has 4 levels; at most 3"), "{text}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod path;
 pub mod sample;
 
 pub use asset::{Asset, AssetLevel, Location};
-pub use bus::{Batch, BusStats, Overflow, Subscription, TagBus};
-pub use namespace::{Namespace, TagId, TagMeta};
+pub use bus::{Batch, BusStats, Overflow, Subscription, TagBus, MAX_TAGS};
+pub use namespace::{LiveNamespace, Namespace, RegisterError, TagId, TagMeta};
 pub use path::{PathError, TagPath};
 pub use sample::{Quality, QualityLevel, QualityReason, Sample, Timestamp, Value, ValueType};

@@ -3,6 +3,7 @@
 
 pub mod bridges;
 pub mod metrics;
+pub mod sparkplug;
 pub mod uns;
 
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ironplant_core::config::{Config, HistorianSettings, LossyMethod, Protocol};
-use ironplant_core::{Namespace, Overflow, TagBus, TagMeta, Value};
+use ironplant_core::{LiveNamespace, Overflow, RegisterError, TagBus, TagId, TagMeta, Value};
 use ironplant_historian::lossy::LossySpec;
 use ironplant_historian::{Historian, HistorianConfig, HistorianError};
 use ironplant_modbus::{DeviceHandle, DevicePoller, PollPoint, WriteError};
@@ -33,7 +34,8 @@ pub enum RuntimeWriteError {
 /// A running platform: namespace, bus, metrics, historian and device tasks. Dropping it stops
 /// the devices; [`Runtime::shutdown`] also closes the historian cleanly.
 pub struct Runtime {
-    pub namespace: Arc<Namespace>,
+    /// The configured tags plus those added while running ([`Runtime::register_tag`]).
+    pub namespace: Arc<LiveNamespace>,
     pub bus: TagBus,
     pub metrics: Arc<Metrics>,
     /// The historian, when the platform has a data directory and it is enabled.
@@ -76,22 +78,57 @@ pub fn historian_config(data_dir: &Path, s: &HistorianSettings) -> HistorianConf
     c
 }
 
+/// Historian ids by tag id, extended when samples of tags added while running arrive.
+struct HistorianIds {
+    hids: Vec<u32>,
+}
+
+impl HistorianIds {
+    /// Registers the namespace's tags the table does not cover yet (paths are registered once
+    /// and keep their historian id across restarts).
+    fn catch_up(
+        &mut self,
+        historian: &Historian,
+        namespace: &LiveNamespace,
+    ) -> Result<(), HistorianError> {
+        if self.hids.len() >= namespace.len() {
+            return Ok(());
+        }
+        let paths: Vec<_> = namespace
+            .read()
+            .tags()
+            .skip(self.hids.len())
+            .map(|t| t.path.clone())
+            .collect();
+        self.hids.extend(historian.register(&paths)?);
+        Ok(())
+    }
+}
+
 /// Feeds every sample of the bus into the historian, on its own thread (the historian's
 /// submit blocks when its writer is saturated, which must not stall async workers). The bus
 /// subscription is lossless (`Block`): a slow disk slows the adapters rather than losing data.
 fn attach_historian(
     historian: &Historian,
     bus: &TagBus,
-    namespace: &Namespace,
+    namespace: Arc<LiveNamespace>,
 ) -> Result<(), HistorianError> {
-    let paths: Vec<_> = namespace.tags().map(|t| t.path.clone()).collect();
-    let hids = historian.register(&paths)?;
+    let mut ids = HistorianIds { hids: Vec::new() };
+    ids.catch_up(historian, &namespace)?;
     let mut sub = bus.subscribe("historian", 256, Overflow::Block);
     let h = historian.clone();
     std::thread::Builder::new()
         .name("historian-ingest".into())
         .spawn(move || {
             while let Some(batch) = sub.blocking_recv() {
+                // A tag added while running: its id is past the table (the namespace got it
+                // before its first sample was published).
+                if batch.iter().any(|s| s.tag.index() >= ids.hids.len()) {
+                    if let Err(e) = ids.catch_up(&h, &namespace) {
+                        tracing::error!(error = %e, "cannot register new tags in the historian; their samples are not stored");
+                    }
+                }
+                let hids = &ids.hids;
                 let samples = batch.iter().filter_map(|s| {
                     let hid = *hids.get(s.tag.index())?;
                     Some((hid, s.source_ts.0, s.value.clone(), s.quality))
@@ -109,13 +146,13 @@ impl Runtime {
     /// Starts every configured device on the current tokio runtime, and the historian in
     /// `data_dir/historian` when a data directory is given and the config enables it.
     pub fn start(config: &Config, data_dir: Option<&Path>) -> Result<Runtime, HistorianError> {
-        let namespace = Arc::new(config.namespace());
+        let namespace = Arc::new(LiveNamespace::new(config.namespace()));
         let bus = TagBus::new(namespace.len());
         let metrics = Arc::new(Metrics::new(config.devices.iter().map(|d| d.id.clone())));
         let historian = match data_dir {
             Some(dir) if config.historian.enabled => {
                 let h = Historian::open(historian_config(dir, &config.historian))?;
-                attach_historian(&h, &bus, &namespace)?;
+                attach_historian(&h, &bus, namespace.clone())?;
                 Some(h)
             }
             _ => None,
@@ -157,6 +194,13 @@ impl Runtime {
         })
     }
 
+    /// Adds a tag while running (a Sparkplug metric's birth), or updates the metadata of the
+    /// same source's tag at that path, keeping its id. Publish its samples only after this
+    /// returns: every consumer learns of the tag from the namespace when it meets the id.
+    pub fn register_tag(&self, meta: TagMeta) -> Result<TagId, RegisterError> {
+        self.namespace.register(meta)
+    }
+
     /// Stops the devices and closes the historian, flushing what it holds into chunks.
     pub fn shutdown(&self) {
         if let Some(h) = &self.historian {
@@ -173,7 +217,7 @@ impl Runtime {
 
     /// Writes `value` to a writable tag through its device (the command path builds on this).
     pub async fn write(&self, path: &str, value: Value) -> Result<(), RuntimeWriteError> {
-        let meta: &TagMeta = self
+        let meta: TagMeta = self
             .namespace
             .lookup(path)
             .ok_or_else(|| RuntimeWriteError::UnknownTag(path.to_owned()))?;

@@ -31,6 +31,23 @@ struct DeviceMetrics {
     latency_sum_us: AtomicU64,
 }
 
+/// Counters of the Sparkplug host (rendered only once it has started).
+#[derive(Debug, Default)]
+pub struct SparkplugMetrics {
+    /// Set when the host runs.
+    pub running: AtomicU64,
+    /// `spBv1.0/...` messages handled.
+    pub messages: AtomicU64,
+    /// Rebirth requests (NCMD `Node Control/Rebirth`) published.
+    pub rebirths_requested: AtomicU64,
+    /// Sequence gaps seen.
+    pub seq_gaps: AtomicU64,
+    /// Malformed or inconsistent messages (including seq gaps).
+    pub errors: AtomicU64,
+    /// Tags added to the namespace by births.
+    pub tags_born: AtomicU64,
+}
+
 /// All counters of a running platform. The device set is fixed at start-up.
 pub struct Metrics {
     devices: BTreeMap<String, DeviceMetrics>,
@@ -38,6 +55,7 @@ pub struct Metrics {
     broker: std::sync::OnceLock<ironplant_mqtt::Broker>,
     /// The MQTT bridges' counters, by bridge name.
     bridges: std::sync::OnceLock<Vec<(String, Arc<ironplant_mqtt::bridge::BridgeStats>)>>,
+    pub sparkplug: SparkplugMetrics,
 }
 
 impl Metrics {
@@ -49,6 +67,7 @@ impl Metrics {
                 .collect(),
             broker: std::sync::OnceLock::new(),
             bridges: std::sync::OnceLock::new(),
+            sparkplug: SparkplugMetrics::default(),
         }
     }
 
@@ -185,6 +204,9 @@ impl Metrics {
         if let Some(b) = self.bridges.get().filter(|b| !b.is_empty()) {
             render_bridges(w, b);
         }
+        if self.sparkplug.running.load(Ordering::Relaxed) == 1 {
+            render_sparkplug(w, &self.sparkplug);
+        }
         out
     }
 }
@@ -282,6 +304,40 @@ fn render_broker(w: &mut String, b: &ironplant_mqtt::Broker) {
     ];
     for (name, kind, help, v) in metrics {
         let _ = writeln!(w, "# HELP ironplant_mqtt_{name} {help}\n# TYPE ironplant_mqtt_{name} {kind}\nironplant_mqtt_{name} {v}");
+    }
+}
+
+fn render_sparkplug(w: &mut String, s: &SparkplugMetrics) {
+    let counters: [(&str, &str, &AtomicU64); 5] = [
+        (
+            "messages_total",
+            "Sparkplug B messages handled by the host application.",
+            &s.messages,
+        ),
+        (
+            "rebirths_requested_total",
+            "Rebirth requests (NCMD Node Control/Rebirth) published.",
+            &s.rebirths_requested,
+        ),
+        (
+            "seq_gaps_total",
+            "Sequence gaps seen (each leads to a rebirth request).",
+            &s.seq_gaps,
+        ),
+        (
+            "errors_total",
+            "Malformed or inconsistent Sparkplug messages (seq gaps included).",
+            &s.errors,
+        ),
+        (
+            "tags_born_total",
+            "Tags added to the namespace by Sparkplug births.",
+            &s.tags_born,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let v = v.load(Ordering::Relaxed);
+        let _ = writeln!(w, "# HELP ironplant_sparkplug_{name} {help}\n# TYPE ironplant_sparkplug_{name} counter\nironplant_sparkplug_{name} {v}");
     }
 }
 
@@ -522,5 +578,14 @@ mod tests {
         assert!(text.contains("ironplant_poll_latency_seconds_count{device=\"plc\\\"1\"} 2\n"));
         assert!(text.contains("ironplant_device_connected{device=\"plc\\\"1\"} 1\n"));
         assert_eq!(m.device_connected("plc\"1"), Some(true));
+        assert!(!text.contains("sparkplug"), "no host, no host metrics");
+        m.sparkplug.running.store(1, Ordering::Relaxed);
+        m.sparkplug.seq_gaps.fetch_add(3, Ordering::Relaxed);
+        let text = m.render(&stats, 31, None);
+        assert!(
+            text.contains("ironplant_sparkplug_seq_gaps_total 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE ironplant_sparkplug_messages_total counter\nironplant_sparkplug_messages_total 0\n"), "{text}");
     }
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ironplant_core::{Namespace, Overflow, Quality, QualityLevel, Sample, TagBus, Value};
+use ironplant_core::{LiveNamespace, Overflow, Quality, QualityLevel, Sample, TagBus, Value};
 use ironplant_mqtt::codec::{MqttString, Publish, QoS};
 use ironplant_mqtt::Broker;
 use tokio::task::JoinHandle;
@@ -40,10 +40,11 @@ pub fn payload(sample: &Sample, unit: Option<&str>) -> Vec<u8> {
 }
 
 /// Publishes every tag change of `bus` on `broker` under `prefix` (empty: the bare tag path).
+/// Tags added to the namespace while running are published like configured ones.
 pub fn attach(
     broker: Broker,
     bus: &TagBus,
-    namespace: Arc<Namespace>,
+    namespace: Arc<LiveNamespace>,
     prefix: &str,
 ) -> JoinHandle<()> {
     let mut sub = bus.subscribe("uns", 256, Overflow::DropNewest);
@@ -51,6 +52,11 @@ pub fn attach(
     tokio::spawn(async move {
         let mut last: Vec<Option<(Value, Quality)>> = vec![None; namespace.len()];
         while let Some(batch) = sub.recv().await {
+            // Tags born since the last batch: the namespace has them before their samples.
+            if last.len() < namespace.len() {
+                last.resize(namespace.len(), None);
+            }
+            let ns = namespace.read();
             for s in batch.iter() {
                 let Some(slot) = last.get_mut(s.tag.index()) else {
                     continue;
@@ -62,7 +68,7 @@ pub fn attach(
                     continue;
                 }
                 *slot = Some((s.value.clone(), s.quality));
-                let Some(meta) = namespace.tag(s.tag) else {
+                let Some(meta) = ns.tag(s.tag) else {
                     continue;
                 };
                 let topic = if prefix.is_empty() {

@@ -84,12 +84,14 @@
 pub mod bank;
 pub mod map;
 pub mod plant;
+pub mod sparkplug;
 
 use std::io;
 use std::time::Duration;
 
 use ironplant_modbus::SharedBank;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -107,8 +109,22 @@ const MAX_DT: Duration = Duration::from_secs(10);
 /// Serves a simulated plant seeded with `seed` on `listener` (units 1 and 2), until accepting
 /// fails or the future is dropped; the physics task stops with it.
 pub async fn run(listener: TcpListener, seed: u64) -> io::Result<()> {
+    run_with(listener, seed, None).await
+}
+
+/// Like [`run`], also sending the plant's readings after every tick to `readings` (the
+/// Sparkplug edge node follows them).
+pub async fn run_with(
+    listener: TcpListener,
+    seed: u64,
+    readings: Option<watch::Sender<Readings>>,
+) -> io::Result<()> {
     let bank = new_bank();
-    let _physics = AbortOnDrop(tokio::spawn(physics_loop(bank.clone(), seed)));
+    let _physics = AbortOnDrop(tokio::spawn(physics_loop_with(
+        bank.clone(),
+        seed,
+        readings,
+    )));
     match listener.local_addr() {
         Ok(addr) => tracing::info!(%addr, seed, "simulated bottling line serving"),
         Err(_) => tracing::info!(seed, "simulated bottling line serving"),
@@ -119,6 +135,15 @@ pub async fn run(listener: TcpListener, seed: u64) -> io::Result<()> {
 /// Ticks a plant seeded with `seed` against `bank` every [`TICK`], with the measured elapsed
 /// time as `dt`. Runs until dropped. `bank` needs the images [`new_bank`] creates.
 pub async fn physics_loop(bank: SharedBank, seed: u64) {
+    physics_loop_with(bank, seed, None).await;
+}
+
+/// [`physics_loop`], sending the readings after every tick to `readings` if given.
+pub async fn physics_loop_with(
+    bank: SharedBank,
+    seed: u64,
+    readings: Option<watch::Sender<Readings>>,
+) {
     let mut plant = Plant::new(seed);
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -130,6 +155,9 @@ pub async fn physics_loop(bank: SharedBank, seed: u64) {
         last = now;
         let (state, fault) = (plant.state(), plant.fault());
         tick(&mut bank.lock(), &mut plant, dt);
+        if let Some(tx) = &readings {
+            tx.send_replace(plant.readings().clone());
+        }
         if (state, fault) != (plant.state(), plant.fault()) {
             tracing::info!(
                 state = ?plant.state(),

@@ -94,6 +94,28 @@ impl DataType {
         self as u32
     }
 
+    /// The type of the tag values a metric of this type becomes (see `MetricValue::to_value`):
+    /// integers and DateTime are `Int` (a UInt64 beyond `i64` arrives as a float sample), arrays,
+    /// DataSets and templates are compact JSON strings. `Bytes`/`File` have no tag value; they
+    /// are typed `String` so the tag can still be listed.
+    pub fn value_type(self) -> ironplant_core::ValueType {
+        use ironplant_core::ValueType;
+        match self {
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::DateTime => ValueType::Int,
+            DataType::Float | DataType::Double => ValueType::Float,
+            DataType::Boolean => ValueType::Bool,
+            _ => ValueType::String,
+        }
+    }
+
     /// The specification's name, e.g. `Int32`, `UUID`, `DateTimeArray`.
     pub fn name(self) -> &'static str {
         match self {

@@ -15,7 +15,8 @@
 use ironplant_core::Timestamp;
 
 use crate::datatype::DataType;
-use crate::proto::{payload::metric, Metric, Payload};
+use crate::proto::payload::{metric, property_value, PropertySet, PropertyValue};
+use crate::proto::{Metric, Payload};
 use crate::topic::{validate_id, Element, MessageType, Topic, TopicError};
 use crate::value::MetricValue;
 use crate::{is_rebirth_request, millis_from_timestamp, Publish, Qos, BD_SEQ, REBIRTH};
@@ -48,6 +49,8 @@ struct EdgeMetric {
     name: String,
     alias: u64,
     value: MetricValue,
+    /// Sent in births as the `engUnit` property.
+    unit: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +120,15 @@ impl EdgeNode {
         list.iter().find(|m| m.name == name).map(|m| m.alias)
     }
 
+    /// The current value of a node metric (`device_id: None`) or device metric.
+    pub fn value(&self, device_id: Option<&str>, name: &str) -> Option<&MetricValue> {
+        let list = match device_id {
+            None => &self.metrics,
+            Some(d) => &self.devices.iter().find(|x| x.id == d)?.metrics,
+        };
+        list.iter().find(|m| m.name == name).map(|m| &m.value)
+    }
+
     /// Declares a node metric with its initial value (its type is the metric's datatype).
     pub fn add_metric(&mut self, name: &str, value: MetricValue) -> Result<(), EdgeError> {
         if name == BD_SEQ || name == REBIRTH {
@@ -130,6 +142,7 @@ impl EdgeNode {
             name: name.to_owned(),
             alias,
             value,
+            unit: None,
         });
         Ok(())
     }
@@ -162,8 +175,29 @@ impl EdgeNode {
             name: name.to_owned(),
             alias,
             value,
+            unit: None,
         });
         self.next_alias += 1;
+        Ok(())
+    }
+
+    /// Gives a declared metric an engineering unit, sent in births as the `engUnit` property
+    /// (the key Ignition uses; Sparkplug 3.0 standardises none).
+    pub fn set_unit(
+        &mut self,
+        device_id: Option<&str>,
+        name: &str,
+        unit: &str,
+    ) -> Result<(), EdgeError> {
+        let list = match device_id {
+            None => &mut self.metrics,
+            Some(d) => &mut self.device_mut(d)?.metrics,
+        };
+        let m = list
+            .iter_mut()
+            .find(|m| m.name == name)
+            .ok_or_else(|| EdgeError::UnknownMetric(name.to_owned()))?;
+        m.unit = Some(unit.to_owned());
         Ok(())
     }
 
@@ -342,6 +376,14 @@ fn birth_metric(m: &EdgeMetric, aliases: bool, ms: u64) -> Metric {
         timestamp: Some(ms),
         datatype: Some(m.value.datatype().as_u32()),
         value: Some(m.value.to_proto()),
+        properties: m.unit.as_ref().map(|u| PropertySet {
+            keys: vec!["engUnit".to_owned()],
+            values: vec![PropertyValue {
+                r#type: Some(DataType::String.as_u32()),
+                is_null: None,
+                value: Some(property_value::Value::StringValue(u.clone())),
+            }],
+        }),
         ..Default::default()
     }
 }

@@ -211,10 +211,46 @@ const BAD_VALUE: Quality = Quality {
     reason: QualityReason::ConfigError,
 };
 
+/// What the current birth declared about a metric, for the tag it becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricInfo {
+    pub node: NodeId,
+    pub device_id: Option<String>,
+    pub name: String,
+    pub datatype: DataType,
+    /// From the `engUnit` (Ignition), `EngUnit` or `unit` property, if any.
+    pub unit: Option<String>,
+    /// From the `Documentation`, `Tooltip` or `description` property, if any.
+    pub description: Option<String>,
+}
+
+/// Property keys that carry a metric's engineering unit and description, in order of
+/// preference. Sparkplug 3.0 standardises none; these are what edge software sends in practice.
+const UNIT_KEYS: [&str; 3] = ["engUnit", "EngUnit", "unit"];
+const DESCRIPTION_KEYS: [&str; 3] = ["Documentation", "Tooltip", "description"];
+
+fn string_property(
+    props: Option<&crate::proto::payload::PropertySet>,
+    keys: &[&str],
+) -> Option<String> {
+    let props = props?;
+    keys.iter().find_map(|k| {
+        let i = props.keys.iter().position(|key| key == k)?;
+        match props.values.get(i)?.value.as_ref()? {
+            crate::proto::payload::property_value::Value::StringValue(s) if !s.is_empty() => {
+                Some(s.clone())
+            }
+            _ => None,
+        }
+    })
+}
+
 #[derive(Debug)]
 struct MetricState {
     datatype: DataType,
     alias: Option<u64>,
+    unit: Option<String>,
+    description: Option<String>,
     /// `None` when the name has no tag path (reported at birth).
     path: Option<TagPath>,
     /// The last current (non-historical) value and quality recorded; `None` before the first.
@@ -387,6 +423,30 @@ impl Host {
             _ => {}
         }
         out
+    }
+
+    /// What the latest birth declared about the metric behind `path` (also while its node or
+    /// device is offline); `None` if no birth declared it.
+    pub fn metric_info(&self, path: &TagPath) -> Option<MetricInfo> {
+        let addr = self.mapper.address(path)?;
+        let node = NodeId {
+            group_id: addr.group_id,
+            edge_node_id: addr.edge_node_id,
+        };
+        let state = self.nodes.get(&node)?;
+        let scope = match &addr.device_id {
+            None => &state.scope,
+            Some(d) => state.devices.get(d)?,
+        };
+        let m = scope.metrics.get(&addr.metric)?;
+        Some(MetricInfo {
+            datatype: m.datatype,
+            unit: m.unit.clone(),
+            description: m.description.clone(),
+            node,
+            device_id: addr.device_id,
+            name: addr.metric,
+        })
     }
 
     /// Builds the NCMD/DCMD that writes `value` to the metric behind `path`, using the datatype
@@ -839,6 +899,8 @@ impl Host {
             let mut state = MetricState {
                 datatype,
                 alias: m.alias,
+                unit: string_property(m.properties.as_ref(), &UNIT_KEYS),
+                description: string_property(m.properties.as_ref(), &DESCRIPTION_KEYS),
                 path,
                 last: None,
             };

@@ -16,7 +16,8 @@ pub mod value;
 pub use datatype::DataType;
 pub use edge::{EdgeError, EdgeNode};
 pub use host::{
-    ConfigError, Host, HostAction, HostError, HostOptions, NodeId, TagSample, WriteError,
+    ConfigError, Host, HostAction, HostError, HostOptions, MetricInfo, NodeId, TagSample,
+    WriteError,
 };
 pub use proto::Payload;
 pub use tagmap::{MapError, MetricAddress, TagMapper};

@@ -802,3 +802,30 @@ fn limits_reject_births_beyond_the_caps() {
         .any(|e| matches!(e, HostError::Limit { limit: 1, .. })));
     assert!(samples(&a).is_empty());
 }
+
+#[test]
+fn metric_info_gives_the_birth_datatype_and_properties() {
+    let mut e = edge();
+    e.set_unit(Some("Pump1"), "Speed", "rpm").expect("declared");
+    let (mut host, _) = born(&mut e);
+    let speed = path("Plant1/edge-1/Pump1/Speed");
+    let info = host.metric_info(&speed).expect("born");
+    assert_eq!(info.datatype, DataType::Double);
+    assert_eq!(info.unit.as_deref(), Some("rpm"));
+    assert_eq!(info.description, None);
+    assert_eq!(info.node, NodeId::new("Plant1", "edge-1"));
+    assert_eq!(
+        (info.device_id.as_deref(), info.name.as_str()),
+        (Some("Pump1"), "Speed")
+    );
+    let uptime = host
+        .metric_info(&path("Plant1/edge-1/_node/Uptime"))
+        .expect("born");
+    assert_eq!((uptime.datatype, uptime.unit), (DataType::Int64, None));
+    assert_eq!(host.metric_info(&path("Plant1/edge-1/Pump1/Nope")), None);
+    assert_eq!(host.metric_info(&path("other/thing")), None);
+    // Still known after the node died (its tags go Bad, they keep their metadata).
+    let death = e.death(at(10));
+    host.handle(&death.topic, &death.payload, at(10));
+    assert!(host.metric_info(&speed).is_some());
+}

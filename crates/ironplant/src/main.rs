@@ -99,9 +99,10 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Run the simulated bottling line as a Modbus TCP server (units 1 and 2).
+    /// Run the simulated bottling line as a Modbus TCP server (units 1 and 2) and a Sparkplug B
+    /// edge node (group bottling, node sim-edge, device line1) publishing to an MQTT broker.
     #[command(
-        after_help = "Example:\n  ironplant simulate --listen 127.0.0.1:5020\n  # then, in another shell: ironplant serve --config examples/bottling.toml"
+        after_help = "Example:\n  ironplant simulate --listen 127.0.0.1:5020 --sparkplug-broker 127.0.0.1:1883\n  # then, in another shell: ironplant serve --config examples/bottling.toml\n  # Sparkplug tags: curl -s '127.0.0.1:8080/api/v1/tags?prefix=bottling/sim-edge'"
     )]
     Simulate {
         /// Address to listen on (port 0 picks a free port; the bound address is printed).
@@ -110,6 +111,11 @@ enum Command {
         /// Random seed of the simulated plant.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// MQTT broker (`host:port`) the simulator's Sparkplug B edge node publishes to, e.g.
+        /// the platform's `--mqtt` address; it reconnects until the broker is up. `off`
+        /// disables the edge node.
+        #[arg(long, default_value = platform::DEFAULT_MQTT, value_name = "ADDR")]
+        sparkplug_broker: String,
     },
     /// Validate a configuration file and report every error with line and column.
     #[command(after_help = "Example:\n  ironplant check --config ironplant.toml")]
@@ -196,8 +202,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Simulate { listen, seed } => {
-            runtime()?.block_on(platform::simulate(listen, seed))?;
+        Command::Simulate {
+            listen,
+            seed,
+            sparkplug_broker,
+        } => {
+            let broker = (sparkplug_broker != "off").then_some(sparkplug_broker.as_str());
+            runtime()?.block_on(platform::simulate(listen, seed, broker))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Query(args) => query::run(args, &cli.http, &cli.data_dir),

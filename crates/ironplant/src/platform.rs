@@ -182,7 +182,16 @@ async fn serve_with(
     println!("  Health:    http://{local}/healthz");
     // Kept until shutdown; dropping a bridge stops it (its queue stays on disk).
     let mut _bridges = Vec::new();
+    let mut sparkplug = None;
     if let Some(broker) = &broker {
+        if config.sparkplug.enabled {
+            let host =
+                ironplant_runtime::sparkplug::start(broker.clone(), &runtime, &config.sparkplug)
+                    .context(
+                    "cannot start the Sparkplug host application; check [sparkplug] in the config",
+                )?;
+            sparkplug = Some(host);
+        }
         ironplant_runtime::uns::attach(
             broker.clone(),
             &runtime.bus,
@@ -214,6 +223,13 @@ async fn serve_with(
             }
         });
         println!("  MQTT:      mqtt://{addr} (live values on each tag path, e.g. mosquitto_sub -h {} -p {} -t 'acme/#' -v)", addr.ip(), addr.port());
+        if let Some(host) = &sparkplug {
+            let under = config.sparkplug.prefix.as_ref().map_or_else(
+                || "<group>/<node>/<device>/<metric>".to_owned(),
+                |p| format!("{p}/<group>/<node>/<device>/<metric>"),
+            );
+            println!("  Sparkplug: host application on spBv1.0/# (STATE {}); edge nodes' metrics become tags {under}", host.state_topic());
+        }
         tracing::warn!(mqtt = %addr, "MQTT listener is plain TCP without authentication (TLS and ACLs come with the security work); keep it on a trusted interface");
     }
     if let Some(broker) = broker.clone() {
@@ -239,6 +255,9 @@ async fn serve_with(
     println!("Press Ctrl-C to stop.");
     tracing::info!(http = %local, data_dir = %data_dir.display(), "platform started");
     let served = ironplant_api::serve(listener, state, shutdown_signal()).await;
+    if let Some(host) = sparkplug {
+        host.shutdown();
+    }
     // Flush the historian even if the HTTP server failed: acknowledged data is in the WAL
     // anyway, but a clean close leaves nothing to replay.
     tokio::task::block_in_place(|| {
@@ -265,8 +284,9 @@ pub async fn demo(
     let sim_addr = sim
         .local_addr()
         .context("cannot read the simulator's address")?;
+    let (readings_tx, readings) = tokio::sync::watch::channel(ironplant_sim::Readings::default());
     tokio::spawn(async move {
-        if let Err(e) = ironplant_sim::run(sim, seed).await {
+        if let Err(e) = ironplant_sim::run_with(sim, seed, Some(readings_tx)).await {
             tracing::error!(error = %e, "simulator stopped");
         }
     });
@@ -276,7 +296,7 @@ pub async fn demo(
     prepare_data_dir(data_dir)?;
     let saved = data_dir.join("demo.toml");
     std::fs::write(&saved, &text).with_context(|| format!("cannot write {}", saved.display()))?;
-    let banner = format!(
+    let mut banner = format!(
         "Simulated bottling line (Modbus TCP) on {sim_addr}; its config is saved in {}",
         saved.display()
     );
@@ -286,6 +306,17 @@ pub async fn demo(
         None => None,
     };
     let ws_listener = bind_mqtt_ws(mqtt_ws).await?;
+    if let Some(l) = &mqtt_listener {
+        let addr = l
+            .local_addr()
+            .context("cannot read the MQTT listener's address")?;
+        let edge = ironplant_sim::sparkplug::EdgeSettings {
+            broker: addr.to_string(),
+            ..Default::default()
+        };
+        banner.push_str(&sparkplug_banner(&edge, config.sparkplug.prefix.as_ref()));
+        spawn_edge_node(edge, readings);
+    }
     serve_with(
         config,
         listener,
@@ -297,15 +328,67 @@ pub async fn demo(
     .await
 }
 
-/// Runs the simulator alone until Ctrl-C.
-pub async fn simulate(listen: SocketAddr, seed: u64) -> anyhow::Result<()> {
+/// The banner line about the simulator's Sparkplug edge node.
+fn sparkplug_banner(
+    edge: &ironplant_sim::sparkplug::EdgeSettings,
+    prefix: Option<&ironplant_core::TagPath>,
+) -> String {
+    let under = match prefix {
+        Some(p) => format!(
+            "{p}/{}/{}/{}/",
+            edge.group_id, edge.edge_node_id, edge.device_id
+        ),
+        None => format!(
+            "{}/{}/{}/",
+            edge.group_id, edge.edge_node_id, edge.device_id
+        ),
+    };
+    format!(
+        "\nSparkplug B edge node {}/{} (device {}) publishes to mqtt://{}; its tags appear under {under} (e.g. GET /api/v1/tags?prefix={under})",
+        edge.group_id, edge.edge_node_id, edge.device_id, edge.broker
+    )
+}
+
+fn spawn_edge_node(
+    edge: ironplant_sim::sparkplug::EdgeSettings,
+    readings: tokio::sync::watch::Receiver<ironplant_sim::Readings>,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = ironplant_sim::sparkplug::run(edge, readings).await {
+            tracing::error!(error = %e, "sparkplug edge node stopped");
+        }
+    });
+}
+
+/// Runs the simulator alone until Ctrl-C; with `sparkplug_broker`, also its Sparkplug B edge
+/// node, connected to that broker (retrying until it is up).
+pub async fn simulate(
+    listen: SocketAddr,
+    seed: u64,
+    sparkplug_broker: Option<&str>,
+) -> anyhow::Result<()> {
     let listener = bind(&listen.to_string(), "the simulator", "--listen").await?;
     let addr = listener
         .local_addr()
         .context("cannot read the simulator's address")?;
     println!("Simulated bottling line listening on {addr} (Modbus TCP, units 1 and 2)");
+    let (readings_tx, readings) = tokio::sync::watch::channel(ironplant_sim::Readings::default());
+    if let Some(broker) = sparkplug_broker {
+        let edge = ironplant_sim::sparkplug::EdgeSettings {
+            broker: broker.to_owned(),
+            ..Default::default()
+        };
+        println!(
+            "{}",
+            sparkplug_banner(&edge, None).trim_start().replace(
+                "its tags appear under",
+                "(retrying until the broker is up); with `ironplant serve` its tags appear under"
+            )
+        );
+        spawn_edge_node(edge, readings);
+    }
     tokio::select! {
-        res = ironplant_sim::run(listener, seed) => res.context("simulator failed")?,
+        res = ironplant_sim::run_with(listener, seed, Some(readings_tx)) => res.context("simulator failed")?,
         () = shutdown_signal() => {},
     }
     Ok(())

@@ -161,13 +161,31 @@ fn demo_serves_live_good_changing_values() {
                 .is_some_and(|s| s.ends_with('Z') && s.contains('.')),
             "{t}"
         );
+        // Modbus tags sit at the bottom of the ISA-95 tree; Sparkplug tags are named by
+        // group/node/device/metric.
+        let modbus = !t["device"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sparkplug:"));
         assert!(
-            t["path"]
-                .as_str()
-                .is_some_and(|p| p.split('/').count() == 7),
+            !modbus
+                || t["path"]
+                    .as_str()
+                    .is_some_and(|p| p.split('/').count() == 7),
             "{t}"
         );
     }
+    // The simulator's Sparkplug B edge node reaches the platform through the broker: its
+    // device metrics become Good tags too.
+    let sparkplug = wait_for("Sparkplug tags of the simulated edge node", 20, || {
+        let t = tags(&addr, "?prefix=bottling/sim-edge/line1");
+        (t.len() >= 5 && t.iter().all(|t| t["quality"] == "Good")).then_some(t)
+    });
+    assert!(
+        sparkplug.iter().all(|t| t["device"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sparkplug:bottling/sim-edge"))),
+        "{sparkplug:?}"
+    );
 
     // Values change between two calls 2 s apart.
     std::thread::sleep(Duration::from_secs(2));

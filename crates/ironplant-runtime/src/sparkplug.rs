@@ -1,0 +1,274 @@
+//! The Sparkplug B host application on the embedded broker: the thin async shell around
+//! [`ironplant_sparkplug::Host`].
+//!
+//! It subscribes in-process to `spBv1.0/#`, publishes its STATE (`spBv1.0/STATE/<host_id>`,
+//! retained, `online:true`), feeds every message to the host state machine and performs what it
+//! returns: metrics become tags of the [`LiveNamespace`] (first seen at their birth, typed by
+//! the birth datatype) and their values samples on the [`TagBus`], so the historian, the UNS and
+//! the API see them like Modbus tags; rebirth requests are published on the broker.
+//! [`SparkplugHost::shutdown`] publishes `online:false`.
+//!
+//! The in-process subscription has no MQTT will: the broker lives in the same process, so when
+//! the host dies the broker (and every subscriber's view of STATE) dies with it.
+//!
+//! If the subscription's queue overflows the broker drops messages; the next message of that
+//! edge node then shows a seq gap and the host asks for a rebirth, so a drop heals itself.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ironplant_core::config::SparkplugSettings;
+use ironplant_core::{LiveNamespace, Sample, TagBus, TagId, TagMeta, TagPath, Timestamp};
+use ironplant_mqtt::codec::{MqttString, Publish as MqttPublish, QoS};
+use ironplant_mqtt::Broker;
+use ironplant_sparkplug::{Host, HostAction, HostError, HostOptions, MessageType, Topic, REBIRTH};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::metrics::SparkplugMetrics;
+use crate::Runtime;
+
+/// Messages the in-process subscription queues before the broker drops (and counts) them.
+const QUEUE: usize = 16_384;
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SparkplugError {
+    #[error("sparkplug host: {0}")]
+    Config(#[from] ironplant_sparkplug::ConfigError),
+    #[error("sparkplug host: cannot subscribe to spBv1.0/#: {0}")]
+    Subscribe(String),
+}
+
+/// A running host application; see the module docs.
+pub struct SparkplugHost {
+    broker: Broker,
+    state_topic: String,
+    task: JoinHandle<()>,
+}
+
+impl SparkplugHost {
+    /// The host's STATE topic, `spBv1.0/STATE/<host_id>`.
+    pub fn state_topic(&self) -> &str {
+        &self.state_topic
+    }
+
+    /// Stops handling messages and publishes the STATE death certificate (`online:false`).
+    pub fn shutdown(self) {
+        self.task.abort();
+        let ms = ironplant_sparkplug::millis_from_timestamp(Timestamp::now());
+        let payload = format!(r#"{{"online":false,"timestamp":{ms}}}"#);
+        if let Some(p) = to_mqtt(&self.state_topic, payload.into_bytes(), true) {
+            self.broker.publish(p);
+        }
+    }
+}
+
+/// Starts the host on `broker` for `runtime` (on the current tokio runtime).
+pub fn start(
+    broker: Broker,
+    runtime: &Runtime,
+    settings: &SparkplugSettings,
+) -> Result<SparkplugHost, SparkplugError> {
+    let options = HostOptions {
+        path_prefix: settings.prefix.clone(),
+        ..HostOptions::default()
+    };
+    let mut host = Host::with_options(&settings.host_id, options)?;
+    let rx = broker
+        .subscribe_internal("sparkplug-host", "spBv1.0/#", QUEUE)
+        .map_err(|e| SparkplugError::Subscribe(e.to_string()))?;
+    let now = Timestamp::now();
+    // The will is never registered (see the module docs); asking for it fixes the STATE
+    // timestamp the online message repeats.
+    let _ = host.will_message(now);
+    let online = host.online_message(now);
+    let state_topic = online.topic.clone();
+    perform_publish(&broker, online, &runtime.metrics.sparkplug);
+    runtime
+        .metrics
+        .sparkplug
+        .running
+        .store(1, Ordering::Relaxed);
+    tracing::info!(host_id = %settings.host_id, state = %state_topic, prefix = ?settings.prefix.as_ref().map(TagPath::as_str), "sparkplug host application started");
+    let shell = Shell {
+        host,
+        broker: broker.clone(),
+        namespace: runtime.namespace.clone(),
+        bus: runtime.bus.clone(),
+        metrics: runtime.metrics.clone(),
+        ids: HashMap::new(),
+        refused: HashSet::new(),
+    };
+    let task = tokio::spawn(shell.run(rx));
+    Ok(SparkplugHost {
+        broker,
+        state_topic,
+        task,
+    })
+}
+
+struct Shell {
+    host: Host,
+    broker: Broker,
+    namespace: Arc<LiveNamespace>,
+    bus: TagBus,
+    metrics: Arc<crate::Metrics>,
+    /// Tag ids of the metrics seen so far (a re-birth finds the same id in the namespace).
+    ids: HashMap<TagPath, TagId>,
+    /// Paths that belong to another source (a configured tag): reported once, never recorded.
+    refused: HashSet<TagPath>,
+}
+
+impl Shell {
+    async fn run(mut self, mut rx: mpsc::Receiver<MqttPublish>) {
+        while let Some(msg) = rx.recv().await {
+            self.handle(msg.topic.as_str(), &msg.payload).await;
+        }
+    }
+
+    async fn handle(&mut self, topic: &str, payload: &[u8]) {
+        let metrics = self.metrics.clone();
+        let m = &metrics.sparkplug;
+        m.messages.fetch_add(1, Ordering::Relaxed);
+        let now = Timestamp::now();
+        let actions = self.host.handle(topic, payload, now);
+        // A birth may change a metric's datatype or unit: refresh the metadata of its tags.
+        let birth = matches!(
+            Topic::parse(topic),
+            Ok(Topic::Edge {
+                message_type: MessageType::NBirth | MessageType::DBirth,
+                ..
+            })
+        );
+        let mut history = Vec::new();
+        let mut current = Vec::new();
+        for action in actions {
+            match action {
+                HostAction::Sample(s) => {
+                    let Some(tag) = self.tag_id(&s.path, birth) else {
+                        continue;
+                    };
+                    let sample = Sample {
+                        tag,
+                        value: s.value,
+                        quality: s.quality,
+                        source_ts: s.ts,
+                        server_ts: now,
+                    };
+                    if s.historical {
+                        history.push(sample);
+                    } else {
+                        current.push(sample);
+                    }
+                }
+                HostAction::Publish(p) => perform_publish(&self.broker, p, m),
+                HostAction::Status {
+                    node,
+                    device_id,
+                    online,
+                    ..
+                } => {
+                    tracing::info!(group = %node.group_id, node = %node.edge_node_id, device = device_id.as_deref().unwrap_or("-"), online, "sparkplug status");
+                }
+                HostAction::Error(e) => {
+                    m.errors.fetch_add(1, Ordering::Relaxed);
+                    if matches!(e, HostError::SeqGap { .. }) {
+                        m.seq_gaps.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(error = %e, "sparkplug");
+                }
+            }
+        }
+        // History first, so the message's current values are what the live table keeps.
+        self.bus.publish(history).await;
+        self.bus.publish(current).await;
+    }
+
+    /// The tag of a metric's path, registering it (or refreshing its metadata at a birth).
+    fn tag_id(&mut self, path: &TagPath, birth: bool) -> Option<TagId> {
+        if let Some(id) = self.ids.get(path) {
+            if !birth {
+                return Some(*id);
+            }
+        }
+        if self.refused.contains(path) {
+            return None;
+        }
+        let info = self.host.metric_info(path)?;
+        let source = match &info.device_id {
+            None => format!(
+                "sparkplug:{}/{}",
+                info.node.group_id, info.node.edge_node_id
+            ),
+            Some(d) => format!(
+                "sparkplug:{}/{}/{d}",
+                info.node.group_id, info.node.edge_node_id
+            ),
+        };
+        let meta = TagMeta {
+            id: TagId(0),
+            path: path.clone(),
+            value_type: info.datatype.value_type(),
+            unit: info.unit,
+            description: info
+                .description
+                .unwrap_or_else(|| format!("Sparkplug metric {:?} ({})", info.name, info.datatype)),
+            range: None,
+            writable: false,
+            device: Some(source),
+        };
+        let before = self.namespace.len();
+        match self.namespace.register(meta) {
+            Ok(id) => {
+                if self.namespace.len() > before {
+                    self.metrics
+                        .sparkplug
+                        .tags_born
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                self.ids.insert(path.clone(), id);
+                Some(id)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "sparkplug metric not recorded");
+                self.metrics
+                    .sparkplug
+                    .errors
+                    .fetch_add(1, Ordering::Relaxed);
+                self.refused.insert(path.clone());
+                None
+            }
+        }
+    }
+}
+
+fn perform_publish(broker: &Broker, p: ironplant_sparkplug::Publish, m: &SparkplugMetrics) {
+    if p.topic.contains("/NCMD/") && is_rebirth(&p.payload) {
+        m.rebirths_requested.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(topic = %p.topic, "sparkplug rebirth requested");
+    }
+    if let Some(mut out) = to_mqtt(&p.topic, p.payload, p.retain) {
+        // In-process publishes are delivered at each subscriber's QoS; the host's own QoS only
+        // matters for what the broker grants.
+        out.qos = match p.qos {
+            ironplant_sparkplug::Qos::AtMostOnce => QoS::AtMostOnce,
+            ironplant_sparkplug::Qos::AtLeastOnce => QoS::AtLeastOnce,
+        };
+        broker.publish(out);
+    }
+}
+
+fn is_rebirth(payload: &[u8]) -> bool {
+    ironplant_sparkplug::Payload::decode_bytes(payload)
+        .is_ok_and(|p| p.metrics.iter().any(|m| m.name.as_deref() == Some(REBIRTH)))
+}
+
+fn to_mqtt(topic: &str, payload: Vec<u8>, retain: bool) -> Option<MqttPublish> {
+    let topic = MqttString::from_utf8(Bytes::from(topic.to_owned())).ok()?;
+    let mut p = MqttPublish::new(topic, Bytes::from(payload));
+    p.retain = retain;
+    Some(p)
+}
