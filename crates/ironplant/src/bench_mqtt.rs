@@ -364,17 +364,15 @@ struct Reader {
 }
 
 impl Reader {
-    /// Reads once more from the socket; false at end of stream.
+        /// Reads once more from the socket; false at end of stream. Cancel-safe (callers wrap it
+    /// in timeouts): bytes land in the buffer's spare capacity only when a read completes.
     async fn fill(&mut self) -> anyhow::Result<bool> {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let old = self.buf.len();
-        self.buf.resize(old + 64 * 1024, 0);
-        let n = self.rd.read(&mut self.buf[old..]).await;
-        self.buf.truncate(old + *n.as_ref().unwrap_or(&0));
-        Ok(n? > 0)
+        self.buf.reserve(64 * 1024);
+        Ok(self.rd.read_buf(&mut self.buf).await? > 0)
     }
 
     /// The next complete packet already read, if any.
