@@ -26,6 +26,9 @@ pub struct ApiState {
     pub started: Instant,
     /// The embedded broker, served over WebSocket at `/mqtt`; `None` when MQTT is off.
     pub mqtt: Option<ironplant_mqtt::Broker>,
+    /// Users, tokens, certificates and the audit log. The platform always sets it; `None`
+    /// only in tests of the router itself.
+    pub security: Option<Arc<ironplant_security::Security>>,
 }
 
 /// The router with every route of the API.

@@ -41,6 +41,7 @@ fn app(runtime: Arc<Runtime>) -> Router {
         runtime,
         started: Instant::now(),
         mqtt: None,
+        security: None,
     }))
 }
 

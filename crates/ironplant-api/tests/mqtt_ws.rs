@@ -55,6 +55,7 @@ async fn platform(with_broker: bool) -> Platform {
         runtime: runtime.clone(),
         started: std::time::Instant::now(),
         mqtt: with_broker.then(|| broker.clone()),
+        security: None,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let http = listener.local_addr().expect("address");

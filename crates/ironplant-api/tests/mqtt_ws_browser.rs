@@ -75,6 +75,7 @@ fn chromium_page_speaks_mqtt_over_websocket() {
         runtime: runtime.clone(),
         started: Instant::now(),
         mqtt: Some(broker.clone()),
+        security: None,
     });
     rt.spawn(ironplant_api::serve(
         listener,

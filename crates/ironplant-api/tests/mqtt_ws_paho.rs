@@ -75,6 +75,7 @@ fn scenario(name: &str, version: &str) {
         runtime: runtime.clone(),
         started: Instant::now(),
         mqtt: Some(broker.clone()),
+        security: None,
     });
     rt.spawn(ironplant_api::serve(
         http,

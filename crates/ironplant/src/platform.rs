@@ -167,6 +167,7 @@ async fn serve_with(
         runtime: runtime.clone(),
         started: Instant::now(),
         mqtt: broker.clone(),
+        security: None,
     });
     if let Some(b) = banner {
         println!("{b}");
