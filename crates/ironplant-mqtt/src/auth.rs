@@ -48,6 +48,11 @@ pub trait Auth: Send + Sync + 'static {
     fn may_subscribe(&self, who: &Principal, filter: &str) -> bool;
     /// Called for every refusal, after the client was answered.
     fn denied(&self, _who: Option<&Principal>, _peer: SocketAddr, _what: Denied<'_>) {}
+    /// Whether `connect` is cheap enough to run on a runtime thread. When false (the default:
+    /// password hashing), the broker runs it on a blocking thread.
+    fn is_cheap(&self) -> bool {
+        false
+    }
 }
 
 /// Everyone may connect, publish and subscribe.
@@ -66,6 +71,9 @@ impl Auth for AllowAll {
         true
     }
     fn may_subscribe(&self, _who: &Principal, _filter: &str) -> bool {
+        true
+    }
+    fn is_cheap(&self) -> bool {
         true
     }
 }

@@ -57,15 +57,38 @@ impl Broker {
         if assigned && version == ProtocolVersion::V311 && !connect.clean_start {
             return refuse(&mut stream, version, ReasonCode::ClientIdentifierNotValid).await;
         }
-        let info = ConnectInfo {
-            peer,
-            protocol: version,
-            client_id: &client_id,
-            username: connect.username.as_ref().map(MqttString::as_str),
-            password: connect.password.as_deref(),
-            certificate_subject: certificate_subject.as_deref(),
+        let decided = if self.inner.auth.is_cheap() {
+            self.inner.auth.connect(&ConnectInfo {
+                peer,
+                protocol: version,
+                client_id: &client_id,
+                username: connect.username.as_ref().map(MqttString::as_str),
+                password: connect.password.as_deref(),
+                certificate_subject: certificate_subject.as_deref(),
+            })
+        } else {
+            // Password hashing takes tens of milliseconds: not on a runtime thread.
+            let auth = self.inner.auth.clone();
+            let (id, user, password, subject) = (
+                client_id.clone(),
+                connect.username.clone(),
+                connect.password.clone(),
+                certificate_subject.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                auth.connect(&ConnectInfo {
+                    peer,
+                    protocol: version,
+                    client_id: &id,
+                    username: user.as_ref().map(MqttString::as_str),
+                    password: password.as_deref(),
+                    certificate_subject: subject.as_deref(),
+                })
+            })
+            .await
+            .unwrap_or(Err(ReasonCode::ServerUnavailable))
         };
-        let principal = match self.inner.auth.connect(&info) {
+        let principal = match decided {
             Ok(p) => p,
             Err(code) => {
                 self.inner.stats.denied.fetch_add(1, Ordering::Relaxed);
