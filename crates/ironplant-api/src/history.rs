@@ -15,6 +15,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use ironplant_core::{Quality, QualityLevel, QualityReason, TagPath, Timestamp, Value};
 use ironplant_historian::aggregate::Row;
 use ironplant_historian::{
@@ -23,7 +24,9 @@ use ironplant_historian::{
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::auth::Caller;
 use crate::{quality_json, ApiError, ApiState, ValueJson};
+use ironplant_security::Permission;
 
 /// Raw points per tag when the request gives no `limit` (less when many tags share the call).
 pub const DEFAULT_LIMIT: usize = 10_000;
@@ -498,11 +501,16 @@ pub fn run_query(h: &Historian, q: &HistoryQuery) -> Result<HistoryResult, ApiEr
 /// The HTTP handler of `GET /api/v1/history`.
 pub(crate) async fn get_history(
     State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    caller.require(Permission::ReadTags)?;
     let Query(pairs) =
         query.map_err(|e| bad_request(format!("cannot read the query string: {e}")))?;
     let (q, format) = HistoryQuery::parse(&pairs, Timestamp::now())?;
+    for tag in &q.tags {
+        caller.require_read(tag.as_str())?;
+    }
     let h = st.runtime.historian.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

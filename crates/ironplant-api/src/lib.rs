@@ -1,6 +1,10 @@
 //! Ironplant HTTP API (axum): live tag values, the asset hierarchy, health and metrics, and
 //! MQTT over WebSocket at `/mqtt` for browsers ([`mqtt_ws`]).
 //!
+//! With security on, every route but `/healthz`, `POST /api/v1/login` and `/mqtt` needs
+//! credentials and the permission of its route ([`auth`]); users, tokens and the audit log
+//! are served by [`account`].
+//!
 //! JSON only at this edge: internal types are turned into response structs here. Every error has
 //! the shape `{ "error": { "code": "...", "message": "..." } }` with a stable `code`.
 
@@ -11,14 +15,19 @@ use std::time::Instant;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::routing::{delete, get, post, put};
+use axum::{Extension, Json, Router};
 use ironplant_core::{Asset, Location, Quality, QualityLevel, Sample, TagMeta, TagPath, Value};
 use ironplant_runtime::Runtime;
 use serde::{Deserialize, Serialize};
 
+pub mod account;
+pub mod auth;
 pub mod history;
 pub mod mqtt_ws;
+
+use auth::Caller;
+use ironplant_security::Permission;
 
 /// Shared state of the HTTP server.
 pub struct ApiState {
@@ -41,7 +50,26 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(mqtt_ws::PATH, get(mqtt_ws::upgrade_api))
+        .route("/api/v1/login", post(account::login))
+        .route(
+            "/api/v1/tokens",
+            get(account::list_tokens).post(account::create_token),
+        )
+        .route("/api/v1/tokens/{id}", delete(account::revoke_token))
+        .route(
+            "/api/v1/users",
+            get(account::list_users).post(account::create_user),
+        )
+        .route("/api/v1/users/{name}", delete(account::delete_user))
+        .route("/api/v1/users/{name}/password", put(account::set_password))
+        .route("/api/v1/audit", get(account::get_audit))
         .fallback(not_found)
+        // On every route and the fallback, so an unknown path answers 401 before 404 and
+        // does not reveal which endpoints exist.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .with_state(state)
 }
 
@@ -64,6 +92,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds, for `Retry-After` (a locked login).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -72,6 +102,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -95,7 +126,23 @@ impl IntoResponse for ApiError {
                 message: &self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        let h = resp.headers_mut();
+        if self.status == StatusCode::UNAUTHORIZED {
+            // Both schemes the API accepts (RFC 9110 §11.6.1: one challenge per value).
+            h.append(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(r#"Bearer realm="ironplant""#),
+            );
+            h.append(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(r#"Basic realm="ironplant", charset="UTF-8""#),
+            );
+        }
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        resp
     }
 }
 
@@ -103,8 +150,9 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; see /api/v1/tags, /api/v1/assets, /api/v1/history, /healthz, /metrics \
-         (and /mqtt for MQTT over WebSocket)",
+        "no such endpoint; see /api/v1/tags, /api/v1/assets, /api/v1/history, /healthz, /metrics, \
+         /api/v1/login, /api/v1/tokens, /api/v1/users, /api/v1/audit (and /mqtt for MQTT over \
+         WebSocket)",
     )
 }
 
@@ -187,7 +235,12 @@ struct TagsQuery {
     prefix: Option<String>,
 }
 
-async fn list_tags(State(st): State<Arc<ApiState>>, Query(q): Query<TagsQuery>) -> Response {
+async fn list_tags(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<TagsQuery>,
+) -> Result<Response, ApiError> {
+    caller.require(Permission::ReadTags)?;
     let rt = &st.runtime;
     // Tags born while running (Sparkplug) are listed once the namespace has them; the snapshot
     // is taken before the current values so every value has its tag.
@@ -201,7 +254,7 @@ async fn list_tags(State(st): State<Arc<ApiState>>, Query(q): Query<TagsQuery>) 
     let prefix = q.prefix.as_deref().unwrap_or("");
     let tags: Vec<TagJson<'_>> = ns
         .tags()
-        .filter(|m| m.path.has_prefix(prefix))
+        .filter(|m| m.path.has_prefix(prefix) && caller.access.can_read(m.path.as_str()))
         .map(|m| tag_json(m, current.get(m.id.index()).and_then(Option::as_ref)))
         .collect();
     #[derive(Serialize)]
@@ -209,17 +262,19 @@ async fn list_tags(State(st): State<Arc<ApiState>>, Query(q): Query<TagsQuery>) 
         count: usize,
         tags: Vec<TagJson<'a>>,
     }
-    Json(Body {
+    Ok(Json(Body {
         count: tags.len(),
         tags,
     })
-    .into_response()
+    .into_response())
 }
 
 async fn get_tag(
     State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
+    caller.require(Permission::ReadTags)?;
     let path = path.trim_end_matches('/');
     if let Err(e) = TagPath::parse(path) {
         return Err(ApiError::new(
@@ -228,6 +283,8 @@ async fn get_tag(
             format!("{path:?} is not a valid tag path: {e}"),
         ));
     }
+    // Before the lookup, so the answer does not reveal whether an out-of-scope tag exists.
+    caller.require_read(path)?;
     let rt = &st.runtime;
     let meta = rt.namespace.lookup(path).ok_or_else(|| {
         ApiError::new(
@@ -275,15 +332,25 @@ struct AssetJson<'a> {
     children: Vec<AssetJson<'a>>,
 }
 
-async fn list_assets(State(st): State<Arc<ApiState>>) -> Response {
+async fn list_assets(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    caller.require(Permission::ReadTags)?;
     let ns = st.runtime.namespace.read();
     let mut tags_by_parent: BTreeMap<TagPath, Vec<&TagPath>> = BTreeMap::new();
-    for t in ns.tags() {
+    for t in ns
+        .tags()
+        .filter(|t| caller.access.can_read(t.path.as_str()))
+    {
         if let Some(parent) = t.path.parent() {
             tags_by_parent.entry(parent).or_default().push(&t.path);
         }
     }
-    let assets: Vec<&Asset> = ns.assets().collect();
+    let assets: Vec<&Asset> = ns
+        .assets()
+        .filter(|a| caller.access.can_see_asset(a.path.as_str()))
+        .collect();
     fn build<'a>(
         a: &'a Asset,
         all: &[&'a Asset],
@@ -314,7 +381,7 @@ async fn list_assets(State(st): State<Arc<ApiState>>) -> Response {
     struct Body<'a> {
         assets: Vec<AssetJson<'a>>,
     }
-    Json(Body { assets: roots }).into_response()
+    Ok(Json(Body { assets: roots }).into_response())
 }
 
 async fn healthz(State(st): State<Arc<ApiState>>) -> Response {
@@ -349,14 +416,18 @@ async fn healthz(State(st): State<Arc<ApiState>>) -> Response {
     Json(body).into_response()
 }
 
-async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
+async fn metrics(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    caller.require(Permission::ReadTags)?;
     let text = st.runtime.render_metrics();
-    (
+    Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         text,
     )
-        .into_response()
+        .into_response())
 }

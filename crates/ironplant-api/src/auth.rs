@@ -1,0 +1,633 @@
+//! Who is calling and what they may do: the authentication middleware, the [`Caller`] every
+//! handler receives, and per-tag-prefix rules ([`TagScopes`]) on top of the role's permissions.
+//!
+//! Credentials (checked by `ironplant-security`, which owns hashing, constant-time comparison,
+//! throttling and lockout):
+//! - `Authorization: Bearer ipt_…`: an API token, or a session token from `POST /api/v1/login`;
+//! - `Authorization: Basic …`: user name and password, a full login each request (argon2id,
+//!   counted by the lockout like any login).
+//!
+//! Invariants:
+//! - With security on, nothing but [`is_public`] paths reaches a handler without an identity.
+//! - Every 401 and 403 leaves an audit record (password failures are recorded by the library's
+//!   `login`; the rest here through the non-blocking `submit`).
+//! - No credential is logged, echoed in an error, or put in an audit record.
+//! - A tag is reachable only if *every* prefix rule of the caller (its user's, its token's)
+//!   allows it; prefixes match whole levels (`a/b` covers `a/b` and `a/b/c`, not `a/bc`).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ironplant_core::TagPath;
+use ironplant_security::audit::bounded;
+use ironplant_security::users::AuthMethod;
+use ironplant_security::{
+    AuditEvent, Identity, LoginError, Permission, Role, Security, TokenError,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{ApiError, ApiState};
+
+/// Lifetime of a session token from `POST /api/v1/login`: one working day and a bit, so a
+/// shift never has to log in twice, and a token left in a browser is useless by the next day.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// The prefix rules, in the security directory next to `users.json`.
+pub const SCOPES_FILE: &str = "api-scopes.json";
+
+/// Paths served without HTTP authentication: the health probe, the login itself, and MQTT
+/// over WebSocket (the broker authenticates at CONNECT through its `Auth` hook).
+pub fn is_public(path: &str) -> bool {
+    path == "/healthz" || path == "/api/v1/login" || path == crate::mqtt_ws::PATH
+}
+
+/// The peer address of the request (unspecified when the server was not started with
+/// connect info, as in router tests). Never taken from `X-Forwarded-For`: that is the client's
+/// word, and lockout per address must not be that easy to dodge.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub IpAddr);
+
+// ---- prefix rules ----------------------------------------------------------------------------
+
+/// Tag path prefixes one user or token is limited to. `None` for a direction: no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<Vec<String>>,
+}
+
+impl PrefixRule {
+    fn is_unlimited(&self) -> bool {
+        self.read.is_none() && self.write.is_none()
+    }
+}
+
+/// The contents of `<data-dir>/security/api-scopes.json`:
+/// `{"users": {"alice": {"read": ["site/area1"], "write": ["site/area1/line2"]}},
+///   "tokens": {"<token id>": {"read": [...]}}}`. Users and tokens not named are limited by
+/// their role only. The API writes token entries when it creates a scoped token; the CLI (or
+/// an administrator's editor) writes user entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagScopes {
+    #[serde(default)]
+    pub users: BTreeMap<String, PrefixRule>,
+    #[serde(default)]
+    pub tokens: BTreeMap<String, PrefixRule>,
+}
+
+/// Serialises read-modify-write of the scopes file within this process.
+static SCOPES_WRITE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl TagScopes {
+    pub fn path(sec: &Security) -> PathBuf {
+        sec.dir().join(SCOPES_FILE)
+    }
+
+    /// Reads the rules; a missing file means no prefix limits. A damaged file is an error
+    /// (callers refuse access rather than ignore rules they cannot read).
+    pub fn load(path: &Path) -> Result<TagScopes, String> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TagScopes::default()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let scopes: TagScopes = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{} is not valid: {e}", path.display()))?;
+        for (who, rule) in scopes.users.iter().chain(&scopes.tokens) {
+            for p in rule.read.iter().chain(&rule.write).flatten() {
+                TagPath::parse(p).map_err(|e| {
+                    format!(
+                        "{}: prefix {p:?} of {who:?} is not a tag path: {e}",
+                        path.display()
+                    )
+                })?;
+            }
+        }
+        Ok(scopes)
+    }
+
+    /// Sets (or with an unlimited rule, removes) the rule of token `id`, atomically.
+    pub fn set_token_rule(path: &Path, id: &str, rule: &PrefixRule) -> Result<(), String> {
+        let _guard = SCOPES_WRITE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut scopes = TagScopes::load(path)?;
+        if rule.is_unlimited() {
+            if scopes.tokens.remove(id).is_none() {
+                return Ok(());
+            }
+        } else {
+            scopes.tokens.insert(id.to_owned(), rule.clone());
+        }
+        let json = serde_json::to_vec_pretty(&scopes)
+            .map_err(|e| format!("cannot encode the tag scopes: {e}"))?;
+        let tmp = path.with_extension("json.tmp");
+        write_private(&tmp, &json)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    /// The rules that apply to `identity`: its user's and, for a token, the token's.
+    pub fn access_for(&self, identity: &Identity) -> (TagAccess, Option<PrefixRule>) {
+        let mut rules = Vec::new();
+        if let Some(r) = self.users.get(&identity.user) {
+            rules.push(r.clone());
+        }
+        let token_rule = match &identity.via {
+            AuthMethod::Token { id } => self.tokens.get(id).cloned(),
+            _ => None,
+        };
+        if let Some(r) = &token_rule {
+            rules.push(r.clone());
+        }
+        (TagAccess { rules }, token_rule)
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Whether `path` is `prefix` or below it, on whole levels.
+pub fn within(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path == prefix
+        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+/// The prefix rules of one caller. Empty: no limits beyond the role.
+#[derive(Debug, Clone, Default)]
+pub struct TagAccess {
+    rules: Vec<PrefixRule>,
+}
+
+impl TagAccess {
+    pub fn unrestricted() -> TagAccess {
+        TagAccess::default()
+    }
+
+    pub fn new(rules: Vec<PrefixRule>) -> TagAccess {
+        TagAccess { rules }
+    }
+
+    pub fn can_read(&self, tag: &str) -> bool {
+        self.rules.iter().all(|r| {
+            r.read
+                .as_ref()
+                .is_none_or(|ps| ps.iter().any(|p| within(tag, p)))
+        })
+    }
+
+    pub fn can_write(&self, tag: &str) -> bool {
+        self.rules.iter().all(|r| {
+            r.write
+                .as_ref()
+                .is_none_or(|ps| ps.iter().any(|p| within(tag, p)))
+        })
+    }
+
+    /// An asset is shown if it is readable or on the way to something readable.
+    pub fn can_see_asset(&self, asset: &str) -> bool {
+        self.rules.iter().all(|r| {
+            r.read
+                .as_ref()
+                .is_none_or(|ps| ps.iter().any(|p| within(asset, p) || within(p, asset)))
+        })
+    }
+}
+
+// ---- the caller ------------------------------------------------------------------------------
+
+/// The authenticated caller, put in the request's extensions by [`authenticate`].
+#[derive(Clone)]
+pub struct Caller {
+    /// `None` only when the API runs without security (router tests): everything is allowed.
+    pub identity: Option<Identity>,
+    pub access: TagAccess,
+    /// The token's own prefix rule (a token made by this caller may not exceed it).
+    pub token_rule: Option<PrefixRule>,
+    pub source: IpAddr,
+    method: Method,
+    path: String,
+    security: Option<Arc<Security>>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("identity", &self.identity)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn permission_name(p: Permission) -> &'static str {
+    match p {
+        Permission::ReadTags => "read_tags",
+        Permission::AckAlarms => "ack_alarms",
+        Permission::WriteSetpoints => "write_setpoints",
+        Permission::ChangeConfig => "change_config",
+        Permission::ManageUsers => "manage_users",
+        Permission::ManageDevices => "manage_devices",
+        Permission::ReadAudit => "read_audit",
+    }
+}
+
+impl Caller {
+    fn unrestricted(source: IpAddr, method: Method, path: String) -> Caller {
+        Caller {
+            identity: None,
+            access: TagAccess::unrestricted(),
+            token_rule: None,
+            source,
+            method,
+            path,
+            security: None,
+        }
+    }
+
+    /// The user name (`None` without security).
+    pub fn user(&self) -> Option<&str> {
+        self.identity.as_ref().map(|i| i.user.as_str())
+    }
+
+    /// The effective role (`Admin` without security, where everything is allowed).
+    pub fn role(&self) -> Role {
+        self.identity.as_ref().map_or(Role::Admin, |i| i.role)
+    }
+
+    pub fn allows(&self, p: Permission) -> bool {
+        self.identity.as_ref().is_none_or(|i| i.role.allows(p))
+    }
+
+    /// 403 (recorded) unless the caller's role has `p`.
+    pub fn require(&self, p: Permission) -> Result<(), ApiError> {
+        if self.allows(p) {
+            return Ok(());
+        }
+        Err(self.deny(format!(
+            "your role {} does not have the permission {} that {} {} needs",
+            self.role(),
+            permission_name(p),
+            self.method,
+            self.path
+        )))
+    }
+
+    /// 403 (recorded) unless the caller may read `tag`.
+    pub fn require_read(&self, tag: &str) -> Result<(), ApiError> {
+        if self.access.can_read(tag) {
+            return Ok(());
+        }
+        Err(self.deny(format!(
+            "you may not read {tag:?}: it is outside the tag prefixes you are limited to"
+        )))
+    }
+
+    /// 403 (recorded) unless the caller may write `tag` (for the command path).
+    pub fn require_write(&self, tag: &str) -> Result<(), ApiError> {
+        self.require(Permission::WriteSetpoints)?;
+        if self.access.can_write(tag) {
+            return Ok(());
+        }
+        Err(self.deny(format!(
+            "you may not write {tag:?}: it is outside the tag prefixes you may write"
+        )))
+    }
+
+    /// A 403 `forbidden`, recorded in the audit log.
+    pub fn deny(&self, message: String) -> ApiError {
+        if let Some(sec) = &self.security {
+            let client = match self.identity.as_ref().map(|i| &i.via) {
+                Some(AuthMethod::Token { id }) => format!("http-api token:{id}"),
+                _ => "http-api".to_owned(),
+            };
+            record_denial(
+                sec,
+                self.user().map(str::to_owned),
+                client,
+                self.source,
+                "forbidden",
+                &self.method,
+                &self.path,
+            );
+        }
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+}
+
+/// API denials are written as `acl_denied` records (the library's event for refused access):
+/// `client_id` "http-api" (with the token id when a token was used), `action`
+/// "api:<error code>", `topic` "<METHOD> <path>" (no query string: it is the client's text).
+fn record_denial(
+    sec: &Security,
+    principal: Option<String>,
+    client_id: String,
+    source: IpAddr,
+    code: &str,
+    method: &Method,
+    path: &str,
+) {
+    sec.audit.submit(AuditEvent::AclDenied {
+        principal,
+        client_id,
+        source: Some(source.to_string()),
+        action: format!("api:{code}"),
+        topic: bounded(&format!("{method} {path}")),
+    });
+}
+
+// ---- authentication --------------------------------------------------------------------------
+
+enum Credentials {
+    Bearer(String),
+    Basic { user: String, password: Vec<u8> },
+}
+
+impl Credentials {
+    fn parse(headers: &HeaderMap) -> Result<Option<Credentials>, &'static str> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Ok(None);
+        };
+        let value = value
+            .to_str()
+            .map_err(|_| "the Authorization header is not ASCII")?;
+        let (scheme, rest) = value
+            .trim()
+            .split_once(' ')
+            .ok_or("the Authorization header must be `Bearer <token>` or `Basic <base64>`")?;
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            Ok(Some(Credentials::Bearer(rest.to_owned())))
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64_decode(rest).ok_or("the Basic credentials are not base64")?;
+            let colon = decoded
+                .iter()
+                .position(|&b| b == b':')
+                .ok_or("the Basic credentials must be `user:password`")?;
+            let user = String::from_utf8(decoded[..colon].to_vec())
+                .map_err(|_| "the user name is not UTF-8")?;
+            Ok(Some(Credentials::Basic {
+                user,
+                password: decoded[colon + 1..].to_vec(),
+            }))
+        } else {
+            Err("unsupported authorization scheme: use `Bearer <token>` or `Basic <base64>`")
+        }
+    }
+}
+
+/// Standard base64 (RFC 4648 §4) with optional padding.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let data = s.trim_end_matches('=');
+    if s.len() - data.len() > 2 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(data.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0u32;
+    for c in data.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    // One character left over (length 1 mod 4) cannot encode a byte.
+    (bits < 6).then_some(out)
+}
+
+enum Failure {
+    Token(TokenError),
+    Login(LoginError),
+    Scopes(String),
+}
+
+/// Checks credentials and loads the caller's prefix rules (blocking: file reads, argon2).
+fn resolve(
+    sec: &Security,
+    creds: Credentials,
+    source: IpAddr,
+) -> Result<(Identity, TagAccess, Option<PrefixRule>), Failure> {
+    let identity = match creds {
+        Credentials::Bearer(token) => sec.users.verify_token(&token).map_err(Failure::Token)?,
+        Credentials::Basic { user, password } => sec
+            .users
+            .login(&user, &password, source, "api")
+            .map_err(Failure::Login)?,
+    };
+    let scopes = TagScopes::load(&TagScopes::path(sec)).map_err(Failure::Scopes)?;
+    let (access, token_rule) = scopes.access_for(&identity);
+    Ok((identity, access, token_rule))
+}
+
+/// Seconds from now until `until`, at least 1 (for `Retry-After`).
+pub fn retry_after_secs(until: SystemTime) -> u64 {
+    until
+        .duration_since(SystemTime::now())
+        .map_or(1, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+        .max(1)
+}
+
+/// A 401 for a refused login (the library has recorded it).
+pub fn login_refused(e: &LoginError) -> ApiError {
+    match e {
+        LoginError::BadCredentials => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
+        }
+        LoginError::Locked { until } => {
+            let mut err = ApiError::new(StatusCode::UNAUTHORIZED, "locked", e.to_string());
+            err.retry_after = Some(retry_after_secs(*until));
+            err
+        }
+    }
+}
+
+/// The middleware in front of every route: establishes the [`Caller`] or answers 401.
+pub(crate) async fn authenticate(
+    State(st): State<Arc<ApiState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let source = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    req.extensions_mut().insert(ClientAddr(source));
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let Some(sec) = st.security.clone() else {
+        req.extensions_mut()
+            .insert(Caller::unrestricted(source, method, path));
+        return next.run(req).await;
+    };
+    if is_public(&path) {
+        return next.run(req).await;
+    }
+    let unauthenticated = |message: &str| {
+        record_denial(
+            &sec,
+            None,
+            "http-api".into(),
+            source,
+            "unauthenticated",
+            &method,
+            &path,
+        );
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message).into_response()
+    };
+    let creds =
+        match Credentials::parse(req.headers()) {
+            Ok(Some(c)) => c,
+            Ok(None) => return unauthenticated(
+                "authentication required: send `Authorization: Bearer <token>` (an API token, or \
+                 a session token from POST /api/v1/login) or HTTP Basic credentials",
+            ),
+            Err(why) => return unauthenticated(why),
+        };
+    let s = sec.clone();
+    let resolved = tokio::task::spawn_blocking(move || resolve(&s, creds, source)).await;
+    let (identity, access, token_rule) = match resolved {
+        Ok(Ok(r)) => r,
+        Ok(Err(Failure::Token(e))) => return unauthenticated(&e.to_string()),
+        Ok(Err(Failure::Login(e))) => return login_refused(&e).into_response(),
+        Ok(Err(Failure::Scopes(e))) => {
+            tracing::error!(error = %e, "cannot read the API tag scopes; refusing requests");
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "security_error",
+                "the access rules cannot be read; see the server log",
+            )
+            .into_response();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "authentication task failed");
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "authentication failed unexpectedly; see the server log",
+            )
+            .into_response();
+        }
+    };
+    req.extensions_mut().insert(Caller {
+        identity: Some(identity),
+        access,
+        token_rule,
+        source,
+        method,
+        path,
+        security: Some(sec),
+    });
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc_vectors() {
+        // RFC 4648 §10 and RFC 7617's example.
+        for (enc, dec) in [
+            ("", ""),
+            ("Zg==", "f"),
+            ("Zm8=", "fo"),
+            ("Zm9v", "foo"),
+            ("Zm9vYg==", "foob"),
+            ("Zm9vYmE=", "fooba"),
+            ("Zm9vYmFy", "foobar"),
+            ("Zm9vYmFy", "foobar"),
+            ("QWxhZGRpbjpvcGVuIHNlc2FtZQ==", "Aladdin:open sesame"),
+        ] {
+            assert_eq!(base64_decode(enc).as_deref(), Some(dec.as_bytes()), "{enc}");
+        }
+        assert_eq!(base64_decode("Zm9vYmFy").as_deref(), Some(&b"foobar"[..]));
+        for bad in ["Z", "Zm9vY", "Zm9v!", "Zg===", "Zm 9v"] {
+            assert_eq!(base64_decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefixes_match_whole_levels() {
+        assert!(within("site/area1", "site/area1"));
+        assert!(within("site/area1/pump", "site/area1"));
+        assert!(within("site/area1/pump", "site/area1/"));
+        assert!(!within("site/area10/pump", "site/area1"));
+        assert!(!within("site", "site/area1"));
+        let access = TagAccess::new(vec![
+            PrefixRule {
+                read: Some(vec!["site/area1".into(), "site/area2".into()]),
+                write: Some(vec![]),
+            },
+            PrefixRule {
+                read: Some(vec!["site/area1".into()]),
+                write: None,
+            },
+        ]);
+        assert!(access.can_read("site/area1/x"));
+        assert!(!access.can_read("site/area2/x"), "the second rule narrows");
+        assert!(
+            !access.can_write("site/area1/x"),
+            "an empty write list allows none"
+        );
+        assert!(access.can_see_asset("site"));
+        assert!(!access.can_see_asset("other"));
+        assert!(TagAccess::unrestricted().can_write("anything/at/all"));
+    }
+
+    #[test]
+    fn credentials_are_parsed_without_echoing_them() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            "basic YWxpY2U6czNjcjp3aXRoOmNvbG9ucw=="
+                .parse()
+                .expect("ascii"),
+        );
+        match Credentials::parse(&h) {
+            Ok(Some(Credentials::Basic { user, password })) => {
+                assert_eq!(user, "alice");
+                assert_eq!(password, b"s3cr:with:colons");
+            }
+            _ => panic!("Basic credentials expected"),
+        }
+        h.insert(
+            header::AUTHORIZATION,
+            "Digest c2VjcmV0".parse().expect("ascii"),
+        );
+        let err = Credentials::parse(&h).err().expect("unsupported scheme");
+        assert!(!err.contains("c2VjcmV0"));
+    }
+}
