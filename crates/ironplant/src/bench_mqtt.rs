@@ -364,7 +364,7 @@ struct Reader {
 }
 
 impl Reader {
-        /// Reads once more from the socket; false at end of stream. Cancel-safe (callers wrap it
+    /// Reads once more from the socket; false at end of stream. Cancel-safe (callers wrap it
     /// in timeouts): bytes land in the buffer's spare capacity only when a read completes.
     async fn fill(&mut self) -> anyhow::Result<bool> {
         if self.start > 0 {
