@@ -518,22 +518,9 @@ fn mqtt_clients_see_the_unified_namespace() {
     let cafile = cafile.to_str().expect("UTF-8 path");
     let login = ["--cafile", cafile, "-u", "admin", "-P", api.token.as_str()];
     let out = Command::new("timeout")
-        .args([
-            "20",
-            "mosquitto_sub",
-            "-h",
-            host,
-            "-p",
-            port,
-        ])
+        .args(["20", "mosquitto_sub", "-h", host, "-p", port])
         .args(login)
-        .args([
-            "-t",
-            "acme/lyon/bottling/line1/filler/#",
-            "-v",
-            "-C",
-            "25",
-        ])
+        .args(["-t", "acme/lyon/bottling/line1/filler/#", "-v", "-C", "25"])
         .output()
         .expect("run mosquitto_sub");
     assert!(
@@ -556,14 +543,7 @@ fn mqtt_clients_see_the_unified_namespace() {
     }
     // Live: the actual speed keeps changing.
     let out = Command::new("timeout")
-        .args([
-            "20",
-            "mosquitto_sub",
-            "-h",
-            host,
-            "-p",
-            port,
-        ])
+        .args(["20", "mosquitto_sub", "-h", host, "-p", port])
         .args(login)
         .args([
             "-t",
