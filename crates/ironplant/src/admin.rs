@@ -86,6 +86,12 @@ pub enum TokenCommand {
         #[arg(long, default_value = "cli", value_name = "TEXT")]
         label: String,
     },
+    /// Revoke a token by its id (the `ipt_<id>_` part, shown by `token list`).
+    #[command(after_help = "Example:\n  ironplant token revoke 3f2a9c0d")]
+    Revoke { id: String },
+    /// List tokens (never their secrets).
+    #[command(after_help = "Example:\n  ironplant token list")]
+    List,
 }
 
 #[derive(Subcommand)]
@@ -276,6 +282,37 @@ pub fn token(cmd: TokenCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
                 t.id, t.role
             );
             println!("{}", t.token);
+        }
+        TokenCommand::Revoke { id } => {
+            sec.users
+                .revoke_token(&id, Some(&actor()))
+                .with_context(|| {
+                    format!("cannot revoke token {id:?}; see `ironplant token list`")
+                })?;
+            println!("Revoked token {id}; it is refused from now on");
+        }
+        TokenCommand::List => {
+            let tokens = sec
+                .users
+                .list_tokens(None)
+                .context("cannot read the tokens")?;
+            let rows: Vec<Vec<String>> = tokens
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.id.clone(),
+                        t.user.clone(),
+                        t.role.to_string(),
+                        match t.revoked {
+                            Some(r) => format!("revoked {}", date(r)),
+                            None => "active".into(),
+                        },
+                        date(t.expires),
+                        t.label.clone(),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "USER", "ROLE", "STATUS", "EXPIRES", "LABEL"], &rows);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -162,7 +162,7 @@ enum Command {
     /// Add users, set their passwords, list them.
     #[command(subcommand)]
     User(admin::UserCommand),
-    /// Create API tokens.
+    /// Create, revoke and list API tokens.
     #[command(subcommand)]
     Token(admin::TokenCommand),
     /// Check the audit log.
