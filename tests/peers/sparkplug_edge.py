@@ -1,6 +1,9 @@
 """A pysparkplug edge node for Ironplant's Sparkplug host interop test.
 
-Usage: sparkplug_edge.py HOST PORT GROUP NODE
+Usage: sparkplug_edge.py HOST PORT GROUP NODE [CAFILE CERTFILE KEYFILE]
+
+With CAFILE, CERTFILE and KEYFILE it connects over TLS with that client certificate (an
+Ironplant device bundle from `ironplant device enroll`).
 
 Connects a pysparkplug EdgeNode (node metric Uptime, device Pump1 with Speed/Running/Mode/Count)
 and then follows commands read from stdin, one a line, answering on stdout with JSON lines:
@@ -34,7 +37,12 @@ def main():
         ]
         say({"event": "ncmd", "topic": str(message.topic), "metrics": metrics})
 
+    client = None
+    if len(sys.argv) == 8:
+        tls = psp.TLSConfig(ca_certs=sys.argv[5], certfile=sys.argv[6], keyfile=sys.argv[7])
+        client = psp.Client(transport_config=tls)
     node = psp.EdgeNode(
+        client=client,
         group_id=group,
         edge_node_id=node_id,
         metrics=[psp.Metric(timestamp=ts(), name="Uptime", datatype=psp.DataType.INT64, value=42)],

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use ironplant_core::Timestamp;
-use ironplant_mqtt::client::{Client, ClientOptions, Event};
+use ironplant_mqtt::client::{Client, ClientOptions, Connector, Event, TcpConnector};
 use ironplant_mqtt::codec::{MqttString, QoS, Will, WillProperties};
 use ironplant_sparkplug::{EdgeError, EdgeNode, MetricValue, Publish, Qos};
 use tokio::sync::{mpsc, watch};
@@ -103,10 +103,22 @@ pub fn edge_node(s: &EdgeSettings, r: &Readings) -> Result<EdgeNode, EdgeError> 
     Ok(edge)
 }
 
-/// Runs the edge node until the future is dropped, following `readings`.
-pub async fn run(
+/// Runs the edge node until the future is dropped, following `readings`, over plain TCP
+/// without credentials.
+pub async fn run(s: EdgeSettings, readings: watch::Receiver<Readings>) -> Result<(), EdgeError> {
+    let tcp = TcpConnector {
+        address: s.broker.clone(),
+    };
+    run_with(s, readings, tcp, None).await
+}
+
+/// Like [`run`], reaching the broker through `connector` (TLS with a device certificate, say)
+/// and presenting `credentials` (user name, password) when given.
+pub async fn run_with<C: Connector + Clone>(
     s: EdgeSettings,
     mut readings: watch::Receiver<Readings>,
+    connector: C,
+    credentials: Option<(String, String)>,
 ) -> Result<(), EdgeError> {
     let first = readings.borrow_and_update().clone();
     let mut edge = edge_node(&s, &first)?;
@@ -117,7 +129,11 @@ pub async fn run(
         options.keep_alive = Duration::from_secs(10);
         options.connect_timeout = Duration::from_secs(5);
         options.will = to_will(&will);
-        let (client, mut events) = Client::connect(&s.broker, options);
+        if let Some((user, password)) = &credentials {
+            options.username = Some(user.clone());
+            options.password = Some(password.clone().into_bytes().into());
+        }
+        let (client, mut events) = Client::connect_with(connector.clone(), options);
         let was_up = session(&s, &client, &mut events, &mut edge, &mut readings).await;
         // Stops the client's own reconnecting: the next connection needs a new will.
         client.disconnect().await;

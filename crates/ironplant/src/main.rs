@@ -1,12 +1,14 @@
 //! `ironplant`: the command-line entry point. Thin: parses arguments, sets up logging, and calls
 //! into the library crates.
 
+mod admin;
 mod bench;
 mod bench_mix;
 mod bench_mqtt;
 mod bench_pg;
 mod platform;
 mod query;
+mod secure;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,10 +24,11 @@ use clap::{Parser, Subcommand, ValueEnum};
     version,
     about,
     long_about = None,
-    after_help = "Examples:\n  ironplant demo\n  ironplant serve --config ironplant.toml --http 0.0.0.0:8080\n  ironplant check --config ironplant.toml"
+    after_help = "Examples:\n  ironplant demo\n  ironplant serve --config ironplant.toml --http 0.0.0.0:8080 --tls-name plant.example\n  ironplant check --config ironplant.toml\n  ironplant device enroll press-4\n  ironplant token create --user admin --role viewer --expires 7d"
 )]
 struct Cli {
-    /// Address of the HTTP API (port 0 picks a free port).
+    /// Address of the HTTP API, served over HTTPS with a certificate from the built-in CA
+    /// (port 0 picks a free port).
     #[arg(
         long,
         global = true,
@@ -33,13 +36,33 @@ struct Cli {
         value_name = "ADDR"
     )]
     http: String,
-    /// Address of the MQTT listener (the Unified Namespace: every tag's value, retained, on its
-    /// path); `off` disables it; port 0 picks a free port.
+    /// Serve the API over plain HTTP instead of HTTPS (passwords and tokens then cross the
+    /// network in clear: only on loopback or behind a TLS-terminating proxy).
+    #[arg(long, global = true)]
+    insecure_http: bool,
+    /// Extra host name or IP address clients use to reach this platform, for the server
+    /// certificate (loopback and the listen addresses are always in it); repeatable.
+    /// Example: --tls-name plant.example --tls-name 10.0.0.5
+    #[arg(long, global = true, value_name = "NAME")]
+    tls_name: Vec<String>,
+    /// Address of the MQTT over TLS listener (the Unified Namespace: every tag's value,
+    /// retained, on its path). Clients log in with a device certificate, or a user name and
+    /// password or API token. `off` disables it; port 0 picks a free port.
+    #[arg(
+        long,
+        global = true,
+        env = "IRONPLANT_MQTTS",
+        default_value = platform::DEFAULT_MQTTS,
+        value_name = "ADDR"
+    )]
+    mqtts: String,
+    /// Address of a plain-text MQTT listener, off by default (e.g. 127.0.0.1:1883 for an old
+    /// device on loopback). Clients still log in; their credentials travel in clear.
     #[arg(
         long,
         global = true,
         env = "IRONPLANT_MQTT",
-        default_value = platform::DEFAULT_MQTT,
+        default_value = "off",
         value_name = "ADDR"
     )]
     mqtt: String,
@@ -80,7 +103,7 @@ enum LogFormat {
 enum Command {
     /// Start the simulated bottling line and the platform with the bundled config.
     #[command(
-        after_help = "Example:\n  ironplant demo --http 127.0.0.1:18080\n  curl -s 127.0.0.1:18080/api/v1/tags"
+        after_help = "Example:\n  ironplant demo --http 127.0.0.1:18080\n  # then follow the printed login line, e.g.\n  curl --cacert ironplant-data/security/ca/ca.crt \\\n      -u \"admin:$(cat ironplant-data/security/initial-admin-password)\" https://127.0.0.1:18080/api/v1/tags"
     )]
     Demo {
         /// Address for the simulator's Modbus TCP server (port 0 picks a free port).
@@ -133,6 +156,18 @@ enum Command {
     /// Query the historian: raw samples, aggregates over intervals, or the value at an instant.
     #[command(after_help = query::AFTER_HELP)]
     Query(query::QueryArgs),
+    /// Enrol, revoke and list devices (client certificates from the built-in CA).
+    #[command(subcommand)]
+    Device(admin::DeviceCommand),
+    /// Add users, set their passwords, list them.
+    #[command(subcommand)]
+    User(admin::UserCommand),
+    /// Create, revoke and list API tokens.
+    #[command(subcommand)]
+    Token(admin::TokenCommand),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(admin::AuditCommand),
 }
 
 fn init_logging(format: LogFormat) {
@@ -173,33 +208,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config } => Ok(check(&config)),
-        Command::Serve { config } => {
-            let Some(cfg) = load_config(&config)? else {
+        Command::Serve { ref config } => {
+            let Some(cfg) = load_config(config)? else {
                 return Ok(ExitCode::FAILURE);
             };
-            let mqtt = (cli.mqtt != "off").then_some(cli.mqtt.as_str());
-            let mqtt_ws = (cli.mqtt_ws != "off").then_some(cli.mqtt_ws.as_str());
-            runtime()?.block_on(platform::serve(
-                cfg,
-                &cli.http,
-                mqtt,
-                mqtt_ws,
-                &cli.data_dir,
-                None,
-            ))?;
+            let listen = listen(&cli);
+            runtime()?.block_on(platform::serve(cfg, &listen, &cli.data_dir, None))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { sim_listen, seed } => {
-            let mqtt = (cli.mqtt != "off").then_some(cli.mqtt.as_str());
-            let mqtt_ws = (cli.mqtt_ws != "off").then_some(cli.mqtt_ws.as_str());
-            runtime()?.block_on(platform::demo(
-                sim_listen,
-                seed,
-                &cli.http,
-                mqtt,
-                mqtt_ws,
-                &cli.data_dir,
-            ))?;
+            let listen = listen(&cli);
+            runtime()?.block_on(platform::demo(sim_listen, seed, &listen, &cli.data_dir))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate {
@@ -211,11 +230,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(platform::simulate(listen, seed, broker))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Query(args) => query::run(args, &cli.http, &cli.data_dir),
+        Command::Query(args) => query::run(args, &cli.http, cli.insecure_http, &cli.data_dir),
+        Command::Device(cmd) => admin::device(cmd, &cli.data_dir),
+        Command::User(cmd) => admin::user(cmd, &cli.data_dir),
+        Command::Token(cmd) => admin::token(cmd, &cli.data_dir),
+        Command::Audit(cmd) => admin::audit(cmd, &cli.data_dir),
         Command::Bench(cmd) => {
             runtime()?.block_on(bench::run(cmd))?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn off(addr: &str) -> Option<&str> {
+    (addr != "off").then_some(addr)
+}
+
+fn listen(cli: &Cli) -> platform::Listen<'_> {
+    platform::Listen {
+        http: &cli.http,
+        insecure_http: cli.insecure_http,
+        mqtts: off(&cli.mqtts),
+        mqtt: off(&cli.mqtt),
+        mqtt_ws: off(&cli.mqtt_ws),
+        tls_names: &cli.tls_name,
     }
 }
 

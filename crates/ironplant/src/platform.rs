@@ -1,7 +1,7 @@
 //! Running the platform, the demo and the simulator from the command line.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,10 +9,16 @@ use anyhow::Context as _;
 use ironplant_api::ApiState;
 use ironplant_core::config::Config;
 use ironplant_runtime::Runtime;
+use ironplant_security::Security;
 use tokio::net::TcpListener;
 
-/// The MQTT listener's default address (`--mqtt`).
+use crate::secure;
+
+/// The plain MQTT listener's usual address (`--mqtt`; off unless given).
 pub const DEFAULT_MQTT: &str = "127.0.0.1:1883";
+
+/// The MQTT over TLS listener's default address (`--mqtts`).
+pub const DEFAULT_MQTTS: &str = "127.0.0.1:8883";
 
 /// The example configuration bundled into the binary; the demo points it at its simulator.
 pub const BOTTLING_CONFIG: &str = include_str!("../../../examples/bottling.toml");
@@ -72,64 +78,121 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// Runs the platform until Ctrl-C/SIGTERM. `banner` is printed once the HTTP port is bound.
-pub async fn serve(
-    config: Config,
-    http: &str,
-    mqtt: Option<&str>,
-    mqtt_ws: Option<&str>,
-    data_dir: &Path,
-    banner: Option<String>,
-) -> anyhow::Result<()> {
-    let listener = bind(http, "HTTP", "--http").await?;
-    let mqtt_listener = match mqtt {
+/// Where the platform listens (flags of `serve` and `demo`).
+pub struct Listen<'a> {
+    /// The API: HTTPS unless `insecure_http`.
+    pub http: &'a str,
+    pub insecure_http: bool,
+    /// MQTT over TLS (`--mqtts`).
+    pub mqtts: Option<&'a str>,
+    /// Plain-text MQTT (`--mqtt`), off unless asked for; authenticated like the others.
+    pub mqtt: Option<&'a str>,
+    /// The dedicated MQTT over WebSocket listener (`--mqtt-ws`).
+    pub mqtt_ws: Option<&'a str>,
+    /// Extra host names or addresses for the server certificate (`--tls-name`).
+    pub tls_names: &'a [String],
+}
+
+/// The listeners, bound.
+struct Bound {
+    http: TcpListener,
+    mqtts: Option<TcpListener>,
+    mqtt: Option<TcpListener>,
+    ws: Option<TcpListener>,
+}
+
+async fn bind_all(listen: &Listen<'_>, demo: bool) -> anyhow::Result<Bound> {
+    let http = bind(listen.http, "HTTP", "--http").await?;
+    let mqtts = match listen.mqtts {
+        Some(addr) if demo => {
+            Some(bind_demo(addr, DEFAULT_MQTTS, "MQTT over TLS", "--mqtts").await?)
+        }
+        Some(addr) => Some(bind(addr, "MQTT over TLS", "--mqtts").await?),
+        None => None,
+    };
+    let mqtt = match listen.mqtt {
+        Some(addr) if demo => Some(bind_demo(addr, DEFAULT_MQTT, "MQTT", "--mqtt").await?),
         Some(addr) => Some(bind(addr, "MQTT", "--mqtt").await?),
         None => None,
     };
-    let ws_listener = bind_mqtt_ws(mqtt_ws).await?;
-    serve_with(
-        config,
-        listener,
-        mqtt_listener,
-        ws_listener,
-        data_dir,
-        banner,
-    )
-    .await
+    let ws = match listen.mqtt_ws {
+        Some(addr) => Some(bind(addr, "MQTT over WebSocket", "--mqtt-ws").await?),
+        None => None,
+    };
+    Ok(Bound {
+        http,
+        mqtts,
+        mqtt,
+        ws,
+    })
 }
 
-async fn bind_mqtt_ws(addr: Option<&str>) -> anyhow::Result<Option<TcpListener>> {
-    match addr {
-        Some(addr) => Ok(Some(bind(addr, "MQTT over WebSocket", "--mqtt-ws").await?)),
-        None => Ok(None),
-    }
-}
-
-/// Binds the demo's MQTT listener: the standard port if it is free, else (another broker runs
-/// on this laptop, say) a free port, so the demo still starts with one command.
-async fn bind_demo_mqtt(addr: &str) -> anyhow::Result<TcpListener> {
-    match bind(addr, "MQTT", "--mqtt").await {
+/// Binds one of the demo's MQTT listeners: the standard port if it is free, else (another
+/// broker runs on this laptop, say) a free port, so the demo still starts with one command.
+async fn bind_demo(
+    addr: &str,
+    standard: &str,
+    what: &str,
+    flag: &str,
+) -> anyhow::Result<TcpListener> {
+    match bind(addr, what, flag).await {
         Ok(l) => Ok(l),
-        Err(e) if addr == DEFAULT_MQTT => {
-            tracing::warn!(error = %e, "the standard MQTT port is taken; the demo uses a free port instead");
-            bind("127.0.0.1:0", "MQTT", "--mqtt").await
+        Err(e) if addr == standard => {
+            tracing::warn!(error = %e, "the standard {what} port is taken; the demo uses a free port instead");
+            bind("127.0.0.1:0", what, flag).await
         }
         Err(e) => Err(e),
     }
 }
 
-async fn serve_with(
+/// Runs the platform until Ctrl-C/SIGTERM. `banner` is printed once the HTTP port is bound.
+pub async fn serve(
     config: Config,
-    listener: TcpListener,
-    mqtt_listener: Option<TcpListener>,
-    ws_listener: Option<TcpListener>,
+    listen: &Listen<'_>,
     data_dir: &Path,
     banner: Option<String>,
 ) -> anyhow::Result<()> {
+    let bound = bind_all(listen, false).await?;
     prepare_data_dir(data_dir)?;
-    let local = listener
-        .local_addr()
-        .context("cannot read the HTTP listener's address")?;
+    let sec = tokio::task::block_in_place(|| secure::open(data_dir))?;
+    serve_with(config, bound, listen, sec, data_dir, banner).await
+}
+
+fn local_addr(l: &TcpListener, what: &str) -> anyhow::Result<SocketAddr> {
+    l.local_addr()
+        .with_context(|| format!("cannot read the {what} listener's address"))
+}
+
+/// A listen address as clients reach it: 0.0.0.0 and :: are reached on loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    }
+}
+
+async fn serve_with(
+    config: Config,
+    bound: Bound,
+    listen: &Listen<'_>,
+    sec: Arc<Security>,
+    data_dir: &Path,
+    banner: Option<String>,
+) -> anyhow::Result<()> {
+    let Bound {
+        http: listener,
+        mqtts: mqtts_listener,
+        mqtt: mqtt_listener,
+        ws: ws_listener,
+    } = bound;
+    let local = local_addr(&listener, "HTTP")?;
+    let mut addrs = vec![local];
+    if let Some(l) = &mqtts_listener {
+        addrs.push(local_addr(l, "MQTT over TLS")?);
+    }
+    let names = secure::server_names(&addrs, listen.tls_names);
+    let ca_crt = secure::ca_cert_path(&sec);
     let runtime = Arc::new(Runtime::start(&config, Some(data_dir)).with_context(|| {
         format!(
             "cannot start the historian in {}",
@@ -137,8 +200,10 @@ async fn serve_with(
         )
     })?);
     // The broker runs when any MQTT listener is on; it is also served at /mqtt over WebSocket.
-    // Retained messages and persistent sessions live in <data-dir>/mqtt.
-    let broker = if mqtt_listener.is_some() || ws_listener.is_some() {
+    // Retained messages and persistent sessions live in <data-dir>/mqtt. Every client is
+    // authenticated (certificate, password or API token) and checked against the ACL.
+    let any_mqtt = mqtts_listener.is_some() || mqtt_listener.is_some() || ws_listener.is_some();
+    let broker = if any_mqtt {
         let m = &config.mqtt;
         let broker_cfg = ironplant_mqtt::BrokerConfig {
             state_dir: Some(data_dir.join("mqtt")),
@@ -155,9 +220,9 @@ async fn serve_with(
             sys_interval: m.sys_interval,
             ..ironplant_mqtt::BrokerConfig::default()
         };
-        let broker =
-            ironplant_mqtt::Broker::open(broker_cfg, Arc::new(ironplant_mqtt::auth::AllowAll))
-                .context("cannot open the MQTT broker's state (retained messages and sessions)")?;
+        let auth = Arc::new(secure::BlockingAuth(sec.mqtt.clone()));
+        let broker = ironplant_mqtt::Broker::open(broker_cfg, auth)
+            .context("cannot open the MQTT broker's state (retained messages and sessions)")?;
         runtime.metrics.attach_broker(broker.clone());
         Some(broker)
     } else {
@@ -167,7 +232,7 @@ async fn serve_with(
         runtime: runtime.clone(),
         started: Instant::now(),
         mqtt: broker.clone(),
-        security: None,
+        security: Some(sec.clone()),
     });
     if let Some(b) = banner {
         println!("{b}");
@@ -177,10 +242,28 @@ async fn serve_with(
         runtime.namespace.len(),
         config.devices.len()
     );
-    println!("  HTTP API:  http://{local}/api/v1/tags");
-    println!("  Assets:    http://{local}/api/v1/assets");
-    println!("  Metrics:   http://{local}/metrics");
-    println!("  Health:    http://{local}/healthz");
+    let scheme = if listen.insecure_http {
+        "http"
+    } else {
+        "https"
+    };
+    println!("  HTTP API:  {scheme}://{local}/api/v1/tags");
+    println!("  Assets:    {scheme}://{local}/api/v1/assets");
+    println!("  Metrics:   {scheme}://{local}/metrics");
+    println!("  Health:    {scheme}://{local}/healthz");
+    println!(
+        "  CA:        {} (SHA-256 {}); clients trust this certificate",
+        ca_crt.display(),
+        sec.ca.fingerprint()
+    );
+    if let Some(admin) = sec.users.initial_admin() {
+        println!(
+            "  First start: created user `{}`; its password is in {} (0600): log in, change it, delete the file",
+            admin.user,
+            admin.password_file.display()
+        );
+    }
+    tracing::info!(fingerprint = %sec.ca.fingerprint(), ca = %ca_crt.display(), "certificate authority");
     // Kept until shutdown; dropping a bridge stops it (its queue stays on disk).
     let mut _bridges = Vec::new();
     let mut sparkplug = None;
@@ -212,36 +295,55 @@ async fn serve_with(
             );
         }
     } else if !config.bridges.is_empty() {
-        tracing::warn!("[[bridge]] sections are ignored: the MQTT broker is off (--mqtt off)");
+        tracing::warn!(
+            "[[bridge]] sections are ignored: the MQTT broker is off (no MQTT listener)"
+        );
+    }
+    if let (Some(l), Some(broker)) = (mqtts_listener, broker.clone()) {
+        let addr = local_addr(&l, "MQTT over TLS")?;
+        let tls = sec
+            .mqtt_tls_config(&names, None, false)
+            .context("cannot set up TLS for the MQTT listener")?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        tokio::spawn(async move {
+            if let Err(e) = secure::serve_mqtts(l, acceptor, broker).await {
+                tracing::error!(error = %e, "MQTT over TLS listener failed");
+            }
+        });
+        let r = reachable(addr);
+        println!(
+            "  MQTT/TLS:  mqtts://{addr} (device certificate, or user name + password or API token; e.g. mosquitto_sub -h {} -p {} --cafile {} -u USER -P TOKEN -t 'acme/#' -v)",
+            r.ip(),
+            r.port(),
+            ca_crt.display()
+        );
+        tracing::info!(mqtts = %addr, "MQTT over TLS listener: client certificates optional and verified; anonymous clients refused");
     }
     if let (Some(l), Some(broker)) = (mqtt_listener, broker.clone()) {
-        let addr = l
-            .local_addr()
-            .context("cannot read the MQTT listener's address")?;
+        let addr = local_addr(&l, "MQTT")?;
         tokio::spawn(async move {
             if let Err(e) = broker.serve(l).await {
                 tracing::error!(error = %e, "MQTT listener failed");
             }
         });
-        println!("  MQTT:      mqtt://{addr} (live values on each tag path, e.g. mosquitto_sub -h {} -p {} -t 'acme/#' -v)", addr.ip(), addr.port());
-        if let Some(host) = &sparkplug {
-            let under = config.sparkplug.prefix.as_ref().map_or_else(
-                || "<group>/<node>/<device>/<metric>".to_owned(),
-                |p| format!("{p}/<group>/<node>/<device>/<metric>"),
-            );
-            println!("  Sparkplug: host application on spBv1.0/# (STATE {}); edge nodes' metrics become tags {under}", host.state_topic());
-        }
-        tracing::warn!(mqtt = %addr, "MQTT listener is plain TCP without authentication (TLS and ACLs come with the security work); keep it on a trusted interface");
+        println!("  MQTT:      mqtt://{addr} (PLAIN TEXT; still authenticated)");
+        tracing::warn!(mqtt = %addr, "plain-text MQTT listener (--mqtt): passwords, tokens and data cross the network in clear; use --mqtts, or keep this on loopback");
+    }
+    if let (Some(host), Some(_)) = (&sparkplug, &broker) {
+        let under = config.sparkplug.prefix.as_ref().map_or_else(
+            || "<group>/<node>/<device>/<metric>".to_owned(),
+            |p| format!("{p}/<group>/<node>/<device>/<metric>"),
+        );
+        println!("  Sparkplug: host application on spBv1.0/# (STATE {}); edge nodes' metrics become tags {under}", host.state_topic());
     }
     if let Some(broker) = broker.clone() {
+        let ws = if listen.insecure_http { "ws" } else { "wss" };
         println!(
-            "  MQTT/WS:   ws://{local}{} (browsers and web HMIs: MQTT over WebSocket, subprotocol mqtt)",
+            "  MQTT/WS:   {ws}://{local}{} (browsers and web HMIs: MQTT over WebSocket, subprotocol mqtt)",
             ironplant_api::mqtt_ws::PATH
         );
         if let Some(l) = ws_listener {
-            let addr = l
-                .local_addr()
-                .context("cannot read the MQTT over WebSocket listener's address")?;
+            let addr = local_addr(&l, "MQTT over WebSocket")?;
             tokio::spawn(async move {
                 let served =
                     ironplant_api::mqtt_ws::serve_dedicated(l, broker, std::future::pending())
@@ -250,12 +352,29 @@ async fn serve_with(
                     tracing::error!(error = %e, "MQTT over WebSocket listener failed");
                 }
             });
-            println!("  MQTT/WS:   ws://{addr}/ (dedicated listener, any path)");
+            println!("  MQTT/WS:   ws://{addr}/ (dedicated listener, any path; PLAIN TEXT)");
+            tracing::warn!(mqtt_ws = %addr, "the dedicated MQTT over WebSocket listener (--mqtt-ws) is plain text (still authenticated); prefer wss at /mqtt on the HTTPS listener");
         }
     }
     println!("Press Ctrl-C to stop.");
-    tracing::info!(http = %local, data_dir = %data_dir.display(), "platform started");
-    let served = ironplant_api::serve(listener, state, shutdown_signal()).await;
+    let served = if listen.insecure_http {
+        tracing::warn!(http = %local, "plain-text HTTP (--insecure-http): passwords and tokens cross the network in clear; use it only on loopback or behind a TLS proxy");
+        tracing::info!(http = %local, data_dir = %data_dir.display(), "platform started");
+        ironplant_api::serve(listener, state, shutdown_signal()).await
+    } else {
+        let tls = sec
+            .https_tls_config(&names, None)
+            .context("cannot set up TLS for the HTTP listener")?;
+        tracing::info!(https = %local, names = ?names, "HTTPS listener");
+        tracing::info!(http = %local, data_dir = %data_dir.display(), "platform started");
+        secure::serve_https(
+            listener,
+            tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+            ironplant_api::router(state),
+            shutdown_signal(),
+        )
+        .await
+    };
     if let Some(host) = sparkplug {
         host.shutdown();
     }
@@ -272,13 +391,47 @@ async fn serve_with(
     Ok(())
 }
 
+/// The device name of the demo's Sparkplug edge node (its Sparkplug edge node id, which the
+/// default ACL lets a device publish as).
+const DEMO_EDGE_DEVICE: &str = "sim-edge";
+
+/// The demo edge node's certificate bundle in `<data-dir>/demo-edge/`: reused while its
+/// device is enrolled, else (first start, or revoked) enrolled anew.
+fn demo_edge_bundle(sec: &Security, data_dir: &Path) -> anyhow::Result<(String, String, PathBuf)> {
+    let dir = data_dir.join("demo-edge");
+    let crt = dir.join(format!("{DEMO_EDGE_DEVICE}.crt"));
+    let key = dir.join(format!("{DEMO_EDGE_DEVICE}.key"));
+    let active = sec.ca.devices().active(DEMO_EDGE_DEVICE).is_some();
+    if active {
+        if let (Ok(c), Ok(k)) = (std::fs::read_to_string(&crt), std::fs::read_to_string(&key)) {
+            return Ok((c, k, dir));
+        }
+        sec.ca
+            .revoke(DEMO_EDGE_DEVICE, Some("demo"))
+            .context("cannot revoke the demo edge node's lost certificate")?;
+    }
+    let bundle = sec
+        .ca
+        .enroll(
+            DEMO_EDGE_DEVICE,
+            ironplant_security::Role::Device,
+            Some("demo"),
+        )
+        .context("cannot enrol the demo's Sparkplug edge node")?;
+    bundle.write_to(&dir).with_context(|| {
+        format!(
+            "cannot write the edge node's certificate to {}",
+            dir.display()
+        )
+    })?;
+    Ok((bundle.certificate_pem, bundle.private_key_pem, dir))
+}
+
 /// Starts the simulator, then the platform on the bundled config pointed at it.
 pub async fn demo(
     sim_listen: SocketAddr,
     seed: u64,
-    http: &str,
-    mqtt: Option<&str>,
-    mqtt_ws: Option<&str>,
+    listen: &Listen<'_>,
     data_dir: &Path,
 ) -> anyhow::Result<()> {
     let sim = bind(&sim_listen.to_string(), "the simulator", "--sim-listen").await?;
@@ -301,37 +454,66 @@ pub async fn demo(
         "Simulated bottling line (Modbus TCP) on {sim_addr}; its config is saved in {}",
         saved.display()
     );
-    let listener = bind(http, "HTTP", "--http").await?;
-    let mqtt_listener = match mqtt {
-        Some(addr) => Some(bind_demo_mqtt(addr).await?),
-        None => None,
-    };
-    let ws_listener = bind_mqtt_ws(mqtt_ws).await?;
-    if let Some(l) = &mqtt_listener {
-        let addr = l
-            .local_addr()
-            .context("cannot read the MQTT listener's address")?;
+    let bound = bind_all(listen, true).await?;
+    let sec = tokio::task::block_in_place(|| secure::open(data_dir))?;
+    if let Some(l) = &bound.mqtts {
+        let addr = reachable(local_addr(l, "MQTT over TLS")?);
+        let (cert, key, dir) = tokio::task::block_in_place(|| demo_edge_bundle(&sec, data_dir))?;
+        let client = ironplant_security::client_config(sec.ca.ca_pem(), Some((&cert, &key)))
+            .context("cannot set up TLS for the demo's edge node")?;
+        let connector = secure::TlsConnector {
+            address: addr,
+            server_name: rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        };
         let edge = ironplant_sim::sparkplug::EdgeSettings {
             broker: addr.to_string(),
             ..Default::default()
         };
-        banner.push_str(&sparkplug_banner(&edge, config.sparkplug.prefix.as_ref()));
-        spawn_edge_node(edge, readings);
+        banner.push_str(&sparkplug_banner(
+            &edge,
+            "mqtts",
+            config.sparkplug.prefix.as_ref(),
+        ));
+        banner.push_str(&format!(
+            " as enrolled device `{DEMO_EDGE_DEVICE}` (certificate in {})",
+            dir.display()
+        ));
+        tokio::spawn(async move {
+            if let Err(e) =
+                ironplant_sim::sparkplug::run_with(edge, readings, connector, None).await
+            {
+                tracing::error!(error = %e, "sparkplug edge node stopped");
+            }
+        });
+    } else {
+        tracing::warn!("the simulator's Sparkplug edge node is not started: it connects over MQTT/TLS with a device certificate, and --mqtts is off");
     }
-    serve_with(
-        config,
-        listener,
-        mqtt_listener,
-        ws_listener,
-        data_dir,
-        Some(banner),
-    )
-    .await
+    let password_file = sec
+        .dir()
+        .join(ironplant_security::users::INITIAL_ADMIN_FILE);
+    if password_file.exists() {
+        let http = reachable(local_addr(&bound.http, "HTTP")?);
+        let (scheme, cacert) = if listen.insecure_http {
+            ("http", String::new())
+        } else {
+            (
+                "https",
+                format!("--cacert {} ", secure::ca_cert_path(&sec).display()),
+            )
+        };
+        banner.push_str(&format!(
+            "\nLog in as `admin` with the password in {pw} (0600), e.g.\n  curl {cacert}-u \"admin:$(cat {pw})\" {scheme}://{http}/api/v1/tags",
+            pw = password_file.display()
+        ));
+    }
+    serve_with(config, bound, listen, sec, data_dir, Some(banner)).await
 }
 
 /// The banner line about the simulator's Sparkplug edge node.
 fn sparkplug_banner(
     edge: &ironplant_sim::sparkplug::EdgeSettings,
+    scheme: &str,
     prefix: Option<&ironplant_core::TagPath>,
 ) -> String {
     let under = match prefix {
@@ -345,7 +527,7 @@ fn sparkplug_banner(
         ),
     };
     format!(
-        "\nSparkplug B edge node {}/{} (device {}) publishes to mqtt://{}; its tags appear under {under} (e.g. GET /api/v1/tags?prefix={under})",
+        "\nSparkplug B edge node {}/{} (device {}) publishes to {scheme}://{}; its tags appear under {under} (e.g. GET /api/v1/tags?prefix={under})",
         edge.group_id, edge.edge_node_id, edge.device_id, edge.broker
     )
 }
@@ -381,7 +563,7 @@ pub async fn simulate(
         };
         println!(
             "{}",
-            sparkplug_banner(&edge, None).trim_start().replace(
+            sparkplug_banner(&edge, "mqtt", None).trim_start().replace(
                 "its tags appear under",
                 "(retrying until the broker is up); with `ironplant serve` its tags appear under"
             )

@@ -73,6 +73,19 @@ pub struct QueryArgs {
     /// Write the output to FILE instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// API token for the platform (`ironplant token create --user NAME --role viewer`); sent
+    /// as `Authorization: Bearer`.
+    #[arg(
+        long,
+        env = "IRONPLANT_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// CA certificate to verify the platform's HTTPS certificate with (default: the built-in
+    /// CA of --data-dir, <data-dir>/security/ca/ca.crt).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Points per request when paging (for tests of the paging itself).
     #[arg(long, hide = true, default_value_t = PAGE as u64,
           value_parser = clap::value_parser!(u64).range(1..=ironplant_historian::MAX_POINTS as u64))]
@@ -99,8 +112,45 @@ enum OutputFormat {
 
 /// Where answers come from.
 enum Source {
-    Api { addr: SocketAddr, host: String },
+    Api {
+        addr: SocketAddr,
+        host: String,
+        client: ApiClient,
+    },
     Local(Historian),
+}
+
+/// How requests reach the API: TLS (unless the platform runs with --insecure-http) and the
+/// token, if any.
+struct ApiClient {
+    tls: Option<Arc<rustls::ClientConfig>>,
+    token: Option<String>,
+}
+
+impl ApiClient {
+    fn new(args: &QueryArgs, plain: bool, data_dir: &Path) -> anyhow::Result<ApiClient> {
+        let tls = if plain {
+            None
+        } else {
+            let ca = args
+                .ca
+                .clone()
+                .unwrap_or_else(|| data_dir.join("security").join("ca").join("ca.crt"));
+            let pem = std::fs::read_to_string(&ca).with_context(|| {
+                format!(
+                    "cannot read the CA certificate {} to verify the platform's HTTPS certificate; give it with --ca FILE (or --data-dir of the platform)",
+                    ca.display()
+                )
+            })?;
+            let config = ironplant_security::client_config(&pem, None)
+                .with_context(|| format!("{} is not a usable CA certificate", ca.display()))?;
+            Some(Arc::new(config))
+        };
+        Ok(ApiClient {
+            tls,
+            token: args.token.clone(),
+        })
+    }
 }
 
 fn api_error(e: ironplant_api::ApiError) -> anyhow::Error {
@@ -111,9 +161,9 @@ impl Source {
     /// Answers one resolved query (absolute times), from the API or the local historian.
     fn fetch(&self, q: &HistoryQuery) -> anyhow::Result<HistoryResult> {
         match self {
-            Source::Api { addr, host } => {
+            Source::Api { addr, host, client } => {
                 let target = format!("/api/v1/history?{}", encode_query(&q.to_params()));
-                let (status, body) = http_get(*addr, host, &target)?;
+                let (status, body) = http_get(*addr, host, client, &target)?;
                 if status == 200 {
                     return history::parse_json(&body).map_err(|e| {
                         anyhow::anyhow!("the platform at {host} answered oddly: {e}")
@@ -142,7 +192,12 @@ impl Source {
     }
 }
 
-pub fn run(args: QueryArgs, http: &str, data_dir: &Path) -> anyhow::Result<ExitCode> {
+pub fn run(
+    args: QueryArgs,
+    http: &str,
+    insecure_http: bool,
+    data_dir: &Path,
+) -> anyhow::Result<ExitCode> {
     if args.format == OutputFormat::Parquet && args.output.is_none() {
         bail!("parquet output is binary: give the file to write with --output FILE");
     }
@@ -153,7 +208,7 @@ pub fn run(args: QueryArgs, http: &str, data_dir: &Path) -> anyhow::Result<ExitC
         // Tags are asked one at a time, so each may have a whole page.
         *limit = page_limit(&args, 0);
     }
-    let source = pick_source(http, data_dir)?;
+    let source = pick_source(&args, http, insecure_http, data_dir)?;
     let result = collect(&source, &args, q);
     if let Source::Local(h) = &source {
         h.close();
@@ -182,9 +237,17 @@ pub fn run(args: QueryArgs, http: &str, data_dir: &Path) -> anyhow::Result<ExitC
 }
 
 /// The platform's API if something listens on `http`, else the historian in `data_dir`.
-fn pick_source(http: &str, data_dir: &Path) -> anyhow::Result<Source> {
+fn pick_source(
+    args: &QueryArgs,
+    http: &str,
+    insecure_http: bool,
+    data_dir: &Path,
+) -> anyhow::Result<Source> {
+    // HTTPS unless the address says http:// or the platform was started with --insecure-http.
+    let plain = insecure_http || http.starts_with("http://");
     let host = http
         .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .trim_end_matches('/')
         .to_owned();
     let addr = host
@@ -203,8 +266,10 @@ fn pick_source(http: &str, data_dir: &Path) -> anyhow::Result<Source> {
     } else {
         match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
             Ok(_) => {
-                eprintln!("Querying the platform at http://{host}");
-                return Ok(Source::Api { addr, host });
+                let client = ApiClient::new(args, plain, data_dir)?;
+                let scheme = if plain { "http" } else { "https" };
+                eprintln!("Querying the platform at {scheme}://{host}");
+                return Ok(Source::Api { addr, host, client });
             }
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 "connection refused".to_owned()
@@ -779,20 +844,56 @@ fn encode_query(pairs: &[(String, String)]) -> String {
 }
 
 /// GET `target` with `Connection: close`: (status, body).
-fn http_get(addr: SocketAddr, host: &str, target: &str) -> anyhow::Result<(u16, String)> {
+fn http_get(
+    addr: SocketAddr,
+    host: &str,
+    client: &ApiClient,
+    target: &str,
+) -> anyhow::Result<(u16, String)> {
     let ctx = || format!("cannot query the platform at {host}");
-    let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).with_context(ctx)?;
+    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).with_context(ctx)?;
     s.set_read_timeout(Some(READ_TIMEOUT)).with_context(ctx)?;
     s.set_write_timeout(Some(READ_TIMEOUT)).with_context(ctx)?;
-    write!(
-        s,
-        "GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nUser-Agent: ironplant/{}\r\nConnection: close\r\n\r\n",
+    let auth = client
+        .token
+        .as_ref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nUser-Agent: ironplant/{}\r\n{auth}Connection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION")
-    )
-    .with_context(ctx)?;
+    );
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).with_context(ctx)?;
-    parse_response(&raw).with_context(ctx)
+    match &client.tls {
+        None => {
+            let mut s = s;
+            s.write_all(request.as_bytes()).with_context(ctx)?;
+            s.read_to_end(&mut raw).with_context(ctx)?;
+        }
+        Some(config) => {
+            let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            let server = ironplant_security::tls::server_name(name).with_context(ctx)?;
+            let conn = rustls::ClientConnection::new(config.clone(), server).with_context(ctx)?;
+            let mut tls = rustls::StreamOwned::new(conn, s);
+            tls.write_all(request.as_bytes()).with_context(|| {
+                format!("TLS with the platform at {host} failed; is it the platform's CA (--ca), or does it run with --insecure-http (then use --http http://{host})?")
+            })?;
+            match tls.read_to_end(&mut raw) {
+                Ok(_) => {}
+                // The server may close without close_notify after a complete response.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+                Err(e) => return Err(e).with_context(ctx),
+            }
+        }
+    }
+    let (status, body) = parse_response(&raw).with_context(ctx)?;
+    if status == 401 {
+        anyhow::bail!(
+            "the platform at {host} wants credentials (HTTP 401): create a token with `ironplant token create --user NAME --role viewer` and pass it with --token or IRONPLANT_TOKEN"
+        );
+    }
+    Ok((status, body))
 }
 
 fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, String)> {

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
@@ -34,7 +34,7 @@ fn pump(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 impl Proc {
     fn start(args: &[&str], dir: &Path) -> Proc {
         let mut child = Command::new(BIN)
-            .env("IRONPLANT_MQTT", "127.0.0.1:0")
+            .env("IRONPLANT_MQTTS", "127.0.0.1:0")
             .args(args)
             .current_dir(dir)
             .env("NO_COLOR", "1")
@@ -75,18 +75,69 @@ impl Drop for Proc {
     }
 }
 
-/// A minimal HTTP/1.1 GET: (status, body).
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to the API");
+/// The platform's HTTPS API as a client sees it: its address, the CA of its data directory,
+/// and an API token made through the security library (the way `ironplant token create` does).
+struct Api {
+    addr: String,
+    tls: Arc<rustls::ClientConfig>,
+    token: String,
+}
+
+impl Proc {
+    /// Waits for the API's address, then trusts the CA in `data_dir` and makes a viewer token.
+    fn api(&self, data_dir: &Path) -> Api {
+        let addr = self.address_after("HTTP API:");
+        api_for(addr, data_dir)
+    }
+}
+
+fn api_for(addr: String, data_dir: &Path) -> Api {
+    let sec = ironplant_security::Security::open(
+        data_dir,
+        Arc::new(ironplant_security::SystemClock),
+        Default::default(),
+    )
+    .expect("open the platform's security state");
+    let token = sec
+        .users
+        .create_token(
+            "admin",
+            Some(ironplant_security::Role::Viewer),
+            Duration::from_secs(3600),
+            "test",
+            None,
+        )
+        .expect("create a token")
+        .token;
+    let tls = ironplant_security::client_config(sec.ca.ca_pem(), None).expect("client config");
+    Api {
+        addr,
+        tls: Arc::new(tls),
+        token,
+    }
+}
+
+/// A minimal HTTP/1.1 GET over TLS with the token: (status, body).
+fn get(api: &Api, path: &str) -> (u16, String) {
+    let s = TcpStream::connect(&api.addr).expect("connect to the API");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("server name");
+    let conn = rustls::ClientConnection::new(api.tls.clone(), name).expect("TLS client");
+    let mut s = rustls::StreamOwned::new(conn, s);
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        api.addr, api.token
     )
     .expect("send");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read response");
+    let mut raw = Vec::new();
+    match s.read_to_end(&mut raw) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => panic!("read response: {e}"),
+    }
+    let raw = String::from_utf8(raw).expect("UTF-8 response");
     let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
     let status = head
         .split_whitespace()
@@ -96,7 +147,7 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
-fn get_json(addr: &str, path: &str) -> (u16, Json) {
+fn get_json(addr: &Api, path: &str) -> (u16, Json) {
     let (status, body) = get(addr, path);
     (
         status,
@@ -118,7 +169,7 @@ fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-fn tags(addr: &str, query: &str) -> Vec<Json> {
+fn tags(addr: &Api, query: &str) -> Vec<Json> {
     let (status, body) = get_json(addr, &format!("/api/v1/tags{query}"));
     assert_eq!(status, 200);
     body["tags"].as_array().expect("tags array").clone()
@@ -126,7 +177,7 @@ fn tags(addr: &str, query: &str) -> Vec<Json> {
 
 fn run(args: &[&str], dir: &Path) -> Output {
     Command::new(BIN)
-        .env("IRONPLANT_MQTT", "127.0.0.1:0")
+        .env("IRONPLANT_MQTTS", "127.0.0.1:0")
         .args(args)
         .current_dir(dir)
         .output()
@@ -141,7 +192,7 @@ fn demo_serves_live_good_changing_values() {
         &["demo", "--http", "127.0.0.1:0", "--data-dir", "data"],
         dir.path(),
     );
-    let addr = demo.address_after("HTTP API:");
+    let addr = demo.api(&dir.path().join("data"));
 
     // >= 30 tags, all Good, within 5 s of start-up.
     let first = wait_for("30 Good tags", 20, || {
@@ -272,7 +323,7 @@ fn killing_the_simulator_makes_tags_bad_until_it_returns() {
         &["serve", "--config", "plant.toml", "--http", "127.0.0.1:0"],
         dir.path(),
     );
-    let addr = platform.address_after("HTTP API:");
+    let addr = platform.api(&dir.path().join("ironplant-data"));
     let all_quality = |q: &str| {
         let t = tags(&addr, "");
         (!t.is_empty() && t.iter().all(|t| t["quality"] == q)).then_some(t)
@@ -403,7 +454,7 @@ fn an_unreachable_device_keeps_the_platform_running() {
         &["serve", "--config", "c.toml", "--http", "127.0.0.1:0"],
         dir.path(),
     );
-    let addr = p.address_after("HTTP API:");
+    let addr = p.api(&dir.path().join("ironplant-data"));
     // Before the first poll the tag is Bad(NotConnected); then the failed connect makes it CommFailure.
     let t = wait_for("tag Bad(CommFailure)", 10, || {
         let t = tags(&addr, "");
@@ -458,22 +509,18 @@ fn mqtt_clients_see_the_unified_namespace() {
         &["demo", "--http", "127.0.0.1:0", "--data-dir", "data"],
         dir.path(),
     );
-    let mqtt = demo.address_after("MQTT:");
+    // Over TLS, as a viewer with an API token as the password (anonymous clients are refused).
+    let data = dir.path().join("data");
+    let api = demo.api(&data);
+    let mqtt = demo.address_after("MQTT/TLS:");
     let (host, port) = mqtt.rsplit_once(':').expect("host:port");
+    let cafile = data.join("security/ca/ca.crt");
+    let cafile = cafile.to_str().expect("UTF-8 path");
+    let login = ["--cafile", cafile, "-u", "admin", "-P", api.token.as_str()];
     let out = Command::new("timeout")
-        .args([
-            "20",
-            "mosquitto_sub",
-            "-h",
-            host,
-            "-p",
-            port,
-            "-t",
-            "acme/lyon/bottling/line1/filler/#",
-            "-v",
-            "-C",
-            "25",
-        ])
+        .args(["20", "mosquitto_sub", "-h", host, "-p", port])
+        .args(login)
+        .args(["-t", "acme/lyon/bottling/line1/filler/#", "-v", "-C", "25"])
         .output()
         .expect("run mosquitto_sub");
     assert!(
@@ -496,13 +543,9 @@ fn mqtt_clients_see_the_unified_namespace() {
     }
     // Live: the actual speed keeps changing.
     let out = Command::new("timeout")
+        .args(["20", "mosquitto_sub", "-h", host, "-p", port])
+        .args(login)
         .args([
-            "20",
-            "mosquitto_sub",
-            "-h",
-            host,
-            "-p",
-            port,
             "-t",
             "acme/lyon/bottling/line1/filler/plc/speed_actual",
             "-C",

@@ -2,14 +2,17 @@
 //! running platform's API, then read straight from the data directory after a clean stop
 //! (SIGINT): table, CSV, JSON, paging, --limit, aggregates, --at, Parquet, and errors.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
+
+mod common;
+use common::Api;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ironplant");
 const SPEED: &str = "acme/lyon/bottling/line1/filler/plc/speed_actual";
@@ -19,13 +22,14 @@ const RUNNING: &str = "acme/lyon/bottling/line1/filler/plc/status_running";
 struct Demo {
     child: Child,
     addr: String,
+    api: Api,
     data: PathBuf,
 }
 
 impl Demo {
     fn start(data: &Path) -> Demo {
         let mut child = Command::new(BIN)
-            .env("IRONPLANT_MQTT", "127.0.0.1:0")
+            .env("IRONPLANT_MQTTS", "127.0.0.1:0")
             .args(["demo", "--http", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .env("NO_COLOR", "1")
@@ -50,13 +54,15 @@ impl Demo {
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("the demo prints its HTTP address");
             if let Some(url) = line.trim().strip_prefix("HTTP API:") {
-                let url = url.trim().trim_start_matches("http://");
+                let url = url.trim().trim_start_matches("https://");
                 break url.split('/').next().expect("host:port").to_owned();
             }
         };
+        let api = common::api_for(&addr, data, ironplant_security::Role::Viewer);
         Demo {
             child,
             addr,
+            api,
             data: data.to_owned(),
         }
     }
@@ -65,7 +71,7 @@ impl Demo {
     fn wait_for_samples(&self, tag: &str, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let (status, body) = http_get(&self.addr, &format!("/api/v1/history?tag={tag}"));
+            let (status, body) = common::try_get(&self.api, &format!("/api/v1/history?tag={tag}"));
             if status == 200 {
                 let json: Json = serde_json::from_str(&body).expect("history JSON");
                 if json["tags"][0]["points"].as_array().map_or(0, Vec::len) >= n {
@@ -111,34 +117,6 @@ impl Drop for Demo {
     }
 }
 
-/// A minimal HTTP/1.1 GET: (status, body), or status 0 when the exchange failed.
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let exchange = || -> std::io::Result<String> {
-        let mut s = TcpStream::connect(addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw)?;
-        Ok(raw)
-    };
-    let raw = match exchange() {
-        Ok(raw) => raw,
-        Err(e) => return (0, e.to_string()),
-    };
-    let Some((head, body)) = raw.split_once("\r\n\r\n") else {
-        return (0, raw);
-    };
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
-}
-
 /// A data directory holding a few seconds of the demo's history (the platform stopped).
 fn recorded(dir: &Path) -> PathBuf {
     let data = dir.join("data");
@@ -158,7 +136,7 @@ fn dead_http() -> String {
 
 fn query(http: &str, data: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
-        .env("IRONPLANT_MQTT", "127.0.0.1:0")
+        .env("IRONPLANT_MQTTS", "127.0.0.1:0")
         .args(["query", "--http", http, "--data-dir"])
         .arg(data)
         .args(args)
@@ -190,7 +168,19 @@ fn asks_the_running_platform_then_reads_the_data_dir_after_it_stops() {
     demo.wait_for_samples(SPEED, 3);
     let data = demo.data.clone();
 
-    let online = query(&demo.addr, &data, &["--tag", SPEED, "--format", "json"]);
+    // Over HTTPS (the CA of --data-dir) with an API token, as `ironplant token create` makes.
+    let online = query(
+        &demo.addr,
+        &data,
+        &[
+            "--token",
+            &demo.api.token,
+            "--tag",
+            SPEED,
+            "--format",
+            "json",
+        ],
+    );
     let (_, stderr) = ok(&online);
     assert!(stderr.contains("Querying the platform at"), "{stderr}");
     let online = json(&online);
@@ -353,7 +343,7 @@ fn offline_table_csv_json_paging_aggregates_and_at() {
     );
     assert!(!out.status.success(), "--output needs a file");
     let (_, stderr) = ok(&Command::new(BIN)
-        .env("IRONPLANT_MQTT", "127.0.0.1:0")
+        .env("IRONPLANT_MQTTS", "127.0.0.1:0")
         .args(["query", "--http", &http, "--data-dir"])
         .arg(&data)
         .args(["--tag", SPEED, "--format", "csv", "--output"])
@@ -395,7 +385,7 @@ fn offline_parquet_export_reads_back() {
 
     let file = dir.path().join("h.parquet");
     let out = Command::new(BIN)
-        .env("IRONPLANT_MQTT", "127.0.0.1:0")
+        .env("IRONPLANT_MQTTS", "127.0.0.1:0")
         .args(["query", "--http", &http, "--data-dir"])
         .arg(&data)
         .args([
@@ -446,7 +436,7 @@ fn offline_parquet_export_reads_back() {
     // Aggregates get their own columns.
     let file = dir.path().join("agg.parquet");
     let out = Command::new(BIN)
-        .env("IRONPLANT_MQTT", "127.0.0.1:0")
+        .env("IRONPLANT_MQTTS", "127.0.0.1:0")
         .args(["query", "--http", &http, "--data-dir"])
         .arg(&data)
         .args([

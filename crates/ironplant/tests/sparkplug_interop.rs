@@ -7,13 +7,15 @@
 //! message, but fails under CI=true.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
+
+mod common;
+use common::Api;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ironplant");
 
@@ -131,25 +133,15 @@ impl Drop for Proc {
     }
 }
 
-/// A minimal HTTP/1.1 GET of a JSON or text body.
-fn get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect to the API");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
-    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
-    body.to_owned()
+/// A GET over HTTPS with a viewer token; the body of a 200.
+fn get(api: &Api, path: &str) -> String {
+    let (status, body) = common::try_get(api, path);
+    assert_eq!(status, 200, "{path}: {body}");
+    body
 }
 
 /// The tags under `prefix`, by path.
-fn tags(api: &str, prefix: &str) -> std::collections::BTreeMap<String, Json> {
+fn tags(api: &Api, prefix: &str) -> std::collections::BTreeMap<String, Json> {
     let body: Json =
         serde_json::from_str(&get(api, &format!("/api/v1/tags?prefix={prefix}"))).expect("JSON");
     body["tags"]
@@ -172,7 +164,7 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 /// `(value, quality, quality_reason)` of a tag, once it exists.
-fn state(api: &str, path: &str) -> Option<(Json, String, Json)> {
+fn state(api: &Api, path: &str) -> Option<(Json, String, Json)> {
     let prefix = path.rsplit_once('/').map_or(path, |(p, _)| p);
     let t = tags(api, prefix).remove(path)?;
     Some((
@@ -182,17 +174,39 @@ fn state(api: &str, path: &str) -> Option<(Json, String, Json)> {
     ))
 }
 
-fn metric(api: &str, name: &str) -> Option<u64> {
+fn metric(api: &Api, name: &str) -> Option<u64> {
     get(api, "/metrics")
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
 }
 
-fn edge_node(py: &Path, mqtt: &str, group: &str, node: &str) -> Proc {
+/// A pysparkplug edge node connecting over TLS as enrolled device `node` (enrolled here with
+/// `ironplant device enroll`, whose bundle it presents).
+fn edge_node(py: &Path, mqtt: &str, dir: &Path, group: &str, node: &str) -> Proc {
+    let out = Command::new(BIN)
+        .args(["device", "enroll", node, "--out"])
+        .arg(dir.join(node))
+        .args(["--data-dir", "data"])
+        .current_dir(dir)
+        .output()
+        .expect("run ironplant device enroll");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/sparkplug_edge.py");
     let (host, port) = mqtt.rsplit_once(':').expect("host:port");
-    let p = Proc::start(Command::new(py).arg(script).args([host, port, group, node]));
+    let bundle = dir.join(node);
+    let p = Proc::start(
+        Command::new(py)
+            .arg(script)
+            .args([host, port, group, node])
+            .arg(bundle.join("ca.crt"))
+            .arg(bundle.join(format!("{node}.crt")))
+            .arg(bundle.join(format!("{node}.key"))),
+    );
     p.line("connecting", |l| l.contains("\"connecting\""));
     p
 }
@@ -209,16 +223,21 @@ fn pysparkplug_edge_nodes_become_tags_and_follow_data_gaps_and_deaths() {
     let platform = Proc::start(
         Command::new(BIN)
             .args(["serve", "--config", "sp.toml", "--http", "127.0.0.1:0"])
-            .args(["--mqtt", "127.0.0.1:0", "--data-dir", "data"])
+            .args(["--mqtts", "127.0.0.1:0", "--data-dir", "data"])
             .env("NO_COLOR", "1")
             .current_dir(dir.path()),
     );
     let api = platform.address_after("HTTP API:");
-    let mqtt = platform.address_after("MQTT:");
+    let api = common::api_for(
+        &api,
+        &dir.path().join("data"),
+        ironplant_security::Role::Viewer,
+    );
+    let mqtt = platform.address_after("MQTT/TLS:");
 
     // Birth: NBIRTH (Uptime, bdSeq; pysparkplug sends no Node Control metrics) and DBIRTH
     // (four metrics) appear as typed tags with their values.
-    let mut edge = edge_node(&py, &mqtt, "Plant1", "edge-py");
+    let mut edge = edge_node(&py, &mqtt, dir.path(), "Plant1", "edge-py");
     let base = "sp/Plant1/edge-py";
     let speed = format!("{base}/Pump1/Speed");
     let born = wait_for("the DBIRTH's tags", || {
@@ -282,7 +301,7 @@ fn pysparkplug_edge_nodes_become_tags_and_follow_data_gaps_and_deaths() {
     drop(edge);
 
     // A killed edge node: the broker publishes its will (NDEATH), and its tags go Bad.
-    let killed = edge_node(&py, &mqtt, "Plant1", "edge-kill");
+    let killed = edge_node(&py, &mqtt, dir.path(), "Plant1", "edge-kill");
     let kspeed = "sp/Plant1/edge-kill/Pump1/Speed";
     wait_for("the second node's birth", || {
         (state(&api, kspeed)?.1 == "Good").then_some(())

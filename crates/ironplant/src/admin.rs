@@ -1,0 +1,351 @@
+//! `ironplant device|user|token|audit`: security administration on `--data-dir`, done on the
+//! files directly (the security library serialises writers with lock files, so these work
+//! while the platform runs; a revocation applies at the device's next TLS handshake).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use ironplant_security::{Role, Security};
+
+use crate::secure;
+
+/// Who the audit log names as the actor of CLI changes.
+fn actor() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+#[derive(Subcommand)]
+pub enum DeviceCommand {
+    /// Enrol a device: issue its client certificate from the built-in CA and write
+    /// `<NAME>.crt`, `<NAME>.key` (0600) and `ca.crt` into --out. The key is shown only here.
+    #[command(
+        after_help = "Example:\n  ironplant device enroll press-4 --out ./press-4\n  mosquitto_pub -h plant.local -p 8883 --cafile press-4/ca.crt \\\n      --cert press-4/press-4.crt --key press-4/press-4.key -t devices/press-4/hello -m hi"
+    )]
+    Enroll {
+        /// Device name (becomes the certificate's Common Name and the MQTT identity).
+        name: String,
+        /// Role of the device (`device` gets only what the ACL grants devices).
+        #[arg(long, default_value = "device", value_name = "ROLE")]
+        role: Role,
+        /// Directory to write the certificate, key and CA into (default: ./<NAME>).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Revoke a device's certificate: refused from its next connection on, without restart.
+    #[command(after_help = "Example:\n  ironplant device revoke press-4")]
+    Revoke {
+        /// Device name.
+        name: String,
+    },
+    /// List enrolled devices, active and revoked.
+    #[command(after_help = "Example:\n  ironplant device list")]
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Add a user with a generated password, printed once.
+    #[command(after_help = "Example:\n  ironplant user add alice --role operator")]
+    Add {
+        name: String,
+        /// viewer, operator, engineer or admin.
+        #[arg(long, value_name = "ROLE")]
+        role: Role,
+    },
+    /// Set a new generated password for a user, printed once.
+    #[command(after_help = "Example:\n  ironplant user passwd alice")]
+    Passwd { name: String },
+    /// List users.
+    #[command(after_help = "Example:\n  ironplant user list")]
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token (the password of HTTP `Authorization: Bearer` and of MQTT
+    /// clients). Only the token goes to stdout, once; details go to stderr.
+    #[command(
+        after_help = "Example:\n  TOKEN=$(ironplant token create --user alice --role viewer --expires 30d)\n  curl --cacert ironplant-data/security/ca/ca.crt -H \"Authorization: Bearer $TOKEN\" https://127.0.0.1:8080/api/v1/tags"
+    )]
+    Create {
+        /// The user the token acts as.
+        #[arg(long, value_name = "NAME")]
+        user: String,
+        /// The token's role (default: the user's; never higher).
+        #[arg(long, value_name = "ROLE")]
+        role: Option<Role>,
+        /// Lifetime (e.g. 1h, 30d; at most 2 years).
+        #[arg(long, default_value = "30d", value_name = "DURATION")]
+        expires: humantime::Duration,
+        /// A label for lists and the audit log.
+        #[arg(long, default_value = "cli", value_name = "TEXT")]
+        label: String,
+    },
+    /// Revoke a token by its id (the `ipt_<id>_` part, shown by `token list`).
+    #[command(after_help = "Example:\n  ironplant token revoke 3f2a9c0d")]
+    Revoke { id: String },
+    /// List tokens (never their secrets).
+    #[command(after_help = "Example:\n  ironplant token list")]
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit log's hash chain and signatures; exit 1 naming the first bad record.
+    #[command(after_help = "Example:\n  ironplant audit verify --data-dir /var/lib/ironplant")]
+    Verify,
+}
+
+fn open(data_dir: &Path) -> anyhow::Result<Arc<Security>> {
+    if !data_dir.exists() {
+        anyhow::bail!(
+            "data directory {} does not exist; point --data-dir at the platform's data directory",
+            data_dir.display()
+        );
+    }
+    secure::open(data_dir)
+}
+
+fn date(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.iter().map(|h| (*h).to_owned()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+pub fn device(cmd: DeviceCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let sec = open(data_dir)?;
+    match cmd {
+        DeviceCommand::Enroll { name, role, out } => {
+            let bundle = sec
+                .ca
+                .enroll(&name, role, Some(&actor()))
+                .with_context(|| format!("cannot enrol device {name:?}"))?;
+            let dir = out.unwrap_or_else(|| PathBuf::from(&name));
+            let files = bundle
+                .write_to(&dir)
+                .with_context(|| format!("cannot write the bundle into {}", dir.display()))?;
+            println!(
+                "Enrolled device `{name}` (role {role}); certificate SHA-256 {}",
+                bundle.fingerprint
+            );
+            for f in files {
+                println!("  wrote {}", f.display());
+            }
+            println!("CA fingerprint (SHA-256): {}", sec.ca.fingerprint());
+            println!("The private key exists only in this directory: move it to the device and delete the copy.");
+        }
+        DeviceCommand::Revoke { name } => {
+            let r = sec.ca.revoke(&name, Some(&actor())).with_context(|| {
+                format!("cannot revoke device {name:?}; see `ironplant device list`")
+            })?;
+            println!(
+                "Revoked device `{}` (serial {}); it is refused from its next connection on",
+                r.name, r.serial
+            );
+        }
+        DeviceCommand::List => {
+            let devices = sec.ca.list().context("cannot read the device registry")?;
+            let rows: Vec<Vec<String>> = devices
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.name.clone(),
+                        d.role.to_string(),
+                        match d.revoked {
+                            Some(t) => format!("revoked {}", date(t)),
+                            None => "active".into(),
+                        },
+                        date(d.enrolled),
+                        date(d.not_after),
+                        d.serial.clone(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["NAME", "ROLE", "STATUS", "ENROLLED", "EXPIRES", "SERIAL"],
+                &rows,
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A random password that passes the store's policy: 24 characters of a 57-symbol alphabet
+/// (about 140 bits), by rejection sampling so every symbol is equally likely.
+fn new_password() -> anyhow::Result<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let limit = 256 - 256 % ALPHABET.len();
+    let mut random = std::fs::File::open("/dev/urandom")
+        .context("cannot open /dev/urandom for a random password")?;
+    let mut out = String::with_capacity(24);
+    let mut buf = [0u8; 64];
+    while out.len() < 24 {
+        std::io::Read::read_exact(&mut random, &mut buf)
+            .context("cannot read random bytes from /dev/urandom")?;
+        for &b in &buf {
+            if usize::from(b) < limit && out.len() < 24 {
+                out.push(char::from(ALPHABET[usize::from(b) % ALPHABET.len()]));
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn user(cmd: UserCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let sec = open(data_dir)?;
+    match cmd {
+        UserCommand::Add { name, role } => {
+            let password = new_password()?;
+            sec.users
+                .create_user(&name, &password, role, Some(&actor()))
+                .with_context(|| format!("cannot add user {name:?}"))?;
+            eprintln!("Added user `{name}` (role {role}). Its password, shown only now:");
+            println!("{password}");
+        }
+        UserCommand::Passwd { name } => {
+            let password = new_password()?;
+            sec.users
+                .set_password(&name, &password, Some(&actor()))
+                .with_context(|| {
+                    format!("cannot set the password of {name:?}; see `ironplant user list`")
+                })?;
+            eprintln!("New password of `{name}`, shown only now:");
+            println!("{password}");
+        }
+        UserCommand::List => {
+            let users = sec.users.list_users().context("cannot read the users")?;
+            let rows: Vec<Vec<String>> = users
+                .iter()
+                .map(|u| {
+                    vec![
+                        u.name.clone(),
+                        u.role.to_string(),
+                        if u.disabled { "disabled" } else { "active" }.into(),
+                        date(u.created),
+                    ]
+                })
+                .collect();
+            print_table(&["NAME", "ROLE", "STATUS", "CREATED"], &rows);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn token(cmd: TokenCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let sec = open(data_dir)?;
+    match cmd {
+        TokenCommand::Create {
+            user,
+            role,
+            expires,
+            label,
+        } => {
+            let t = sec
+                .users
+                .create_token(&user, role, expires.into(), &label, Some(&actor()))
+                .with_context(|| format!("cannot create a token for {user:?}"))?;
+            let until = humantime::format_rfc3339_seconds(t.expires);
+            let left = t
+                .expires
+                .duration_since(SystemTime::now())
+                .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string())
+                .unwrap_or_default();
+            eprintln!(
+                "Token {} for `{user}` (role {}), valid until {until} ({left}); shown only now:",
+                t.id, t.role
+            );
+            println!("{}", t.token);
+        }
+        TokenCommand::Revoke { id } => {
+            sec.users
+                .revoke_token(&id, Some(&actor()))
+                .with_context(|| {
+                    format!("cannot revoke token {id:?}; see `ironplant token list`")
+                })?;
+            println!("Revoked token {id}; it is refused from now on");
+        }
+        TokenCommand::List => {
+            let tokens = sec
+                .users
+                .list_tokens(None)
+                .context("cannot read the tokens")?;
+            let rows: Vec<Vec<String>> = tokens
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.id.clone(),
+                        t.user.clone(),
+                        t.role.to_string(),
+                        match t.revoked {
+                            Some(r) => format!("revoked {}", date(r)),
+                            None => "active".into(),
+                        },
+                        date(t.expires),
+                        t.label.clone(),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "USER", "ROLE", "STATUS", "EXPIRES", "LABEL"], &rows);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn audit(cmd: AuditCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCommand::Verify => {
+            let dir = data_dir.join("security").join("audit");
+            if !dir.join("audit.log").exists() {
+                anyhow::bail!(
+                    "no audit log in {}; point --data-dir at the platform's data directory",
+                    dir.display()
+                );
+            }
+            match ironplant_security::audit::verify(&dir) {
+                Ok(r) => {
+                    println!(
+                        "{}: ok — {} record(s), {} checkpoint(s){}",
+                        dir.join("audit.log").display(),
+                        r.records,
+                        r.checkpoints,
+                        r.last_checkpoint
+                            .map(|c| format!(", last checkpoint at record {c}"))
+                            .unwrap_or_default()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", dir.join("audit.log").display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! TLS on the platform's listeners: HTTPS for the API (axum's router over tokio-rustls),
+//! MQTT over TLS with optional, verified device certificates, the broker's `Auth` hook kept
+//! off the async workers, and a TLS connector for the demo's Sparkplug edge node.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use ironplant_mqtt::auth::{Auth, ConnectInfo as MqttConnectInfo, Denied, Principal};
+use ironplant_mqtt::codec::ReasonCode;
+use ironplant_security::Security;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// A TLS handshake that takes longer than this is dropped (a slow-loris on the handshake
+/// would otherwise hold a socket and a task forever).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens the security state of `data_dir` (CA, users, audit log), printing what an operator
+/// needs: the CA fingerprint and, on first start, where the admin password is.
+pub fn open(data_dir: &Path) -> anyhow::Result<Arc<Security>> {
+    let sec = ironplant_security::Security::open(
+        data_dir,
+        Arc::new(ironplant_security::SystemClock),
+        ironplant_security::SecurityOptions::default(),
+    )
+    .with_context(|| {
+        format!(
+            "cannot open the security state in {}; check its permissions (it must belong to this user)",
+            data_dir.join("security").display()
+        )
+    })?;
+    Ok(Arc::new(sec))
+}
+
+/// Path of the CA certificate clients trust.
+pub fn ca_cert_path(sec: &Security) -> PathBuf {
+    sec.ca.dir().join("ca.crt")
+}
+
+/// The host names and addresses the server certificate is issued for: loopback always, the
+/// listen addresses when they are specific, and `extra` (`--tls-name`).
+pub fn server_names(addrs: &[SocketAddr], extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    for a in addrs {
+        if !a.ip().is_unspecified() {
+            names.push(a.ip().to_string());
+        }
+    }
+    names.extend(extra.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The broker's `Auth`, moving `connect` (argon2id password checks take tens of
+/// milliseconds) off the async worker with `block_in_place`, so one login does not stall the
+/// other connections served by that worker. Needs the multi-threaded runtime (the binary's).
+pub struct BlockingAuth<A>(pub Arc<A>);
+
+impl<A: Auth> Auth for BlockingAuth<A> {
+    fn connect(&self, info: &MqttConnectInfo<'_>) -> Result<Principal, ReasonCode> {
+        let quick = info.password.is_none()
+            || info
+                .password
+                .is_some_and(|p| p.starts_with(ironplant_security::users::TOKEN_PREFIX.as_bytes()));
+        if quick {
+            // Certificates and tokens are a hash lookup: no need to leave the worker.
+            return self.0.connect(info);
+        }
+        tokio::task::block_in_place(|| self.0.connect(info))
+    }
+    fn may_publish(&self, who: &Principal, topic: &str) -> bool {
+        self.0.may_publish(who, topic)
+    }
+    fn may_subscribe(&self, who: &Principal, filter: &str) -> bool {
+        self.0.may_subscribe(who, filter)
+    }
+    fn denied(&self, who: Option<&Principal>, peer: SocketAddr, what: Denied<'_>) {
+        self.0.denied(who, peer, what);
+    }
+}
+
+/// Serves MQTT over TLS on `listener` until the task is dropped: each connection's handshake
+/// is bounded in time; a verified client certificate's subject becomes its identity.
+pub async fn serve_mqtts(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    broker: ironplant_mqtt::Broker,
+) -> std::io::Result<()> {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; the listener stays up.
+                tracing::warn!(error = %e, "MQTT/TLS listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "MQTT/TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "MQTT/TLS handshake timed out");
+                    return;
+                }
+            };
+            let subject = ironplant_security::peer_subject(tls.get_ref().1.peer_certificates());
+            let stream = ironplant_mqtt::broker::Generic(tls);
+            if let Err(e) = broker.serve_authenticated(stream, peer, subject).await {
+                tracing::debug!(%peer, error = %e, "mqtt/tls connection ended");
+            }
+        });
+    }
+}
+
+/// Serves the API over HTTPS on `listener` until `shutdown` resolves, then lets open
+/// requests finish (WebSocket upgrades included, like `axum::serve`).
+pub async fn serve_https(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let (open_tx, open_rx) = tokio::sync::watch::channel(());
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTPS listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let mut stop = stop_rx.clone();
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "HTTPS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "HTTPS handshake timed out");
+                    return;
+                }
+            };
+            // The peer address reaches handlers as axum's ConnectInfo, as with axum::serve.
+            let svc = tower::ServiceExt::map_request(
+                router,
+                move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    req
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc))
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(%peer, error = %e, "HTTPS connection ended");
+                    }
+                }
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    drop(open_rx);
+    let _ = stop_tx.send(());
+    // Every connection task holds a receiver of `open`; they are all gone when it closes.
+    open_tx.closed().await;
+    Ok(())
+}
+
+/// TLS to the broker with a device certificate, for the demo's Sparkplug edge node.
+#[derive(Clone)]
+pub struct TlsConnector {
+    pub address: SocketAddr,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    pub connector: tokio_rustls::TlsConnector,
+}
+
+impl ironplant_mqtt::client::Connector for TlsConnector {
+    type Stream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+    fn connect(&self) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send {
+        let this = self.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(this.address).await?;
+            tcp.set_nodelay(true)?;
+            this.connector.connect(this.server_name, tcp).await
+        }
+    }
+    fn describe(&self) -> String {
+        format!("mqtts://{}", self.address)
+    }
+}

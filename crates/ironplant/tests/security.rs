@@ -1,0 +1,341 @@
+//! Security of the running binary, seen from outside with third-party peers: paho-mqtt over
+//! TLS (anonymous refused, enrolled device allowed within its ACL, wildcard and foreign-topic
+//! attempts refused and audited, revocation without restart), curl against HTTPS, and the
+//! CLI (`device`, `user`, `token`, `audit verify` on an edited log).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ironplant");
+
+fn python() -> Option<PathBuf> {
+    let py = std::env::var_os("IRONPLANT_PYTHON").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/venv/bin/python"),
+        PathBuf::from,
+    );
+    let have = Command::new(&py)
+        .args(["-c", "import paho.mqtt"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    common::peer_available("paho-mqtt (target/venv, made by .ci/test)", have).then_some(py)
+}
+
+fn pump(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// `ironplant serve` on ephemeral ports in `dir/data`; killed on drop.
+struct Platform {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    _errs: mpsc::Receiver<String>,
+}
+
+impl Platform {
+    fn start(dir: &Path) -> Platform {
+        std::fs::write(dir.join("p.toml"), "[sparkplug]\nhost_id = \"sec\"\n").expect("config");
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config", "p.toml", "--http", "127.0.0.1:0"])
+            .args(["--mqtts", "127.0.0.1:0", "--data-dir", "data"])
+            .env("NO_COLOR", "1")
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ironplant serve");
+        let lines = pump(child.stdout.take().expect("stdout"));
+        let errs = pump(child.stderr.take().expect("stderr"));
+        Platform {
+            child,
+            lines,
+            _errs: errs,
+        }
+    }
+
+    /// The first `127.0.0.1:PORT` of the stdout line starting with `marker`.
+    fn address_after(&self, marker: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no line with {marker:?}"));
+            if line.trim_start().starts_with(marker) {
+                let word = line
+                    .split_whitespace()
+                    .find(|w| w.contains("127.0.0.1:"))
+                    .expect("an address");
+                let addr = word.rsplit("://").next().unwrap_or(word);
+                return addr.split('/').next().expect("host:port").to_owned();
+            }
+        }
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .args(["--data-dir", "data"])
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run ironplant")
+}
+
+fn cli_ok(dir: &Path, args: &[&str]) -> String {
+    let out = cli(dir, args);
+    assert!(
+        out.status.success(),
+        "ironplant {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a paho scenario; returns its JSON lines (the last must say ok).
+fn paho(py: &Path, args: &[&str]) -> Vec<Json> {
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/paho_security.py");
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg(py)
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python");
+    let lines: Vec<Json> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(
+        out.status.success() && lines.last().is_some_and(|l| l["ok"] == true),
+        "{args:?}: {lines:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lines
+}
+
+fn step<'a>(lines: &'a [Json], name: &str) -> &'a Json {
+    lines
+        .iter()
+        .find(|l| l["step"] == name)
+        .unwrap_or_else(|| panic!("no step {name}: {lines:?}"))
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn mqtt_over_tls_refuses_anonymous_enforces_the_acl_and_revocation() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let platform = Platform::start(d);
+    let mqtt = platform.address_after("MQTT/TLS:");
+    let (host, port) = mqtt.rsplit_once(':').expect("host:port");
+    let ca = d.join("data/security/ca/ca.crt");
+    let ca = ca.to_str().expect("UTF-8");
+
+    // Anonymous: TLS works (the server is verified against our CA), CONNECT is refused.
+    let anon = paho(&py, &["connect", host, port, ca]);
+    assert_eq!(anon[0]["kind"], "connack", "{anon:?}");
+    assert_eq!(anon[0]["what"], "Not authorized", "{anon:?}");
+    // A wrong password is refused as such.
+    let bad = paho(&py, &["login", host, port, ca, "admin", "not-the-password"]);
+    assert_eq!(bad[0]["what"], "Bad user name or password", "{bad:?}");
+
+    // An enrolled device (CLI, while the platform runs) connects with its certificate.
+    let enrolled = cli_ok(d, &["device", "enroll", "press-4", "--out", "press-4"]);
+    assert!(enrolled.contains("CA fingerprint (SHA-256):"), "{enrolled}");
+    let crt = d.join("press-4/press-4.crt");
+    let key = d.join("press-4/press-4.key");
+    let (crt, key) = (crt.to_str().expect("UTF-8"), key.to_str().expect("UTF-8"));
+    let run = paho(&py, &["device", host, port, ca, crt, key, "press-4"]);
+    assert_eq!(step(&run, "connect")["what"], "Success");
+    assert_eq!(step(&run, "subscribe own")["granted"][0], "Granted QoS 1");
+    // Wildcards do not widen access: `#` and a shared subscription over all devices are refused.
+    assert_eq!(step(&run, "subscribe #")["granted"][0], "Not authorized");
+    assert_eq!(
+        step(&run, "subscribe $share/g/devices/#")["granted"][0],
+        "Not authorized"
+    );
+    assert_eq!(step(&run, "publish own")["ack"], "Success");
+    assert_eq!(
+        step(&run, "received own")["message"],
+        serde_json::json!(["devices/press-4/hello", "hi"])
+    );
+    // Publishing as another Sparkplug node is refused with Not authorized (0x87) ...
+    assert_eq!(step(&run, "publish foreign")["ack"], "Not authorized");
+    // ... and the denial is in the audit log.
+    let log = d.join("data/security/audit/audit.log");
+    let denial = wait_for("the ACL denial in the audit log", || {
+        std::fs::read_to_string(&log).ok()?.lines().find_map(|l| {
+            let r: Json = serde_json::from_str(l).ok()?;
+            let text = r.to_string();
+            (text.contains("acl_denied")
+                && text.contains("spBv1.0/bottling/NDATA/other-node")
+                && text.contains("press-4"))
+            .then_some(r)
+        })
+    });
+    assert!(denial.to_string().contains("publish"), "{denial}");
+
+    // Revoked from the CLI while the platform runs: refused at the next connect, no restart.
+    let revoked = cli_ok(d, &["device", "revoke", "press-4"]);
+    assert!(revoked.contains("Revoked device `press-4`"), "{revoked}");
+    let again = paho(&py, &["connect", host, port, ca, crt, key]);
+    assert_ne!(again[0]["what"], "Success", "{again:?}");
+    let list = cli_ok(d, &["device", "list"]);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with("press-4"))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(row.contains("revoked"), "{list}");
+    assert!(list.starts_with("NAME"), "{list}");
+}
+
+#[test]
+fn curl_reaches_the_https_api_with_the_ca_and_plain_http_gets_nothing() {
+    let have = Command::new("curl").arg("--version").output().is_ok();
+    if !common::peer_available("curl", have) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let platform = Platform::start(d);
+    let http = platform.address_after("HTTP API:");
+    let ca = d.join("data/security/ca/ca.crt");
+    let token = cli_ok(
+        d,
+        &[
+            "token",
+            "create",
+            "--user",
+            "admin",
+            "--role",
+            "viewer",
+            "--expires",
+            "1h",
+        ],
+    );
+    let token = token.trim();
+    assert!(
+        token.starts_with("ipt_"),
+        "only the token on stdout: {token:?}"
+    );
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .expect("run curl")
+    };
+    let ok = curl(&[
+        "--cacert",
+        ca.to_str().expect("UTF-8"),
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!("https://{http}/healthz"),
+    ]);
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let (body, code) = text.rsplit_once('\n').expect("code line");
+    assert_eq!(code, "200", "{text}");
+    let health: Json = serde_json::from_str(body).expect("JSON");
+    assert_eq!(health["status"], "ok");
+    // Without our CA, curl refuses the certificate (exit 60).
+    let untrusted = curl(&[&format!("https://{http}/healthz")]);
+    assert_eq!(untrusted.status.code(), Some(60), "{untrusted:?}");
+    // Plain HTTP to the HTTPS port gets no HTTP answer.
+    let plain = curl(&[&format!("http://{http}/healthz")]);
+    assert!(!plain.status.success(), "{plain:?}");
+    assert!(
+        !String::from_utf8_lossy(&plain.stdout).contains("\"status\""),
+        "{plain:?}"
+    );
+}
+
+#[test]
+fn cli_manages_users_and_tokens_and_audit_verify_names_an_edited_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::create_dir(d.join("data")).expect("data dir");
+    let password = cli_ok(d, &["user", "add", "alice", "--role", "operator"]);
+    assert_eq!(
+        password.trim().len(),
+        24,
+        "one generated password: {password:?}"
+    );
+    let again = cli_ok(d, &["user", "passwd", "alice"]);
+    assert_ne!(again.trim(), password.trim());
+    let users = cli_ok(d, &["user", "list"]);
+    assert!(
+        users
+            .lines()
+            .any(|l| l.starts_with("alice") && l.contains("operator")),
+        "{users}"
+    );
+    // A token above the user's role is refused, with a reason.
+    let out = cli(
+        d,
+        &["token", "create", "--user", "alice", "--role", "admin"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: cannot create a token for \"alice\""),
+        "{err}"
+    );
+
+    let verified = cli_ok(d, &["audit", "verify"]);
+    assert!(verified.contains(": ok"), "{verified}");
+    // One byte changed in the record of alice's creation: verify fails and names it.
+    let log = d.join("data/security/audit/audit.log");
+    let mut bytes = std::fs::read(&log).expect("read log");
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"\"alice\"")
+        .expect("a record names alice")
+        + 1;
+    let index = bytes[..at].iter().filter(|&&b| b == b'\n').count();
+    bytes[at] = b'A';
+    std::fs::write(&log, bytes).expect("write log");
+    let out = cli(d, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("audit record {index}:")), "{err}");
+}
