@@ -45,6 +45,15 @@ struct Cli {
     /// Example: --tls-name plant.example --tls-name 10.0.0.5
     #[arg(long, global = true, value_name = "NAME")]
     tls_name: Vec<String>,
+    /// Your own server certificate chain (PEM) for HTTPS and MQTT over TLS, instead of one
+    /// issued by the built-in CA; needs --tls-key. Device certificates are still checked
+    /// against the built-in CA.
+    /// Example: --tls-cert /etc/ironplant/server.crt --tls-key /etc/ironplant/server.key
+    #[arg(long, global = true, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, global = true, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Address of the MQTT over TLS listener (the Unified Namespace: every tag's value,
     /// retained, on its path). Clients log in with a device certificate, or a user name and
     /// password or API token. `off` disables it; port 0 picks a free port.
@@ -254,6 +263,7 @@ fn listen(cli: &Cli) -> platform::Listen<'_> {
         mqtt: off(&cli.mqtt),
         mqtt_ws: off(&cli.mqtt_ws),
         tls_names: &cli.tls_name,
+        tls_cert: cli.tls_cert.as_deref().zip(cli.tls_key.as_deref()),
     }
 }
 

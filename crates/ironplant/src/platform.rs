@@ -91,6 +91,8 @@ pub struct Listen<'a> {
     pub mqtt_ws: Option<&'a str>,
     /// Extra host names or addresses for the server certificate (`--tls-name`).
     pub tls_names: &'a [String],
+    /// Bring-your-own server certificate and key (`--tls-cert`, `--tls-key`).
+    pub tls_cert: Option<(&'a Path, &'a Path)>,
 }
 
 /// The listeners, bound.
@@ -192,6 +194,18 @@ async fn serve_with(
         addrs.push(local_addr(l, "MQTT over TLS")?);
     }
     let names = secure::server_names(&addrs, listen.tls_names);
+    let byo = match listen.tls_cert {
+        Some((cert, key)) => Some(
+            ironplant_security::ServerIdentity::from_pem_files(cert, key).with_context(|| {
+                format!(
+                    "cannot use the server certificate {} with key {}; give PEM files (the full chain, then its private key)",
+                    cert.display(),
+                    key.display()
+                )
+            })?,
+        ),
+        None => None,
+    };
     let ca_crt = secure::ca_cert_path(&sec);
     let runtime = Arc::new(Runtime::start(&config, Some(data_dir)).with_context(|| {
         format!(
@@ -302,7 +316,7 @@ async fn serve_with(
     if let (Some(l), Some(broker)) = (mqtts_listener, broker.clone()) {
         let addr = local_addr(&l, "MQTT over TLS")?;
         let tls = sec
-            .mqtt_tls_config(&names, None, false)
+            .mqtt_tls_config(&names, byo.as_ref(), false)
             .context("cannot set up TLS for the MQTT listener")?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         tokio::spawn(async move {
@@ -363,7 +377,7 @@ async fn serve_with(
         ironplant_api::serve(listener, state, shutdown_signal()).await
     } else {
         let tls = sec
-            .https_tls_config(&names, None)
+            .https_tls_config(&names, byo.as_ref())
             .context("cannot set up TLS for the HTTP listener")?;
         tracing::info!(https = %local, names = ?names, "HTTPS listener");
         tracing::info!(http = %local, data_dir = %data_dir.display(), "platform started");

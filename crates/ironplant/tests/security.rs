@@ -48,10 +48,15 @@ struct Platform {
 
 impl Platform {
     fn start(dir: &Path) -> Platform {
+        Self::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> Platform {
         std::fs::write(dir.join("p.toml"), "[sparkplug]\nhost_id = \"sec\"\n").expect("config");
         let mut child = Command::new(BIN)
             .args(["serve", "--config", "p.toml", "--http", "127.0.0.1:0"])
             .args(["--mqtts", "127.0.0.1:0", "--data-dir", "data"])
+            .args(extra)
             .env("NO_COLOR", "1")
             .current_dir(dir)
             .stdout(Stdio::piped())
@@ -338,4 +343,61 @@ fn cli_manages_users_and_tokens_and_audit_verify_names_an_edited_record() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("audit record {index}:")), "{err}");
+}
+
+#[test]
+fn a_bring_your_own_server_certificate_is_served() {
+    let have = Command::new("curl").arg("--version").output().is_ok()
+        && Command::new("openssl").arg("version").output().is_ok();
+    if !common::peer_available("curl and openssl", have) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    // A certificate from "the company's own PKI" (self-signed here), not our CA.
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=plant.example"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-keyout", "own.key", "-out", "own.crt"])
+        .current_dir(d)
+        .output()
+        .expect("run openssl");
+    assert!(made.status.success(), "{made:?}");
+    let platform = Platform::start_with(d, &["--tls-cert", "own.crt", "--tls-key", "own.key"]);
+    let http = platform.address_after("HTTP API:");
+    let curl = |ca: &Path| {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(ca)
+            .arg(format!("https://{http}/healthz"))
+            .output()
+            .expect("run curl")
+    };
+    let own = curl(&d.join("own.crt"));
+    assert_eq!(
+        String::from_utf8_lossy(&own.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    // The built-in CA did not sign what is served now.
+    let builtin = curl(&d.join("data/security/ca/ca.crt"));
+    assert_eq!(builtin.status.code(), Some(60), "{builtin:?}");
 }
