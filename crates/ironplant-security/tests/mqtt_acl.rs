@@ -80,6 +80,10 @@ fn connect_by_certificate_password_token_or_refused() {
         .connect(&info("dash", None, Some(token.token.as_bytes()), None))
         .expect("token as password");
     assert_eq!(p.roles.first().map(|r| &**r), Some("viewer"));
+    // A viewer reads the plant but cannot write to it.
+    let tag = "acme/lyon/bottling/line1/filler/plc/speed_setpoint";
+    assert!(auth.may_subscribe(&p, "acme/#"));
+    assert!(!auth.may_publish(&p, tag), "a viewer cannot write");
     assert_eq!(
         auth.connect(&info(
             "dash",
