@@ -188,6 +188,7 @@ async fn serve_with(
         mqtt: mqtt_listener,
         ws: ws_listener,
     } = bound;
+    tokio::task::block_in_place(|| secure::audit_config(&sec, data_dir, &config))?;
     let local = local_addr(&listener, "HTTP")?;
     let mut addrs = vec![local];
     if let Some(l) = &mqtts_listener {

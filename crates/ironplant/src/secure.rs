@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use ironplant_core::config::Config;
 use ironplant_mqtt::auth::{Auth, ConnectInfo as MqttConnectInfo, Denied, Principal};
 use ironplant_mqtt::codec::ReasonCode;
 use ironplant_security::Security;
@@ -221,5 +222,57 @@ impl ironplant_mqtt::client::Connector for TlsConnector {
     }
     fn describe(&self) -> String {
         format!("mqtts://{}", self.address)
+    }
+}
+
+/// Records in the audit log when the configuration in effect differs from the last start's
+/// (the config is a file edited outside the platform, so a change shows up at the next start):
+/// its SHA-256 is kept in `<data-dir>/security/config.sha256`. Returns whether it changed.
+pub fn audit_config(sec: &Security, data_dir: &Path, config: &Config) -> anyhow::Result<bool> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{config:?}").as_bytes());
+    let now: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let file = data_dir.join("security").join("config.sha256");
+    let before = std::fs::read_to_string(&file).ok();
+    let before = before.as_deref().map(str::trim);
+    if before == Some(now.as_str()) {
+        return Ok(false);
+    }
+    let what = match before {
+        Some(old) => format!("configuration changed since the last start: sha256 {old} -> {now}"),
+        None => format!("first configuration recorded: sha256 {now}"),
+    };
+    sec.audit
+        .record(ironplant_security::AuditEvent::ConfigChanged { actor: None, what })
+        .context("cannot record the configuration change in the audit log")?;
+    std::fs::write(&file, format!("{now}\n"))
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_config_is_audited_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sec = open(dir.path()).expect("security state");
+        let parse = |text: &str| ironplant_core::config::parse("t.toml", text).expect("config");
+        let a = parse("[mqtt]\nuns_prefix = \"a\"\n");
+        let b = parse("[mqtt]\nuns_prefix = \"b\"\n");
+        assert!(audit_config(&sec, dir.path(), &a).expect("first"));
+        assert!(
+            !audit_config(&sec, dir.path(), &a).expect("same"),
+            "unchanged: nothing"
+        );
+        assert!(audit_config(&sec, dir.path(), &b).expect("changed"));
+        let page = sec
+            .audit
+            .query(&ironplant_security::AuditQuery {
+                kinds: vec!["config_changed".into()],
+                ..Default::default()
+            })
+            .expect("query");
+        assert_eq!(page.records.len(), 2, "{:?}", page.records);
     }
 }
