@@ -272,9 +272,17 @@ async fn serve_with(
         sec.ca.fingerprint()
     );
     if let Some(admin) = sec.users.initial_admin() {
+        // Shown once, on the terminal only (never in the log): the first start is the one moment
+        // an operator needs it.
+        let text = std::fs::read_to_string(&admin.password_file).unwrap_or_default();
+        let password = text
+            .lines()
+            .find_map(|l| l.strip_prefix("password:"))
+            .unwrap_or("(see the file)");
         println!(
-            "  First start: created user `{}`; its password is in {} (0600): log in, change it, delete the file",
+            "  First start: created user `{}` with password `{}` (also in {}, 0600): log in, change it, delete the file",
             admin.user,
+            password.trim(),
             admin.password_file.display()
         );
     }

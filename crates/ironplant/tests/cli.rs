@@ -68,6 +68,23 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// Waits for the next stdout line containing `marker`.
+    fn line_with(&self, marker: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no line with {marker:?}"));
+            if line.contains(marker) {
+                return line;
+            }
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -193,6 +210,21 @@ fn demo_serves_live_good_changing_values() {
         dir.path(),
     );
     let addr = demo.api(&dir.path().join("data"));
+    // The first start shows the admin's password once, the same as in its 0600 file.
+    let first_start = demo.line_with("First start:");
+    let shown = first_start
+        .split('`')
+        .nth(3)
+        .expect("the password between backticks");
+    let kept = std::fs::read_to_string(dir.path().join("data/security/initial-admin-password"))
+        .expect("the initial admin password file");
+    let kept = kept
+        .lines()
+        .find_map(|l| l.strip_prefix("password:"))
+        .expect("a password line")
+        .trim();
+    assert!(shown.len() >= 16, "{first_start}");
+    assert_eq!(shown, kept, "{first_start}");
 
     // >= 30 tags, all Good, within 5 s of start-up.
     let first = wait_for("30 Good tags", 20, || {
