@@ -49,22 +49,13 @@ impl Proc {
 
     /// Waits for a stdout line containing `marker` and returns the first socket address in it.
     fn address_after(&self, marker: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no line with {marker:?}"));
-            if line.contains(marker) {
-                let word = line
-                    .split_whitespace()
-                    .find(|w| w.contains("127.0.0.1:"))
-                    .expect("an address");
-                let addr = word.rsplit("://").next().unwrap_or(word);
-                return addr.split('/').next().expect("host:port").to_owned();
-            }
-        }
+        let line = self.line_with(marker);
+        let word = line
+            .split_whitespace()
+            .find(|w| w.contains("127.0.0.1:"))
+            .expect("an address");
+        let addr = word.rsplit("://").next().unwrap_or(word);
+        addr.split('/').next().expect("host:port").to_owned()
     }
 }
 
