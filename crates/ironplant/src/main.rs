@@ -134,7 +134,7 @@ enum Command {
     /// Run the simulated bottling line as a Modbus TCP server (units 1 and 2) and a Sparkplug B
     /// edge node (group bottling, node sim-edge, device line1) publishing to an MQTT broker.
     #[command(
-        after_help = "Example:\n  ironplant simulate --listen 127.0.0.1:5020 --sparkplug-broker 127.0.0.1:1883\n  # then, in another shell: ironplant serve --config examples/bottling.toml\n  # Sparkplug tags: curl -s '127.0.0.1:8080/api/v1/tags?prefix=bottling/sim-edge'"
+        after_help = "Example (the platform on this machine, its edge node enrolled once):\n  ironplant device enroll sim-edge --role device --out edge\n  ironplant simulate --listen 127.0.0.1:5020 --sparkplug-broker 127.0.0.1:8883 --sparkplug-bundle edge\n  # then, in another shell: ironplant serve --config examples/bottling.toml\n  # its Sparkplug tags appear under bottling/sim-edge in GET /api/v1/tags"
     )]
     Simulate {
         /// Address to listen on (port 0 picks a free port; the bound address is printed).
@@ -146,8 +146,14 @@ enum Command {
         /// MQTT broker (`host:port`) the simulator's Sparkplug B edge node publishes to, e.g.
         /// the platform's `--mqtt` address; it reconnects until the broker is up. `off`
         /// disables the edge node.
-        #[arg(long, default_value = platform::DEFAULT_MQTT, value_name = "ADDR")]
+        #[arg(long, default_value = platform::DEFAULT_MQTTS, value_name = "ADDR")]
         sparkplug_broker: String,
+        /// Directory with the edge node's enrolled certificate bundle (`sim-edge.crt`,
+        /// `sim-edge.key`, `ca.crt`, as written by `ironplant device enroll sim-edge --out DIR`):
+        /// the edge node then connects over TLS with it. Without it, it connects in plain text
+        /// and anonymously, which a secured platform refuses.
+        #[arg(long, value_name = "DIR")]
+        sparkplug_bundle: Option<PathBuf>,
     },
     /// Validate a configuration file and report every error with line and column.
     #[command(after_help = "Example:\n  ironplant check --config ironplant.toml")]
@@ -234,9 +240,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             seed,
             sparkplug_broker,
+            sparkplug_bundle,
         } => {
             let broker = (sparkplug_broker != "off").then_some(sparkplug_broker.as_str());
-            runtime()?.block_on(platform::simulate(listen, seed, broker))?;
+            runtime()?.block_on(platform::simulate(
+                listen,
+                seed,
+                broker,
+                sparkplug_bundle.as_deref(),
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Query(args) => query::run(args, &cli.http, cli.insecure_http, &cli.data_dir),

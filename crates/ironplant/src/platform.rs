@@ -566,12 +566,41 @@ fn spawn_edge_node(
     });
 }
 
+/// TLS to `broker` with the enrolled bundle in `dir` (`sim-edge.crt`, `sim-edge.key`,
+/// `ca.crt`).
+fn bundle_connector(dir: &Path, broker: &str) -> anyhow::Result<secure::TlsConnector> {
+    let read = |name: String| {
+        let path = dir.join(&name);
+        std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {}; enrol the edge node first: ironplant device enroll {DEMO_EDGE_DEVICE} --role device --out {}",
+                path.display(),
+                dir.display()
+            )
+        })
+    };
+    let cert = read(format!("{DEMO_EDGE_DEVICE}.crt"))?;
+    let key = read(format!("{DEMO_EDGE_DEVICE}.key"))?;
+    let ca = read("ca.crt".to_owned())?;
+    let address: SocketAddr = broker.parse().with_context(|| {
+        format!("--sparkplug-broker {broker:?} is not an IP address and port, e.g. 127.0.0.1:8883")
+    })?;
+    let client = ironplant_security::client_config(&ca, Some((&cert, &key)))
+        .context("cannot set up TLS with the edge node's bundle")?;
+    Ok(secure::TlsConnector {
+        address,
+        server_name: rustls::pki_types::ServerName::IpAddress(address.ip().into()),
+        connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+    })
+}
+
 /// Runs the simulator alone until Ctrl-C; with `sparkplug_broker`, also its Sparkplug B edge
 /// node, connected to that broker (retrying until it is up).
 pub async fn simulate(
     listen: SocketAddr,
     seed: u64,
     sparkplug_broker: Option<&str>,
+    sparkplug_bundle: Option<&Path>,
 ) -> anyhow::Result<()> {
     let listener = bind(&listen.to_string(), "the simulator", "--listen").await?;
     let addr = listener
@@ -584,14 +613,31 @@ pub async fn simulate(
             broker: broker.to_owned(),
             ..Default::default()
         };
+        let scheme = if sparkplug_bundle.is_some() {
+            "mqtts"
+        } else {
+            "mqtt"
+        };
         println!(
             "{}",
-            sparkplug_banner(&edge, "mqtt", None).trim_start().replace(
+            sparkplug_banner(&edge, scheme, None).trim_start().replace(
                 "its tags appear under",
                 "(retrying until the broker is up); with `ironplant serve` its tags appear under"
             )
         );
-        spawn_edge_node(edge, readings);
+        match sparkplug_bundle {
+            Some(dir) => {
+                let connector = bundle_connector(dir, broker)?;
+                tokio::spawn(async move {
+                    if let Err(e) =
+                        ironplant_sim::sparkplug::run_with(edge, readings, connector, None).await
+                    {
+                        tracing::error!(error = %e, "sparkplug edge node stopped");
+                    }
+                });
+            }
+            None => spawn_edge_node(edge, readings),
+        }
     }
     tokio::select! {
         res = ironplant_sim::run_with(listener, seed, Some(readings_tx)) => res.context("simulator failed")?,

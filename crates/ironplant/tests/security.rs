@@ -401,3 +401,36 @@ fn a_bring_your_own_server_certificate_is_served() {
     let builtin = curl(&d.join("data/security/ca/ca.crt"));
     assert_eq!(builtin.status.code(), Some(60), "{builtin:?}");
 }
+
+#[test]
+fn a_separate_simulator_joins_with_its_enrolled_edge_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let platform = Platform::start(d);
+    let http = platform.address_after("HTTP API:");
+    let mqtts = platform.address_after("MQTT/TLS:");
+    cli_ok(
+        d,
+        &[
+            "device", "enroll", "sim-edge", "--role", "device", "--out", "edge",
+        ],
+    );
+    let mut sim = Command::new(BIN)
+        .args(["simulate", "--listen", "127.0.0.1:0"])
+        .args(["--sparkplug-broker", &mqtts, "--sparkplug-bundle", "edge"])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ironplant simulate");
+    let api = common::api_for(&http, &d.join("data"), ironplant_security::Role::Viewer);
+    let found = wait_for("the edge node's tags", || {
+        let (status, body) = common::try_get(&api, "/api/v1/tags?prefix=bottling/sim-edge/line1");
+        let v: Json = serde_json::from_str(&body).ok()?;
+        let tags = v["tags"].as_array()?;
+        (status == 200 && tags.len() >= 5).then_some(tags.len())
+    });
+    let _ = sim.kill();
+    let _ = sim.wait();
+    assert!(found >= 5);
+}
