@@ -544,22 +544,24 @@ impl Broker {
                 out.push(Out::Packet(Packet::PubComp(ack(r.packet_id, found(known)))));
             }
             Packet::PubAck(r) => {
-                if ctx.session.state.lock().puback(r.packet_id) {
-                    out.push(Out::Release);
+                let mut st = ctx.session.state.lock();
+                if st.puback(r.packet_id) && st.pending_len() > 0 {
+                    release(out);
                 }
             }
             Packet::PubRec(r) => {
                 let failed = r.reason_code.is_error();
                 let known = ctx.session.state.lock().pubrec(r.packet_id, failed);
                 if failed {
-                    out.push(Out::Release);
+                    release(out);
                 } else {
                     out.push(Out::Packet(Packet::PubRel(ack(r.packet_id, found(known)))));
                 }
             }
             Packet::PubComp(r) => {
-                if ctx.session.state.lock().pubcomp(r.packet_id) {
-                    out.push(Out::Release);
+                let mut st = ctx.session.state.lock();
+                if st.pubcomp(r.packet_id) && st.pending_len() > 0 {
+                    release(out);
                 }
             }
             Packet::Subscribe(s) => {
@@ -691,6 +693,14 @@ impl Broker {
             }
         }
         None
+    }
+}
+
+/// Asks the writer to fill the window from the waiting messages; once per batch of packets.
+/// Only when messages wait: with no backlog (the common case) an ack costs no wake-up.
+fn release(out: &mut Vec<Out>) {
+    if !out.iter().any(|o| matches!(o, Out::Release)) {
+        out.push(Out::Release);
     }
 }
 
