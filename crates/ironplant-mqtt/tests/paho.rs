@@ -17,31 +17,7 @@ use ironplant_mqtt::{Broker, BrokerConfig};
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn python() -> Option<PathBuf> {
-    let candidate = std::env::var_os("IRONPLANT_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let venv =
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/venv/bin/python");
-            venv.exists().then_some(venv)
-        });
-    let ok = candidate.as_ref().is_some_and(|py| {
-        Command::new(py)
-            .args(["-c", "import paho.mqtt.client"])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    match (ok, std::env::var("CI").as_deref()) {
-        (true, _) => candidate,
-        (false, Ok("true")) => {
-            panic!("paho-mqtt is required under CI=true; run the tests through .ci/test")
-        }
-        (false, _) => {
-            eprintln!(
-                "SKIPPED: paho-mqtt not installed; run .ci/test to install the interop peers"
-            );
-            None
-        }
-    }
+    ironplant_testkit::python("paho.mqtt.client", "paho-mqtt")
 }
 
 /// Runs one scenario against a fresh broker and fails the test with paho's report if it failed.

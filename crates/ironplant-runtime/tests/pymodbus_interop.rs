@@ -14,29 +14,7 @@ use ironplant_runtime::Runtime;
 use tokio::time::Instant;
 
 fn python() -> Option<PathBuf> {
-    let candidate = std::env::var_os("IRONPLANT_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let venv =
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/venv/bin/python");
-            venv.exists().then_some(venv)
-        });
-    let ok = candidate.as_ref().is_some_and(|py| {
-        Command::new(py)
-            .args(["-c", "import pymodbus"])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    match (ok, std::env::var("CI").as_deref()) {
-        (true, _) => candidate,
-        (false, Ok("true")) => {
-            panic!("pymodbus is required under CI=true; run the tests through .ci/test")
-        }
-        (false, _) => {
-            eprintln!("SKIPPED: pymodbus not installed; run .ci/test to install the interop peers");
-            None
-        }
-    }
+    ironplant_testkit::python("pymodbus", "pymodbus")
 }
 
 struct Peer(Child);

@@ -16,15 +16,7 @@ use serde_json::Value as Json;
 const BIN: &str = env!("CARGO_BIN_EXE_ironplant");
 
 fn python() -> Option<PathBuf> {
-    let py = std::env::var_os("IRONPLANT_PYTHON").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/venv/bin/python"),
-        PathBuf::from,
-    );
-    let have = Command::new(&py)
-        .args(["-c", "import paho.mqtt"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    common::peer_available("paho-mqtt (target/venv, made by .ci/test)", have).then_some(py)
+    ironplant_testkit::python("paho.mqtt", "paho-mqtt")
 }
 
 fn pump(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {

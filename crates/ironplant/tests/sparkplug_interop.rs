@@ -20,31 +20,12 @@ use common::Api;
 const BIN: &str = env!("CARGO_BIN_EXE_ironplant");
 
 fn python() -> Option<PathBuf> {
-    let candidate = std::env::var_os("IRONPLANT_SPARKPLUG_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/venv-sparkplug/bin/python");
-            venv.exists().then_some(venv)
-        });
-    let ok = candidate.as_ref().is_some_and(|py| {
-        Command::new(py)
-            .args(["-c", "import pysparkplug"])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    match (ok, std::env::var("CI").as_deref()) {
-        (true, _) => candidate,
-        (false, Ok("true")) => {
-            panic!("pysparkplug is required under CI=true; run the tests through .ci/test")
-        }
-        (false, _) => {
-            eprintln!(
-                "SKIPPED: pysparkplug not installed; run .ci/test to install the interop peers"
-            );
-            None
-        }
-    }
+    ironplant_testkit::python_with(
+        "IRONPLANT_SPARKPLUG_PYTHON",
+        "venv-sparkplug",
+        "pysparkplug",
+        "pysparkplug",
+    )
 }
 
 /// Forwards the lines of a pipe to a channel, from a thread, so reads never block a test.
