@@ -6,12 +6,12 @@
 //! exports IRONPLANT_PYTHON. Without paho the test is skipped locally with a message, but fails
 //! under CI=true: a peer must never be silently missing there.
 
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use ironplant_mqtt::{Broker, BrokerConfig};
+use ironplant_testkit::ScriptRun;
 
 /// Longest a scenario may take (its own waits time out after 5 s each).
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -38,44 +38,12 @@ fn scenario(name: &str, version: &str) {
 
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/paho_scenarios.py");
-    let mut child = Command::new(&py)
-        .arg(&script)
-        .args(["127.0.0.1", &port.to_string(), name, version])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the paho scenario script");
-    // Drain both pipes on their own threads so a chatty script cannot block on a full pipe.
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
-    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll the scenario process") {
-            break Some(status);
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = out.join().expect("stdout reader");
-    let stderr = err.join().expect("stderr reader");
-    let report = format!("--- stdout\n{stdout}--- stderr\n{stderr}");
-    let Some(status) = status else {
-        panic!("{name} (MQTT {version}) did not finish within {DEADLINE:?}\n{report}");
-    };
-    assert!(
-        status.success(),
-        "{name} (MQTT {version}) failed: {status}\n{report}"
+    let ScriptRun { stdout, report } = ironplant_testkit::run_script(
+        &py,
+        &script,
+        &["127.0.0.1", &port.to_string(), name, version],
+        DEADLINE,
+        &format!("{name} (MQTT {version})"),
     );
     let last = stdout.lines().last().unwrap_or_default();
     assert_eq!(

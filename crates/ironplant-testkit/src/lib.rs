@@ -46,3 +46,60 @@ pub fn python_with(env_var: &str, venv: &str, module: &str, peer: &str) -> Optio
 pub fn python(module: &str, peer: &str) -> Option<PathBuf> {
     python_with("IRONPLANT_PYTHON", "venv", module, peer)
 }
+
+/// What a peer script printed (and both outputs, for failure messages).
+pub struct ScriptRun {
+    pub stdout: String,
+    /// Stdout and stderr, labelled, to append to an assertion message.
+    pub report: String,
+}
+
+/// Runs a peer script with `py`, draining both pipes on their own threads (a chatty script
+/// cannot block on a full pipe). Panics, with both outputs, when it does not finish within
+/// `deadline` or exits unsuccessfully; `what` names the scenario in those messages.
+pub fn run_script(
+    py: &std::path::Path,
+    script: &std::path::Path,
+    args: &[&str],
+    deadline: std::time::Duration,
+    what: &str,
+) -> ScriptRun {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(py)
+        .arg(script)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the peer script");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the peer script") {
+            break Some(status);
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let stdout = out.join().expect("stdout reader");
+    let stderr = err.join().expect("stderr reader");
+    let report = format!("--- stdout\n{stdout}--- stderr\n{stderr}");
+    let Some(status) = status else {
+        panic!("{what} did not finish within {deadline:?}\n{report}");
+    };
+    assert!(status.success(), "{what} failed: {status}\n{report}");
+    ScriptRun { stdout, report }
+}
