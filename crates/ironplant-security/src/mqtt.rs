@@ -77,7 +77,7 @@ const LIMIT_AUDIT_EVERY: Duration = Duration::from_secs(60);
 
 /// The tag-prefix rules file as last read.
 struct ScopesCache {
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Option<(SystemTime, u64, u64)>,
     scopes: Arc<TagScopes>,
     /// Set when the file cannot be read: refuse what the rules would decide.
     broken: bool,
@@ -157,9 +157,11 @@ impl SecurityAuth {
 
     /// Re-reads the rules file if its stamp changed; true when the rules changed.
     fn refresh_scopes(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        // The file is replaced by rename on every change: a new inode even within one mtime tick.
         let stamp = std::fs::metadata(&self.scopes_path)
             .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())));
+            .and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())));
         let mut c = self.scopes.lock();
         if c.stamp == stamp && c.stamp.is_some() {
             return false;
@@ -245,6 +247,8 @@ fn identity(who: &Principal) -> AclIdentity<'_> {
 
 impl Auth for SecurityAuth {
     fn connect(&self, info: &ConnectInfo<'_>) -> Result<Principal, ReasonCode> {
+        // The rules a new connection is decided by are the current ones.
+        self.refresh_scopes();
         // 1. A verified client certificate: the device it was issued to. The TLS verifier
         //    already refused revoked and unknown certificates; checking the registry again
         //    covers a revocation between handshake and CONNECT.

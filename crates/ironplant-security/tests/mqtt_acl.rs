@@ -125,6 +125,7 @@ fn device(name: &str, client_id: &str) -> Principal {
         client_id: client_id.into(),
         user: Some(name.into()),
         roles: vec!["device".into(), "device".into()],
+        owner: Some(format!("device:{name}").into()),
     }
 }
 
