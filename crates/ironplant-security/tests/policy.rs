@@ -70,8 +70,12 @@ fn a_device_may_use_only_its_own_client_ids() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = clock_now();
     let sec = open(dir.path(), &clock);
-    sec.ca.enroll("press-4", Role::Device, None).expect("enroll");
-    sec.ca.enroll("press-5", Role::Device, None).expect("enroll");
+    sec.ca
+        .enroll("press-4", Role::Device, None)
+        .expect("enroll");
+    sec.ca
+        .enroll("press-5", Role::Device, None)
+        .expect("enroll");
     for own in ["press-4", "press-4-a", "press-4-sparkplug"] {
         let p = sec
             .mqtt
@@ -186,7 +190,10 @@ fn a_sparkplug_edge_node_hears_its_own_commands_and_nothing_else() {
     }
 }
 
-fn scoped_security(dir: &std::path::Path, clock: &std::sync::Arc<ironplant_security::ManualClock>) -> Security {
+fn scoped_security(
+    dir: &std::path::Path,
+    clock: &std::sync::Arc<ironplant_security::ManualClock>,
+) -> Security {
     let mut configured = BTreeMap::new();
     configured.insert(
         "carol".to_owned(),
@@ -233,7 +240,9 @@ fn tag_prefix_limits_bind_mqtt_as_they_bind_rest() {
         .connect(&info("dash", None, Some(token.token.as_bytes()), None))
         .expect("token");
     assert!(sec.mqtt.may_subscribe(&scoped, "uns/acme/lyon/line1/#"));
-    assert!(sec.mqtt.may_subscribe(&scoped, "uns/acme/lyon/line1/filler/speed"));
+    assert!(sec
+        .mqtt
+        .may_subscribe(&scoped, "uns/acme/lyon/line1/filler/speed"));
     for outside in [
         "#",
         "uns/#",
@@ -246,12 +255,20 @@ fn tag_prefix_limits_bind_mqtt_as_they_bind_rest() {
         assert!(!sec.mqtt.may_subscribe(&scoped, outside), "{outside}");
     }
     // Writes: the configured rule allows line1 only (the token adds no write limit).
-    assert!(sec.mqtt.may_publish(&scoped, "uns/acme/lyon/line1/filler/setpoint"));
-    assert!(!sec.mqtt.may_publish(&scoped, "uns/acme/lyon/line2/filler/setpoint"));
+    assert!(sec
+        .mqtt
+        .may_publish(&scoped, "uns/acme/lyon/line1/filler/setpoint"));
+    assert!(!sec
+        .mqtt
+        .may_publish(&scoped, "uns/acme/lyon/line2/filler/setpoint"));
     assert!(!sec.mqtt.may_publish(&scoped, "spBv1.0/g/NCMD/n"));
 
     // The REST side reads the same rules through the same type.
-    let rest = sec.mqtt.tag_scopes().expect("scopes").access("carol", Some(&token.id));
+    let rest = sec
+        .mqtt
+        .tag_scopes()
+        .expect("scopes")
+        .access("carol", Some(&token.id));
     assert!(rest.can_read("acme/lyon/line1/filler/speed"));
     assert!(!rest.can_read("acme/lyon/line2/filler/speed"));
 
@@ -275,7 +292,9 @@ fn tag_prefix_limits_bind_mqtt_as_they_bind_rest() {
     // Damaged rules refuse what they decide, never allow it.
     std::fs::write(TagScopes::path(&sec), b"{ not json").expect("damage");
     assert!(sec.mqtt.tag_scopes().is_err());
-    assert!(!sec.mqtt.may_subscribe(&scoped, "uns/acme/lyon/line1/filler/#"));
+    assert!(!sec
+        .mqtt
+        .may_subscribe(&scoped, "uns/acme/lyon/line1/filler/#"));
 }
 
 #[test]
@@ -292,7 +311,12 @@ fn revalidate_finds_revoked_disabled_expired_and_lowered_identities() {
     sec.ca.enroll("edge-9", Role::Device, None).expect("enroll");
     let login = |name: &str| {
         sec.mqtt
-            .connect(&info(name, Some(name), Some(b"a long enough password"), None))
+            .connect(&info(
+                name,
+                Some(name),
+                Some(b"a long enough password"),
+                None,
+            ))
             .expect("login")
     };
     let olga = login("olga");
@@ -303,7 +327,13 @@ fn revalidate_finds_revoked_disabled_expired_and_lowered_identities() {
         .expect("device");
     let t = sec
         .users
-        .create_token("olga", Some(Role::Viewer), Duration::from_secs(60), "t", None)
+        .create_token(
+            "olga",
+            Some(Role::Viewer),
+            Duration::from_secs(60),
+            "t",
+            None,
+        )
         .expect("token");
     let token = sec
         .mqtt
@@ -313,8 +343,12 @@ fn revalidate_finds_revoked_disabled_expired_and_lowered_identities() {
     assert_eq!(sec.mqtt.revalidate(&all), vec![true; 4]);
 
     // A raised role keeps the connection; a lowered one ends it.
-    sec.users.set_role("olga", Role::Engineer, None).expect("raise");
-    sec.users.set_role("eve", Role::Viewer, None).expect("lower");
+    sec.users
+        .set_role("olga", Role::Engineer, None)
+        .expect("raise");
+    sec.users
+        .set_role("eve", Role::Viewer, None)
+        .expect("lower");
     assert_eq!(sec.mqtt.revalidate(&all), vec![true, false, true, true]);
     sec.ca.revoke("edge-9", None).expect("revoke");
     assert_eq!(sec.mqtt.revalidate(&[&device]), vec![false]);
@@ -356,7 +390,8 @@ fn wills_takeovers_and_limits_are_audited_limits_at_a_bounded_rate() {
         .expect("device");
     sec.mqtt
         .denied(Some(&d), peer(), Denied::Will("spBv1.0/STATE/host"));
-    sec.mqtt.denied(Some(&d), peer(), Denied::Takeover("sim-edge"));
+    sec.mqtt
+        .denied(Some(&d), peer(), Denied::Takeover("sim-edge"));
     sec.mqtt.denied(Some(&d), peer(), Denied::Revoked);
     for _ in 0..50 {
         sec.mqtt

@@ -983,6 +983,11 @@ async fn refuse<S: AsyncWrite + Unpin>(
     code: ReasonCode,
 ) -> std::io::Result<()> {
     let mut out = Vec::new();
+    // 3.1.1 has six return codes: a refusal 3.1.1 cannot name is "server unavailable".
+    let code = match version {
+        ProtocolVersion::V311 if code.to_v311_connack().is_none() => ReasonCode::ServerUnavailable,
+        _ => code,
+    };
     let ack = Packet::Connack(Connack {
         session_present: false,
         reason_code: code,
