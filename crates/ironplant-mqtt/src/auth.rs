@@ -20,6 +20,9 @@ pub struct ConnectInfo<'a> {
     pub peer: SocketAddr,
     pub protocol: ProtocolVersion,
     pub client_id: &'a str,
+    /// The client sent an empty client id and the broker assigned `client_id` (unique, so it
+    /// cannot be anyone else's).
+    pub client_id_assigned: bool,
     pub username: Option<&'a str>,
     pub password: Option<&'a [u8]>,
     /// The subject of the client's TLS certificate, when the transport verified one.

@@ -255,11 +255,12 @@ impl Auth for SecurityAuth {
         if let Some(subject) = info.certificate_subject {
             return match self.devices.active(subject) {
                 Some(d)
-                    if !device_client_id_allowed(
-                        &self.options.device_client_ids,
-                        &d.name,
-                        info.client_id,
-                    ) =>
+                    if !info.client_id_assigned
+                        && !device_client_id_allowed(
+                            &self.options.device_client_ids,
+                            &d.name,
+                            info.client_id,
+                        ) =>
                 {
                     // A device speaks only as itself: another client's id would let it kick
                     // that client off and fire its will.

@@ -27,6 +27,7 @@ fn info<'a>(
         peer: peer(),
         protocol: ProtocolVersion::V5,
         client_id,
+        client_id_assigned: false,
         username,
         password,
         certificate_subject: subject,

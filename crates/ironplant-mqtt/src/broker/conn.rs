@@ -56,9 +56,12 @@ impl Broker {
         };
         let version = connect.protocol_version;
         let (client_id, assigned) = if connect.client_id.as_str().is_empty() {
+            // Unique across restarts too (a stored session of someone else must never be
+            // handed to a client that asked for a fresh id).
             let id = format!(
-                "ironplant-{}",
-                self.inner.stats.connections.load(Ordering::Relaxed) + 1
+                "ironplant-{:x}-{}",
+                now_ms(),
+                self.inner.next_assigned.fetch_add(1, Ordering::Relaxed) + 1
             );
             (id, true)
         } else {
@@ -72,6 +75,7 @@ impl Broker {
                 peer,
                 protocol: version,
                 client_id: &client_id,
+                client_id_assigned: assigned,
                 username: connect.username.as_ref().map(MqttString::as_str),
                 password: connect.password.as_deref(),
                 certificate_subject: certificate_subject.as_deref(),
@@ -90,6 +94,7 @@ impl Broker {
                     peer,
                     protocol: version,
                     client_id: &id,
+                    client_id_assigned: assigned,
                     username: user.as_ref().map(MqttString::as_str),
                     password: password.as_deref(),
                     certificate_subject: subject.as_deref(),

@@ -397,6 +397,8 @@ struct Inner {
     addresses: Mutex<HashMap<IpAddr, usize>>,
     /// Live connections, counted from accept to close (`connected` counts attached ones).
     open: std::sync::atomic::AtomicUsize,
+    /// Numbers the client ids the broker assigns.
+    next_assigned: AtomicU64,
 }
 
 /// A running broker; cheap to clone.
@@ -488,6 +490,7 @@ impl Broker {
                 started: Instant::now(),
                 addresses: Mutex::new(HashMap::new()),
                 open: std::sync::atomic::AtomicUsize::new(0),
+                next_assigned: AtomicU64::new(0),
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
