@@ -266,6 +266,24 @@ fn render_broker(w: &mut String, b: &ironplant_mqtt::Broker) {
             get(&st.slow_disconnects),
         ),
         (
+            "limited_total",
+            counter,
+            "Connections, sessions, subscriptions and retained messages refused by a limit.",
+            get(&st.limited),
+        ),
+        (
+            "revoked_disconnects_total",
+            counter,
+            "Connections closed because their identity was revoked, disabled or lowered.",
+            get(&st.revoked),
+        ),
+        (
+            "wills_denied_total",
+            counter,
+            "Wills not sent because their identity may no longer publish on their topic.",
+            get(&st.wills_denied),
+        ),
+        (
             "persist_errors_total",
             counter,
             "Failed saves of retained messages and sessions.",

@@ -125,7 +125,8 @@ pub async fn run_with<C: Connector + Clone>(
     let mut backoff = RECONNECT_MIN;
     loop {
         let will = edge.will(Timestamp::now());
-        let mut options = ClientOptions::new(format!("{}-{}", s.group_id, s.edge_node_id));
+        // The node's name first: an enrolled device may use only `<name>` and `<name>-*`.
+        let mut options = ClientOptions::new(format!("{}-{}", s.edge_node_id, s.group_id));
         options.keep_alive = Duration::from_secs(10);
         options.connect_timeout = Duration::from_secs(5);
         options.will = to_will(&will);

@@ -246,7 +246,14 @@ async fn serve_with(
             max_retained_bytes_per_owner: m.max_retained_bytes_per_owner,
             ..ironplant_mqtt::BrokerConfig::default()
         };
-        let auth = Arc::new(secure::BlockingAuth(sec.mqtt.clone()));
+        let auth = Arc::new(secure::BlockingAuth {
+            inner: sec.mqtt.clone(),
+            reserved: Some(secure::Reserved {
+                namespace: runtime.namespace.clone(),
+                uns_prefix: m.uns_prefix.clone(),
+                host_state: format!("spBv1.0/STATE/{}", config.sparkplug.host_id),
+            }),
+        });
         let broker = ironplant_mqtt::Broker::open(broker_cfg, auth)
             .context("cannot open the MQTT broker's state (retained messages and sessions)")?;
         runtime.metrics.attach_broker(broker.clone());

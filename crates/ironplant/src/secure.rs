@@ -117,10 +117,37 @@ pub fn server_names(addrs: &[SocketAddr], extra: &[String]) -> Vec<String> {
     names
 }
 
+/// Topics only the platform publishes on: the Unified Namespace of its tags (a client's
+/// message there would pass for the platform's own value), and its Sparkplug host's STATE.
+pub struct Reserved {
+    pub namespace: Arc<ironplant_core::LiveNamespace>,
+    pub uns_prefix: String,
+    pub host_state: String,
+}
+
+impl Reserved {
+    fn owns(&self, topic: &str) -> bool {
+        if topic == self.host_state {
+            return true;
+        }
+        let prefix = self.uns_prefix.trim_end_matches('/');
+        let path = if prefix.is_empty() {
+            Some(topic)
+        } else {
+            topic.strip_prefix(prefix).and_then(|t| t.strip_prefix('/'))
+        };
+        path.is_some_and(|p| self.namespace.lookup(p).is_some())
+    }
+}
+
 /// The broker's `Auth`, moving `connect` (argon2id password checks take tens of
 /// milliseconds) off the async worker with `block_in_place`, so one login does not stall the
-/// other connections served by that worker. Needs the multi-threaded runtime (the binary's).
-pub struct BlockingAuth<A>(pub Arc<A>);
+/// other connections served by that worker, and keeping the platform's own topics
+/// ([`Reserved`]) for the platform. Needs the multi-threaded runtime (the binary's).
+pub struct BlockingAuth<A> {
+    pub inner: Arc<A>,
+    pub reserved: Option<Reserved>,
+}
 
 impl<A: Auth> Auth for BlockingAuth<A> {
     fn connect(&self, info: &MqttConnectInfo<'_>) -> Result<Principal, ReasonCode> {
@@ -130,28 +157,34 @@ impl<A: Auth> Auth for BlockingAuth<A> {
                 .is_some_and(|p| p.starts_with(ironplant_security::users::TOKEN_PREFIX.as_bytes()));
         if quick {
             // Certificates and tokens are a hash lookup: no need to leave the worker.
-            return self.0.connect(info);
+            return self.inner.connect(info);
         }
-        tokio::task::block_in_place(|| self.0.connect(info))
+        tokio::task::block_in_place(|| self.inner.connect(info))
     }
     fn may_publish(&self, who: &Principal, topic: &str) -> bool {
-        self.0.may_publish(who, topic)
+        !self.reserved.as_ref().is_some_and(|r| r.owns(topic)) && self.inner.may_publish(who, topic)
     }
     fn may_subscribe(&self, who: &Principal, filter: &str) -> bool {
-        self.0.may_subscribe(who, filter)
+        self.inner.may_subscribe(who, filter)
     }
     fn denied(&self, who: Option<&Principal>, peer: SocketAddr, what: Denied<'_>) {
-        self.0.denied(who, peer, what);
+        self.inner.denied(who, peer, what);
     }
     fn epoch(&self) -> u64 {
-        self.0.epoch()
+        // A new tag (a Sparkplug birth) reserves its UNS topic: decisions cached before it
+        // must be made again. Two atomic loads.
+        let tags = self
+            .reserved
+            .as_ref()
+            .map_or(0, |r| r.namespace.len() as u64);
+        self.inner.epoch().wrapping_add(tags << 32)
     }
     fn revalidate(&self, who: &[&Principal]) -> Vec<bool> {
         // Reads the user store and the rules files: off the async worker.
-        tokio::task::block_in_place(|| self.0.revalidate(who))
+        tokio::task::block_in_place(|| self.inner.revalidate(who))
     }
     fn is_privileged(&self, who: &Principal) -> bool {
-        self.0.is_privileged(who)
+        self.inner.is_privileged(who)
     }
 }
 
