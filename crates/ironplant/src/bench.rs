@@ -61,7 +61,7 @@ pub enum BenchCommand {
     /// MQTT broker: msgs/s and p50/p99 latency of ours and Mosquitto's in the same run
     /// (1 -> 1, fan-in, fan-out; QoS 0 and 1); optionally RSS with many idle connections.
     #[command(
-        after_help = "Examples:\n  ironplant bench mqtt --seconds 5\n  ironplant bench mqtt --seconds 2 --idle 10000"
+        after_help = "Examples:\n  ironplant bench mqtt --seconds 5\n  ironplant bench mqtt --seconds 2 --idle 10000\n  ironplant bench mqtt --seconds 5 --policy   # our broker with the platform's authorisation policy"
     )]
     Mqtt {
         /// Seconds each scenario runs (after a 0.5 s warm-up).
@@ -70,12 +70,20 @@ pub enum BenchCommand {
         /// Idle connections to open to each broker to measure its RSS (0: skip).
         #[arg(long, default_value_t = 0)]
         idle: usize,
+        /// Run our broker with the platform's authorisation policy (API tokens, the ACL and
+        /// tag-prefix rules, as `ironplant serve` does); the load generator logs in with a
+        /// token. Mosquitto still allows anonymous clients (a handicap for us).
+        #[arg(long)]
+        policy: bool,
     },
     /// Our MQTT broker alone, for the benchmarks (internal).
     #[command(hide = true)]
     MqttServer {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// A data directory whose security state (users, tokens, rules) decides access.
+        #[arg(long, value_name = "DIR")]
+        policy_dir: Option<std::path::PathBuf>,
     },
     /// A Modbus server with changing registers, for the benchmarks (internal).
     #[command(hide = true)]
@@ -91,8 +99,14 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             bench_modbus(Duration::from_secs(seconds.max(1)), tags).await
         }
         BenchCommand::RegisterServer { listen } => register_server(listen).await,
-        BenchCommand::Mqtt { seconds, idle } => crate::bench_mqtt::run(seconds, idle).await,
-        BenchCommand::MqttServer { listen } => crate::bench_mqtt::server(listen).await,
+        BenchCommand::Mqtt {
+            seconds,
+            idle,
+            policy,
+        } => crate::bench_mqtt::run(seconds, idle, policy).await,
+        BenchCommand::MqttServer { listen, policy_dir } => {
+            crate::bench_mqtt::server(listen, policy_dir.as_deref()).await
+        }
         BenchCommand::Historian {
             tags,
             seconds,

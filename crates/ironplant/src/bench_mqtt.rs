@@ -40,25 +40,73 @@ const QOS1_INFLIGHT: u64 = 100;
 const WARMUP: Duration = Duration::from_millis(500);
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
-/// Runs our broker until killed (the child side of the benchmark).
-pub async fn server(listen: SocketAddr) -> anyhow::Result<()> {
+/// Runs our broker until killed (the child side of the benchmark); with `policy_dir`, behind
+/// the platform's authorisation policy of that data directory.
+pub async fn server(listen: SocketAddr, policy_dir: Option<&Path>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let broker = match policy_dir {
+        None => ironplant_mqtt::Broker::new(ironplant_mqtt::BrokerConfig::default()),
+        Some(dir) => {
+            let sec = crate::secure::open(dir)?;
+            let auth = Arc::new(crate::secure::BlockingAuth {
+                inner: sec.mqtt.clone(),
+                reserved: None,
+            });
+            ironplant_mqtt::Broker::open(ironplant_mqtt::BrokerConfig::default(), auth)?
+        }
+    };
     println!("listening on {}", listener.local_addr()?);
-    let broker = ironplant_mqtt::Broker::new(ironplant_mqtt::BrokerConfig::default());
     broker.serve(listener).await?;
     Ok(())
 }
 
+/// The API token the load generator logs in with (`--policy`), and our broker's address.
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static OURS: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
+
+/// A data directory with an engineer `bench` limited to the `bench` tag prefix, and its token.
+fn policy_dir() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
+    let sec = crate::secure::open(dir.path())?;
+    let password = "bench-password-long-enough";
+    sec.users
+        .create_user("bench", password, ironplant_security::Role::Engineer, None)
+        .context("cannot create the bench user")?;
+    let token = sec
+        .users
+        .create_token("bench", None, Duration::from_secs(3600), "bench", None)
+        .context("cannot create the bench token")?;
+    let rule = ironplant_security::PrefixRule {
+        read: Some(vec!["bench".into()]),
+        write: Some(vec!["bench".into()]),
+    };
+    ironplant_security::TagScopes::set_user_rule(
+        &ironplant_security::TagScopes::path(&sec),
+        "bench",
+        &rule,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let _ = TOKEN.set(token.token);
+    Ok(dir)
+}
+
 /// The benchmark: every scenario against both brokers, then the optional idle-connection test.
-pub async fn run(seconds: u64, idle: usize) -> anyhow::Result<()> {
+pub async fn run(seconds: u64, idle: usize, policy: bool) -> anyhow::Result<()> {
     let duration = Duration::from_secs(seconds.max(1));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let taskset = Path::new("/usr/bin/taskset").exists() && cpus >= 2;
 
-    let (ours_child, ours_addr) = crate::bench::spawn_server(&["bench", "mqtt-server"]).await?;
+    let policy_dir = policy.then(policy_dir).transpose()?;
+    let mut server_args = vec!["bench", "mqtt-server"];
+    if let Some(d) = &policy_dir {
+        server_args.push("--policy-dir");
+        server_args.push(d.path().to_str().context("temporary dir is not UTF-8")?);
+    }
+    let (ours_child, ours_addr) = crate::bench::spawn_server(&server_args).await?;
     let ours_addr: SocketAddr = ours_addr.parse()?;
+    let _ = OURS.set(ours_addr);
     let mosq = Mosquitto::start().await?;
     let ours_pid = ours_child.id().context("our broker exited")?;
     let mosq_pid = mosq.child.id().context("mosquitto exited")?;
@@ -82,6 +130,11 @@ pub async fn run(seconds: u64, idle: usize) -> anyhow::Result<()> {
         "both brokers in child processes; {placement}; {}",
         mosq.version
     );
+    if policy {
+        println!(
+            "ours runs the platform's policy (token login, ACL, tag-prefix rules for `bench`); Mosquitto allows anonymous clients"
+        );
+    }
     println!(
         "flow control: <= {WINDOW} messages ahead of the subscribers (fan-out: 20); QoS 1: <= {QOS1_INFLIGHT} unacked per publisher; Mosquitto keeps its default max_inflight_messages (20) towards subscribers"
     );
@@ -408,7 +461,12 @@ async fn connect(addr: SocketAddr, client_id: &str) -> anyhow::Result<(Reader, O
     stream.set_nodelay(true)?;
     let (rd, mut wr) = stream.into_split();
     let mut out = Vec::new();
-    let connect = Connect::new(VERSION, MqttString::try_from(client_id)?, 0);
+    let mut connect = Connect::new(VERSION, MqttString::try_from(client_id)?, 0);
+    // The token goes to our broker only (Mosquitto runs anonymous).
+    if let Some(token) = TOKEN.get().filter(|_| OURS.get() == Some(&addr)) {
+        connect.username = Some(MqttString::try_from("bench")?);
+        connect.password = Some(token.clone().into_bytes().into());
+    }
     codec::encode(&Packet::Connect(Box::new(connect)), VERSION, &mut out)?;
     wr.write_all(&out).await?;
     let mut reader = Reader {
