@@ -56,6 +56,7 @@ async fn platform(with_broker: bool) -> Platform {
         started: std::time::Instant::now(),
         mqtt: with_broker.then(|| broker.clone()),
         security: None,
+        http: ironplant_api::listen::Connections::new(Default::default(), None),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let http = listener.local_addr().expect("address");
@@ -393,6 +394,7 @@ async fn dedicated_listener_serves_any_path() {
     tokio::spawn(ironplant_api::mqtt_ws::serve_dedicated(
         listener,
         broker.clone(),
+        ironplant_api::listen::Connections::new(Default::default(), None),
         std::future::pending::<()>(),
     ));
     let (ws, _) = ws_connect(&format!("ws://{addr}/"), "mqtt")

@@ -248,7 +248,9 @@ async fn serve_with(
         started: Instant::now(),
         mqtt: broker.clone(),
         security: Some(sec.clone()),
+        http: ironplant_api::listen::Connections::new(config.http.clone(), Some(sec.clone())),
     });
+    let conns = state.http.clone();
     if let Some(b) = banner {
         println!("{b}");
     }
@@ -367,10 +369,15 @@ async fn serve_with(
         );
         if let Some(l) = ws_listener {
             let addr = local_addr(&l, "MQTT over WebSocket")?;
+            let conns = conns.clone();
             tokio::spawn(async move {
-                let served =
-                    ironplant_api::mqtt_ws::serve_dedicated(l, broker, std::future::pending())
-                        .await;
+                let served = ironplant_api::mqtt_ws::serve_dedicated(
+                    l,
+                    broker,
+                    conns,
+                    std::future::pending(),
+                )
+                .await;
                 if let Err(e) = served {
                     tracing::error!(error = %e, "MQTT over WebSocket listener failed");
                 }
@@ -390,10 +397,13 @@ async fn serve_with(
             .context("cannot set up TLS for the HTTP listener")?;
         tracing::info!(https = %local, names = ?names, "HTTPS listener");
         tracing::info!(http = %local, data_dir = %data_dir.display(), "platform started");
-        secure::serve_https(
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        ironplant_api::listen::serve(
             listener,
-            tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+            "https",
+            move |tcp| acceptor.accept(tcp),
             ironplant_api::router(state),
+            conns,
             shutdown_signal(),
         )
         .await
@@ -517,20 +527,38 @@ pub async fn demo(
         .join(ironplant_security::users::INITIAL_ADMIN_FILE);
     if password_file.exists() {
         let http = reachable(local_addr(&bound.http, "HTTP")?);
-        let (scheme, cacert) = if listen.insecure_http {
-            ("http", String::new())
-        } else {
-            (
-                "https",
-                format!("--cacert {} ", secure::ca_cert_path(&sec).display()),
-            )
-        };
         banner.push_str(&format!(
-            "\nLog in as `admin` with the password in {pw} (0600), e.g.\n  curl {cacert}-u \"admin:$(cat {pw})\" {scheme}://{http}/api/v1/tags",
-            pw = password_file.display()
+            "\nLog in as `admin` with the password in {} (0600), e.g.\n  {}",
+            password_file.display(),
+            login_example(
+                &password_file,
+                (!listen.insecure_http).then(|| secure::ca_cert_path(&sec)),
+                http
+            )
         ));
     }
     serve_with(config, bound, listen, sec, data_dir, Some(banner)).await
+}
+
+/// `path` absolute (so a line printed for copying works from any directory) and quoted for a
+/// POSIX shell.
+fn shell_path(path: &Path) -> String {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    format!("'{}'", abs.display().to_string().replace('\'', r"'\''"))
+}
+
+/// The `curl` line the demo prints for the first-start admin. The password file holds
+/// `user: admin` and `password: …` lines, so the password is taken from its line (a plain
+/// `$(cat FILE)` would send both lines as the password: 401, counted by the lockout).
+fn login_example(password_file: &Path, ca: Option<PathBuf>, http: SocketAddr) -> String {
+    let (scheme, cacert) = match ca {
+        Some(ca) => ("https", format!("--cacert {} ", shell_path(&ca))),
+        None => ("http", String::new()),
+    };
+    format!(
+        "curl {cacert}-u \"admin:$(sed -n 's/^password: //p' {})\" {scheme}://{http}/api/v1/tags",
+        shell_path(password_file)
+    )
 }
 
 /// The banner line about the simulator's Sparkplug edge node.
