@@ -101,8 +101,10 @@ impl Admission {
         self.open
     }
 
-    /// Admits a connection from `ip` (and counts it) or says why not.
+    /// Admits a connection from `ip` (and counts it) or says why not. An IPv4 peer seen on a
+    /// dual-stack socket (`::ffff:a.b.c.d`) counts as its IPv4 address.
     pub fn admit(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        let ip = ip.to_canonical();
         let mine = self.by_address.get(&ip).copied().unwrap_or(0);
         if mine >= self.per_address {
             return Err(Refusal::PerAddress);
@@ -122,6 +124,7 @@ impl Admission {
 
     /// A connection from `ip` closed.
     pub fn release(&mut self, ip: IpAddr) {
+        let ip = ip.to_canonical();
         if let Some(n) = self.by_address.get_mut(&ip) {
             self.open -= 1;
             *n -= 1;
@@ -207,7 +210,7 @@ impl Connections {
 
     /// Admits a connection from `peer` on `listener`, or counts, reports and refuses it.
     pub fn admit(self: &Arc<Self>, peer: SocketAddr, listener: &str) -> Option<Admitted> {
-        let ip = peer.ip();
+        let ip = peer.ip().to_canonical();
         let mut a = self.admission.lock();
         match a.admit(ip) {
             Ok(()) => {
@@ -579,6 +582,12 @@ mod tests {
         }
         assert_eq!(a.open(), 7);
         assert!(!a.by_address.contains_key(&ip("10.0.0.9")));
+        // Loopback on a dual-stack listener is still the reserved 127.0.0.1.
+        assert_eq!(a.admit(ip("::ffff:10.0.0.4")), Err(Refusal::Total));
+        a.admit(ip("::ffff:127.0.0.1")).expect("reserved");
+        assert_eq!(a.by_address.get(&ip("127.0.0.1")), Some(&1));
+        a.release(ip("::ffff:127.0.0.1"));
+        assert_eq!(a.open(), 7);
     }
 
     #[test]
