@@ -1,5 +1,5 @@
-//! The HTTPS listener of the real binary under a resource-exhaustion attack: hundreds of idle
-//! TCP connections and half-open TLS handshakes from several source addresses (127.0.0.2…,
+//! The HTTPS listener of the real binary under a resource-exhaustion attack: 250 idle TCP
+//! connections and half-open TLS handshakes from several source addresses (127.0.0.2…,
 //! all loopback on Linux), slow request headers, a body that never arrives, a kept-alive
 //! connection left idle. Each is closed after its timeout from `[http]`; while the attack
 //! holds every unreserved slot, the administrator on 127.0.0.1 is still served; afterwards a
@@ -22,10 +22,18 @@ use tokio::net::{TcpSocket, TcpStream};
 const BIN: &str = env!("CARGO_BIN_EXE_ironplant");
 
 /// Unreserved slots: `max_connections` - `reserved_connections`.
-const MAX: usize = 150;
+const MAX: usize = 210;
 const RESERVED: usize = 10;
-const PER_ADDRESS: usize = 40;
-const ATTACKERS: [&str; 4] = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
+const PER_ADDRESS: usize = 50;
+const ATTACKERS: [&str; 5] = [
+    "127.0.0.2",
+    "127.0.0.3",
+    "127.0.0.4",
+    "127.0.0.5",
+    "127.0.0.6",
+];
+/// A legitimate client that is not on the reserve list.
+const LEGIT: &str = "127.0.0.8";
 
 fn pump(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
@@ -223,10 +231,10 @@ max_body_size = 65536
         &d.join("data"),
         ironplant_security::Role::Admin,
     );
-    let (status, _) = get_from(&admin, "127.0.0.6", http, "/api/v1/tags").await;
+    let (status, _) = get_from(&admin, LEGIT, http, "/api/v1/tags").await;
     assert_eq!(status, 200, "a legitimate client before the attack");
 
-    // The attack: 4 addresses × 40 connections, alternately idle TCP and half-open TLS.
+    // The attack: 5 addresses × 50 connections, alternately idle TCP and half-open TLS.
     let mut attack = Vec::new();
     for src in ATTACKERS {
         for i in 0..PER_ADDRESS {
@@ -275,7 +283,7 @@ max_body_size = 65536
         "{refused} refused of {attack_total}, {admitted} slots"
     );
     // ... and anyone else is refused at once, without TLS work.
-    let (status, why) = get_from(&admin, "127.0.0.6", http, "/api/v1/tags").await;
+    let (status, why) = get_from(&admin, LEGIT, http, "/api/v1/tags").await;
     assert_eq!(status, 0, "refused while the attack holds the slots: {why}");
     assert!(
         attacked.elapsed() < Duration::from_secs(5),
@@ -299,7 +307,7 @@ max_body_size = 65536
     // Then the legitimate client is served again.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, body) = get_from(&admin, "127.0.0.6", http, "/api/v1/tags").await;
+        let (status, body) = get_from(&admin, LEGIT, http, "/api/v1/tags").await;
         if status == 200 {
             break;
         }
@@ -310,7 +318,7 @@ max_body_size = 65536
     }
 
     // Slow clients after the TLS handshake, from one more address.
-    let src = "127.0.0.7";
+    let src = "127.0.0.9";
     // (a) sends nothing; (b) half a request head; (c) a kept-alive connection, idle after one
     // answered request: all ended by header_read_timeout.
     let mut silent = tls_from(&admin, src, http).await.expect("tls");
@@ -409,7 +417,7 @@ max_body_size = 65536
     sources.sort_unstable();
     sources.dedup();
     assert_eq!(n, sources.len(), "one record per address: {records:?}");
-    assert!(sources.contains(&"127.0.0.6"), "{records:?}");
+    assert!(sources.contains(&LEGIT), "{records:?}");
     assert!(
         records.iter().any(|r| r["source"] == "127.0.0.2"
             && r["action"] == "http:too_many_connections_from_address"),
