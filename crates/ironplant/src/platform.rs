@@ -387,6 +387,18 @@ async fn serve_with(
         }
     }
     println!("Press Ctrl-C to stop.");
+    let h = &config.http;
+    tracing::info!(
+        max_connections = h.max_connections,
+        per_address = h.max_connections_per_address,
+        reserved = h.reserved_connections,
+        reserved_for = ?h.reserved_for,
+        handshake_timeout = ?h.handshake_timeout,
+        header_read_timeout = ?h.header_read_timeout,
+        idle_timeout = ?h.idle_timeout,
+        max_body_size = h.max_body_size,
+        "HTTP limits ([http] in the config)"
+    );
     let served = if listen.insecure_http {
         tracing::warn!(http = %local, "plain-text HTTP (--insecure-http): passwords and tokens cross the network in clear; use it only on loopback or behind a TLS proxy");
         tracing::info!(http = %local, data_dir = %data_dir.display(), "platform started");
