@@ -213,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(ironplant_api::mqtt_ws::serve_dedicated(
         ws_l,
         broker,
+        ironplant_api::listen::Connections::new(Default::default(), None),
         std::future::pending(),
     ));
     println!("MQTT 3.1.1, QoS 0, 1 publisher -> 1 subscriber, 64-byte payloads, {seconds} s each");

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{login_refused, within, Caller, ClientAddr, PrefixRule, TagScopes, SESSION_TTL};
-use crate::{ApiError, ApiState};
+use crate::{ApiError, ApiState, JsonBody};
 
 /// Lifetime of an API token when the request names none.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -151,7 +151,7 @@ struct LoginBody {
 pub(crate) async fn login(
     State(st): State<Arc<ApiState>>,
     Extension(ClientAddr(source)): Extension<ClientAddr>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let sec = security(&st)?;
     let b: LoginBody = json_body(&body, r#"{"user": "...", "password": "..."}"#)?;
@@ -238,7 +238,7 @@ fn narrow(
 pub(crate) async fn create_token(
     State(st): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let sec = security(&st)?;
     let b: CreateTokenBody = json_body(
@@ -472,7 +472,7 @@ struct CreateUserBody {
 pub(crate) async fn create_user(
     State(st): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let sec = security(&st)?;
     caller.require(Permission::ManageUsers)?;
@@ -525,6 +525,43 @@ pub(crate) async fn delete_user(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RoleBody {
+    role: String,
+}
+
+/// `PUT /api/v1/users/{name}/role` `{"role"}` (manage_users; not one's own). Takes effect on
+/// the user's next request: every request re-reads the user's role, and a token or session
+/// never acts above it.
+pub(crate) async fn set_role(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let sec = security(&st)?;
+    caller.require(Permission::ManageUsers)?;
+    let b: RoleBody = json_body(&body, r#"{"role": "viewer"}"#)?;
+    let role = parse_role(&b.role)?;
+    if caller.user() == Some(name.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "cannot_change_self",
+            "you cannot change the role of the account you are logged in with; ask another \
+             administrator",
+        ));
+    }
+    let actor = caller.user().map(str::to_owned);
+    blocking(move || {
+        sec.users
+            .set_role(&name, role, actor.as_deref())
+            .map_err(store_error)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PasswordBody {
     password: String,
 }
@@ -534,7 +571,7 @@ pub(crate) async fn set_password(
     State(st): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let sec = security(&st)?;
     caller.require(Permission::ManageUsers)?;

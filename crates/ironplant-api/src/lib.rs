@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub mod account;
 pub mod auth;
 pub mod history;
+pub mod listen;
 pub mod mqtt_ws;
 
 use auth::Caller;
@@ -38,10 +39,13 @@ pub struct ApiState {
     /// Users, tokens, certificates and the audit log. The platform always sets it; `None`
     /// only in tests of the router itself.
     pub security: Option<Arc<ironplant_security::Security>>,
+    /// Connection limits and counters of the HTTP listeners, and the request body limit.
+    pub http: Arc<listen::Connections>,
 }
 
 /// The router with every route of the API.
 pub fn router(state: Arc<ApiState>) -> Router {
+    let max_body = state.http.settings().max_body_size;
     Router::new()
         .route("/api/v1/tags", get(list_tags))
         .route("/api/v1/tags/{*path}", get(get_tag))
@@ -62,6 +66,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/api/v1/users/{name}", delete(account::delete_user))
         .route("/api/v1/users/{name}/password", put(account::set_password))
+        .route("/api/v1/users/{name}/role", put(account::set_role))
         .route("/api/v1/audit", get(account::get_audit))
         .fallback(not_found)
         // On every route and the fallback, so an unknown path answers 401 before 404 and
@@ -70,20 +75,118 @@ pub fn router(state: Arc<ApiState>) -> Router {
             state.clone(),
             auth::authenticate,
         ))
+        // Outermost: a body announced too large is refused before authentication (a Basic
+        // login costs an argon2 hash); one sent chunked is cut by the extractors' limit.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_large_bodies,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then finishes open requests.
+/// Serves the API over plain HTTP on `listener` until `shutdown` resolves, then finishes
+/// open requests; with the limits of [`listen`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<ApiState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The peer address reaches the broker's logs for MQTT over WebSocket.
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let conns = state.http.clone();
+    listen::serve(
+        listener,
+        "http",
+        listen::plain,
+        router(state),
+        conns,
+        shutdown,
+    )
+    .await
+}
+
+fn body_too_large(st: &ApiState) -> ApiError {
+    st.http.count_body_too_large();
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!(
+            "the request body is larger than {} bytes (max_body_size in [http] of the config)",
+            st.http.settings().max_body_size
+        ),
+    )
+}
+
+/// 413 for a request whose `Content-Length` exceeds the limit, before anything reads it.
+async fn refuse_large_bodies(
+    State(st): State<Arc<ApiState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let max = st.http.settings().max_body_size as u64;
+    if announced.is_some_and(|n| n > max) {
+        return body_too_large(&st).into_response();
+    }
+    next.run(req).await
+}
+
+/// The body of a JSON request: refused with 415 unless `Content-Type` is `application/json`
+/// (a browser sends that cross-site only after a CORS preflight, which this API never
+/// grants, so a page elsewhere cannot make a logged-in browser post here), and with 413 when
+/// larger than `max_body_size`.
+pub(crate) struct JsonBody(pub axum::body::Bytes);
+
+/// `application/json`, with parameters (`; charset=utf-8`) or not, in any case.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+impl axum::extract::FromRequest<Arc<ApiState>> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        st: &Arc<ApiState>,
+    ) -> Result<Self, ApiError> {
+        if !is_json(req.headers()) {
+            st.http.count_unsupported_media_type();
+            let got = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "this endpoint takes a JSON body with `Content-Type: application/json` \
+                     (got {}); e.g. curl -H 'Content-Type: application/json' -d '{{...}}'",
+                    got.map_or("none".to_owned(), |g| format!("{:?}", clip(&g)))
+                ),
+            ));
+        }
+        match axum::body::Bytes::from_request(req, st).await {
+            Ok(b) => Ok(JsonBody(b)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(body_too_large(st)),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("cannot read the request body: {e}"),
+            )),
+        }
+    }
+}
+
+/// At most 64 characters of a client's text, for an error message.
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
 }
 
 /// An API error with a stable machine-readable code.
@@ -384,7 +487,10 @@ async fn list_assets(
     Ok(Json(Body { assets: roots }).into_response())
 }
 
-async fn healthz(State(st): State<Arc<ApiState>>) -> Response {
+/// `GET /healthz`: without credentials only whether the platform is up and every device is
+/// connected (`ok`) or not (`degraded`), so an outsider learns no device names; with
+/// credentials allowed to read tags, also the uptime, the tag count and each device's state.
+async fn healthz(State(st): State<Arc<ApiState>>, caller: Option<Extension<Caller>>) -> Response {
     let rt = &st.runtime;
     let devices: BTreeMap<&str, &str> = rt
         .metrics
@@ -400,6 +506,16 @@ async fn healthz(State(st): State<Arc<ApiState>>) -> Response {
             )
         })
         .collect();
+    let all_up = devices.values().all(|s| *s == "up");
+    let details = caller.is_some_and(|Extension(c)| c.allows(Permission::ReadTags));
+    if !details {
+        #[derive(Serialize)]
+        struct Short {
+            status: &'static str,
+        }
+        let status = if all_up { "ok" } else { "degraded" };
+        return Json(Short { status }).into_response();
+    }
     #[derive(Serialize)]
     struct Body<'a> {
         status: &'static str,
@@ -408,7 +524,7 @@ async fn healthz(State(st): State<Arc<ApiState>>) -> Response {
         devices: BTreeMap<&'a str, &'a str>,
     }
     let body = Body {
-        status: "ok",
+        status: if all_up { "ok" } else { "degraded" },
         uptime_s: st.started.elapsed().as_secs(),
         tags: rt.namespace.len(),
         devices,
@@ -421,7 +537,8 @@ async fn metrics(
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
     caller.require(Permission::ReadTags)?;
-    let text = st.runtime.render_metrics();
+    let mut text = st.runtime.render_metrics();
+    text.push_str(&st.http.render());
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -73,18 +73,23 @@ async fn upgrade_dedicated(
     upgrade(broker, peer, ws)
 }
 
-/// Serves MQTT over WebSocket alone on `listener` (any path), until `shutdown` resolves.
+/// Serves MQTT over WebSocket alone on `listener` (any path), until `shutdown` resolves, with
+/// the connection limits and timeouts of the HTTP listeners (`conns`, shared with them).
 pub async fn serve_dedicated(
     listener: tokio::net::TcpListener,
     broker: Broker,
+    conns: Arc<crate::listen::Connections>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let app = Router::new().fallback(upgrade_dedicated).with_state(broker);
-    axum::serve(
+    crate::listen::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        "mqtt-ws",
+        crate::listen::plain,
+        app,
+        conns,
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
 }
 

@@ -12,6 +12,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
 use ironplant_api::ApiState;
+use ironplant_core::config::HttpSettings;
 use ironplant_core::{TagId, TagMeta, TagPath, ValueType};
 use ironplant_runtime::Runtime;
 use ironplant_security::{ManualClock, Security, SecurityOptions, UserStoreOptions};
@@ -41,6 +42,7 @@ struct Resp {
     status: StatusCode,
     headers: HeaderMap,
     json: Json,
+    text: String,
 }
 
 impl Resp {
@@ -77,6 +79,12 @@ fn bearer(token: &str) -> String {
 }
 
 async fn fixture() -> Fx {
+    fixture_with("", HttpSettings::default()).await
+}
+
+/// A fixture on the config `config` (devices whose health `/healthz` reports) and with the
+/// HTTP limits `http`.
+async fn fixture_with(config: &str, http: HttpSettings) -> Fx {
     let dir = tempfile::tempdir().expect("temp dir");
     // The lockout's Retry-After is computed against the wall clock (see the report on a
     // `Security::clock()`), so the manual clock starts at the real now.
@@ -99,7 +107,7 @@ async fn fixture() -> Fx {
         .find_map(|l| l.strip_prefix("password: "))
         .expect("password line")
         .to_owned();
-    let cfg = ironplant_core::config::parse("empty.toml", "").expect("an empty config is valid");
+    let cfg = ironplant_core::config::parse("t.toml", config).expect("a valid config");
     let runtime = Arc::new(Runtime::start(&cfg, None).expect("runtime starts"));
     for path in TAGS {
         runtime
@@ -120,6 +128,7 @@ async fn fixture() -> Fx {
         started: Instant::now(),
         mqtt: None,
         security: Some(sec.clone()),
+        http: ironplant_api::listen::Connections::new(http, Some(sec.clone())),
     }));
     Fx {
         app,
@@ -175,6 +184,36 @@ impl Fx {
             status,
             headers,
             json,
+            text,
+        }
+    }
+
+    /// A request with exactly these headers and body bytes.
+    async fn call_raw(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> Resp {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut req = req.body(body.into()).expect("request");
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 10], 40000))));
+        let resp = self.app.clone().oneshot(req).await.expect("response");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        Resp {
+            status,
+            headers,
+            json: serde_json::from_slice(&bytes).unwrap_or(Json::Null),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
         }
     }
 
@@ -734,6 +773,7 @@ async fn mqtt_over_websocket_needs_no_http_credentials() {
         started: Instant::now(),
         mqtt: Some(Broker::new(BrokerConfig::default())),
         security: Some(fx.sec.clone()),
+        http: ironplant_api::listen::Connections::new(Default::default(), None),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -753,4 +793,406 @@ async fn mqtt_over_websocket_needs_no_http_credentials() {
         .await
         .expect("the upgrade succeeds without HTTP credentials");
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+}
+
+/// Every endpoint that changes state and takes a JSON body, with a valid body for it.
+fn json_endpoints() -> Vec<(&'static str, &'static str, Json)> {
+    vec![
+        (
+            "POST",
+            "/api/v1/login",
+            json!({"user": "admin", "password": "whatever-it-is"}),
+        ),
+        ("POST", "/api/v1/tokens", json!({"label": "x", "ttl": "1h"})),
+        (
+            "POST",
+            "/api/v1/users",
+            json!({"name": "eve", "password": "a-long-enough-password", "role": "viewer"}),
+        ),
+        (
+            "PUT",
+            "/api/v1/users/admin/password",
+            json!({"password": "a-long-enough-password"}),
+        ),
+        ("PUT", "/api/v1/users/vera/role", json!({"role": "viewer"})),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_endpoints_refuse_other_content_types_with_415() {
+    let fx = fixture().await;
+    fx.add_user("vera", "viewer-password-1", "viewer").await;
+    let admin = fx.admin();
+    // A cross-site HTML form can send these without a CORS preflight; none may get through.
+    for ct in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        for (method, uri, body) in json_endpoints() {
+            let mut headers = vec![("authorization", admin.as_str())];
+            if let Some(ct) = ct {
+                headers.push(("content-type", ct));
+            }
+            let r = fx.call_raw(method, uri, &headers, body.to_string()).await;
+            assert_eq!(
+                (r.status, r.code()),
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+                "{method} {uri} with {ct:?}: {}",
+                r.json
+            );
+            assert!(
+                r.json["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("application/json")),
+                "{}",
+                r.json
+            );
+        }
+    }
+    assert_eq!(
+        fx.audit("kind=user_created").await.len(),
+        2,
+        "admin and vera only: no user was created by a form"
+    );
+    // With the right type (parameters and case do not matter) they are served.
+    let r = fx
+        .call_raw(
+            "POST",
+            "/api/v1/tokens",
+            &[
+                ("authorization", admin.as_str()),
+                ("content-type", "Application/JSON; charset=utf-8"),
+            ],
+            json!({"label": "x", "ttl": "1h"}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+    let m = fx
+        .call_raw("GET", "/metrics", &[("authorization", admin.as_str())], "")
+        .await;
+    assert!(
+        m.text.contains(
+            "ironplant_http_requests_refused_total{reason=\"unsupported_media_type\"} 20\n"
+        ),
+        "{}",
+        m.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_get_413_in_the_error_shape() {
+    let fx = fixture_with(
+        "",
+        HttpSettings {
+            max_body_size: 4096,
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let admin = fx.admin();
+    let big = json!({"label": "x".repeat(5000), "ttl": "1h"}).to_string();
+    // Announced with Content-Length (as hyper passes it on): refused before authentication.
+    let length = big.len().to_string();
+    for auth in [Some(admin.as_str()), None] {
+        let mut headers = vec![
+            ("content-type", "application/json"),
+            ("content-length", length.as_str()),
+        ];
+        if let Some(a) = auth {
+            headers.push(("authorization", a));
+        }
+        let r = fx
+            .call_raw("POST", "/api/v1/tokens", &headers, big.clone())
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            "{}",
+            r.json
+        );
+        assert!(
+            r.json["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("4096") && m.contains("max_body_size")),
+            "{}",
+            r.json
+        );
+    }
+    // Streamed without a length: cut by the extractor's limit, same answer.
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = big
+        .as_bytes()
+        .chunks(1000)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    let stream = Body::from_stream(futures_util::stream::iter(chunks));
+    let r = fx
+        .call_raw(
+            "POST",
+            "/api/v1/tokens",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", admin.as_str()),
+            ],
+            stream,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+        "{}",
+        r.json
+    );
+    // Just under the limit is fine, and the refusals are counted in /metrics.
+    let ok = json!({"label": "x".repeat(3000), "ttl": "1h"}).to_string();
+    let r = fx
+        .call_raw(
+            "POST",
+            "/api/v1/tokens",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", admin.as_str()),
+            ],
+            ok,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+    let m = fx
+        .call_raw(
+            "GET",
+            "/metrics",
+            &[("authorization", admin.as_str())],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert!(
+        m.text
+            .contains("ironplant_http_requests_refused_total{reason=\"body_too_large\"} 3\n"),
+        "{}",
+        m.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_never_authenticates() {
+    let fx = fixture().await;
+    fx.add_user("vera", "viewer-password-1", "viewer").await;
+    let token = fx.login("vera", "viewer-password-1").await;
+    for cookie in [
+        format!("session={token}"),
+        format!("token={token}"),
+        format!("Authorization=Bearer {token}"),
+    ] {
+        let r = fx
+            .call_raw("GET", "/api/v1/tags", &[("cookie", cookie.as_str())], "")
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            "{cookie}"
+        );
+    }
+    // The API never sets one either.
+    let r = fx
+        .call_raw(
+            "POST",
+            "/api/v1/login",
+            &[("content-type", "application/json")],
+            json!({"user": "vera", "password": "viewer-password-1"}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers.get("set-cookie").is_none(), "{:?}", r.headers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_shows_device_names_only_to_authenticated_callers() {
+    let fx = fixture_with(
+        r#"
+[[device]]
+id = "press-4"
+protocol = "modbus-tcp"
+address = "127.0.0.1:1"
+poll_interval = "1s"
+timeout = "200ms"
+
+[[tag]]
+path = "site/area9/press/speed"
+device = "press-4"
+modbus = { table = "holding", address = 0, type = "u16" }
+"#,
+        HttpSettings::default(),
+    )
+    .await;
+    let r = fx.call("GET", "/healthz", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json,
+        json!({"status": "degraded"}),
+        "no names, counts or uptime for an anonymous caller"
+    );
+    let r = fx.call("GET", "/healthz", Some(&fx.admin()), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json["status"], "degraded");
+    assert_eq!(r.json["devices"]["press-4"], "down", "{}", r.json);
+    // Wrong credentials on the probe are refused like anywhere else.
+    let r = fx
+        .call("GET", "/healthz", Some(&basic("admin", "wrong")), None)
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_deleting_or_lowering_a_user_takes_effect_on_the_next_request() {
+    let fx = fixture().await;
+    fx.add_user("bob", "admin-password-12", "admin").await;
+    fx.add_user("carl", "admin-password-34", "admin").await;
+    let bob_session = bearer(&fx.login("bob", "admin-password-12").await);
+    let r = fx
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&bob_session),
+            Some(json!({"label": "ci", "ttl": "1d"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+    assert_eq!(r.json["role"], "admin");
+    let bob_token = bearer(r.json["token"].as_str().expect("token"));
+    for cred in [&bob_session, &bob_token] {
+        let r = fx.call("GET", "/api/v1/users", Some(cred), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    }
+
+    // Lowered to viewer: the session and the admin token he made act as a viewer at once.
+    let r = fx
+        .call(
+            "PUT",
+            "/api/v1/users/bob/role",
+            Some(&fx.admin()),
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.json);
+    for cred in [&bob_session, &bob_token] {
+        let r = fx.call("GET", "/api/v1/users", Some(cred), None).await;
+        assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "forbidden"));
+        let r = fx.call("GET", "/api/v1/tags", Some(cred), None).await;
+        assert_eq!(r.status, StatusCode::OK, "still a viewer");
+    }
+    let changed = fx.audit("kind=user_changed").await;
+    assert!(
+        changed.iter().any(|r| r["user"] == "bob"
+            && r["change"] == "role set to viewer"
+            && r["actor"] == "admin"),
+        "{changed:?}"
+    );
+    // An administrator may not change their own role (nor lock themselves out that way), and
+    // a role must be one users can have.
+    let r = fx
+        .call(
+            "PUT",
+            "/api/v1/users/admin/role",
+            Some(&fx.admin()),
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    assert_eq!(r.code(), "cannot_change_self");
+    let r = fx
+        .call(
+            "PUT",
+            "/api/v1/users/bob/role",
+            Some(&fx.admin()),
+            Some(json!({"role": "device"})),
+        )
+        .await;
+    assert_eq!(r.code(), "bad_role");
+    // Raised again: at most the token's own role comes back.
+    let r = fx
+        .call(
+            "PUT",
+            "/api/v1/users/bob/role",
+            Some(&fx.admin()),
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = fx
+        .call("GET", "/api/v1/users", Some(&bob_token), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // Revoking the session ends it on the next request; the token lives on.
+    let sessions = fx
+        .call("GET", "/api/v1/tokens?user=bob", Some(&fx.admin()), None)
+        .await;
+    let session_id = sessions.json["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .find(|t| t["label"] == "session")
+        .and_then(|t| t["id"].as_str())
+        .expect("bob's session")
+        .to_owned();
+    let r = fx
+        .call(
+            "DELETE",
+            &format!("/api/v1/tokens/{session_id}"),
+            Some(&fx.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = fx
+        .call("GET", "/api/v1/tags", Some(&bob_session), None)
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNAUTHORIZED, "unauthenticated")
+    );
+    assert_eq!(
+        fx.call("GET", "/api/v1/tags", Some(&bob_token), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // Deleting the user ends every credential of his, and each refusal is audited.
+    let carl_session = bearer(&fx.login("carl", "admin-password-34").await);
+    let r = fx
+        .call("DELETE", "/api/v1/users/carl", Some(&bob_token), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.json);
+    let r = fx
+        .call("GET", "/api/v1/tags", Some(&carl_session), None)
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = fx
+        .call("DELETE", "/api/v1/users/bob", Some(&fx.admin()), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = fx.call("GET", "/api/v1/tags", Some(&bob_token), None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = fx
+        .call(
+            "GET",
+            "/api/v1/tags",
+            Some(&basic("bob", "admin-password-12")),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let deleted = fx.audit("kind=user_deleted").await;
+    assert_eq!(deleted.len(), 2, "{deleted:?}");
+    let denied = fx.audit("kind=acl_denied").await;
+    assert!(
+        denied
+            .iter()
+            .filter(|r| r["action"] == "api:unauthenticated" && r["topic"] == "GET /api/v1/tags")
+            .count()
+            >= 3,
+        "{denied:?}"
+    );
 }

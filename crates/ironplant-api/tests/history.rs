@@ -42,6 +42,7 @@ fn app(runtime: Arc<Runtime>) -> Router {
         started: Instant::now(),
         mqtt: None,
         security: None,
+        http: ironplant_api::listen::Connections::new(Default::default(), None),
     }))
 }
 

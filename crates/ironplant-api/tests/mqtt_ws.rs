@@ -56,6 +56,7 @@ async fn platform(with_broker: bool) -> Platform {
         started: std::time::Instant::now(),
         mqtt: with_broker.then(|| broker.clone()),
         security: None,
+        http: ironplant_api::listen::Connections::new(Default::default(), None),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let http = listener.local_addr().expect("address");
@@ -393,6 +394,7 @@ async fn dedicated_listener_serves_any_path() {
     tokio::spawn(ironplant_api::mqtt_ws::serve_dedicated(
         listener,
         broker.clone(),
+        ironplant_api::listen::Connections::new(Default::default(), None),
         std::future::pending::<()>(),
     ));
     let (ws, _) = ws_connect(&format!("ws://{addr}/"), "mqtt")
@@ -407,4 +409,48 @@ async fn dedicated_listener_serves_any_path() {
     b.publish_two("t", b"1", b"2").await;
     assert_eq!(a.expect_publish().await.1, b"1");
     assert_eq!(a.expect_publish().await.1, b"2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dedicated_listener_keeps_the_http_limits_while_a_websocket_is_open() {
+    let broker = Broker::new(BrokerConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let conns = ironplant_api::listen::Connections::new(
+        ironplant_core::config::HttpSettings {
+            max_connections_per_address: 1,
+            reserved_for: vec![],
+            ..Default::default()
+        },
+        None,
+    );
+    tokio::spawn(ironplant_api::mqtt_ws::serve_dedicated(
+        listener,
+        broker.clone(),
+        conns.clone(),
+        std::future::pending::<()>(),
+    ));
+    let (ws, _) = ws_connect(&format!("ws://{addr}/"), "mqtt")
+        .await
+        .expect("upgrade");
+    let a = Client::connect(Conn::Ws(Box::new(ws)), "a", ProtocolVersion::V5).await;
+    // Upgraded, the WebSocket has left hyper but still holds its address's one slot.
+    assert_eq!(conns.open(), 1);
+    assert!(
+        ws_connect(&format!("ws://{addr}/"), "mqtt").await.is_err(),
+        "a second connection from the same address is refused"
+    );
+    assert!(conns
+        .render()
+        .contains("ironplant_http_connections_refused_total{reason=\"per_address\"} 1\n"));
+    // Closed, it frees the slot.
+    drop(a);
+    let deadline = Instant::now() + WAIT;
+    while conns.open() != 0 {
+        assert!(Instant::now() < deadline, "the slot was never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ws_connect(&format!("ws://{addr}/"), "mqtt")
+        .await
+        .expect("served again");
 }

@@ -76,6 +76,7 @@ fn chromium_page_speaks_mqtt_over_websocket() {
         started: Instant::now(),
         mqtt: Some(broker.clone()),
         security: None,
+        http: ironplant_api::listen::Connections::new(Default::default(), None),
     });
     rt.spawn(ironplant_api::serve(
         listener,

@@ -51,6 +51,7 @@ fn scenario(name: &str, version: &str) {
         started: Instant::now(),
         mqtt: Some(broker.clone()),
         security: None,
+        http: ironplant_api::listen::Connections::new(Default::default(), None),
     });
     rt.spawn(ironplant_api::serve(
         http,

@@ -112,7 +112,7 @@ enum LogFormat {
 enum Command {
     /// Start the simulated bottling line and the platform with the bundled config.
     #[command(
-        after_help = "Example:\n  ironplant demo --http 127.0.0.1:18080\n  # then follow the printed login line, e.g.\n  curl --cacert ironplant-data/security/ca/ca.crt \\\n      -u \"admin:$(cat ironplant-data/security/initial-admin-password)\" https://127.0.0.1:18080/api/v1/tags"
+        after_help = "Example:\n  ironplant demo --http 127.0.0.1:18080\n  # then follow the printed login line, e.g.\n  curl --cacert ironplant-data/security/ca/ca.crt \\\n      -u \"admin:$(sed -n 's/^password: //p' ironplant-data/security/initial-admin-password)\" https://127.0.0.1:18080/api/v1/tags"
     )]
     Demo {
         /// Address for the simulator's Modbus TCP server (port 0 picks a free port).

@@ -266,7 +266,9 @@ async fn serve_with(
         started: Instant::now(),
         mqtt: broker.clone(),
         security: Some(sec.clone()),
+        http: ironplant_api::listen::Connections::new(config.http.clone(), Some(sec.clone())),
     });
+    let conns = state.http.clone();
     if let Some(b) = banner {
         println!("{b}");
     }
@@ -385,10 +387,15 @@ async fn serve_with(
         );
         if let Some(l) = ws_listener {
             let addr = local_addr(&l, "MQTT over WebSocket")?;
+            let conns = conns.clone();
             tokio::spawn(async move {
-                let served =
-                    ironplant_api::mqtt_ws::serve_dedicated(l, broker, std::future::pending())
-                        .await;
+                let served = ironplant_api::mqtt_ws::serve_dedicated(
+                    l,
+                    broker,
+                    conns,
+                    std::future::pending(),
+                )
+                .await;
                 if let Err(e) = served {
                     tracing::error!(error = %e, "MQTT over WebSocket listener failed");
                 }
@@ -398,6 +405,18 @@ async fn serve_with(
         }
     }
     println!("Press Ctrl-C to stop.");
+    let h = &config.http;
+    tracing::info!(
+        max_connections = h.max_connections,
+        per_address = h.max_connections_per_address,
+        reserved = h.reserved_connections,
+        reserved_for = ?h.reserved_for,
+        handshake_timeout = ?h.handshake_timeout,
+        header_read_timeout = ?h.header_read_timeout,
+        idle_timeout = ?h.idle_timeout,
+        max_body_size = h.max_body_size,
+        "HTTP limits ([http] in the config)"
+    );
     let served = if listen.insecure_http {
         tracing::warn!(http = %local, "plain-text HTTP (--insecure-http): passwords and tokens cross the network in clear; use it only on loopback or behind a TLS proxy");
         tracing::info!(http = %local, data_dir = %data_dir.display(), "platform started");
@@ -408,10 +427,13 @@ async fn serve_with(
             .context("cannot set up TLS for the HTTP listener")?;
         tracing::info!(https = %local, names = ?names, "HTTPS listener");
         tracing::info!(http = %local, data_dir = %data_dir.display(), "platform started");
-        secure::serve_https(
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        ironplant_api::listen::serve(
             listener,
-            tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+            "https",
+            move |tcp| acceptor.accept(tcp),
             ironplant_api::router(state),
+            conns,
             shutdown_signal(),
         )
         .await
@@ -539,20 +561,38 @@ pub async fn demo(
         .join(ironplant_security::users::INITIAL_ADMIN_FILE);
     if password_file.exists() {
         let http = reachable(local_addr(&bound.http, "HTTP")?);
-        let (scheme, cacert) = if listen.insecure_http {
-            ("http", String::new())
-        } else {
-            (
-                "https",
-                format!("--cacert {} ", secure::ca_cert_path(&sec).display()),
-            )
-        };
         banner.push_str(&format!(
-            "\nLog in as `admin` with the password in {pw} (0600), e.g.\n  curl {cacert}-u \"admin:$(cat {pw})\" {scheme}://{http}/api/v1/tags",
-            pw = password_file.display()
+            "\nLog in as `admin` with the password in {} (0600), e.g.\n  {}",
+            password_file.display(),
+            login_example(
+                &password_file,
+                (!listen.insecure_http).then(|| secure::ca_cert_path(&sec)),
+                http
+            )
         ));
     }
     serve_with(config, bound, listen, sec, data_dir, Some(banner)).await
+}
+
+/// `path` absolute (so a line printed for copying works from any directory) and quoted for a
+/// POSIX shell.
+fn shell_path(path: &Path) -> String {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    format!("'{}'", abs.display().to_string().replace('\'', r"'\''"))
+}
+
+/// The `curl` line the demo prints for the first-start admin. The password file holds
+/// `user: admin` and `password: …` lines, so the password is taken from its line (a plain
+/// `$(cat FILE)` would send both lines as the password: 401, counted by the lockout).
+fn login_example(password_file: &Path, ca: Option<PathBuf>, http: SocketAddr) -> String {
+    let (scheme, cacert) = match ca {
+        Some(ca) => ("https", format!("--cacert {} ", shell_path(&ca))),
+        None => ("http", String::new()),
+    };
+    format!(
+        "curl {cacert}-u \"admin:$(sed -n 's/^password: //p' {})\" {scheme}://{http}/api/v1/tags",
+        shell_path(password_file)
+    )
 }
 
 /// The banner line about the simulator's Sparkplug edge node.

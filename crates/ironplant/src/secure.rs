@@ -1,6 +1,6 @@
-//! TLS on the platform's listeners: HTTPS for the API (axum's router over tokio-rustls),
-//! MQTT over TLS with optional, verified device certificates, the broker's `Auth` hook kept
-//! off the async workers, and a TLS connector for the demo's Sparkplug edge node.
+//! TLS on the platform's listeners (HTTPS for the API is `ironplant_api::listen` with a TLS
+//! handshake), MQTT over TLS with optional, verified device certificates, the broker's `Auth`
+//! hook kept off the async workers, and a TLS connector for the demo's Sparkplug edge node.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,9 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::ConnectInfo;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use ironplant_core::config::Config;
 use ironplant_mqtt::auth::{Auth, ConnectInfo as MqttConnectInfo, Denied, Principal};
 use ironplant_mqtt::codec::ReasonCode;
@@ -227,80 +224,6 @@ pub async fn serve_mqtts(
             }
         });
     }
-}
-
-/// Serves the API over HTTPS on `listener` until `shutdown` resolves, then lets open
-/// requests finish (WebSocket upgrades included, like `axum::serve`).
-pub async fn serve_https(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    router: axum::Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
-    let (open_tx, open_rx) = tokio::sync::watch::channel(());
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTPS listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let mut stop = stop_rx.clone();
-        let open = open_rx.clone();
-        tokio::spawn(async move {
-            let _open = open;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "HTTPS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "HTTPS handshake timed out");
-                    return;
-                }
-            };
-            // The peer address reaches handlers as axum's ConnectInfo, as with axum::serve.
-            let svc = tower::ServiceExt::map_request(
-                router,
-                move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    req
-                },
-            );
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc))
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => {
-                    if let Err(e) = res {
-                        tracing::debug!(%peer, error = %e, "HTTPS connection ended");
-                    }
-                }
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    drop(listener);
-    drop(open_rx);
-    let _ = stop_tx.send(());
-    // Every connection task holds a receiver of `open`; they are all gone when it closes.
-    open_tx.closed().await;
-    Ok(())
 }
 
 /// TLS to the broker with a device certificate, for the demo's Sparkplug edge node.
