@@ -15,10 +15,6 @@ use ironplant_security::Security;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-/// A TLS handshake that takes longer than this is dropped (a slow-loris on the handshake
-/// would otherwise hold a socket and a task forever).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Checks one ACL rule of the config's `[security] acl` (for `config::parse_with`).
 pub fn check_acl_rule(rule: &str) -> Result<(), String> {
     ironplant_security::Acl::parse(rule)
@@ -202,11 +198,17 @@ pub async fn serve_mqtts(
                 continue;
             }
         };
+        // The connection limits apply before the handshake: half-open TLS connections hold
+        // a slot, so a flood of them is refused (and audited) like any other.
+        let Some(slot) = broker.admit(peer) else {
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let broker = broker.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let handshake = broker.config().connect_timeout;
+            let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::info!(%peer, error = %e, "MQTT/TLS handshake refused");
@@ -219,7 +221,7 @@ pub async fn serve_mqtts(
             };
             let subject = ironplant_security::peer_subject(tls.get_ref().1.peer_certificates());
             let stream = ironplant_mqtt::broker::Generic(tls);
-            if let Err(e) = broker.serve_authenticated(stream, peer, subject).await {
+            if let Err(e) = broker.serve_admitted(stream, peer, subject, slot).await {
                 tracing::debug!(%peer, error = %e, "mqtt/tls connection ended");
             }
         });

@@ -9,11 +9,13 @@ impl Broker {
         mut stream: S,
         peer: SocketAddr,
         certificate_subject: Option<String>,
+        slot: Option<Slot>,
     ) -> std::io::Result<()> {
         let cfg = &self.inner.cfg;
         // Resource limits, before reading anything: the total (with a reserve for privileged
-        // identities, checked after authentication) and per source address.
-        let Some(_slot) = self.open_slot(peer) else {
+        // identities, checked after authentication) and per source address. A TLS listener
+        // takes the slot before its handshake.
+        let Some(_slot) = slot.or_else(|| self.admit(peer)) else {
             return Ok(());
         };
         let mut buf = BytesMut::with_capacity(READ_CHUNK);

@@ -290,8 +290,9 @@ enum Refusal {
     Sessions,
 }
 
-/// A live connection's place in the limits; given back when dropped.
-struct Slot {
+/// A live connection's place in the connection limits ([`Broker::admit`]); given back when
+/// dropped.
+pub struct Slot {
     inner: Arc<Inner>,
     address: Option<IpAddr>,
 }
@@ -759,7 +760,7 @@ impl Broker {
             let _ = stream.set_nodelay(true);
             let broker = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = broker.connection(stream, peer, None).await {
+                if let Err(e) = broker.connection(stream, peer, None, None).await {
                     tracing::debug!(%peer, error = %e, "mqtt connection ended");
                 }
             });
@@ -773,7 +774,7 @@ impl Broker {
         stream: S,
         peer: SocketAddr,
     ) -> std::io::Result<()> {
-        self.connection(stream, peer, None).await
+        self.connection(stream, peer, None, None).await
     }
 
     /// Like [`Broker::serve_connection`], for a transport that verified a client certificate:
@@ -784,7 +785,26 @@ impl Broker {
         peer: SocketAddr,
         certificate_subject: Option<String>,
     ) -> std::io::Result<()> {
-        self.connection(stream, peer, certificate_subject).await
+        self.connection(stream, peer, certificate_subject, None)
+            .await
+    }
+
+    /// Like [`Broker::serve_authenticated`], for a connection admitted with [`Broker::admit`]
+    /// before its transport's handshake.
+    pub async fn serve_admitted<S: Transport>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        certificate_subject: Option<String>,
+        slot: Slot,
+    ) -> std::io::Result<()> {
+        self.connection(stream, peer, certificate_subject, Some(slot))
+            .await
+    }
+
+    /// The broker's settings.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.inner.cfg
     }
 
     /// An in-process subscriber (Sparkplug host, bridge): every message matching `filter`
@@ -875,8 +895,9 @@ impl Broker {
     }
 
     /// Takes a connection slot for `peer`, or refuses (counted and reported) when the total
-    /// (with its reserve) or the per-address limit is reached.
-    fn open_slot(&self, peer: SocketAddr) -> Option<Slot> {
+    /// (with its reserve) or the per-address limit is reached. Listeners that do work before
+    /// MQTT starts (a TLS handshake) take it first and pass it to [`Broker::serve_admitted`].
+    pub fn admit(&self, peer: SocketAddr) -> Option<Slot> {
         let cfg = &self.inner.cfg;
         let address = (!peer.ip().is_loopback()).then(|| peer.ip());
         let open = self.inner.open.fetch_add(1, Ordering::Relaxed) + 1;
