@@ -97,8 +97,25 @@ pub enum TokenCommand {
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Check the audit log's hash chain and signatures; exit 1 naming the first bad record.
-    #[command(after_help = "Example:\n  ironplant audit verify --data-dir /var/lib/ironplant")]
-    Verify,
+    /// With --witness, also check that the log still holds each witnessed head (it was not
+    /// rolled back, truncated or replaced since).
+    #[command(
+        after_help = "Examples:\n  ironplant audit verify --data-dir /var/lib/ironplant\n  ironplant audit verify --witness /mnt/logs/ironplant-witness.jsonl\n  mosquitto_sub ... -t '$SYS/ironplant/audit/head' -C 1 | ironplant audit verify --witness -"
+    )]
+    Verify {
+        /// A file of head statements, one JSON line each (`audit head`, the platform's
+        /// witness file, or its `$SYS/ironplant/audit/head` messages); `-` reads stdin.
+        /// May be given more than once.
+        #[arg(long, value_name = "FILE|-")]
+        witness: Vec<PathBuf>,
+    },
+    /// Print the signed head of the audit log as one line of JSON (seq, hash, ts, sig): keep
+    /// it outside this host; `audit verify --witness` later proves the log was not rolled
+    /// back or wiped since.
+    #[command(
+        after_help = "Example:\n  ironplant audit head --data-dir /var/lib/ironplant >> /mnt/logs/ironplant-witness.jsonl"
+    )]
+    Head,
 }
 
 fn open(data_dir: &Path) -> anyhow::Result<Arc<Security>> {
@@ -318,26 +335,64 @@ pub fn token(cmd: TokenCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn read_witnesses(files: &[PathBuf]) -> anyhow::Result<Vec<ironplant_security::HeadStatement>> {
+    let mut out = Vec::new();
+    for f in files {
+        let (name, text) = if f.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("cannot read the witness from stdin")?;
+            ("stdin".to_owned(), text)
+        } else {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the witness file {}", f.display()))?;
+            (f.display().to_string(), text)
+        };
+        let statements = ironplant_security::audit::parse_witness(&text)
+            .map_err(|e| anyhow::anyhow!("witness {name}, {e}"))?;
+        if statements.is_empty() {
+            anyhow::bail!(
+                "witness {name} holds no head statement; give the file the platform appends to ({}), or the output of `ironplant audit head`",
+                crate::audit_witness::WITNESS_ENV
+            );
+        }
+        out.extend(statements);
+    }
+    Ok(out)
+}
+
 pub fn audit(cmd: AuditCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let security = data_dir.join("security");
+    let dir = security.join("audit");
+    if !security.is_dir() {
+        anyhow::bail!(
+            "no security state (and so no audit log) in {}; point --data-dir at the platform's data directory",
+            data_dir.display()
+        );
+    }
     match cmd {
-        AuditCommand::Verify => {
-            let dir = data_dir.join("security").join("audit");
-            if !dir.join("audit.log").exists() {
-                anyhow::bail!(
-                    "no audit log in {}; point --data-dir at the platform's data directory",
-                    dir.display()
-                );
-            }
-            match ironplant_security::audit::verify(&dir) {
+        AuditCommand::Verify { witness } => {
+            let witnessed = read_witnesses(&witness)?;
+            let checked = if witnessed.is_empty() {
+                ironplant_security::audit::verify(&dir)
+            } else {
+                ironplant_security::audit::verify_witnessed(&dir, &witnessed)
+            };
+            match checked {
                 Ok(r) => {
                     println!(
-                        "{}: ok — {} record(s), {} checkpoint(s){}",
+                        "{}: ok — {} record(s), {} checkpoint(s){}{}",
                         dir.join("audit.log").display(),
                         r.records,
                         r.checkpoints,
                         r.last_checkpoint
                             .map(|c| format!(", last checkpoint at record {c}"))
-                            .unwrap_or_default()
+                            .unwrap_or_default(),
+                        if witnessed.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; holds all {} witnessed head(s)", witnessed.len())
+                        }
                     );
                     Ok(ExitCode::SUCCESS)
                 }
@@ -346,6 +401,19 @@ pub fn audit(cmd: AuditCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        AuditCommand::Head => {
+            let log = ironplant_security::AuditLog::open(
+                &dir,
+                Arc::new(ironplant_security::SystemClock),
+                ironplant_security::AuditOptions::default(),
+            )
+            .with_context(|| format!("cannot open the audit log in {}", dir.display()))?;
+            let head = log
+                .head_statement()
+                .context("cannot sign the head of the audit log")?;
+            println!("{}", head.to_line());
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -2,6 +2,7 @@
 //! into the library crates.
 
 mod admin;
+mod audit_witness;
 mod bench;
 mod bench_mix;
 mod bench_mqtt;

@@ -322,6 +322,13 @@ async fn serve_with(
             "[[bridge]] sections are ignored: the MQTT broker is off (no MQTT listener)"
         );
     }
+    // The signed audit head, for witnesses outside this host (rollback and wipe detection).
+    let audit_head = crate::audit_witness::start(
+        sec.audit.clone(),
+        broker.clone(),
+        crate::audit_witness::witness_from_env(data_dir)?,
+        crate::audit_witness::EVERY,
+    );
     if let (Some(l), Some(broker)) = (mqtts_listener, broker.clone()) {
         let addr = local_addr(&l, "MQTT over TLS")?;
         let tls = sec
@@ -401,6 +408,7 @@ async fn serve_with(
     if let Some(host) = sparkplug {
         host.shutdown();
     }
+    audit_head.stop().await;
     // Flush the historian even if the HTTP server failed: acknowledged data is in the WAL
     // anyway, but a clean close leaves nothing to replay.
     tokio::task::block_in_place(|| {
