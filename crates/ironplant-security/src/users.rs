@@ -513,7 +513,8 @@ impl UserStore {
     }
 
     /// Creates an API token for `user` with `role` (default: the user's role; never more),
-    /// valid for `ttl` (at most [`MAX_TOKEN_TTL`]).
+    /// valid for `ttl` (at most [`MAX_TOKEN_TTL`]; a longer one is refused, never cut
+    /// silently).
     pub fn create_token(
         &self,
         user: &str,
@@ -522,7 +523,12 @@ impl UserStore {
         label: &str,
         actor: Option<&str>,
     ) -> Result<NewToken> {
-        let ttl = ttl.min(MAX_TOKEN_TTL);
+        if ttl > MAX_TOKEN_TTL {
+            return Err(Error::TokenLifetimeTooLong {
+                requested_days: ttl.as_secs() / 86_400,
+                max_days: MAX_TOKEN_TTL.as_secs() / 86_400,
+            });
+        }
         let now = self.clock.now();
         let expires = now + ttl;
         let bearer = new_bearer(TOKEN_PREFIX)?;

@@ -22,7 +22,8 @@ fn actor() -> String {
 #[derive(Subcommand)]
 pub enum DeviceCommand {
     /// Enrol a device: issue its client certificate from the built-in CA and write
-    /// `<NAME>.crt`, `<NAME>.key` (0600) and `ca.crt` into --out. The key is shown only here.
+    /// `<NAME>.crt`, `<NAME>.key` (0600) and `ca.crt` into a private directory (0700; by
+    /// default `<data-dir>/security/bundles/<NAME>/`). The key exists only there.
     #[command(
         after_help = "Example:\n  ironplant device enroll press-4 --out ./press-4\n  mosquitto_pub -h plant.local -p 8883 --cafile press-4/ca.crt \\\n      --cert press-4/press-4.crt --key press-4/press-4.key -t devices/press-4/hello -m hi"
     )]
@@ -32,7 +33,8 @@ pub enum DeviceCommand {
         /// Role of the device (`device` gets only what the ACL grants devices).
         #[arg(long, default_value = "device", value_name = "ROLE")]
         role: Role,
-        /// Directory to write the certificate, key and CA into (default: ./<NAME>).
+        /// Directory to write the certificate, key and CA into (created 0700; default:
+        /// <data-dir>/security/bundles/<NAME>).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
@@ -53,8 +55,8 @@ pub enum UserCommand {
     #[command(after_help = "Example:\n  ironplant user add alice --role operator")]
     Add {
         name: String,
-        /// viewer, operator, engineer or admin.
-        #[arg(long, value_name = "ROLE")]
+        /// The user's role (devices are enrolled with `ironplant device enroll` instead).
+        #[arg(long, value_name = "ROLE", value_parser = human_role())]
         role: Role,
     },
     /// Set a new generated password for a user, printed once.
@@ -63,6 +65,33 @@ pub enum UserCommand {
     /// List users.
     #[command(after_help = "Example:\n  ironplant user list")]
     List,
+    /// Limit a user to tag-path prefixes (REST API, all its tokens included), or show its
+    /// limits. --read and --write each replace that direction's list (whole path levels:
+    /// `site/area1` covers `site/area1/...`, not `site/area10`); a direction never set is
+    /// unlimited. --clear removes both. Written to <data-dir>/security/api-scopes.json,
+    /// applied from the next request on.
+    #[command(
+        after_help = "Examples:\n  ironplant user scope alice --read acme/lyon --write acme/lyon/line2\n  ironplant user scope alice\n  ironplant user scope alice --clear"
+    )]
+    Scope {
+        name: String,
+        /// Tag-path prefixes the user may read (one or more).
+        #[arg(long, value_name = "PREFIX", num_args = 1.., conflicts_with = "clear")]
+        read: Option<Vec<String>>,
+        /// Tag-path prefixes the user may write (one or more).
+        #[arg(long, value_name = "PREFIX", num_args = 1.., conflicts_with = "clear")]
+        write: Option<Vec<String>>,
+        /// Remove the user's limits (its role alone applies).
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+/// The roles a person (user or token) may have; `device` is for enrolled devices only.
+fn human_role() -> impl clap::builder::TypedValueParser<Value = Role> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["viewer", "operator", "engineer", "admin"])
+        .map(|s| s.parse::<Role>().expect("the possible values are roles"))
 }
 
 #[derive(Subcommand)]
@@ -77,9 +106,9 @@ pub enum TokenCommand {
         #[arg(long, value_name = "NAME")]
         user: String,
         /// The token's role (default: the user's; never higher).
-        #[arg(long, value_name = "ROLE")]
+        #[arg(long, value_name = "ROLE", value_parser = human_role())]
         role: Option<Role>,
-        /// Lifetime (e.g. 1h, 30d; at most 2 years).
+        /// Lifetime (e.g. 1h, 30d; at most 2 years = 730d; longer is refused).
         #[arg(long, default_value = "30d", value_name = "DURATION")]
         expires: humantime::Duration,
         /// A label for lists and the audit log.
@@ -164,7 +193,17 @@ pub fn device(cmd: DeviceCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
                 .ca
                 .enroll(&name, role, Some(&actor()))
                 .with_context(|| format!("cannot enrol device {name:?}"))?;
-            let dir = out.unwrap_or_else(|| PathBuf::from(&name));
+            let dir = match out {
+                Some(dir) => dir,
+                None => {
+                    // Never the current directory: a private key left in whatever directory
+                    // the command ran from (a home, a repository) leaks easily.
+                    let bundles = sec.dir().join("bundles");
+                    private_dir(&bundles)?;
+                    bundles.join(&name)
+                }
+            };
+            private_dir(&dir)?;
             let files = bundle
                 .write_to(&dir)
                 .with_context(|| format!("cannot write the bundle into {}", dir.display()))?;
@@ -176,7 +215,10 @@ pub fn device(cmd: DeviceCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
                 println!("  wrote {}", f.display());
             }
             println!("CA fingerprint (SHA-256): {}", sec.ca.fingerprint());
-            println!("The private key exists only in this directory: move it to the device and delete the copy.");
+            println!(
+                "The private key exists only in {} (0700): move it to the device and delete the copy.",
+                dir.display()
+            );
         }
         DeviceCommand::Revoke { name } => {
             let r = sec.ca.revoke(&name, Some(&actor())).with_context(|| {
@@ -212,6 +254,20 @@ pub fn device(cmd: DeviceCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `dir` 0700 if missing, or makes an existing one 0700, whatever the umask.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private (0700)", dir.display()))
 }
 
 /// A random password that passes the store's policy: 24 characters of a 57-symbol alphabet
@@ -271,8 +327,118 @@ pub fn user(cmd: UserCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
                 .collect();
             print_table(&["NAME", "ROLE", "STATUS", "CREATED"], &rows);
         }
+        UserCommand::Scope {
+            name,
+            read,
+            write,
+            clear,
+        } => scope(&sec, &name, read, write, clear)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn describe(list: Option<&Vec<String>>) -> String {
+    match list {
+        None => "unlimited".into(),
+        Some(l) if l.is_empty() => "nothing".into(),
+        Some(l) => l.join(" "),
+    }
+}
+
+/// `user scope`: the user's entry of `api-scopes.json`, in the format the API reads
+/// (`ironplant_api::auth::TagScopes`), replaced atomically (0600).
+fn scope(
+    sec: &Security,
+    name: &str,
+    read: Option<Vec<String>>,
+    write: Option<Vec<String>>,
+    clear: bool,
+) -> anyhow::Result<()> {
+    use ironplant_api::auth::{PrefixRule, TagScopes};
+    let users = sec.users.list_users().context("cannot read the users")?;
+    if !users.iter().any(|u| u.name == name) {
+        anyhow::bail!("no user named {name:?}; see `ironplant user list`");
+    }
+    for p in read.iter().chain(&write).flatten() {
+        ironplant_core::TagPath::parse(p.trim_end_matches('/')).map_err(|e| {
+            anyhow::anyhow!(
+                "prefix {p:?} is not a tag path ({e}); give whole levels like acme/lyon/line2"
+            )
+        })?;
+    }
+    let path = TagScopes::path(sec);
+    let mut scopes = TagScopes::load(&path).map_err(|e| {
+        anyhow::anyhow!("{e}; fix or remove the file (it must be JSON like {{\"users\": {{\"alice\": {{\"read\": [\"acme/lyon\"]}}}}}})")
+    })?;
+    if !clear && read.is_none() && write.is_none() {
+        let rule = scopes.users.get(name).cloned().unwrap_or_default();
+        println!(
+            "{name}: read {}; write {}",
+            describe(rule.read.as_ref()),
+            describe(rule.write.as_ref())
+        );
+        return Ok(());
+    }
+    let mut rule = if clear {
+        PrefixRule::default()
+    } else {
+        scopes.users.get(name).cloned().unwrap_or_default()
+    };
+    let trim = |l: Vec<String>| -> Vec<String> {
+        l.into_iter()
+            .map(|p| p.trim_end_matches('/').to_owned())
+            .collect()
+    };
+    if let Some(r) = read {
+        rule.read = Some(trim(r));
+    }
+    if let Some(w) = write {
+        rule.write = Some(trim(w));
+    }
+    let change = format!(
+        "tag scope: read {}; write {}",
+        describe(rule.read.as_ref()),
+        describe(rule.write.as_ref())
+    );
+    if rule.read.is_none() && rule.write.is_none() {
+        scopes.users.remove(name);
+    } else {
+        scopes.users.insert(name.to_owned(), rule);
+    }
+    write_scopes(&path, &scopes)?;
+    sec.audit
+        .record(ironplant_security::AuditEvent::UserChanged {
+            user: name.to_owned(),
+            change: change.clone(),
+            actor: Some(actor()),
+        })
+        .context("cannot write the change to the audit log")?;
+    println!("{name}: {change} (in {})", path.display());
+    Ok(())
+}
+
+/// Same format and mode as the API's own writes: pretty JSON, 0600, replaced atomically.
+fn write_scopes(path: &Path, scopes: &ironplant_api::auth::TagScopes) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let json = serde_json::to_vec_pretty(scopes).context("cannot encode the tag scopes")?;
+    let tmp = path.with_extension(format!("json.cli{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(&json)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
 }
 
 pub fn token(cmd: TokenCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
