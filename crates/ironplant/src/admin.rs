@@ -65,6 +65,11 @@ pub enum UserCommand {
     /// List users.
     #[command(after_help = "Example:\n  ironplant user list")]
     List,
+    /// Lift a user's login lockout (from every address), also in the running platform from
+    /// its next login attempt on; audited. For an administrator kept locked out by someone
+    /// guessing its password.
+    #[command(after_help = "Example:\n  ironplant user unlock admin")]
+    Unlock { name: String },
     /// Limit a user to tag-path prefixes (REST API, all its tokens included), or show its
     /// limits. --read and --write each replace that direction's list (whole path levels:
     /// `site/area1` covers `site/area1/...`, not `site/area10`); a direction never set is
@@ -326,6 +331,12 @@ pub fn user(cmd: UserCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
                 })
                 .collect();
             print_table(&["NAME", "ROLE", "STATUS", "CREATED"], &rows);
+        }
+        UserCommand::Unlock { name } => {
+            sec.users
+                .unlock(&name, Some(&actor()))
+                .with_context(|| format!("cannot unlock {name:?}; see `ironplant user list`"))?;
+            println!("Lifted the lockout of `{name}` (all addresses); the running platform applies it at the next login attempt");
         }
         UserCommand::Scope {
             name,

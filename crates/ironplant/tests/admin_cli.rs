@@ -1,6 +1,6 @@
 //! The administration CLI as a new user meets it (the real binary): where `device enroll`
 //! puts a private key, what `token create --expires` and `user add --role` accept, and
-//! `user scope` writing the tag-prefix limits the API reads.
+//! `user scope` writing the tag-prefix limits the API reads, `user unlock`.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -186,4 +186,24 @@ fn user_scope_writes_the_limits_the_api_reads_and_audits_them() {
     assert_eq!(changes.len(), 3, "{log}");
     assert!(changes[0].contains("\"actor\":\"cli:"), "{}", changes[0]);
     ok(d, &["audit", "verify"]);
+}
+
+#[test]
+fn user_unlock_lifts_a_lockout_and_is_audited() {
+    let dir = setup();
+    let d = dir.path();
+    ok(d, &["user", "add", "alice", "--role", "operator"]);
+    let out = ok(d, &["user", "unlock", "alice"]);
+    assert!(out.contains("Lifted the lockout of `alice`"), "{out}");
+    let err = fails(d, &["user", "unlock", "nobody"]);
+    assert!(
+        err.starts_with("error: cannot unlock \"nobody\"") && err.contains("no user named"),
+        "{err}"
+    );
+    let log = std::fs::read_to_string(d.join("data/security/audit/audit.log")).expect("log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"user\":\"alice\"") && l.contains("lockout lifted")),
+        "{log}"
+    );
 }
