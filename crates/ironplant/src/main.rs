@@ -7,6 +7,7 @@ mod bench;
 mod bench_mix;
 mod bench_mqtt;
 mod bench_pg;
+mod datadir;
 mod platform;
 mod query;
 mod secure;

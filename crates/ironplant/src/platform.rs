@@ -42,8 +42,8 @@ async fn bind(addr: &str, what: &str, flag: &str) -> anyhow::Result<TcpListener>
 }
 
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    crate::datadir::create(dir)?;
+    crate::datadir::make_private(dir)?;
     let probe = dir.join(".ironplant-write-test");
     std::fs::write(&probe, b"ok").with_context(|| {
         format!(
