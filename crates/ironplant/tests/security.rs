@@ -444,6 +444,7 @@ fn audit_verify_with_a_witness_catches_a_rollback_and_a_wipe() {
     let witness = d.join("witness.jsonl");
     let p = Platform::start_env(d, &[], &[("IRONPLANT_AUDIT_WITNESS", &witness)]);
     p.address_after("HTTP API:");
+    let mqtts = p.address_after("MQTT/TLS:");
     let lines = |path: &Path| -> usize {
         std::fs::read_to_string(path)
             .map(|t| t.lines().count())
@@ -453,6 +454,31 @@ fn audit_verify_with_a_witness_catches_a_rollback_and_a_wipe() {
         (lines(&witness) >= 1).then_some(())
     });
     assert_eq!(common_mode(&witness), 0o600);
+    // The same signed head, retained on $SYS for an admin's client (and a bridge).
+    let have = Command::new("mosquitto_sub").arg("--help").output().is_ok();
+    if common::peer_available("mosquitto_sub (Debian mosquitto-clients)", have) {
+        let token = cli_ok(
+            d,
+            &["token", "create", "--user", "admin", "--expires", "1h"],
+        );
+        let (host, port) = mqtts.rsplit_once(':').expect("host:port");
+        let out = Command::new("timeout")
+            .args(["20", "mosquitto_sub", "-h", host, "-p", port])
+            .args(["--cafile", "data/security/ca/ca.crt", "-u", "admin"])
+            .args(["-P", token.trim(), "-t", "$SYS/ironplant/audit/head"])
+            .args(["-C", "1", "-W", "15"])
+            .current_dir(d)
+            .output()
+            .expect("run mosquitto_sub");
+        let got = String::from_utf8_lossy(&out.stdout);
+        let first = std::fs::read_to_string(&witness).expect("witness");
+        assert_eq!(
+            got.trim(),
+            first.lines().next().unwrap_or_default(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let mut p = p;
     assert!(Command::new("kill")
         .args(["-TERM", &p.child.id().to_string()])
