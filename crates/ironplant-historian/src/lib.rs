@@ -13,6 +13,7 @@ pub mod chunk;
 pub mod codec;
 pub mod lossy;
 mod memtable;
+pub mod private_fs;
 pub mod store;
 pub mod wal;
 
@@ -228,7 +229,7 @@ impl Historian {
             })?;
         }
         let wal_dir = cfg.dir.join("wal");
-        std::fs::create_dir_all(&wal_dir).map_err(|e| HistorianError::io(&wal_dir, e))?;
+        private_fs::create_dir(&wal_dir).map_err(|e| HistorianError::io(&wal_dir, e))?;
         let store = Store::open(&cfg.dir.join("chunks.redb"))?;
         let (checkpoint, paths) = store.load()?;
         let mut tags = Tags::default();

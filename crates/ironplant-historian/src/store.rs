@@ -44,6 +44,9 @@ fn storage<E: std::fmt::Display>(e: E) -> HistorianError {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, HistorianError> {
+        crate::private_fs::create_file(path).map_err(|e| {
+            HistorianError::Storage(format!("cannot create {}: {e}", path.display()))
+        })?;
         let db = Database::create(path)
             .map_err(|e| HistorianError::Storage(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(storage)?;

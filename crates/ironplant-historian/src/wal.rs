@@ -10,6 +10,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use ironplant_core::Value;
@@ -179,7 +180,11 @@ impl WalWriter {
     /// Opens a fresh segment starting at `next_lsn`.
     pub fn create(dir: &Path, next_lsn: u64, segment_bytes: u64) -> io::Result<WalWriter> {
         let path = segment_path(dir, next_lsn);
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(crate::private_fs::FILE_MODE)
+            .open(&path)?;
         let size = file.metadata()?.len();
         sync_dir(dir)?;
         Ok(WalWriter {

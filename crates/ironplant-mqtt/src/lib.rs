@@ -37,6 +37,7 @@ pub mod broker;
 pub mod client;
 pub mod codec;
 pub mod persist;
+pub mod private_fs;
 pub mod retained;
 pub mod session;
 pub mod topic;

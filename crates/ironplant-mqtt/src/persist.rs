@@ -62,8 +62,9 @@ impl Store {
             message: e.to_string(),
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+            crate::private_fs::create_dir(dir).map_err(|e| err(&e))?;
         }
+        crate::private_fs::create_file(path).map_err(|e| err(&e))?;
         let db = Database::create(path).map_err(|e| err(&e))?;
         let txn = db.begin_write().map_err(|e| err(&e))?;
         {

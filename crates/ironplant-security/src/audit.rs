@@ -1,7 +1,14 @@
-//! The audit log: append-only JSON lines, each carrying the SHA-256 of the line before it,
-//! anchored by ed25519 signatures (a checkpoint record every `checkpoint_every` records, and a
-//! signed head file naming the newest record). [`verify`] names the first record that was
-//! edited, removed, inserted or moved.
+//! The audit log: append-only JSON lines, each carrying the SHA-256 of the line before it and
+//! its own ed25519 signature (`rsig`, the last field), anchored further by a checkpoint record
+//! every `checkpoint_every` records and a signed head file naming the newest record.
+//! [`verify`] names the first record that was edited, removed, inserted, moved or forged.
+//!
+//! Rollback and wipe (an older copy of the whole directory put back, or the log deleted) leave
+//! a log that is consistent in itself; they are caught against a [`HeadStatement`] kept
+//! elsewhere (`ironplant audit head`, published by the platform on `$SYS/ironplant/audit/head`
+//! and appended to a witness file): [`verify_witnessed`] checks the log still holds every
+//! witnessed head. A missing or empty log where one existed (head file, key or `users.json`
+//! present) is an error, and [`AuditLog::open`] refuses to start a new log over it.
 //!
 //! Files under the audit directory: `audit.log` (0600), `head.json` (0600), `checkpoint.key`
 //! (PKCS#8, 0600), `checkpoint.pub` (hex public key, 0644; keep a copy off the host and pass
@@ -9,6 +16,9 @@
 //!
 //! Invariants:
 //! - A record is on disk (fdatasync) before [`AuditLog::record`] returns.
+//! - Every record this version writes is signed; once the log has a signed record, every
+//!   later record must be signed (older, unsigned records stay covered by the chain and the
+//!   first signed record after them, which [`AuditLog::open`] writes).
 //! - Appends from several processes are serialised by `audit.lock`; each writer re-reads the
 //!   tail when the file grew behind its back, so the chain never forks.
 //! - A line that was cut by a crash (no trailing newline) was never acknowledged and is
@@ -35,6 +45,10 @@ use crate::fsutil::{self, FileLock, PRIVATE, PUBLIC};
 
 const CHECKPOINT_DOMAIN: &[u8] = b"ironplant-audit-checkpoint-v1\0";
 const HEAD_DOMAIN: &[u8] = b"ironplant-audit-head-v1\0";
+const RECORD_DOMAIN: &[u8] = b"ironplant-audit-record-v1\0";
+const STATEMENT_DOMAIN: &[u8] = b"ironplant-audit-head-statement-v1\0";
+/// The MQTT topic the platform publishes its [`HeadStatement`] on (retained).
+pub const HEAD_TOPIC: &str = "$SYS/ironplant/audit/head";
 /// Longest string kept in a record field (user names as typed, topics): bounded records, and
 /// a password typed into the user-name field is not kept whole.
 pub const MAX_FIELD: usize = 256;
@@ -125,6 +139,10 @@ pub enum AuditEvent {
         action: String,
         topic: String,
     },
+    /// A new log was started where an earlier one had existed (its directory was removed).
+    LogRestarted {
+        reason: String,
+    },
     /// Events that could not be queued (the writer fell behind) since the previous record.
     AuditDropped {
         count: u64,
@@ -153,6 +171,7 @@ impl AuditEvent {
             AuditEvent::Command { .. } => "command",
             AuditEvent::AclDenied { .. } => "acl_denied",
             AuditEvent::AuditDropped { .. } => "audit_dropped",
+            AuditEvent::LogRestarted { .. } => "log_restarted",
             AuditEvent::Checkpoint { .. } => "checkpoint",
         }
     }
@@ -180,6 +199,79 @@ pub struct AuditRecord {
     pub prev: String,
     #[serde(flatten)]
     pub event: AuditEvent,
+    /// ed25519 (hex) over the record's line without this field; always the last field.
+    /// `None` only in records written before per-record signatures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rsig: Option<String>,
+}
+
+/// A signed statement of the log's head, to be kept outside the data directory (a witness):
+/// "at `ts` the log ended with record `seq`, whose line hashes to `hash`". One line of JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadStatement {
+    pub seq: u64,
+    /// SHA-256 (hex) of record `seq`'s line.
+    pub hash: String,
+    /// When it was signed, µs since the Unix epoch.
+    pub ts: i64,
+    /// ed25519 (hex) over domain || seq || hash || ts, with the audit key.
+    pub sig: String,
+}
+
+impl HeadStatement {
+    /// The statement as one line of JSON (no newline).
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).expect("a struct of numbers and strings serialises")
+    }
+}
+
+/// Parses witness text: one [`HeadStatement`] per line (blank lines skipped), as written by
+/// the platform's witness file or `ironplant audit head`. Names the first bad line.
+pub fn parse_witness(text: &str) -> std::result::Result<Vec<HeadStatement>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let st: HeadStatement = serde_json::from_str(line).map_err(|e| {
+            format!(
+                "line {}: not a head statement ({e}); expected one JSON object per line as printed by `ironplant audit head`",
+                i + 1
+            )
+        })?;
+        out.push(st);
+    }
+    Ok(out)
+}
+
+fn statement_message(seq: u64, hash: &[u8; 32], ts: i64) -> Vec<u8> {
+    let mut m = STATEMENT_DOMAIN.to_vec();
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(hash);
+    m.extend_from_slice(&ts.to_be_bytes());
+    m
+}
+
+fn record_message(body: &[u8]) -> Vec<u8> {
+    let mut m = RECORD_DOMAIN.to_vec();
+    m.extend_from_slice(&sha256(body));
+    m
+}
+
+/// Length of the `,"rsig":"<128 hex>"}` suffix that ends a signed line.
+const RSIG_SUFFIX_LEN: usize = ",\"rsig\":\"".len() + 128 + "\"}".len();
+
+/// The signed body of a line (the line without its `rsig` field) when the line ends with
+/// exactly the `rsig` field `sig`.
+fn signed_body(line: &[u8], sig: &str) -> Option<Vec<u8>> {
+    let suffix = format!(",\"rsig\":\"{sig}\"}}");
+    if sig.len() != 128 || !line.ends_with(suffix.as_bytes()) {
+        return None;
+    }
+    let mut body = line[..line.len() - RSIG_SUFFIX_LEN].to_vec();
+    body.push(b'}');
+    Some(body)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,6 +304,8 @@ struct Writer {
     len: u64,
     next_seq: u64,
     last_hash: [u8; 32],
+    /// Whether the newest record carries a record signature.
+    tail_signed: bool,
     since_checkpoint: u64,
 }
 
@@ -306,12 +400,16 @@ fn read_lines(file: &mut File, path: &Path, from: u64) -> Result<(Vec<Vec<u8>>, 
     Ok((lines, from + end as u64))
 }
 
-fn seq_of(line: &[u8]) -> Option<u64> {
+/// The sequence number of a line, and whether it carries a record signature.
+fn seq_of(line: &[u8]) -> Option<(u64, bool)> {
     #[derive(Deserialize)]
     struct SeqOnly {
         seq: u64,
+        rsig: Option<String>,
     }
-    serde_json::from_slice::<SeqOnly>(line).ok().map(|s| s.seq)
+    serde_json::from_slice::<SeqOnly>(line)
+        .ok()
+        .map(|s| (s.seq, s.rsig.is_some()))
 }
 
 impl Inner {
@@ -330,17 +428,17 @@ impl Inner {
         if from == 0 {
             w.next_seq = 0;
             w.last_hash = [0; 32];
+            w.tail_signed = false;
         }
         let (lines, end) = read_lines(&mut w.file, &self.log_path, from)?;
         if let Some(last) = lines.last() {
-            w.next_seq = seq_of(last)
-                .ok_or_else(|| Error::Corrupt {
-                    path: self.log_path.clone(),
-                    detail: "its last record is not valid JSON; run `ironplant audit verify`"
-                        .into(),
-                })?
-                .saturating_add(1);
+            let (seq, signed) = seq_of(last).ok_or_else(|| Error::Corrupt {
+                path: self.log_path.clone(),
+                detail: "its last record is not valid JSON; run `ironplant audit verify`".into(),
+            })?;
+            w.next_seq = seq.saturating_add(1);
             w.last_hash = sha256(last);
+            w.tail_signed = signed;
         }
         if end < disk_len {
             tracing::warn!(path = %self.log_path.display(), "audit log: cutting a torn last line left by a crash");
@@ -386,11 +484,16 @@ impl Inner {
             ts: unix_micros(self.clock.now()),
             prev: hex(&w.last_hash),
             event,
+            rsig: None,
         };
         let mut line = serde_json::to_vec(&record).map_err(|e| Error::Corrupt {
             path: self.log_path.clone(),
             detail: format!("cannot serialise a record: {e}"),
         })?;
+        // Sign the body, then add the signature as the last field (`signed_body` undoes it).
+        let rsig = hex(self.key.sign(&record_message(&line)).as_ref());
+        line.pop(); // the closing brace
+        line.extend_from_slice(format!(",\"rsig\":\"{rsig}\"}}").as_bytes());
         let hash = sha256(&line);
         line.push(b'\n');
         w.file
@@ -400,6 +503,7 @@ impl Inner {
         w.len += line.len() as u64;
         w.next_seq += 1;
         w.last_hash = hash;
+        w.tail_signed = true;
         w.since_checkpoint += 1;
         let sig = self.key.sign(&head_message(seq, &hash));
         let head = Head {
@@ -441,6 +545,7 @@ impl AuditLog {
                 len: u64::MAX,
                 next_seq: 0,
                 last_hash: [0; 32],
+                tail_signed: false,
                 since_checkpoint: 0,
             }),
             dropped: AtomicU64::new(0),
@@ -451,6 +556,24 @@ impl AuditLog {
             let mut w = inner.writer.lock();
             w.len = u64::MAX;
             inner.resync(&mut w)?;
+            if w.next_seq == 0 {
+                if let Some(names) = head_on_disk(&inner.head_path) {
+                    return Err(Error::Corrupt {
+                        path: inner.log_path.clone(),
+                        detail: format!(
+                            "the audit log is missing or empty but {} names {names}: it was wiped or replaced. Restore it from a backup; to start a new log knowingly, move the directory {} aside (the gap stays visible to `ironplant audit verify --witness`)",
+                            inner.head_path.display(),
+                            dir.display()
+                        ),
+                    });
+                }
+            }
+            // A new log starts with a signed record, so an empty log never passes `verify`
+            // once a key exists; a log from an older version gets a signed record after its
+            // unsigned ones, so nothing unsigned can be appended after it unnoticed.
+            if !w.tail_signed {
+                inner.write_checkpoint(&mut w)?;
+            }
         }
         let (tx, rx) = mpsc::sync_channel::<Msg>(options.queue.max(1));
         let worker_inner = inner.clone();
@@ -506,6 +629,33 @@ impl AuditLog {
         let mut w = self.inner.writer.lock();
         self.inner.resync(&mut w)?;
         self.inner.write_checkpoint(&mut w)
+    }
+
+    /// A signed statement of the current head, for a witness outside the data directory
+    /// (`ironplant audit head`, the platform's periodic `$SYS/ironplant/audit/head`).
+    pub fn head_statement(&self) -> Result<HeadStatement> {
+        let _lock = FileLock::acquire(&self.inner.lock_path)?;
+        let mut w = self.inner.writer.lock();
+        self.inner.resync(&mut w)?;
+        if w.next_seq == 0 {
+            // Not after `open`, which always writes a first record; the file was emptied since.
+            return Err(Error::Corrupt {
+                path: self.inner.log_path.clone(),
+                detail: "the audit log is empty; run `ironplant audit verify`".into(),
+            });
+        }
+        let seq = w.next_seq - 1;
+        let ts = unix_micros(self.inner.clock.now());
+        let sig = self
+            .inner
+            .key
+            .sign(&statement_message(seq, &w.last_hash, ts));
+        Ok(HeadStatement {
+            seq,
+            hash: hex(&w.last_hash),
+            ts,
+            sig: hex(sig.as_ref()),
+        })
     }
 
     /// The checkpoint public key (hex). Print it at setup and keep it off the host.
@@ -641,26 +791,149 @@ pub enum Problem {
     Unsigned { head_seq: u64 },
     #[error("the log has records but head.json is missing or invalid ({0})")]
     Head(String),
+    #[error("its signature is not valid: the record was forged or changed")]
+    BadSignature,
+    #[error("carries no signature: it was appended by something other than Ironplant (a forged record); a log written before per-record signatures is signed at its end when Ironplant next opens it")]
+    NotSigned,
+    #[error("the log is missing or empty but {0} exists: the log was wiped or replaced; restore audit.log from a backup")]
+    Wiped(String),
+    #[error("is missing: a witnessed head signed at {at} names it, but the log has only {records} record(s): the log was rolled back to an older state or truncated")]
+    RolledBack { at: String, records: u64 },
+    #[error("differs from the witnessed head signed at {at}: the log was replaced by another history (rolled back and rewritten)")]
+    WitnessMismatch { at: String },
+    #[error("is named by witness statement {statement}, whose signature is not valid with this log's key: the audit key was replaced, or the statement is not from this platform")]
+    BadWitness { statement: usize },
     #[error("{0}")]
     Io(String),
 }
 
-/// Verifies the log in `dir` with the public key in `dir/checkpoint.pub`.
-pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
+fn read_public_key(dir: &Path) -> Result<Vec<u8>, VerifyError> {
     let pub_path = dir.join("checkpoint.pub");
-    let text = fs::read_to_string(&pub_path).map_err(|e| VerifyError {
-        index: 0,
-        problem: Problem::Io(format!("cannot read {}: {e}", pub_path.display())),
+    let text = fs::read_to_string(&pub_path).map_err(|e| {
+        let log_empty = fs::metadata(dir.join("audit.log")).map_or(true, |m| m.len() == 0);
+        let problem = match evidence_of_a_log(dir) {
+            // The whole directory went, key included.
+            Some(evidence) if log_empty => Problem::Wiped(evidence),
+            _ => Problem::Io(format!("cannot read {}: {e}", pub_path.display())),
+        };
+        VerifyError { index: 0, problem }
     })?;
-    let key = unhex(text.trim()).ok_or_else(|| VerifyError {
+    unhex(text.trim()).ok_or_else(|| VerifyError {
         index: 0,
         problem: Problem::Io(format!("{} is not a hex key", pub_path.display())),
-    })?;
+    })
+}
+
+/// Verifies the log in `dir` with the public key in `dir/checkpoint.pub`.
+pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
+    let key = read_public_key(dir)?;
     verify_with_key(dir, &key)
 }
 
 /// Verifies the log in `dir` against an ed25519 public key kept elsewhere.
 pub fn verify_with_key(dir: &Path, public_key: &[u8]) -> Result<VerifyReport, VerifyError> {
+    check(dir, public_key).map(|(report, _)| report)
+}
+
+/// Verifies the log in `dir` (as [`verify`]) and that it still holds every witnessed head:
+/// record `seq` exists and hashes to the witnessed `hash`. A log shorter than a witnessed
+/// head was rolled back or truncated; a different record there means another history.
+pub fn verify_witnessed(
+    dir: &Path,
+    witnessed: &[HeadStatement],
+) -> Result<VerifyReport, VerifyError> {
+    let public_key = read_public_key(dir)?;
+    let key = signature::UnparsedPublicKey::new(&signature::ED25519, public_key.as_slice());
+    // Judge the statements first: a forged or foreign witness must not be mistaken for
+    // evidence of rollback, and a wiped log must still be compared against them.
+    for (i, st) in witnessed.iter().enumerate() {
+        let ok = unhex32(&st.hash).is_some_and(|hash| {
+            unhex(&st.sig).is_some_and(|sig| {
+                key.verify(&statement_message(st.seq, &hash, st.ts), &sig)
+                    .is_ok()
+            })
+        });
+        if !ok {
+            return Err(VerifyError {
+                index: st.seq,
+                problem: Problem::BadWitness { statement: i + 1 },
+            });
+        }
+    }
+    let checked = check(dir, &public_key);
+    let (report, hashes) = match checked {
+        Ok(x) => x,
+        // A wipe is the extreme rollback: name the newest witnessed record it lost.
+        Err(VerifyError {
+            problem: Problem::Wiped(_),
+            ..
+        }) if !witnessed.is_empty() => (
+            VerifyReport {
+                records: 0,
+                checkpoints: 0,
+                last_checkpoint: None,
+            },
+            Vec::new(),
+        ),
+        Err(e) => return Err(e),
+    };
+    // The newest witnessed head is the most telling one to name.
+    let mut by_seq: Vec<&HeadStatement> = witnessed.iter().collect();
+    by_seq.sort_by_key(|st| std::cmp::Reverse(st.seq));
+    for st in by_seq {
+        let at = witness_time(st.ts);
+        let hash = unhex32(&st.hash).expect("checked with its signature above");
+        let here = usize::try_from(st.seq).ok().and_then(|i| hashes.get(i));
+        match here {
+            None => {
+                return Err(VerifyError {
+                    index: st.seq,
+                    problem: Problem::RolledBack {
+                        at,
+                        records: report.records,
+                    },
+                })
+            }
+            Some(h) if *h != hash => {
+                return Err(VerifyError {
+                    index: st.seq,
+                    problem: Problem::WitnessMismatch { at },
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(report)
+}
+
+/// `2026-01-01T00:00:00Z` (UTC, whole seconds) for a head statement's `ts`.
+fn witness_time(ts_us: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(ts_us.div_euclid(1_000_000)) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => format!("{ts_us} µs after the Unix epoch"),
+    }
+}
+
+/// Evidence that a log existed in `dir` (for calling a missing or empty log a wipe).
+fn evidence_of_a_log(dir: &Path) -> Option<String> {
+    ["head.json", "checkpoint.key"]
+        .iter()
+        .map(|f| dir.join(f))
+        .chain(dir.parent().map(|p| p.join("users.json")))
+        .find(|p| p.exists())
+        .map(|p| p.display().to_string())
+}
+
+/// The whole check; also returns each record's hash (for witnessed heads).
+fn check(dir: &Path, public_key: &[u8]) -> Result<(VerifyReport, Vec<[u8; 32]>), VerifyError> {
     let key = signature::UnparsedPublicKey::new(&signature::ED25519, public_key);
     let log_path = dir.join("audit.log");
     let io = |what: String| VerifyError {
@@ -675,6 +948,8 @@ pub fn verify_with_key(dir: &Path, public_key: &[u8]) -> Result<VerifyReport, Ve
     let mut hashes: Vec<[u8; 32]> = Vec::new();
     let mut prevs: Vec<[u8; 32]> = Vec::new();
     let mut signed: Vec<(u64, String)> = Vec::new();
+    // Per record: whether its own signature holds (`None`: it has none).
+    let mut rsig_ok: Vec<Option<bool>> = Vec::new();
     let mut checkpoints = 0;
     let mut last_checkpoint = None;
     let mut lines = bytes.split(|&b| b == b'\n').peekable();
@@ -694,6 +969,11 @@ pub fn verify_with_key(dir: &Path, public_key: &[u8]) -> Result<VerifyReport, Ve
         }
         let prev = unhex32(&record.prev)
             .ok_or_else(|| fail(Problem::Malformed("`prev` is not a SHA-256 in hex".into())))?;
+        rsig_ok.push(record.rsig.as_deref().map(|sig| {
+            signed_body(line, sig).is_some_and(|body| {
+                unhex(sig).is_some_and(|s| key.verify(&record_message(&body), &s).is_ok())
+            })
+        }));
         if let AuditEvent::Checkpoint { sig } = record.event {
             // Judged after the chain: a broken link into it names the edited record, which
             // is the more useful answer.
@@ -704,6 +984,14 @@ pub fn verify_with_key(dir: &Path, public_key: &[u8]) -> Result<VerifyReport, Ve
         hashes.push(sha256(line));
         prevs.push(prev);
         index += 1;
+    }
+    if hashes.is_empty() {
+        if let Some(evidence) = evidence_of_a_log(dir) {
+            return Err(VerifyError {
+                index: 0,
+                problem: Problem::Wiped(evidence),
+            });
+        }
     }
     // The chain: record i's `prev` is the hash of record i-1 (zeros for record 0).
     // Changing record k anywhere breaks the link k -> k+1; changing only its `prev` also
@@ -730,7 +1018,24 @@ pub fn verify_with_key(dir: &Path, public_key: &[u8]) -> Result<VerifyReport, Ve
             });
         }
     }
-    // The chain holds; now each checkpoint's signature over its place in it.
+    // The chain holds; now each record's own signature. Records before the first signed one
+    // were written by an older version (covered by the chain into that signed record); from
+    // it on, a record without a valid signature was not written with the audit key.
+    let first_signed = rsig_ok.iter().position(Option::is_some);
+    for (i, ok) in rsig_ok.iter().enumerate() {
+        let problem = match ok {
+            Some(false) => Some(Problem::BadSignature),
+            None if first_signed.is_some_and(|f| i > f) => Some(Problem::NotSigned),
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            return Err(VerifyError {
+                index: i as u64,
+                problem,
+            });
+        }
+    }
+    // And each checkpoint's signature over its place in it.
     for (index, sig) in signed {
         let prev = usize::try_from(index).ok().and_then(|i| prevs.get(i));
         let ok = prev.is_some_and(|prev| {
@@ -742,6 +1047,14 @@ pub fn verify_with_key(dir: &Path, public_key: &[u8]) -> Result<VerifyReport, Ve
                 problem: Problem::BadCheckpoint,
             });
         }
+    }
+    // A log with no signed record at all: written by an older version and never opened by
+    // this one, or stripped of its signatures.
+    if first_signed.is_none() && !hashes.is_empty() {
+        return Err(VerifyError {
+            index: hashes.len() as u64 - 1,
+            problem: Problem::NotSigned,
+        });
     }
     let records = hashes.len() as u64;
     match head {
@@ -782,11 +1095,27 @@ pub fn verify_with_key(dir: &Path, public_key: &[u8]) -> Result<VerifyReport, Ve
             }
         }
     }
-    Ok(VerifyReport {
-        records,
-        checkpoints,
-        last_checkpoint,
-    })
+    Ok((
+        VerifyReport {
+            records,
+            checkpoints,
+            last_checkpoint,
+        },
+        hashes,
+    ))
+}
+
+/// What an existing `head.json` names ("record N"), without checking its signature; `None`
+/// when there is no head file (for refusing to start a new log over a wiped one).
+fn head_on_disk(path: &Path) -> Option<String> {
+    match fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(_) => Some("a record (unreadable)".into()),
+        Ok(bytes) => Some(serde_json::from_slice::<Head>(&bytes).map_or_else(
+            |_| "a record (unparsable)".into(),
+            |h| format!("record {}", h.seq),
+        )),
+    }
 }
 
 /// The signed head: `Ok(None)` when there is none, `Ok(Some((seq, hash)))` when its signature

@@ -52,6 +52,8 @@ pub enum Error {
         user_role: Role,
         requested: Role,
     },
+    #[error("a token lifetime of {requested_days} days is too long: the maximum is {max_days} days (2 years); give a shorter one, e.g. 365d")]
+    TokenLifetimeTooLong { requested_days: u64, max_days: u64 },
     #[error("{0}")]
     Acl(String),
     #[error("cryptography failed: {0}")]

@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use acl::{Acl, AclIdentity, AclRule};
-pub use audit::{AuditEvent, AuditLog, AuditOptions, AuditPage, AuditQuery, AuditRecord};
+pub use audit::{
+    AuditEvent, AuditLog, AuditOptions, AuditPage, AuditQuery, AuditRecord, HeadStatement,
+};
 pub use ca::{CaOptions, CertificateAuthority, DeviceBundle, DeviceCertVerifier, DeviceRecord};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
@@ -47,6 +49,14 @@ pub struct SecurityOptions {
     pub acl: Option<Acl>,
 }
 
+/// Users exist, so the audit log recorded their creation: when the audit directory is gone
+/// (an empty log over an intact directory is refused by [`AuditLog::open`]), the new log
+/// starts by saying so, instead of looking like a first start.
+fn audit_log_lost(dir: &Path) -> bool {
+    let log = dir.join("audit").join("audit.log");
+    dir.join("users.json").exists() && std::fs::metadata(log).map_or(true, |m| m.len() == 0)
+}
+
 /// The security state of one data directory.
 #[derive(Debug)]
 pub struct Security {
@@ -66,11 +76,20 @@ impl Security {
     ) -> Result<Security> {
         let dir = data_dir.join("security");
         fsutil::ensure_private_dir(&dir)?;
+        let lost = audit_log_lost(&dir);
         let audit = Arc::new(AuditLog::open(
             &dir.join("audit"),
             clock.clone(),
             options.audit,
         )?);
+        if lost {
+            tracing::error!(dir = %dir.join("audit").display(), "the audit log was missing although users exist: a new log was started; the earlier records are lost unless restored from a backup");
+            audit.record(AuditEvent::LogRestarted {
+                reason:
+                    "the audit log was missing although users.json exists; earlier records are lost"
+                        .into(),
+            })?;
+        }
         let ca = Arc::new(CertificateAuthority::open_or_create(
             &dir.join("ca"),
             clock.clone(),
@@ -101,6 +120,7 @@ impl Security {
         })
     }
 
+    /// The security directory (`<data-dir>/security`).
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -1,5 +1,14 @@
-//! Login throttling: a sans-IO state machine counting failures per user name and per source
-//! address, locking either out for a while once it reaches its limit. Time is passed in.
+//! Login throttling: a sans-IO state machine counting failures per (user name, source
+//! address), per source address and per user name, locking each out for a while once it
+//! reaches its limit. Time is passed in.
+//!
+//! The limits are ordered so that an attacker's own address is throttled first: a user name
+//! from one address locks after a few failures (only there), an address after some more
+//! (for every name), and the user name everywhere only after failures from many addresses.
+//! A locked attempt is not counted, so one address cannot push an account into the global
+//! lockout by itself, and the owner logging in from elsewhere is not locked out by it.
+//! An administrator can lift a user's lockout at once with [`Throttle::unlock`]
+//! (`ironplant user unlock NAME`, see [`crate::users`]).
 //!
 //! Unknown user names are counted exactly like known ones, so the answers (and their timing,
 //! see [`crate::users`]) do not reveal whether an account exists.
@@ -11,11 +20,16 @@ use std::time::{Duration, SystemTime};
 /// How many failures lock out, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockoutPolicy {
-    /// Failures of one user name (from anywhere) within `window` before it is locked.
-    pub max_user_failures: u32,
+    /// Failures of one user name from one source address within `window` before that name
+    /// is locked for that address only. The lowest limit: it bites first.
+    pub max_user_address_failures: u32,
     /// Failures from one source address (any user name) within `window` before it is locked.
-    /// Higher than the per-user limit: several people may share a NAT address.
+    /// Above the per-(user, address) limit (several people may share a NAT address), below
+    /// the per-user one.
     pub max_address_failures: u32,
+    /// Failures of one user name from anywhere within `window` before it is locked for
+    /// everyone. The highest limit: reaching it takes several addresses.
+    pub max_user_failures: u32,
     /// Failures older than this are forgotten.
     pub window: Duration,
     /// How long a lockout lasts. It is time-based: it ends by itself.
@@ -29,8 +43,9 @@ pub struct LockoutPolicy {
 impl Default for LockoutPolicy {
     fn default() -> Self {
         LockoutPolicy {
-            max_user_failures: 5,
+            max_user_address_failures: 5,
             max_address_failures: 20,
+            max_user_failures: 50,
             window: Duration::from_secs(15 * 60),
             lockout: Duration::from_secs(15 * 60),
             max_tracked: 10_000,
@@ -41,8 +56,23 @@ impl Default for LockoutPolicy {
 /// What was locked when a failure reached a limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockedSubject {
+    /// The user name, from every address.
     User(String),
+    /// The user name, from this address only.
+    UserAtAddress(String, IpAddr),
+    /// Every user name, from this address.
     Address(IpAddr),
+}
+
+impl std::fmt::Display for LockedSubject {
+    /// As in the audit log's `lockout` records.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockedSubject::User(u) => write!(f, "user:{u}"),
+            LockedSubject::UserAtAddress(u, a) => write!(f, "user:{u}@address:{a}"),
+            LockedSubject::Address(a) => write!(f, "address:{a}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -91,7 +121,29 @@ impl Counter {
 pub struct Throttle {
     policy: LockoutPolicy,
     users: HashMap<String, Counter>,
+    pairs: HashMap<(String, IpAddr), Counter>,
     addresses: HashMap<IpAddr, Counter>,
+}
+
+/// Counts one failure in `map` under `key` (a new entry only while the map is below
+/// `max_tracked`); returns the end of a lockout this failure starts.
+fn fail_in<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Counter>,
+    key: K,
+    now: SystemTime,
+    max: u32,
+    p: &LockoutPolicy,
+) -> Option<SystemTime> {
+    if let Some(c) = map.get_mut(&key) {
+        return c.fail(now, max, p);
+    }
+    if map.len() >= p.max_tracked {
+        return None;
+    }
+    let mut c = Counter::new(now);
+    let until = c.fail(now, max, p);
+    map.insert(key, c);
+    until
 }
 
 impl Throttle {
@@ -99,6 +151,7 @@ impl Throttle {
         Throttle {
             policy,
             users: HashMap::new(),
+            pairs: HashMap::new(),
             addresses: HashMap::new(),
         }
     }
@@ -107,14 +160,18 @@ impl Throttle {
         &self.policy
     }
 
-    /// `Err(until)` when the user name or the address is locked now (the later end if both).
+    /// `Err(until)` when the user name, the user name from this address, or the address is
+    /// locked now (the latest end if several are).
     pub fn check(&self, user: &str, source: IpAddr, now: SystemTime) -> Result<(), SystemTime> {
         let u = self.users.get(user).and_then(|c| c.locked(now));
+        let pair = self
+            .pairs
+            .get(&(user.to_owned(), source))
+            .and_then(|c| c.locked(now));
         let a = self.addresses.get(&source).and_then(|c| c.locked(now));
-        match (u, a) {
-            (None, None) => Ok(()),
-            (Some(x), None) | (None, Some(x)) => Err(x),
-            (Some(x), Some(y)) => Err(x.max(y)),
+        match u.max(pair).max(a) {
+            None => Ok(()),
+            Some(until) => Err(until),
         }
     }
 
@@ -128,41 +185,49 @@ impl Throttle {
         let p = self.policy;
         self.evict(now);
         let mut started = Vec::new();
-        if let Some(c) = self.addresses.get_mut(&source) {
-            if let Some(until) = c.fail(now, p.max_address_failures, &p) {
-                started.push((LockedSubject::Address(source), until));
-            }
-        } else if self.addresses.len() < p.max_tracked {
-            let mut c = Counter::new(now);
-            if let Some(until) = c.fail(now, p.max_address_failures, &p) {
-                started.push((LockedSubject::Address(source), until));
-            }
-            self.addresses.insert(source, c);
+        let key = (user.to_owned(), source);
+        if let Some(until) = fail_in(&mut self.pairs, key, now, p.max_user_address_failures, &p) {
+            started.push((LockedSubject::UserAtAddress(user.to_owned(), source), until));
         }
-        if let Some(c) = self.users.get_mut(user) {
-            if let Some(until) = c.fail(now, p.max_user_failures, &p) {
-                started.push((LockedSubject::User(user.to_owned()), until));
-            }
-        } else if self.users.len() < p.max_tracked {
-            let mut c = Counter::new(now);
-            if let Some(until) = c.fail(now, p.max_user_failures, &p) {
-                started.push((LockedSubject::User(user.to_owned()), until));
-            }
-            self.users.insert(user.to_owned(), c);
+        if let Some(until) = fail_in(&mut self.addresses, source, now, p.max_address_failures, &p) {
+            started.push((LockedSubject::Address(source), until));
+        }
+        if let Some(until) = fail_in(
+            &mut self.users,
+            user.to_owned(),
+            now,
+            p.max_user_failures,
+            &p,
+        ) {
+            started.push((LockedSubject::User(user.to_owned()), until));
         }
         started
     }
 
-    /// A successful login clears the user's failures. The address's failures stay: one valid
-    /// account must not let an address go on guessing others' passwords.
-    pub fn record_success(&mut self, user: &str) {
+    /// A successful login clears the user's failures (everywhere, and from this address).
+    /// The address's failures stay: one valid account must not let an address go on guessing
+    /// others' passwords.
+    pub fn record_success(&mut self, user: &str, source: IpAddr) {
         self.users.remove(user);
+        self.pairs.remove(&(user.to_owned(), source));
+    }
+
+    /// Lifts every lockout and forgets every failure of `user` (from all addresses); returns
+    /// whether there was anything to lift. Address lockouts stay.
+    pub fn unlock(&mut self, user: &str) -> bool {
+        let before = self.users.len() + self.pairs.len();
+        self.users.remove(user);
+        self.pairs.retain(|(u, _), _| u != user);
+        before != self.users.len() + self.pairs.len()
     }
 
     fn evict(&mut self, now: SystemTime) {
         let p = self.policy;
         if self.users.len() >= p.max_tracked {
             self.users.retain(|_, c| !c.stale(now, &p));
+        }
+        if self.pairs.len() >= p.max_tracked {
+            self.pairs.retain(|_, c| !c.stale(now, &p));
         }
         if self.addresses.len() >= p.max_tracked {
             self.addresses.retain(|_, c| !c.stale(now, &p));
@@ -179,10 +244,15 @@ mod tests {
     const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
 
+    fn addr(i: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 1, i))
+    }
+
     fn policy() -> LockoutPolicy {
         LockoutPolicy {
-            max_user_failures: 3,
+            max_user_address_failures: 3,
             max_address_failures: 5,
+            max_user_failures: 9,
             window: Duration::from_secs(60),
             lockout: Duration::from_secs(300),
             max_tracked: 100,
@@ -190,27 +260,69 @@ mod tests {
     }
 
     #[test]
-    fn user_locks_after_n_failures_and_unlocks_after_the_lockout() {
+    fn a_user_name_locks_first_for_the_guessing_address_only() {
         let mut t = Throttle::new(policy());
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
         assert!(t.record_failure("alice", A, t0).is_empty());
-        assert!(t.record_failure("alice", B, t0).is_empty());
-        assert_eq!(t.check("alice", A, t0), Ok(()));
+        assert!(t.record_failure("alice", A, t0).is_empty());
         let started = t.record_failure("alice", A, t0 + Duration::from_secs(1));
         let until = t0 + Duration::from_secs(301);
-        assert_eq!(started, vec![(LockedSubject::User("alice".into()), until)]);
-        // Locked from any address, other users unaffected.
-        assert_eq!(t.check("alice", B, t0 + Duration::from_secs(2)), Err(until));
-        assert_eq!(t.check("bob", B, t0 + Duration::from_secs(2)), Ok(()));
-        // One second before the end still locked; at the end free.
+        assert_eq!(
+            started,
+            vec![(LockedSubject::UserAtAddress("alice".into(), A), until)]
+        );
+        assert_eq!(started[0].0.to_string(), "user:alice@address:10.0.0.1");
+        // Locked from A only; alice from B and others from A are fine.
+        assert_eq!(t.check("alice", A, t0 + Duration::from_secs(2)), Err(until));
+        assert_eq!(t.check("alice", B, t0 + Duration::from_secs(2)), Ok(()));
+        assert_eq!(t.check("bob", A, t0 + Duration::from_secs(2)), Ok(()));
+        // One second before the end still locked; at the end free, counting from zero.
         assert_eq!(
             t.check("alice", A, until - Duration::from_secs(1)),
             Err(until)
         );
         assert_eq!(t.check("alice", A, until), Ok(()));
-        // And counting starts again from zero.
-        assert!(t.record_failure("alice", B, until).is_empty());
-        assert_eq!(t.check("alice", B, until), Ok(()));
+        assert!(t.record_failure("alice", A, until).is_empty());
+    }
+
+    /// The attack of issue 10: an attacker who retries before each lockout ends cannot keep
+    /// the account locked for its owner, because its attempts stop counting once its own
+    /// address is locked.
+    #[test]
+    fn one_address_retrying_every_lockout_never_locks_the_account_for_others() {
+        let mut t = Throttle::new(policy());
+        let mut now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for _round in 0..20 {
+            for _ in 0..10 {
+                if t.check("admin", A, now).is_ok() {
+                    t.record_failure("admin", A, now);
+                }
+            }
+            assert_eq!(t.check("admin", B, now), Ok(()), "the owner elsewhere");
+            now += Duration::from_secs(301);
+        }
+    }
+
+    #[test]
+    fn the_user_name_locks_everywhere_only_after_failures_from_many_addresses() {
+        let mut t = Throttle::new(policy());
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        // Two failures from each of four addresses: no pair, no address reaches its limit.
+        for i in 0..4 {
+            for _ in 0..2 {
+                assert!(t.record_failure("alice", addr(i), t0).is_empty());
+            }
+        }
+        let started = t.record_failure("alice", addr(9), t0);
+        assert_eq!(
+            started,
+            vec![(
+                LockedSubject::User("alice".into()),
+                t0 + Duration::from_secs(300)
+            )]
+        );
+        assert!(t.check("alice", B, t0).is_err());
+        assert_eq!(t.check("bob", B, t0), Ok(()));
     }
 
     #[test]
@@ -248,12 +360,36 @@ mod tests {
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
         t.record_failure("alice", A, t0);
         t.record_failure("alice", A, t0);
-        t.record_success("alice");
+        t.record_success("alice", A);
         assert!(t.record_failure("alice", A, t0).is_empty());
         t.record_failure("bob", A, t0);
         // Five failures from A in all: the address is locked although alice logged in.
         let started = t.record_failure("carol", A, t0);
         assert!(started.contains(&(LockedSubject::Address(A), t0 + Duration::from_secs(300))));
+    }
+
+    #[test]
+    fn unlock_lifts_the_user_everywhere_but_not_an_address() {
+        let mut t = Throttle::new(policy());
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for i in 0..9 {
+            t.record_failure("admin", addr(i), t0);
+        }
+        for _ in 0..3 {
+            t.record_failure("admin", A, t0);
+        }
+        for i in 0..5 {
+            t.record_failure(&format!("x{i}"), B, t0);
+        }
+        assert!(t.check("admin", addr(20), t0).is_err());
+        assert!(t.unlock("admin"));
+        assert_eq!(t.check("admin", addr(20), t0), Ok(()));
+        assert_eq!(t.check("admin", A, t0), Ok(()));
+        assert!(
+            t.check("admin", B, t0).is_err(),
+            "B is locked as an address"
+        );
+        assert!(!t.unlock("admin"), "nothing left to lift");
     }
 
     #[test]
@@ -267,6 +403,7 @@ mod tests {
             t.record_failure(&format!("random{i}"), B, t0);
         }
         assert!(t.users.len() <= 10);
+        assert!(t.pairs.len() <= 10);
         assert!(t.addresses.len() <= 10);
     }
 }

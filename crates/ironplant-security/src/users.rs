@@ -6,12 +6,18 @@
 //! file so the server and CLI commands can both change it. Every change and every login
 //! attempt is written to the audit log.
 //!
+//! Lockouts live in memory ([`crate::lockout`]); an administrator lifts one from another
+//! process (`ironplant user unlock NAME`) through `unlocks.json` (0600) next to `users.json`:
+//! [`UserStore::unlock`] bumps the user's entry there, and every login first applies entries
+//! it has not applied yet (the file is re-read only when it changed on disk).
+//!
 //! Invariants:
 //! - No password, token or hash is ever logged, put in an error, or shown after creation.
 //! - A login for an unknown user costs one argon2 verification like a known one and is
 //!   throttled the same way, so neither the answer nor its timing reveals whether it exists.
 //! - Hash comparisons are constant-time (argon2's verifier; `subtle` for token hashes).
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,7 +33,7 @@ use crate::clock::{from_unix_secs, unix_secs, Clock};
 use crate::crypto::{ct_eq, hex, new_bearer, parse_bearer, random_bytes, random_password, unhex32};
 use crate::error::{Error, Result};
 use crate::fsutil::{self, JsonFile, PRIVATE};
-use crate::lockout::{LockedSubject, LockoutPolicy, Throttle};
+use crate::lockout::{LockoutPolicy, Throttle};
 use crate::roles::Role;
 
 /// Prefix of API tokens (`ipt_<id>_<secret>`).
@@ -87,6 +93,21 @@ struct TokenRecord {
     created: u64,
     expires: u64,
     revoked: Option<u64>,
+}
+
+/// `unlocks.json`: per user name, how many times it was unlocked (the server applies each
+/// new count once), when and by whom.
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct UnlocksFile {
+    #[serde(default)]
+    users: BTreeMap<String, Unlock>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Unlock {
+    count: u64,
+    at: u64,
+    by: Option<String>,
 }
 
 /// A user as shown to administrators.
@@ -179,6 +200,9 @@ pub struct InitialAdmin {
 pub struct UserStore {
     file: JsonFile<UsersFile>,
     throttle: Mutex<Throttle>,
+    unlocks: JsonFile<UnlocksFile>,
+    /// The unlock count of each user name this process has applied to `throttle`.
+    applied_unlocks: Mutex<HashMap<String, u64>>,
     clock: Arc<dyn Clock>,
     audit: Arc<AuditLog>,
     hasher: Argon2<'static>,
@@ -238,9 +262,19 @@ impl UserStore {
         let dummy = random_password(24)?;
         let dummy_hash = hash_password(&hasher, dummy.as_bytes())?;
         let file = JsonFile::open(dir.join("users.json"), PRIVATE)?;
+        let unlocks: JsonFile<UnlocksFile> = JsonFile::open(dir.join("unlocks.json"), PRIVATE)?;
+        // Unlocks from before this start have nothing to lift: the throttle starts empty.
+        let applied_unlocks = unlocks
+            .get()?
+            .users
+            .iter()
+            .map(|(name, u)| (name.clone(), u.count))
+            .collect();
         let mut store = UserStore {
             file,
             throttle: Mutex::new(Throttle::new(options.lockout)),
+            unlocks,
+            applied_unlocks: Mutex::new(applied_unlocks),
             clock,
             audit,
             hasher,
@@ -456,6 +490,7 @@ impl UserStore {
     ) -> Result<Identity, LoginError> {
         let now = self.clock.now();
         let user_key = bounded(name);
+        self.apply_unlocks();
         if let Err(until) = self.throttle.lock().check(&user_key, source, now) {
             self.audit_record(AuditEvent::LoginFailed {
                 user: user_key,
@@ -476,7 +511,7 @@ impl UserStore {
             .is_ok_and(|h| self.hasher.verify_password(password, &h).is_ok());
         match user {
             Some(u) if password_ok && !u.disabled => {
-                self.throttle.lock().record_success(&user_key);
+                self.throttle.lock().record_success(&user_key, source);
                 self.audit_record(AuditEvent::Login {
                     user: u.name.clone(),
                     source: Some(source.to_string()),
@@ -497,10 +532,7 @@ impl UserStore {
                     reason: "bad_credentials".into(),
                 });
                 for (subject, until) in started {
-                    let subject = match subject {
-                        LockedSubject::User(u) => format!("user:{u}"),
-                        LockedSubject::Address(a) => format!("address:{a}"),
-                    };
+                    let subject = subject.to_string();
                     tracing::warn!(%subject, until = unix_secs(until), "login lockout");
                     self.audit_record(AuditEvent::Lockout {
                         subject,
@@ -512,8 +544,58 @@ impl UserStore {
         }
     }
 
+    /// Lifts every lockout of user `name` (from all addresses; address lockouts stay), in
+    /// this process and, through `unlocks.json`, in a running server from its next login
+    /// attempt on. Audited. The recovery path for an administrator kept locked out.
+    pub fn unlock(&self, name: &str, actor: Option<&str>) -> Result<()> {
+        validate_user_name(name)?;
+        if !self.file.get()?.users.iter().any(|u| u.name == name) {
+            return Err(Error::UnknownUser(bounded(name)));
+        }
+        let at = unix_secs(self.clock.now());
+        self.unlocks.update(|f| {
+            let entry = f.users.entry(name.to_owned()).or_insert(Unlock {
+                count: 0,
+                at,
+                by: None,
+            });
+            entry.count += 1;
+            entry.at = at;
+            entry.by = actor.map(Into::into);
+            Ok(())
+        })?;
+        self.apply_unlocks();
+        self.audit_record(AuditEvent::UserChanged {
+            user: name.into(),
+            change: "lockout lifted (all addresses)".into(),
+            actor: actor.map(Into::into),
+        });
+        Ok(())
+    }
+
+    /// Applies unlocks written (by any process) since the last call.
+    fn apply_unlocks(&self) {
+        let unlocks = match self.unlocks.get() {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the unlock file; lockouts are not lifted until it is fixed");
+                return;
+            }
+        };
+        let mut applied = self.applied_unlocks.lock();
+        for (name, u) in &unlocks.users {
+            if applied.get(name) != Some(&u.count) {
+                applied.insert(name.clone(), u.count);
+                if self.throttle.lock().unlock(name) {
+                    tracing::warn!(user = %name, by = ?u.by, "lockout lifted by an administrator");
+                }
+            }
+        }
+    }
+
     /// Creates an API token for `user` with `role` (default: the user's role; never more),
-    /// valid for `ttl` (at most [`MAX_TOKEN_TTL`]).
+    /// valid for `ttl` (at most [`MAX_TOKEN_TTL`]; a longer one is refused, never cut
+    /// silently).
     pub fn create_token(
         &self,
         user: &str,
@@ -522,7 +604,12 @@ impl UserStore {
         label: &str,
         actor: Option<&str>,
     ) -> Result<NewToken> {
-        let ttl = ttl.min(MAX_TOKEN_TTL);
+        if ttl > MAX_TOKEN_TTL {
+            return Err(Error::TokenLifetimeTooLong {
+                requested_days: ttl.as_secs() / 86_400,
+                max_days: MAX_TOKEN_TTL.as_secs() / 86_400,
+            });
+        }
         let now = self.clock.now();
         let expires = now + ttl;
         let bearer = new_bearer(TOKEN_PREFIX)?;

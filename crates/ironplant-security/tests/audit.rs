@@ -1,5 +1,6 @@
-//! The audit chain: `verify` names the record that was edited, removed, inserted or moved;
-//! a rewritten chain fails at the signatures; queries filter and page.
+//! The audit chain: `verify` names the record that was edited, removed, inserted, moved or
+//! forged; a rewritten chain fails at the signatures; a rolled-back or wiped log fails against
+//! witnessed heads (and a wipe without them); queries filter and page.
 
 mod common;
 
@@ -19,7 +20,8 @@ fn event(i: usize) -> AuditEvent {
     }
 }
 
-/// A log of 20 command records (plus a checkpoint after every 5 records).
+/// A log of 20 command records (after the signed first record, a checkpoint; and a
+/// checkpoint after every 5 records).
 fn build(dir: &Path) -> (Arc<ManualClock>, PathBuf) {
     let clock = Arc::new(ManualClock::at_2026());
     let log = AuditLog::open(
@@ -61,10 +63,17 @@ fn an_intact_log_verifies() {
     let dir = tempfile::tempdir().expect("tempdir");
     build(dir.path());
     let report = audit::verify(dir.path()).expect("intact");
-    // 20 records and a checkpoint after each 5 (the checkpoint counts as a record too).
-    assert_eq!(report.records, 24);
-    assert_eq!(report.checkpoints, 4);
-    assert_eq!(report.last_checkpoint, Some(23));
+    assert!(
+        lines(&dir.path().join("audit.log"))
+            .iter()
+            .all(|l| l.contains("\"rsig\":\"")),
+        "every record is signed"
+    );
+    // The first record, 20 records and a checkpoint after each 5 (checkpoints count as
+    // records too).
+    assert_eq!(report.records, 25);
+    assert_eq!(report.checkpoints, 5);
+    assert_eq!(report.last_checkpoint, Some(24));
     assert_eq!(common::mode(&dir.path().join("checkpoint.key")), 0o600);
     assert_eq!(common::mode(&dir.path().join("audit.log")), 0o600);
 }
@@ -190,24 +199,45 @@ fn removed_reordered_and_inserted_records_are_detected() {
     audit::verify(dir.path()).expect("restored");
 }
 
-/// An attacker without the key edits record 7 and recomputes every later `prev`, so the
-/// chain is consistent again: the next signed checkpoint no longer fits.
+/// An attacker without the key edits record 8 and recomputes every later `prev`, so the
+/// chain is consistent again: the record's own signature no longer fits, and if the
+/// record signatures are stripped, the next signed checkpoint does not either.
 #[test]
 fn a_rewritten_chain_fails_at_the_signature() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_, path) = build(dir.path());
     let mut l = lines(&path);
-    l[7] = l[7].replacen("\"value\":\"107\"", "\"value\":\"999\"", 1);
-    for i in 8..l.len() {
-        let prev = sha256_hex(l[i - 1].as_bytes());
-        let mut v: serde_json::Value = serde_json::from_str(&l[i]).expect("json");
-        v["prev"] = serde_json::Value::String(prev);
-        l[i] = serde_json::to_string(&v).expect("json");
-    }
+    let original = l.clone();
+    // Record 9 is the command with value 107 (records 0 and 6 are checkpoints).
+    l[9] = l[9].replacen("\"value\":\"107\"", "\"value\":\"999\"", 1);
+    assert_ne!(l[9], original[9]);
+    // Recompute each later `prev` in place (the text stays as Ironplant wrote it otherwise);
+    // `strip` also removes every record signature from the edited record on.
+    let rechain = |l: &mut Vec<String>, strip: bool| {
+        for i in 9..l.len() {
+            if strip {
+                let at = l[i].find(",\"rsig\":").expect("signed");
+                l[i] = format!("{}}}", &l[i][..at]);
+            }
+            if i > 9 {
+                let prev = sha256_hex(l[i - 1].as_bytes());
+                let at = l[i].find("\"prev\":\"").expect("prev") + 8;
+                l[i].replace_range(at..at + 64, &prev);
+            }
+        }
+    };
+    rechain(&mut l, false);
     write_lines(&path, &l);
     let e = fails_at(dir.path());
-    // Checkpoints sit at 5, 11, 17, 23: the first after record 7 is 11.
-    assert_eq!((e.index, e.problem), (11, Problem::BadCheckpoint));
+    assert_eq!((e.index, e.problem), (9, Problem::BadSignature));
+    // Stripping the signatures from there on does not help: records after signed ones must
+    // be signed (and the checkpoint at 12 no longer fits either).
+    let mut l = original.clone();
+    l[9] = l[9].replacen("\"value\":\"107\"", "\"value\":\"999\"", 1);
+    rechain(&mut l, true);
+    write_lines(&path, &l);
+    let e = fails_at(dir.path());
+    assert_eq!((e.index, e.problem), (9, Problem::NotSigned));
 
     // And a verifier given someone else's key rejects even the original.
     let other = tempfile::tempdir().expect("tempdir");
@@ -290,4 +320,225 @@ fn queries_filter_by_kind_and_time_and_page() {
         }
     }
     assert_eq!(seen, vec!["102", "103", "104", "105", "106", "107"]);
+}
+
+fn options() -> AuditOptions {
+    AuditOptions {
+        checkpoint_every: 5,
+        queue: 16,
+    }
+}
+
+/// Someone who can write the log but not read the key appends a record whose `prev` is the
+/// hash of the last line, so the chain is intact: its missing or made-up signature gives it
+/// away. (Before record signatures, one such record passed as "the head was not yet signed".)
+#[test]
+fn a_forged_append_with_a_correct_chain_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, path) = build(dir.path());
+    let original = lines(&path);
+    let n = original.len();
+    let forged = |rsig: Option<&str>| {
+        let mut v = serde_json::json!({
+            "seq": n,
+            "ts": 1_767_225_700_000_000_i64,
+            "prev": sha256_hex(original[n - 1].as_bytes()),
+            "kind": "login",
+            "user": "admin",
+            "source": "10.0.0.66",
+            "via": "password/api",
+        });
+        if let Some(s) = rsig {
+            v["rsig"] = serde_json::Value::String(s.into());
+        }
+        serde_json::to_string(&v).expect("json")
+    };
+    for (rsig, problem) in [
+        (None, Problem::NotSigned),
+        (Some("ab".repeat(64)), Problem::BadSignature),
+        // Another record's genuine signature does not fit this one.
+        (
+            serde_json::from_str::<serde_json::Value>(&original[n - 1]).expect("json")["rsig"]
+                .as_str()
+                .map(str::to_owned),
+            Problem::BadSignature,
+        ),
+    ] {
+        let mut l = original.clone();
+        l.push(forged(rsig.as_deref()));
+        write_lines(&path, &l);
+        let e = fails_at(dir.path());
+        assert_eq!((e.index, &e.problem), (n as u64, &problem), "{e}");
+        assert!(
+            e.to_string().starts_with(&format!("audit record {n}: ")),
+            "{e}"
+        );
+    }
+    assert!(fails_at(dir.path()).to_string().contains("forged"));
+    write_lines(&path, &original);
+    audit::verify(dir.path()).expect("restored");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+    }
+}
+
+/// The whole audit directory put back from an older copy is consistent in itself (and
+/// passes a plain `verify`); a head witnessed after the copy was taken exposes it.
+#[test]
+fn a_rollback_to_an_older_head_fails_against_a_witness() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (clock, _) = build(dir.path());
+    let log = AuditLog::open(dir.path(), clock.clone(), options()).expect("open");
+    let early = log.head_statement().expect("head");
+    let snapshot = tempfile::tempdir().expect("tempdir");
+    copy_dir(dir.path(), snapshot.path());
+    for i in 0..7 {
+        log.record(event(50 + i)).expect("record");
+        clock.advance(Duration::from_secs(1));
+    }
+    let late = log.head_statement().expect("head");
+    assert!(late.seq > early.seq + 6);
+    drop(log);
+    // The witness file holds one statement per line, as the platform appends them.
+    let witness = format!("{}\n\n{}\n", early.to_line(), late.to_line());
+    let witnessed = audit::parse_witness(&witness).expect("parse");
+    assert_eq!(witnessed, vec![early.clone(), late.clone()]);
+    let report = audit::verify_witnessed(dir.path(), &witnessed).expect("untouched");
+    assert_eq!(report.records, late.seq + 1);
+
+    // Roll back: the older copy of log, head and key.
+    for f in ["audit.log", "head.json"] {
+        std::fs::copy(snapshot.path().join(f), dir.path().join(f)).expect("copy");
+    }
+    audit::verify(dir.path()).expect("a rollback is consistent in itself");
+    let e = audit::verify_witnessed(dir.path(), &witnessed).expect_err("rolled back");
+    assert_eq!(e.index, late.seq);
+    assert!(
+        matches!(&e.problem, Problem::RolledBack { records, .. } if *records == early.seq + 1),
+        "{e}"
+    );
+    assert!(e.to_string().contains("rolled back"), "{e}");
+    assert!(e.to_string().contains("2026-01-01T00:00:"), "{e}");
+    // The early head alone is still in the rolled-back log.
+    audit::verify_witnessed(dir.path(), std::slice::from_ref(&early)).expect("early head");
+
+    // Rolled back and then written on with the genuine key: as long as before, other records.
+    let log = AuditLog::open(dir.path(), clock.clone(), options()).expect("open");
+    for i in 0..7 {
+        log.record(event(90 + i)).expect("record");
+    }
+    drop(log);
+    audit::verify(dir.path()).expect("consistent in itself");
+    let e = audit::verify_witnessed(dir.path(), &witnessed).expect_err("another history");
+    assert_eq!(e.index, late.seq);
+    assert!(matches!(e.problem, Problem::WitnessMismatch { .. }), "{e}");
+
+    // A statement that was not signed with this log's key is refused, not trusted.
+    let mut forged = late.clone();
+    forged.seq += 1000;
+    let e = audit::verify_witnessed(dir.path(), &[forged]).expect_err("forged witness");
+    assert_eq!(e.problem, Problem::BadWitness { statement: 1 });
+    assert!(audit::parse_witness("{\"seq\":1}\n")
+        .expect_err("bad line")
+        .starts_with("line 1:"));
+}
+
+/// Deleting the log (and its head) or emptying it is a wipe, not a fresh start: `verify`
+/// says so, with or without a witness, and opening it does not start a new log over it.
+#[test]
+fn a_wiped_or_emptied_log_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (clock, path) = build(dir.path());
+    let head = AuditLog::open(dir.path(), clock.clone(), options())
+        .expect("open")
+        .head_statement()
+        .expect("head");
+    let original = std::fs::read(&path).expect("read");
+    let head_file = std::fs::read(dir.path().join("head.json")).expect("read");
+
+    // Emptied, head kept.
+    std::fs::write(&path, b"").expect("empty");
+    assert!(audit::verify(dir.path()).is_err());
+    let e = AuditLog::open(dir.path(), clock.clone(), options()).expect_err("refused");
+    assert!(e.to_string().contains("wiped"), "{e}");
+    assert_eq!(std::fs::read(&path).expect("read"), b"", "nothing written");
+
+    // Emptied and its head removed.
+    std::fs::remove_file(dir.path().join("head.json")).expect("rm");
+    let e = fails_at(dir.path());
+    assert!(matches!(e.problem, Problem::Wiped(_)), "{e}");
+    assert!(e.to_string().contains("wiped"), "{e}");
+
+    // Deleted outright.
+    std::fs::remove_file(&path).expect("rm");
+    let e = fails_at(dir.path());
+    assert!(
+        matches!(e.problem, Problem::Wiped(ref p) if p.ends_with("checkpoint.key")),
+        "{e}"
+    );
+    let e = audit::verify_witnessed(dir.path(), std::slice::from_ref(&head)).expect_err("wiped");
+    assert_eq!(e.index, head.seq);
+    assert!(
+        matches!(e.problem, Problem::RolledBack { records: 0, .. }),
+        "{e}"
+    );
+
+    std::fs::write(&path, &original).expect("restore");
+    std::fs::write(dir.path().join("head.json"), &head_file).expect("restore");
+    audit::verify_witnessed(dir.path(), &[head]).expect("restored");
+}
+
+/// A fresh directory: the log starts with a signed record and verifies; an empty audit
+/// directory (nothing ever written) is not an error.
+#[test]
+fn a_new_log_starts_signed_and_an_untouched_directory_passes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = audit::verify_with_key(dir.path(), &[0; 32]).expect("nothing there");
+    assert_eq!(report.records, 0);
+    let log =
+        AuditLog::open(dir.path(), Arc::new(ManualClock::at_2026()), options()).expect("open");
+    let head = log.head_statement().expect("head");
+    assert_eq!(head.seq, 0);
+    drop(log);
+    let report = audit::verify_witnessed(dir.path(), &[head]).expect("intact");
+    assert_eq!((report.records, report.checkpoints), (1, 1));
+}
+
+/// With users on record, a security directory whose audit directory was removed does not
+/// pass as a first start: `verify` calls it a wipe, and the next start begins the new log
+/// with a `log_restarted` record saying the earlier records are lost.
+#[test]
+fn a_removed_audit_directory_is_named_by_verify_and_by_the_new_log() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let clock = common::clock_now();
+    let sec = common::open(data.path(), &clock);
+    let audit_dir = sec.audit_dir();
+    drop(sec);
+    std::fs::remove_dir_all(&audit_dir).expect("rm");
+    std::fs::create_dir(&audit_dir).expect("mkdir");
+    let e = fails_at(&audit_dir);
+    assert!(
+        matches!(e.problem, Problem::Wiped(ref p) if p.ends_with("users.json")),
+        "{e}"
+    );
+
+    let sec = common::open(data.path(), &clock);
+    let first = sec
+        .audit
+        .query(&AuditQuery {
+            kinds: vec!["log_restarted".into()],
+            ..AuditQuery::default()
+        })
+        .expect("query");
+    assert_eq!(first.records.len(), 1);
+    assert_eq!(
+        first.records[0].seq, 1,
+        "right after the signed first record"
+    );
+    audit::verify(&audit_dir).expect("the new log verifies");
 }

@@ -64,7 +64,7 @@ fn first_start_creates_admin_with_a_random_password_in_a_0600_file_once() {
 }
 
 #[test]
-fn lockout_per_user_engages_after_n_failures_and_releases_after_the_lockout() {
+fn lockout_bites_first_for_the_guessing_address_and_releases_after_the_lockout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = clock_now();
     let sec = open(dir.path(), &clock);
@@ -83,12 +83,16 @@ fn lockout_per_user_engages_after_n_failures_and_releases_after_the_lockout() {
         );
     }
     let until = clock.now_for_test() + Duration::from_secs(300);
-    // Locked: even the right password is refused, from any address.
+    // Locked from the guessing address: even the right password is refused there ...
     assert_eq!(
         sec.users
-            .login("olga", b"correct horse battery", OTHER, "api"),
+            .login("olga", b"correct horse battery", HMI, "api"),
         Err(LoginError::Locked { until })
     );
+    // ... but olga from her own desk is not locked out by someone else's guesses.
+    sec.users
+        .login("olga", b"correct horse battery", OTHER, "api")
+        .expect("another address");
     clock.advance(Duration::from_secs(299));
     assert!(matches!(
         sec.users
@@ -110,6 +114,79 @@ fn lockout_per_user_engages_after_n_failures_and_releases_after_the_lockout() {
         "{k:?}"
     );
     assert_eq!(k.last().map(String::as_str), Some("login"));
+    let subjects: Vec<String> = sec
+        .audit
+        .query(&AuditQuery {
+            kinds: vec!["lockout".into()],
+            ..AuditQuery::default()
+        })
+        .expect("query")
+        .records
+        .into_iter()
+        .map(|r| match r.event {
+            ironplant_security::AuditEvent::Lockout { subject, .. } => subject,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(subjects, vec![format!("user:olga@address:{HMI}")]);
+}
+
+/// An attacker keeps the admin locked for everyone (failures from many addresses, renewed
+/// before each lockout ends). An administrator on the host lifts it from another process
+/// (`ironplant user unlock`), and the running server honours it at the next attempt, audited.
+#[test]
+fn a_locked_out_admin_is_unlocked_from_another_process_while_the_server_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = clock_now();
+    let server = open(dir.path(), &clock);
+    let password = admin_password(&server);
+    for i in 0..9u8 {
+        let from = IpAddr::V4(Ipv4Addr::new(192, 0, 2, i));
+        let _ = server
+            .users
+            .login("admin", b"guess-guess-guess", from, "mqtt");
+    }
+    assert!(matches!(
+        server.users.login("admin", password.as_bytes(), HMI, "api"),
+        Err(LoginError::Locked { .. })
+    ));
+    // The CLI: its own store on the same directory.
+    let cli = open(dir.path(), &clock);
+    cli.users.unlock("admin", Some("cli:root")).expect("unlock");
+    server
+        .users
+        .login("admin", password.as_bytes(), HMI, "api")
+        .expect("unlocked without a restart");
+    // Unlocking is per user name and needs one that exists.
+    assert!(matches!(
+        cli.users.unlock("nobody", None),
+        Err(ironplant_security::Error::UnknownUser(_))
+    ));
+    assert_eq!(mode(&server.dir().join("unlocks.json")), 0o600);
+    let changes: Vec<String> = server
+        .audit
+        .query(&AuditQuery {
+            kinds: vec!["user_changed".into()],
+            ..AuditQuery::default()
+        })
+        .expect("query")
+        .records
+        .into_iter()
+        .map(|r| match r.event {
+            ironplant_security::AuditEvent::UserChanged {
+                user,
+                change,
+                actor,
+            } => {
+                format!("{user}: {change} by {}", actor.unwrap_or_default())
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        vec!["admin: lockout lifted (all addresses) by cli:root"]
+    );
 }
 
 #[test]

@@ -22,7 +22,8 @@ fn actor() -> String {
 #[derive(Subcommand)]
 pub enum DeviceCommand {
     /// Enrol a device: issue its client certificate from the built-in CA and write
-    /// `<NAME>.crt`, `<NAME>.key` (0600) and `ca.crt` into --out. The key is shown only here.
+    /// `<NAME>.crt`, `<NAME>.key` (0600) and `ca.crt` into a private directory (0700; by
+    /// default `<data-dir>/security/bundles/<NAME>/`). The key exists only there.
     #[command(
         after_help = "Example:\n  ironplant device enroll press-4 --out ./press-4\n  mosquitto_pub -h plant.local -p 8883 --cafile press-4/ca.crt \\\n      --cert press-4/press-4.crt --key press-4/press-4.key -t devices/press-4/hello -m hi"
     )]
@@ -32,7 +33,8 @@ pub enum DeviceCommand {
         /// Role of the device (`device` gets only what the ACL grants devices).
         #[arg(long, default_value = "device", value_name = "ROLE")]
         role: Role,
-        /// Directory to write the certificate, key and CA into (default: ./<NAME>).
+        /// Directory to write the certificate, key and CA into (created 0700; default:
+        /// <data-dir>/security/bundles/<NAME>).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
@@ -53,8 +55,8 @@ pub enum UserCommand {
     #[command(after_help = "Example:\n  ironplant user add alice --role operator")]
     Add {
         name: String,
-        /// viewer, operator, engineer or admin.
-        #[arg(long, value_name = "ROLE")]
+        /// The user's role (devices are enrolled with `ironplant device enroll` instead).
+        #[arg(long, value_name = "ROLE", value_parser = human_role())]
         role: Role,
     },
     /// Set a new generated password for a user, printed once.
@@ -63,6 +65,38 @@ pub enum UserCommand {
     /// List users.
     #[command(after_help = "Example:\n  ironplant user list")]
     List,
+    /// Lift a user's login lockout (from every address), also in the running platform from
+    /// its next login attempt on; audited. For an administrator kept locked out by someone
+    /// guessing its password.
+    #[command(after_help = "Example:\n  ironplant user unlock admin")]
+    Unlock { name: String },
+    /// Limit a user to tag-path prefixes (REST API, all its tokens included), or show its
+    /// limits. --read and --write each replace that direction's list (whole path levels:
+    /// `site/area1` covers `site/area1/...`, not `site/area10`); a direction never set is
+    /// unlimited. --clear removes both. Written to <data-dir>/security/api-scopes.json,
+    /// applied from the next request on.
+    #[command(
+        after_help = "Examples:\n  ironplant user scope alice --read acme/lyon --write acme/lyon/line2\n  ironplant user scope alice\n  ironplant user scope alice --clear"
+    )]
+    Scope {
+        name: String,
+        /// Tag-path prefixes the user may read (one or more).
+        #[arg(long, value_name = "PREFIX", num_args = 1.., conflicts_with = "clear")]
+        read: Option<Vec<String>>,
+        /// Tag-path prefixes the user may write (one or more).
+        #[arg(long, value_name = "PREFIX", num_args = 1.., conflicts_with = "clear")]
+        write: Option<Vec<String>>,
+        /// Remove the user's limits (its role alone applies).
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+/// The roles a person (user or token) may have; `device` is for enrolled devices only.
+fn human_role() -> impl clap::builder::TypedValueParser<Value = Role> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["viewer", "operator", "engineer", "admin"])
+        .map(|s| s.parse::<Role>().expect("the possible values are roles"))
 }
 
 #[derive(Subcommand)]
@@ -77,9 +111,9 @@ pub enum TokenCommand {
         #[arg(long, value_name = "NAME")]
         user: String,
         /// The token's role (default: the user's; never higher).
-        #[arg(long, value_name = "ROLE")]
+        #[arg(long, value_name = "ROLE", value_parser = human_role())]
         role: Option<Role>,
-        /// Lifetime (e.g. 1h, 30d; at most 2 years).
+        /// Lifetime (e.g. 1h, 30d; at most 2 years = 730d; longer is refused).
         #[arg(long, default_value = "30d", value_name = "DURATION")]
         expires: humantime::Duration,
         /// A label for lists and the audit log.
@@ -97,8 +131,25 @@ pub enum TokenCommand {
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Check the audit log's hash chain and signatures; exit 1 naming the first bad record.
-    #[command(after_help = "Example:\n  ironplant audit verify --data-dir /var/lib/ironplant")]
-    Verify,
+    /// With --witness, also check that the log still holds each witnessed head (it was not
+    /// rolled back, truncated or replaced since).
+    #[command(
+        after_help = "Examples:\n  ironplant audit verify --data-dir /var/lib/ironplant\n  ironplant audit verify --witness /mnt/logs/ironplant-witness.jsonl\n  mosquitto_sub ... -t '$SYS/ironplant/audit/head' -C 1 | ironplant audit verify --witness -"
+    )]
+    Verify {
+        /// A file of head statements, one JSON line each (`audit head`, the platform's
+        /// witness file, or its `$SYS/ironplant/audit/head` messages); `-` reads stdin.
+        /// May be given more than once.
+        #[arg(long, value_name = "FILE|-")]
+        witness: Vec<PathBuf>,
+    },
+    /// Print the signed head of the audit log as one line of JSON (seq, hash, ts, sig): keep
+    /// it outside this host; `audit verify --witness` later proves the log was not rolled
+    /// back or wiped since.
+    #[command(
+        after_help = "Example:\n  ironplant audit head --data-dir /var/lib/ironplant >> /mnt/logs/ironplant-witness.jsonl"
+    )]
+    Head,
 }
 
 fn open(data_dir: &Path) -> anyhow::Result<Arc<Security>> {
@@ -147,7 +198,17 @@ pub fn device(cmd: DeviceCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
                 .ca
                 .enroll(&name, role, Some(&actor()))
                 .with_context(|| format!("cannot enrol device {name:?}"))?;
-            let dir = out.unwrap_or_else(|| PathBuf::from(&name));
+            let dir = match out {
+                Some(dir) => dir,
+                None => {
+                    // Never the current directory: a private key left in whatever directory
+                    // the command ran from (a home, a repository) leaks easily.
+                    let bundles = sec.dir().join("bundles");
+                    private_dir(&bundles)?;
+                    bundles.join(&name)
+                }
+            };
+            private_dir(&dir)?;
             let files = bundle
                 .write_to(&dir)
                 .with_context(|| format!("cannot write the bundle into {}", dir.display()))?;
@@ -159,7 +220,10 @@ pub fn device(cmd: DeviceCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
                 println!("  wrote {}", f.display());
             }
             println!("CA fingerprint (SHA-256): {}", sec.ca.fingerprint());
-            println!("The private key exists only in this directory: move it to the device and delete the copy.");
+            println!(
+                "The private key exists only in {} (0700): move it to the device and delete the copy.",
+                dir.display()
+            );
         }
         DeviceCommand::Revoke { name } => {
             let r = sec.ca.revoke(&name, Some(&actor())).with_context(|| {
@@ -195,6 +259,20 @@ pub fn device(cmd: DeviceCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `dir` 0700 if missing, or makes an existing one 0700, whatever the umask.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private (0700)", dir.display()))
 }
 
 /// A random password that passes the store's policy: 24 characters of a 57-symbol alphabet
@@ -254,8 +332,95 @@ pub fn user(cmd: UserCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
                 .collect();
             print_table(&["NAME", "ROLE", "STATUS", "CREATED"], &rows);
         }
+        UserCommand::Unlock { name } => {
+            sec.users
+                .unlock(&name, Some(&actor()))
+                .with_context(|| format!("cannot unlock {name:?}; see `ironplant user list`"))?;
+            println!("Lifted the lockout of `{name}` (all addresses); the running platform applies it at the next login attempt");
+        }
+        UserCommand::Scope {
+            name,
+            read,
+            write,
+            clear,
+        } => scope(&sec, &name, read, write, clear)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn describe(list: Option<&Vec<String>>) -> String {
+    match list {
+        None => "unlimited".into(),
+        Some(l) if l.is_empty() => "nothing".into(),
+        Some(l) => l.join(" "),
+    }
+}
+
+/// `user scope`: the user's entry of `api-scopes.json`, through the policy's own writer
+/// (`ironplant_security::TagScopes::set_user_rule`: replaced atomically, 0600).
+fn scope(
+    sec: &Security,
+    name: &str,
+    read: Option<Vec<String>>,
+    write: Option<Vec<String>>,
+    clear: bool,
+) -> anyhow::Result<()> {
+    use ironplant_security::{PrefixRule, TagScopes};
+    let users = sec.users.list_users().context("cannot read the users")?;
+    if !users.iter().any(|u| u.name == name) {
+        anyhow::bail!("no user named {name:?}; see `ironplant user list`");
+    }
+    for p in read.iter().chain(&write).flatten() {
+        ironplant_core::TagPath::parse(p.trim_end_matches('/')).map_err(|e| {
+            anyhow::anyhow!(
+                "prefix {p:?} is not a tag path ({e}); give whole levels like acme/lyon/line2"
+            )
+        })?;
+    }
+    let path = TagScopes::path(sec);
+    let scopes = TagScopes::load(&path).map_err(|e| {
+        anyhow::anyhow!("{e}; fix or remove the file (it must be JSON like {{\"users\": {{\"alice\": {{\"read\": [\"acme/lyon\"]}}}}}})")
+    })?;
+    if !clear && read.is_none() && write.is_none() {
+        let rule = scopes.users.get(name).cloned().unwrap_or_default();
+        println!(
+            "{name}: read {}; write {}",
+            describe(rule.read.as_ref()),
+            describe(rule.write.as_ref())
+        );
+        return Ok(());
+    }
+    let mut rule = if clear {
+        PrefixRule::default()
+    } else {
+        scopes.users.get(name).cloned().unwrap_or_default()
+    };
+    let trim = |l: Vec<String>| -> Vec<String> {
+        l.into_iter()
+            .map(|p| p.trim_end_matches('/').to_owned())
+            .collect()
+    };
+    if let Some(r) = read {
+        rule.read = Some(trim(r));
+    }
+    if let Some(w) = write {
+        rule.write = Some(trim(w));
+    }
+    let change = format!(
+        "tag scope: read {}; write {}",
+        describe(rule.read.as_ref()),
+        describe(rule.write.as_ref())
+    );
+    TagScopes::set_user_rule(&path, name, &rule).map_err(|e| anyhow::anyhow!(e))?;
+    sec.audit
+        .record(ironplant_security::AuditEvent::UserChanged {
+            user: name.to_owned(),
+            change: change.clone(),
+            actor: Some(actor()),
+        })
+        .context("cannot write the change to the audit log")?;
+    println!("{name}: {change} (in {})", path.display());
+    Ok(())
 }
 
 pub fn token(cmd: TokenCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
@@ -318,26 +483,64 @@ pub fn token(cmd: TokenCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn read_witnesses(files: &[PathBuf]) -> anyhow::Result<Vec<ironplant_security::HeadStatement>> {
+    let mut out = Vec::new();
+    for f in files {
+        let (name, text) = if f.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("cannot read the witness from stdin")?;
+            ("stdin".to_owned(), text)
+        } else {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the witness file {}", f.display()))?;
+            (f.display().to_string(), text)
+        };
+        let statements = ironplant_security::audit::parse_witness(&text)
+            .map_err(|e| anyhow::anyhow!("witness {name}, {e}"))?;
+        if statements.is_empty() {
+            anyhow::bail!(
+                "witness {name} holds no head statement; give the file the platform appends to ({}), or the output of `ironplant audit head`",
+                crate::audit_witness::WITNESS_ENV
+            );
+        }
+        out.extend(statements);
+    }
+    Ok(out)
+}
+
 pub fn audit(cmd: AuditCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let security = data_dir.join("security");
+    let dir = security.join("audit");
+    if !security.is_dir() {
+        anyhow::bail!(
+            "no security state (and so no audit log) in {}; point --data-dir at the platform's data directory",
+            data_dir.display()
+        );
+    }
     match cmd {
-        AuditCommand::Verify => {
-            let dir = data_dir.join("security").join("audit");
-            if !dir.join("audit.log").exists() {
-                anyhow::bail!(
-                    "no audit log in {}; point --data-dir at the platform's data directory",
-                    dir.display()
-                );
-            }
-            match ironplant_security::audit::verify(&dir) {
+        AuditCommand::Verify { witness } => {
+            let witnessed = read_witnesses(&witness)?;
+            let checked = if witnessed.is_empty() {
+                ironplant_security::audit::verify(&dir)
+            } else {
+                ironplant_security::audit::verify_witnessed(&dir, &witnessed)
+            };
+            match checked {
                 Ok(r) => {
                     println!(
-                        "{}: ok — {} record(s), {} checkpoint(s){}",
+                        "{}: ok — {} record(s), {} checkpoint(s){}{}",
                         dir.join("audit.log").display(),
                         r.records,
                         r.checkpoints,
                         r.last_checkpoint
                             .map(|c| format!(", last checkpoint at record {c}"))
-                            .unwrap_or_default()
+                            .unwrap_or_default(),
+                        if witnessed.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; holds all {} witnessed head(s)", witnessed.len())
+                        }
                     );
                     Ok(ExitCode::SUCCESS)
                 }
@@ -346,6 +549,19 @@ pub fn audit(cmd: AuditCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        AuditCommand::Head => {
+            let log = ironplant_security::AuditLog::open(
+                &dir,
+                Arc::new(ironplant_security::SystemClock),
+                ironplant_security::AuditOptions::default(),
+            )
+            .with_context(|| format!("cannot open the audit log in {}", dir.display()))?;
+            let head = log
+                .head_statement()
+                .context("cannot sign the head of the audit log")?;
+            println!("{}", head.to_line());
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -2,10 +2,12 @@
 //! into the library crates.
 
 mod admin;
+mod audit_witness;
 mod bench;
 mod bench_mix;
 mod bench_mqtt;
 mod bench_pg;
+mod datadir;
 mod platform;
 mod query;
 mod secure;

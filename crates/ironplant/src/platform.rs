@@ -42,8 +42,8 @@ async fn bind(addr: &str, what: &str, flag: &str) -> anyhow::Result<TcpListener>
 }
 
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    crate::datadir::create(dir)?;
+    crate::datadir::make_private(dir)?;
     let probe = dir.join(".ironplant-write-test");
     std::fs::write(&probe, b"ok").with_context(|| {
         format!(
@@ -342,6 +342,13 @@ async fn serve_with(
             "[[bridge]] sections are ignored: the MQTT broker is off (no MQTT listener)"
         );
     }
+    // The signed audit head, for witnesses outside this host (rollback and wipe detection).
+    let audit_head = crate::audit_witness::start(
+        sec.audit.clone(),
+        broker.clone(),
+        crate::audit_witness::witness_from_env(data_dir)?,
+        crate::audit_witness::EVERY,
+    );
     if let (Some(l), Some(broker)) = (mqtts_listener, broker.clone()) {
         let addr = local_addr(&l, "MQTT over TLS")?;
         let tls = sec
@@ -441,6 +448,7 @@ async fn serve_with(
     if let Some(host) = sparkplug {
         host.shutdown();
     }
+    audit_head.stop().await;
     // Flush the historian even if the HTTP server failed: acknowledged data is in the WAL
     // anyway, but a clean close leaves nothing to replay.
     tokio::task::block_in_place(|| {

@@ -1,7 +1,8 @@
 //! Security of the running binary, seen from outside with third-party peers: paho-mqtt over
 //! TLS (anonymous refused, enrolled device allowed within its ACL, wildcard and foreign-topic
 //! attempts refused and audited, revocation without restart), curl against HTTPS, and the
-//! CLI (`device`, `user`, `token`, `audit verify` on an edited log).
+//! CLI (`device`, `user`, `token`, `audit verify` on an edited log, and against witnessed
+//! heads after a rollback and a wipe).
 
 mod common;
 
@@ -44,11 +45,16 @@ impl Platform {
     }
 
     fn start_with(dir: &Path, extra: &[&str]) -> Platform {
+        Self::start_env(dir, extra, &[])
+    }
+
+    fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Platform {
         std::fs::write(dir.join("p.toml"), "[sparkplug]\nhost_id = \"sec\"\n").expect("config");
         let mut child = Command::new(BIN)
             .args(["serve", "--config", "p.toml", "--http", "127.0.0.1:0"])
             .args(["--mqtts", "127.0.0.1:0", "--data-dir", "data"])
             .args(extra)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .current_dir(dir)
             .stdout(Stdio::piped())
@@ -616,4 +622,134 @@ fn wills_client_ids_takeovers_revocation_and_prefix_limits_over_mqtt() {
             && has("\"revoked_disconnect\""))
         .then_some(())
     });
+}
+
+/// The platform appends its signed audit head to the witness file at start and at shutdown;
+/// `audit head` prints one too. After the audit directory is rolled back to an older copy,
+/// plain `audit verify` passes (the copy is consistent in itself) but `--witness` names the
+/// rollback; a deleted log is a wipe with or without a witness.
+#[test]
+fn audit_verify_with_a_witness_catches_a_rollback_and_a_wipe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let witness = d.join("witness.jsonl");
+    let p = Platform::start_env(d, &[], &[("IRONPLANT_AUDIT_WITNESS", &witness)]);
+    p.address_after("HTTP API:");
+    let mqtts = p.address_after("MQTT/TLS:");
+    let lines = |path: &Path| -> usize {
+        std::fs::read_to_string(path)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    wait_for("the first head in the witness file", || {
+        (lines(&witness) >= 1).then_some(())
+    });
+    assert_eq!(common_mode(&witness), 0o600);
+    // The same signed head, retained on $SYS for an admin's client (and a bridge).
+    let have = Command::new("mosquitto_sub").arg("--help").output().is_ok();
+    if common::peer_available("mosquitto_sub (Debian mosquitto-clients)", have) {
+        let token = cli_ok(
+            d,
+            &["token", "create", "--user", "admin", "--expires", "1h"],
+        );
+        let (host, port) = mqtts.rsplit_once(':').expect("host:port");
+        let out = Command::new("timeout")
+            .args(["20", "mosquitto_sub", "-h", host, "-p", port])
+            .args(["--cafile", "data/security/ca/ca.crt", "-u", "admin"])
+            .args(["-P", token.trim(), "-t", "$SYS/ironplant/audit/head"])
+            .args(["-C", "1", "-W", "15"])
+            .current_dir(d)
+            .output()
+            .expect("run mosquitto_sub");
+        let got = String::from_utf8_lossy(&out.stdout);
+        let first = std::fs::read_to_string(&witness).expect("witness");
+        assert_eq!(
+            got.trim(),
+            first.lines().next().unwrap_or_default(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut p = p;
+    assert!(Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    wait_for("exit after SIGTERM", || {
+        p.child.try_wait().expect("try_wait")
+    });
+    assert!(lines(&witness) >= 2, "a last head at shutdown");
+    let verified = cli_ok(d, &["audit", "verify", "--witness", "witness.jsonl"]);
+    assert!(verified.contains("holds all"), "{verified}");
+
+    // Keep a copy of the audit directory, go on, witness the new head.
+    let audit = d.join("data/security/audit");
+    let old = d.join("old-audit");
+    std::fs::create_dir(&old).expect("mkdir");
+    for f in ["audit.log", "head.json"] {
+        std::fs::copy(audit.join(f), old.join(f)).expect("copy");
+    }
+    cli_ok(d, &["user", "add", "mallory", "--role", "viewer"]);
+    let head = cli_ok(d, &["audit", "head"]);
+    assert_eq!(head.lines().count(), 1, "{head}");
+    let statement: Json = serde_json::from_str(head.trim()).expect("one JSON line");
+    for field in ["seq", "hash", "ts", "sig"] {
+        assert!(!statement[field].is_null(), "{field} in {head}");
+    }
+    std::fs::write(d.join("latest.jsonl"), &head).expect("write");
+
+    // Roll back.
+    for f in ["audit.log", "head.json"] {
+        std::fs::copy(old.join(f), audit.join(f)).expect("copy");
+    }
+    cli_ok(d, &["audit", "verify"]);
+    let out = cli(
+        d,
+        &[
+            "audit",
+            "verify",
+            "--witness",
+            "witness.jsonl",
+            "--witness",
+            "latest.jsonl",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("audit record {}: is missing", statement["seq"]))
+            && err.contains("rolled back"),
+        "{err}"
+    );
+    // The same statement on stdin (as from `mosquitto_sub -t '$SYS/ironplant/audit/head'`).
+    let mut child = Command::new(BIN)
+        .args(["audit", "verify", "--witness", "-", "--data-dir", "data"])
+        .current_dir(d)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run ironplant");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), head.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rolled back"));
+
+    // Wiped: the log deleted. Without a witness too.
+    std::fs::remove_file(audit.join("audit.log")).expect("rm");
+    let out = cli(d, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wiped"), "{err}");
+}
+
+fn common_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
 }

@@ -14,8 +14,9 @@ pub fn options() -> SecurityOptions {
     SecurityOptions {
         users: UserStoreOptions {
             lockout: LockoutPolicy {
-                max_user_failures: 3,
+                max_user_address_failures: 3,
                 max_address_failures: 6,
+                max_user_failures: 9,
                 window: Duration::from_secs(60),
                 lockout: Duration::from_secs(300),
                 max_tracked: 1000,
