@@ -56,6 +56,8 @@ pub enum Denied<'a> {
     Takeover(&'a str),
     /// A stored subscription the identity may no longer have, removed when its session resumed.
     ResumedSubscription(&'a str),
+    /// A live subscription withdrawn because the rules changed while connected.
+    WithdrawnSubscription(&'a str),
     /// The identity was revoked or lowered while connected: the connection was closed.
     Revoked,
     /// A resource limit refused the request (the limit's name, e.g. `connections_per_address`).

@@ -83,10 +83,24 @@ struct ScopesCache {
     broken: bool,
 }
 
+/// Extra ACL rules kept in the security directory (`ironplant acl add|remove`), applied after
+/// the configured (or built-in) ones; re-read when the file changes.
+pub const ACL_FILE: &str = "acl.rules";
+
+/// The rules file as last read.
+struct AclFileCache {
+    stamp: Option<(SystemTime, u64, u64)>,
+    rules: Vec<crate::acl::AclRule>,
+}
+
 pub struct SecurityAuth {
     users: Arc<UserStore>,
     devices: Arc<DeviceRegistry>,
+    /// The configured (or built-in) rules, and the effective ones (those plus the file's).
+    base_acl: RwLock<Arc<Acl>>,
     acl: RwLock<Arc<Acl>>,
+    acl_file: PathBuf,
+    acl_cache: Mutex<AclFileCache>,
     audit: Arc<AuditLog>,
     options: MqttAuthOptions,
     clock: Arc<dyn Clock>,
@@ -115,10 +129,18 @@ impl SecurityAuth {
         clock: Arc<dyn Clock>,
         scopes_path: PathBuf,
     ) -> SecurityAuth {
+        let acl_file = scopes_path.with_file_name(ACL_FILE);
+        let acl = Arc::new(acl);
         let auth = SecurityAuth {
             users,
             devices,
-            acl: RwLock::new(Arc::new(acl)),
+            base_acl: RwLock::new(acl.clone()),
+            acl: RwLock::new(acl),
+            acl_file,
+            acl_cache: Mutex::new(AclFileCache {
+                stamp: None,
+                rules: Vec::new(),
+            }),
             audit,
             options,
             clock,
@@ -132,13 +154,66 @@ impl SecurityAuth {
             limit_audited: Mutex::new(HashMap::new()),
         };
         auth.refresh_scopes();
+        auth.refresh_acl();
         auth
     }
 
-    /// Replaces the ACL (e.g. after a config reload); applies to the next check.
+    /// Replaces the configured ACL (e.g. after a config reload); the rules file still applies
+    /// after it. Applies to the next check.
     pub fn set_acl(&self, acl: Acl) {
-        *self.acl.write() = Arc::new(acl);
+        *self.base_acl.write() = Arc::new(acl);
+        self.combine_acl();
+    }
+
+    /// The rules in force: the configured (or built-in) ones, then the rules file's.
+    pub fn acl(&self) -> Arc<Acl> {
+        self.refresh_acl();
+        self.acl.read().clone()
+    }
+
+    fn combine_acl(&self) {
+        let mut rules = self.base_acl.read().rules().to_vec();
+        rules.extend(self.acl_cache.lock().rules.iter().cloned());
+        // Every rule was checked when parsed; `new` cannot fail on them.
+        if let Ok(acl) = Acl::new(rules) {
+            *self.acl.write() = Arc::new(acl);
+        }
         self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Re-reads the rules file if it changed. A damaged file keeps the rules in force and is
+    /// logged (the CLI checks rules before writing them, so only a hand edit can damage it).
+    fn refresh_acl(&self) {
+        use std::os::unix::fs::MetadataExt as _;
+        let stamp = std::fs::metadata(&self.acl_file)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())));
+        {
+            let mut c = self.acl_cache.lock();
+            if c.stamp == stamp {
+                return;
+            }
+            c.stamp = stamp;
+            let rules = match std::fs::read_to_string(&self.acl_file) {
+                Ok(text) => match Acl::parse(&text) {
+                    Ok(acl) => acl.rules().to_vec(),
+                    Err(e) => {
+                        tracing::error!(file = %self.acl_file.display(), error = %e, "invalid ACL rules file; keeping the rules in force");
+                        return;
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => {
+                    tracing::error!(file = %self.acl_file.display(), error = %e, "cannot read the ACL rules file; keeping the rules in force");
+                    return;
+                }
+            };
+            if rules == c.rules {
+                return;
+            }
+            c.rules = rules;
+        }
+        self.combine_acl();
     }
 
     /// The tag-prefix rules in force: the file (re-read when it changed) and the configured
@@ -249,6 +324,7 @@ impl Auth for SecurityAuth {
     fn connect(&self, info: &ConnectInfo<'_>) -> Result<Principal, ReasonCode> {
         // The rules a new connection is decided by are the current ones.
         self.refresh_scopes();
+        self.refresh_acl();
         // 1. A verified client certificate: the device it was issued to. The TLS verifier
         //    already refused revoked and unknown certificates; checking the registry again
         //    covers a revocation between handshake and CONNECT.
@@ -382,6 +458,7 @@ impl Auth for SecurityAuth {
     }
 
     fn revalidate(&self, who: &[&Principal]) -> Vec<bool> {
+        self.refresh_acl();
         let old_scopes = self.scopes.lock().scopes.clone();
         let scopes_changed = self.refresh_scopes();
         let users = self.users.list_users().ok();
@@ -444,6 +521,7 @@ impl Auth for SecurityAuth {
             Denied::Will(t) => ("will", t),
             Denied::Takeover(c) => ("takeover", c),
             Denied::ResumedSubscription(f) => ("resume_subscription", f),
+            Denied::WithdrawnSubscription(f) => ("subscription_withdrawn", f),
             Denied::Revoked => ("revoked_disconnect", ""),
             Denied::Limit(limit) => {
                 // Floods of refusals must not flood the audit log: one record per limit and

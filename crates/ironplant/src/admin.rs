@@ -565,3 +565,175 @@ pub fn audit(cmd: AuditCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+#[derive(Subcommand)]
+pub enum AclCommand {
+    /// The MQTT rules in force: the configuration's `[security] acl` (or the built-in rules),
+    /// then the rules added with `acl add`, numbered for `acl remove`. Deny wins, whatever the
+    /// order.
+    #[command(
+        after_help = "Examples:\n  ironplant acl list\n  ironplant acl list --config ironplant.toml"
+    )]
+    List {
+        /// The configuration file the platform runs with (its `[security] acl` replaces the
+        /// built-in rules).
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Add a rule (`<all|role:R|user:U|device:D> allow|deny publish|subscribe|both <filter>`,
+    /// `%u` = user or device name, `%c` = client id). Applies to the running platform within a
+    /// second, also to live connections (subscriptions no longer allowed are withdrawn).
+    #[command(
+        after_help = "Examples:\n  ironplant acl add 'device:press-4 allow publish spBv1.0/Stamping/+/%u/#'\n  ironplant acl add 'role:viewer deny subscribe acme/lyon/recipes/#'"
+    )]
+    Add {
+        /// The rule, quoted as one argument.
+        rule: String,
+    },
+    /// Remove a rule added with `acl add`, by its number in `acl list`.
+    #[command(after_help = "Example:\n  ironplant acl remove 2")]
+    Remove {
+        /// The rule's number in `acl list` (configured rules have none: change them in the
+        /// configuration file).
+        number: usize,
+    },
+}
+
+fn acl_file(sec: &Security) -> PathBuf {
+    sec.dir().join(ironplant_security::mqtt::ACL_FILE)
+}
+
+/// The rules of the rules file, one a line, and the file's text.
+fn read_acl_file(path: &Path) -> anyhow::Result<Vec<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            ironplant_security::Acl::parse(&text).with_context(|| {
+                format!("{} holds an invalid rule; fix or remove it", path.display())
+            })?;
+            Ok(text
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !(l.is_empty() || *l == "#" || l.starts_with("# ") || l.starts_with("//"))
+                })
+                .map(str::to_owned)
+                .collect())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn write_acl_file(path: &Path, rules: &[String]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut text = String::from(
+        "# MQTT ACL rules added with `ironplant acl add`, applied after the configured ones.\n",
+    );
+    for r in rules {
+        text.push_str(r);
+        text.push('\n');
+    }
+    let tmp = path.with_extension(format!("rules.cli{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+pub fn acl(cmd: AclCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let sec = open(data_dir)?;
+    let path = acl_file(&sec);
+    match cmd {
+        AclCommand::List { config } => {
+            let (base, source) = match config {
+                Some(file) => {
+                    let Some(cfg) = crate::load_config(&file)? else {
+                        return Ok(ExitCode::FAILURE);
+                    };
+                    match cfg.security.acl {
+                        Some(rules) => (rules, format!("{} [security] acl", file.display())),
+                        None => (builtin_rules(), "built-in".to_owned()),
+                    }
+                }
+                None => (
+                    builtin_rules(),
+                    "built-in (pass --config to see a configuration's own)".to_owned(),
+                ),
+            };
+            let added = read_acl_file(&path)?;
+            println!("{:>3}  {:<8} RULE", "#", "FROM");
+            for r in &base {
+                println!("{:>3}  {:<8} {r}", "-", "config");
+            }
+            for (i, r) in added.iter().enumerate() {
+                println!("{:>3}  {:<8} {r}", i + 1, "acl add");
+            }
+            eprintln!("config rules: {source}; added rules: {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        AclCommand::Add { rule } => {
+            let rule = rule.trim().to_owned();
+            let parsed = ironplant_security::Acl::parse(&rule)
+                .map_err(|e| anyhow::anyhow!("{e}\nwrite `<all|role:R|user:U|device:D> allow|deny publish|subscribe|both <topic filter>`, e.g. 'role:viewer deny subscribe acme/lyon/recipes/#'"))?;
+            if parsed.rules().len() != 1 {
+                anyhow::bail!("give exactly one rule (got {})", parsed.rules().len());
+            }
+            let mut rules = read_acl_file(&path)?;
+            if rules.contains(&rule) {
+                println!("already there: {rule}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            rules.push(rule.clone());
+            write_acl_file(&path, &rules)?;
+            sec.audit
+                .record(ironplant_security::AuditEvent::ConfigChanged {
+                    actor: Some(actor()),
+                    what: format!("acl add: {rule}"),
+                })
+                .context("cannot write the change to the audit log")?;
+            println!("added: {rule} (the running platform applies it within a second)");
+            Ok(ExitCode::SUCCESS)
+        }
+        AclCommand::Remove { number } => {
+            let mut rules = read_acl_file(&path)?;
+            let Some(index) = number.checked_sub(1).filter(|i| *i < rules.len()) else {
+                anyhow::bail!(
+                    "there is no added rule {number} (there are {}); see `ironplant acl list`",
+                    rules.len()
+                );
+            };
+            let rule = rules.remove(index);
+            write_acl_file(&path, &rules)?;
+            sec.audit
+                .record(ironplant_security::AuditEvent::ConfigChanged {
+                    actor: Some(actor()),
+                    what: format!("acl remove: {rule}"),
+                })
+                .context("cannot write the change to the audit log")?;
+            println!("removed: {rule}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn builtin_rules() -> Vec<String> {
+    ironplant_security::acl::DEFAULT_RULES
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}

@@ -185,6 +185,10 @@ enum Command {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(admin::AuditCommand),
+    /// List, add and remove MQTT access rules (the running platform applies changes within a
+    /// second).
+    #[command(subcommand)]
+    Acl(admin::AclCommand),
 }
 
 fn init_logging(format: LogFormat) {
@@ -258,6 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(cmd) => admin::user(cmd, &cli.data_dir),
         Command::Token(cmd) => admin::token(cmd, &cli.data_dir),
         Command::Audit(cmd) => admin::audit(cmd, &cli.data_dir),
+        Command::Acl(cmd) => admin::acl(cmd, &cli.data_dir),
         Command::Bench(cmd) => {
             runtime()?.block_on(bench::run(cmd))?;
             Ok(ExitCode::SUCCESS)

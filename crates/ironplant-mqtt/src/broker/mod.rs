@@ -400,6 +400,8 @@ struct Inner {
     open: std::sync::atomic::AtomicUsize,
     /// Numbers the client ids the broker assigns.
     next_assigned: AtomicU64,
+    /// The authoriser's epoch when live subscriptions were last checked against it.
+    checked_epoch: AtomicU64,
 }
 
 /// A running broker; cheap to clone.
@@ -492,6 +494,7 @@ impl Broker {
                 addresses: Mutex::new(HashMap::new()),
                 open: std::sync::atomic::AtomicUsize::new(0),
                 next_assigned: AtomicU64::new(0),
+                checked_epoch: AtomicU64::new(0),
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -894,6 +897,52 @@ impl Broker {
         self.route(None, None, publish);
     }
 
+    /// When the rules changed (the authoriser's epoch moved), checks every live connection's
+    /// subscriptions again and withdraws those its identity may no longer have: tightened
+    /// rules reach live connections, not only new ones.
+    fn withdraw_subscriptions(&self) {
+        let epoch = self.inner.auth.epoch();
+        if self.inner.checked_epoch.swap(epoch, Ordering::AcqRel) == epoch {
+            return;
+        }
+        let mut withdrawn: Vec<(Principal, SocketAddr, String)> = Vec::new();
+        {
+            let mut r = self.inner.router.lock();
+            let r = &mut *r;
+            for (id, e) in r.entries.iter_mut() {
+                let Some(c) = e.conn.as_ref() else { continue };
+                let Some(p) = c.principal.as_ref() else {
+                    continue;
+                };
+                let auth = &self.inner.auth;
+                let before = e.subs.len();
+                e.subs.retain(|(f, _)| {
+                    let plain = crate::tree::split_shared(f).map_or(f.as_str(), |(_, f)| f);
+                    let keep = auth.may_subscribe(p, plain);
+                    if !keep {
+                        withdrawn.push((p.clone(), c.peer, f.clone()));
+                    }
+                    keep
+                });
+                if e.subs.len() != before {
+                    e.session.state.lock().dirty = true;
+                    for (_, _, f) in withdrawn
+                        .iter()
+                        .filter(|(w, _, _)| w.client_id == p.client_id)
+                    {
+                        r.tree.unsubscribe(f, *id);
+                    }
+                }
+            }
+        }
+        for (p, peer, f) in &withdrawn {
+            self.inner.stats.denied.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .auth
+                .denied(Some(p), *peer, Denied::WithdrawnSubscription(f));
+        }
+    }
+
     /// Takes a connection slot for `peer`, or refuses (counted and reported) when the total
     /// (with its reserve) or the per-address limit is reached. Listeners that do work before
     /// MQTT starts (a TLS handshake) take it first and pass it to [`Broker::serve_admitted`].
@@ -933,6 +982,7 @@ impl Broker {
     /// Re-checks every live connection's identity ([`Auth::revalidate`]) and closes those no
     /// longer valid (revoked, disabled, role lowered) with reason 0x87.
     pub fn revalidate(&self) {
+        self.withdraw_subscriptions();
         let live: Vec<(Principal, Arc<Kick>, SocketAddr)> = {
             let r = self.inner.router.lock();
             r.entries
