@@ -6,6 +6,16 @@ Usage: paho_security.py SCENARIO HOST PORT CAFILE [CERTFILE KEYFILE NAME] [USER 
   login HOST PORT CAFILE USER PASSWORD    one CONNECT with user name and password
   device HOST PORT CAFILE CERT KEY NAME   as device NAME: publish and receive on its own
                                           topic, then publish as another Sparkplug node
+  as HOST PORT CAFILE CLIENTID WILL AUTH...
+                                          one CONNECT with that client id ("" for none), a
+                                          will on WILL ("-" for none), AUTH = CERT KEY or
+                                          USER PASSWORD; prints the CONNACK
+  hold HOST PORT CAFILE CLIENTID SECONDS AUTH...
+                                          connect, print {"step":"connected"}, then wait up to
+                                          SECONDS for the server to close the connection and
+                                          print its reason (or "still connected")
+  subscribe HOST PORT CAFILE USER PASSWORD FILTER...
+                                          one SUBACK per filter, in order
 
 Prints one JSON object per line; the last one has "ok". Every wait is on an event with a
 timeout, never a sleep.
@@ -25,8 +35,8 @@ def emit(**fields):
     print(json.dumps(fields, sort_keys=True, default=str), flush=True)
 
 
-def client(cafile, cert=None, key=None, user=None, password=None):
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
+def client(cafile, cert=None, key=None, user=None, password=None, client_id=""):
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     c.tls_set(ca_certs=cafile, certfile=cert, keyfile=key, cert_reqs=ssl.CERT_REQUIRED)
     if user is not None:
         c.username_pw_set(user, password)
@@ -88,6 +98,53 @@ def scenario_device(host, port, cafile, cert, key, name):
     emit(ok=True)
 
 
+def auth_args(rest):
+    """CERT KEY (paths ending in .crt/.key) or USER PASSWORD."""
+    if rest and rest[0].endswith(".crt"):
+        return {"cert": rest[0], "key": rest[1]}
+    return {"user": rest[0], "password": rest[1]}
+
+
+def scenario_as(host, port, cafile, client_id, will, *auth):
+    c = client(cafile, client_id=client_id, **auth_args(auth))
+    if will != "-":
+        c.will_set(will, "offline", qos=1, retain=True)
+    (kind, what), _ = connect(c, host, port)
+    emit(step="connect", kind=kind, what=what)
+    c.loop_stop()
+    emit(ok=True)
+
+
+def scenario_hold(host, port, cafile, client_id, seconds, *auth):
+    c = client(cafile, client_id=client_id, **auth_args(auth))
+    (kind, what), events = connect(c, host, port)
+    emit(step="connected", kind=kind, what=what)
+    if kind != "connack" or what != "Success":
+        emit(ok=False, why="not connected")
+        sys.exit(1)
+    try:
+        ev = events.get(timeout=float(seconds))
+        emit(step="closed", kind=ev[0], what=ev[1])
+    except queue.Empty:
+        emit(step="closed", kind="none", what="still connected")
+    c.loop_stop()
+    emit(ok=True)
+
+
+def scenario_subscribe(host, port, cafile, user, password, *filters):
+    c = client(cafile, user=user, password=password)
+    subs = queue.Queue()
+    c.on_subscribe = lambda _c, _u, mid, rcs, _p: subs.put([str(r) for r in rcs])
+    (kind, what), _ = connect(c, host, port)
+    emit(step="connect", kind=kind, what=what)
+    for f in filters:
+        c.subscribe(f, qos=1)
+        emit(step="subscribe", filter=f, granted=subs.get(timeout=TIMEOUT)[0])
+    c.disconnect()
+    c.loop_stop()
+    emit(ok=True)
+
+
 def main():
     scenario, host, port, cafile = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     rest = sys.argv[5:]
@@ -97,6 +154,12 @@ def main():
         scenario_connect(host, port, cafile, None, None, rest[0], rest[1])
     elif scenario == "device":
         scenario_device(host, port, cafile, *rest)
+    elif scenario == "as":
+        scenario_as(host, port, cafile, *rest)
+    elif scenario == "hold":
+        scenario_hold(host, port, cafile, *rest)
+    elif scenario == "subscribe":
+        scenario_subscribe(host, port, cafile, *rest)
     else:
         emit(ok=False, why=f"unknown scenario {scenario!r}")
         sys.exit(2)

@@ -15,9 +15,7 @@
 //! - A tag is reachable only if *every* prefix rule of the caller (its user's, its token's)
 //!   allows it; prefixes match whole levels (`a/b` covers `a/b` and `a/b/c`, not `a/bc`).
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -25,22 +23,17 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use ironplant_core::TagPath;
 use ironplant_security::audit::bounded;
 use ironplant_security::users::AuthMethod;
 use ironplant_security::{
     AuditEvent, Identity, LoginError, Permission, Role, Security, TokenError,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::{ApiError, ApiState};
 
 /// Lifetime of a session token from `POST /api/v1/login`: one working day and a bit, so a
 /// shift never has to log in twice, and a token left in a browser is useless by the next day.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-
-/// The prefix rules, in the security directory next to `users.json`.
-pub const SCOPES_FILE: &str = "api-scopes.json";
 
 /// Paths served without HTTP authentication: the health probe, the login itself, and MQTT
 /// over WebSocket (the broker authenticates at CONNECT through its `Auth` hook).
@@ -56,166 +49,8 @@ pub struct ClientAddr(pub IpAddr);
 
 // ---- prefix rules ----------------------------------------------------------------------------
 
-/// Tag path prefixes one user or token is limited to. `None` for a direction: no limit.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrefixRule {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub read: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub write: Option<Vec<String>>,
-}
-
-impl PrefixRule {
-    fn is_unlimited(&self) -> bool {
-        self.read.is_none() && self.write.is_none()
-    }
-}
-
-/// The contents of `<data-dir>/security/api-scopes.json`:
-/// `{"users": {"alice": {"read": ["site/area1"], "write": ["site/area1/line2"]}},
-///   "tokens": {"<token id>": {"read": [...]}}}`. Users and tokens not named are limited by
-/// their role only. The API writes token entries when it creates a scoped token; the CLI (or
-/// an administrator's editor) writes user entries.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TagScopes {
-    #[serde(default)]
-    pub users: BTreeMap<String, PrefixRule>,
-    #[serde(default)]
-    pub tokens: BTreeMap<String, PrefixRule>,
-}
-
-/// Serialises read-modify-write of the scopes file within this process.
-static SCOPES_WRITE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-impl TagScopes {
-    pub fn path(sec: &Security) -> PathBuf {
-        sec.dir().join(SCOPES_FILE)
-    }
-
-    /// Reads the rules; a missing file means no prefix limits. A damaged file is an error
-    /// (callers refuse access rather than ignore rules they cannot read).
-    pub fn load(path: &Path) -> Result<TagScopes, String> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TagScopes::default()),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-        };
-        let scopes: TagScopes = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{} is not valid: {e}", path.display()))?;
-        for (who, rule) in scopes.users.iter().chain(&scopes.tokens) {
-            for p in rule.read.iter().chain(&rule.write).flatten() {
-                TagPath::parse(p).map_err(|e| {
-                    format!(
-                        "{}: prefix {p:?} of {who:?} is not a tag path: {e}",
-                        path.display()
-                    )
-                })?;
-            }
-        }
-        Ok(scopes)
-    }
-
-    /// Sets (or with an unlimited rule, removes) the rule of token `id`, atomically.
-    pub fn set_token_rule(path: &Path, id: &str, rule: &PrefixRule) -> Result<(), String> {
-        let _guard = SCOPES_WRITE
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut scopes = TagScopes::load(path)?;
-        if rule.is_unlimited() {
-            if scopes.tokens.remove(id).is_none() {
-                return Ok(());
-            }
-        } else {
-            scopes.tokens.insert(id.to_owned(), rule.clone());
-        }
-        let json = serde_json::to_vec_pretty(&scopes)
-            .map_err(|e| format!("cannot encode the tag scopes: {e}"))?;
-        let tmp = path.with_extension("json.tmp");
-        write_private(&tmp, &json)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))
-    }
-
-    /// The rules that apply to `identity`: its user's and, for a token, the token's.
-    pub fn access_for(&self, identity: &Identity) -> (TagAccess, Option<PrefixRule>) {
-        let mut rules = Vec::new();
-        if let Some(r) = self.users.get(&identity.user) {
-            rules.push(r.clone());
-        }
-        let token_rule = match &identity.via {
-            AuthMethod::Token { id } => self.tokens.get(id).cloned(),
-            _ => None,
-        };
-        if let Some(r) = &token_rule {
-            rules.push(r.clone());
-        }
-        (TagAccess { rules }, token_rule)
-    }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
-/// Whether `path` is `prefix` or below it, on whole levels.
-pub fn within(path: &str, prefix: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    prefix.is_empty()
-        || path == prefix
-        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
-}
-
-/// The prefix rules of one caller. Empty: no limits beyond the role.
-#[derive(Debug, Clone, Default)]
-pub struct TagAccess {
-    rules: Vec<PrefixRule>,
-}
-
-impl TagAccess {
-    pub fn unrestricted() -> TagAccess {
-        TagAccess::default()
-    }
-
-    pub fn new(rules: Vec<PrefixRule>) -> TagAccess {
-        TagAccess { rules }
-    }
-
-    pub fn can_read(&self, tag: &str) -> bool {
-        self.rules.iter().all(|r| {
-            r.read
-                .as_ref()
-                .is_none_or(|ps| ps.iter().any(|p| within(tag, p)))
-        })
-    }
-
-    pub fn can_write(&self, tag: &str) -> bool {
-        self.rules.iter().all(|r| {
-            r.write
-                .as_ref()
-                .is_none_or(|ps| ps.iter().any(|p| within(tag, p)))
-        })
-    }
-
-    /// An asset is shown if it is readable or on the way to something readable.
-    pub fn can_see_asset(&self, asset: &str) -> bool {
-        self.rules.iter().all(|r| {
-            r.read
-                .as_ref()
-                .is_none_or(|ps| ps.iter().any(|p| within(asset, p) || within(p, asset)))
-        })
-    }
-}
+// The one policy lives in `ironplant-security` (MQTT asks it too); re-exported for handlers.
+pub use ironplant_security::policy::{within, PrefixRule, TagAccess, TagScopes, SCOPES_FILE};
 
 // ---- the caller ------------------------------------------------------------------------------
 
@@ -447,7 +282,7 @@ fn resolve(
             .login(&user, &password, source, "api")
             .map_err(Failure::Login)?,
     };
-    let scopes = TagScopes::load(&TagScopes::path(sec)).map_err(Failure::Scopes)?;
+    let scopes = sec.mqtt.tag_scopes().map_err(Failure::Scopes)?;
     let (access, token_rule) = scopes.access_for(&identity);
     Ok((identity, access, token_rule))
 }

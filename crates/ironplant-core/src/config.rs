@@ -30,7 +30,33 @@ pub struct Config {
     pub mqtt: MqttSettings,
     pub bridges: Vec<BridgeConfig>,
     pub sparkplug: SparkplugSettings,
+    pub security: SecuritySettings,
 }
+
+/// The `[security]` section: MQTT ACL rules, device client ids and per-user tag-prefix
+/// limits (one policy for REST, MQTT and later the HMI and command path).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SecuritySettings {
+    /// ACL rules (`<who> allow|deny publish|subscribe|both <filter>`), replacing the
+    /// built-in defaults when given.
+    pub acl: Option<Vec<String>>,
+    /// Client id patterns a device may use (`%u` = its name, trailing `*`); `None`: the
+    /// default `["%u", "%u-*"]`.
+    pub device_client_ids: Option<Vec<String>>,
+    /// Per-user tag-prefix limits: user → (read prefixes, write prefixes); `None`: no limit
+    /// in that direction.
+    pub tag_scopes: BTreeMap<String, ScopeSettings>,
+}
+
+/// One user's tag-prefix limits (`[security.tag_scopes.<user>]`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ScopeSettings {
+    pub read: Option<Vec<TagPath>>,
+    pub write: Option<Vec<TagPath>>,
+}
+
+/// Checks one ACL rule; the security crate provides it (see [`parse_with`]).
+pub type AclRuleCheck = fn(&str) -> Result<(), String>;
 
 /// An MQTT protocol version, as a bridge speaks it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +147,21 @@ pub struct MqttSettings {
     pub max_session_expiry: Duration,
     /// `None`: no `$SYS` topics.
     pub sys_interval: Option<Duration>,
+    /// Server Keep Alive imposed on clients (`None`: theirs).
+    pub server_keep_alive: Option<u16>,
+    /// Receive Maximum and Topic Alias Maximum announced to 5.0 clients.
+    pub receive_maximum: u16,
+    pub topic_alias_maximum: u16,
+    /// Time a new connection has to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Connection limits: total (with a reserve for administrators) and per address.
+    pub max_connections: usize,
+    pub privileged_reserve: usize,
+    pub max_connections_per_address: usize,
+    pub max_sessions: usize,
+    pub max_subscriptions_per_client: usize,
+    pub max_retained_per_owner: usize,
+    pub max_retained_bytes_per_owner: usize,
 }
 
 impl Default for MqttSettings {
@@ -134,6 +175,17 @@ impl Default for MqttSettings {
             max_inflight: 1_000,
             max_session_expiry: Duration::from_secs(7 * 24 * 3600),
             sys_interval: Some(Duration::from_secs(10)),
+            server_keep_alive: None,
+            receive_maximum: 1_024,
+            topic_alias_maximum: 64,
+            connect_timeout: Duration::from_secs(5),
+            max_connections: 15_000,
+            privileged_reserve: 16,
+            max_connections_per_address: 500,
+            max_sessions: 100_000,
+            max_subscriptions_per_client: 1_000,
+            max_retained_per_owner: 10_000,
+            max_retained_bytes_per_owner: 16 << 20,
         }
     }
 }
@@ -546,6 +598,23 @@ struct RawConfig {
     #[serde(default, rename = "bridge")]
     bridges: Vec<RawBridge>,
     sparkplug: Option<RawSparkplug>,
+    security: Option<RawSecurity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecurity {
+    acl: Option<Vec<Spanned<String>>>,
+    device_client_ids: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    tag_scopes: BTreeMap<String, RawScope>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    read: Option<Vec<Spanned<String>>>,
+    write: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -559,6 +628,17 @@ struct RawMqtt {
     max_inflight: Option<Spanned<i64>>,
     max_session_expiry: Option<Spanned<String>>,
     sys_interval: Option<Spanned<String>>,
+    server_keep_alive: Option<Spanned<i64>>,
+    receive_maximum: Option<Spanned<i64>>,
+    topic_alias_maximum: Option<Spanned<i64>>,
+    connect_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    privileged_reserve: Option<Spanned<i64>>,
+    max_connections_per_address: Option<Spanned<i64>>,
+    max_sessions: Option<Spanned<i64>>,
+    max_subscriptions_per_client: Option<Spanned<i64>>,
+    max_retained_per_owner: Option<Spanned<i64>>,
+    max_retained_bytes_per_owner: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -722,6 +802,7 @@ const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 struct Collector {
     errors: Vec<ConfigError>,
+    acl_check: Option<AclRuleCheck>,
 }
 
 impl Collector {
@@ -739,8 +820,20 @@ impl Collector {
     }
 }
 
-/// Parses and validates a configuration. `file` names the source in error messages.
+/// Parses and validates a configuration. `file` names the source in error messages. ACL rules
+/// in `[security]` are checked only for syntax errors TOML itself sees; use [`parse_with`]
+/// with the security crate's rule parser to check them fully.
 pub fn parse(file: &str, source: &str) -> Result<Config, ConfigErrors> {
+    parse_with(file, source, None)
+}
+
+/// [`parse`], checking each `[security] acl` rule with `acl_check` (errors positioned on the
+/// rule's string).
+pub fn parse_with(
+    file: &str,
+    source: &str,
+    acl_check: Option<AclRuleCheck>,
+) -> Result<Config, ConfigErrors> {
     let fail = |errors| ConfigErrors {
         file: file.to_owned(),
         source: source.to_owned(),
@@ -763,7 +856,10 @@ pub fn parse(file: &str, source: &str) -> Result<Config, ConfigErrors> {
             }]));
         }
     };
-    let mut c = Collector { errors: Vec::new() };
+    let mut c = Collector {
+        errors: Vec::new(),
+        acl_check,
+    };
     let config = validate(raw, &mut c);
     if c.errors.is_empty() {
         Ok(config)
@@ -1149,6 +1245,7 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
     let mqtt = validate_mqtt(c, raw.mqtt);
     let bridges = validate_bridges(c, raw.bridges);
     let sparkplug = validate_sparkplug(c, raw.sparkplug);
+    let security = validate_security(c, raw.security);
     Config {
         assets,
         devices,
@@ -1157,6 +1254,64 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
         mqtt,
         bridges,
         sparkplug,
+        security,
+    }
+}
+
+fn validate_security(c: &mut Collector, raw: Option<RawSecurity>) -> SecuritySettings {
+    let Some(raw) = raw else {
+        return SecuritySettings::default();
+    };
+    let acl = raw.acl.map(|rules| {
+        rules
+            .into_iter()
+            .map(|r| {
+                if let Some(check) = c.acl_check {
+                    if let Err(e) = check(r.get_ref()) {
+                        c.err(
+                            r.span(),
+                            format!("invalid ACL rule {:?}: {e}", r.get_ref()),
+                            Some("write `<all|role:R|user:U|device:D> allow|deny publish|subscribe|both <topic filter>`, e.g. \"role:viewer allow subscribe acme/#\"".to_owned()),
+                        );
+                    }
+                }
+                r.into_inner()
+            })
+            .collect()
+    });
+    let device_client_ids = raw.device_client_ids.map(|ids| {
+        ids.into_iter()
+            .map(|p| {
+                let v = p.get_ref();
+                let stem = v.strip_suffix('*').unwrap_or(v);
+                if !v.contains("%u") || stem.contains('*') || v.is_empty() {
+                    c.err(
+                        p.span(),
+                        format!("device client id pattern {v:?} must contain %u (the device name) and may end with one *"),
+                        Some("e.g. \"%u\" or \"%u-*\"".to_owned()),
+                    );
+                }
+                p.into_inner()
+            })
+            .collect()
+    });
+    let mut tag_scopes = BTreeMap::new();
+    for (user, scope) in raw.tag_scopes {
+        let mut paths = |list: Option<Vec<Spanned<String>>>| {
+            list.map(|l| {
+                l.iter()
+                    .filter_map(|p| parse_path(c, p, "tag prefix"))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let read = paths(scope.read);
+        let write = paths(scope.write);
+        tag_scopes.insert(user, ScopeSettings { read, write });
+    }
+    SecuritySettings {
+        acl,
+        device_client_ids,
+        tag_scopes,
     }
 }
 
@@ -1324,6 +1479,87 @@ fn validate_mqtt(c: &mut Collector, raw: Option<RawMqtt>) -> MqttSettings {
             d.max_session_expiry,
         ),
         sys_interval,
+        server_keep_alive: m.server_keep_alive.as_ref().map(|_| {
+            u16::try_from(int_in(
+                c,
+                &m.server_keep_alive,
+                "server_keep_alive",
+                0..=65_535,
+                60,
+            ))
+            .unwrap_or(60)
+        }),
+        receive_maximum: u16::try_from(int_in(
+            c,
+            &m.receive_maximum,
+            "receive_maximum",
+            1..=65_535,
+            usize::from(d.receive_maximum),
+        ))
+        .unwrap_or(d.receive_maximum),
+        topic_alias_maximum: u16::try_from(int_in(
+            c,
+            &m.topic_alias_maximum,
+            "topic_alias_maximum",
+            0..=65_535,
+            usize::from(d.topic_alias_maximum),
+        ))
+        .unwrap_or(d.topic_alias_maximum),
+        connect_timeout: parse_duration(
+            c,
+            &m.connect_timeout,
+            "connect_timeout",
+            d.connect_timeout,
+        ),
+        max_connections: int_in(
+            c,
+            &m.max_connections,
+            "max_connections",
+            1..=10_000_000,
+            d.max_connections,
+        ),
+        privileged_reserve: int_in(
+            c,
+            &m.privileged_reserve,
+            "privileged_reserve",
+            0..=10_000,
+            d.privileged_reserve,
+        ),
+        max_connections_per_address: int_in(
+            c,
+            &m.max_connections_per_address,
+            "max_connections_per_address",
+            1..=10_000_000,
+            d.max_connections_per_address,
+        ),
+        max_sessions: int_in(
+            c,
+            &m.max_sessions,
+            "max_sessions",
+            1..=100_000_000,
+            d.max_sessions,
+        ),
+        max_subscriptions_per_client: int_in(
+            c,
+            &m.max_subscriptions_per_client,
+            "max_subscriptions_per_client",
+            1..=10_000_000,
+            d.max_subscriptions_per_client,
+        ),
+        max_retained_per_owner: int_in(
+            c,
+            &m.max_retained_per_owner,
+            "max_retained_per_owner",
+            0..=100_000_000,
+            d.max_retained_per_owner,
+        ),
+        max_retained_bytes_per_owner: int_in(
+            c,
+            &m.max_retained_bytes_per_owner,
+            "max_retained_bytes_per_owner",
+            0..=(1 << 40),
+            d.max_retained_bytes_per_owner,
+        ),
     }
 }
 

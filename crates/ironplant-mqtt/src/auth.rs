@@ -1,7 +1,13 @@
-//! Hooks for authentication and per-topic authorisation. The broker asks an [`Auth`] at CONNECT,
-//! before routing each PUBLISH and before adding each subscription; the security layer of the
-//! platform implements it (users, device certificates, ACLs, audit). [`AllowAll`] is the
-//! default for tests and embedded use.
+//! Hooks for authentication and per-topic authorisation. The broker asks an [`Auth`] at CONNECT
+//! (for the identity and for the will's topic), before routing a PUBLISH to a topic it has not
+//! decided yet for that connection, before adding each subscription, when a will fires, when a
+//! session is resumed (its stored subscriptions), and periodically for every live connection
+//! ([`Auth::revalidate`]: revoked or lowered identities are disconnected). The security layer
+//! of the platform implements it (users, device certificates, ACLs, audit). [`AllowAll`] is
+//! the default for tests and embedded use.
+//!
+//! Decisions may be cached by the broker per connection and topic until [`Auth::epoch`]
+//! changes, so an implementation must bump the epoch whenever a decision could change.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +20,9 @@ pub struct ConnectInfo<'a> {
     pub peer: SocketAddr,
     pub protocol: ProtocolVersion,
     pub client_id: &'a str,
+    /// The client sent an empty client id and the broker assigned `client_id` (unique, so it
+    /// cannot be anyone else's).
+    pub client_id_assigned: bool,
     pub username: Option<&'a str>,
     pub password: Option<&'a [u8]>,
     /// The subject of the client's TLS certificate, when the transport verified one.
@@ -28,6 +37,10 @@ pub struct Principal {
     pub user: Option<Arc<str>>,
     /// Roles or groups, for the authoriser's own use.
     pub roles: Vec<Arc<str>>,
+    /// The identity that owns what this connection creates: its client id's session (another
+    /// owner can neither take over the connection nor resume the session) and the retained
+    /// messages it stores (counted against this owner's quota). `None`: anonymous.
+    pub owner: Option<Arc<str>>,
 }
 
 /// What a client asked for and was refused (for logs and the audit trail).
@@ -36,6 +49,17 @@ pub enum Denied<'a> {
     Connect(ReasonCode),
     Publish(&'a str),
     Subscribe(&'a str),
+    /// The will's topic at CONNECT (the CONNECT was refused), or when the will fired (dropped).
+    Will(&'a str),
+    /// Took over, or resumed, a client id whose session another identity owns (refused; the
+    /// holder is not disturbed). The client id.
+    Takeover(&'a str),
+    /// A stored subscription the identity may no longer have, removed when its session resumed.
+    ResumedSubscription(&'a str),
+    /// The identity was revoked or lowered while connected: the connection was closed.
+    Revoked,
+    /// A resource limit refused the request (the limit's name, e.g. `connections_per_address`).
+    Limit(&'static str),
 }
 
 pub trait Auth: Send + Sync + 'static {
@@ -53,6 +77,22 @@ pub trait Auth: Send + Sync + 'static {
     fn is_cheap(&self) -> bool {
         false
     }
+    /// Changes whenever a decision of `may_publish`/`may_subscribe` could change (new rules,
+    /// a revoked identity): the broker caches decisions per connection until it does.
+    fn epoch(&self) -> u64 {
+        0
+    }
+    /// For each live connection's principal, whether it is still valid (not revoked, role not
+    /// lowered). Called about every 250 ms with all live connections; `false` closes the
+    /// connection (reason 0x87) and reports [`Denied::Revoked`].
+    fn revalidate(&self, who: &[&Principal]) -> Vec<bool> {
+        vec![true; who.len()]
+    }
+    /// Whether this principal may use the connections kept in reserve once the general
+    /// connection limit is reached (so an administrator can still get in).
+    fn is_privileged(&self, _who: &Principal) -> bool {
+        false
+    }
 }
 
 /// Everyone may connect, publish and subscribe.
@@ -65,6 +105,7 @@ impl Auth for AllowAll {
             client_id: info.client_id.into(),
             user: info.username.map(Into::into),
             roles: Vec::new(),
+            owner: info.username.map(Into::into),
         })
     }
     fn may_publish(&self, _who: &Principal, _topic: &str) -> bool {

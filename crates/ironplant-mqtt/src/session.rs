@@ -124,6 +124,15 @@ impl SessionState {
         self.inflight.len()
     }
 
+    /// Drops waiting messages whose topic `keep` refuses (a subscription the owner may no
+    /// longer have); returns how many went. Messages already in flight stay: they were
+    /// delivered under the rights of their time.
+    pub fn retain_pending(&mut self, mut keep: impl FnMut(&str) -> bool) -> usize {
+        let before = self.pending.len();
+        self.pending.retain(|q| keep(q.publish.topic.as_str()));
+        before - self.pending.len()
+    }
+
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
@@ -330,16 +339,22 @@ pub struct Record {
     pub last_seen_ms: u64,
     pub subscriptions: Vec<(String, SubOptions)>,
     pub state: SessionState,
+    /// The identity that owns the session (`Principal::owner`); `None` in records written
+    /// before owners were recorded (version 1), or for an anonymous owner.
+    pub owner: Option<String>,
+    /// False for version 1 records, whose owner is unknown.
+    pub owner_known: bool,
 }
 
-const RECORD_VERSION: u8 = 1;
+/// Version 2 appends the owner after the version 1 layout.
+const RECORD_VERSION: u8 = 2;
 
 /// Why a stored record could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("session record is truncated")]
     Truncated,
-    #[error("session record has version {0}, this build reads version {RECORD_VERSION}")]
+    #[error("session record has version {0}, this build reads versions 1 to {RECORD_VERSION}")]
     Version(u8),
     #[error("session record holds an invalid {0}")]
     Invalid(&'static str),
@@ -403,8 +418,22 @@ impl Record {
             self.last_seen_ms,
             &self.subscriptions,
             &self.state,
+            match (&self.owner, self.owner_known) {
+                (_, false) => OwnerField::Unknown,
+                (None, true) => OwnerField::Anonymous,
+                (Some(o), true) => OwnerField::Known(o),
+            },
         )
     }
+}
+
+/// Who owns a stored session.
+#[derive(Debug, Clone, Copy)]
+pub enum OwnerField<'a> {
+    Anonymous,
+    Known(&'a str),
+    /// Restored from a record written before owners were kept.
+    Unknown,
 }
 
 /// A session's record from its parts (the broker keeps them apart).
@@ -413,6 +442,7 @@ pub fn encode_record(
     last_seen_ms: u64,
     subscriptions: &[(String, SubOptions)],
     state: &SessionState,
+    owner: OwnerField<'_>,
 ) -> Vec<u8> {
     {
         let mut out = Vec::new();
@@ -450,6 +480,14 @@ pub fn encode_record(
         for pid in &s.incoming_qos2 {
             out.put_u16(*pid);
         }
+        match owner {
+            OwnerField::Anonymous => out.put_u8(0),
+            OwnerField::Known(o) => {
+                out.put_u8(1);
+                put_bytes(&mut out, o.as_bytes());
+            }
+            OwnerField::Unknown => out.put_u8(2),
+        }
         out
     }
 }
@@ -459,7 +497,7 @@ impl Record {
         let mut buf = Bytes::copy_from_slice(bytes);
         need(&buf, 1)?;
         let v = buf.get_u8();
-        if v != RECORD_VERSION {
+        if v != 1 && v != RECORD_VERSION {
             return Err(RecordError::Version(v));
         }
         need(&buf, 4 + 8 + 2 + 4)?;
@@ -530,11 +568,29 @@ impl Record {
             need(&buf, 2)?;
             state.incoming_qos2.insert(buf.get_u16());
         }
+        let (owner, owner_known) = if v == 1 {
+            (None, false)
+        } else {
+            need(&buf, 1)?;
+            match buf.get_u8() {
+                0 => (None, true),
+                2 => (None, false),
+                1 => {
+                    let o = get_bytes(&mut buf)?;
+                    let o =
+                        String::from_utf8(o.to_vec()).map_err(|_| RecordError::Invalid("owner"))?;
+                    (Some(o), true)
+                }
+                _ => return Err(RecordError::Invalid("owner")),
+            }
+        };
         Ok(Record {
             expiry,
             last_seen_ms,
             subscriptions,
             state,
+            owner,
+            owner_known,
         })
     }
 }
@@ -703,9 +759,20 @@ mod tests {
                 },
             )],
             state: s,
+            owner: Some("device:press-4".into()),
+            owner_known: true,
         };
         let bytes = rec.encode();
         let back = Record::decode(&bytes, 1, 10).expect("decodes");
+        assert_eq!(back.owner.as_deref(), Some("device:press-4"));
+        assert!(back.owner_known);
+        // A version 1 record (no owner trailer) still reads, with an unknown owner.
+        let mut v1 = bytes.clone();
+        v1[0] = 1;
+        v1.truncate(v1.len() - (1 + 4 + "device:press-4".len()));
+        let old = Record::decode(&v1, 1, 10).expect("version 1 decodes");
+        assert!(!old.owner_known);
+        assert_eq!(old.subscriptions, rec.subscriptions);
         assert_eq!(back.expiry, 3600);
         assert_eq!(back.last_seen_ms, 42);
         assert_eq!(back.subscriptions, rec.subscriptions);

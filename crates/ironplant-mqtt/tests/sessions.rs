@@ -487,6 +487,7 @@ impl Auth for Strict {
             client_id: info.client_id.into(),
             user: info.username.map(Into::into),
             roles: Vec::new(),
+            owner: info.username.map(Into::into),
         })
     }
     fn may_publish(&self, _who: &Principal, topic: &str) -> bool {

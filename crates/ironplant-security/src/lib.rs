@@ -16,6 +16,7 @@ pub mod error;
 mod fsutil;
 pub mod lockout;
 pub mod mqtt;
+pub mod policy;
 pub mod roles;
 pub mod tls;
 pub mod users;
@@ -30,6 +31,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use lockout::LockoutPolicy;
 pub use mqtt::{MqttAuthOptions, SecurityAuth};
+pub use policy::{PrefixRule, TagAccess, TagScopes};
 pub use roles::{Permission, Role};
 pub use tls::{client_config, peer_subject, server_config, ServerIdentity};
 pub use users::{Identity, LoginError, TokenError, UserStore, UserStoreOptions};
@@ -75,13 +77,20 @@ impl Security {
             audit.clone(),
             options.ca,
         )?);
-        let users = Arc::new(UserStore::open(&dir, clock, audit.clone(), options.users)?);
+        let users = Arc::new(UserStore::open(
+            &dir,
+            clock.clone(),
+            audit.clone(),
+            options.users,
+        )?);
         let mqtt = Arc::new(SecurityAuth::new(
             users.clone(),
             ca.devices().clone(),
             options.acl.unwrap_or_else(Acl::default_rules),
             audit.clone(),
             options.mqtt,
+            clock,
+            dir.join(policy::SCOPES_FILE),
         ));
         Ok(Security {
             dir,

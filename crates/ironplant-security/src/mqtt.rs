@@ -1,19 +1,32 @@
 //! [`SecurityAuth`]: the broker's [`Auth`] hook, combining device certificates, user names
 //! and passwords (or API tokens as the password), the ACL, lockout and the audit log.
 //!
-//! The `Principal` it returns carries `roles = [<role>, <kind>]` where kind is `user`,
-//! `device` or `token`; the ACL reads them back on every PUBLISH and SUBSCRIBE.
+//! The `Principal` it returns carries `roles = [<role>, <kind>(, <token id>)]` where kind is
+//! `user`, `device` or `token`, and `owner = "<kind>:<name>"` (`user:` for tokens too: a
+//! token acts as its user); the policy reads them back on every decision.
+//!
+//! Decisions combine the ACL with the tag-prefix rules of [`crate::policy`] (the same rules
+//! the REST API applies), so one user has the same rights over HTTP and MQTT. A device may
+//! use only its own client ids (`device_client_ids`, default its name and `name-*`).
+//! [`Auth::revalidate`] re-reads users, tokens, devices and the prefix rules: a revoked,
+//! disabled, expired or lowered identity loses its live connections.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ironplant_mqtt::auth::{Auth, ConnectInfo, Denied, Principal};
 use ironplant_mqtt::codec::ReasonCode;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::acl::{Acl, AclIdentity};
 use crate::audit::{bounded, AuditEvent, AuditLog};
 use crate::ca::DeviceRegistry;
+use crate::clock::Clock;
+use crate::policy::{PrefixRule, TagAccess, TagScopes};
 use crate::roles::Role;
 use crate::users::{LoginError, UserStore, TOKEN_PREFIX};
 
@@ -22,11 +35,52 @@ const KIND_DEVICE: &str = "device";
 const KIND_TOKEN: &str = "token";
 
 /// Options of [`SecurityAuth`].
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone)]
 pub struct MqttAuthOptions {
     /// Let clients without certificate or credentials connect (with no role: they get only
     /// what `all` rules grant). Off by default.
     pub allow_anonymous: bool,
+    /// Client ids a device may use: patterns where `%u` is the device name and a trailing
+    /// `*` matches any rest. Default `["%u", "%u-*"]`.
+    pub device_client_ids: Vec<String>,
+    /// Topic prefix of the Unified Namespace (tag `a/b` is topic `<prefix>/a/b`), for the
+    /// tag-prefix rules.
+    pub uns_prefix: String,
+    /// Per-user tag-prefix rules from the configuration file.
+    pub tag_scopes: std::collections::BTreeMap<String, PrefixRule>,
+}
+
+impl Default for MqttAuthOptions {
+    fn default() -> Self {
+        MqttAuthOptions {
+            allow_anonymous: false,
+            device_client_ids: vec!["%u".into(), "%u-*".into()],
+            uns_prefix: String::new(),
+            tag_scopes: Default::default(),
+        }
+    }
+}
+
+/// Whether `client_id` fits one of `patterns` for device `name`.
+pub fn device_client_id_allowed(patterns: &[String], name: &str, client_id: &str) -> bool {
+    patterns.iter().any(|p| {
+        let p = p.replace("%u", name);
+        match p.strip_suffix('*') {
+            Some(stem) => client_id.len() > stem.len() && client_id.starts_with(stem),
+            None => client_id == p,
+        }
+    })
+}
+
+/// Audit records for refusals by a limit: at most one per limit and address per minute.
+const LIMIT_AUDIT_EVERY: Duration = Duration::from_secs(60);
+
+/// The tag-prefix rules file as last read.
+struct ScopesCache {
+    stamp: Option<(SystemTime, u64, u64)>,
+    scopes: Arc<TagScopes>,
+    /// Set when the file cannot be read: refuse what the rules would decide.
+    broken: bool,
 }
 
 pub struct SecurityAuth {
@@ -35,6 +89,11 @@ pub struct SecurityAuth {
     acl: RwLock<Arc<Acl>>,
     audit: Arc<AuditLog>,
     options: MqttAuthOptions,
+    clock: Arc<dyn Clock>,
+    scopes_path: PathBuf,
+    scopes: Mutex<ScopesCache>,
+    epoch: AtomicU64,
+    limit_audited: Mutex<HashMap<(&'static str, IpAddr), Instant>>,
 }
 
 impl std::fmt::Debug for SecurityAuth {
@@ -46,33 +105,132 @@ impl std::fmt::Debug for SecurityAuth {
 }
 
 impl SecurityAuth {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         users: Arc<UserStore>,
         devices: Arc<DeviceRegistry>,
         acl: Acl,
         audit: Arc<AuditLog>,
         options: MqttAuthOptions,
+        clock: Arc<dyn Clock>,
+        scopes_path: PathBuf,
     ) -> SecurityAuth {
-        SecurityAuth {
+        let auth = SecurityAuth {
             users,
             devices,
             acl: RwLock::new(Arc::new(acl)),
             audit,
             options,
-        }
+            clock,
+            scopes_path,
+            scopes: Mutex::new(ScopesCache {
+                stamp: None,
+                scopes: Arc::new(TagScopes::default()),
+                broken: false,
+            }),
+            epoch: AtomicU64::new(1),
+            limit_audited: Mutex::new(HashMap::new()),
+        };
+        auth.refresh_scopes();
+        auth
     }
 
     /// Replaces the ACL (e.g. after a config reload); applies to the next check.
     pub fn set_acl(&self, acl: Acl) {
         *self.acl.write() = Arc::new(acl);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn principal(client_id: &str, name: &str, role: Role, kind: &'static str) -> Principal {
+    /// The tag-prefix rules in force: the file (re-read when it changed) and the configured
+    /// ones. An unreadable file is an error: callers refuse rather than ignore rules.
+    pub fn tag_scopes(&self) -> Result<Arc<TagScopes>, String> {
+        self.refresh_scopes();
+        let c = self.scopes.lock();
+        if c.broken {
+            return Err(format!(
+                "cannot read the tag-prefix rules in {}",
+                self.scopes_path.display()
+            ));
+        }
+        Ok(c.scopes.clone())
+    }
+
+    /// Re-reads the rules file if its stamp changed; true when the rules changed.
+    fn refresh_scopes(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        // The file is replaced by rename on every change: a new inode even within one mtime tick.
+        let stamp = std::fs::metadata(&self.scopes_path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())));
+        let mut c = self.scopes.lock();
+        if c.stamp == stamp && c.stamp.is_some() {
+            return false;
+        }
+        let (scopes, broken) = match TagScopes::load(&self.scopes_path) {
+            Ok(mut s) => {
+                s.configured = self.options.tag_scopes.clone();
+                (Arc::new(s), false)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the tag-prefix rules; refusing what they decide");
+                (c.scopes.clone(), true)
+            }
+        };
+        let changed = *scopes != *c.scopes || broken != c.broken;
+        c.stamp = stamp;
+        c.scopes = scopes;
+        c.broken = broken;
+        if changed {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        changed
+    }
+
+    /// The prefix rules of a user or token principal (`None`: a device or anonymous, which
+    /// the rules do not name); `Err` when the rules cannot be read.
+    fn access(&self, who: &Principal) -> Result<Option<TagAccess>, ()> {
+        let kind = who.roles.get(1).map(|k| &**k);
+        if !matches!(kind, Some(KIND_USER | KIND_TOKEN)) {
+            return Ok(None);
+        }
+        let Some(user) = who.user.as_deref() else {
+            return Ok(None);
+        };
+        let c = self.scopes.lock();
+        if c.broken {
+            return Err(());
+        }
+        let token = who.roles.get(2).map(|t| &**t);
+        Ok(Some(c.scopes.access(user, token)))
+    }
+
+    fn principal(
+        client_id: &str,
+        name: &str,
+        role: Role,
+        kind: &'static str,
+        token: Option<&str>,
+    ) -> Principal {
+        let mut roles: Vec<Arc<str>> = vec![role.as_str().into(), kind.into()];
+        roles.extend(token.map(Into::into));
+        let owner_kind = if kind == KIND_DEVICE {
+            "device"
+        } else {
+            "user"
+        };
         Principal {
             client_id: client_id.into(),
             user: Some(name.into()),
-            roles: vec![role.as_str().into(), kind.into()],
+            roles,
+            owner: Some(format!("{owner_kind}:{name}").into()),
         }
+    }
+
+    fn now_unix(&self) -> u64 {
+        self.clock
+            .now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
     }
 }
 
@@ -89,11 +247,33 @@ fn identity(who: &Principal) -> AclIdentity<'_> {
 
 impl Auth for SecurityAuth {
     fn connect(&self, info: &ConnectInfo<'_>) -> Result<Principal, ReasonCode> {
+        // The rules a new connection is decided by are the current ones.
+        self.refresh_scopes();
         // 1. A verified client certificate: the device it was issued to. The TLS verifier
         //    already refused revoked and unknown certificates; checking the registry again
         //    covers a revocation between handshake and CONNECT.
         if let Some(subject) = info.certificate_subject {
             return match self.devices.active(subject) {
+                Some(d)
+                    if !info.client_id_assigned
+                        && !device_client_id_allowed(
+                            &self.options.device_client_ids,
+                            &d.name,
+                            info.client_id,
+                        ) =>
+                {
+                    // A device speaks only as itself: another client's id would let it kick
+                    // that client off and fire its will.
+                    tracing::info!(device = %d.name, client_id = %info.client_id, "device used a client id that is not its own; refused");
+                    self.audit.submit(AuditEvent::AclDenied {
+                        principal: Some(bounded(&d.name)),
+                        client_id: bounded(info.client_id),
+                        source: Some(info.peer.ip().to_string()),
+                        action: "client_id".into(),
+                        topic: String::new(),
+                    });
+                    Err(ReasonCode::ClientIdentifierNotValid)
+                }
                 Some(d) => {
                     tracing::debug!(device = %d.name, client_id = %info.client_id, "device connected");
                     Ok(Self::principal(
@@ -101,6 +281,7 @@ impl Auth for SecurityAuth {
                         &d.name,
                         d.role,
                         KIND_DEVICE,
+                        None,
                     ))
                 }
                 None => {
@@ -119,12 +300,19 @@ impl Auth for SecurityAuth {
             if password.starts_with(TOKEN_PREFIX.as_bytes()) {
                 let token = std::str::from_utf8(password).unwrap_or_default();
                 return match self.users.verify_token(token) {
-                    Ok(id) if info.username.is_none_or(|u| u == id.user) => Ok(Self::principal(
-                        info.client_id,
-                        &id.user,
-                        id.role,
-                        KIND_TOKEN,
-                    )),
+                    Ok(id) if info.username.is_none_or(|u| u == id.user) => {
+                        let token = match &id.via {
+                            crate::users::AuthMethod::Token { id } => Some(id.as_str()),
+                            _ => None,
+                        };
+                        Ok(Self::principal(
+                            info.client_id,
+                            &id.user,
+                            id.role,
+                            KIND_TOKEN,
+                            token,
+                        ))
+                    }
                     _ => {
                         self.audit.submit(AuditEvent::LoginFailed {
                             user: bounded(info.username.unwrap_or_default()),
@@ -143,6 +331,7 @@ impl Auth for SecurityAuth {
                     &id.user,
                     id.role,
                     KIND_USER,
+                    None,
                 )),
                 Err(LoginError::BadCredentials) => Err(ReasonCode::BadUserNameOrPassword),
                 Err(LoginError::Locked { .. }) => Err(ReasonCode::Banned),
@@ -156,6 +345,7 @@ impl Auth for SecurityAuth {
                 client_id: info.client_id.into(),
                 user: None,
                 roles: Vec::new(),
+                owner: None,
             });
         }
         Err(ReasonCode::NotAuthorized)
@@ -164,11 +354,85 @@ impl Auth for SecurityAuth {
     fn may_publish(&self, who: &Principal, topic: &str) -> bool {
         let acl = self.acl.read().clone();
         acl.may_publish(&identity(who), topic)
+            && match self.access(who) {
+                Ok(None) => true,
+                Ok(Some(a)) => a.can_publish(&self.options.uns_prefix, topic),
+                Err(()) => false,
+            }
     }
 
     fn may_subscribe(&self, who: &Principal, filter: &str) -> bool {
         let acl = self.acl.read().clone();
         acl.may_subscribe(&identity(who), filter)
+            && match self.access(who) {
+                Ok(None) => true,
+                Ok(Some(a)) => a.can_subscribe(&self.options.uns_prefix, filter),
+                Err(()) => false,
+            }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn is_privileged(&self, who: &Principal) -> bool {
+        who.roles
+            .first()
+            .is_some_and(|r| &**r == Role::Admin.as_str())
+    }
+
+    fn revalidate(&self, who: &[&Principal]) -> Vec<bool> {
+        let old_scopes = self.scopes.lock().scopes.clone();
+        let scopes_changed = self.refresh_scopes();
+        let users = self.users.list_users().ok();
+        let tokens = self.users.list_tokens(None).ok();
+        let now = self.now_unix();
+        let user_role = |name: &str| {
+            users
+                .as_ref()?
+                .iter()
+                .find(|u| u.name == name && !u.disabled)
+                .map(|u| u.role)
+        };
+        who.iter()
+            .map(|p| {
+                let Some(name) = p.user.as_deref() else {
+                    return true; // anonymous: nothing to revoke
+                };
+                let Some(role) = p.roles.first().and_then(|r| r.parse::<Role>().ok()) else {
+                    return false;
+                };
+                let current = match p.roles.get(1).map(|k| &**k) {
+                    Some(KIND_DEVICE) => self.devices.active(name).map(|d| d.role),
+                    Some(KIND_USER) => user_role(name),
+                    Some(KIND_TOKEN) => {
+                        let id = p.roles.get(2).map(|t| &**t);
+                        let t = tokens
+                            .as_ref()
+                            .and_then(|ts| ts.iter().find(|t| Some(t.id.as_str()) == id));
+                        match (t, user_role(name)) {
+                            (Some(t), Some(u)) if t.revoked.is_none() && now < t.expires => {
+                                Some(if t.role.within(u) { t.role } else { u })
+                            }
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                // Still there, and not lowered below what the connection was granted.
+                let valid = current.is_some_and(|c| role.within(c));
+                // Narrowed tag-prefix rules also end the connection (its subscriptions were
+                // granted under the old ones); the client may reconnect under the new.
+                let narrowed = scopes_changed
+                    && matches!(p.roles.get(1).map(|k| &**k), Some(KIND_USER | KIND_TOKEN))
+                    && {
+                        let token = p.roles.get(2).map(|t| &**t);
+                        let new = self.scopes.lock().scopes.clone();
+                        old_scopes.access(name, token) != new.access(name, token)
+                    };
+                valid && !narrowed
+            })
+            .collect()
     }
 
     fn denied(&self, who: Option<&Principal>, peer: SocketAddr, what: Denied<'_>) {
@@ -177,6 +441,26 @@ impl Auth for SecurityAuth {
             Denied::Connect(_) => return,
             Denied::Publish(t) => ("publish", t),
             Denied::Subscribe(f) => ("subscribe", f),
+            Denied::Will(t) => ("will", t),
+            Denied::Takeover(c) => ("takeover", c),
+            Denied::ResumedSubscription(f) => ("resume_subscription", f),
+            Denied::Revoked => ("revoked_disconnect", ""),
+            Denied::Limit(limit) => {
+                // Floods of refusals must not flood the audit log: one record per limit and
+                // address a minute (the broker counts every refusal).
+                let now = Instant::now();
+                let mut seen = self.limit_audited.lock();
+                if seen.len() > 10_000 {
+                    seen.retain(|_, t| now.duration_since(*t) < LIMIT_AUDIT_EVERY);
+                }
+                match seen.get(&(limit, peer.ip())) {
+                    Some(t) if now.duration_since(*t) < LIMIT_AUDIT_EVERY => return,
+                    _ => {
+                        seen.insert((limit, peer.ip()), now);
+                    }
+                }
+                ("limit", limit)
+            }
         };
         tracing::info!(
             client_id = who.map_or("", |p| &*p.client_id),

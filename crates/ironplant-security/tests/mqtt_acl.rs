@@ -27,6 +27,7 @@ fn info<'a>(
         peer: peer(),
         protocol: ProtocolVersion::V5,
         client_id,
+        client_id_assigned: false,
         username,
         password,
         certificate_subject: subject,
@@ -125,6 +126,7 @@ fn device(name: &str, client_id: &str) -> Principal {
         client_id: client_id.into(),
         user: Some(name.into()),
         roles: vec!["device".into(), "device".into()],
+        owner: Some(format!("device:{name}").into()),
     }
 }
 

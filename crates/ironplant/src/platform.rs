@@ -156,7 +156,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let bound = bind_all(listen, false).await?;
     prepare_data_dir(data_dir)?;
-    let sec = tokio::task::block_in_place(|| secure::open(data_dir))?;
+    let sec = tokio::task::block_in_place(|| secure::open_configured(data_dir, &config))?;
     serve_with(config, bound, listen, sec, data_dir, banner).await
 }
 
@@ -233,6 +233,17 @@ async fn serve_with(
             max_inflight: m.max_inflight,
             max_session_expiry: u32::try_from(m.max_session_expiry.as_secs()).unwrap_or(u32::MAX),
             sys_interval: m.sys_interval,
+            server_keep_alive: m.server_keep_alive,
+            receive_maximum: m.receive_maximum,
+            topic_alias_maximum: m.topic_alias_maximum,
+            connect_timeout: m.connect_timeout,
+            max_connections: m.max_connections,
+            privileged_reserve: m.privileged_reserve,
+            max_connections_per_address: m.max_connections_per_address,
+            max_sessions: m.max_sessions,
+            max_subscriptions_per_client: m.max_subscriptions_per_client,
+            max_retained_per_owner: m.max_retained_per_owner,
+            max_retained_bytes_per_owner: m.max_retained_bytes_per_owner,
             ..ironplant_mqtt::BrokerConfig::default()
         };
         let auth = Arc::new(secure::BlockingAuth(sec.mqtt.clone()));
@@ -468,8 +479,12 @@ pub async fn demo(
         }
     });
     let text = BOTTLING_CONFIG.replace("127.0.0.1:5020", &sim_addr.to_string());
-    let config = ironplant_core::config::parse("examples/bottling.toml (bundled)", &text)
-        .map_err(|e| anyhow::anyhow!("the bundled demo config is invalid:\n{e}"))?;
+    let config = ironplant_core::config::parse_with(
+        "examples/bottling.toml (bundled)",
+        &text,
+        Some(secure::check_acl_rule),
+    )
+    .map_err(|e| anyhow::anyhow!("the bundled demo config is invalid:\n{e}"))?;
     prepare_data_dir(data_dir)?;
     let saved = data_dir.join("demo.toml");
     std::fs::write(&saved, &text).with_context(|| format!("cannot write {}", saved.display()))?;
@@ -478,7 +493,7 @@ pub async fn demo(
         saved.display()
     );
     let bound = bind_all(listen, true).await?;
-    let sec = tokio::task::block_in_place(|| secure::open(data_dir))?;
+    let sec = tokio::task::block_in_place(|| secure::open_configured(data_dir, &config))?;
     if let Some(l) = &bound.mqtts {
         let addr = reachable(local_addr(l, "MQTT over TLS")?);
         let (cert, key, dir) = tokio::task::block_in_place(|| demo_edge_bundle(&sec, data_dir))?;

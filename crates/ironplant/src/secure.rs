@@ -22,13 +22,71 @@ use tokio_rustls::TlsAcceptor;
 /// would otherwise hold a socket and a task forever).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens the security state of `data_dir` (CA, users, audit log), printing what an operator
-/// needs: the CA fingerprint and, on first start, where the admin password is.
+/// Checks one ACL rule of the config's `[security] acl` (for `config::parse_with`).
+pub fn check_acl_rule(rule: &str) -> Result<(), String> {
+    ironplant_security::Acl::parse(rule)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The security options the configuration asks for: its ACL (else the defaults), device
+/// client id patterns, the UNS prefix and per-user tag-prefix limits for the one policy.
+pub fn options(config: &Config) -> anyhow::Result<ironplant_security::SecurityOptions> {
+    let s = &config.security;
+    let acl = match &s.acl {
+        Some(rules) => Some(
+            ironplant_security::Acl::parse(&rules.join("\n"))
+                .context("the [security] acl rules are invalid (run `ironplant check`)")?,
+        ),
+        None => None,
+    };
+    let mut mqtt = ironplant_security::MqttAuthOptions {
+        uns_prefix: config.mqtt.uns_prefix.clone(),
+        ..Default::default()
+    };
+    if let Some(ids) = &s.device_client_ids {
+        mqtt.device_client_ids = ids.clone();
+    }
+    let list = |v: &Option<Vec<ironplant_core::TagPath>>| {
+        v.as_ref()
+            .map(|ps| ps.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    for (user, scope) in &s.tag_scopes {
+        mqtt.tag_scopes.insert(
+            user.clone(),
+            ironplant_security::PrefixRule {
+                read: list(&scope.read),
+                write: list(&scope.write),
+            },
+        );
+    }
+    Ok(ironplant_security::SecurityOptions {
+        mqtt,
+        acl,
+        ..Default::default()
+    })
+}
+
+/// Opens the security state of `data_dir` for the CLI's administration commands (the
+/// configuration's policy does not matter there).
 pub fn open(data_dir: &Path) -> anyhow::Result<Arc<Security>> {
+    open_with(data_dir, ironplant_security::SecurityOptions::default())
+}
+
+/// Opens the security state of `data_dir` (CA, users, audit log) with the policy `config`
+/// asks for.
+pub fn open_configured(data_dir: &Path, config: &Config) -> anyhow::Result<Arc<Security>> {
+    open_with(data_dir, options(config)?)
+}
+
+fn open_with(
+    data_dir: &Path,
+    options: ironplant_security::SecurityOptions,
+) -> anyhow::Result<Arc<Security>> {
     let sec = ironplant_security::Security::open(
         data_dir,
         Arc::new(ironplant_security::SystemClock),
-        ironplant_security::SecurityOptions::default(),
+        options,
     )
     .with_context(|| {
         format!(
@@ -84,6 +142,16 @@ impl<A: Auth> Auth for BlockingAuth<A> {
     }
     fn denied(&self, who: Option<&Principal>, peer: SocketAddr, what: Denied<'_>) {
         self.0.denied(who, peer, what);
+    }
+    fn epoch(&self) -> u64 {
+        self.0.epoch()
+    }
+    fn revalidate(&self, who: &[&Principal]) -> Vec<bool> {
+        // Reads the user store and the rules files: off the async worker.
+        tokio::task::block_in_place(|| self.0.revalidate(who))
+    }
+    fn is_privileged(&self, who: &Principal) -> bool {
+        self.0.is_privileged(who)
     }
 }
 

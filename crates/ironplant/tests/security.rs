@@ -426,3 +426,194 @@ fn a_separate_simulator_joins_with_its_enrolled_edge_node() {
     let _ = sim.wait();
     assert!(found >= 5);
 }
+
+/// The token's id: the middle part of `ipt_<id>_<secret>`.
+fn token_id(token: &str) -> &str {
+    token
+        .trim()
+        .strip_prefix("ipt_")
+        .and_then(|r| r.split('_').next())
+        .expect("a token")
+}
+
+/// Issue 10's attacks, re-tried with paho-mqtt over TLS against the running binary: a will on
+/// another node's topic, another device's client id, taking over a connection of another
+/// identity, revocation reaching a live connection, and a tag-prefix limit over MQTT.
+#[test]
+fn wills_client_ids_takeovers_revocation_and_prefix_limits_over_mqtt() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::create_dir(d.join("data")).expect("data dir");
+    // A viewer limited to one line by the configuration; an operator without limits.
+    let limited = cli_ok(d, &["user", "add", "lina", "--role", "viewer"]);
+    let operator = cli_ok(d, &["user", "add", "olga", "--role", "operator"]);
+    let (limited, operator) = (limited.trim(), operator.trim());
+    std::fs::write(
+        d.join("p.toml"),
+        "[sparkplug]\nhost_id = \"sec\"\n\n[security.tag_scopes.lina]\nread = [\"acme/lyon/line1\"]\n",
+    )
+    .expect("config");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", "p.toml", "--http", "127.0.0.1:0"])
+        .args(["--mqtts", "127.0.0.1:0", "--data-dir", "data"])
+        .env("NO_COLOR", "1")
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ironplant serve");
+    let platform = Platform {
+        lines: pump(child.stdout.take().expect("stdout")),
+        _errs: pump(child.stderr.take().expect("stderr")),
+        child,
+    };
+    let mqtt = platform.address_after("MQTT/TLS:");
+    let (host, port) = mqtt.rsplit_once(':').expect("host:port");
+    let ca = d.join("data/security/ca/ca.crt");
+    let ca = ca.to_str().expect("UTF-8");
+    cli_ok(d, &["device", "enroll", "press-4", "--out", "press-4"]);
+    let crt = d.join("press-4/press-4.crt");
+    let key = d.join("press-4/press-4.key");
+    let (crt, key) = (crt.to_str().expect("UTF-8"), key.to_str().expect("UTF-8"));
+    let connack = |lines: &[Json]| {
+        step(lines, "connect")["what"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+
+    // 1. Wills: a viewer's will on the host's STATE, a device's will as another node or on a
+    //    UNS tag path: CONNECT refused with Not authorized (0x87), before anything is kept.
+    for will in [
+        "spBv1.0/STATE/sec",
+        "$SYS/broker/uptime",
+        "acme/lyon/line1/filler/speed",
+    ] {
+        let r = paho(&py, &["as", host, port, ca, "", will, "lina", limited]);
+        assert_eq!(connack(&r), "Not authorized", "viewer will on {will}");
+    }
+    for will in [
+        "spBv1.0/bottling/NDEATH/sim-edge",
+        "acme/lyon/line1/filler/speed",
+    ] {
+        let r = paho(&py, &["as", host, port, ca, "press-4", will, crt, key]);
+        assert_eq!(connack(&r), "Not authorized", "device will on {will}");
+    }
+    // Its own node's death certificate is its to set.
+    let r = paho(
+        &py,
+        &[
+            "as",
+            host,
+            port,
+            ca,
+            "press-4",
+            "spBv1.0/g/NDEATH/press-4",
+            crt,
+            key,
+        ],
+    );
+    assert_eq!(connack(&r), "Success");
+
+    // 2. A device may use only its own client ids.
+    let r = paho(&py, &["as", host, port, ca, "sim-edge", "-", crt, key]);
+    assert_eq!(connack(&r), "Client identifier not valid");
+
+    // 3. The device holds `press-4`; the operator (logged in, but someone else) tries to take
+    //    it over: refused, and the holder stays connected.
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/paho_security.py");
+    let mut holder = Command::new(&py)
+        .arg(&script)
+        .args(["hold", host, port, ca, "press-4", "4", crt, key])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the holder");
+    let held = pump(holder.stdout.take().expect("stdout"));
+    let first = held
+        .recv_timeout(Duration::from_secs(10))
+        .expect("holder connected");
+    assert!(first.contains("\"Success\""), "{first}");
+    let r = paho(
+        &py,
+        &["as", host, port, ca, "press-4", "-", "olga", operator],
+    );
+    assert_eq!(
+        connack(&r),
+        "Not authorized",
+        "takeover by another identity"
+    );
+    let closed = held
+        .recv_timeout(Duration::from_secs(10))
+        .expect("holder's end");
+    assert!(
+        closed.contains("still connected"),
+        "the holder was kicked: {closed}"
+    );
+    let _ = holder.wait();
+
+    // 4. Revocation: a token's live connection closes within a second of `token revoke`.
+    let token = cli_ok(d, &["token", "create", "--user", "olga", "--expires", "1h"]);
+    let mut live = Command::new(&py)
+        .arg(&script)
+        .args(["hold", host, port, ca, "dash-1", "10", "olga", token.trim()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the token client");
+    let lines = pump(live.stdout.take().expect("stdout"));
+    let first = lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("connected");
+    assert!(first.contains("\"Success\""), "{first}");
+    cli_ok(d, &["token", "revoke", token_id(&token)]);
+    let revoked_at = Instant::now();
+    let closed = lines.recv_timeout(Duration::from_secs(10)).expect("closed");
+    let took = revoked_at.elapsed();
+    assert!(closed.contains("Not authorized"), "{closed}");
+    assert!(took < Duration::from_millis(1500), "closed after {took:?}");
+    let _ = live.wait();
+
+    // 5. One policy: the viewer limited to line 1 over REST is limited to it over MQTT.
+    let r = paho(
+        &py,
+        &[
+            "subscribe",
+            host,
+            port,
+            ca,
+            "lina",
+            limited,
+            "#",
+            "acme/#",
+            "spBv1.0/#",
+            "acme/lyon/line1/#",
+        ],
+    );
+    let granted: Vec<&str> = r
+        .iter()
+        .filter(|l| l["step"] == "subscribe")
+        .map(|l| l["granted"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        granted,
+        [
+            "Not authorized",
+            "Not authorized",
+            "Not authorized",
+            "Granted QoS 1"
+        ]
+    );
+
+    // Every refusal is in the audit log.
+    let log = d.join("data/security/audit/audit.log");
+    wait_for("the refusals in the audit log", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let has = |s: &str| text.contains(s);
+        (has("\"will\"")
+            && has("\"client_id\"")
+            && has("\"takeover\"")
+            && has("\"revoked_disconnect\""))
+        .then_some(())
+    });
+}

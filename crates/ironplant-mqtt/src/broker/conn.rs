@@ -11,6 +11,11 @@ impl Broker {
         certificate_subject: Option<String>,
     ) -> std::io::Result<()> {
         let cfg = &self.inner.cfg;
+        // Resource limits, before reading anything: the total (with a reserve for privileged
+        // identities, checked after authentication) and per source address.
+        let Some(_slot) = self.open_slot(peer) else {
+            return Ok(());
+        };
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         // CONNECT first, within the connect timeout.
         let connect = match tokio::time::timeout(
@@ -29,26 +34,34 @@ impl Broker {
                     .stats
                     .protocol_errors
                     .fetch_add(1, Ordering::Relaxed);
-                let version = if matches!(e, DecodeError::UnsupportedProtocolVersion { .. }) {
-                    ProtocolVersion::V311
-                } else {
-                    ProtocolVersion::V5
+                // Answer in the client's own version (3.1.1 clients cannot read a 5.0 CONNACK).
+                let version = match peek_protocol_level(&buf) {
+                    Some(5) => ProtocolVersion::V5,
+                    _ => ProtocolVersion::V311,
                 };
-                let code = if version == ProtocolVersion::V311 {
+                let code = if matches!(e, DecodeError::UnsupportedProtocolVersion { .. }) {
                     ReasonCode::UnsupportedProtocolVersion
                 } else {
                     e.reason_code()
                 };
                 tracing::debug!(%peer, error = %e, "bad CONNECT");
+                if version == ProtocolVersion::V311 && code.to_v311_connack().is_none() {
+                    // 3.1.1 has no return code for a malformed CONNECT: close without one
+                    // ([MQTT-3.1.4-1]).
+                    return Ok(());
+                }
                 return refuse(&mut stream, version, code).await;
             }
             Ok(Ok(Ok(c))) => c,
         };
         let version = connect.protocol_version;
         let (client_id, assigned) = if connect.client_id.as_str().is_empty() {
+            // Unique across restarts too (a stored session of someone else must never be
+            // handed to a client that asked for a fresh id).
             let id = format!(
-                "ironplant-{}",
-                self.inner.stats.connections.load(Ordering::Relaxed) + 1
+                "ironplant-{:x}-{}",
+                now_ms(),
+                self.inner.next_assigned.fetch_add(1, Ordering::Relaxed) + 1
             );
             (id, true)
         } else {
@@ -62,6 +75,7 @@ impl Broker {
                 peer,
                 protocol: version,
                 client_id: &client_id,
+                client_id_assigned: assigned,
                 username: connect.username.as_ref().map(MqttString::as_str),
                 password: connect.password.as_deref(),
                 certificate_subject: certificate_subject.as_deref(),
@@ -80,6 +94,7 @@ impl Broker {
                     peer,
                     protocol: version,
                     client_id: &id,
+                    client_id_assigned: assigned,
                     username: user.as_ref().map(MqttString::as_str),
                     password: password.as_deref(),
                     certificate_subject: subject.as_deref(),
@@ -97,6 +112,29 @@ impl Broker {
                 return Ok(());
             }
         };
+        // The reserve above the connection limit is for privileged identities only.
+        if self.inner.open.load(Ordering::Relaxed) > cfg.max_connections
+            && !self.inner.auth.is_privileged(&principal)
+        {
+            self.inner.stats.limited.fetch_add(1, Ordering::Relaxed);
+            refuse(&mut stream, version, ReasonCode::QuotaExceeded).await?;
+            self.inner
+                .auth
+                .denied(Some(&principal), peer, Denied::Limit("connections"));
+            return Ok(());
+        }
+        // A will is a publication made in advance: the same check as a PUBLISH, now (refuse
+        // the CONNECT) and again when it fires.
+        if let Some(will) = &connect.will {
+            if !self.inner.auth.may_publish(&principal, will.topic.as_str()) {
+                self.inner.stats.denied.fetch_add(1, Ordering::Relaxed);
+                refuse(&mut stream, version, ReasonCode::NotAuthorized).await?;
+                self.inner
+                    .auth
+                    .denied(Some(&principal), peer, Denied::Will(will.topic.as_str()));
+                return Ok(());
+            }
+        }
         let props = &connect.properties;
         let requested = if version == ProtocolVersion::V5 {
             props.session_expiry_interval.unwrap_or(0)
@@ -137,11 +175,21 @@ impl Broker {
             if expiry != requested {
                 ack_props.session_expiry_interval = Some(expiry);
             }
+            if let Some(k) = cfg.server_keep_alive.filter(|k| *k != connect.keep_alive) {
+                ack_props.server_keep_alive = Some(k);
+            }
         }
+        // The keep alive in force: the server's when it imposes one (5.0 clients are told;
+        // 3.1.1 clients get it as an upper bound, 0 "never" included).
+        let keep_alive = match cfg.server_keep_alive {
+            Some(k) if version == ProtocolVersion::V5 => k,
+            Some(k) if connect.keep_alive == 0 || connect.keep_alive > k => k,
+            _ => connect.keep_alive,
+        };
         let (tx, rx) = mpsc::channel::<Out>(cfg.max_queue);
         let kick = Arc::new(Kick::new());
         let (done_tx, done_rx) = watch::channel(false);
-        let (id, session, generation) = self
+        let attached = self
             .attach(
                 &client_id,
                 connect.clean_start,
@@ -151,10 +199,39 @@ impl Broker {
                     tx: tx.clone(),
                     kick: kick.clone(),
                     done: done_rx,
+                    principal: Some(principal.clone()),
+                    peer,
                 },
                 ack_props,
             )
             .await;
+        let (id, session, generation) = match attached {
+            Ok((id, session, generation, removed)) => {
+                for f in &removed {
+                    self.inner.stats.denied.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .auth
+                        .denied(Some(&principal), peer, Denied::ResumedSubscription(f));
+                }
+                (id, session, generation)
+            }
+            Err(refusal) => {
+                let (code, what) = match refusal {
+                    Refusal::Owner => (
+                        ReasonCode::NotAuthorized,
+                        Denied::Takeover(client_id.as_str()),
+                    ),
+                    Refusal::Sessions => {
+                        self.inner.stats.limited.fetch_add(1, Ordering::Relaxed);
+                        (ReasonCode::QuotaExceeded, Denied::Limit("sessions"))
+                    }
+                };
+                self.inner.stats.denied.fetch_add(1, Ordering::Relaxed);
+                refuse(&mut stream, version, code).await?;
+                self.inner.auth.denied(Some(&principal), peer, what);
+                return Ok(());
+            }
+        };
         self.inner.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.inner.stats.connected.fetch_add(1, Ordering::Relaxed);
         let (read_half, write_half) = Transport::split(stream);
@@ -177,9 +254,11 @@ impl Broker {
             aliases: Vec::new(),
             expiry,
             requested_zero: requested == 0,
+            decided: HashMap::new(),
+            epoch: self.inner.auth.epoch(),
         };
         let outcome = self
-            .read_loop(read_half, buf, &mut ctx, &connect, &tx, &kick)
+            .read_loop(read_half, buf, &mut ctx, keep_alive, &tx, &kick)
             .await;
         // Stop the writer, then detach: what it had not sent goes back to the session.
         let close = match &outcome {
@@ -195,7 +274,7 @@ impl Broker {
         }
         drop(tx);
         let leftovers = writer.await.ok();
-        let ended = self.detach(id, ctx.expiry, leftovers);
+        let (ended, ended_generation) = self.detach(id, generation, ctx.expiry, leftovers);
         self.inner.stats.connected.fetch_sub(1, Ordering::Relaxed);
         let _ = done_tx.send(true);
         // The will goes out unless the client said goodbye properly; MQTT 5 may delay it
@@ -208,22 +287,64 @@ impl Broker {
                 .min(ctx.expiry);
             let p = will_publish(will);
             if delay == 0 || ended {
-                self.route(None, p);
+                self.fire_will(&ctx.principal, peer, p);
             } else {
-                self.will_later(session.client_id.clone(), generation + 1, delay, p);
+                self.will_later(
+                    session.client_id.clone(),
+                    ended_generation,
+                    delay,
+                    p,
+                    ctx.principal.clone(),
+                    peer,
+                );
             }
         }
         if !ended && ctx.expiry != NEVER {
             self.expire_later(
                 session.client_id.clone(),
-                generation + 1,
+                ended_generation,
                 Duration::from_secs(u64::from(ctx.expiry)),
             );
         }
         outcome.map(|_| ())
     }
 
-    fn will_later(&self, client_id: Arc<str>, generation: u64, delay: u32, p: Publish) {
+    /// Sends a will, if its identity may still publish on its topic (the rules or the identity
+    /// may have changed since CONNECT).
+    fn fire_will(&self, who: &Principal, peer: SocketAddr, p: Publish) {
+        let valid = self
+            .inner
+            .auth
+            .revalidate(&[who])
+            .first()
+            .copied()
+            .unwrap_or(false);
+        if valid && self.inner.auth.may_publish(who, p.topic.as_str()) {
+            if !self.route(None, who.owner.as_ref(), p) {
+                self.inner
+                    .auth
+                    .denied(Some(who), peer, Denied::Limit("retained_per_owner"));
+            }
+        } else {
+            self.inner
+                .stats
+                .wills_denied
+                .fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .auth
+                .denied(Some(who), peer, Denied::Will(p.topic.as_str()));
+        }
+    }
+
+    fn will_later(
+        &self,
+        client_id: Arc<str>,
+        generation: u64,
+        delay: u32,
+        p: Publish,
+        who: Principal,
+        peer: SocketAddr,
+    ) {
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
@@ -239,7 +360,7 @@ impl Broker {
                 }
             };
             if due {
-                broker.route(None, p);
+                broker.fire_will(&who, peer, p);
             }
         });
     }
@@ -248,7 +369,11 @@ impl Broker {
     /// (waiting until it has detached), resumes the stored session unless `clean` (or starts a
     /// new one). CONNACK (with `ack_props`) and the resume order are queued before the
     /// connection becomes visible to routing, so they come first. Returns (id, session,
-    /// generation).
+    /// generation, stored subscriptions removed because the identity may no longer have them).
+    ///
+    /// A client id belongs to the identity whose session holds it: another identity can
+    /// neither take over its connection nor resume its session (refused, the holder
+    /// undisturbed), until that session ends.
     async fn attach(
         &self,
         client_id: &str,
@@ -257,7 +382,7 @@ impl Broker {
         window: usize,
         conn: Conn,
         ack_props: codec::ConnackProperties,
-    ) -> (ClientId, Arc<Session>, u64) {
+    ) -> Result<(ClientId, Arc<Session>, u64, Vec<String>), Refusal> {
         let greet = |conn: &Conn, present: bool| {
             let ack = Packet::Connack(Connack {
                 session_present: present,
@@ -268,18 +393,20 @@ impl Broker {
             let _ = conn.tx.try_send(Out::Resume);
         };
         let cfg = &self.inner.cfg;
-        // Session takeover: the older connection is closed first.
+        let owner = conn.principal.as_ref().and_then(|p| p.owner.clone());
+        let foreign = |e: &Entry| e.owner_known && e.owner != owner;
+        // Session takeover: the older connection is closed first (only by its own identity).
         for _ in 0..3 {
             let old = {
                 let r = self.inner.router.lock();
-                r.by_name
-                    .get(client_id)
-                    .and_then(|id| r.entries.get(id))
-                    .and_then(|e| e.conn.as_ref())
-                    .map(|c| {
+                match r.by_name.get(client_id).and_then(|id| r.entries.get(id)) {
+                    Some(e) if foreign(e) => return Err(Refusal::Owner),
+                    Some(e) => e.conn.as_ref().map(|c| {
                         c.kick.kick(ReasonCode::SessionTakenOver);
                         c.done.clone()
-                    })
+                    }),
+                    None => None,
+                }
             };
             let Some(mut done) = old else { break };
             let _ =
@@ -287,26 +414,62 @@ impl Broker {
                     .await;
         }
         let mut r = self.inner.router.lock();
+        let r = &mut *r;
         let existing = r.by_name.get(client_id).copied();
         if let Some(old) = existing {
-            let live = r.entries.get(&old).is_some_and(|e| e.conn.is_some());
-            if clean || live {
-                r.remove(old);
+            if let Some(e) = r.entries.get(&old) {
+                // Another identity may have taken the id while we waited.
+                if foreign(e) {
+                    return Err(Refusal::Owner);
+                }
+                // A session from before owners were recorded is not resumed: nobody can
+                // prove it is theirs.
+                if clean || e.conn.is_some() || !e.owner_known {
+                    r.remove(old);
+                }
             }
         }
         if let Some(id) = r.by_name.get(client_id).copied() {
+            let generation = r.next_generation();
             if let Some(e) = r.entries.get_mut(&id) {
+                // Stored subscriptions are re-checked against the rules in force now.
+                let mut removed = Vec::new();
+                if let Some(p) = conn.principal.as_ref() {
+                    let auth = &self.inner.auth;
+                    e.subs.retain(|(f, _)| {
+                        let plain = crate::tree::split_shared(f).map_or(f.as_str(), |(_, f)| f);
+                        let keep = auth.may_subscribe(p, plain);
+                        if !keep {
+                            removed.push(f.clone());
+                        }
+                        keep
+                    });
+                    let mut st = e.session.state.lock();
+                    if !removed.is_empty() {
+                        st.retain_pending(|topic| auth.may_subscribe(p, topic));
+                    }
+                }
                 greet(&conn, true);
                 e.conn = Some(conn);
                 e.expiry = expiry;
-                e.generation += 1;
-                let mut st = e.session.state.lock();
-                st.window = window.max(1);
-                st.dirty = true;
-                return (id, e.session.clone(), e.generation);
+                e.generation = generation;
+                let session = e.session.clone();
+                {
+                    let mut st = session.state.lock();
+                    st.window = window.max(1);
+                    st.dirty = true;
+                }
+                for f in &removed {
+                    r.tree.unsubscribe(f, id);
+                }
+                return Ok((id, session, generation, removed));
             }
         }
+        if r.entries.len() - r.internal >= cfg.max_sessions {
+            return Err(Refusal::Sessions);
+        }
         let id = r.alloc_id();
+        let generation = r.next_generation();
         let client_id: Arc<str> = client_id.into();
         let session = Arc::new(Session {
             client_id: client_id.clone(),
@@ -323,27 +486,41 @@ impl Broker {
                 subs: Vec::new(),
                 expiry,
                 last_seen_ms: now_ms(),
-                generation: 0,
+                generation,
                 internal: false,
+                owner,
+                owner_known: true,
             },
         );
-        (id, session, 0)
+        Ok((id, session, generation, Vec::new()))
     }
 
     /// Unbinds the connection from its session. A session with expiry 0 ends here (true);
     /// otherwise the messages the writer had not sent go back to the session, in order.
-    fn detach(&self, id: ClientId, expiry: u32, leftovers: Option<Leftovers>) -> bool {
+    /// Also returns the session's new generation (for timers that wait for its return).
+    fn detach(
+        &self,
+        id: ClientId,
+        attached: u64,
+        expiry: u32,
+        leftovers: Option<Leftovers>,
+    ) -> (bool, u64) {
         let mut r = self.inner.router.lock();
+        let generation = r.next_generation();
         let Some(e) = r.entries.get_mut(&id) else {
-            return true; // already removed (taken over with a clean start)
+            return (true, generation); // already removed (taken over with a clean start)
         };
+        if e.generation != attached {
+            // Not ours any more (cannot happen while takeover waits for us; be safe).
+            return (false, e.generation);
+        }
         e.conn = None;
-        e.generation += 1;
+        e.generation = generation;
         e.last_seen_ms = now_ms();
         e.expiry = expiry;
         if expiry == 0 {
             r.remove(id);
-            return true;
+            return (true, generation);
         }
         let mut st = e.session.state.lock();
         st.dirty = true;
@@ -370,7 +547,7 @@ impl Broker {
             }
         }
         st.absorb_overflow();
-        false
+        (false, generation)
     }
 
     async fn read_loop<R: AsyncRead + Unpin>(
@@ -378,14 +555,13 @@ impl Broker {
         mut rd: R,
         mut buf: BytesMut,
         ctx: &mut ConnCtx,
-        connect: &Connect,
+        keep_alive: u16,
         tx: &mpsc::Sender<Out>,
         kick: &Kick,
     ) -> std::io::Result<Goodbye> {
         let max = self.inner.cfg.max_packet_size;
-        // Keep alive: 1.5 times the client's interval without any packet closes the connection.
-        let idle = (connect.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        // Keep alive: 1.5 times the interval in force without any packet closes the connection.
+        let idle = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let mut replies: Vec<Out> = Vec::new();
         loop {
             // Decode everything buffered: one freeze, then zero-copy slices per packet (their
@@ -452,6 +628,36 @@ impl Broker {
         }
     }
 
+    /// The publish decision for `topic`, asked once per connection and topic while the
+    /// authoriser's epoch holds (a topic alias resolves to the same topic, so it is decided
+    /// once too): the ACL costs nothing per message on the hot path.
+    fn may_publish(&self, ctx: &mut ConnCtx, topic: &str) -> bool {
+        let epoch = self.inner.auth.epoch();
+        if epoch != ctx.epoch {
+            ctx.decided.clear();
+            ctx.epoch = epoch;
+        }
+        if let Some(&d) = ctx.decided.get(topic) {
+            return d;
+        }
+        let d = self.inner.auth.may_publish(&ctx.principal, topic);
+        // Bounded: a client cycling through topics costs a check per message, never memory.
+        if ctx.decided.len() >= DECIDED_MAX {
+            ctx.decided.clear();
+        }
+        ctx.decided.insert(topic.into(), d);
+        d
+    }
+
+    /// Routes a client's message; false when its retained message exceeded its owner's quota.
+    fn route_from(&self, ctx: &ConnCtx, p: Publish) -> bool {
+        if self.route(Some(ctx.id), ctx.principal.owner.as_ref(), p) {
+            return true;
+        }
+        self.deny(ctx, Denied::Limit("retained_per_owner"));
+        false
+    }
+
     fn deny(&self, ctx: &ConnCtx, what: Denied<'_>) {
         self.inner.stats.denied.fetch_add(1, Ordering::Relaxed);
         tracing::info!(client = %ctx.session.client_id, peer = %ctx.peer, ?what, "MQTT request denied");
@@ -494,11 +700,7 @@ impl Broker {
                     return Some(Goodbye::Kick(ReasonCode::TopicNameInvalid));
                 }
                 let (qos, pid) = (p.qos, p.packet_id);
-                if !self
-                    .inner
-                    .auth
-                    .may_publish(&ctx.principal, p.topic.as_str())
-                {
+                if !self.may_publish(ctx, p.topic.as_str()) {
                     self.deny(ctx, Denied::Publish(p.topic.as_str()));
                     // 3.1.1 has no way to say no: the message is acknowledged and dropped.
                     match (qos, pid) {
@@ -525,18 +727,27 @@ impl Broker {
                         };
                         // Exactly once: a re-sent PUBLISH whose PUBREL is still to come is
                         // acknowledged again but not routed again.
-                        if new {
-                            self.route(Some(ctx.id), p);
-                        }
-                        out.push(Out::Packet(Packet::PubRec(PublishResponse::new(pid))));
+                        let code = if new && !self.route_from(ctx, p) {
+                            ctx.session.state.lock().forget(pid);
+                            ReasonCode::QuotaExceeded
+                        } else {
+                            ReasonCode::Success
+                        };
+                        out.push(Out::Packet(Packet::PubRec(ack(pid, code))));
                     }
                     (QoS::AtLeastOnce, Some(pid)) => {
                         // Route (and store a retained message) before acknowledging: once the
                         // publisher has its PUBACK, a new subscriber must find it.
-                        self.route(Some(ctx.id), p);
-                        out.push(Out::Packet(Packet::PubAck(PublishResponse::new(pid))));
+                        let code = if self.route_from(ctx, p) {
+                            ReasonCode::Success
+                        } else {
+                            ReasonCode::QuotaExceeded
+                        };
+                        out.push(Out::Packet(Packet::PubAck(ack(pid, code))));
                     }
-                    _ => self.route(Some(ctx.id), p),
+                    _ => {
+                        self.route_from(ctx, p);
+                    }
                 }
             }
             Packet::PubRel(r) => {
@@ -568,6 +779,7 @@ impl Broker {
                 let mut codes = Vec::with_capacity(s.subscriptions.len());
                 let mut retained: Vec<Publish> = Vec::new();
                 let mut denied: Vec<String> = Vec::new();
+                let mut limited = false;
                 {
                     let now = now_ms();
                     let mut r = self.inner.router.lock();
@@ -580,6 +792,18 @@ impl Broker {
                         }
                         let shared = crate::tree::split_shared(filter);
                         let plain = shared.map_or(filter, |(_, f)| f);
+                        let held = r.entries.get(&ctx.id).map_or(0, |e| {
+                            e.subs.len() - usize::from(e.subs.iter().any(|(f, _)| f == filter))
+                        });
+                        if held >= cfg.max_subscriptions_per_client {
+                            limited = true;
+                            codes.push(if v5 {
+                                ReasonCode::QuotaExceeded
+                            } else {
+                                ReasonCode::UnspecifiedError
+                            });
+                            continue;
+                        }
                         if !self.inner.auth.may_subscribe(&ctx.principal, plain) {
                             denied.push(filter.to_owned());
                             codes.push(if v5 {
@@ -636,6 +860,10 @@ impl Broker {
                 }
                 for f in &denied {
                     self.deny(ctx, Denied::Subscribe(f));
+                }
+                if limited {
+                    self.inner.stats.limited.fetch_add(1, Ordering::Relaxed);
+                    self.deny(ctx, Denied::Limit("subscriptions_per_client"));
                 }
                 out.push(Out::Packet(Packet::SubAck(SubAck {
                     packet_id: s.packet_id,
@@ -726,7 +954,13 @@ pub(super) struct ConnCtx {
     expiry: u32,
     /// The client asked for expiry 0 at CONNECT (it may not raise it at DISCONNECT).
     requested_zero: bool,
+    /// Publish decisions by topic, valid while the authoriser's epoch is `epoch`.
+    decided: HashMap<Box<str>, bool>,
+    epoch: u64,
 }
+
+/// Most cached publish decisions per connection.
+const DECIDED_MAX: usize = 256;
 
 /// What the client announced about what it can receive (MQTT 5).
 #[derive(Debug, Clone, Copy)]
@@ -754,6 +988,11 @@ async fn refuse<S: AsyncWrite + Unpin>(
     code: ReasonCode,
 ) -> std::io::Result<()> {
     let mut out = Vec::new();
+    // 3.1.1 has six return codes: a refusal 3.1.1 cannot name is "server unavailable".
+    let code = match version {
+        ProtocolVersion::V311 if code.to_v311_connack().is_none() => ReasonCode::ServerUnavailable,
+        _ => code,
+    };
     let ack = Packet::Connack(Connack {
         session_present: false,
         reason_code: code,
@@ -763,6 +1002,24 @@ async fn refuse<S: AsyncWrite + Unpin>(
         stream.write_all(&out).await?;
     }
     Ok(())
+}
+
+/// The protocol level byte of a (possibly malformed) CONNECT in `buf`, if it got that far.
+fn peek_protocol_level(buf: &[u8]) -> Option<u8> {
+    // Fixed header: type byte, then a variable byte integer (1-4 bytes).
+    let mut i = 1;
+    loop {
+        let b = *buf.get(i)?;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if i > 4 {
+            return None;
+        }
+    }
+    let name_len = usize::from(u16::from_be_bytes([*buf.get(i)?, *buf.get(i + 1)?]));
+    buf.get(i + 2 + name_len).copied()
 }
 
 async fn read_connect<S: AsyncRead + Unpin>(

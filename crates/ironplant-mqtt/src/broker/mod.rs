@@ -17,7 +17,7 @@
 //! session's lock.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,6 +102,25 @@ pub struct BrokerConfig {
     pub persist_interval: Duration,
     /// How often `$SYS/broker/...` statistics are published (`None`: never).
     pub sys_interval: Option<Duration>,
+    /// Keep Alive the server imposes on 5.0 clients (Server Keep Alive in CONNACK) and uses
+    /// for 3.1.1 clients that asked for none or for more; `None`: the client's own.
+    pub server_keep_alive: Option<u16>,
+    /// Most live connections; `privileged_reserve` more are kept for privileged identities
+    /// (administrators) so they can still get in when the limit is reached.
+    pub max_connections: usize,
+    pub privileged_reserve: usize,
+    /// Most live connections from one source address (loopback is exempt: it is this
+    /// machine's own processes, bounded by `max_connections`).
+    pub max_connections_per_address: usize,
+    /// Most sessions (live and stored persistent ones) in all.
+    pub max_sessions: usize,
+    /// Most subscriptions one session holds.
+    pub max_subscriptions_per_client: usize,
+    /// Most retained messages, and their bytes (topic + payload), one identity may own.
+    pub max_retained_per_owner: usize,
+    pub max_retained_bytes_per_owner: usize,
+    /// How often live connections are re-checked with [`Auth::revalidate`].
+    pub revalidate_interval: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -122,6 +141,15 @@ impl Default for BrokerConfig {
             state_dir: None,
             persist_interval: Duration::from_secs(1),
             sys_interval: Some(Duration::from_secs(10)),
+            server_keep_alive: None,
+            max_connections: 15_000,
+            privileged_reserve: 16,
+            max_connections_per_address: 500,
+            max_sessions: 100_000,
+            max_subscriptions_per_client: 1_000,
+            max_retained_per_owner: 10_000,
+            max_retained_bytes_per_owner: 16 << 20,
+            revalidate_interval: Duration::from_millis(250),
         }
     }
 }
@@ -144,6 +172,12 @@ pub struct BrokerStats {
     pub persist_errors: AtomicU64,
     /// Connections ended because their queue overflowed (`Overflow::Disconnect`).
     pub slow_disconnects: AtomicU64,
+    /// Requests refused by a resource limit (connections, sessions, subscriptions, retained).
+    pub limited: AtomicU64,
+    /// Connections closed because their identity was revoked or lowered.
+    pub revoked: AtomicU64,
+    /// Wills dropped because their identity may not publish on the topic when they fired.
+    pub wills_denied: AtomicU64,
 }
 
 /// Sizes of the broker's state, for `$SYS` and `/metrics`.
@@ -161,6 +195,21 @@ pub struct BrokerCounts {
 struct Retained {
     publish: Publish,
     stored_ms: u64,
+    /// Who stored it (counted against their quota); `None`: the platform, or restored.
+    owner: Option<Arc<str>>,
+}
+
+impl Retained {
+    fn bytes(&self) -> usize {
+        self.publish.topic.as_str().len() + self.publish.payload.len()
+    }
+}
+
+/// Retained messages one identity owns.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    count: usize,
+    bytes: usize,
 }
 
 impl Retained {
@@ -228,6 +277,38 @@ struct Conn {
     kick: Arc<Kick>,
     /// Becomes true when the connection has fully detached from the session.
     done: watch::Receiver<bool>,
+    /// Who is connected (re-checked by [`Auth::revalidate`]); `None` for internal ones.
+    principal: Option<Principal>,
+    peer: SocketAddr,
+}
+
+/// Why a connection could not attach to its session.
+enum Refusal {
+    /// The client id's session (live or stored) belongs to another identity.
+    Owner,
+    /// `max_sessions` reached.
+    Sessions,
+}
+
+/// A live connection's place in the limits; given back when dropped.
+struct Slot {
+    inner: Arc<Inner>,
+    address: Option<IpAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.inner.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(a) = self.address {
+            let mut m = self.inner.addresses.lock();
+            if let Some(n) = m.get_mut(&a) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&a);
+                }
+            }
+        }
+    }
 }
 
 struct Entry {
@@ -238,9 +319,15 @@ struct Entry {
     /// Session expiry interval, seconds (0: ends with the connection).
     expiry: u32,
     last_seen_ms: u64,
-    /// Counts attach/detach, so timers (expiry, delayed will) know if the client came back.
+    /// Changes on every attach/detach, so timers (expiry, delayed will) know if the client
+    /// came back. Drawn from one broker-wide counter, so a new session with the same client id
+    /// never repeats a generation an old session's timer waits for.
     generation: u64,
     internal: bool,
+    /// The identity that owns the session (`Principal::owner`).
+    owner: Option<Arc<str>>,
+    /// False for a session restored from a record that did not say (resumed clean).
+    owner_known: bool,
 }
 
 #[derive(Default)]
@@ -254,9 +341,20 @@ struct Router {
     dirty_retained: HashSet<String>,
     /// Persistent sessions ended since the last save.
     removed: Vec<String>,
+    /// Retained messages per owner (quota).
+    retained_usage: HashMap<Arc<str>, Usage>,
+    /// Source of `Entry::generation`.
+    generations: u64,
+    /// Entries that are the platform's own subscriptions (not sessions).
+    internal: usize,
 }
 
 impl Router {
+    fn next_generation(&mut self) -> u64 {
+        self.generations += 1;
+        self.generations
+    }
+
     fn alloc_id(&mut self) -> ClientId {
         loop {
             self.next_id = self.next_id.wrapping_add(1);
@@ -278,6 +376,9 @@ impl Router {
             if e.expiry > 0 && !e.internal {
                 self.removed.push(e.session.client_id.to_string());
             }
+            if e.internal {
+                self.internal -= 1;
+            }
         }
     }
 }
@@ -292,6 +393,12 @@ struct Inner {
     /// Whether this broker persists at all (cheap check on the routing path).
     persistent: bool,
     started: Instant,
+    /// Live connections per non-loopback source address.
+    addresses: Mutex<HashMap<IpAddr, usize>>,
+    /// Live connections, counted from accept to close (`connected` counts attached ones).
+    open: std::sync::atomic::AtomicUsize,
+    /// Numbers the client ids the broker assigns.
+    next_assigned: AtomicU64,
 }
 
 /// A running broker; cheap to clone.
@@ -381,6 +488,9 @@ impl Broker {
                 persistent: store.is_some(),
                 store: Mutex::new(store),
                 started: Instant::now(),
+                addresses: Mutex::new(HashMap::new()),
+                open: std::sync::atomic::AtomicUsize::new(0),
+                next_assigned: AtomicU64::new(0),
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -401,6 +511,20 @@ impl Broker {
                     let Some(inner) = weak.upgrade() else { break };
                     let broker = Broker { inner };
                     let _ = tokio::task::spawn_blocking(move || broker.save(false)).await;
+                }
+            });
+        }
+        {
+            // Revocation reaches live connections: re-check every connected identity.
+            let weak = Arc::downgrade(&self.inner);
+            let every = self.inner.cfg.revalidate_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { break };
+                    Broker { inner }.revalidate();
                 }
             });
         }
@@ -509,7 +633,12 @@ impl Broker {
             if e.conn.is_some() {
                 e.last_seen_ms = now;
             }
-            let rec = session::encode_record(e.expiry, e.last_seen_ms, &e.subs, &st);
+            let owner = match (&e.owner, e.owner_known) {
+                (_, false) => session::OwnerField::Unknown,
+                (None, true) => session::OwnerField::Anonymous,
+                (Some(o), true) => session::OwnerField::Known(o),
+            };
+            let rec = session::encode_record(e.expiry, e.last_seen_ms, &e.subs, &st, owner);
             st.dirty = false;
             batch
                 .sessions
@@ -531,7 +660,12 @@ impl Broker {
             let mut r = self.inner.router.lock();
             for (stored_ms, publish) in loaded.retained {
                 let topic = publish.topic.as_str().to_owned();
-                let m = Retained { publish, stored_ms };
+                // The owner is not stored: restored messages count against no one's quota.
+                let m = Retained {
+                    publish,
+                    stored_ms,
+                    owner: None,
+                };
                 if !m.expired(now) {
                     r.retained.set(&topic, Some(m));
                 }
@@ -556,6 +690,7 @@ impl Broker {
                     continue;
                 }
                 let id = r.alloc_id();
+                let generation = r.next_generation();
                 let client_id: Arc<str> = name.into();
                 for (f, o) in &rec.subscriptions {
                     r.tree.subscribe(f, id, *o);
@@ -572,13 +707,15 @@ impl Broker {
                         subs: rec.subscriptions,
                         expiry,
                         last_seen_ms: rec.last_seen_ms,
-                        generation: 0,
+                        generation,
                         internal: false,
+                        owner: rec.owner.map(Into::into),
+                        owner_known: rec.owner_known,
                     },
                 );
                 if expiry != NEVER {
                     let left = u64::from(expiry).saturating_sub(gone_s);
-                    timers.push((client_id, Duration::from_secs(left)));
+                    timers.push((client_id, generation, Duration::from_secs(left)));
                 }
             }
             tracing::info!(
@@ -588,8 +725,8 @@ impl Broker {
             );
         }
         if tokio::runtime::Handle::try_current().is_ok() {
-            for (client_id, after) in timers {
-                self.expire_later(client_id, 0, after);
+            for (client_id, generation, after) in timers {
+                self.expire_later(client_id, generation, after);
             }
         }
     }
@@ -672,6 +809,7 @@ impl Broker {
         let id = {
             let mut r = self.inner.router.lock();
             let id = r.alloc_id();
+            r.internal += 1;
             let (_done_tx, done) = watch::channel(false);
             r.entries.insert(
                 id,
@@ -684,12 +822,16 @@ impl Broker {
                         tx,
                         kick: Arc::new(Kick::new()),
                         done,
+                        principal: None,
+                        peer: SocketAddr::from(([0, 0, 0, 0], 0)),
                     }),
                     subs: vec![(filter.to_owned(), opts)],
                     expiry: 0,
                     last_seen_ms: 0,
                     generation: 0,
                     internal: true,
+                    owner: None,
+                    owner_known: true,
                 },
             );
             r.tree.subscribe(filter, id, opts);
@@ -729,7 +871,68 @@ impl Broker {
 
     /// Publishes a message from inside the platform (UNS, $SYS, Sparkplug host commands).
     pub fn publish(&self, publish: Publish) {
-        self.route(None, publish);
+        self.route(None, None, publish);
+    }
+
+    /// Takes a connection slot for `peer`, or refuses (counted and reported) when the total
+    /// (with its reserve) or the per-address limit is reached.
+    fn open_slot(&self, peer: SocketAddr) -> Option<Slot> {
+        let cfg = &self.inner.cfg;
+        let address = (!peer.ip().is_loopback()).then(|| peer.ip());
+        let open = self.inner.open.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut slot = Slot {
+            inner: self.inner.clone(),
+            address: None,
+        };
+        let refused = if open > cfg.max_connections + cfg.privileged_reserve {
+            Some("connections")
+        } else if let Some(a) = address {
+            let mut m = self.inner.addresses.lock();
+            let n = m.entry(a).or_insert(0);
+            if *n >= cfg.max_connections_per_address {
+                Some("connections_per_address")
+            } else {
+                *n += 1;
+                slot.address = Some(a);
+                None
+            }
+        } else {
+            None
+        };
+        match refused {
+            None => Some(slot),
+            Some(limit) => {
+                self.inner.stats.limited.fetch_add(1, Ordering::Relaxed);
+                self.inner.auth.denied(None, peer, Denied::Limit(limit));
+                None
+            }
+        }
+    }
+
+    /// Re-checks every live connection's identity ([`Auth::revalidate`]) and closes those no
+    /// longer valid (revoked, disabled, role lowered) with reason 0x87.
+    pub fn revalidate(&self) {
+        let live: Vec<(Principal, Arc<Kick>, SocketAddr)> = {
+            let r = self.inner.router.lock();
+            r.entries
+                .values()
+                .filter_map(|e| e.conn.as_ref())
+                .filter(|c| !c.kick.kicked.load(Ordering::Acquire))
+                .filter_map(|c| c.principal.clone().map(|p| (p, c.kick.clone(), c.peer)))
+                .collect()
+        };
+        if live.is_empty() {
+            return;
+        }
+        let who: Vec<&Principal> = live.iter().map(|(p, _, _)| p).collect();
+        let valid = self.inner.auth.revalidate(&who);
+        for ((p, kick, peer), ok) in live.iter().zip(valid) {
+            if !ok && kick.kick(ReasonCode::NotAuthorized) {
+                self.inner.stats.revoked.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(client = %p.client_id, %peer, "identity revoked or lowered; connection closed");
+                self.inner.auth.denied(Some(p), *peer, Denied::Revoked);
+            }
+        }
     }
 
     fn publish_sys(&self) {
@@ -774,28 +977,77 @@ impl Broker {
             if let Ok(topic) = topic {
                 let mut p = Publish::new(topic, Bytes::from(value));
                 p.retain = true;
-                self.route_inner(None, p, false);
+                let _ = self.route_inner(None, None, p, false);
             }
         }
     }
 
-    fn route(&self, from: Option<ClientId>, publish: Publish) {
-        self.route_inner(from, publish, true);
+    /// Routes a message; false when a client's retained message was refused by its owner's
+    /// quota (nothing was routed).
+    fn route(&self, from: Option<ClientId>, owner: Option<&Arc<str>>, publish: Publish) -> bool {
+        self.route_inner(from, owner, publish, true)
     }
 
-    fn route_inner(&self, from: Option<ClientId>, publish: Publish, count: bool) {
+    fn route_inner(
+        &self,
+        from: Option<ClientId>,
+        owner: Option<&Arc<str>>,
+        publish: Publish,
+        count: bool,
+    ) -> bool {
         let st = &self.inner.stats;
-        if count {
-            st.messages_in.fetch_add(1, Ordering::Relaxed);
-        }
         let mut matches: Vec<Match> = Vec::new();
         let mut r = self.inner.router.lock();
         let r = &mut *r;
         if publish.retain {
             let topic = publish.topic.as_str();
+            let owner = owner.cloned();
+            let incoming = if publish.payload.is_empty() {
+                0
+            } else {
+                topic.len() + publish.payload.len()
+            };
+            if let Some(o) = owner.as_ref().filter(|_| incoming > 0) {
+                // What the owner would hold after this message replaces the topic's.
+                let mut u = r.retained_usage.get(o).copied().unwrap_or_default();
+                if let Some(old) = r
+                    .retained
+                    .get(topic)
+                    .filter(|m| m.owner.as_ref() == Some(o))
+                {
+                    u.count -= 1;
+                    u.bytes -= old.bytes();
+                }
+                if u.count + 1 > self.inner.cfg.max_retained_per_owner
+                    || u.bytes + incoming > self.inner.cfg.max_retained_bytes_per_owner
+                {
+                    st.limited.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+            }
+            if count {
+                st.messages_in.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(old) = r.retained.get(topic) {
+                if let Some(o) = old.owner.clone() {
+                    let bytes = old.bytes();
+                    if let Some(u) = r.retained_usage.get_mut(&o) {
+                        u.count = u.count.saturating_sub(1);
+                        u.bytes = u.bytes.saturating_sub(bytes);
+                        if u.count == 0 {
+                            r.retained_usage.remove(&o);
+                        }
+                    }
+                }
+            }
             if publish.payload.is_empty() {
                 r.retained.set(topic, None);
             } else {
+                if let Some(o) = &owner {
+                    let u = r.retained_usage.entry(o.clone()).or_default();
+                    u.count += 1;
+                    u.bytes += incoming;
+                }
                 // Keep the payload apart from the connection's read buffer it was sliced from.
                 let mut kept = publish.clone();
                 kept.payload = Bytes::copy_from_slice(&publish.payload);
@@ -811,12 +1063,15 @@ impl Broker {
                         } else {
                             0
                         },
+                        owner,
                     }),
                 );
             }
             if self.inner.persistent && !topic.starts_with("$SYS/") {
                 r.dirty_retained.insert(topic.to_owned());
             }
+        } else if count {
+            st.messages_in.fetch_add(1, Ordering::Relaxed);
         }
         r.tree.matches(publish.topic.as_str(), &mut matches);
         let (mut sent, mut dropped) = (0u64, 0u64);
@@ -873,5 +1128,6 @@ impl Broker {
         if dropped > 0 {
             st.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
+        true
     }
 }
