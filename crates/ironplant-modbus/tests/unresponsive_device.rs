@@ -132,12 +132,25 @@ async fn a_silent_device_gets_one_connection_at_a_time_and_exponential_back_off(
         }
     }
 
-    // Observe the device for a fixed window: this is the measurement, not a synchronisation.
+    // Observe the device for a fixed window from its first connection: this is the
+    // measurement, not a synchronisation.
     let window = Duration::from_millis(3000);
-    tokio::time::sleep_until(start + window).await;
+    let first = view
+        .accepted
+        .lock()
+        .first()
+        .copied()
+        .expect("a connection was accepted");
+    tokio::time::sleep_until(start + first + window).await;
     drop(handle);
 
-    let accepted = view.accepted.lock().clone();
+    let accepted: Vec<Duration> = view
+        .accepted
+        .lock()
+        .iter()
+        .map(|t| *t - first)
+        .filter(|t| *t < window)
+        .collect();
     let half = window / 2;
     let first_half = accepted.iter().filter(|t| **t < half).count();
     let second_half = accepted.len() - first_half;
@@ -233,4 +246,90 @@ async fn a_refused_connection_says_so() {
         first.starts_with(&format!("connection refused by {addr}")),
         "{first}"
     );
+}
+
+/// Our sockets to `port` on 127.0.0.1, by local port and TCP state (Linux `/proc/net/tcp`),
+/// except those in TIME_WAIT (a closed socket the kernel remembers, holding nothing).
+fn sockets_to(port: u16) -> Vec<(u16, u8)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let local = f.nth(1)?;
+            let remote = f.next()?;
+            let state = u8::from_str_radix(f.next()?, 16).ok()?;
+            let port_of = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+            (port_of(remote)? == port && state != 0x06).then_some((port_of(local)?, state))
+        })
+        .collect()
+}
+
+/// A device whose TCP stack no longer completes handshakes (its accept queue is full): every
+/// connect times out, and none may leave a half-open socket behind while the next is tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_connect_leaves_no_socket_behind() {
+    // A listener that never accepts, its queue filled by two connections of ours: further SYNs
+    // are dropped, so connects hang until our timeout.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(0).expect("listen");
+    let addr = listener.local_addr().expect("local addr");
+    let mut fillers = Vec::new();
+    for _ in 0..3 {
+        let connect = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await;
+        if let Ok(Ok(s)) = connect {
+            fillers.push(s);
+        }
+    }
+    let filler_ports: Vec<u16> = fillers
+        .iter()
+        .filter_map(|s| s.local_addr().ok().map(|a| a.port()))
+        .collect();
+    assert!(!fillers.is_empty(), "could not fill the accept queue");
+
+    let reasons = Arc::new(Reasons::default());
+    let handle = DevicePoller {
+        config: device(
+            addr.to_string(),
+            Duration::from_millis(20),
+            Duration::from_millis(50),
+        ),
+        points: one_point(),
+        bus: TagBus::new(1),
+        observer: reasons.clone(),
+    }
+    .spawn();
+    // Sample our sockets to the device while the poller retries (the measurement window).
+    let mut most = 0;
+    let end = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < end {
+        let ours = sockets_to(addr.port())
+            .into_iter()
+            .filter(|(local, _)| !filler_ports.contains(local))
+            .count();
+        most = most.max(ours);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    drop(handle);
+    let reasons = reasons.0.lock().clone();
+    assert!(
+        reasons.len() >= 3,
+        "expected several timed-out connects: {reasons:?}"
+    );
+    for why in &reasons {
+        assert_eq!(why, "no answer to connect within 50ms", "{reasons:?}");
+    }
+    assert!(
+        most <= 1,
+        "{most} of our sockets to the device at once: a timed-out connect was left behind"
+    );
+    drop(listener);
 }
