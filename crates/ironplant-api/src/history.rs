@@ -769,6 +769,9 @@ fn csv_point(out: &mut String, tag: &str, p: &Point) {
         Value::Int(i) => {
             let _ = write!(out, "{i}");
         }
+        Value::U64(u) => {
+            let _ = write!(out, "{u}");
+        }
         Value::Float(f) if f.is_finite() => {
             let _ = write!(out, "{f}");
         }
@@ -857,8 +860,9 @@ fn point_from(p: PointIn) -> Result<Point, String> {
     let value = match p.value {
         serde_json::Value::Null => Value::Null,
         serde_json::Value::Bool(b) => Value::Bool(b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) if !n.is_f64() => Value::Int(i),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) if !n.is_f64() => Value::Int(i),
+            (None, Some(u)) => Value::U64(u),
             _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
         serde_json::Value::String(s) => Value::String(s.into()),

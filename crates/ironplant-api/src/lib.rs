@@ -290,6 +290,7 @@ impl Serialize for ValueJson<'_> {
             None | Some(Value::Null) => s.serialize_none(),
             Some(Value::Bool(b)) => s.serialize_bool(*b),
             Some(Value::Int(i)) => s.serialize_i64(*i),
+            Some(Value::U64(u)) => s.serialize_u64(*u),
             Some(Value::Float(f)) if f.is_finite() => s.serialize_f64(*f),
             Some(Value::Float(_)) => s.serialize_none(),
             Some(Value::String(v)) => s.serialize_str(v),

@@ -77,16 +77,28 @@ pub enum Value {
     Null,
     Bool(bool),
     Int(i64),
+    /// An unsigned integer above `i64::MAX` (a u64 register or Sparkplug UInt64), exact. Smaller
+    /// unsigned values are `Int`: build it with [`Value::from_u64`], which keeps one form per
+    /// number. Its value type is `int`; it renders as a JSON integer.
+    U64(u64),
     Float(f64),
     String(Arc<str>),
 }
 
 impl Value {
+    /// An unsigned integer, exact: `Int` up to `i64::MAX`, `U64` above.
+    pub fn from_u64(u: u64) -> Value {
+        match i64::try_from(u) {
+            Ok(i) => Value::Int(i),
+            Err(_) => Value::U64(u),
+        }
+    }
+
     pub fn value_type(&self) -> Option<ValueType> {
         match self {
             Value::Null => None,
             Value::Bool(_) => Some(ValueType::Bool),
-            Value::Int(_) => Some(ValueType::Int),
+            Value::Int(_) | Value::U64(_) => Some(ValueType::Int),
             Value::Float(_) => Some(ValueType::Float),
             Value::String(_) => Some(ValueType::String),
         }
@@ -97,6 +109,7 @@ impl Value {
         match *self {
             Value::Bool(b) => Some(if b { 1.0 } else { 0.0 }),
             Value::Int(i) => Some(i as f64),
+            Value::U64(u) => Some(u as f64),
             Value::Float(f) => Some(f),
             Value::Null | Value::String(_) => None,
         }
@@ -109,6 +122,7 @@ impl fmt::Display for Value {
             Value::Null => f.write_str("null"),
             Value::Bool(b) => write!(f, "{b}"),
             Value::Int(i) => write!(f, "{i}"),
+            Value::U64(u) => write!(f, "{u}"),
             Value::Float(x) => write!(f, "{x}"),
             Value::String(s) => write!(f, "{s:?}"),
         }

@@ -1,4 +1,7 @@
 //! Byte-level encodings shared by the WAL and chunks: varints, quality codes, tagged values.
+//!
+//! A tagged value is one type byte and its payload: 0 null, 1 false, 2 true, 3 int (zigzag
+//! varint), 4 float (8 bytes LE), 5 string (varint length + UTF-8), 6 u64 above i64::MAX (varint).
 
 use std::sync::Arc;
 
@@ -139,6 +142,10 @@ pub fn put_value(out: &mut Vec<u8>, v: &Value) {
             out.push(3);
             put_varint(out, zigzag(*i));
         }
+        Value::U64(u) => {
+            out.push(6);
+            put_varint(out, *u);
+        }
         Value::Float(f) => {
             out.push(4);
             out.extend_from_slice(&f.to_bits().to_le_bytes());
@@ -164,6 +171,11 @@ pub fn get_value(r: &mut Reader<'_>) -> Result<Value, Malformed> {
                 std::str::from_utf8(r.bytes(n)?).map_err(|_| Malformed("string is not UTF-8"))?;
             Value::String(Arc::from(s))
         }
+        // Only above i64::MAX (one form per number, as `Value::from_u64` builds it).
+        6 => match r.varint()? {
+            u if u > i64::MAX as u64 => Value::U64(u),
+            _ => return Err(Malformed("u64 value within the i64 range")),
+        },
         _ => return Err(Malformed("value type")),
     })
 }
@@ -184,6 +196,8 @@ mod tests {
             Value::Bool(false),
             Value::Int(-5),
             Value::Int(i64::MIN),
+            Value::U64(u64::MAX),
+            Value::U64(1 << 63),
             Value::Float(-0.0),
             Value::String(Arc::from("héllo")),
         ];

@@ -33,6 +33,7 @@ use lossy::{LossyFilter, LossySpec};
 pub use memtable::Raw;
 use memtable::{Head, Memtable};
 use store::{ChunkKey, Store};
+pub use wal::{Disk, WalFile, WalFs};
 use wal::{Entry, WalWriter};
 
 /// A stored sample as queries return it.
@@ -68,6 +69,8 @@ pub struct HistorianConfig {
     pub retention: Vec<Retention>,
     /// Optional lossy compression by tag prefix (longest prefix wins); lossless when absent.
     pub lossy: Vec<(String, LossySpec)>,
+    /// The file system under the WAL: [`Disk`] except in power-loss tests.
+    pub wal_fs: Arc<dyn WalFs>,
 }
 
 impl HistorianConfig {
@@ -81,6 +84,7 @@ impl HistorianConfig {
             segment_bytes: 64 << 20,
             retention: Vec::new(),
             lossy: Vec::new(),
+            wal_fs: Disk::shared(),
         }
     }
 }
@@ -250,7 +254,7 @@ impl Historian {
         };
         let mut last: Vec<Option<Raw>> = Vec::new();
         let started = Instant::now();
-        let replay = wal::replay(&wal_dir, checkpoint, |lsn, entries| {
+        let replay = wal::replay(&*cfg.wal_fs, &wal_dir, checkpoint, |lsn, entries| {
             for e in entries {
                 remember_last(&mut last, &e);
                 filters.apply(e, &tags, &mut active);
@@ -274,7 +278,7 @@ impl Historian {
                 }
             }
         }
-        let wal = WalWriter::create(&wal_dir, next_lsn, cfg.segment_bytes)
+        let wal = WalWriter::create(cfg.wal_fs.clone(), &wal_dir, next_lsn, cfg.segment_bytes)
             .map_err(|e| HistorianError::io(&wal_dir, e))?;
         let active_since = (active.samples > 0).then(Instant::now);
         let shared = Arc::new(Shared {
@@ -460,7 +464,7 @@ impl Historian {
             retention_dropped_chunks: c.retention_dropped_chunks.load(Ordering::Relaxed),
             corrupt_chunks_seen: c.corrupt_chunks_seen.load(Ordering::Relaxed),
             memtable_samples: mem as u64,
-            wal_bytes: wal::disk_bytes(&self.shared.wal_dir),
+            wal_bytes: wal::disk_bytes(&*self.shared.cfg.wal_fs, &self.shared.wal_dir),
             chunk_bytes: self.shared.store.file_bytes(),
             tags: self.shared.tags.read().by_path.len() as u64,
         }
@@ -1143,7 +1147,9 @@ fn flusher_loop(shared: Arc<Shared>, rx: std_mpsc::Receiver<Job>) {
                             .stored_samples
                             .fetch_add(mem.samples as u64, Ordering::Relaxed);
                         tracing::debug!(samples = mem.samples, chunks, lsn = mem.lsn, took = ?started.elapsed(), "historian checkpoint");
-                        if let Err(e) = wal::remove_checkpointed(&shared.wal_dir, mem.lsn) {
+                        if let Err(e) =
+                            wal::remove_checkpointed(&*shared.cfg.wal_fs, &shared.wal_dir, mem.lsn)
+                        {
                             tracing::warn!(error = %e, "cannot remove checkpointed WAL segments; they will be removed later");
                         }
                         break;

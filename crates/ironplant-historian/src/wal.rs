@@ -7,11 +7,17 @@
 //! Invariants: an LSN is acknowledged only after the record holding it is fsynced; replay stops
 //! at the first record whose length or checksum does not hold (a torn write at a crash) and cuts
 //! the segment there, so a torn record is never trusted and never resurrected by a later write.
+//!
+//! All file I/O goes through [`WalFs`]: [`Disk`] in production, a simulated disk in tests that
+//! loses every byte not yet synced at a simulated power cut (`tests/power_loss.rs`). It is called
+//! once per group commit, never per sample, so the indirection costs nothing on the hot path.
 
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ironplant_core::Value;
 
@@ -76,15 +82,96 @@ pub fn decode_payload(payload: &[u8]) -> Result<(u64, Vec<Entry>), Malformed> {
     Ok((lsn, entries))
 }
 
+/// The file operations the WAL needs. A `WalFs` must keep the POSIX durability contract that the
+/// WAL relies on: bytes appended to a file survive a power cut only after
+/// [`WalFile::sync_data`], a created or removed file only after [`WalFs::sync_dir`] of its
+/// directory.
+pub trait WalFs: fmt::Debug + Send + Sync + 'static {
+    /// Opens `path` for appending, creating it if needed.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WalFile>>;
+    /// The whole content of `path`.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Paths of the files in `dir`.
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+    /// Size of `path` in bytes.
+    fn size(&self, path: &Path) -> io::Result<u64>;
+    /// Cuts `path` to `len` bytes.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes created and removed entries of `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// A WAL segment open for appending.
+pub trait WalFile: Send {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Makes every appended byte durable (`fdatasync`).
+    fn sync_data(&mut self) -> io::Result<()>;
+    fn size(&self) -> io::Result<u64>;
+}
+
+/// The real file system.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Disk;
+
+impl Disk {
+    pub fn shared() -> Arc<dyn WalFs> {
+        Arc::new(Disk)
+    }
+}
+
+impl WalFs for Disk {
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+        // Private whatever the umask: the WAL holds the plant's data.
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(crate::private_fs::FILE_MODE)
+            .open(path)?;
+        Ok(Box::new(file))
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let mut data = Vec::new();
+        File::open(path)?.read_to_end(&mut data)?;
+        Ok(data)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect()
+    }
+    fn size(&self, path: &Path) -> io::Result<u64> {
+        Ok(fs::metadata(path)?.len())
+    }
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        OpenOptions::new().write(true).open(path)?.set_len(len)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+impl WalFile for File {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+}
+
 fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
     dir.join(format!("{first_lsn:016x}.wal"))
 }
 
 /// Segments in LSN order: (first lsn, path).
-pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+pub fn segments(fs: &dyn WalFs, dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
+    for path in fs.list(dir)? {
         let lsn = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -111,12 +198,16 @@ pub struct Replay {
 }
 
 /// Reads every record with LSN > `after` in order, calling `f` for each; cuts a torn tail.
-pub fn replay(dir: &Path, after: u64, mut f: impl FnMut(u64, Vec<Entry>)) -> io::Result<Replay> {
+pub fn replay(
+    fs: &dyn WalFs,
+    dir: &Path,
+    after: u64,
+    mut f: impl FnMut(u64, Vec<Entry>),
+) -> io::Result<Replay> {
     let mut out = Replay::default();
-    let segs = segments(dir)?;
+    let segs = segments(fs, dir)?;
     for (i, (_, path)) in segs.iter().enumerate() {
-        let mut data = Vec::new();
-        File::open(path)?.read_to_end(&mut data)?;
+        let data = fs.read(path)?;
         let mut pos = 0usize;
         let good_end = loop {
             if pos == data.len() {
@@ -151,10 +242,7 @@ pub fn replay(dir: &Path, after: u64, mut f: impl FnMut(u64, Vec<Entry>)) -> io:
             if i + 1 == segs.len() {
                 // The tail of the newest segment: a write torn by a crash, never acknowledged.
                 tracing::warn!(segment = %path.display(), offset = good_end, bytes = cut, "WAL ends in a torn record; cutting it (it was never acknowledged)");
-                OpenOptions::new()
-                    .write(true)
-                    .open(path)?
-                    .set_len(good_end as u64)?;
+                fs.truncate(path, good_end as u64)?;
                 out.truncated_bytes += cut;
             } else {
                 // Damage inside an older segment is not a torn write (later segments exist, so
@@ -169,8 +257,9 @@ pub fn replay(dir: &Path, after: u64, mut f: impl FnMut(u64, Vec<Entry>)) -> io:
 
 /// The appending end of the log.
 pub struct WalWriter {
+    fs: Arc<dyn WalFs>,
     dir: PathBuf,
-    file: File,
+    file: Box<dyn WalFile>,
     first_lsn: u64,
     size: u64,
     pub segment_bytes: u64,
@@ -178,16 +267,18 @@ pub struct WalWriter {
 
 impl WalWriter {
     /// Opens a fresh segment starting at `next_lsn`.
-    pub fn create(dir: &Path, next_lsn: u64, segment_bytes: u64) -> io::Result<WalWriter> {
+    pub fn create(
+        fs: Arc<dyn WalFs>,
+        dir: &Path,
+        next_lsn: u64,
+        segment_bytes: u64,
+    ) -> io::Result<WalWriter> {
         let path = segment_path(dir, next_lsn);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(crate::private_fs::FILE_MODE)
-            .open(&path)?;
-        let size = file.metadata()?.len();
-        sync_dir(dir)?;
+        let file = fs.open_append(&path)?;
+        let size = file.size()?;
+        fs.sync_dir(dir)?;
         Ok(WalWriter {
+            fs,
             dir: dir.to_owned(),
             file,
             first_lsn: next_lsn,
@@ -198,7 +289,7 @@ impl WalWriter {
 
     /// Appends encoded records and makes them durable.
     pub fn append_durable(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
+        self.file.append(bytes)?;
         self.file.sync_data()?;
         self.size += bytes.len() as u64;
         Ok(())
@@ -207,7 +298,7 @@ impl WalWriter {
     /// Starts a new segment at `next_lsn` if the current one is full (or `force`).
     pub fn maybe_roll(&mut self, next_lsn: u64, force: bool) -> io::Result<()> {
         if (force || self.size >= self.segment_bytes) && next_lsn != self.first_lsn {
-            *self = WalWriter::create(&self.dir, next_lsn, self.segment_bytes)?;
+            *self = WalWriter::create(self.fs.clone(), &self.dir, next_lsn, self.segment_bytes)?;
         }
         Ok(())
     }
@@ -219,34 +310,24 @@ impl WalWriter {
 
 /// Deletes segments that only hold records with LSN <= `checkpoint` (every segment that is
 /// followed by one starting at or below `checkpoint + 1`).
-pub fn remove_checkpointed(dir: &Path, checkpoint: u64) -> io::Result<u64> {
-    let segs = segments(dir)?;
+pub fn remove_checkpointed(fs: &dyn WalFs, dir: &Path, checkpoint: u64) -> io::Result<u64> {
+    let segs = segments(fs, dir)?;
     let mut removed = 0;
     for w in segs.windows(2) {
         if w[1].0 <= checkpoint + 1 {
-            fs::remove_file(&w[0].1)?;
+            fs.remove(&w[0].1)?;
             removed += 1;
         }
     }
     if removed > 0 {
-        sync_dir(dir)?;
+        fs.sync_dir(dir)?;
     }
     Ok(removed)
 }
 
-/// Makes a directory entry (a created or removed file) durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Total bytes of all segments.
-pub fn disk_bytes(dir: &Path) -> u64 {
-    segments(dir).map_or(0, |s| {
-        s.iter()
-            .filter_map(|(_, p)| fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum()
-    })
+pub fn disk_bytes(fs: &dyn WalFs, dir: &Path) -> u64 {
+    segments(fs, dir).map_or(0, |s| s.iter().filter_map(|(_, p)| fs.size(p).ok()).sum())
 }
 
 #[cfg(test)]
@@ -267,7 +348,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_torn_tails_are_cut() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut w = WalWriter::create(dir.path(), 1, 1 << 20).expect("create");
+        let mut w = WalWriter::create(Disk::shared(), dir.path(), 1, 1 << 20).expect("create");
         for lsn in 1..=3u64 {
             let mut buf = Vec::new();
             encode_record(lsn, &entries(10, lsn as i64 * 100), &mut buf);
@@ -280,7 +361,7 @@ mod tests {
         drop(w);
 
         let mut seen = Vec::new();
-        let r = replay(dir.path(), 1, |lsn, e| seen.push((lsn, e))).expect("replay");
+        let r = replay(&Disk, dir.path(), 1, |lsn, e| seen.push((lsn, e))).expect("replay");
         assert_eq!(
             seen.iter().map(|s| s.0).collect::<Vec<_>>(),
             vec![2, 3],
@@ -290,37 +371,37 @@ mod tests {
         assert_eq!(r.last_lsn, 3);
         assert!(r.truncated_bytes > 0);
         // The cut is permanent: a second replay sees a clean log.
-        let r2 = replay(dir.path(), 0, |_, _| {}).expect("replay");
+        let r2 = replay(&Disk, dir.path(), 0, |_, _| {}).expect("replay");
         assert_eq!((r2.records, r2.truncated_bytes), (3, 0));
     }
 
     #[test]
     fn a_flipped_bit_ends_replay_there() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut w = WalWriter::create(dir.path(), 1, 1 << 20).expect("create");
+        let mut w = WalWriter::create(Disk::shared(), dir.path(), 1, 1 << 20).expect("create");
         let mut buf = Vec::new();
         encode_record(1, &entries(5, 0), &mut buf);
         let first = buf.len();
         encode_record(2, &entries(5, 10), &mut buf);
         buf[first + 12] ^= 1;
         w.append_durable(&buf).expect("append");
-        let r = replay(dir.path(), 0, |_, _| {}).expect("replay");
+        let r = replay(&Disk, dir.path(), 0, |_, _| {}).expect("replay");
         assert_eq!((r.records, r.last_lsn), (1, 1));
     }
 
     #[test]
     fn checkpointed_segments_are_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut w = WalWriter::create(dir.path(), 1, 10).expect("create");
+        let mut w = WalWriter::create(Disk::shared(), dir.path(), 1, 10).expect("create");
         for lsn in 1..=4u64 {
             let mut buf = Vec::new();
             encode_record(lsn, &entries(3, 0), &mut buf);
             w.append_durable(&buf).expect("append");
             w.maybe_roll(lsn + 1, false).expect("roll");
         }
-        assert_eq!(segments(dir.path()).expect("list").len(), 5);
-        remove_checkpointed(dir.path(), 2).expect("remove");
-        let left: Vec<u64> = segments(dir.path())
+        assert_eq!(segments(&Disk, dir.path()).expect("list").len(), 5);
+        remove_checkpointed(&Disk, dir.path(), 2).expect("remove");
+        let left: Vec<u64> = segments(&Disk, dir.path())
             .expect("list")
             .iter()
             .map(|s| s.0)

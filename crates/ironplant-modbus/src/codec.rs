@@ -56,19 +56,20 @@ pub fn decode_registers(point: &ModbusPoint, regs: &[u16]) -> Value {
         return Value::Bool(regs.first().is_some_and(|r| r & (1 << bit) != 0));
     }
     let raw = from_wire(regs, point.word_order, point.byte_order);
+    let scaled = point.scale != 1.0 || point.offset != 0.0;
     let (as_int, as_float): (Option<i64>, f64) = match point.data_type {
         Bool => return Value::Bool(raw != 0),
+        // Exact over the whole range: `U64` above i64::MAX, `Int` below.
+        U64 if !scaled => return Value::from_u64(raw),
         U16 => (Some(raw as u16 as i64), f64::from(raw as u16)),
         I16 => (Some(raw as u16 as i16 as i64), f64::from(raw as u16 as i16)),
         U32 => (Some(raw as u32 as i64), f64::from(raw as u32)),
         I32 => (Some(raw as u32 as i32 as i64), f64::from(raw as u32 as i32)),
-        // u64 above i64::MAX cannot be an Int; it becomes a float.
-        U64 => (i64::try_from(raw).ok(), raw as f64),
+        U64 => (None, raw as f64),
         I64 => (Some(raw as i64), raw as i64 as f64),
         F32 => (None, f32_as_f64(f32::from_bits(raw as u32))),
         F64 => (None, f64::from_bits(raw)),
     };
-    let scaled = point.scale != 1.0 || point.offset != 0.0;
     match as_int {
         Some(i) if !scaled => Value::Int(i),
         _ => Value::Float(apply_scale(as_float, point.scale) + point.offset),
@@ -135,6 +136,7 @@ pub fn encode_registers(point: &ModbusPoint, value: &Value) -> Result<Vec<u16>, 
     }
     let eng = match value {
         Value::Int(i) => *i as f64,
+        Value::U64(u) => *u as f64,
         Value::Float(f) => *f,
         _ => return Err(wrong("numeric")),
     };
@@ -149,6 +151,7 @@ pub fn encode_registers(point: &ModbusPoint, value: &Value) -> Result<Vec<u16>, 
     let int_raw = |lo: i128, hi: i128| -> Result<i128, EncodeError> {
         let r = match value {
             Value::Int(i) if !scaled => i128::from(*i),
+            Value::U64(u) if !scaled => i128::from(*u),
             _ if raw.is_finite() => raw.round() as i128,
             _ => return Err(out_of_range()),
         };
@@ -189,6 +192,7 @@ fn split(v: u64, n: usize) -> Vec<u16> {
 mod tests {
     use super::*;
     use ironplant_core::config::ModbusTable;
+    use ironplant_core::ValueType;
 
     fn point(data_type: ModbusDataType, wo: WordOrder, bo: ByteOrder) -> ModbusPoint {
         ModbusPoint {
@@ -275,6 +279,55 @@ mod tests {
         assert_eq!(
             decode_registers(&u64p, &[0, 0, 0x0001, 0x0000]),
             Value::Int(65536)
+        );
+    }
+
+    /// u64 registers above i64::MAX are exact, an `int` (never a float that rounds u64::MAX up
+    /// to 2^64), and write back bit for bit.
+    #[test]
+    fn u64_keeps_every_bit_over_its_whole_range() {
+        let p = point(
+            ModbusDataType::U64,
+            WordOrder::BigEndian,
+            ByteOrder::BigEndian,
+        );
+        let max = decode_registers(&p, &[0xFFFF; 4]);
+        assert_eq!(max, Value::U64(u64::MAX));
+        assert_eq!(max.value_type(), Some(ValueType::Int));
+        assert_eq!(max.to_string(), "18446744073709551615");
+        assert_eq!(
+            decode_registers(&p, &[0x8000, 0, 0, 0]),
+            Value::U64(1 << 63)
+        );
+        assert_eq!(
+            decode_registers(&p, &[0x7FFF, 0xFFFF, 0xFFFF, 0xFFFF]),
+            Value::Int(i64::MAX)
+        );
+        for v in [Value::U64(u64::MAX), Value::U64((1 << 63) + 1)] {
+            let words = encode_registers(&p, &v).expect("fits");
+            assert_eq!(decode_registers(&p, &words), v);
+        }
+        assert_eq!(
+            encode_registers(&p, &Value::U64(u64::MAX)).expect("fits"),
+            vec![0xFFFF; 4]
+        );
+        // Little-endian word order reaches the same value.
+        let cdab = point(
+            ModbusDataType::U64,
+            WordOrder::LittleEndian,
+            ByteOrder::BigEndian,
+        );
+        assert_eq!(
+            decode_registers(&cdab, &[0, 0, 0, 0x8000]),
+            Value::U64(1 << 63)
+        );
+        // Scaled, it is a float by configuration (`value_type` float).
+        let mut scaled = p.clone();
+        scaled.scale = 0.001;
+        assert!(
+            matches!(decode_registers(&scaled, &[0xFFFF; 4]), Value::Float(x) if (x - u64::MAX as f64 / 1000.0).abs() < 4.0),
+            "{:?}",
+            decode_registers(&scaled, &[0xFFFF; 4])
         );
     }
 

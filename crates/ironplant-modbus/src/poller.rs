@@ -4,13 +4,19 @@
 //! One task per device, so a device that hangs only delays its own tags: every network step
 //! (resolve, connect, each request) is bounded by the device's timeout.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use ironplant_core::config::{DeviceConfig, ModbusDataType, ModbusPoint, ModbusTable};
 use ironplant_core::{
     Quality, QualityLevel, QualityReason, Sample, TagBus, TagId, Timestamp, Value,
 };
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
@@ -35,6 +41,9 @@ pub trait PollObserver: Send + Sync + 'static {
     fn request(&self, device: &str, latency: Duration, ok: bool);
     /// The connection went up or down.
     fn connection(&self, device: &str, up: bool);
+    /// Connecting failed or a connection was dropped, for `why` (e.g. "no answer within 1s",
+    /// "connection refused by 10.0.0.5:502", "the device closed the connection").
+    fn comm_failure(&self, _device: &str, _why: &str) {}
 }
 
 /// A no-op observer, for tests and tools.
@@ -148,7 +157,15 @@ struct State {
     plan: Vec<ReadRequest>,
     bus: TagBus,
     observer: Arc<dyn PollObserver>,
+    /// The one connection to the device (never more: the old one is dropped, and its socket
+    /// closed, before a new one is opened).
     conn: Option<Context>,
+    /// What the connection's socket has seen, to tell why a request failed.
+    link: Arc<LinkState>,
+    /// Whether the device answered anything on this connection. A connection that never answered
+    /// does not reset the back-off: a device that accepts TCP but is otherwise dead is retried
+    /// less and less often, like one that refuses.
+    answered: bool,
     backoff: Backoff,
     retry_at: Instant,
     /// Last value and quality published per point.
@@ -166,13 +183,19 @@ impl DevicePoller {
         let plan = plan_reads(&modbus_points, self.config.max_gap);
         let n = self.points.len();
         let state = State {
-            backoff: Backoff::new(Duration::from_millis(100), self.config.reconnect_max),
+            // The first retry comes at the next poll anyway: back off from there.
+            backoff: Backoff::new(
+                self.config.poll_interval.max(Duration::from_millis(100)),
+                self.config.reconnect_max,
+            ),
             cfg: self.config,
             points: self.points,
             plan,
             bus: self.bus,
             observer: self.observer,
             conn: None,
+            link: Arc::new(LinkState::default()),
+            answered: false,
             retry_at: Instant::now(),
             last: vec![(Value::Null, None); n],
             down_logged: false,
@@ -226,59 +249,116 @@ impl State {
             return false;
         }
         let addr = self.cfg.address.clone();
+        let link = Arc::new(LinkState::default());
         let attempt = async {
-            let mut last_err = String::from("no address found");
-            for sa in tokio::net::lookup_host(&addr)
+            let addrs = tokio::net::lookup_host(&addr)
                 .await
-                .map_err(|e| e.to_string())?
-            {
-                match tokio::net::TcpStream::connect(sa).await {
+                .map_err(|e| format!("cannot resolve {addr}: {e}"))?;
+            let mut last_err = format!("{addr} resolves to no address");
+            for sa in addrs {
+                // Dropped unconnected (and its socket closed) if the timeout below fires.
+                match TcpStream::connect(sa).await {
                     Ok(stream) => {
                         let _ = stream.set_nodelay(true);
+                        let stream = WatchedStream {
+                            inner: stream,
+                            link: link.clone(),
+                        };
                         return Ok(tokio_modbus::client::tcp::attach_slave(
                             stream,
                             Slave(self.cfg.unit_id),
                         ));
                     }
-                    Err(e) => last_err = e.to_string(),
+                    Err(e) => last_err = connect_error(sa, &e),
                 }
             }
             Err(last_err)
         };
         match timeout(self.cfg.timeout, attempt).await {
             Ok(Ok(ctx)) => {
-                tracing::info!(device = %self.cfg.id, address = %addr, "connected");
+                tracing::debug!(device = %self.cfg.id, address = %addr, "TCP connected");
                 self.conn = Some(ctx);
-                self.backoff.reset();
-                self.down_logged = false;
-                self.observer.connection(&self.cfg.id, true);
+                self.link = link;
+                self.answered = false;
                 true
             }
-            outcome => {
-                let why = match outcome {
-                    Ok(Err(e)) => e,
-                    _ => format!("no answer within {:?}", self.cfg.timeout),
-                };
-                let delay = self.backoff.next_delay();
-                self.retry_at = Instant::now() + delay;
-                if !self.down_logged {
-                    tracing::warn!(device = %self.cfg.id, address = %addr, error = %why, "cannot connect; tags are Bad(CommFailure), retrying with back-off");
-                    self.down_logged = true;
-                } else {
-                    tracing::debug!(device = %self.cfg.id, error = %why, retry_in = ?delay, "still cannot connect");
-                }
+            Ok(Err(why)) => {
+                self.failed(&why);
+                false
+            }
+            Err(_) => {
+                self.failed(&format!(
+                    "no answer to connect within {:?}",
+                    self.cfg.timeout
+                ));
                 false
             }
         }
     }
 
+    /// The device answered a request (data or an exception): the connection is healthy.
+    fn answered(&mut self) {
+        if !self.answered {
+            self.answered = true;
+            self.backoff.reset();
+            tracing::info!(device = %self.cfg.id, address = %self.cfg.address, "connected");
+            self.down_logged = false;
+            self.observer.connection(&self.cfg.id, true);
+        }
+    }
+
+    /// Drops the connection after a timeout or transport error. Its socket is closed (with a
+    /// reset, so a device that stopped reading frees the slot at once) before any new connection
+    /// is opened: the device never sees two connections from us.
     fn disconnect(&mut self, why: &str) {
-        if self.conn.take().is_some() {
-            tracing::warn!(device = %self.cfg.id, error = %why, "connection lost; tags are Bad(CommFailure), reconnecting");
+        let Some(ctx) = self.conn.take() else { return };
+        self.link.reset_on_close.store(true, Ordering::Relaxed);
+        drop(ctx);
+        if self.answered {
+            self.answered = false;
+            self.observer.comm_failure(&self.cfg.id, why);
             self.observer.connection(&self.cfg.id, false);
+            tracing::warn!(device = %self.cfg.id, error = %why, "connection lost; tags are Bad(CommFailure), reconnecting");
             self.down_logged = true;
-            // First reconnect attempt at the next tick; back-off grows only on failures.
+            // The first reconnect after a healthy connection is immediate (at the next poll);
+            // the back-off was reset when the device answered.
             self.retry_at = Instant::now();
+        } else {
+            // Connected, but the device never answered: as bad as a refused connection.
+            self.failed(why);
+        }
+    }
+
+    /// Records a failed attempt (connect, or a connection that never answered): Bad tags, and
+    /// the next attempt only after the back-off.
+    fn failed(&mut self, why: &str) {
+        self.observer.comm_failure(&self.cfg.id, why);
+        let delay = self.backoff.next_delay();
+        self.retry_at = Instant::now() + delay;
+        if !self.down_logged {
+            tracing::warn!(device = %self.cfg.id, address = %self.cfg.address, error = %why, retry_in = ?delay, "device unreachable; tags are Bad(CommFailure), retrying with back-off");
+            self.down_logged = true;
+        } else {
+            tracing::debug!(device = %self.cfg.id, error = %why, retry_in = ?delay, "device still unreachable");
+        }
+    }
+
+    /// A true reason for a failed request: a timeout, the device hanging up, or the OS error.
+    fn request_error(&self, e: &tokio_modbus::Error) -> String {
+        // tokio-modbus reports a closed connection with whatever `errno` happens to hold
+        // (often EINPROGRESS); the socket knows better.
+        if self.link.eof.load(Ordering::Relaxed) {
+            return "the device closed the connection".to_owned();
+        }
+        match e {
+            tokio_modbus::Error::Transport(io) => match io.kind() {
+                io::ErrorKind::ConnectionReset => "the device reset the connection".to_owned(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
+                    "the connection broke (the device closed it)".to_owned()
+                }
+                _ => format!("transport error: {io}"),
+            },
+            tokio_modbus::Error::Protocol(p) => format!("the device answered out of step: {p}"),
         }
     }
 
@@ -295,6 +375,9 @@ impl State {
             let outcome = self.read(&req).await;
             let ok = matches!(outcome, (ReadOutcome::Ok, _));
             self.observer.request(&self.cfg.id, started.elapsed(), ok);
+            if !matches!(outcome, (ReadOutcome::Broken(_), _)) {
+                self.answered();
+            }
             let now = Timestamp::now();
             match outcome {
                 (ReadOutcome::Ok, data) => {
@@ -380,7 +463,10 @@ impl State {
         match res {
             Ok(Ok(Ok(data))) => (ReadOutcome::Ok, data),
             Ok(Ok(Err(code))) => (ReadOutcome::Exception(code), Data::Words(Vec::new())),
-            Ok(Err(e)) => (ReadOutcome::Broken(e.to_string()), Data::Words(Vec::new())),
+            Ok(Err(e)) => (
+                ReadOutcome::Broken(self.request_error(&e)),
+                Data::Words(Vec::new()),
+            ),
             // A late answer would arrive out of step with the next request: start afresh.
             Err(_) => (
                 ReadOutcome::Broken(format!("no answer within {t:?}")),
@@ -483,20 +569,99 @@ impl State {
         };
         match res {
             Ok(Ok(Ok(()))) => {
+                self.answered();
                 tracing::info!(device = %self.cfg.id, tag = tag.0, %value, "wrote");
                 Ok(())
             }
-            Ok(Ok(Err(code))) => Err(WriteError::Exception(code.to_string())),
+            Ok(Ok(Err(code))) => {
+                self.answered();
+                Err(WriteError::Exception(code.to_string()))
+            }
             Ok(Err(e)) => {
-                let why = e.to_string();
+                let why = self.request_error(&e);
                 self.disconnect(&why);
                 Err(WriteError::Comm(why))
             }
             Err(_) => {
-                self.disconnect("write timed out");
+                self.disconnect(&format!("no answer to a write within {t:?}"));
                 Err(WriteError::Timeout(t))
             }
         }
+    }
+}
+
+/// What a connection's socket has seen, shared between the stream (inside tokio-modbus's
+/// context) and the device task.
+#[derive(Debug, Default)]
+struct LinkState {
+    /// The device closed its side (a read returned end of file).
+    eof: AtomicBool,
+    /// Close with a reset rather than a FIN: set when we abandon a connection.
+    reset_on_close: AtomicBool,
+}
+
+/// The device's TCP stream, watched for end of file and reset on close when abandoned.
+#[derive(Debug)]
+struct WatchedStream {
+    inner: TcpStream,
+    link: Arc<LinkState>,
+}
+
+impl AsyncRead for WatchedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let room = buf.remaining() > 0;
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            if room && buf.filled().len() == before {
+                self.link.eof.store(true, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for WatchedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Drop for WatchedStream {
+    fn drop(&mut self) {
+        // A device whose Modbus task hangs never reads our FIN, so its TCP stack would keep the
+        // slot; a reset frees it. Zero linger never blocks the drop.
+        if self.link.reset_on_close.load(Ordering::Relaxed) {
+            let _ = self.inner.set_zero_linger();
+        }
+    }
+}
+
+/// A connect failure in words an operator can act on.
+fn connect_error(addr: std::net::SocketAddr, e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => {
+            format!("connection refused by {addr} (nothing listens on that port, or a firewall rejects it)")
+        }
+        io::ErrorKind::HostUnreachable => format!("host {} is unreachable", addr.ip()),
+        io::ErrorKind::NetworkUnreachable => format!("no route to the network of {}", addr.ip()),
+        io::ErrorKind::TimedOut => format!("{addr} did not answer the connect"),
+        io::ErrorKind::AddrNotAvailable => format!("{addr} is not a usable address"),
+        _ => format!("cannot connect to {addr}: {e}"),
     }
 }
 

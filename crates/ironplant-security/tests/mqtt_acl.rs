@@ -243,18 +243,76 @@ fn substituted_ids_cannot_change_the_shape_of_a_rule() {
     }
 }
 
+/// Both sides of the opt-in, through the broker hook itself: without `allow_anonymous` a client
+/// with neither certificate nor credentials is refused; with it, the client connects as nobody
+/// (no user, no role) and gets exactly what the `all` rules grant, nothing a role would; and
+/// the option never turns a failed login into an anonymous session.
 #[test]
 fn anonymous_clients_only_with_explicit_opt_in_and_only_all_rules() {
-    let acl =
-        Acl::parse("all allow subscribe public/#\nrole:viewer allow subscribe #\n").expect("rules");
-    let anon = AclIdentity {
-        client_id: "x",
-        name: None,
-        role: None,
-        is_device: false,
-    };
-    assert!(acl.may_subscribe(&anon, "public/news"));
-    assert!(!acl.may_subscribe(&anon, "plant/#"));
+    let rules = "all allow subscribe public/#\n\
+                 role:viewer allow subscribe #\n\
+                 role:admin allow both #\n";
+    let anonymous = info("kiosk", None, None, None);
+
+    // Default: refused, whatever the rules would grant.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = clock_now();
+    let mut opts = common::options();
+    opts.acl = Some(Acl::parse(rules).expect("rules"));
+    assert!(
+        !opts.mqtt.allow_anonymous,
+        "anonymous access is off by default"
+    );
+    let sec =
+        ironplant_security::Security::open(dir.path(), clock.clone(), opts.clone()).expect("open");
+    assert_eq!(
+        sec.mqtt.connect(&anonymous).map(|p| p.client_id),
+        Err(ReasonCode::NotAuthorized)
+    );
+    drop(sec);
+
+    // Opted in: accepted, as nobody.
+    let dir = tempfile::tempdir().expect("tempdir");
+    opts.mqtt.allow_anonymous = true;
+    let sec = ironplant_security::Security::open(dir.path(), clock, opts).expect("open");
+    let auth = sec.mqtt.clone();
+    let p = auth.connect(&anonymous).expect("anonymous client accepted");
+    assert_eq!(&*p.client_id, "kiosk");
+    assert_eq!(p.user, None);
+    assert!(p.roles.is_empty(), "{:?}", p.roles);
+    // Only the `all` rules' rights: subscribe under public/, nothing else.
+    assert!(auth.may_subscribe(&p, "public/news"));
+    assert!(auth.may_subscribe(&p, "public/#"));
+    // `public/#` also matches its parent level (MQTT 4.7.1.2).
+    assert!(auth.may_subscribe(&p, "public"));
+    for filter in ["#", "plant/#", "publicity", "+/news", "$SYS/#", "spBv1.0/#"] {
+        assert!(!auth.may_subscribe(&p, filter), "{filter}");
+    }
+    for topic in ["public/news", "plant/line1/speed", "spBv1.0/G/NCMD/n"] {
+        assert!(!auth.may_publish(&p, topic), "{topic}");
+    }
+    // A logged-in admin, by comparison, gets what its role grants.
+    let pw = admin_password(&sec);
+    let admin = auth
+        .connect(&info("scada", Some("admin"), Some(pw.as_bytes()), None))
+        .expect("admin");
+    assert!(auth.may_subscribe(&admin, "plant/#"));
+
+    // The opt-in is for clients that present nothing: a wrong password, a user name without
+    // one, or a bad token are still refused, never downgraded to anonymous.
+    assert_eq!(
+        auth.connect(&info("kiosk", Some("admin"), Some(b"wrong"), None))
+            .map(|p| p.client_id),
+        Err(ReasonCode::BadUserNameOrPassword)
+    );
+    assert_eq!(
+        auth.connect(&info("kiosk", Some("admin"), None, None))
+            .map(|p| p.client_id),
+        Err(ReasonCode::BadUserNameOrPassword)
+    );
+    assert!(auth
+        .connect(&info("kiosk", None, Some(b"ipt_forged"), None))
+        .is_err());
 }
 
 #[test]

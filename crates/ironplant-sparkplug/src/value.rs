@@ -12,8 +12,8 @@
 //!   A length that does not fit the element size is an error.
 //!
 //! # Mapping to tag values ([`MetricValue::to_value`])
-//! - Every integer type → `Value::Int`, except UInt64 above `i64::MAX` → `Value::Float` (lossy
-//!   beyond 2^53; an `i64` cannot hold it and a tag should stay numeric).
+//! - Every integer type → `Value::Int`, except UInt64 above `i64::MAX` → `Value::U64` (exact;
+//!   see [`Value::from_u64`]).
 //! - Float/Double → `Value::Float`; Boolean → `Value::Bool`; String/Text/UUID → `Value::String`.
 //! - DateTime → `Value::Int` of milliseconds since the Unix epoch (the Sparkplug unit, kept as is).
 //! - Arrays, DataSets and Template *instances* → `Value::String` holding compact JSON (arrays as
@@ -330,7 +330,7 @@ fn value_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "bool",
-        Value::Int(_) => "int",
+        Value::Int(_) | Value::U64(_) => "int",
         Value::Float(_) => "float",
         Value::String(_) => "string",
     }
@@ -683,10 +683,7 @@ impl MetricValue {
             MetricValue::UInt8(v) => Value::Int(i64::from(*v)),
             MetricValue::UInt16(v) => Value::Int(i64::from(*v)),
             MetricValue::UInt32(v) => Value::Int(i64::from(*v)),
-            MetricValue::UInt64(v) | MetricValue::DateTime(v) => match i64::try_from(*v) {
-                Ok(i) => Value::Int(i),
-                Err(_) => Value::Float(*v as f64),
-            },
+            MetricValue::UInt64(v) | MetricValue::DateTime(v) => Value::from_u64(*v),
             MetricValue::Float(v) => Value::Float(f32_as_f64(*v)),
             MetricValue::Double(v) => Value::Float(*v),
             MetricValue::Boolean(v) => Value::Bool(*v),
@@ -756,6 +753,7 @@ impl MetricValue {
         let int = || -> Result<i128, ValueError> {
             match *value {
                 Value::Int(i) => Ok(i128::from(i)),
+                Value::U64(u) => Ok(i128::from(u)),
                 Value::Bool(b) => Ok(i128::from(b)),
                 // 2^64 is exactly representable; anything at or beyond it fits no Sparkplug integer.
                 Value::Float(f)
@@ -802,7 +800,7 @@ impl MetricValue {
                 Value::Bool(b) => MetricValue::Boolean(b),
                 Value::Int(0) => MetricValue::Boolean(false),
                 Value::Int(1) => MetricValue::Boolean(true),
-                Value::Int(_) => return Err(out_of_range()),
+                Value::Int(_) | Value::U64(_) => return Err(out_of_range()),
                 _ => return Err(unsupported()),
             },
             DataType::String => MetricValue::String(string()?),
@@ -1167,7 +1165,7 @@ mod tests {
         );
         assert_eq!(
             MetricValue::UInt64(u64::MAX).to_value(),
-            Some(Value::Float(u64::MAX as f64))
+            Some(Value::U64(u64::MAX))
         );
         assert_eq!(MetricValue::Bytes(vec![1, 2]).to_value(), None);
         assert_eq!(MetricValue::File(vec![1, 2]).to_value(), None);

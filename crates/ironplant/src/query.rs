@@ -501,6 +501,7 @@ fn value_text(v: &Value) -> String {
         Value::Null => String::new(),
         Value::Bool(b) => b.to_string(),
         Value::Int(i) => i.to_string(),
+        Value::U64(u) => u.to_string(),
         Value::Float(f) => human(*f),
         Value::String(s) => s.to_string(),
     }
