@@ -613,3 +613,29 @@ async fn limits_on_sessions_subscriptions_and_retained_messages_per_owner() {
         .iter()
         .any(|d| d.contains("Limit(\"retained_per_owner\")")));
 }
+
+#[tokio::test]
+async fn tightened_rules_withdraw_live_subscriptions() {
+    let rules = Arc::new(Rules::default());
+    let (_b, addr) = start_with(BrokerConfig::default(), rules.clone(), None).await;
+    let (mut c, _) =
+        Client::connect_with(addr, connect("dash", "dana", ProtocolVersion::V5, true)).await;
+    c.subscribe("recipes/#", QoS::AtMostOnce).await;
+    c.subscribe("public/#", QoS::AtMostOnce).await;
+    rules.forbid("recipes/");
+    eventually("the subscription withdrawn", || {
+        rules
+            .denied()
+            .contains(&"dana WithdrawnSubscription(\"recipes/#\")".to_owned())
+    })
+    .await;
+    let mut sender = Client::connect(addr, "sender", ProtocolVersion::V5, None).await;
+    sender
+        .send(publish("recipes/secret", "r", QoS::AtMostOnce, false, 0))
+        .await;
+    sender
+        .send(publish("public/news", "n", QoS::AtMostOnce, false, 0))
+        .await;
+    sender.drain().await;
+    assert_eq!(payloads(&c.drain().await), ["n"]);
+}

@@ -407,3 +407,32 @@ fn wills_takeovers_and_limits_are_audited_limits_at_a_bounded_rate() {
         ["connections_per_address", "sessions"]
     );
 }
+
+#[test]
+fn rules_added_to_the_rules_file_apply_without_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = clock_now();
+    let sec = open(dir.path(), &clock);
+    let pw = admin_password(&sec);
+    let admin = sec
+        .mqtt
+        .connect(&info("scada", Some("admin"), Some(pw.as_bytes()), None))
+        .expect("admin");
+    assert!(sec.mqtt.may_subscribe(&admin, "acme/lyon/recipes/#"));
+    let epoch = sec.mqtt.epoch();
+    let file = sec.dir().join(ironplant_security::mqtt::ACL_FILE);
+    std::fs::write(&file, "role:admin deny subscribe acme/lyon/recipes/#\n").expect("rules");
+    // The running platform re-reads it on its next sweep (revalidate) or connect.
+    assert_eq!(sec.mqtt.revalidate(&[&admin]), vec![true]);
+    assert_ne!(sec.mqtt.epoch(), epoch);
+    assert!(!sec.mqtt.may_subscribe(&admin, "acme/lyon/recipes/#"));
+    assert!(!sec.mqtt.may_subscribe(&admin, "acme/#"), "a deny overlaps");
+    assert!(sec.mqtt.may_subscribe(&admin, "acme/lyon/line1/#"));
+    // A damaged file keeps the rules in force.
+    std::fs::write(&file, "role:admin deny nonsense\n").expect("damage");
+    sec.mqtt.revalidate(&[&admin]);
+    assert!(!sec.mqtt.may_subscribe(&admin, "acme/lyon/recipes/#"));
+    std::fs::remove_file(&file).expect("remove");
+    sec.mqtt.revalidate(&[&admin]);
+    assert!(sec.mqtt.may_subscribe(&admin, "acme/lyon/recipes/#"));
+}

@@ -753,3 +753,48 @@ fn common_mode(path: &Path) -> u32 {
         .mode()
         & 0o777
 }
+
+/// `acl add|list|remove` on the data directory: rules are checked before they are written,
+/// numbered for removal, audited; configured rules cannot be removed from the CLI.
+#[test]
+fn acl_rules_are_added_listed_and_removed_from_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::create_dir(d.join("data")).expect("data dir");
+    let out = cli(d, &["acl", "add", "role:viewer deny subscribe"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("allow|deny publish|subscribe|both"), "{err}");
+    cli_ok(
+        d,
+        &[
+            "acl",
+            "add",
+            "role:viewer deny subscribe acme/lyon/recipes/#",
+        ],
+    );
+    cli_ok(
+        d,
+        &["acl", "add", "device:press-4 allow publish plant/%u/#"],
+    );
+    let list = cli_ok(d, &["acl", "list"]);
+    assert!(
+        list.contains("  1  acl add  role:viewer deny subscribe acme/lyon/recipes/#"),
+        "{list}"
+    );
+    assert!(
+        list.contains("  2  acl add  device:press-4 allow publish plant/%u/#"),
+        "{list}"
+    );
+    assert!(list.contains("config   role:admin allow both #"), "{list}");
+    let out = cli(d, &["acl", "remove", "7"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("there is no added rule 7"));
+    cli_ok(d, &["acl", "remove", "1"]);
+    let list = cli_ok(d, &["acl", "list"]);
+    assert!(!list.contains("recipes"), "{list}");
+    assert!(list.contains("  1  acl add  device:press-4"), "{list}");
+    let log = std::fs::read_to_string(d.join("data/security/audit/audit.log")).expect("log");
+    assert!(log.contains("acl add: role:viewer deny subscribe acme/lyon/recipes/#"));
+    assert!(log.contains("acl remove: role:viewer deny subscribe acme/lyon/recipes/#"));
+}
