@@ -8,7 +8,6 @@ use std::time::Instant;
 use anyhow::Context as _;
 use ironplant_api::ApiState;
 use ironplant_core::config::Config;
-use ironplant_runtime::Runtime;
 use ironplant_security::Security;
 use tokio::net::TcpListener;
 
@@ -208,12 +207,6 @@ async fn serve_with(
         None => None,
     };
     let ca_crt = secure::ca_cert_path(&sec);
-    let runtime = Arc::new(Runtime::start(&config, Some(data_dir)).with_context(|| {
-        format!(
-            "cannot start the historian in {}",
-            data_dir.join("historian").display()
-        )
-    })?);
     // The broker runs when any MQTT listener is on; it is also served at /mqtt over WebSocket.
     // Retained messages and persistent sessions live in <data-dir>/mqtt. Every client is
     // authenticated (certificate, password or API token) and checked against the ACL.
@@ -238,11 +231,27 @@ async fn serve_with(
         let auth = Arc::new(secure::BlockingAuth(sec.mqtt.clone()));
         let broker = ironplant_mqtt::Broker::open(broker_cfg, auth)
             .context("cannot open the MQTT broker's state (retained messages and sessions)")?;
-        runtime.metrics.attach_broker(broker.clone());
         Some(broker)
     } else {
         None
     };
+    // The runtime, its consumers on the broker (UNS, Sparkplug host), then the sources: in
+    // that order, so no consumer misses the first poll.
+    let started = ironplant_runtime::start_platform(&config, Some(data_dir), broker.as_ref())
+        .map_err(|e| match e {
+            ironplant_runtime::StartError::Historian(e) => anyhow::Error::new(e).context(format!(
+                "cannot start the historian in {}",
+                data_dir.join("historian").display()
+            )),
+            e @ ironplant_runtime::StartError::Sparkplug(_) => anyhow::Error::new(e).context(
+                "cannot start the Sparkplug host application; check [sparkplug] in the config",
+            ),
+        })?;
+    let runtime = started.runtime;
+    let sparkplug = started.sparkplug;
+    if let Some(b) = &broker {
+        runtime.metrics.attach_broker(b.clone());
+    }
     let state = Arc::new(ApiState {
         runtime: runtime.clone(),
         started: Instant::now(),
@@ -289,22 +298,7 @@ async fn serve_with(
     tracing::info!(fingerprint = %sec.ca.fingerprint(), ca = %ca_crt.display(), "certificate authority");
     // Kept until shutdown; dropping a bridge stops it (its queue stays on disk).
     let mut _bridges = Vec::new();
-    let mut sparkplug = None;
     if let Some(broker) = &broker {
-        if config.sparkplug.enabled {
-            let host =
-                ironplant_runtime::sparkplug::start(broker.clone(), &runtime, &config.sparkplug)
-                    .context(
-                    "cannot start the Sparkplug host application; check [sparkplug] in the config",
-                )?;
-            sparkplug = Some(host);
-        }
-        ironplant_runtime::uns::attach(
-            broker.clone(),
-            &runtime.bus,
-            runtime.namespace.clone(),
-            &config.mqtt.uns_prefix,
-        );
         _bridges = ironplant_runtime::bridges::start(broker, &config.bridges, data_dir)
             .await
             .context("cannot start the MQTT bridges")?;
