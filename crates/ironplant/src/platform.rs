@@ -308,13 +308,14 @@ async fn serve_with(
         );
     }
     tracing::info!(fingerprint = %sec.ca.fingerprint(), ca = %ca_crt.display(), "certificate authority");
-    // Kept until shutdown; dropping a bridge stops it (its queue stays on disk).
-    let mut _bridges = Vec::new();
+    // Kept until shutdown, then stopped cleanly (the queue stays on disk, the counters are
+    // saved).
+    let mut bridges = Vec::new();
     if let Some(broker) = &broker {
-        _bridges = ironplant_runtime::bridges::start(broker, &config.bridges, data_dir)
+        bridges = ironplant_runtime::bridges::start(broker, &config.bridges, data_dir)
             .await
             .context("cannot start the MQTT bridges")?;
-        runtime.metrics.attach_bridges(&_bridges);
+        runtime.metrics.attach_bridges(&bridges);
         for b in &config.bridges {
             println!(
                 "  Bridge:    {} <-> mqtt://{} (queue in {})",
@@ -406,6 +407,9 @@ async fn serve_with(
     };
     if let Some(host) = sparkplug {
         host.shutdown();
+    }
+    for b in bridges {
+        b.shutdown().await;
     }
     // Flush the historian even if the HTTP server failed: acknowledged data is in the WAL
     // anyway, but a clean close leaves nothing to replay.
