@@ -1,5 +1,10 @@
 //! Ironplant runtime: builds the namespace and tag bus from a configuration, starts one task per
 //! device, collects metrics, and offers the operations the API and CLI need (live values, writes).
+//!
+//! Start-up order (the composition root is [`start_platform`]): the namespace, bus and
+//! historian (subscribed), then the UNS publisher and the Sparkplug host on the broker, and
+//! only then the sources (device pollers). A sample published before a subscriber exists is
+//! never delivered to it, so every subscriber exists before the first source starts.
 
 pub mod bridges;
 pub mod metrics;
@@ -8,13 +13,15 @@ pub mod uns;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ironplant_core::config::{Config, HistorianSettings, LossyMethod, Protocol};
 use ironplant_core::{LiveNamespace, Overflow, RegisterError, TagBus, TagId, TagMeta, Value};
 use ironplant_historian::lossy::LossySpec;
 use ironplant_historian::{Historian, HistorianConfig, HistorianError};
 use ironplant_modbus::{DeviceHandle, DevicePoller, PollPoint, WriteError};
+use ironplant_mqtt::Broker;
+use parking_lot::Mutex;
 
 pub use metrics::Metrics;
 
@@ -40,7 +47,66 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     /// The historian, when the platform has a data directory and it is enabled.
     pub historian: Option<Historian>,
-    devices: HashMap<String, DeviceHandle>,
+    /// The device tasks, once [`Runtime::start_sources`] ran.
+    devices: OnceLock<HashMap<String, DeviceHandle>>,
+    /// Device pollers built but not started yet.
+    pending: Mutex<Vec<DevicePoller>>,
+}
+
+/// Why the platform cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start the historian: {0}")]
+    Historian(#[from] HistorianError),
+    #[error(transparent)]
+    Sparkplug(#[from] sparkplug::SparkplugError),
+}
+
+/// A started platform: the runtime and its consumers on the broker.
+pub struct Started {
+    pub runtime: Arc<Runtime>,
+    /// The Sparkplug host application, when the broker runs and `[sparkplug]` enables it.
+    pub sparkplug: Option<sparkplug::SparkplugHost>,
+    /// The UNS publisher's task, when the broker runs.
+    pub uns: Option<tokio::task::JoinHandle<()>>,
+    /// The bus subscribers that existed when the sources started (in subscription order).
+    pub subscribers_at_start: Vec<String>,
+}
+
+/// The composition root: builds the runtime (historian subscribed), attaches the UNS publisher
+/// and the Sparkplug host to `broker` (when there is one), and only then starts the sources, so
+/// that no subscriber misses the first poll. Call on a tokio runtime.
+pub fn start_platform(
+    config: &Config,
+    data_dir: Option<&Path>,
+    broker: Option<&Broker>,
+) -> Result<Started, StartError> {
+    let runtime = Arc::new(Runtime::build(config, data_dir)?);
+    let mut uns = None;
+    let mut host = None;
+    if let Some(broker) = broker {
+        // The UNS before the Sparkplug host: the host is a source too (births and data).
+        uns = Some(uns::attach(
+            broker.clone(),
+            &runtime.bus,
+            runtime.namespace.clone(),
+            &config.mqtt.uns_prefix,
+        ));
+        if config.sparkplug.enabled {
+            host = Some(sparkplug::start(
+                broker.clone(),
+                &runtime,
+                &config.sparkplug,
+            )?);
+        }
+    }
+    let subscribers_at_start = runtime.start_sources();
+    Ok(Started {
+        runtime,
+        sparkplug: host,
+        uns,
+        subscribers_at_start,
+    })
 }
 
 /// The historian's settings from the config, for a data directory.
@@ -144,8 +210,18 @@ fn attach_historian(
 
 impl Runtime {
     /// Starts every configured device on the current tokio runtime, and the historian in
-    /// `data_dir/historian` when a data directory is given and the config enables it.
+    /// `data_dir/historian` when a data directory is given and the config enables it. A caller
+    /// with more bus subscribers uses [`start_platform`] (or [`Runtime::build`], subscribes,
+    /// then [`Runtime::start_sources`]) so they do not miss the first samples.
     pub fn start(config: &Config, data_dir: Option<&Path>) -> Result<Runtime, HistorianError> {
+        let rt = Runtime::build(config, data_dir)?;
+        rt.start_sources();
+        Ok(rt)
+    }
+
+    /// Builds the namespace, the bus, the metrics and the historian (subscribed to the bus), and
+    /// prepares the device pollers without starting them.
+    pub fn build(config: &Config, data_dir: Option<&Path>) -> Result<Runtime, HistorianError> {
         let namespace = Arc::new(LiveNamespace::new(config.namespace()));
         let bus = TagBus::new(namespace.len());
         let metrics = Arc::new(Metrics::new(config.devices.iter().map(|d| d.id.clone())));
@@ -157,7 +233,7 @@ impl Runtime {
             }
             _ => None,
         };
-        let mut devices = HashMap::new();
+        let mut pending = Vec::new();
         for dev in &config.devices {
             match dev.protocol {
                 Protocol::ModbusTcp => {
@@ -174,14 +250,12 @@ impl Runtime {
                             })
                         })
                         .collect();
-                    tracing::info!(device = %dev.id, address = %dev.address, tags = points.len(), interval = ?dev.poll_interval, "starting device");
-                    let poller = DevicePoller {
+                    pending.push(DevicePoller {
                         config: dev.clone(),
                         points,
                         bus: bus.clone(),
                         observer: metrics.clone(),
-                    };
-                    devices.insert(dev.id.clone(), poller.spawn());
+                    });
                 }
             }
         }
@@ -190,8 +264,33 @@ impl Runtime {
             bus,
             metrics,
             historian,
-            devices,
+            devices: OnceLock::new(),
+            pending: Mutex::new(pending),
         })
+    }
+
+    /// Starts the sources (one task per device) on the current tokio runtime; a second call
+    /// does nothing. Returns the bus subscribers that exist now: they see every sample.
+    pub fn start_sources(&self) -> Vec<String> {
+        let subscribers: Vec<String> = self
+            .bus
+            .stats()
+            .subscribers
+            .into_iter()
+            .map(|(name, _, _)| name)
+            .collect();
+        let pollers = std::mem::take(&mut *self.pending.lock());
+        if self.devices.get().is_some() {
+            return subscribers;
+        }
+        let mut devices = HashMap::new();
+        for poller in pollers {
+            tracing::info!(device = %poller.config.id, address = %poller.config.address, tags = poller.points.len(), interval = ?poller.config.poll_interval, "starting device");
+            devices.insert(poller.config.id.clone(), poller.spawn());
+        }
+        tracing::debug!(?subscribers, "sources started after these bus subscribers");
+        let _ = self.devices.set(devices);
+        subscribers
     }
 
     /// Adds a tag while running (a Sparkplug metric's birth), or updates the metadata of the
@@ -230,7 +329,8 @@ impl Runtime {
             .ok_or_else(|| RuntimeWriteError::NoDevice(path.to_owned()))?;
         let device = self
             .devices
-            .get(device_id)
+            .get()
+            .and_then(|d| d.get(device_id))
             .ok_or_else(|| RuntimeWriteError::NoDevice(path.to_owned()))?;
         device
             .write(meta.id, value)

@@ -456,12 +456,18 @@ impl PollObserver for Metrics {
 
 fn render_bridges(w: &mut String, bridges: &[(String, Arc<ironplant_mqtt::bridge::BridgeStats>)]) {
     type Field = fn(&ironplant_mqtt::bridge::BridgeStats) -> &std::sync::atomic::AtomicU64;
-    let metrics: [(&str, &str, &str, Field); 11] = [
+    let metrics: [(&str, &str, &str, Field); 13] = [
         (
             "connected",
             "gauge",
             "1 while the bridge is connected to its remote broker.",
             |s| &s.connected,
+        ),
+        (
+            "queue_full",
+            "gauge",
+            "1 from the first message dropped by the queue's overflow policy until the queue is below 90 % of its limits again.",
+            |s| &s.queue_full,
         ),
         (
             "queued_messages",
@@ -504,6 +510,12 @@ fn render_bridges(w: &mut String, bridges: &[(String, Arc<ironplant_mqtt::bridge
             "counter",
             "Messages the remote refused.",
             |s| &s.rejected,
+        ),
+        (
+            "unchanged_total",
+            "counter",
+            "Retained messages not sent again because the remote already has the same one (the replay at each start).",
+            |s| &s.unchanged,
         ),
         (
             "received_total",
@@ -605,5 +617,23 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE ironplant_sparkplug_messages_total counter\nironplant_sparkplug_messages_total 0\n"), "{text}");
+    }
+
+    #[test]
+    fn renders_bridge_queue_full_and_counters() {
+        let m = Metrics::new(Vec::<String>::new());
+        let st = Arc::new(ironplant_mqtt::bridge::BridgeStats::default());
+        st.queue_full.store(1, Ordering::Relaxed);
+        st.unchanged.store(7, Ordering::Relaxed);
+        let _ = m.bridges.set(vec![("ent".to_owned(), st)]);
+        let text = m.render(&BusStats::default(), 0, None);
+        assert!(
+            text.contains("# TYPE ironplant_bridge_queue_full gauge\nironplant_bridge_queue_full{bridge=\"ent\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ironplant_bridge_unchanged_total{bridge=\"ent\"} 7\n"),
+            "{text}"
+        );
     }
 }

@@ -9,6 +9,7 @@ mod bench_mqtt;
 mod bench_pg;
 mod datadir;
 mod platform;
+mod private_dir;
 mod query;
 mod secure;
 
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Ironplant: an industrial IoT platform in one binary — connect PLCs and sensors, see live values.
 #[derive(Parser)]
@@ -26,42 +27,68 @@ use clap::{Parser, Subcommand, ValueEnum};
     version,
     about,
     long_about = None,
-    after_help = "Examples:\n  ironplant demo\n  ironplant serve --config ironplant.toml --http 0.0.0.0:8080 --tls-name plant.example\n  ironplant check --config ironplant.toml\n  ironplant device enroll press-4\n  ironplant token create --user admin --role viewer --expires 7d"
+    after_help = "Examples:\n  ironplant demo\n  ironplant serve --config ironplant.toml --http 0.0.0.0:8080 --tls-name plant.example\n  ironplant check --config ironplant.toml\n  ironplant device enroll press-4\n  ironplant token create --user admin --role viewer --expires 7d\n\n`ironplant COMMAND --help` shows a command's own flags and an example."
 )]
 struct Cli {
-    /// Address of the HTTP API, served over HTTPS with a certificate from the built-in CA
-    /// (port 0 picks a free port).
+    /// Log output format (logs go to stderr; RUST_LOG sets the level, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the platform's data lives (every command that reads or writes it).
+#[derive(Args, Clone)]
+struct DataDir {
+    /// Directory for the platform's data.
+    #[arg(long, default_value = "ironplant-data", value_name = "DIR")]
+    data_dir: PathBuf,
+}
+
+/// The data directory for a group of administration commands (given before or after the
+/// subcommand: `ironplant device enroll NAME --data-dir DIR`).
+#[derive(Args, Clone)]
+struct AdminDataDir {
+    /// Directory of the platform's data (its security state is in DIR/security).
     #[arg(
         long,
         global = true,
-        default_value = "127.0.0.1:8080",
-        value_name = "ADDR"
+        default_value = "ironplant-data",
+        value_name = "DIR"
     )]
+    data_dir: PathBuf,
+}
+
+/// The flags of a running platform (`serve`, `demo`).
+#[derive(Args)]
+struct ServerArgs {
+    /// Address of the HTTP API, served over HTTPS with a certificate from the built-in CA
+    /// (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     http: String,
     /// Serve the API over plain HTTP instead of HTTPS (passwords and tokens then cross the
     /// network in clear: only on loopback or behind a TLS-terminating proxy).
-    #[arg(long, global = true)]
+    #[arg(long)]
     insecure_http: bool,
     /// Extra host name or IP address clients use to reach this platform, for the server
     /// certificate (loopback and the listen addresses are always in it); repeatable.
     /// Example: --tls-name plant.example --tls-name 10.0.0.5
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, value_name = "NAME")]
     tls_name: Vec<String>,
     /// Your own server certificate chain (PEM) for HTTPS and MQTT over TLS, instead of one
     /// issued by the built-in CA; needs --tls-key. Device certificates are still checked
     /// against the built-in CA.
     /// Example: --tls-cert /etc/ironplant/server.crt --tls-key /etc/ironplant/server.key
-    #[arg(long, global = true, value_name = "FILE", requires = "tls_key")]
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
-    #[arg(long, global = true, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Address of the MQTT over TLS listener (the Unified Namespace: every tag's value,
     /// retained, on its path). Clients log in with a device certificate, or a user name and
     /// password or API token. `off` disables it; port 0 picks a free port.
     #[arg(
         long,
-        global = true,
         env = "IRONPLANT_MQTTS",
         default_value = platform::DEFAULT_MQTTS,
         value_name = "ADDR"
@@ -71,7 +98,6 @@ struct Cli {
     /// device on loopback). Clients still log in; their credentials travel in clear.
     #[arg(
         long,
-        global = true,
         env = "IRONPLANT_MQTT",
         default_value = "off",
         value_name = "ADDR"
@@ -83,25 +109,13 @@ struct Cli {
     /// Example: --mqtt-ws 127.0.0.1:8083
     #[arg(
         long,
-        global = true,
         env = "IRONPLANT_MQTT_WS",
         default_value = "off",
         value_name = "ADDR"
     )]
     mqtt_ws: String,
-    /// Directory for the platform's data.
-    #[arg(
-        long,
-        global = true,
-        default_value = "ironplant-data",
-        value_name = "DIR"
-    )]
-    data_dir: PathBuf,
-    /// Log output format (logs go to stderr; RUST_LOG sets the level, default info).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Command,
+    #[command(flatten)]
+    data: DataDir,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -123,6 +137,8 @@ enum Command {
         /// Random seed of the simulated plant.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Run the platform with a configuration file.
     #[command(
@@ -132,11 +148,13 @@ enum Command {
         /// The configuration file (TOML).
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Run the simulated bottling line as a Modbus TCP server (units 1 and 2) and a Sparkplug B
     /// edge node (group bottling, node sim-edge, device line1) publishing to an MQTT broker.
     #[command(
-        after_help = "Example (the platform on this machine, its edge node enrolled once):\n  ironplant device enroll sim-edge --role device --out edge\n  ironplant simulate --listen 127.0.0.1:5020 --sparkplug-broker 127.0.0.1:8883 --sparkplug-bundle edge\n  # then, in another shell: ironplant serve --config examples/bottling.toml\n  # its Sparkplug tags appear under bottling/sim-edge in GET /api/v1/tags"
+        after_help = "Examples (the platform on this machine, same data directory):\n  ironplant simulate &\n  ironplant serve --config examples/bottling.toml\n  # its Sparkplug tags appear under bottling/sim-edge in GET /api/v1/tags\n\n  ironplant simulate --sparkplug-broker off            # Modbus only\n  ironplant simulate --sparkplug-bundle edge           # a bundle from `ironplant device enroll sim-edge --out edge`\n  ironplant simulate --sparkplug-broker 127.0.0.1:1883 --sparkplug-plain   # a test broker without TLS"
     )]
     Simulate {
         /// Address to listen on (port 0 picks a free port; the bound address is printed).
@@ -145,17 +163,23 @@ enum Command {
         /// Random seed of the simulated plant.
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        /// MQTT broker (`host:port`) the simulator's Sparkplug B edge node publishes to, e.g.
-        /// the platform's `--mqtt` address; it reconnects until the broker is up. `off`
-        /// disables the edge node.
+        /// MQTT broker (`host:port`) the simulator's Sparkplug B edge node publishes to, by
+        /// default the platform's MQTT over TLS listener; it reconnects until the broker is up.
+        /// `off` disables the edge node.
         #[arg(long, default_value = platform::DEFAULT_MQTTS, value_name = "ADDR")]
         sparkplug_broker: String,
         /// Directory with the edge node's enrolled certificate bundle (`sim-edge.crt`,
-        /// `sim-edge.key`, `ca.crt`, as written by `ironplant device enroll sim-edge --out DIR`):
-        /// the edge node then connects over TLS with it. Without it, it connects in plain text
-        /// and anonymously, which a secured platform refuses.
-        #[arg(long, value_name = "DIR")]
+        /// `sim-edge.key`, `ca.crt`, as written by `ironplant device enroll sim-edge --out DIR`).
+        /// Without it, the edge node uses the certificate the platform keeps for the simulator
+        /// in <data-dir>/demo-edge (shared with `ironplant demo`; enrolled on first use).
+        #[arg(long, value_name = "DIR", conflicts_with = "sparkplug_plain")]
         sparkplug_bundle: Option<PathBuf>,
+        /// Connect the edge node in plain text and anonymously (a third-party test broker); a
+        /// secured Ironplant platform refuses that.
+        #[arg(long)]
+        sparkplug_plain: bool,
+        #[command(flatten)]
+        data: DataDir,
     },
     /// Validate a configuration file and report every error with line and column.
     #[command(after_help = "Example:\n  ironplant check --config ironplant.toml")]
@@ -174,21 +198,54 @@ enum Command {
     #[command(after_help = query::AFTER_HELP)]
     Query(query::QueryArgs),
     /// Enrol, revoke and list devices (client certificates from the built-in CA).
-    #[command(subcommand)]
-    Device(admin::DeviceCommand),
+    #[command(
+        after_help = "Examples:\n  ironplant device enroll press-4 --out ./press-4\n  ironplant device revoke press-4\n  ironplant device list --data-dir /var/lib/ironplant"
+    )]
+    Device {
+        #[command(flatten)]
+        data: AdminDataDir,
+        #[command(subcommand)]
+        command: admin::DeviceCommand,
+    },
     /// Add users, set their passwords, list them.
-    #[command(subcommand)]
-    User(admin::UserCommand),
+    #[command(
+        after_help = "Examples:\n  ironplant user add alice --role operator\n  ironplant user passwd alice\n  ironplant user list"
+    )]
+    User {
+        #[command(flatten)]
+        data: AdminDataDir,
+        #[command(subcommand)]
+        command: admin::UserCommand,
+    },
     /// Create, revoke and list API tokens.
-    #[command(subcommand)]
-    Token(admin::TokenCommand),
+    #[command(
+        after_help = "Examples:\n  ironplant token create --user alice --role viewer --expires 30d\n  ironplant token list\n  ironplant token revoke 3f2a9c0d"
+    )]
+    Token {
+        #[command(flatten)]
+        data: AdminDataDir,
+        #[command(subcommand)]
+        command: admin::TokenCommand,
+    },
     /// Check the audit log.
-    #[command(subcommand)]
-    Audit(admin::AuditCommand),
+    #[command(after_help = "Example:\n  ironplant audit verify --data-dir /var/lib/ironplant")]
+    Audit {
+        #[command(flatten)]
+        data: AdminDataDir,
+        #[command(subcommand)]
+        command: admin::AuditCommand,
+    },
     /// List, add and remove MQTT access rules (the running platform applies changes within a
     /// second).
-    #[command(subcommand)]
-    Acl(admin::AclCommand),
+    #[command(
+        after_help = "Examples:\n  ironplant acl list --config ironplant.toml\n  ironplant acl add 'role:viewer deny subscribe acme/lyon/recipes/#'"
+    )]
+    Acl {
+        #[command(flatten)]
+        data: AdminDataDir,
+        #[command(subcommand)]
+        command: admin::AclCommand,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -229,17 +286,26 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config } => Ok(check(&config)),
-        Command::Serve { ref config } => {
-            let Some(cfg) = load_config(config)? else {
+        Command::Serve { config, server } => {
+            let Some(cfg) = load_config(&config)? else {
                 return Ok(ExitCode::FAILURE);
             };
-            let listen = listen(&cli);
-            runtime()?.block_on(platform::serve(cfg, &listen, &cli.data_dir, None))?;
+            let listen = listen(&server);
+            runtime()?.block_on(platform::serve(cfg, &listen, &server.data.data_dir, None))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { sim_listen, seed } => {
-            let listen = listen(&cli);
-            runtime()?.block_on(platform::demo(sim_listen, seed, &listen, &cli.data_dir))?;
+        Command::Demo {
+            sim_listen,
+            seed,
+            server,
+        } => {
+            let listen = listen(&server);
+            runtime()?.block_on(platform::demo(
+                sim_listen,
+                seed,
+                &listen,
+                &server.data.data_dir,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate {
@@ -247,22 +313,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seed,
             sparkplug_broker,
             sparkplug_bundle,
+            sparkplug_plain,
+            data,
         } => {
-            let broker = (sparkplug_broker != "off").then_some(sparkplug_broker.as_str());
-            runtime()?.block_on(platform::simulate(
-                listen,
-                seed,
-                broker,
-                sparkplug_bundle.as_deref(),
-            ))?;
+            let edge = match (off(&sparkplug_broker), sparkplug_bundle, sparkplug_plain) {
+                (None, _, _) => platform::SimEdge::Off,
+                (Some(b), Some(dir), _) => platform::SimEdge::Bundle(b.to_owned(), dir),
+                (Some(b), None, true) => platform::SimEdge::Plain(b.to_owned()),
+                (Some(b), None, false) => platform::SimEdge::DataDir(b.to_owned(), data.data_dir),
+            };
+            runtime()?.block_on(platform::simulate(listen, seed, edge))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Query(args) => query::run(args, &cli.http, cli.insecure_http, &cli.data_dir),
-        Command::Device(cmd) => admin::device(cmd, &cli.data_dir),
-        Command::User(cmd) => admin::user(cmd, &cli.data_dir),
-        Command::Token(cmd) => admin::token(cmd, &cli.data_dir),
-        Command::Audit(cmd) => admin::audit(cmd, &cli.data_dir),
-        Command::Acl(cmd) => admin::acl(cmd, &cli.data_dir),
+        Command::Query(args) => query::run(args),
+        Command::Device { data, command } => admin::device(command, &data.data_dir),
+        Command::User { data, command } => admin::user(command, &data.data_dir),
+        Command::Token { data, command } => admin::token(command, &data.data_dir),
+        Command::Audit { data, command } => admin::audit(command, &data.data_dir),
+        Command::Acl { data, command } => admin::acl(command, &data.data_dir),
         Command::Bench(cmd) => {
             runtime()?.block_on(bench::run(cmd))?;
             Ok(ExitCode::SUCCESS)
@@ -274,15 +342,15 @@ fn off(addr: &str) -> Option<&str> {
     (addr != "off").then_some(addr)
 }
 
-fn listen(cli: &Cli) -> platform::Listen<'_> {
+fn listen(server: &ServerArgs) -> platform::Listen<'_> {
     platform::Listen {
-        http: &cli.http,
-        insecure_http: cli.insecure_http,
-        mqtts: off(&cli.mqtts),
-        mqtt: off(&cli.mqtt),
-        mqtt_ws: off(&cli.mqtt_ws),
-        tls_names: &cli.tls_name,
-        tls_cert: cli.tls_cert.as_deref().zip(cli.tls_key.as_deref()),
+        http: &server.http,
+        insecure_http: server.insecure_http,
+        mqtts: off(&server.mqtts),
+        mqtt: off(&server.mqtt),
+        mqtt_ws: off(&server.mqtt_ws),
+        tls_names: &server.tls_name,
+        tls_cert: server.tls_cert.as_deref().zip(server.tls_key.as_deref()),
     }
 }
 
@@ -319,6 +387,86 @@ fn check(path: &Path) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    /// Every command and subcommand, with its path.
+    fn walk(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        for sub in cmd.get_subcommands() {
+            let p = format!("{path} {}", sub.get_name());
+            walk(sub, p.clone(), out);
+            out.push((p, sub.clone()));
+        }
+    }
+
+    fn long_flags(cmd: &clap::Command) -> Vec<String> {
+        cmd.get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn every_command_has_an_example_and_only_its_own_flags() {
+        let mut root = Cli::command();
+        root.build(); // propagates global flags into the subcommands
+
+        let mut all = Vec::new();
+        walk(&root, "ironplant".into(), &mut all);
+        assert!(all.len() > 20, "{}", all.len());
+        for (path, cmd) in &all {
+            // `help` is clap's; hidden commands are internal (benchmark peers).
+            if path.split(' ').any(|w| w == "help") || cmd.is_hide_set() {
+                continue;
+            }
+            let help = cmd
+                .get_after_help()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                help.contains("Example") && help.contains("ironplant "),
+                "{path} has no example in its --help"
+            );
+            let flags = long_flags(cmd);
+            let server = path == "ironplant serve" || path == "ironplant demo";
+            let client = server || path == "ironplant query";
+            for (f, owners) in [
+                ("mqtts", server),
+                ("mqtt", server),
+                ("mqtt-ws", server),
+                ("tls-cert", server),
+                ("tls-name", server),
+                ("http", client),
+                ("insecure-http", client),
+            ] {
+                assert_eq!(
+                    flags.iter().any(|x| x == f),
+                    owners,
+                    "{path}: --{f} {}",
+                    if owners {
+                        "missing"
+                    } else {
+                        "shown but not used"
+                    }
+                );
+            }
+        }
+        // Only the commands that use a data directory offer one.
+        for (path, cmd) in &all {
+            let has = long_flags(cmd).iter().any(|f| f == "data-dir");
+            let top = path.split(' ').nth(1).unwrap_or_default();
+            let uses = matches!(
+                top,
+                "serve" | "demo" | "simulate" | "query" | "device" | "user" | "token" | "audit"
+            );
+            if !path.split(' ').any(|w| w == "help") && !cmd.has_subcommands() {
+                assert_eq!(has, uses, "{path}: --data-dir");
+            }
         }
     }
 }

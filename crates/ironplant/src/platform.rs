@@ -8,11 +8,20 @@ use std::time::Instant;
 use anyhow::Context as _;
 use ironplant_api::ApiState;
 use ironplant_core::config::Config;
-use ironplant_runtime::Runtime;
 use ironplant_security::Security;
 use tokio::net::TcpListener;
 
+use crate::datadir;
 use crate::secure;
+
+/// How long a start waits for another process that is creating the security state.
+const SETUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Opens (on first start, creates) the security state, one process at a time.
+fn open_security(data_dir: &Path, config: &Config) -> anyhow::Result<Arc<Security>> {
+    let _setup = datadir::lock_setup(data_dir, SETUP_PATIENCE)?;
+    secure::open_configured(data_dir, config)
+}
 
 /// The plain MQTT listener's usual address (`--mqtt`; off unless given).
 pub const DEFAULT_MQTT: &str = "127.0.0.1:1883";
@@ -42,8 +51,8 @@ async fn bind(addr: &str, what: &str, flag: &str) -> anyhow::Result<TcpListener>
 }
 
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
-    crate::datadir::create(dir)?;
-    crate::datadir::make_private(dir)?;
+    crate::private_dir::create(dir)?;
+    crate::private_dir::make_private(dir)?;
     let probe = dir.join(".ironplant-write-test");
     std::fs::write(&probe, b"ok").with_context(|| {
         format!(
@@ -156,7 +165,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let bound = bind_all(listen, false).await?;
     prepare_data_dir(data_dir)?;
-    let sec = tokio::task::block_in_place(|| secure::open_configured(data_dir, &config))?;
+    // Before anything opens a redb file (historian, broker state, bridge queues).
+    let _lock = datadir::lock_process(data_dir, "serve")?;
+    let sec = tokio::task::block_in_place(|| open_security(data_dir, &config))?;
     serve_with(config, bound, listen, sec, data_dir, banner).await
 }
 
@@ -208,16 +219,11 @@ async fn serve_with(
         None => None,
     };
     let ca_crt = secure::ca_cert_path(&sec);
-    let runtime = Arc::new(Runtime::start(&config, Some(data_dir)).with_context(|| {
-        format!(
-            "cannot start the historian in {}",
-            data_dir.join("historian").display()
-        )
-    })?);
     // The broker runs when any MQTT listener is on; it is also served at /mqtt over WebSocket.
     // Retained messages and persistent sessions live in <data-dir>/mqtt. Every client is
     // authenticated (certificate, password or API token) and checked against the ACL.
     let any_mqtt = mqtts_listener.is_some() || mqtt_listener.is_some() || ws_listener.is_some();
+    let namespace_for_policy = Arc::new(std::sync::OnceLock::new());
     let broker = if any_mqtt {
         let m = &config.mqtt;
         let broker_cfg = ironplant_mqtt::BrokerConfig {
@@ -249,18 +255,35 @@ async fn serve_with(
         let auth = Arc::new(secure::BlockingAuth {
             inner: sec.mqtt.clone(),
             reserved: Some(secure::Reserved {
-                namespace: runtime.namespace.clone(),
+                namespace: namespace_for_policy.clone(),
                 uns_prefix: m.uns_prefix.clone(),
                 host_state: format!("spBv1.0/STATE/{}", config.sparkplug.host_id),
             }),
         });
         let broker = ironplant_mqtt::Broker::open(broker_cfg, auth)
             .context("cannot open the MQTT broker's state (retained messages and sessions)")?;
-        runtime.metrics.attach_broker(broker.clone());
         Some(broker)
     } else {
         None
     };
+    // The runtime, its consumers on the broker (UNS, Sparkplug host), then the sources: in
+    // that order, so no consumer misses the first poll.
+    let started = ironplant_runtime::start_platform(&config, Some(data_dir), broker.as_ref())
+        .map_err(|e| match e {
+            ironplant_runtime::StartError::Historian(e) => anyhow::Error::new(e).context(format!(
+                "cannot start the historian in {}",
+                data_dir.join("historian").display()
+            )),
+            e @ ironplant_runtime::StartError::Sparkplug(_) => anyhow::Error::new(e).context(
+                "cannot start the Sparkplug host application; check [sparkplug] in the config",
+            ),
+        })?;
+    let runtime = started.runtime;
+    let sparkplug = started.sparkplug;
+    let _ = namespace_for_policy.set(runtime.namespace.clone());
+    if let Some(b) = &broker {
+        runtime.metrics.attach_broker(b.clone());
+    }
     let state = Arc::new(ApiState {
         runtime: runtime.clone(),
         started: Instant::now(),
@@ -307,28 +330,14 @@ async fn serve_with(
         );
     }
     tracing::info!(fingerprint = %sec.ca.fingerprint(), ca = %ca_crt.display(), "certificate authority");
-    // Kept until shutdown; dropping a bridge stops it (its queue stays on disk).
-    let mut _bridges = Vec::new();
-    let mut sparkplug = None;
+    // Kept until shutdown, then stopped cleanly (the queue stays on disk, the counters are
+    // saved).
+    let mut bridges = Vec::new();
     if let Some(broker) = &broker {
-        if config.sparkplug.enabled {
-            let host =
-                ironplant_runtime::sparkplug::start(broker.clone(), &runtime, &config.sparkplug)
-                    .context(
-                    "cannot start the Sparkplug host application; check [sparkplug] in the config",
-                )?;
-            sparkplug = Some(host);
-        }
-        ironplant_runtime::uns::attach(
-            broker.clone(),
-            &runtime.bus,
-            runtime.namespace.clone(),
-            &config.mqtt.uns_prefix,
-        );
-        _bridges = ironplant_runtime::bridges::start(broker, &config.bridges, data_dir)
+        bridges = ironplant_runtime::bridges::start(broker, &config.bridges, data_dir)
             .await
             .context("cannot start the MQTT bridges")?;
-        runtime.metrics.attach_bridges(&_bridges);
+        runtime.metrics.attach_bridges(&bridges);
         for b in &config.bridges {
             println!(
                 "  Bridge:    {} <-> mqtt://{} (queue in {})",
@@ -449,6 +458,9 @@ async fn serve_with(
         host.shutdown();
     }
     audit_head.stop().await;
+    for b in bridges {
+        b.shutdown().await;
+    }
     // Flush the historian even if the HTTP server failed: acknowledged data is in the WAL
     // anyway, but a clean close leaves nothing to replay.
     tokio::task::block_in_place(|| {
@@ -466,20 +478,37 @@ async fn serve_with(
 /// default ACL lets a device publish as).
 const DEMO_EDGE_DEVICE: &str = "sim-edge";
 
-/// The demo edge node's certificate bundle in `<data-dir>/demo-edge/`: reused while its
-/// device is enrolled, else (first start, or revoked) enrolled anew.
+/// The simulator edge node's certificate bundle in `<data-dir>/demo-edge/` (used by `demo`
+/// and by `simulate` without `--sparkplug-bundle`): reused while it is the device's active
+/// certificate, else (first start, revoked, or the device enrolled again elsewhere) enrolled
+/// anew. Call with the setup lock held: two processes must not enrol it at once.
 fn demo_edge_bundle(sec: &Security, data_dir: &Path) -> anyhow::Result<(String, String, PathBuf)> {
+    use rustls::pki_types::pem::PemObject as _;
     let dir = data_dir.join("demo-edge");
     let crt = dir.join(format!("{DEMO_EDGE_DEVICE}.crt"));
     let key = dir.join(format!("{DEMO_EDGE_DEVICE}.key"));
-    let active = sec.ca.devices().active(DEMO_EDGE_DEVICE).is_some();
-    if active {
-        if let (Ok(c), Ok(k)) = (std::fs::read_to_string(&crt), std::fs::read_to_string(&key)) {
-            return Ok((c, k, dir));
-        }
+    let kept = match (std::fs::read_to_string(&crt), std::fs::read_to_string(&key)) {
+        (Ok(c), Ok(k)) => Some((c, k)),
+        _ => None,
+    };
+    let kept_is_active = kept.as_ref().is_some_and(|(c, _)| {
+        rustls::pki_types::CertificateDer::from_pem_slice(c.as_bytes()).is_ok_and(|der| {
+            matches!(
+                sec.ca.devices().status(&der),
+                ironplant_security::ca::CertStatus::Active(_)
+            )
+        })
+    });
+    if let (true, Some((c, k))) = (kept_is_active, kept) {
+        return Ok((c, k, dir));
+    }
+    if sec.ca.devices().active(DEMO_EDGE_DEVICE).is_some() {
+        // Enrolled with another certificate (`ironplant device enroll sim-edge` after a revoke,
+        // say) whose key is not here: the simulator's edge node needs one it can present.
+        tracing::warn!(device = DEMO_EDGE_DEVICE, dir = %dir.display(), "the simulator's edge node is enrolled with a certificate that is not in its bundle directory; enrolling it again there (the other certificate is revoked)");
         sec.ca
             .revoke(DEMO_EDGE_DEVICE, Some("demo"))
-            .context("cannot revoke the demo edge node's lost certificate")?;
+            .context("cannot revoke the simulator edge node's other certificate")?;
     }
     let bundle = sec
         .ca
@@ -523,6 +552,8 @@ pub async fn demo(
     )
     .map_err(|e| anyhow::anyhow!("the bundled demo config is invalid:\n{e}"))?;
     prepare_data_dir(data_dir)?;
+    // Before anything opens a redb file (historian, broker state, bridge queues).
+    let _lock = datadir::lock_process(data_dir, "demo")?;
     let saved = data_dir.join("demo.toml");
     std::fs::write(&saved, &text).with_context(|| format!("cannot write {}", saved.display()))?;
     let mut banner = format!(
@@ -530,10 +561,17 @@ pub async fn demo(
         saved.display()
     );
     let bound = bind_all(listen, true).await?;
-    let sec = tokio::task::block_in_place(|| secure::open_configured(data_dir, &config))?;
-    if let Some(l) = &bound.mqtts {
+    let (sec, edge_bundle) = tokio::task::block_in_place(|| {
+        let _setup = datadir::lock_setup(data_dir, SETUP_PATIENCE)?;
+        let sec = secure::open_configured(data_dir, &config)?;
+        let bundle = match &bound.mqtts {
+            Some(_) => Some(demo_edge_bundle(&sec, data_dir)?),
+            None => None,
+        };
+        anyhow::Ok((sec, bundle))
+    })?;
+    if let (Some(l), Some((cert, key, dir))) = (&bound.mqtts, edge_bundle) {
         let addr = reachable(local_addr(l, "MQTT over TLS")?);
-        let (cert, key, dir) = tokio::task::block_in_place(|| demo_edge_bundle(&sec, data_dir))?;
         let client = ironplant_security::client_config(sec.ca.ca_pem(), Some((&cert, &key)))
             .context("cannot set up TLS for the demo's edge node")?;
         let connector = secure::TlsConnector {
@@ -652,10 +690,20 @@ fn bundle_connector(dir: &Path, broker: &str) -> anyhow::Result<secure::TlsConne
     let cert = read(format!("{DEMO_EDGE_DEVICE}.crt"))?;
     let key = read(format!("{DEMO_EDGE_DEVICE}.key"))?;
     let ca = read("ca.crt".to_owned())?;
+    tls_connector(&ca, &cert, &key, broker)
+}
+
+/// TLS to `broker` trusting `ca`, presenting `cert` and `key` (PEM).
+fn tls_connector(
+    ca: &str,
+    cert: &str,
+    key: &str,
+    broker: &str,
+) -> anyhow::Result<secure::TlsConnector> {
     let address: SocketAddr = broker.parse().with_context(|| {
         format!("--sparkplug-broker {broker:?} is not an IP address and port, e.g. 127.0.0.1:8883")
     })?;
-    let client = ironplant_security::client_config(&ca, Some((&cert, &key)))
+    let client = ironplant_security::client_config(ca, Some((cert, key)))
         .context("cannot set up TLS with the edge node's bundle")?;
     Ok(secure::TlsConnector {
         address,
@@ -664,49 +712,177 @@ fn bundle_connector(dir: &Path, broker: &str) -> anyhow::Result<secure::TlsConne
     })
 }
 
-/// Runs the simulator alone until Ctrl-C; with `sparkplug_broker`, also its Sparkplug B edge
-/// node, connected to that broker (retrying until it is up).
-pub async fn simulate(
-    listen: SocketAddr,
-    seed: u64,
-    sparkplug_broker: Option<&str>,
-    sparkplug_bundle: Option<&Path>,
-) -> anyhow::Result<()> {
+/// The simulator's Sparkplug B edge node (`simulate`).
+pub enum SimEdge {
+    /// No edge node (`--sparkplug-broker off`).
+    Off,
+    /// TLS to the broker with an enrolled bundle (`--sparkplug-bundle DIR`).
+    Bundle(String, PathBuf),
+    /// TLS with the bundle the platform keeps for the simulator in `<data-dir>/demo-edge`
+    /// (enrolled on first use, shared with `demo`).
+    DataDir(String, PathBuf),
+    /// Plain text and anonymous (`--sparkplug-plain`), for a third-party test broker.
+    Plain(String),
+}
+
+/// What a broker answered to an anonymous MQTT 3.1.1 CONNECT in plain text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// CONNACK 0: the edge node can publish there.
+    Accepted,
+    /// CONNACK with this return code (5: not authorised, 4: bad user name or password, ...).
+    Refused(u8),
+    /// The connection closed, or the answer is not MQTT (a TLS listener sends an alert).
+    NotMqtt,
+}
+
+/// An anonymous MQTT 3.1.1 CONNECT (clean session, keep-alive 10 s).
+fn probe_connect() -> Vec<u8> {
+    let id = b"ironplant-simulate-probe";
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10];
+    body.extend_from_slice(&u16::try_from(id.len()).unwrap_or(0).to_be_bytes());
+    body.extend_from_slice(id);
+    let mut out = vec![0x10, u8::try_from(body.len()).unwrap_or(0)];
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Classifies the first bytes a broker sent back to [`probe_connect`] (sans-IO).
+fn classify_probe(answer: &[u8]) -> Probe {
+    match answer {
+        [0x20, 0x02, _, 0] => Probe::Accepted,
+        [0x20, 0x02, _, rc] => Probe::Refused(*rc),
+        _ => Probe::NotMqtt,
+    }
+}
+
+/// Sends [`probe_connect`] to `broker`; `None` when nothing listens there (yet).
+async fn probe_plain(broker: &str) -> Option<Probe> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let limit = std::time::Duration::from_secs(5);
+    let mut s = match tokio::time::timeout(limit, tokio::net::TcpStream::connect(broker)).await {
+        Ok(Ok(s)) => s,
+        _ => return None,
+    };
+    if s.write_all(&probe_connect()).await.is_err() {
+        return Some(Probe::NotMqtt);
+    }
+    let mut answer = Vec::with_capacity(4);
+    let mut buf = [0u8; 4];
+    while answer.len() < 4 {
+        match tokio::time::timeout(limit, s.read(&mut buf[..4 - answer.len()])).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let probe = classify_probe(&answer);
+    if probe == Probe::Accepted {
+        let _ = s.write_all(&[0xE0, 0]).await; // DISCONNECT
+    }
+    Some(probe)
+}
+
+/// Checks that a plain-text, anonymous edge node can talk to `broker`, with an error that says
+/// what to do instead when it cannot.
+async fn check_plain_broker(broker: &str) -> anyhow::Result<()> {
+    let alternatives = "leave out --sparkplug-plain (the edge node then connects over TLS with the certificate the platform keeps for it in <data-dir>/demo-edge), pass --sparkplug-bundle DIR (from `ironplant device enroll sim-edge --role device --out DIR`), or --sparkplug-broker off";
+    let tls_port = DEFAULT_MQTTS.rsplit(':').next().unwrap_or("8883");
+    if broker.rsplit(':').next() == Some(tls_port) {
+        anyhow::bail!(
+            "--sparkplug-broker {broker} is the platform's MQTT over TLS port, which plain MQTT (--sparkplug-plain) cannot talk to: {alternatives}"
+        );
+    }
+    match probe_plain(broker).await {
+        None => {
+            tracing::warn!(broker, "no MQTT broker answers yet; the edge node retries until one does");
+            Ok(())
+        }
+        Some(Probe::Accepted) => Ok(()),
+        Some(Probe::Refused(rc)) => anyhow::bail!(
+            "the MQTT broker at {broker} refuses an anonymous client (CONNACK return code {rc}); an Ironplant platform admits only enrolled devices and users: {alternatives}"
+        ),
+        Some(Probe::NotMqtt) => anyhow::bail!(
+            "the broker at {broker} closed the connection on a plain-text MQTT CONNECT (it speaks TLS, like the platform's --mqtts listener, or is not MQTT): {alternatives}"
+        ),
+    }
+}
+
+/// Runs the simulator alone until Ctrl-C, with its Sparkplug B edge node as `edge` says
+/// (retrying until the broker is up).
+pub async fn simulate(listen: SocketAddr, seed: u64, edge: SimEdge) -> anyhow::Result<()> {
     let listener = bind(&listen.to_string(), "the simulator", "--listen").await?;
     let addr = listener
         .local_addr()
         .context("cannot read the simulator's address")?;
     println!("Simulated bottling line listening on {addr} (Modbus TCP, units 1 and 2)");
     let (readings_tx, readings) = tokio::sync::watch::channel(ironplant_sim::Readings::default());
-    if let Some(broker) = sparkplug_broker {
-        let edge = ironplant_sim::sparkplug::EdgeSettings {
-            broker: broker.to_owned(),
-            ..Default::default()
-        };
-        let scheme = if sparkplug_bundle.is_some() {
-            "mqtts"
-        } else {
-            "mqtt"
-        };
+    let settings = |broker: &str| ironplant_sim::sparkplug::EdgeSettings {
+        broker: broker.to_owned(),
+        ..Default::default()
+    };
+    let announce = |edge: &ironplant_sim::sparkplug::EdgeSettings, scheme: &str, how: String| {
         println!(
-            "{}",
-            sparkplug_banner(&edge, scheme, None).trim_start().replace(
+            "{}{how}",
+            sparkplug_banner(edge, scheme, None).trim_start().replace(
                 "its tags appear under",
                 "(retrying until the broker is up); with `ironplant serve` its tags appear under"
             )
         );
-        match sparkplug_bundle {
-            Some(dir) => {
-                let connector = bundle_connector(dir, broker)?;
-                tokio::spawn(async move {
-                    if let Err(e) =
-                        ironplant_sim::sparkplug::run_with(edge, readings, connector, None).await
-                    {
-                        tracing::error!(error = %e, "sparkplug edge node stopped");
-                    }
-                });
+    };
+    let spawn_tls = |edge: ironplant_sim::sparkplug::EdgeSettings,
+                     readings,
+                     connector: secure::TlsConnector| {
+        tokio::spawn(async move {
+            if let Err(e) =
+                ironplant_sim::sparkplug::run_with(edge, readings, connector, None).await
+            {
+                tracing::error!(error = %e, "sparkplug edge node stopped");
             }
-            None => spawn_edge_node(edge, readings),
+        });
+    };
+    match edge {
+        SimEdge::Off => {}
+        SimEdge::Bundle(broker, dir) => {
+            let connector = bundle_connector(&dir, &broker)?;
+            let edge = settings(&broker);
+            announce(
+                &edge,
+                "mqtts",
+                format!("; certificate from {}", dir.display()),
+            );
+            spawn_tls(edge, readings, connector);
+        }
+        SimEdge::DataDir(broker, data_dir) => {
+            prepare_data_dir(&data_dir)?;
+            let (ca, (cert, key, dir)) = tokio::task::block_in_place(|| {
+                let _setup = datadir::lock_setup(&data_dir, SETUP_PATIENCE)?;
+                let sec = secure::open(&data_dir)?;
+                let bundle = demo_edge_bundle(&sec, &data_dir)?;
+                anyhow::Ok((sec.ca.ca_pem().to_owned(), bundle))
+            })
+            .with_context(|| {
+                format!(
+                    "cannot get the simulator edge node's certificate from {}; pass --sparkplug-bundle DIR, or --sparkplug-broker off",
+                    data_dir.display()
+                )
+            })?;
+            let connector = tls_connector(&ca, &cert, &key, &broker)?;
+            let edge = settings(&broker);
+            announce(
+                &edge,
+                "mqtts",
+                format!(
+                    "; enrolled device `{DEMO_EDGE_DEVICE}`, certificate in {} (shared with `ironplant demo`)",
+                    dir.display()
+                ),
+            );
+            spawn_tls(edge, readings, connector);
+        }
+        SimEdge::Plain(broker) => {
+            check_plain_broker(&broker).await?;
+            let edge = settings(&broker);
+            announce(&edge, "mqtt", " (plain text, anonymous)".to_owned());
+            spawn_edge_node(edge, readings);
         }
     }
     tokio::select! {
@@ -714,4 +890,29 @@ pub async fn simulate(
         () = shutdown_signal() => {},
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_answers_are_classified() {
+        // Golden bytes of a 3.1.1 CONNECT: fixed header, "MQTT", level 4, clean session,
+        // keep-alive 10, client id.
+        let c = probe_connect();
+        assert_eq!(
+            &c[..12],
+            &[0x10, 36, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 10]
+        );
+        assert_eq!(usize::from(c[1]), c.len() - 2);
+        assert_eq!(classify_probe(&[0x20, 2, 0, 0]), Probe::Accepted);
+        assert_eq!(classify_probe(&[0x20, 2, 0, 5]), Probe::Refused(5));
+        assert_eq!(classify_probe(&[]), Probe::NotMqtt, "closed on CONNECT");
+        assert_eq!(
+            classify_probe(&[0x15, 3, 3, 0]),
+            Probe::NotMqtt,
+            "a TLS alert"
+        );
+    }
 }

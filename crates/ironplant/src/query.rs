@@ -73,8 +73,9 @@ pub struct QueryArgs {
     /// Write the output to FILE instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// API token for the platform (`ironplant token create --user NAME --role viewer`); sent
-    /// as `Authorization: Bearer`.
+    /// API token for the platform (`ironplant token create --user NAME --role viewer`), sent
+    /// as `Authorization: Bearer`. Prefer the environment variable or --token-file: a token on
+    /// the command line shows in `ps` and in `cargo run`'s "Running" line.
     #[arg(
         long,
         env = "IRONPLANT_TOKEN",
@@ -82,6 +83,20 @@ pub struct QueryArgs {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// Read the API token from FILE (its first line), e.g. one written by
+    /// `ironplant token create ... > token && chmod 600 token`.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// The platform's API address (HOST:PORT, or an http:// / https:// URL); when nothing
+    /// answers there, <data-dir>/historian is read directly.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    http: String,
+    /// The platform serves plain HTTP (started with --insecure-http).
+    #[arg(long)]
+    insecure_http: bool,
+    /// The platform's data directory (its CA, or its historian when no platform runs).
+    #[arg(long, default_value = "ironplant-data", value_name = "DIR")]
+    data_dir: PathBuf,
     /// CA certificate to verify the platform's HTTPS certificate with (default: the built-in
     /// CA of --data-dir, <data-dir>/security/ca/ca.crt).
     #[arg(long, value_name = "FILE")]
@@ -117,7 +132,11 @@ enum Source {
         host: String,
         client: ApiClient,
     },
-    Local(Historian),
+    /// The historian of the data directory, with its process lock held while it is open.
+    Local {
+        historian: Historian,
+        _lock: crate::datadir::DirLock,
+    },
 }
 
 /// How requests reach the API: TLS (unless the platform runs with --insecure-http) and the
@@ -148,8 +167,30 @@ impl ApiClient {
         };
         Ok(ApiClient {
             tls,
-            token: args.token.clone(),
+            token: token(args)?,
         })
+    }
+}
+
+/// The token from --token, IRONPLANT_TOKEN or --token-file.
+fn token(args: &QueryArgs) -> anyhow::Result<Option<String>> {
+    let Some(path) = &args.token_file else {
+        return Ok(args.token.clone());
+    };
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the token file {}; write one with `ironplant token create --user NAME --role viewer > {}`",
+            path.display(),
+            path.display()
+        )
+    })?;
+    match text.lines().map(str::trim).find(|l| !l.is_empty()) {
+        Some(t) => Ok(Some(t.to_owned())),
+        None => bail!(
+            "the token file {} is empty; write one with `ironplant token create --user NAME --role viewer > {}`",
+            path.display(),
+            path.display()
+        ),
     }
 }
 
@@ -187,17 +228,12 @@ impl Source {
                     ),
                 }
             }
-            Source::Local(h) => history::run_query(h, q).map_err(api_error),
+            Source::Local { historian, .. } => history::run_query(historian, q).map_err(api_error),
         }
     }
 }
 
-pub fn run(
-    args: QueryArgs,
-    http: &str,
-    insecure_http: bool,
-    data_dir: &Path,
-) -> anyhow::Result<ExitCode> {
+pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
     if args.format == OutputFormat::Parquet && args.output.is_none() {
         bail!("parquet output is binary: give the file to write with --output FILE");
     }
@@ -208,10 +244,10 @@ pub fn run(
         // Tags are asked one at a time, so each may have a whole page.
         *limit = page_limit(&args, 0);
     }
-    let source = pick_source(&args, http, insecure_http, data_dir)?;
+    let source = pick_source(&args, &args.http, args.insecure_http, &args.data_dir)?;
     let result = collect(&source, &args, q);
-    if let Source::Local(h) = &source {
-        h.close();
+    if let Source::Local { historian, .. } = &source {
+        historian.close();
     }
     let result = result?;
     for w in &result.warnings {
@@ -284,6 +320,11 @@ fn pick_source(
             dir.display()
         );
     }
+    // A platform on this data directory that does not answer on --http holds it: say so
+    // rather than fail on the historian's file lock.
+    let lock = crate::datadir::lock_process(data_dir, "query").with_context(|| {
+        format!("no platform answers on {host} ({why}); point --http at the one that uses the data directory")
+    })?;
     eprintln!(
         "No platform answers on {host} ({why}); reading {} directly",
         dir.display()
@@ -295,7 +336,10 @@ fn pick_source(
             dir.display()
         )
     })?;
-    Ok(Source::Local(h))
+    Ok(Source::Local {
+        historian: h,
+        _lock: lock,
+    })
 }
 
 /// The query as the user wrote it, in the API's terms (--limit is the CLI's own: a total per
@@ -891,7 +935,7 @@ fn http_get(
     let (status, body) = parse_response(&raw).with_context(ctx)?;
     if status == 401 {
         anyhow::bail!(
-            "the platform at {host} wants credentials (HTTP 401): create a token with `ironplant token create --user NAME --role viewer` and pass it with --token or IRONPLANT_TOKEN"
+            "the platform at {host} wants credentials (HTTP 401): create a token with `ironplant token create --user NAME --role viewer` and pass it in IRONPLANT_TOKEN or with --token-file FILE"
         );
     }
     Ok((status, body))

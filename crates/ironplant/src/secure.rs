@@ -113,7 +113,9 @@ pub fn server_names(addrs: &[SocketAddr], extra: &[String]) -> Vec<String> {
 /// Topics only the platform publishes on: the Unified Namespace of its tags (a client's
 /// message there would pass for the platform's own value), and its Sparkplug host's STATE.
 pub struct Reserved {
-    pub namespace: Arc<ironplant_core::LiveNamespace>,
+    /// Set once the runtime exists (the broker is opened before it, and serves nobody until
+    /// the listeners start, after it).
+    pub namespace: Arc<std::sync::OnceLock<Arc<ironplant_core::LiveNamespace>>>,
     pub uns_prefix: String,
     pub host_state: String,
 }
@@ -129,7 +131,10 @@ impl Reserved {
         } else {
             topic.strip_prefix(prefix).and_then(|t| t.strip_prefix('/'))
         };
-        path.is_some_and(|p| self.namespace.lookup(p).is_some())
+        let Some(namespace) = self.namespace.get() else {
+            return false;
+        };
+        path.is_some_and(|p| namespace.lookup(p).is_some())
     }
 }
 
@@ -169,7 +174,8 @@ impl<A: Auth> Auth for BlockingAuth<A> {
         let tags = self
             .reserved
             .as_ref()
-            .map_or(0, |r| r.namespace.len() as u64);
+            .and_then(|r| r.namespace.get())
+            .map_or(0, |n| n.len() as u64);
         self.inner.epoch().wrapping_add(tags << 32)
     }
     fn revalidate(&self, who: &[&Principal]) -> Vec<bool> {

@@ -1,4 +1,7 @@
-//! End-to-end tests of the `ironplant` binary: demo, serve + simulate, check, and clear errors.
+//! End-to-end tests of the `ironplant` binary: demo, serve + simulate (the README's
+//! two-process flow, also on a data directory the demo used), check, `--help` of every
+//! command, and clear errors (a taken port, a missing file, a second process on one data
+//! directory, plain MQTT to the TLS port).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -334,7 +337,16 @@ fn demo_serves_live_good_changing_values() {
 #[test]
 fn killing_the_simulator_makes_tags_bad_until_it_returns() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sim = Proc::start(&["simulate", "--listen", "127.0.0.1:0"], dir.path());
+    let sim = Proc::start(
+        &[
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--sparkplug-broker",
+            "off",
+        ],
+        dir.path(),
+    );
     let sim_addr = sim.address_after("listening on");
     let config = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/bottling.toml"),
@@ -364,7 +376,16 @@ fn killing_the_simulator_makes_tags_bad_until_it_returns() {
         killed.elapsed()
     );
 
-    let _sim = Proc::start(&["simulate", "--listen", &sim_addr], dir.path());
+    let _sim = Proc::start(
+        &[
+            "simulate",
+            "--listen",
+            &sim_addr,
+            "--sparkplug-broker",
+            "off",
+        ],
+        dir.path(),
+    );
     wait_for("all Good again", 20, || all_quality("Good"));
 }
 
@@ -582,4 +603,290 @@ fn mqtt_clients_see_the_unified_namespace() {
         .collect();
     assert_eq!(values.len(), 3, "the retained value and two changes");
     assert!(values[1] != values[2], "{values:?}");
+}
+
+/// A free port on loopback (bound, then released) for a listener two processes must agree on
+/// before either starts.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The example config pointed at a simulator.
+fn plant_config(dir: &Path, sim_addr: &str) {
+    let config = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/bottling.toml"),
+    )
+    .expect("example config")
+    .replace("127.0.0.1:5020", sim_addr);
+    std::fs::write(dir.join("plant.toml"), config).expect("write config");
+}
+
+/// Waits until the simulated edge node's Sparkplug tags are Good on the platform.
+fn sparkplug_tags_good(api: &Api, what: &str) {
+    wait_for(what, 30, || {
+        let t = tags(api, "?prefix=bottling/sim-edge/line1");
+        (t.len() >= 5 && t.iter().all(|t| t["quality"] == "Good")).then_some(())
+    });
+}
+
+/// The README's two-process flow (`simulate &` then `serve --config examples/bottling.toml`,
+/// here with free ports instead of 5020/8080/8883 and the example config pointed at the
+/// simulator's port), on a fresh data directory where both processes start at once, then
+/// after the demo used the directory, and again after the edge node was revoked and enrolled
+/// elsewhere: the simulator's Sparkplug edge node gets in every time, and so does the demo's.
+#[test]
+fn the_readme_two_process_flow_works_also_after_the_demo() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let data = d.join("ironplant-data");
+    let mqtts = format!("127.0.0.1:{}", free_port());
+    let simulate = |extra: &[&str]| {
+        let mut args = vec!["simulate", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let sim = Proc::start(&args, d);
+        let addr = sim.address_after("listening on");
+        (sim, addr)
+    };
+    let serve = || {
+        let mut child = Command::new(BIN)
+            .env("IRONPLANT_MQTTS", &mqtts)
+            .args(["serve", "--config", "plant.toml", "--http", "127.0.0.1:0"])
+            .current_dir(d)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ironplant serve");
+        let lines = pump(child.stdout.take().expect("piped stdout"));
+        let errs = pump(child.stderr.take().expect("piped stderr"));
+        Proc { child, lines, errs }
+    };
+
+    // 1. Fresh directory: simulate and serve start together; one of them creates the CA.
+    let (sim, sim_addr) = simulate(&["--sparkplug-broker", &mqtts]);
+    plant_config(d, &sim_addr);
+    let platform = serve();
+    let api = platform.api(&data);
+    sparkplug_tags_good(&api, "the edge node's tags on a fresh data dir");
+    wait_for("Modbus tags Good", 20, || {
+        let t = tags(&api, "?prefix=acme/lyon/bottling/line1/filler");
+        (!t.is_empty() && t.iter().all(|t| t["quality"] == "Good")).then_some(())
+    });
+
+    // The token from a file or the environment, never on the command line.
+    let token_file = d.join("token");
+    std::fs::write(&token_file, format!("{}\n", api.token)).expect("token file");
+    let tag = "acme/lyon/bottling/line1/filler/plc/speed_actual";
+    for (env, args) in [
+        (None, vec!["--token-file", "token"]),
+        (Some(api.token.as_str()), vec![]),
+    ] {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "query", "--tag", tag, "--http", &api.addr, "--format", "json",
+        ])
+        .args(&args)
+        .current_dir(d);
+        if let Some(t) = env {
+            cmd.env("IRONPLANT_TOKEN", t);
+        }
+        let out = cmd.output().expect("run ironplant query");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Json = serde_json::from_slice(&out.stdout).expect("JSON output");
+        assert!(v.to_string().contains(tag), "{v}");
+    }
+
+    // A second platform on the same data directory is refused with a clear reason.
+    let out = run(
+        &["serve", "--config", "plant.toml", "--http", "127.0.0.1:0"],
+        d,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line in:\n{err}"));
+    let abs = std::fs::canonicalize(&data).expect("data dir");
+    assert!(
+        line.contains("another Ironplant process")
+            && line.contains(&format!("pid {} (serve)", platform.child.id()))
+            && line.contains(&abs.display().to_string()),
+        "{line}"
+    );
+    // `query` falls back to the data directory when nothing answers on --http: with the
+    // platform holding it, it says so instead of failing on the historian's file lock.
+    let out = run(
+        &[
+            "query",
+            "--tag",
+            tag,
+            "--http",
+            "127.0.0.1:1",
+            "--token-file",
+            "token",
+        ],
+        d,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another Ironplant process") && err.contains("point --http at"),
+        "{err}"
+    );
+    drop(platform);
+    drop(sim);
+
+    // 2. The demo on the same directory: its own edge node (the same device) gets in.
+    let demo = Proc::start(&["demo", "--http", "127.0.0.1:0"], d);
+    sparkplug_tags_good(&demo.api(&data), "the demo's edge node after simulate");
+    drop(demo);
+
+    // 3. The README flow again, after the demo.
+    let (sim, sim_addr) = simulate(&["--sparkplug-broker", &mqtts]);
+    plant_config(d, &sim_addr);
+    let platform = serve();
+    sparkplug_tags_good(&platform.api(&data), "the edge node's tags after the demo");
+    drop(platform);
+    drop(sim);
+
+    // 4. The device revoked and enrolled again elsewhere: that bundle works, and the demo
+    //    afterwards enrols its edge node again rather than staying refused.
+    let ok = |args: &[&str]| {
+        let out = run(args, d);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(&["device", "revoke", "sim-edge"]);
+    ok(&[
+        "device", "enroll", "sim-edge", "--role", "device", "--out", "edge",
+    ]);
+    let (sim, sim_addr) = simulate(&["--sparkplug-broker", &mqtts, "--sparkplug-bundle", "edge"]);
+    plant_config(d, &sim_addr);
+    let platform = serve();
+    sparkplug_tags_good(&platform.api(&data), "the edge node with its own bundle");
+    drop(platform);
+    drop(sim);
+    let demo = Proc::start(&["demo", "--http", "127.0.0.1:0"], d);
+    sparkplug_tags_good(
+        &demo.api(&data),
+        "the demo's edge node after a re-enrolment",
+    );
+}
+
+/// `simulate --sparkplug-plain` refuses the TLS port up front, and a broker that closes the
+/// connection on a plain CONNECT (the platform's TLS listener) with a message of its own.
+#[test]
+fn simulate_says_why_plain_mqtt_cannot_reach_a_tls_broker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A simulator that does not refuse would run until stopped: wait with a deadline.
+    let run = |args: &[&str], dir: &Path| {
+        let child = Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ironplant");
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(out) => out.expect("output"),
+            Err(_) => {
+                let _ = Command::new("kill").arg(pid.to_string()).status();
+                panic!("{args:?} did not refuse within 20 s");
+            }
+        }
+    };
+    let error_line = |out: &Output| {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        err.lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_else(|| panic!("no error line in:\n{err}"))
+            .to_owned()
+    };
+    let out = run(
+        &[
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--sparkplug-plain",
+            "--sparkplug-broker",
+            "127.0.0.1:8883",
+        ],
+        dir.path(),
+    );
+    let line = error_line(&out);
+    assert!(
+        line.contains("MQTT over TLS port")
+            && line.contains("--sparkplug-bundle")
+            && line.contains("--sparkplug-broker off"),
+        "{line}"
+    );
+
+    let platform = Proc::start(
+        &["demo", "--http", "127.0.0.1:0", "--data-dir", "data"],
+        dir.path(),
+    );
+    let mqtts = platform.address_after("MQTT/TLS:");
+    let out = run(
+        &[
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--sparkplug-plain",
+            "--sparkplug-broker",
+            &mqtts,
+        ],
+        dir.path(),
+    );
+    let line = error_line(&out);
+    assert!(
+        line.contains("closed the connection") && line.contains("--sparkplug-bundle"),
+        "{line}"
+    );
+}
+
+/// Each command's `--help` shows its own flags and an example, not every server flag.
+#[test]
+fn help_shows_each_command_its_own_flags_and_an_example() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let help = |args: &[&str]| {
+        let out = run(args, dir.path());
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let serve = help(&["serve", "--help"]);
+    assert!(serve.contains("--mqtts") && serve.contains("--data-dir") && serve.contains("Example"));
+    for args in [
+        ["device", "enroll", "--help"].as_slice(),
+        &["check", "--help"],
+        &["simulate", "--help"],
+        &["query", "--help"],
+        &["token", "create", "--help"],
+        &["bench", "bus", "--help"],
+    ] {
+        let h = help(args);
+        assert!(
+            !h.contains("--mqtts") && !h.contains("--tls-cert") && h.contains("Example"),
+            "{args:?}:\n{h}"
+        );
+    }
+    assert!(help(&["device", "enroll", "--help"]).contains("--data-dir"));
+    assert!(!help(&["check", "--help"]).contains("--data-dir"));
 }

@@ -19,6 +19,17 @@
 //! - **Order.** Messages reach the remote in the order they were queued (per out rule: each
 //!   rule has its own local subscription), also across outages and restarts. Duplicates
 //!   happen only for messages whose PUBACK was lost with a connection or a restart (QoS 1).
+//! - **The retained replay is not a duplicate.** Every start subscribes anew, and the broker
+//!   replays its retained messages; the queue keeps, per remote topic, a digest of the last
+//!   retained message queued, and skips a retained message equal to it (counted as
+//!   `unchanged`). A changed one goes; one that was dropped or refused is forgotten, so its
+//!   next replay goes. The remote is assumed to keep what it acknowledged (a remote that lost
+//!   its retained store gets each topic again on its next change).
+//! - **Counters survive restarts**: they live in the queue's file, written in the
+//!   transactions that change the queue (received, looped and connects with the next one).
+//! - **A full queue is a state, not a log storm**: `queue_full` is 1 from the first drop until
+//!   the queue is below 90 % of its limits again; the warning is logged at the first drop,
+//!   then as a summary with the count at most once a minute.
 //! - **No loops.** Messages the bridge publishes locally carry the user property
 //!   `ironplant-bridge = <name>` and are never sent back out by that bridge; on the remote
 //!   side, 5.0 subscriptions use No Local, and under 3.1.1 an incoming message whose topic the
@@ -33,6 +44,9 @@ use std::future::Future as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
@@ -43,7 +57,7 @@ use crate::codec::{
     self, MqttString, Packet, ProtocolVersion, Publish, QoS, Subscription, SubscriptionOptions,
 };
 use crate::topic;
-pub use queue::{DiskQueue, Overflow, QueueError, QueueLimits};
+pub use queue::{Counters, DiskQueue, Item, Overflow, QueueError, QueueLimits};
 
 /// The user property that marks messages a bridge published into the local broker.
 pub const ORIGIN_PROPERTY: &str = "ironplant-bridge";
@@ -84,11 +98,15 @@ pub struct BridgeSettings {
     pub window: usize,
 }
 
-/// Counters for `/metrics` (all monotonic except `connected`, `queued` and `queued_bytes`).
+/// Counters for `/metrics` (all monotonic, across restarts too, except the gauges
+/// `connected`, `queue_full`, `queued`, `queued_bytes` and `in_flight`).
 #[derive(Debug, Default)]
 pub struct BridgeStats {
     /// 1 while connected to the remote, else 0.
     pub connected: AtomicU64,
+    /// 1 from the first message the overflow policy dropped until the queue is below 90 % of
+    /// its limits again (hysteresis, so an alarm on it does not flap), else 0.
+    pub queue_full: AtomicU64,
     /// Messages in the queue now (gauge), in flight included.
     pub queued: AtomicU64,
     /// Bytes in the queue now (gauge).
@@ -103,6 +121,9 @@ pub struct BridgeStats {
     pub dropped: AtomicU64,
     /// Messages the remote refused (reason code) or that could not be sent; removed.
     pub rejected: AtomicU64,
+    /// Retained messages not sent because the remote already has the same one (the replay
+    /// of the retained store at every start).
+    pub unchanged: AtomicU64,
     /// Remote messages published into the local broker.
     pub received: AtomicU64,
     /// Messages not forwarded because they came over this bridge (loop prevention).
@@ -129,7 +150,68 @@ pub struct Bridge {
     name: String,
     stats: Arc<BridgeStats>,
     client: Client,
+    queue: Arc<DiskQueue>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// How often, at most, the "queue full" warning is repeated (as a summary with the count).
+pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What to log about drops (sans-IO: time is a parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReport {
+    /// The first drop (of this bridge's life, or the first after a quiet minute).
+    First { dropped: u64 },
+    /// Drops since the last line.
+    Summary { dropped: u64, since: Duration },
+}
+
+/// Rate limit of the "queue full" warning: the first drop is logged, then at most one line a
+/// [`DROP_LOG_INTERVAL`] with the count since the last line.
+#[derive(Debug, Default)]
+pub struct DropLog {
+    last_line: Option<Instant>,
+    unreported: u64,
+}
+
+impl DropLog {
+    /// `n` messages were dropped at `now`: what to log, if anything.
+    pub fn dropped(&mut self, n: u64, now: Instant) -> Option<DropReport> {
+        self.unreported += n;
+        let report = match self.last_line {
+            None => DropReport::First {
+                dropped: self.unreported,
+            },
+            Some(t) if now.duration_since(t) >= DROP_LOG_INTERVAL => {
+                if self.unreported == n {
+                    // Nothing was held back: a new episode after a quiet minute.
+                    DropReport::First { dropped: n }
+                } else {
+                    DropReport::Summary {
+                        dropped: self.unreported,
+                        since: now.duration_since(t),
+                    }
+                }
+            }
+            Some(_) => return None,
+        };
+        self.last_line = Some(now);
+        self.unreported = 0;
+        Some(report)
+    }
+
+    /// The queue has room again: the drops not reported yet, if a line is due.
+    pub fn cleared(&mut self, now: Instant) -> Option<u64> {
+        if self.unreported == 0
+            || self
+                .last_line
+                .is_some_and(|t| now.duration_since(t) < DROP_LOG_INTERVAL)
+        {
+            return None;
+        }
+        self.last_line = Some(now);
+        Some(std::mem::take(&mut self.unreported))
+    }
 }
 
 impl Bridge {
@@ -146,9 +228,10 @@ impl Bridge {
                 })??,
         );
         let stats = Arc::new(BridgeStats::default());
+        let drops = Arc::new(Mutex::new(DropLog::default()));
+        // Counters continue from the last run's.
+        publish_stats(&queue, &stats, &s, &drops);
         let (count, bytes) = queue.len();
-        stats.queued.store(count, Ordering::Relaxed);
-        stats.queued_bytes.store(bytes, Ordering::Relaxed);
         if count > 0 {
             tracing::info!(bridge = %s.name, messages = count, bytes, "bridge queue holds messages from before the restart; sending them first");
         }
@@ -187,6 +270,7 @@ impl Bridge {
                 queue.clone(),
                 stats.clone(),
                 wake.clone(),
+                drops.clone(),
             )));
         }
         tasks.push(tokio::spawn(send(
@@ -195,18 +279,22 @@ impl Bridge {
             queue.clone(),
             stats.clone(),
             wake,
+            drops.clone(),
         )));
         tasks.push(tokio::spawn(receive(
             s.clone(),
             client.clone(),
             events,
             broker,
+            queue.clone(),
             stats.clone(),
+            drops,
         )));
         Ok(Bridge {
             name: s.name.clone(),
             stats,
             client,
+            queue,
             tasks,
         })
     }
@@ -221,13 +309,24 @@ impl Bridge {
         &self.stats
     }
 
-    /// Stops the tasks and disconnects cleanly; the queue keeps what was not acknowledged.
+    /// Stops the tasks and disconnects cleanly; the queue keeps what was not acknowledged,
+    /// and the counters are written.
     pub async fn shutdown(mut self) {
         for t in self.tasks.drain(..) {
             t.abort();
             let _ = t.await;
         }
         self.client.disconnect().await;
+        let q = self.queue.clone();
+        match tokio::task::spawn_blocking(move || q.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(bridge = %self.name, error = %e, "cannot save the bridge's counters")
+            }
+            Err(e) => {
+                tracing::warn!(bridge = %self.name, error = %e, "cannot save the bridge's counters")
+            }
+        }
     }
 }
 
@@ -280,18 +379,20 @@ async fn ingest(
     queue: Arc<DiskQueue>,
     stats: Arc<BridgeStats>,
     wake: Arc<Notify>,
+    drops: Arc<Mutex<DropLog>>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let mut records = Vec::with_capacity(batch.len());
+        let mut refused = Counters::default();
         for mut p in batch.drain(..) {
             if came_over(&p, &s.name) {
-                stats.looped.fetch_add(1, Ordering::Relaxed);
+                refused.looped += 1;
                 continue;
             }
             let remote = format!("{}{}", rule.remote_prefix, p.topic);
             let Ok(t) = MqttString::try_from(remote.as_str()) else {
-                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                refused.rejected += 1;
                 tracing::warn!(bridge = %s.name, topic = %remote, "remote topic is not a valid MQTT topic; message not forwarded");
                 continue;
             };
@@ -301,43 +402,93 @@ async fn ingest(
             p.qos = QoS::AtMostOnce;
             p.properties.topic_alias = None;
             p.properties.subscription_identifiers.clear();
+            let retained_topic = p.retain.then(|| remote.clone());
             match encode_record(&p, rule.qos) {
-                Some(r) => records.push(r),
-                None => {
-                    stats.rejected.fetch_add(1, Ordering::Relaxed);
-                }
+                Some(record) => records.push(Item {
+                    record,
+                    retained_topic,
+                }),
+                None => refused.rejected += 1,
             }
         }
+        if refused != Counters::default() {
+            queue.note(&refused);
+        }
         if records.is_empty() {
+            publish_stats(&queue, &stats, &s, &drops);
             continue;
         }
         let q = queue.clone();
         let limits = s.limits;
-        let n = records.len();
+        let n = records.len() as u64;
         let pushed = tokio::task::spawn_blocking(move || q.push(&records, limits)).await;
-        match pushed {
-            Ok(Ok(p)) => {
-                stats.enqueued.fetch_add(p.accepted, Ordering::Relaxed);
-                if p.dropped > 0 {
-                    stats.dropped.fetch_add(p.dropped, Ordering::Relaxed);
-                    tracing::warn!(bridge = %s.name, dropped = p.dropped, policy = ?limits.overflow, "bridge queue full; messages dropped");
-                }
-            }
+        let dropped = match pushed {
+            Ok(Ok(p)) => p.dropped,
             Ok(Err(e)) => {
-                stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                queue.note(&Counters {
+                    dropped: n,
+                    ..Counters::default()
+                });
                 tracing::error!(bridge = %s.name, error = %e, messages = n, "cannot write to the bridge queue; messages dropped");
+                0
             }
             Err(_) => return,
+        };
+        if dropped > 0 {
+            stats.queue_full.store(1, Ordering::Relaxed);
+            let report = drops.lock().dropped(dropped, Instant::now());
+            match report {
+                Some(DropReport::First { dropped }) => {
+                    tracing::warn!(bridge = %s.name, dropped, policy = ?limits.overflow, max_messages = limits.max_messages, max_bytes = limits.max_bytes, "bridge queue full; messages dropped (repeated at most once a minute with the count; see ironplant_bridge_queue_full)");
+                }
+                Some(DropReport::Summary { dropped, since }) => {
+                    tracing::warn!(bridge = %s.name, dropped, since = ?since, policy = ?limits.overflow, "bridge queue still full; messages dropped since the last warning");
+                }
+                None => {}
+            }
         }
-        publish_gauges(&queue, &stats);
+        publish_stats(&queue, &stats, &s, &drops);
         wake.notify_one();
     }
 }
 
-fn publish_gauges(queue: &DiskQueue, stats: &BridgeStats) {
+/// Copies the queue's counters and gauges into `stats`, and clears `queue_full` once the
+/// queue is below 90 % of its limits.
+fn publish_stats(
+    queue: &DiskQueue,
+    stats: &BridgeStats,
+    s: &BridgeSettings,
+    drops: &Mutex<DropLog>,
+) {
     let (count, bytes) = queue.len();
     stats.queued.store(count, Ordering::Relaxed);
     stats.queued_bytes.store(bytes, Ordering::Relaxed);
+    let c = queue.counters();
+    for (field, v) in [
+        (&stats.enqueued, c.enqueued),
+        (&stats.sent, c.sent),
+        (&stats.dropped, c.dropped),
+        (&stats.rejected, c.rejected),
+        (&stats.unchanged, c.unchanged),
+        (&stats.received, c.received),
+        (&stats.looped, c.looped),
+        (&stats.connects, c.connects),
+    ] {
+        field.store(v, Ordering::Relaxed);
+    }
+    let below = |n: u64, max: u64| u128::from(n) * 10 < u128::from(max) * 9;
+    if below(count, s.limits.max_messages)
+        && below(bytes, s.limits.max_bytes)
+        && stats.queue_full.swap(0, Ordering::Relaxed) == 1
+    {
+        let unreported = drops.lock().cleared(Instant::now());
+        match unreported {
+            Some(n) => {
+                tracing::info!(bridge = %s.name, dropped = n, "bridge queue has room again; messages dropped since the last warning")
+            }
+            None => tracing::debug!(bridge = %s.name, "bridge queue has room again"),
+        }
+    }
 }
 
 /// The queue → the remote, in order, removing each message once acknowledged.
@@ -347,6 +498,7 @@ async fn send(
     queue: Arc<DiskQueue>,
     stats: Arc<BridgeStats>,
     wake: Arc<Notify>,
+    drops: Arc<Mutex<DropLog>>,
 ) {
     let window = s.window.max(1);
     let mut inflight: std::collections::VecDeque<(u64, Delivery)> = Default::default();
@@ -367,7 +519,6 @@ async fn send(
             for (seq, rec) in taken {
                 let Some(p) = decode_record(&rec) else {
                     tracing::error!(bridge = %s.name, seq, "unreadable record in the bridge queue; removed");
-                    stats.rejected.fetch_add(1, Ordering::Relaxed);
                     bad.push(seq);
                     continue;
                 };
@@ -383,7 +534,7 @@ async fn send(
             }
             if !bad.is_empty() {
                 let q = queue.clone();
-                let _ = tokio::task::spawn_blocking(move || q.ack(&bad)).await;
+                let _ = tokio::task::spawn_blocking(move || q.ack(&[], &bad)).await;
             }
         }
         let room = inflight.len() < window;
@@ -397,22 +548,20 @@ async fn send(
         };
         // The front one is done; take every other one that is done too, in order.
         let mut done = Vec::new();
+        let mut refused = Vec::new();
         let mut result = Some(first);
         while let Some(r) = result.take() {
             let Some((seq, _)) = inflight.pop_front() else {
                 break;
             };
             match r {
-                Ok(()) => {
-                    stats.sent.fetch_add(1, Ordering::Relaxed);
-                }
+                Ok(()) => done.push(seq),
                 Err(ClientError::Closed) => return,
                 Err(e) => {
-                    stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    refused.push(seq);
                     tracing::warn!(bridge = %s.name, error = %e, "the remote refused a bridged message; removed from the queue");
                 }
             }
-            done.push(seq);
             stats
                 .in_flight
                 .store(inflight.len() as u64, Ordering::Relaxed);
@@ -421,14 +570,14 @@ async fn send(
             }
         }
         let q = queue.clone();
-        match tokio::task::spawn_blocking(move || q.ack(&done)).await {
+        match tokio::task::spawn_blocking(move || q.ack(&done, &refused)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!(bridge = %s.name, error = %e, "cannot remove acknowledged messages from the bridge queue (they will be sent again after a restart)")
             }
             Err(_) => return,
         }
-        publish_gauges(&queue, &stats);
+        publish_stats(&queue, &stats, &s, &drops);
     }
 }
 
@@ -448,8 +597,14 @@ async fn receive(
     client: Client,
     mut events: mpsc::Receiver<Event>,
     broker: Broker,
+    queue: Arc<DiskQueue>,
     stats: Arc<BridgeStats>,
+    drops: Arc<Mutex<DropLog>>,
 ) {
+    let count = |delta: Counters| {
+        queue.note(&delta);
+        publish_stats(&queue, &stats, &s, &drops);
+    };
     let v5 = s.client.version == ProtocolVersion::V5;
     if !s.inbound.is_empty() {
         let subs: Vec<Subscription> = s
@@ -483,7 +638,10 @@ async fn receive(
         match e {
             Event::Connected { .. } => {
                 stats.connected.store(1, Ordering::Relaxed);
-                stats.connects.fetch_add(1, Ordering::Relaxed);
+                count(Counters {
+                    connects: 1,
+                    ..Counters::default()
+                });
                 tracing::info!(bridge = %s.name, remote = %s.address, "bridge connected");
             }
             Event::Disconnected { error } => {
@@ -495,7 +653,10 @@ async fn receive(
             }
             Event::Publish(mut p) => {
                 if !v5 && s.out.iter().any(|r| produced_by(r, &p.topic)) {
-                    stats.looped.fetch_add(1, Ordering::Relaxed);
+                    count(Counters {
+                        looped: 1,
+                        ..Counters::default()
+                    });
                     continue;
                 }
                 let Some(rule) = s
@@ -507,7 +668,10 @@ async fn receive(
                 };
                 let local = format!("{}{}", rule.local_prefix, p.topic);
                 let Ok(t) = MqttString::try_from(local.as_str()) else {
-                    stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    count(Counters {
+                        rejected: 1,
+                        ..Counters::default()
+                    });
                     continue;
                 };
                 p.topic = t;
@@ -518,7 +682,10 @@ async fn receive(
                 p.properties.topic_alias = None;
                 p.properties.user_properties.push(origin.clone());
                 broker.publish(p);
-                stats.received.fetch_add(1, Ordering::Relaxed);
+                count(Counters {
+                    received: 1,
+                    ..Counters::default()
+                });
             }
         }
     }
@@ -565,5 +732,37 @@ mod tests {
         assert!(produced_by(&r, "site1/acme/x"));
         assert!(!produced_by(&r, "site1/other/x"));
         assert!(!produced_by(&r, "enterprise/cmd/x"));
+    }
+
+    #[test]
+    fn drop_warnings_are_rate_limited_with_a_count() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut log = DropLog::default();
+        assert_eq!(
+            log.dropped(3, at(0)),
+            Some(DropReport::First { dropped: 3 })
+        );
+        // Twice a second for a minute: silent, counted.
+        for i in 1..120 {
+            assert_eq!(log.dropped(1, at(i * 500)), None, "{i}");
+        }
+        assert_eq!(
+            log.dropped(1, at(60_000)),
+            Some(DropReport::Summary {
+                dropped: 120,
+                since: Duration::from_secs(60)
+            })
+        );
+        assert_eq!(log.dropped(2, at(61_000)), None);
+        // Room again: the held-back count is reported only once a line is due.
+        assert_eq!(log.cleared(at(62_000)), None);
+        assert_eq!(log.cleared(at(120_000)), Some(2));
+        assert_eq!(log.cleared(at(200_000)), None, "nothing held back");
+        // A new episode after a quiet minute starts with a first line again.
+        assert_eq!(
+            log.dropped(5, at(300_000)),
+            Some(DropReport::First { dropped: 5 })
+        );
     }
 }
