@@ -44,6 +44,7 @@ async fn u64_max_is_an_exact_int_in_current_values_and_history() {
         started: Instant::now(),
         mqtt: None,
         security: None,
+        http: ironplant_api::listen::Connections::new(Default::default(), None),
     }));
     let id = runtime.namespace.lookup(TOTAL).expect("tag").id;
     runtime
