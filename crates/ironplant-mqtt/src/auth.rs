@@ -95,6 +95,12 @@ pub trait Auth: Send + Sync + 'static {
     fn is_privileged(&self, _who: &Principal) -> bool {
         false
     }
+    /// May a message from outside the broker's clients, brought in by the platform's bridge
+    /// `source`, land on `topic`? (Topics the platform itself owns must not be forged from a
+    /// remote broker either.)
+    fn may_inject(&self, _source: &str, _topic: &str) -> bool {
+        true
+    }
 }
 
 /// Everyone may connect, publish and subscribe.

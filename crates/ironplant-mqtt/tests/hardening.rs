@@ -639,3 +639,50 @@ async fn tightened_rules_withdraw_live_subscriptions() {
     sender.drain().await;
     assert_eq!(payloads(&c.drain().await), ["n"]);
 }
+
+/// Rules that reserve `uns/` for the platform: a bridge may not bring messages there.
+struct Reserving(Rules);
+
+impl Auth for Reserving {
+    fn connect(&self, info: &ConnectInfo<'_>) -> Result<Principal, ReasonCode> {
+        self.0.connect(info)
+    }
+    fn may_publish(&self, who: &Principal, topic: &str) -> bool {
+        self.0.may_publish(who, topic)
+    }
+    fn may_subscribe(&self, who: &Principal, filter: &str) -> bool {
+        self.0.may_subscribe(who, filter)
+    }
+    fn denied(&self, who: Option<&Principal>, peer: SocketAddr, what: Denied<'_>) {
+        Auth::denied(&self.0, who, peer, what);
+    }
+    fn is_cheap(&self) -> bool {
+        true
+    }
+    fn may_inject(&self, _source: &str, topic: &str) -> bool {
+        !topic.starts_with("uns/")
+    }
+}
+
+#[tokio::test]
+async fn bridged_messages_cannot_land_on_the_platforms_own_topics() {
+    let rules = Arc::new(Reserving(Rules::default()));
+    let broker = Broker::open(BrokerConfig::default(), rules.clone()).expect("broker");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let b = broker.clone();
+    tokio::spawn(async move { b.serve(listener).await });
+    let mut watcher = Client::connect(addr, "watcher", ProtocolVersion::V5, None).await;
+    watcher.subscribe("#", QoS::AtMostOnce).await;
+    let msg = |topic: &str, payload: &'static str| {
+        ironplant_mqtt::codec::Publish::new(s(topic), bytes::Bytes::from_static(payload.as_bytes()))
+    };
+    assert!(!broker.publish_bridged("enterprise", msg("uns/acme/speed", "forged")));
+    assert!(!broker.publish_bridged("enterprise", msg("$SYS/broker/uptime", "forged")));
+    assert!(broker.publish_bridged("enterprise", msg("enterprise/orders", "ok")));
+    assert_eq!(payloads(&watcher.drain().await), ["ok"]);
+    assert!(rules
+        .0
+        .denied()
+        .contains(&"bridge:enterprise Publish(\"uns/acme/speed\")".to_owned()));
+}

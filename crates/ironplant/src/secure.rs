@@ -185,6 +185,9 @@ impl<A: Auth> Auth for BlockingAuth<A> {
     fn is_privileged(&self, who: &Principal) -> bool {
         self.inner.is_privileged(who)
     }
+    fn may_inject(&self, _source: &str, topic: &str) -> bool {
+        !self.reserved.as_ref().is_some_and(|r| r.owns(topic))
+    }
 }
 
 /// Serves MQTT over TLS on `listener` until the task is dropped: each connection's handshake

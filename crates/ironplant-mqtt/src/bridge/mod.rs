@@ -119,7 +119,8 @@ pub struct BridgeStats {
     pub sent: AtomicU64,
     /// Messages dropped by the overflow policy.
     pub dropped: AtomicU64,
-    /// Messages the remote refused (reason code) or that could not be sent; removed.
+    /// Messages the remote refused (reason code) or that could not be sent, and incoming
+    /// messages the local policy refused (a topic the platform owns); removed.
     pub rejected: AtomicU64,
     /// Retained messages not sent because the remote already has the same one (the replay
     /// of the retained store at every start).
@@ -681,11 +682,19 @@ async fn receive(
                 p.properties.subscription_identifiers.clear();
                 p.properties.topic_alias = None;
                 p.properties.user_properties.push(origin.clone());
-                broker.publish(p);
-                count(Counters {
-                    received: 1,
-                    ..Counters::default()
-                });
+                // The same question as for any publication: a remote broker may not forge
+                // the platform's own topics (the UNS of its tags, its host's STATE, `$SYS`).
+                if broker.publish_bridged(&s.name, p) {
+                    count(Counters {
+                        received: 1,
+                        ..Counters::default()
+                    });
+                } else {
+                    count(Counters {
+                        rejected: 1,
+                        ..Counters::default()
+                    });
+                }
             }
         }
     }

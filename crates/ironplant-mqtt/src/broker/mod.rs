@@ -979,6 +979,28 @@ impl Broker {
         }
     }
 
+    /// Publishes a message a bridge brought in from a remote broker, if [`Auth::may_inject`]
+    /// lets it land on its topic; false (reported as a denied publish) otherwise.
+    pub fn publish_bridged(&self, bridge: &str, publish: Publish) -> bool {
+        let topic = publish.topic.as_str();
+        if topic.starts_with('$') || !self.inner.auth.may_inject(bridge, topic) {
+            self.inner.stats.denied.fetch_add(1, Ordering::Relaxed);
+            let who = Principal {
+                client_id: format!("$bridge/{bridge}").into(),
+                user: Some(format!("bridge:{bridge}").into()),
+                roles: Vec::new(),
+                owner: None,
+            };
+            self.inner.auth.denied(
+                Some(&who),
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                Denied::Publish(topic),
+            );
+            return false;
+        }
+        self.route(None, None, publish)
+    }
+
     /// Re-checks every live connection's identity ([`Auth::revalidate`]) and closes those no
     /// longer valid (revoked, disabled, role lowered) with reason 0x87.
     pub fn revalidate(&self) {
