@@ -462,7 +462,15 @@ mod tests {
             let top = path.split(' ').nth(1).unwrap_or_default();
             let uses = matches!(
                 top,
-                "serve" | "demo" | "simulate" | "query" | "device" | "user" | "token" | "audit"
+                "serve"
+                    | "demo"
+                    | "simulate"
+                    | "query"
+                    | "device"
+                    | "user"
+                    | "token"
+                    | "audit"
+                    | "acl"
             );
             if !path.split(' ').any(|w| w == "help") && !cmd.has_subcommands() {
                 assert_eq!(has, uses, "{path}: --data-dir");

@@ -511,7 +511,7 @@ fn an_unreachable_device_keeps_the_platform_running() {
         (200, Some("down"))
     );
     let warning = wait_for("a warning on stderr", 10, || {
-        p.errs.try_iter().find(|l| l.contains("cannot connect"))
+        p.errs.try_iter().find(|l| l.contains("device unreachable"))
     });
     assert!(
         warning.contains("gone") && warning.contains(&dead.to_string()),
