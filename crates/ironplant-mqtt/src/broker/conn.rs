@@ -257,6 +257,8 @@ impl Broker {
             expiry,
             requested_zero: requested == 0,
             decided: HashMap::new(),
+            last_topic: String::new(),
+            last_decision: None,
             epoch: self.inner.auth.epoch(),
         };
         let outcome = self
@@ -637,17 +639,32 @@ impl Broker {
         let epoch = self.inner.auth.epoch();
         if epoch != ctx.epoch {
             ctx.decided.clear();
+            ctx.last_decision = None;
             ctx.epoch = epoch;
         }
-        if let Some(&d) = ctx.decided.get(topic) {
-            return d;
+        // Most publishers repeat one topic: a comparison, not a hash, on the hot path.
+        if let Some(d) = ctx.last_decision {
+            if ctx.last_topic == topic {
+                return d;
+            }
         }
-        let d = self.inner.auth.may_publish(&ctx.principal, topic);
-        // Bounded: a client cycling through topics costs a check per message, never memory.
-        if ctx.decided.len() >= DECIDED_MAX {
-            ctx.decided.clear();
-        }
-        ctx.decided.insert(topic.into(), d);
+        let d = match ctx.decided.get(topic) {
+            Some(&d) => d,
+            None => {
+                let d = self.inner.auth.may_publish(&ctx.principal, topic);
+                // Bounded: a client cycling through topics costs a check per message, never
+                // memory.
+                if ctx.decided.len() >= DECIDED_MAX {
+                    ctx.decided.clear();
+                }
+                ctx.decided.insert(topic.into(), d);
+                d
+            }
+        };
+        // Reuses the buffer: no allocation once it is as long as the client's topics.
+        ctx.last_topic.clear();
+        ctx.last_topic.push_str(topic);
+        ctx.last_decision = Some(d);
         d
     }
 
@@ -958,6 +975,9 @@ pub(super) struct ConnCtx {
     requested_zero: bool,
     /// Publish decisions by topic, valid while the authoriser's epoch is `epoch`.
     decided: HashMap<Box<str>, bool>,
+    /// The last topic decided and its decision (checked before `decided`).
+    last_topic: String,
+    last_decision: Option<bool>,
     epoch: u64,
 }
 
