@@ -3,36 +3,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
-use ironplant_mqtt::auth::{Auth, ConnectInfo, Denied, Principal};
-use ironplant_mqtt::codec::{ProtocolVersion, ReasonCode};
+use ironplant_mqtt::auth::{Auth, Denied, Principal};
+use ironplant_mqtt::codec::ReasonCode;
 use ironplant_security::acl::{filter_contains, filters_overlap, AclIdentity};
 use ironplant_security::audit::{AuditEvent, AuditQuery};
 use ironplant_security::{Acl, Role};
 
-use common::{admin_password, clock_now, open};
-
-fn peer() -> SocketAddr {
-    "10.2.0.9:50000".parse().expect("addr")
-}
-
-fn info<'a>(
-    client_id: &'a str,
-    username: Option<&'a str>,
-    password: Option<&'a [u8]>,
-    subject: Option<&'a str>,
-) -> ConnectInfo<'a> {
-    ConnectInfo {
-        peer: peer(),
-        protocol: ProtocolVersion::V5,
-        client_id,
-        client_id_assigned: false,
-        username,
-        password,
-        certificate_subject: subject,
-    }
-}
+use common::{admin_password, clock_now, info, open, peer};
 
 #[test]
 fn connect_by_certificate_password_token_or_refused() {

@@ -505,44 +505,35 @@ impl Broker {
 
     fn start_background(&self) {
         if self.inner.persistent {
-            let weak = Arc::downgrade(&self.inner);
-            let every = self.inner.cfg.persist_interval;
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let Some(inner) = weak.upgrade() else { break };
-                    let broker = Broker { inner };
-                    let _ = tokio::task::spawn_blocking(move || broker.save(false)).await;
-                }
+            self.every(self.inner.cfg.persist_interval, |broker| async move {
+                let _ = tokio::task::spawn_blocking(move || broker.save(false)).await;
             });
         }
-        {
-            // Revocation reaches live connections: re-check every connected identity.
-            let weak = Arc::downgrade(&self.inner);
-            let every = self.inner.cfg.revalidate_interval;
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let Some(inner) = weak.upgrade() else { break };
-                    Broker { inner }.revalidate();
-                }
-            });
+        // Revocation reaches live connections: re-check every connected identity.
+        self.every(self.inner.cfg.revalidate_interval, |broker| async move {
+            broker.revalidate();
+        });
+        if let Some(period) = self.inner.cfg.sys_interval {
+            self.every(period, |broker| async move { broker.publish_sys() });
         }
-        if let Some(every) = self.inner.cfg.sys_interval {
-            let weak = Arc::downgrade(&self.inner);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    let Some(inner) = weak.upgrade() else { break };
-                    Broker { inner }.publish_sys();
-                }
-            });
-        }
+    }
+
+    /// Runs `task` every `period` (a late tick is not caught up) until the broker is dropped.
+    fn every<F, Fut>(&self, period: Duration, task: F)
+    where
+        F: Fn(Broker) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                task(Broker { inner }).await;
+            }
+        });
     }
 
     pub fn stats(&self) -> &BrokerStats {

@@ -62,3 +62,26 @@ pub fn mode(path: &Path) -> u32 {
         .mode()
         & 0o777
 }
+
+/// A client's address on the plant network, for MQTT CONNECT tests.
+pub fn peer() -> std::net::SocketAddr {
+    "10.2.0.9:50000".parse().expect("addr")
+}
+
+/// A CONNECT as the broker's hook sees it (MQTT 5, from [`peer`]).
+pub fn info<'a>(
+    client_id: &'a str,
+    username: Option<&'a str>,
+    password: Option<&'a [u8]>,
+    subject: Option<&'a str>,
+) -> ironplant_mqtt::auth::ConnectInfo<'a> {
+    ironplant_mqtt::auth::ConnectInfo {
+        peer: peer(),
+        protocol: ironplant_mqtt::codec::ProtocolVersion::V5,
+        client_id,
+        client_id_assigned: false,
+        username,
+        password,
+        certificate_subject: subject,
+    }
+}
