@@ -375,7 +375,14 @@ async fn bench_modbus(duration: Duration, tags: usize) -> anyhow::Result<()> {
     );
 
     // 1. Throughput against the simulator: the bundled config's filler PLC, polled back to back.
-    let (_sim, sim_addr) = spawn_server(&["simulate", "--listen", "127.0.0.1:0"]).await?;
+    let (_sim, sim_addr) = spawn_server(&[
+        "simulate",
+        "--listen",
+        "127.0.0.1:0",
+        "--sparkplug-broker",
+        "off",
+    ])
+    .await?;
     let text = crate::platform::BOTTLING_CONFIG.replace("127.0.0.1:5020", &sim_addr);
     let cfg = ironplant_core::config::parse("bottling.toml", &text)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
