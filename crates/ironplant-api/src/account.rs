@@ -166,7 +166,7 @@ pub(crate) async fn login(
                 &id.user,
                 Some(id.role),
                 SESSION_TTL,
-                "session",
+                ironplant_security::users::SESSION_LABEL,
                 Some(&id.user),
             )
             .map(|t| (id.user, t))

@@ -275,8 +275,7 @@ impl SecurityAuth {
         if c.broken {
             return Err(());
         }
-        let token = who.roles.get(2).map(|t| &**t);
-        Ok(Some(c.scopes.access(user, token)))
+        Ok(Some(c.scopes.access(user, token_id(who))))
     }
 
     fn principal(
@@ -306,6 +305,14 @@ impl SecurityAuth {
             .now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// The API token a principal logged in with (`roles[2]` of a token principal).
+fn token_id(who: &Principal) -> Option<&str> {
+    match who.roles.get(1).map(|k| &**k) {
+        Some(KIND_TOKEN) => who.roles.get(2).map(|t| &**t),
+        _ => None,
     }
 }
 
@@ -402,13 +409,22 @@ impl Auth for SecurityAuth {
             }
             let user = info.username.unwrap_or_default();
             return match self.users.login(user, password, info.peer.ip(), "mqtt") {
-                Ok(id) => Ok(Self::principal(
-                    info.client_id,
-                    &id.user,
-                    id.role,
-                    KIND_USER,
-                    None,
-                )),
+                Ok(id) => {
+                    // roles[2]: when the password was checked (ms), so a later password change
+                    // ends this connection.
+                    let at = self
+                        .clock
+                        .now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis());
+                    Ok(Self::principal(
+                        info.client_id,
+                        &id.user,
+                        id.role,
+                        KIND_USER,
+                        Some(&at.to_string()),
+                    ))
+                }
                 Err(LoginError::BadCredentials) => Err(ReasonCode::BadUserNameOrPassword),
                 Err(LoginError::Locked { .. }) => Err(ReasonCode::Banned),
             };
@@ -481,10 +497,10 @@ impl Auth for SecurityAuth {
                 return vec![true; who.len()];
             }
         };
-        let users: HashMap<&str, Role> = users
+        let users: HashMap<&str, (Role, u64)> = users
             .iter()
             .filter(|u| !u.disabled)
-            .map(|u| (u.name.as_str(), u.role))
+            .map(|u| (u.name.as_str(), (u.role, u.password_changed_ms)))
             .collect();
         let tokens: HashMap<&str, &crate::users::TokenInfo> =
             tokens.iter().map(|t| (t.id.as_str(), t)).collect();
@@ -494,7 +510,7 @@ impl Auth for SecurityAuth {
             .map(|d| (d.name.as_str(), d.role))
             .collect();
         let now = self.now_unix();
-        let user_role = |name: &str| users.get(name).copied();
+        let user_role = |name: &str| users.get(name).map(|(r, _)| *r);
         who.iter()
             .map(|p| {
                 let Some(name) = p.user.as_deref() else {
@@ -505,7 +521,14 @@ impl Auth for SecurityAuth {
                 };
                 let current = match p.roles.get(1).map(|k| &**k) {
                     Some(KIND_DEVICE) => devices.get(name).copied(),
-                    Some(KIND_USER) => user_role(name),
+                    Some(KIND_USER) => {
+                        // Logged in with a password that has been changed since: ended.
+                        let at: u64 = p.roles.get(2).and_then(|t| t.parse().ok()).unwrap_or(0);
+                        users
+                            .get(name)
+                            .filter(|(_, changed)| *changed <= at)
+                            .map(|(r, _)| *r)
+                    }
                     Some(KIND_TOKEN) => {
                         let id = p.roles.get(2).map(|t| &**t);
                         let t = id.and_then(|id| tokens.get(id)).copied();
@@ -525,7 +548,7 @@ impl Auth for SecurityAuth {
                 let narrowed = scopes_changed
                     && matches!(p.roles.get(1).map(|k| &**k), Some(KIND_USER | KIND_TOKEN))
                     && {
-                        let token = p.roles.get(2).map(|t| &**t);
+                        let token = token_id(p);
                         let new = self.scopes.lock().scopes.clone();
                         old_scopes.access(name, token) != new.access(name, token)
                     };

@@ -40,6 +40,9 @@ use crate::roles::Role;
 pub const TOKEN_PREFIX: &str = "ipt";
 /// Name of the file holding the first-start admin password.
 pub const INITIAL_ADMIN_FILE: &str = "initial-admin-password";
+/// The label of the tokens `POST /api/v1/login` creates (login sessions, ended by a password
+/// change).
+pub const SESSION_LABEL: &str = "session";
 /// Longest lifetime of an API token.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(2 * 365 * 24 * 3600);
 
@@ -80,6 +83,10 @@ struct UserRecord {
     created: u64,
     #[serde(default)]
     disabled: bool,
+    /// When the password was last changed (ms since the epoch; 0: never): connections logged
+    /// in with the password before that end.
+    #[serde(default)]
+    password_changed_ms: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -117,6 +124,8 @@ pub struct UserInfo {
     pub role: Role,
     pub created: u64,
     pub disabled: bool,
+    /// When the password was last changed (ms since the epoch; 0: never).
+    pub password_changed_ms: u64,
 }
 
 /// A token as shown to administrators (never its secret or hash).
@@ -320,6 +329,7 @@ impl UserStore {
                 password_hash: hash,
                 created: unix_secs(self.clock.now()),
                 disabled: false,
+                password_changed_ms: 0,
             });
             Ok(true)
         })?;
@@ -382,6 +392,7 @@ impl UserStore {
                 password_hash: hash,
                 created: now,
                 disabled: false,
+                password_changed_ms: 0,
             });
             Ok(())
         })?;
@@ -393,13 +404,42 @@ impl UserStore {
         Ok(())
     }
 
+    /// Sets a new password. What was opened with the old one ends: the user's login sessions
+    /// (tokens labelled `session`) are revoked, and live connections that logged in with the
+    /// password before now are closed by the broker's next check (`password_changed_ms`). API
+    /// tokens the user created on purpose stay valid.
     pub fn set_password(&self, name: &str, password: &str, actor: Option<&str>) -> Result<()> {
         self.check_password_policy(password)?;
         let hash = hash_password(&self.hasher, password.as_bytes())?;
-        self.change_user(name, "password changed", actor, |u| {
+        let now = self.clock.now();
+        let now_ms = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let ended = self.file.update(|file| {
+            let u = file
+                .users
+                .iter_mut()
+                .find(|u| u.name == name)
+                .ok_or_else(|| Error::UnknownUser(bounded(name)))?;
             u.password_hash = hash;
-            Ok(())
-        })
+            u.password_changed_ms = now_ms;
+            let mut ended = 0;
+            for t in file
+                .tokens
+                .iter_mut()
+                .filter(|t| t.user == name && t.label == SESSION_LABEL && t.revoked.is_none())
+            {
+                t.revoked = Some(unix_secs(now));
+                ended += 1;
+            }
+            Ok(ended)
+        })?;
+        self.audit_record(AuditEvent::UserChanged {
+            user: name.into(),
+            change: format!("password changed; {ended} login session(s) ended"),
+            actor: actor.map(Into::into),
+        });
+        Ok(())
     }
 
     pub fn set_role(&self, name: &str, role: Role, actor: Option<&str>) -> Result<()> {
@@ -475,6 +515,7 @@ impl UserStore {
                 role: u.role,
                 created: u.created,
                 disabled: u.disabled,
+                password_changed_ms: u.password_changed_ms,
             })
             .collect())
     }

@@ -414,3 +414,64 @@ fn rules_added_to_the_rules_file_apply_without_restart() {
     sec.mqtt.revalidate(&[&admin]);
     assert!(sec.mqtt.may_subscribe(&admin, "acme/lyon/recipes/#"));
 }
+
+#[test]
+fn a_password_change_ends_what_the_old_password_opened() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = clock_now();
+    let sec = open(dir.path(), &clock);
+    sec.users
+        .create_user("pat", "the first long password", Role::Operator, None)
+        .expect("user");
+    let by_password = sec
+        .mqtt
+        .connect(&info(
+            "pat-1",
+            Some("pat"),
+            Some(b"the first long password"),
+            None,
+        ))
+        .expect("login");
+    let session = sec
+        .users
+        .create_token(
+            "pat",
+            None,
+            Duration::from_secs(3600),
+            ironplant_security::users::SESSION_LABEL,
+            None,
+        )
+        .expect("login session");
+    let api = sec
+        .users
+        .create_token("pat", None, Duration::from_secs(3600), "dashboard", None)
+        .expect("api token");
+    let by_token = sec
+        .mqtt
+        .connect(&info("pat-2", None, Some(api.token.as_bytes()), None))
+        .expect("token");
+    clock.advance(Duration::from_secs(1));
+    sec.users
+        .set_password("pat", "the second long password", None)
+        .expect("passwd");
+    // The connection logged in with the old password ends; a deliberate API token stays.
+    assert_eq!(
+        sec.mqtt.revalidate(&[&by_password, &by_token]),
+        vec![false, true]
+    );
+    // Login sessions made with the old password are revoked, other tokens are not.
+    assert!(sec.users.verify_token(&session.token).is_err());
+    assert!(sec.users.verify_token(&api.token).is_ok());
+    // Logging in again with the new password is valid.
+    clock.advance(Duration::from_secs(1));
+    let again = sec
+        .mqtt
+        .connect(&info(
+            "pat-1",
+            Some("pat"),
+            Some(b"the second long password"),
+            None,
+        ))
+        .expect("login");
+    assert_eq!(sec.mqtt.revalidate(&[&again]), vec![true]);
+}
