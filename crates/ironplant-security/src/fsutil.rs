@@ -105,13 +105,13 @@ impl Drop for FileLock {
 /// Identity of a file's current content as far as `stat` can tell: an atomic replace changes
 /// the inode, an in-place change the mtime or length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+pub(crate) struct Stamp {
     ino: u64,
     mtime_ns: i64,
     len: u64,
 }
 
-fn stamp(path: &Path) -> Result<Option<Stamp>> {
+pub(crate) fn stamp(path: &Path) -> Result<Option<Stamp>> {
     match fs::metadata(path) {
         Ok(m) => Ok(Some(Stamp {
             ino: m.ino(),

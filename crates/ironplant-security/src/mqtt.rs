@@ -13,10 +13,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use ironplant_mqtt::auth::{Auth, ConnectInfo, Denied, Principal};
 use ironplant_mqtt::codec::ReasonCode;
@@ -26,6 +26,7 @@ use crate::acl::{Acl, AclIdentity};
 use crate::audit::{bounded, AuditEvent, AuditLog};
 use crate::ca::DeviceRegistry;
 use crate::clock::Clock;
+use crate::fsutil::{stamp, Stamp};
 use crate::policy::{PrefixRule, TagAccess, TagScopes};
 use crate::roles::Role;
 use crate::users::{LoginError, UserStore, TOKEN_PREFIX};
@@ -77,7 +78,7 @@ const LIMIT_AUDIT_EVERY: Duration = Duration::from_secs(60);
 
 /// The tag-prefix rules file as last read.
 struct ScopesCache {
-    stamp: Option<(SystemTime, u64, u64)>,
+    stamp: Option<Stamp>,
     scopes: Arc<TagScopes>,
     /// Set when the file cannot be read: refuse what the rules would decide.
     broken: bool,
@@ -87,9 +88,50 @@ struct ScopesCache {
 /// the configured (or built-in) ones; re-read when the file changes.
 pub const ACL_FILE: &str = "acl.rules";
 
+/// The rules of the rules file `path`, one each as written (blank and comment lines left
+/// out); none when it does not exist. An invalid rule in it is an error naming the file.
+pub fn read_acl_file(path: &Path) -> crate::Result<Vec<String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(crate::Error::io("read", path, e)),
+    };
+    Acl::parse(&text).map_err(|e| {
+        crate::Error::Acl(format!("{}: {e}; fix or remove the file", path.display()))
+    })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !(l.is_empty() || *l == "#" || l.starts_with("# ") || l.starts_with("//")))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Changes the rules file `path` under the security files' inter-process lock and writes it
+/// atomically (0600); `change` returns false to leave it as it is.
+pub fn update_acl_file<R>(
+    path: &Path,
+    change: impl FnOnce(&mut Vec<String>) -> crate::Result<(bool, R)>,
+) -> crate::Result<R> {
+    let _lock = crate::fsutil::FileLock::acquire(&path.with_extension("lock"))?;
+    let mut rules = read_acl_file(path)?;
+    let (changed, out) = change(&mut rules)?;
+    if changed {
+        let mut text = String::from(
+            "# MQTT ACL rules added with `ironplant acl add`, applied after the configured ones.\n",
+        );
+        for r in &rules {
+            text.push_str(r);
+            text.push('\n');
+        }
+        crate::fsutil::write_atomic(path, text.as_bytes(), crate::fsutil::PRIVATE)?;
+    }
+    Ok(out)
+}
+
 /// The rules file as last read.
 struct AclFileCache {
-    stamp: Option<(SystemTime, u64, u64)>,
+    stamp: Option<Stamp>,
     rules: Vec<crate::acl::AclRule>,
 }
 
@@ -184,10 +226,7 @@ impl SecurityAuth {
     /// Re-reads the rules file if it changed. A damaged file keeps the rules in force and is
     /// logged (the CLI checks rules before writing them, so only a hand edit can damage it).
     fn refresh_acl(&self) {
-        use std::os::unix::fs::MetadataExt as _;
-        let stamp = std::fs::metadata(&self.acl_file)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())));
+        let stamp = stamp(&self.acl_file).ok().flatten();
         {
             let mut c = self.acl_cache.lock();
             if c.stamp == stamp {
@@ -232,11 +271,8 @@ impl SecurityAuth {
 
     /// Re-reads the rules file if its stamp changed; true when the rules changed.
     fn refresh_scopes(&self) -> bool {
-        use std::os::unix::fs::MetadataExt as _;
         // The file is replaced by rename on every change: a new inode even within one mtime tick.
-        let stamp = std::fs::metadata(&self.scopes_path)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())));
+        let stamp = stamp(&self.scopes_path).ok().flatten();
         let mut c = self.scopes.lock();
         if c.stamp == stamp && c.stamp.is_some() {
             return false;

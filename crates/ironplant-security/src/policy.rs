@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use ironplant_core::TagPath;
 use serde::{Deserialize, Serialize};
 
+use crate::fsutil::{write_atomic, FileLock, PRIVATE};
 use crate::users::{AuthMethod, Identity};
 
 /// The prefix rules, in the security directory next to `users.json`.
@@ -59,9 +60,6 @@ pub struct TagScopes {
     pub configured: BTreeMap<String, PrefixRule>,
 }
 
-/// Serialises read-modify-write of the scopes file within this process.
-static SCOPES_WRITE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 impl TagScopes {
     pub fn path(sec: &crate::Security) -> PathBuf {
         sec.dir().join(SCOPES_FILE)
@@ -92,20 +90,17 @@ impl TagScopes {
         Ok(scopes)
     }
 
+    /// Read-modify-write under the inter-process lock the other security files use, so the
+    /// API and the CLI (`user scope`) never lose each other's change; written atomically, 0600.
     fn update(path: &Path, change: impl FnOnce(&mut TagScopes) -> bool) -> Result<(), String> {
-        let _guard = SCOPES_WRITE
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _lock = FileLock::acquire(&path.with_extension("lock")).map_err(|e| e.to_string())?;
         let mut scopes = TagScopes::load(path)?;
         if !change(&mut scopes) {
             return Ok(());
         }
         let json = serde_json::to_vec_pretty(&scopes)
             .map_err(|e| format!("cannot encode the tag scopes: {e}"))?;
-        let tmp = path.with_extension("json.tmp");
-        write_private(&tmp, &json)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        write_atomic(path, &json, PRIVATE).map_err(|e| e.to_string())
     }
 
     /// Sets (or with an unlimited rule, removes) the rule of token `id`, atomically.
@@ -152,19 +147,6 @@ impl TagScopes {
         let token_rule = token.and_then(|t| self.tokens.get(t)).cloned();
         (self.access(&identity.user, token), token_rule)
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 /// Whether `path` is `prefix` or below it, on whole levels.

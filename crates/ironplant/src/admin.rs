@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use ironplant_security::mqtt::{read_acl_file, update_acl_file};
 use ironplant_security::{Role, Security};
 
 use crate::secure;
@@ -603,56 +604,6 @@ fn acl_file(sec: &Security) -> PathBuf {
     sec.dir().join(ironplant_security::mqtt::ACL_FILE)
 }
 
-/// The rules of the rules file, one a line, and the file's text.
-fn read_acl_file(path: &Path) -> anyhow::Result<Vec<String>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            ironplant_security::Acl::parse(&text).with_context(|| {
-                format!("{} holds an invalid rule; fix or remove it", path.display())
-            })?;
-            Ok(text
-                .lines()
-                .map(str::trim)
-                .filter(|l| {
-                    !(l.is_empty() || *l == "#" || l.starts_with("# ") || l.starts_with("//"))
-                })
-                .map(str::to_owned)
-                .collect())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
-fn write_acl_file(path: &Path, rules: &[String]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut text = String::from(
-        "# MQTT ACL rules added with `ironplant acl add`, applied after the configured ones.\n",
-    );
-    for r in rules {
-        text.push_str(r);
-        text.push('\n');
-    }
-    let tmp = path.with_extension(format!("rules.cli{}", std::process::id()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(text.as_bytes())?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    Ok(())
-}
-
 pub fn acl(cmd: AclCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let sec = open(data_dir)?;
     let path = acl_file(&sec);
@@ -691,13 +642,17 @@ pub fn acl(cmd: AclCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
             if parsed.rules().len() != 1 {
                 anyhow::bail!("give exactly one rule (got {})", parsed.rules().len());
             }
-            let mut rules = read_acl_file(&path)?;
-            if rules.contains(&rule) {
+            let added = update_acl_file(&path, |rules| {
+                let new = !rules.contains(&rule);
+                if new {
+                    rules.push(rule.clone());
+                }
+                Ok((new, new))
+            })?;
+            if !added {
                 println!("already there: {rule}");
                 return Ok(ExitCode::SUCCESS);
             }
-            rules.push(rule.clone());
-            write_acl_file(&path, &rules)?;
             sec.audit
                 .record(ironplant_security::AuditEvent::ConfigChanged {
                     actor: Some(actor()),
@@ -708,15 +663,15 @@ pub fn acl(cmd: AclCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         AclCommand::Remove { number } => {
-            let mut rules = read_acl_file(&path)?;
-            let Some(index) = number.checked_sub(1).filter(|i| *i < rules.len()) else {
-                anyhow::bail!(
-                    "there is no added rule {number} (there are {}); see `ironplant acl list`",
-                    rules.len()
-                );
-            };
-            let rule = rules.remove(index);
-            write_acl_file(&path, &rules)?;
+            let rule = update_acl_file(&path, |rules| {
+                let Some(index) = number.checked_sub(1).filter(|i| *i < rules.len()) else {
+                    return Err(ironplant_security::Error::Acl(format!(
+                        "there is no added rule {number} (there are {}); see `ironplant acl list`",
+                        rules.len()
+                    )));
+                };
+                Ok((true, rules.remove(index)))
+            })?;
             sec.audit
                 .record(ironplant_security::AuditEvent::ConfigChanged {
                     actor: Some(actor()),
