@@ -6,13 +6,19 @@
 
 pub mod asset;
 pub mod bus;
+pub mod component;
 pub mod config;
+pub mod event;
 pub mod namespace;
 pub mod path;
 pub mod sample;
 
 pub use asset::{Asset, AssetLevel, Location};
 pub use bus::{Batch, BusStats, Overflow, Subscription, TagBus, MAX_TAGS};
+pub use component::{
+    BoxFuture, DeviceWriteError, DeviceWriter, Processor, ProcessorOutput, WriteAck,
+};
+pub use event::{Event, EventBus, EventFilter, EventKind, EventSubscription, Severity};
 pub use namespace::{LiveNamespace, Namespace, RegisterError, TagId, TagMeta};
 pub use path::{PathError, TagPath};
 pub use sample::{Quality, QualityLevel, QualityReason, Sample, Timestamp, Value, ValueType};
