@@ -12,6 +12,7 @@ pub mod event;
 pub mod namespace;
 pub mod path;
 pub mod sample;
+pub mod wire;
 
 pub use asset::{Asset, AssetLevel, Location};
 pub use bus::{Batch, BusStats, Overflow, Subscription, TagBus, MAX_TAGS};
