@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use ironplant_core::config::{Config, HistorianSettings, LossyMethod, Protocol};
-use ironplant_core::{LiveNamespace, Overflow, RegisterError, TagBus, TagId, TagMeta, Value};
+use ironplant_core::{EventBus, LiveNamespace, Overflow, RegisterError, TagBus, TagId, TagMeta, Value};
 use ironplant_historian::lossy::LossySpec;
 use ironplant_historian::{Historian, HistorianConfig, HistorianError};
 use ironplant_modbus::{DeviceHandle, DevicePoller, PollPoint, WriteError};
@@ -44,6 +44,8 @@ pub struct Runtime {
     /// The configured tags plus those added while running ([`Runtime::register_tag`]).
     pub namespace: Arc<LiveNamespace>,
     pub bus: TagBus,
+    /// Events (alarms, commands, security and system events) beside the samples.
+    pub events: EventBus,
     pub metrics: Arc<Metrics>,
     /// The historian, when the platform has a data directory and it is enabled.
     pub historian: Option<Historian>,
@@ -262,6 +264,7 @@ impl Runtime {
         Ok(Runtime {
             namespace,
             bus,
+            events: EventBus::new(),
             metrics,
             historian,
             devices: OnceLock::new(),
