@@ -626,6 +626,76 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 // ---------------------------------------------------------------------------------------------
+// Sections owned by other crates
+
+/// Deserialises the top-level key `key` of a config document into `T` (`None` when absent).
+/// Spans inside `T` (`toml::Spanned`) are byte offsets of the whole file, so a domain crate
+/// validates its own section and reports errors that render as `file:line:col` like core's.
+pub fn section<T: serde::de::DeserializeOwned>(
+    source: &str,
+    key: &str,
+) -> Result<Option<T>, ConfigError> {
+    use serde::de::DeserializeSeed;
+    let de = toml::de::Deserializer::parse(source).map_err(toml_error)?;
+    Pick::<T> {
+        key,
+        _t: std::marker::PhantomData,
+    }
+    .deserialize(de)
+    .map_err(toml_error)
+}
+
+/// A TOML or serde error as a config error at its span.
+pub fn toml_error(e: toml::de::Error) -> ConfigError {
+    let span = e.span().unwrap_or(0..0);
+    let message = e.message().trim().to_owned();
+    let hint = if message.contains("unknown field") {
+        Some("check the spelling; the config reference is in docs/config.md".to_owned())
+    } else {
+        None
+    };
+    ConfigError {
+        span,
+        message,
+        hint,
+    }
+}
+
+/// Picks one key of the top-level table, skipping the others.
+struct Pick<'k, T> {
+    key: &'k str,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<'de, T: serde::de::DeserializeOwned> serde::de::DeserializeSeed<'de> for Pick<'_, T> {
+    type Value = Option<T>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, T: serde::de::DeserializeOwned> serde::de::Visitor<'de> for Pick<'_, T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a TOML document")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Option<T>, A::Error> {
+        let mut found = None;
+        while let Some(k) = map.next_key::<String>()? {
+            if k == self.key {
+                found = Some(map.next_value::<T>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Raw (as written) model
 
 #[derive(Debug, Deserialize)]
@@ -858,13 +928,34 @@ const DEFAULT_POLL: Duration = Duration::from_secs(1);
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(5);
 
-struct Collector {
-    errors: Vec<ConfigError>,
+/// Collects every problem of a config file (each domain crate validates its own section into
+/// it), so a user sees all of them at once.
+pub struct Diagnostics {
+    pub errors: Vec<ConfigError>,
     acl_check: Option<AclRuleCheck>,
 }
 
-impl Collector {
-    fn err(
+impl Default for Diagnostics {
+    fn default() -> Diagnostics {
+        Diagnostics::new()
+    }
+}
+
+impl Diagnostics {
+    pub fn new() -> Diagnostics {
+        Diagnostics {
+            errors: Vec::new(),
+            acl_check: None,
+        }
+    }
+
+    /// Whether nothing was reported.
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// Reports a problem at `span` (a byte range of the file) with an optional hint.
+    pub fn err(
         &mut self,
         span: Range<usize>,
         message: impl Into<String>,
@@ -914,10 +1005,8 @@ pub fn parse_with(
             }]));
         }
     };
-    let mut c = Collector {
-        errors: Vec::new(),
-        acl_check,
-    };
+    let mut c = Diagnostics::new();
+    c.acl_check = acl_check;
     let config = validate(raw, &mut c);
     if c.errors.is_empty() {
         Ok(config)
@@ -927,7 +1016,8 @@ pub fn parse_with(
     }
 }
 
-fn parse_path(c: &mut Collector, raw: &Spanned<String>, what: &str) -> Option<TagPath> {
+/// A tag or asset path, or an error at its span.
+pub fn parse_path(c: &mut Diagnostics, raw: &Spanned<String>, what: &str) -> Option<TagPath> {
     match TagPath::parse(raw.get_ref()) {
         Ok(p) => Some(p),
         Err(e) => {
@@ -941,8 +1031,9 @@ fn parse_path(c: &mut Collector, raw: &Spanned<String>, what: &str) -> Option<Ta
     }
 }
 
-fn parse_duration(
-    c: &mut Collector,
+/// A duration such as "500ms" or "5s" (`default` when absent), or an error at its span.
+pub fn parse_duration(
+    c: &mut Diagnostics,
     raw: &Option<Spanned<String>>,
     field: &str,
     default: Duration,
@@ -969,7 +1060,8 @@ fn parse_duration(
     }
 }
 
-fn parse_u8(c: &mut Collector, raw: &Spanned<i64>, field: &str) -> u8 {
+/// A small integer 0-255, or an error at its span.
+pub fn parse_u8(c: &mut Diagnostics, raw: &Spanned<i64>, field: &str) -> u8 {
     u8::try_from(*raw.get_ref()).unwrap_or_else(|_| {
         c.err(
             raw.span(),
@@ -980,7 +1072,7 @@ fn parse_u8(c: &mut Collector, raw: &Spanned<i64>, field: &str) -> u8 {
     })
 }
 
-fn validate(raw: RawConfig, c: &mut Collector) -> Config {
+fn validate(raw: RawConfig, c: &mut Diagnostics) -> Config {
     // Assets.
     let mut assets = Vec::new();
     let mut asset_paths = HashSet::new();
@@ -1318,7 +1410,7 @@ fn validate(raw: RawConfig, c: &mut Collector) -> Config {
     }
 }
 
-fn validate_security(c: &mut Collector, raw: Option<RawSecurity>) -> SecuritySettings {
+fn validate_security(c: &mut Diagnostics, raw: Option<RawSecurity>) -> SecuritySettings {
     let Some(raw) = raw else {
         return SecuritySettings::default();
     };
@@ -1375,7 +1467,7 @@ fn validate_security(c: &mut Collector, raw: Option<RawSecurity>) -> SecuritySet
     }
 }
 
-fn validate_http(c: &mut Collector, raw: Option<RawHttp>) -> HttpSettings {
+fn validate_http(c: &mut Diagnostics, raw: Option<RawHttp>) -> HttpSettings {
     let d = HttpSettings::default();
     let Some(h) = raw else { return d };
     let max_connections = int_in(
@@ -1460,7 +1552,7 @@ fn validate_http(c: &mut Collector, raw: Option<RawHttp>) -> HttpSettings {
 /// Sparkplug prefix levels at most: group, node, device and one metric level must still fit.
 const SPARKPLUG_PREFIX_MAX: usize = MAX_DEPTH - 4;
 
-fn validate_sparkplug(c: &mut Collector, raw: Option<RawSparkplug>) -> SparkplugSettings {
+fn validate_sparkplug(c: &mut Diagnostics, raw: Option<RawSparkplug>) -> SparkplugSettings {
     let d = SparkplugSettings::default();
     let Some(raw) = raw else { return d };
     let host_id = match raw.host_id {
@@ -1522,7 +1614,7 @@ fn validate_sparkplug(c: &mut Collector, raw: Option<RawSparkplug>) -> Sparkplug
 }
 
 fn int_in(
-    c: &mut Collector,
+    c: &mut Diagnostics,
     raw: &Option<Spanned<i64>>,
     field: &str,
     range: std::ops::RangeInclusive<i64>,
@@ -1542,7 +1634,7 @@ fn int_in(
     }
 }
 
-fn validate_mqtt(c: &mut Collector, raw: Option<RawMqtt>) -> MqttSettings {
+fn validate_mqtt(c: &mut Diagnostics, raw: Option<RawMqtt>) -> MqttSettings {
     let d = MqttSettings::default();
     let Some(m) = raw else { return d };
     let uns_prefix = match &m.uns_prefix {
@@ -1739,7 +1831,8 @@ fn check_topic_prefix(p: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_size(text: &str) -> Option<u64> {
+/// A size in bytes: a number or a string with a unit ("512MB", "1GiB").
+pub fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
     let split = t.find(|ch: char| !ch.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -1757,7 +1850,7 @@ fn parse_size(text: &str) -> Option<u64> {
     n.checked_mul(mult)
 }
 
-fn validate_bridges(c: &mut Collector, raw: Vec<RawBridge>) -> Vec<BridgeConfig> {
+fn validate_bridges(c: &mut Diagnostics, raw: Vec<RawBridge>) -> Vec<BridgeConfig> {
     let mut out = Vec::new();
     let mut names = HashSet::new();
     for b in raw {
@@ -1829,7 +1922,7 @@ fn validate_bridges(c: &mut Collector, raw: Vec<RawBridge>) -> Vec<BridgeConfig>
                 );
             }
         }
-        let qos = |c: &mut Collector, q: &Option<Spanned<i64>>| match q {
+        let qos = |c: &mut Diagnostics, q: &Option<Spanned<i64>>| match q {
             None => 1,
             Some(q) => match u8::try_from(*q.get_ref()) {
                 Ok(v @ 0..=2) => v,
@@ -1843,7 +1936,7 @@ fn validate_bridges(c: &mut Collector, raw: Vec<RawBridge>) -> Vec<BridgeConfig>
                 }
             },
         };
-        let prefix = |c: &mut Collector, p: &Option<Spanned<String>>| match p {
+        let prefix = |c: &mut Diagnostics, p: &Option<Spanned<String>>| match p {
             None => String::new(),
             Some(p) => {
                 if let Err(e) = check_topic_prefix(p.get_ref()) {
@@ -1856,7 +1949,7 @@ fn validate_bridges(c: &mut Collector, raw: Vec<RawBridge>) -> Vec<BridgeConfig>
                 p.get_ref().clone()
             }
         };
-        let filter = |c: &mut Collector, f: &Spanned<String>| {
+        let filter = |c: &mut Diagnostics, f: &Spanned<String>| {
             if let Err(e) = check_topic_filter(f.get_ref()) {
                 c.err(
                     f.span(),
@@ -1958,7 +2051,7 @@ fn validate_bridges(c: &mut Collector, raw: Vec<RawBridge>) -> Vec<BridgeConfig>
     out
 }
 
-fn validate_prefix(c: &mut Collector, raw: &Spanned<String>) -> String {
+fn validate_prefix(c: &mut Diagnostics, raw: &Spanned<String>) -> String {
     let p = raw.get_ref().trim_end_matches('/');
     if p.is_empty() {
         return String::new();
@@ -1973,7 +2066,7 @@ fn validate_prefix(c: &mut Collector, raw: &Spanned<String>) -> String {
     p.to_owned()
 }
 
-fn validate_historian(c: &mut Collector, raw: Option<RawHistorian>) -> HistorianSettings {
+fn validate_historian(c: &mut Diagnostics, raw: Option<RawHistorian>) -> HistorianSettings {
     let d = HistorianSettings::default();
     let Some(h) = raw else { return d };
     let flush_samples = match &h.flush_samples {
@@ -2003,7 +2096,7 @@ fn validate_historian(c: &mut Collector, raw: Option<RawHistorian>) -> Historian
         .iter()
         .filter_map(|l| {
             let prefix = validate_prefix(c, &l.prefix);
-            let positive = |c: &mut Collector, x: &Spanned<f64>, what: &str| {
+            let positive = |c: &mut Diagnostics, x: &Spanned<f64>, what: &str| {
                 let ok = x.get_ref().is_finite() && *x.get_ref() > 0.0;
                 if !ok {
                     c.err(
@@ -2059,7 +2152,7 @@ fn validate_historian(c: &mut Collector, raw: Option<RawHistorian>) -> Historian
 }
 
 fn validate_modbus(
-    c: &mut Collector,
+    c: &mut Diagnostics,
     m: &Spanned<RawModbus>,
     default_unit: u8,
 ) -> Option<ModbusPoint> {
@@ -2137,7 +2230,7 @@ fn validate_modbus(
             Some("add bit = 0..15, or use a coil/discrete_input table".to_owned()),
         );
     }
-    let order = |c: &mut Collector, raw: &Option<Spanned<String>>, what: &str| match raw
+    let order = |c: &mut Diagnostics, raw: &Option<Spanned<String>>, what: &str| match raw
         .as_ref()
         .map(|r| (r.get_ref().as_str(), r.span()))
     {
@@ -2649,5 +2742,45 @@ queue = { max_bytes = "12 parsecs", overflow = "drop_middle" }
         assert_eq!(line_col("ab\ncdé\nf", 3), (2, 1));
         assert_eq!(line_col("ab\ncdé\nf", 8), (3, 1));
         assert_eq!(line_col("ab\ncdé\nf", 7), (2, 4));
+    }
+}
+
+#[cfg(test)]
+mod section_tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        name: Spanned<String>,
+        every: Option<Spanned<String>>,
+    }
+
+    const DOC: &str = "[[tag]]\npath = \"a/b\"\n\n[thing]\nname = \"x\"\nevery = \"fast\"\n";
+
+    #[test]
+    fn a_section_keeps_file_offsets_and_ignores_other_keys() {
+        let raw: Raw = section(DOC, "thing").expect("parses").expect("present");
+        assert_eq!(&DOC[raw.name.span()], "\"x\"");
+        let mut d = Diagnostics::new();
+        let _ = parse_duration(&mut d, &raw.every, "every", Duration::from_secs(1));
+        let errors = ConfigErrors {
+            file: "plant.toml".into(),
+            source: DOC.into(),
+            errors: d.errors,
+        };
+        assert!(
+            errors.to_string().starts_with("plant.toml:6:9: error:"),
+            "{errors}"
+        );
+        assert!(section::<Raw>(DOC, "other").expect("parses").is_none());
+    }
+
+    #[test]
+    fn a_section_error_points_into_the_file() {
+        let e =
+            section::<Raw>("[thing]\nname = \"x\"\ncolour = 1\n", "thing").expect_err("unknown");
+        assert_eq!(e.span.start, 19, "{e:?}");
+        assert!(e.message.contains("unknown field"), "{e:?}");
     }
 }
