@@ -1,13 +1,16 @@
 //! Ironplant runtime: builds the namespace and tag bus from a configuration, starts one task per
 //! device, collects metrics, and offers the operations the API and CLI need (live values, writes).
 //!
-//! Start-up order (the composition root is [`start_platform`]): the namespace, bus and
-//! historian (subscribed), then the UNS publisher and the Sparkplug host on the broker, and
-//! only then the sources (device pollers). A sample published before a subscriber exists is
-//! never delivered to it, so every subscriber exists before the first source starts.
+//! The composition root is [`Platform`] (module [`platform`]): it owns start-up order,
+//! supervision ([`component`]) and ordered shutdown, and runs processors ([`pipeline`]) on the
+//! bus's publish path. A sample published before a subscriber exists is never delivered to it,
+//! so every subscriber exists before the first source starts.
 
 pub mod bridges;
+pub mod component;
 pub mod metrics;
+pub mod pipeline;
+pub mod platform;
 pub mod sparkplug;
 pub mod uns;
 
@@ -16,7 +19,9 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use ironplant_core::config::{Config, HistorianSettings, LossyMethod, Protocol};
-use ironplant_core::{EventBus, LiveNamespace, Overflow, RegisterError, TagBus, TagId, TagMeta, Value};
+use ironplant_core::{
+    EventBus, LiveNamespace, Overflow, RegisterError, TagBus, TagId, TagMeta, Value,
+};
 use ironplant_historian::lossy::LossySpec;
 use ironplant_historian::{Historian, HistorianConfig, HistorianError};
 use ironplant_modbus::{DeviceHandle, DevicePoller, PollPoint, WriteError};
@@ -24,6 +29,7 @@ use ironplant_mqtt::Broker;
 use parking_lot::Mutex;
 
 pub use metrics::Metrics;
+pub use platform::{Platform, PlatformBuilder};
 
 /// Why a write through the runtime failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,51 +70,18 @@ pub enum StartError {
     Sparkplug(#[from] sparkplug::SparkplugError),
 }
 
-/// A started platform: the runtime and its consumers on the broker.
-pub struct Started {
-    pub runtime: Arc<Runtime>,
-    /// The Sparkplug host application, when the broker runs and `[sparkplug]` enables it.
-    pub sparkplug: Option<sparkplug::SparkplugHost>,
-    /// The UNS publisher's task, when the broker runs.
-    pub uns: Option<tokio::task::JoinHandle<()>>,
-    /// The bus subscribers that existed when the sources started (in subscription order).
-    pub subscribers_at_start: Vec<String>,
-}
-
-/// The composition root: builds the runtime (historian subscribed), attaches the UNS publisher
-/// and the Sparkplug host to `broker` (when there is one), and only then starts the sources, so
-/// that no subscriber misses the first poll. Call on a tokio runtime.
+/// The platform with its standard components: [`Platform::builder`] with `broker` when there is
+/// one, started. Call on a tokio runtime.
 pub fn start_platform(
     config: &Config,
     data_dir: Option<&Path>,
     broker: Option<&Broker>,
-) -> Result<Started, StartError> {
-    let runtime = Arc::new(Runtime::build(config, data_dir)?);
-    let mut uns = None;
-    let mut host = None;
+) -> Result<Platform, StartError> {
+    let mut b = Platform::builder(config.clone(), data_dir);
     if let Some(broker) = broker {
-        // The UNS before the Sparkplug host: the host is a source too (births and data).
-        uns = Some(uns::attach(
-            broker.clone(),
-            &runtime.bus,
-            runtime.namespace.clone(),
-            &config.mqtt.uns_prefix,
-        ));
-        if config.sparkplug.enabled {
-            host = Some(sparkplug::start(
-                broker.clone(),
-                &runtime,
-                &config.sparkplug,
-            )?);
-        }
+        b = b.broker(broker.clone());
     }
-    let subscribers_at_start = runtime.start_sources();
-    Ok(Started {
-        runtime,
-        sparkplug: host,
-        uns,
-        subscribers_at_start,
-    })
+    b.start()
 }
 
 /// The historian's settings from the config, for a data directory.

@@ -278,8 +278,9 @@ async fn serve_with(
                 "cannot start the Sparkplug host application; check [sparkplug] in the config",
             ),
         })?;
-    let runtime = started.runtime;
-    let sparkplug = started.sparkplug;
+    let mut platform = started;
+    let runtime = platform.runtime.clone();
+    let sparkplug = platform.sparkplug.take();
     let _ = namespace_for_policy.set(runtime.namespace.clone());
     if let Some(b) = &broker {
         runtime.metrics.attach_broker(b.clone());
@@ -463,12 +464,13 @@ async fn serve_with(
     }
     // Flush the historian even if the HTTP server failed: acknowledged data is in the WAL
     // anyway, but a clean close leaves nothing to replay.
+    // Sources, services and sinks in order, then the historian.
+    platform.shutdown(std::time::Duration::from_secs(5)).await;
     tokio::task::block_in_place(|| {
         // Retained messages and persistent sessions are saved for the next start.
         if let Some(b) = &broker {
             b.close();
         }
-        runtime.shutdown();
     });
     served.context("HTTP server failed")?;
     Ok(())
