@@ -26,6 +26,7 @@ pub mod auth;
 pub mod history;
 pub mod listen;
 pub mod mqtt_ws;
+pub mod settings;
 
 use auth::Caller;
 use ironplant_security::Permission;

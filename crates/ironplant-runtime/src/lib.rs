@@ -8,6 +8,7 @@
 
 pub mod bridges;
 pub mod component;
+pub mod config;
 pub mod metrics;
 pub mod pipeline;
 pub mod platform;
@@ -18,11 +19,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use ironplant_core::config::{Config, HistorianSettings, LossyMethod, Protocol};
+use ironplant_core::config::{Config, Protocol};
 use ironplant_core::{
     EventBus, LiveNamespace, Overflow, RegisterError, TagBus, TagId, TagMeta, Value,
 };
 use ironplant_historian::lossy::LossySpec;
+use ironplant_historian::settings::{HistorianSettings, LossyMethod};
 use ironplant_historian::{Historian, HistorianConfig, HistorianError};
 use ironplant_modbus::{DeviceHandle, DevicePoller, PollPoint, WriteError};
 use ironplant_mqtt::Broker;
@@ -201,8 +203,8 @@ impl Runtime {
         let bus = TagBus::new(namespace.len());
         let metrics = Arc::new(Metrics::new(config.devices.iter().map(|d| d.id.clone())));
         let historian = match data_dir {
-            Some(dir) if config.historian.enabled => {
-                let h = Historian::open(historian_config(dir, &config.historian))?;
+            Some(dir) if config.get::<HistorianSettings>().enabled => {
+                let h = Historian::open(historian_config(dir, &config.get::<HistorianSettings>()))?;
                 attach_historian(&h, &bus, namespace.clone())?;
                 Some(h)
             }

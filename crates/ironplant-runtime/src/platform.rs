@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use ironplant_core::config::Config;
 use ironplant_core::Processor;
+use ironplant_mqtt::settings::MqttSettings;
 use ironplant_mqtt::Broker;
+use ironplant_sparkplug::settings::SparkplugSettings;
 
 use crate::component::{ComponentStats, RestartPolicy, Service, Sink, Source, Supervisor};
 use crate::pipeline::{Pipeline, ProcessorFactory, Ticker};
@@ -159,7 +161,7 @@ impl PlatformBuilder {
                 broker.clone(),
                 &runtime.bus,
                 runtime.namespace.clone(),
-                &self.config.mqtt.uns_prefix,
+                &self.config.get::<MqttSettings>().uns_prefix,
             ));
         }
         for sink in self.sinks {
@@ -169,12 +171,9 @@ impl PlatformBuilder {
             supervisor.start_service(service);
         }
         if let Some(broker) = &self.broker {
-            if self.config.sparkplug.enabled {
-                host = Some(sparkplug::start(
-                    broker.clone(),
-                    &runtime,
-                    &self.config.sparkplug,
-                )?);
+            let settings = self.config.get::<SparkplugSettings>();
+            if settings.enabled {
+                host = Some(sparkplug::start(broker.clone(), &runtime, &settings)?);
             }
         }
         let subscribers_at_start = runtime.start_sources();

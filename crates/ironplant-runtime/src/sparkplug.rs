@@ -19,10 +19,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ironplant_core::config::SparkplugSettings;
 use ironplant_core::{LiveNamespace, Sample, TagBus, TagId, TagMeta, TagPath, Timestamp};
 use ironplant_mqtt::codec::{MqttString, Publish as MqttPublish, QoS};
 use ironplant_mqtt::Broker;
+use ironplant_sparkplug::settings::SparkplugSettings;
 use ironplant_sparkplug::{Host, HostAction, HostError, HostOptions, MessageType, Topic, REBIRTH};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;

@@ -227,7 +227,7 @@ impl Processor for Doubler {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_connector_is_one_registration_and_a_panicking_one_is_restarted_and_reported() {
-    let config = ironplant_core::config::parse("test.toml", CONFIG).expect("config");
+    let config = ironplant_runtime::config::parse("test.toml", CONFIG).expect("config");
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let platform = Platform::builder(config, None)
         .restart_policy(fast())
@@ -327,7 +327,7 @@ async fn a_test_connector_is_one_registration_and_a_panicking_one_is_restarted_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processors_derive_samples_and_events_and_a_panicking_one_is_rebuilt() {
-    let config = ironplant_core::config::parse("test.toml", CONFIG).expect("config");
+    let config = ironplant_runtime::config::parse("test.toml", CONFIG).expect("config");
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let builds = Arc::new(AtomicU32::new(0));
     let b = builds.clone();

@@ -61,12 +61,16 @@ async fn next_on(rx: &mut mpsc::Receiver<MqttPublish>, pred: impl Fn(&str) -> bo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn births_data_rebirth_gap_and_death_through_the_platform() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = ironplant_core::config::parse("t.toml", CONFIG).expect("valid config");
+    let config = ironplant_runtime::config::parse("t.toml", CONFIG).expect("valid config");
     let rt = Runtime::start(&config, Some(dir.path())).expect("runtime");
     let configured = rt.namespace.len();
     let broker = Broker::new(BrokerConfig::default());
-    let host =
-        ironplant_runtime::sparkplug::start(broker.clone(), &rt, &config.sparkplug).expect("host");
+    let host = ironplant_runtime::sparkplug::start(
+        broker.clone(),
+        &rt,
+        &config.get::<ironplant_sparkplug::settings::SparkplugSettings>(),
+    )
+    .expect("host");
     assert_eq!(host.state_topic(), "spBv1.0/STATE/test-host");
     let mut observer = broker
         .subscribe_internal("observer", "spBv1.0/#", 1024)
