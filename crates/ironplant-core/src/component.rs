@@ -67,8 +67,13 @@ pub enum DeviceWriteError {
     BadValue { value: String, why: String },
     #[error("the tag is read-only at the device ({0})")]
     ReadOnly(String),
-    #[error("the device is not connected")]
-    NotConnected,
+    /// The device does not know the tag (no such point on a Modbus device, no metric of that
+    /// name in a Sparkplug birth).
+    #[error("the device does not serve this tag ({0})")]
+    UnknownTag(String),
+    /// Not connected, with why (e.g. "edge node g/n is offline (NDEATH)").
+    #[error("the device is not connected: {0}")]
+    NotConnected(String),
     #[error("the device did not answer within {0:?}")]
     Timeout(Duration),
     #[error("the device refused the write: {0}")]

@@ -244,6 +244,8 @@ pub struct SparkplugSettings {
     /// Levels in front of every Sparkplug tag path (`<prefix>/<group>/<node>/<device>/<metric>`);
     /// `None` puts the group at the root.
     pub prefix: Option<TagPath>,
+    /// How long a write (NCMD/DCMD) waits for the edge node to report the written value.
+    pub write_timeout: Duration,
 }
 
 impl Default for SparkplugSettings {
@@ -252,6 +254,7 @@ impl Default for SparkplugSettings {
             enabled: true,
             host_id: "ironplant".to_owned(),
             prefix: None,
+            write_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -756,6 +759,7 @@ struct RawSparkplug {
     enabled: Option<bool>,
     host_id: Option<Spanned<String>>,
     prefix: Option<Spanned<String>>,
+    write_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1518,6 +1522,7 @@ fn validate_sparkplug(c: &mut Collector, raw: Option<RawSparkplug>) -> Sparkplug
         enabled: raw.enabled.unwrap_or(true),
         host_id,
         prefix,
+        write_timeout: parse_duration(c, &raw.write_timeout, "write_timeout", d.write_timeout),
     }
 }
 
@@ -2612,11 +2617,12 @@ queue = { max_bytes = "12 parsecs", overflow = "drop_middle" }
         assert!(d.enabled && d.host_id == "ironplant" && d.prefix.is_none());
         let cfg = parse(
             "s.toml",
-            "[sparkplug]\nenabled = false\nhost_id = \"scada-1\"\nprefix = \"acme/lyon/sp/\"\n",
+            "[sparkplug]\nenabled = false\nhost_id = \"scada-1\"\nprefix = \"acme/lyon/sp/\"\nwrite_timeout = \"1500ms\"\n",
         )
         .expect("valid");
         assert!(!cfg.sparkplug.enabled);
         assert_eq!(cfg.sparkplug.host_id, "scada-1");
+        assert_eq!(cfg.sparkplug.write_timeout, Duration::from_millis(1500));
         assert_eq!(
             cfg.sparkplug.prefix.as_ref().map(TagPath::as_str),
             Some("acme/lyon/sp")
