@@ -283,9 +283,7 @@ impl Shell {
         m.messages.fetch_add(1, Ordering::Relaxed);
         let now = Timestamp::now();
         let actions = self.host.handle(topic, payload, now);
-        for (w, outcome) in self.pending.observe(&actions) {
-            self.finish(w, outcome);
-        }
+        let ended = self.pending.observe(&actions);
         // A birth may change a metric's datatype or unit: refresh the metadata of its tags.
         let birth = matches!(
             Topic::parse(topic),
@@ -336,6 +334,10 @@ impl Shell {
         // History first, so the message's current values are what the live table keeps.
         self.bus.publish(history).await;
         self.bus.publish(current).await;
+        // After the bus: whoever got the acknowledgement reads the written value.
+        for (w, outcome) in ended {
+            self.finish(w, outcome);
+        }
     }
 
     /// The tag of a metric's path, registering it (or refreshing its metadata at a birth).
