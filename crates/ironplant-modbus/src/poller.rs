@@ -616,9 +616,13 @@ impl State {
                     .await?
                 {
                     Response::WriteMultipleRegisters(ra, rn) if ra == a && usize::from(rn) == n => {
-                        format!("function 16 (write multiple registers) echoed {place}, {n} registers")
+                        format!(
+                            "function 16 (write multiple registers) echoed {place}, {n} registers"
+                        )
                     }
-                    other => return Err(mismatch(format!("{other:?} does not echo {n} registers"))),
+                    other => {
+                        return Err(mismatch(format!("{other:?} does not echo {n} registers")))
+                    }
                 }
             }
             WriteOp::Bit { bit, on } => {
@@ -701,7 +705,9 @@ impl State {
             }
             Ok(Ok(Err(code))) => {
                 self.answered();
-                Err(DeviceWriteError::Refused(format!("Modbus exception {code}")))
+                Err(DeviceWriteError::Refused(format!(
+                    "Modbus exception {code}"
+                )))
             }
             Ok(Err(e)) => {
                 let why = self.request_error(&e);
@@ -827,7 +833,10 @@ mod tests {
     fn writes_are_planned_per_table_and_checked_first() {
         use ModbusDataType::*;
         let coil = point(ModbusTable::Coil, Bool, None);
-        assert_eq!(plan_write(&coil, &Value::Bool(true)), Ok(WriteOp::Coil(true)));
+        assert_eq!(
+            plan_write(&coil, &Value::Bool(true)),
+            Ok(WriteOp::Coil(true))
+        );
         assert!(matches!(
             plan_write(&coil, &Value::Int(1)),
             Err(EncodeError::WrongType { .. })

@@ -238,10 +238,7 @@ impl Shell {
         };
         let sent = format!(
             "{kind} on {} set {:?} (by {by}) to {} as {}",
-            cmd.publish.topic,
-            cmd.metric,
-            req.value,
-            cmd.datatype
+            cmd.publish.topic, cmd.metric, req.value, cmd.datatype
         );
         tracing::info!(tag = %req.path, %sent, "sparkplug write sent");
         perform_publish(&self.broker, cmd.publish.clone(), &self.metrics.sparkplug);

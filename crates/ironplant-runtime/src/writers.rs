@@ -32,7 +32,9 @@ impl std::fmt::Debug for Writers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut sources: Vec<String> = self.by_source.read().keys().cloned().collect();
         sources.sort();
-        f.debug_struct("Writers").field("sources", &sources).finish()
+        f.debug_struct("Writers")
+            .field("sources", &sources)
+            .finish()
     }
 }
 
@@ -114,14 +116,18 @@ mod tests {
         let a: Arc<dyn DeviceWriter> = Arc::new(Fixed("a"));
         let b: Arc<dyn DeviceWriter> = Arc::new(Fixed("b"));
         writers.register("plc1", a.clone()).expect("first");
-        writers.register("plc1", a.clone()).expect("same writer again");
+        writers
+            .register("plc1", a.clone())
+            .expect("same writer again");
         assert_eq!(
             writers.register("plc1", b.clone()),
             Err(SourceTaken {
                 source_id: "plc1".into()
             })
         );
-        writers.register("sparkplug:g/n", b).expect("another source");
+        writers
+            .register("sparkplug:g/n", b)
+            .expect("another source");
         assert_eq!(writers.len(), 2);
         let got = writers.get("plc1").expect("registered");
         assert!(same(&got, &a));

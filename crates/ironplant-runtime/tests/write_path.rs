@@ -296,7 +296,8 @@ async fn sparkplug_writes_are_acknowledged_by_the_edge_nodes_report() {
         script("sparkplug_write_edge.py"),
         &["127.0.0.1", &port, "Plant1", "edge-w"],
     );
-    edge.line("connecting", |l| l.contains("\"connecting\"")).await;
+    edge.line("connecting", |l| l.contains("\"connecting\""))
+        .await;
     let tag = |m: &str| format!("sp/Plant1/edge-w/Pump1/{m}");
     wait_until("the DBIRTH's tags", || {
         ["Setpoint", "Speed", "Running", "Small", "Stuck"]
@@ -318,7 +319,8 @@ async fn sparkplug_writes_are_acknowledged_by_the_edge_nodes_report() {
             .unwrap_or_else(|e| panic!("write {metric}: {e}"));
         assert_eq!(ack.echoed.as_ref(), Some(&value), "{metric}: {ack:?}");
         assert!(
-            ack.detail.contains("DCMD on spBv1.0/Plant1/DCMD/edge-w/Pump1"),
+            ack.detail
+                .contains("DCMD on spBv1.0/Plant1/DCMD/edge-w/Pump1"),
             "{}",
             ack.detail
         );
@@ -342,7 +344,11 @@ async fn sparkplug_writes_are_acknowledged_by_the_edge_nodes_report() {
             Value::Bool(b) => assert_eq!(m["value"], *b, "{line}"),
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(good(&rt, &tag(metric)), Some(value), "the DDATA is on the bus");
+        assert_eq!(
+            good(&rt, &tag(metric)),
+            Some(value),
+            "the DDATA is on the bus"
+        );
     }
 
     // Refused before sending: a fraction into an Int16, naming tag, value and type.
@@ -365,7 +371,8 @@ async fn sparkplug_writes_are_acknowledged_by_the_edge_nodes_report() {
     );
     // bdSeq is not a value to write.
     assert!(matches!(
-        rt.write("sp/Plant1/edge-w/_node/bdSeq", Value::Int(3)).await,
+        rt.write("sp/Plant1/edge-w/_node/bdSeq", Value::Int(3))
+            .await,
         Err(RuntimeWriteError::NotWritable(_))
     ));
 
@@ -385,7 +392,11 @@ async fn sparkplug_writes_are_acknowledged_by_the_edge_nodes_report() {
         ),
         "{err:?}"
     );
-    assert!(sent.elapsed() >= Duration::from_millis(1400), "{:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        sent.elapsed()
+    );
     edge.line("the ignored DCMD", |l| {
         l.contains("\"dcmd\"") && l.contains("\"name\": \"Stuck\"")
     })
@@ -409,7 +420,10 @@ async fn sparkplug_writes_are_acknowledged_by_the_edge_nodes_report() {
         .write(&tag("Setpoint"), Value::Int(1))
         .await
         .expect_err("offline");
-    assert!(asked.elapsed() < Duration::from_millis(1000), "refused at once");
+    assert!(
+        asked.elapsed() < Duration::from_millis(1000),
+        "refused at once"
+    );
     let text = err.to_string();
     assert!(
         matches!(

@@ -17,8 +17,8 @@ pub mod writes;
 pub use datatype::DataType;
 pub use edge::{EdgeError, EdgeNode};
 pub use host::{
-    is_writable_metric, Command, ConfigError, Host, HostAction, HostError, HostOptions,
-    MetricInfo, NodeId, TagSample, WriteError,
+    is_writable_metric, Command, ConfigError, Host, HostAction, HostError, HostOptions, MetricInfo,
+    NodeId, TagSample, WriteError,
 };
 pub use proto::Payload;
 pub use tagmap::{MapError, MetricAddress, TagMapper};

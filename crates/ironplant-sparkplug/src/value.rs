@@ -1132,8 +1132,7 @@ mod tests {
             Ok(MetricValue::UInt64(3))
         );
         assert_eq!(
-            MetricValue::from_value(DataType::Int16, &Value::Float(3.5))
-                .map_err(|e| e.to_string()),
+            MetricValue::from_value(DataType::Int16, &Value::Float(3.5)).map_err(|e| e.to_string()),
             Err("Int16 takes whole numbers, not 3.5".to_owned())
         );
         assert!(matches!(

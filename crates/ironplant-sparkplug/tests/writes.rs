@@ -84,7 +84,10 @@ fn dcmd_carries_the_birth_datatype_by_name_without_aliases() {
             .write_command(&path(p), &value, at(20))
             .expect("writable");
         assert_eq!(cmd.publish.topic, "spBv1.0/Plant1/DCMD/edge-1/Pump1");
-        assert_eq!((cmd.publish.qos, cmd.publish.retain), (Qos::AtMostOnce, false));
+        assert_eq!(
+            (cmd.publish.qos, cmd.publish.retain),
+            (Qos::AtMostOnce, false)
+        );
         assert_eq!((cmd.datatype, cmd.alias), (dt, None));
         assert_eq!(cmd.node, NodeId::new("Plant1", "edge-1"));
         assert_eq!(cmd.device_id.as_deref(), Some("Pump1"));
@@ -156,7 +159,10 @@ fn values_are_checked_against_the_datatype_before_anything_is_sent() {
         Err(WriteError::ReadOnly { .. })
     ));
     assert!(!is_writable_metric("bdSeq", DataType::Int64));
-    assert!(!is_writable_metric("Node Control/Rebirth", DataType::Boolean));
+    assert!(!is_writable_metric(
+        "Node Control/Rebirth",
+        DataType::Boolean
+    ));
     assert!(is_writable_metric("Speed", DataType::Float));
     assert!(!is_writable_metric("Table", DataType::DataSet));
     let info = host.metric_info(&path(SPEED)).expect("born");
@@ -206,7 +212,9 @@ fn offline_nodes_devices_and_unborn_metrics_are_refused() {
         assert_eq!(
             host.write_command(&path(p), &Value::Int(1), at(6))
                 .map_err(|e| e.to_string()),
-            Err(format!("{p}: edge node Plant1/edge-1 is offline; writes are refused until its next birth"))
+            Err(format!(
+                "{p}: edge node Plant1/edge-1 is offline; writes are refused until its next birth"
+            ))
         );
     }
     // Born again: writable again.
@@ -235,7 +243,10 @@ fn a_write_is_confirmed_by_the_report_of_its_value_only() {
     let old = e
         .device_data("Pump1", &[("Speed", MetricValue::Float(1450.5))], at(20))
         .expect("declared");
-    assert_eq!(pending.observe(&host.handle(&old.topic, &old.payload, at(20))), []);
+    assert_eq!(
+        pending.observe(&host.handle(&old.topic, &old.payload, at(20))),
+        []
+    );
     // Neither does a historical report of the value.
     let mut hist = Payload::decode_bytes(
         &e.device_data("Pump1", &[("Speed", MetricValue::Float(12.3))], at(30))
