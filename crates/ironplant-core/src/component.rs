@@ -53,10 +53,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What a device said to a write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WriteAck {
-    /// How the device acknowledged, in its protocol's words (e.g. "Modbus echo of function 6",
-    /// "Sparkplug DCMD delivered (PUBACK)").
+    /// How the device acknowledged, in its protocol's words (e.g. "function 6 (write single
+    /// register) echoed unit 1 holding 0 = 0x10e1; read back 4321", "DCMD on … set \"Speed\"
+    /// (by alias 2) to 21.7 as Float; the edge node reported the value 12ms later").
     pub detail: String,
-    /// The value the device reported back, when the protocol returns one.
+    /// The value the device reported back: a Modbus read-back of the written registers, the
+    /// value in the Sparkplug report that confirmed the command.
     pub echoed: Option<Value>,
 }
 

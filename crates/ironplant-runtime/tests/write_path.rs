@@ -439,3 +439,127 @@ async fn sparkplug_writes_are_acknowledged_by_the_edge_nodes_report() {
         host.shutdown();
     }
 }
+
+/// The Sparkplug side without a third-party peer (runs everywhere): our edge-node builder on
+/// the in-process broker, aliases in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparkplug_write_by_alias_waits_for_the_report_in_process() {
+    use ironplant_mqtt::codec::{MqttString, Publish as MqttPublish};
+    use ironplant_sparkplug::proto::payload::metric::Value as Wire;
+    use ironplant_sparkplug::{DataType, EdgeNode, MetricValue, Payload, Publish};
+
+    fn send(broker: &Broker, p: &Publish) {
+        let topic = MqttString::from_utf8(bytes::Bytes::from(p.topic.clone())).expect("topic");
+        broker.publish(MqttPublish::new(topic, p.payload.clone().into()));
+    }
+    let broker = Broker::new(BrokerConfig::default());
+    let cfg = ironplant_core::config::parse(
+        "sp.toml",
+        "[sparkplug]\nhost_id = \"w\"\nwrite_timeout = \"10s\"\n",
+    )
+    .expect("valid config");
+    let started = start_platform(&cfg, None, Some(&broker)).expect("platform");
+    let rt = started.runtime.clone();
+    let mut dcmds = broker
+        .subscribe_internal("test", "spBv1.0/g/DCMD/#", 16)
+        .expect("subscribe");
+    let now = ironplant_core::Timestamp::now;
+    let mut edge = EdgeNode::new("g", "n").expect("ids");
+    edge.add_device("d").expect("new");
+    edge.add_device_metric("d", "Level", MetricValue::Float(1.0))
+        .expect("new");
+    edge.add_device_metric("d", "Count", MetricValue::UInt16(1))
+        .expect("new");
+    for m in edge.birth(now()) {
+        send(&broker, &m);
+    }
+    wait_until("born", || good(&rt, "g/n/d/Count").is_some()).await;
+    assert!(
+        rt.writers.get("sparkplug:g/n/d").is_some(),
+        "the host registered itself as the device's writer"
+    );
+
+    let write = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.write("g/n/d/Level", Value::Float(2.5)).await }
+    });
+    let dcmd = tokio::time::timeout(Duration::from_secs(10), dcmds.recv())
+        .await
+        .expect("a DCMD")
+        .expect("open");
+    assert_eq!(dcmd.topic.as_str(), "spBv1.0/g/DCMD/n/d");
+    let p = Payload::decode_bytes(&dcmd.payload).expect("payload");
+    assert_eq!(p.metrics[0].name, None, "by alias");
+    assert_eq!(p.metrics[0].alias, edge.alias(Some("d"), "Level"));
+    assert_eq!(p.metrics[0].datatype, Some(DataType::Float.as_u32()));
+    assert_eq!(p.metrics[0].value, Some(Wire::FloatValue(2.5)));
+    // An old value reported meanwhile does not acknowledge it; the written one does.
+    let old_at = now();
+    send(
+        &broker,
+        &edge
+            .device_data("d", &[("Level", MetricValue::Float(1.0))], old_at)
+            .expect("declared"),
+    );
+    let level = rt.namespace.lookup("g/n/d/Level").expect("tag").id;
+    wait_until("the old value's report on the bus", || {
+        rt.bus
+            .current(level)
+            .is_some_and(|s| s.source_ts.as_micros() / 1000 == old_at.as_micros() / 1000)
+    })
+    .await;
+    assert!(
+        !write.is_finished(),
+        "acknowledged by a report of another value"
+    );
+    send(
+        &broker,
+        &edge
+            .device_data("d", &[("Level", MetricValue::Float(2.5))], now())
+            .expect("declared"),
+    );
+    let ack = tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("acknowledged")
+        .expect("task")
+        .expect("write");
+    assert_eq!(ack.echoed, Some(Value::Float(2.5)));
+    assert_eq!(good(&rt, "g/n/d/Level"), Some(Value::Float(2.5)));
+
+    // A new session whose birth no longer declares Count: its tag stays, writes are refused.
+    let mut reborn = EdgeNode::new("g", "n").expect("ids").with_bd_seq(1);
+    reborn.add_device("d").expect("new");
+    reborn
+        .add_device_metric("d", "Level", MetricValue::Float(2.5))
+        .expect("new");
+    for m in reborn.birth(now()) {
+        send(&broker, &m);
+    }
+    wait_until("Count stale after the re-birth", || {
+        good(&rt, "g/n/d/Count").is_none()
+    })
+    .await;
+    let err = rt
+        .write("g/n/d/Count", Value::Int(2))
+        .await
+        .expect_err("no birth declares it");
+    assert!(
+        matches!(
+            &err,
+            RuntimeWriteError::Device {
+                source: DeviceWriteError::UnknownTag(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("no birth of device d of edge node g/n declared this metric"),
+        "{err}"
+    );
+    assert!(
+        dcmds.try_recv().is_err(),
+        "nothing sent for a refused write"
+    );
+}
