@@ -49,6 +49,8 @@ use crate::Runtime;
 const QUEUE: usize = 16_384;
 /// Writes queued for the host's task before writers wait.
 const WRITE_QUEUE: usize = 256;
+/// Commands sent and waiting for their confirmation at most; more are refused.
+const MAX_PENDING_WRITES: usize = 4096;
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -219,14 +221,24 @@ impl Shell {
     /// Builds and publishes the command, or refuses the write with nothing sent.
     fn start_write(&mut self, req: WriteRequest) {
         let now = Timestamp::now();
+        let m = &self.metrics.sparkplug;
+        if self.pending.len() >= MAX_PENDING_WRITES {
+            m.writes_refused.fetch_add(1, Ordering::Relaxed);
+            let _ = req.reply.send(Err(DeviceWriteError::Refused(format!(
+                "{MAX_PENDING_WRITES} Sparkplug writes are waiting for their edge nodes; try again later"
+            ))));
+            return;
+        }
         let cmd = match self.host.write_command(&req.path, &req.value, now) {
             Ok(cmd) => cmd,
             Err(e) => {
+                m.writes_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(tag = %req.path, value = %req.value, error = %e, "sparkplug write refused");
                 let _ = req.reply.send(Err(write_error(e, &req.value)));
                 return;
             }
         };
+        m.commands.fetch_add(1, Ordering::Relaxed);
         let by = match cmd.alias {
             Some(alias) => format!("alias {alias}"),
             None => "name".to_owned(),
@@ -253,6 +265,12 @@ impl Shell {
     }
 
     fn finish(&self, w: Waiting, outcome: WriteOutcome) {
+        let m = &self.metrics.sparkplug;
+        let counter = match outcome {
+            WriteOutcome::Confirmed { .. } => &m.writes_confirmed,
+            _ => &m.writes_unconfirmed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let result = match outcome {
             WriteOutcome::Confirmed { value, .. } => Ok(WriteAck {
                 detail: format!(

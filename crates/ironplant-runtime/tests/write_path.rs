@@ -562,4 +562,18 @@ async fn sparkplug_write_by_alias_waits_for_the_report_in_process() {
         dcmds.try_recv().is_err(),
         "nothing sent for a refused write"
     );
+    let sp = &rt.metrics.sparkplug;
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        (
+            count(&sp.commands),
+            count(&sp.writes_confirmed),
+            count(&sp.writes_unconfirmed),
+            count(&sp.writes_refused)
+        ),
+        (1, 1, 0, 1)
+    );
+    assert!(rt
+        .render_metrics()
+        .contains("ironplant_sparkplug_writes_confirmed_total 1\n"));
 }
