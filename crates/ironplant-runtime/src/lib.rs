@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod platform;
 pub mod sparkplug;
 pub mod uns;
+pub mod writers;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,12 +22,13 @@ use std::sync::{Arc, OnceLock};
 
 use ironplant_core::config::{Config, Protocol};
 use ironplant_core::{
-    EventBus, LiveNamespace, Overflow, RegisterError, TagBus, TagId, TagMeta, Value,
+    DeviceWriteError, EventBus, LiveNamespace, Overflow, RegisterError, TagBus, TagId, TagMeta,
+    Value, WriteAck,
 };
 use ironplant_historian::lossy::LossySpec;
 use ironplant_historian::settings::{HistorianSettings, LossyMethod};
 use ironplant_historian::{Historian, HistorianConfig, HistorianError};
-use ironplant_modbus::{DeviceHandle, DevicePoller, PollPoint, WriteError};
+use ironplant_modbus::{DeviceHandle, DevicePoller, PollPoint};
 use ironplant_mqtt::Broker;
 use parking_lot::Mutex;
 
@@ -42,8 +44,14 @@ pub enum RuntimeWriteError {
     NotWritable(String),
     #[error("tag {0} has no device")]
     NoDevice(String),
-    #[error("device {device}: {source}")]
-    Device { device: String, source: WriteError },
+    #[error("tag {path}: nothing writes to its source {device} (the connector is not running)")]
+    NoWriter { path: String, device: String },
+    #[error("cannot write to {path} ({device}): {source}")]
+    Device {
+        path: String,
+        device: String,
+        source: DeviceWriteError,
+    },
 }
 
 /// A running platform: namespace, bus, metrics, historian and device tasks. Dropping it stops
@@ -55,6 +63,8 @@ pub struct Runtime {
     /// Events (alarms, commands, security and system events) beside the samples.
     pub events: EventBus,
     pub metrics: Arc<Metrics>,
+    /// The device writers by source, filled by each connector as it starts (see [`writers`]).
+    pub writers: writers::Writers,
     /// The historian, when the platform has a data directory and it is enabled.
     pub historian: Option<Historian>,
     /// The device tasks, once [`Runtime::start_sources`] ran.
@@ -241,6 +251,7 @@ impl Runtime {
             bus,
             events: EventBus::new(),
             metrics,
+            writers: writers::Writers::new(),
             historian,
             devices: OnceLock::new(),
             pending: Mutex::new(pending),
@@ -264,7 +275,12 @@ impl Runtime {
         let mut devices = HashMap::new();
         for poller in pollers {
             tracing::info!(device = %poller.config.id, address = %poller.config.address, tags = poller.points.len(), interval = ?poller.config.poll_interval, "starting device");
-            devices.insert(poller.config.id.clone(), poller.spawn());
+            let id = poller.config.id.clone();
+            let handle = poller.spawn();
+            if let Err(e) = self.writers.register(&id, Arc::new(handle.writer())) {
+                tracing::error!(device = %id, error = %e, "device not writable");
+            }
+            devices.insert(id, handle);
         }
         tracing::debug!(?subscribers, "sources started after these bus subscribers");
         let _ = self.devices.set(devices);
@@ -292,8 +308,10 @@ impl Runtime {
             .render(&self.bus.stats(), self.namespace.len(), historian.as_ref())
     }
 
-    /// Writes `value` to a writable tag through its device (the command path builds on this).
-    pub async fn write(&self, path: &str, value: Value) -> Result<(), RuntimeWriteError> {
+    /// Writes `value` to a writable tag through the writer of its source (a Modbus device, a
+    /// Sparkplug edge node or device), resolving when the device acknowledged it. The command
+    /// path (authorisation, limits, interlocks, audit) builds on this.
+    pub async fn write(&self, path: &str, value: Value) -> Result<WriteAck, RuntimeWriteError> {
         let meta: TagMeta = self
             .namespace
             .lookup(path)
@@ -301,20 +319,23 @@ impl Runtime {
         if !meta.writable {
             return Err(RuntimeWriteError::NotWritable(path.to_owned()));
         }
-        let device_id = meta
+        let device = meta
             .device
-            .as_deref()
+            .clone()
             .ok_or_else(|| RuntimeWriteError::NoDevice(path.to_owned()))?;
-        let device = self
-            .devices
-            .get()
-            .and_then(|d| d.get(device_id))
-            .ok_or_else(|| RuntimeWriteError::NoDevice(path.to_owned()))?;
-        device
-            .write(meta.id, value)
+        let writer = self
+            .writers
+            .get(&device)
+            .ok_or_else(|| RuntimeWriteError::NoWriter {
+                path: path.to_owned(),
+                device: device.clone(),
+            })?;
+        writer
+            .write(&meta, value)
             .await
             .map_err(|source| RuntimeWriteError::Device {
-                device: device_id.to_owned(),
+                path: path.to_owned(),
+                device,
                 source,
             })
     }

@@ -115,7 +115,14 @@ async fn births_data_rebirth_gap_and_death_through_the_platform() {
     );
     assert_eq!(meta.value_type, ValueType::Float);
     assert_eq!(meta.unit.as_deref(), Some("rpm"));
-    assert!(!meta.writable);
+    assert!(meta.writable, "a Double metric can be written (DCMD)");
+    assert!(
+        !rt.namespace
+            .lookup("plant/g1/n1/_node/bdSeq")
+            .expect("born")
+            .writable,
+        "bdSeq is the session's"
+    );
     assert_eq!(meta.device.as_deref(), Some("sparkplug:g1/n1/d1"));
     assert_eq!(
         current(&rt, "plant/g1/n1/_node/Uptime").map(|c| c.0),

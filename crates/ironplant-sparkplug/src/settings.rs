@@ -1,7 +1,9 @@
 //! The `[sparkplug]` section of `ironplant.toml`: settings, defaults and validation, owned by
 //! this crate and parsed through core's [`Section`] (errors at file:line:col like every other).
 
-use ironplant_core::config::{section, Config, Diagnostics, Section};
+use std::time::Duration;
+
+use ironplant_core::config::{parse_duration, section, Config, Diagnostics, Section};
 use ironplant_core::path::MAX_DEPTH;
 use ironplant_core::TagPath;
 use serde::Deserialize;
@@ -31,6 +33,8 @@ pub struct SparkplugSettings {
     /// Levels in front of every Sparkplug tag path (`<prefix>/<group>/<node>/<device>/<metric>`);
     /// `None` puts the group at the root.
     pub prefix: Option<TagPath>,
+    /// How long a write (NCMD/DCMD) waits for the edge node to report the written value.
+    pub write_timeout: Duration,
 }
 
 impl Default for SparkplugSettings {
@@ -39,6 +43,7 @@ impl Default for SparkplugSettings {
             enabled: true,
             host_id: "ironplant".to_owned(),
             prefix: None,
+            write_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -49,6 +54,7 @@ struct RawSparkplug {
     enabled: Option<bool>,
     host_id: Option<Spanned<String>>,
     prefix: Option<Spanned<String>>,
+    write_timeout: Option<Spanned<String>>,
 }
 
 /// Sparkplug prefix levels at most: group, node, device and one metric level must still fit.
@@ -112,6 +118,7 @@ fn validate_sparkplug(c: &mut Diagnostics, raw: Option<RawSparkplug>) -> Sparkpl
         enabled: raw.enabled.unwrap_or(true),
         host_id,
         prefix,
+        write_timeout: parse_duration(c, &raw.write_timeout, "write_timeout", d.write_timeout),
     }
 }
 
@@ -133,11 +140,15 @@ mod tests {
         assert!(d.enabled && d.host_id == "ironplant" && d.prefix.is_none());
         let cfg = parse(
             "s.toml",
-            "[sparkplug]\nenabled = false\nhost_id = \"scada-1\"\nprefix = \"acme/lyon/sp/\"\n",
+            "[sparkplug]\nenabled = false\nhost_id = \"scada-1\"\nprefix = \"acme/lyon/sp/\"\nwrite_timeout = \"1500ms\"\n",
         )
         .expect("valid");
         assert!(!cfg.get::<SparkplugSettings>().enabled);
         assert_eq!(cfg.get::<SparkplugSettings>().host_id, "scada-1");
+        assert_eq!(
+            cfg.get::<SparkplugSettings>().write_timeout,
+            Duration::from_millis(1500)
+        );
         assert_eq!(
             cfg.get::<SparkplugSettings>()
                 .prefix
