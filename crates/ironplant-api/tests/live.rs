@@ -580,16 +580,14 @@ async fn authentication_is_required_and_checked() {
     let basic = "Basic dmVyYTphLWxvbmctZW5vdWdoLXBhc3N3b3Jk"; // vera:a-long-enough-password
     let err = connect(fx.addr, Some(basic), None)
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(
         err.starts_with("401") && err.contains("bearer_required"),
         "{err}"
     );
     let err = connect(fx.addr, Some("Bearer ipt_forged"), None)
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(err.starts_with("401"), "{err}");
 
     // No auth message in time: told why, closed with 1008.
@@ -787,7 +785,7 @@ async fn limits_clients_and_closes_clients_that_do_not_answer_pings() {
     let fx = fixture(live, 1).await;
     let (_, admin) = fx.user_token("admin", Role::Admin, None);
     let mut first = authed(&fx, &admin).await;
-    let err = connect(fx.addr, None, None).await.err().expect("refused");
+    let err = connect(fx.addr, None, None).await.expect_err("refused");
     assert!(
         err.starts_with("503") && err.contains("too_many_live_clients"),
         "{err}"
