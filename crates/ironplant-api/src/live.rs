@@ -557,11 +557,27 @@ struct Routes {
     client: u64,
     tags: Vec<TagId>,
     scanned: usize,
-    /// Send a snapshot of these tags (a subscribe, or tags newly visible after a scope change).
-    snapshot: Option<(Option<ReqId>, Vec<TagId>)>,
+    snapshot: Snap,
     view: View,
-    /// Answered with the number of tags routed once the routes are in place.
-    done: oneshot::Sender<usize>,
+    /// Answered once the routes are in place.
+    done: oneshot::Sender<Routed>,
+}
+
+/// Which of the new routes get a snapshot.
+enum Snap {
+    None,
+    /// A subscribe: these tags, answering request `id`.
+    Tags(Option<ReqId>, Vec<TagId>),
+    /// After a scope change: the tags that were not routed before.
+    Added,
+}
+
+/// What a change of routes did.
+#[derive(Debug, Clone, Copy, Default)]
+struct Routed {
+    tags: usize,
+    removed: usize,
+    added: usize,
 }
 
 struct HubClient {
@@ -711,8 +727,9 @@ impl Hub {
                 tags.sort_unstable();
                 tags.dedup();
                 match &mut snapshot {
-                    Some((_, s)) => s.extend(late),
-                    None => c.shared.outbox.lock().born.extend(late),
+                    Snap::Tags(_, s) => s.extend(late),
+                    Snap::Added => {}
+                    Snap::None => c.shared.outbox.lock().born.extend(late),
                 }
             }
         }
@@ -746,6 +763,11 @@ impl Hub {
                 o.order = kept;
                 o.born.retain(|t| tags.binary_search(t).is_ok());
             }
+            let snapshot = match snapshot {
+                Snap::None => None,
+                Snap::Tags(req, snap) => Some((req, snap)),
+                Snap::Added => (!added.is_empty()).then(|| (None, added.clone())),
+            };
             if let Some((req, snap)) = snapshot {
                 // Read under the outbox lock, after the routes are in place: every later
                 // change goes behind this snapshot, and a queued older one is held back by the
@@ -778,7 +800,11 @@ impl Hub {
         c.shared.wake.notify_one();
         c.tags = tags;
         c.view = view;
-        let _ = done.send(c.tags.len());
+        let _ = done.send(Routed {
+            tags: c.tags.len(),
+            removed: removed.len(),
+            added: added.len(),
+        });
     }
 
     /// Routes tags born since the last look to the clients whose patterns cover them.
@@ -980,7 +1006,6 @@ struct Session {
     security_events: bool,
     tag_patterns: Vec<TagPath>,
     event_patterns: Vec<EventPattern>,
-    routed: Vec<TagId>,
     /// When the next sample message may go.
     next_flush: Instant,
 }
@@ -1137,6 +1162,10 @@ fn forbidden_upgrade(live: &Live, why: &str) -> Response {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", why.to_owned()).into_response()
 }
 
+async fn send_text(socket: &mut WebSocket, text: String, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, socket.send(Message::Text(text.into()))).await;
+}
+
 async fn send_close(socket: &mut WebSocket, code: u16, reason: &str, timeout: Duration) {
     // A close reason is at most 123 bytes (RFC 6455 §5.5).
     let mut reason = reason.to_owned();
@@ -1183,11 +1212,12 @@ async fn auth_in_band(
                  within {}s of connecting",
                 settings.auth_timeout.as_secs().max(1)
             );
-            let _ = socket
-                .send(Message::Text(
-                    error_text(None, "unauthenticated", &msg).into(),
-                ))
-                .await;
+            send_text(
+                socket,
+                error_text(None, "unauthenticated", &msg),
+                settings.write_timeout,
+            )
+            .await;
             send_close(
                 socket,
                 1008,
@@ -1208,17 +1238,17 @@ async fn auth_in_band(
         }) if op == "auth" => (id, token),
         _ => {
             refuse("unauthenticated");
-            let _ = socket
-                .send(Message::Text(
-                    error_text(
-                        None,
-                        "unauthenticated",
-                        "the first message must be {\"op\":\"auth\",\"token\":\"...\"} with an \
-                         API token or a session token from POST /api/v1/login",
-                    )
-                    .into(),
-                ))
-                .await;
+            send_text(
+                socket,
+                error_text(
+                    None,
+                    "unauthenticated",
+                    "the first message must be {\"op\":\"auth\",\"token\":\"...\"} with an API \
+                     token or a session token from POST /api/v1/login",
+                ),
+                settings.write_timeout,
+            )
+            .await;
             send_close(
                 socket,
                 1008,
@@ -1275,11 +1305,12 @@ async fn auth_in_band(
             ("internal", "authentication failed unexpectedly".to_owned())
         }
     };
-    let _ = socket
-        .send(Message::Text(
-            error_text(id.as_ref(), refusal.0, &refusal.1).into(),
-        ))
-        .await;
+    send_text(
+        socket,
+        error_text(id.as_ref(), refusal.0, &refusal.1),
+        settings.write_timeout,
+    )
+    .await;
     send_close(socket, 1008, &refusal.1, settings.write_timeout).await;
     None
 }
@@ -1305,7 +1336,6 @@ impl Session {
             security_events: true,
             tag_patterns: Vec::new(),
             event_patterns: Vec::new(),
-            routed: Vec::new(),
         };
         // The scopes as of now (the middleware's are from the upgrade request).
         match s.recheck().await {
@@ -1426,10 +1456,9 @@ impl Session {
         view: View,
         tags: Vec<TagId>,
         scanned: usize,
-        snapshot: Option<(Option<ReqId>, Vec<TagId>)>,
-    ) -> Result<(), End> {
+        snapshot: Snap,
+    ) -> Result<Routed, End> {
         let (done, rx) = oneshot::channel();
-        self.routed = tags.clone();
         let routes = Routes {
             client: self.shared.id,
             tags,
@@ -1442,7 +1471,7 @@ impl Session {
             return Err(End::Close(1011, "the live hub stopped".into()));
         }
         match rx.await {
-            Ok(_) => Ok(()),
+            Ok(r) => Ok(r),
             Err(_) => Err(End::Close(1011, "the live hub stopped".into())),
         }
     }
@@ -1632,7 +1661,8 @@ impl Session {
                 })
                 .collect()
         };
-        self.route(view, tags, scanned, Some((id, snap))).await?;
+        self.route(view, tags, scanned, Snap::Tags(id, snap))
+            .await?;
         self.tag_patterns = tag_patterns;
         self.event_patterns = event_patterns;
         Ok(())
@@ -1657,10 +1687,10 @@ impl Session {
         }
         let view = self.view(self.tag_patterns.clone(), self.event_patterns.clone());
         let (tags, scanned) = self.scan(&view);
-        self.route(view, tags, scanned, None).await?;
+        let routed = self.route(view, tags, scanned, Snap::None).await?;
         let text = to_text(&OutMsg::Unsubscribed {
             id: id.as_ref(),
-            tags: self.routed.len(),
+            tags: routed.tags,
             subscriptions: self.tag_patterns.len() + self.event_patterns.len(),
         });
         self.shared.push_control(Control::Text(text));
@@ -1672,18 +1702,15 @@ impl Session {
     async fn reroute(&mut self) -> Result<(), End> {
         let view = self.view(self.tag_patterns.clone(), self.event_patterns.clone());
         let (tags, scanned) = self.scan(&view);
-        let (removed, added) = diff(&self.routed, &tags);
-        let snapshot = (!added.is_empty()).then(|| (None, added.clone()));
-        self.route(view, tags, scanned, snapshot).await?;
-        if !removed.is_empty() || !added.is_empty() {
+        let r = self.route(view, tags, scanned, Snap::Added).await?;
+        if r.removed > 0 || r.added > 0 {
             self.error(
                 None,
                 "scope_changed",
                 &format!(
                     "your tag scopes changed: {} subscribed tag(s) are no longer sent, {} are \
-                     now included",
-                    removed.len(),
-                    added.len()
+                     now included (their values came in a snapshot with id null)",
+                    r.removed, r.added
                 ),
             );
         }

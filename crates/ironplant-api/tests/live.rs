@@ -762,6 +762,30 @@ async fn scopes_limit_tags_and_events_and_revocation_closes() {
     assert!(before.iter().all(|m| m["type"] != "samples"), "{before:?}");
     assert_eq!(sample_paths(&[m]), vec![fx.path(fx.line1[0])]);
 
+    // Widened again: the two tags come back, with a snapshot of their values.
+    let wide = PrefixRule {
+        read: Some(vec!["acme/lyon/line1".into()]),
+        write: None,
+    };
+    TagScopes::set_user_rule(&TagScopes::path(&fx.sec), "lyon", &wide).expect("scope");
+    let (snap, _) = until(&mut ws, is("snapshot")).await;
+    assert_eq!(snap["id"], Json::Null, "{snap}");
+    let back: Vec<&str> = snap["tags"]
+        .as_array()
+        .expect("tags")
+        .iter()
+        .filter_map(|t| t["path"].as_str())
+        .collect();
+    assert_eq!(back, [fx.path(fx.line1[1]), fx.path(fx.line1[2])]);
+    assert_eq!(snap["tags"][0]["value"], 11, "the current value");
+    let (m, _) = until(&mut ws, |m| m["code"] == "scope_changed").await;
+    assert!(
+        m["message"]
+            .as_str()
+            .is_some_and(|s| s.contains("2 are now included")),
+        "{m}"
+    );
+
     // The token is revoked: the connection is closed at the next recheck.
     fx.sec
         .users

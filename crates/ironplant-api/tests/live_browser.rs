@@ -87,23 +87,26 @@ fn chromium_page_gets_snapshot_and_changes() {
         .token;
     let cfg = ironplant_core::config::parse("empty.toml", "").expect("an empty config is valid");
     let runtime = Arc::new(Runtime::start(&cfg, None).expect("runtime starts"));
-    let tags: Vec<TagId> = ["acme/lyon/line1/filler/speed", "acme/lyon/line1/filler/temp"]
-        .iter()
-        .map(|p| {
-            runtime
-                .register_tag(TagMeta {
-                    id: TagId(0),
-                    path: TagPath::parse(p).expect("path"),
-                    value_type: ValueType::Int,
-                    unit: None,
-                    description: String::new(),
-                    range: None,
-                    writable: false,
-                    device: None,
-                })
-                .expect("register")
-        })
-        .collect();
+    let tags: Vec<TagId> = [
+        "acme/lyon/line1/filler/speed",
+        "acme/lyon/line1/filler/temp",
+    ]
+    .iter()
+    .map(|p| {
+        runtime
+            .register_tag(TagMeta {
+                id: TagId(0),
+                path: TagPath::parse(p).expect("path"),
+                value_type: ValueType::Int,
+                unit: None,
+                description: String::new(),
+                range: None,
+                writable: false,
+                device: None,
+            })
+            .expect("register")
+    })
+    .collect();
     let other = runtime
         .register_tag(TagMeta {
             id: TagId(0),
@@ -179,7 +182,11 @@ fn chromium_page_gets_snapshot_and_changes() {
         "{report}"
     );
     assert_eq!(got["protocol"], "ironplant.live.v1", "{report}");
-    assert_eq!(got["ready"], json!({"type": "ready", "user": "hmi"}), "{report}");
+    assert_eq!(
+        got["ready"],
+        json!({"type": "ready", "user": "hmi"}),
+        "{report}"
+    );
     // The snapshot: both line1 tags, with the values published before the page came (the
     // speed may already have changed once the test started publishing).
     assert_eq!(got["snapshot"]["id"], 7, "{report}");
@@ -194,7 +201,10 @@ fn chromium_page_gets_snapshot_and_changes() {
         .as_i64()
         .expect("speed");
     // The change: the speed (never the tag outside the prefix), newer than the snapshot.
-    assert_eq!(got["change"]["path"], "acme/lyon/line1/filler/speed", "{report}");
+    assert_eq!(
+        got["change"]["path"], "acme/lyon/line1/filler/speed",
+        "{report}"
+    );
     let changed = got["change"]["value"].as_i64().expect("value");
     assert!(
         changed > speed && changed > 1_000 && changed <= v,
