@@ -194,21 +194,12 @@ impl std::fmt::Debug for Connections {
 
 impl Connections {
     pub fn new(settings: HttpSettings, security: Option<Arc<Security>>) -> Arc<Connections> {
-        Connections::with_live(settings, security, crate::live::LiveSettings::default())
-    }
-
-    /// With the live API's limits too.
-    pub fn with_live(
-        settings: HttpSettings,
-        security: Option<Arc<Security>>,
-        live: crate::live::LiveSettings,
-    ) -> Arc<Connections> {
         Arc::new(Connections {
             admission: parking_lot::Mutex::new(Admission::new(&settings)),
+            live: crate::live::Live::new(settings.live.clone()),
             settings,
             counters: Counters::default(),
             security,
-            live: crate::live::Live::new(live),
         })
     }
 

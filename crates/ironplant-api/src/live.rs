@@ -62,52 +62,8 @@ pub const PATH: &str = "/api/v1/live";
 /// it (offering none is fine too).
 pub const SUBPROTOCOL: &str = "ironplant.live.v1";
 
-/// Limits and timers of the live API.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LiveSettings {
-    /// Live clients connected at once (more: 503 `too_many_live_clients`).
-    pub max_clients: usize,
-    /// Tags one connection may be subscribed to (more: error `too_many_tags`).
-    pub max_tags_per_client: usize,
-    /// Tag and event patterns one connection may hold.
-    pub max_patterns_per_client: usize,
-    /// Events waiting for a slow client; beyond it the oldest are dropped and counted.
-    pub max_events_queued: usize,
-    /// Largest message a client may send (close 1009 beyond).
-    pub max_message_size: usize,
-    /// Samples (or snapshot tags) per message sent.
-    pub max_samples_per_message: usize,
-    /// At most one `samples` message per interval: changes in between are batched (and a tag
-    /// changing twice is sent once, with its latest value).
-    pub flush_interval: Duration,
-    /// A WebSocket ping is sent this often; a client silent for two intervals is closed.
-    pub ping_interval: Duration,
-    /// A send that cannot complete within this time (the client stopped reading and the
-    /// socket buffers are full) closes the client.
-    pub write_timeout: Duration,
-    /// Time to send the `auth` message when the upgrade carried no credentials.
-    pub auth_timeout: Duration,
-    /// How often the token is re-verified and the tag scopes re-read (also on every subscribe).
-    pub recheck_interval: Duration,
-}
-
-impl Default for LiveSettings {
-    fn default() -> Self {
-        LiveSettings {
-            max_clients: 256,
-            max_tags_per_client: 100_000,
-            max_patterns_per_client: 256,
-            max_events_queued: 1_000,
-            max_message_size: 64 * 1024,
-            max_samples_per_message: 2_000,
-            flush_interval: Duration::from_millis(50),
-            ping_interval: Duration::from_secs(20),
-            write_timeout: Duration::from_secs(30),
-            auth_timeout: Duration::from_secs(10),
-            recheck_interval: Duration::from_secs(10),
-        }
-    }
-}
+/// Limits and timers of the live API: `[http.live]` in the config.
+pub use ironplant_core::config::LiveSettings;
 
 /// Counters for `/metrics`.
 #[derive(Default)]
@@ -1623,7 +1579,7 @@ impl Session {
                 event_patterns.push(p.clone());
             }
         }
-        let max = self.settings.max_patterns_per_client;
+        let max = self.settings.max_subscriptions_per_client;
         if tag_patterns.len() + event_patterns.len() > max {
             self.error(
                 id.as_ref(),
@@ -1852,7 +1808,7 @@ impl Session {
             user: self.user(),
             limits: LimitsJson {
                 max_tags: self.settings.max_tags_per_client,
-                max_subscriptions: self.settings.max_patterns_per_client,
+                max_subscriptions: self.settings.max_subscriptions_per_client,
                 max_events_queued: self.settings.max_events_queued,
                 max_message_size: self.settings.max_message_size,
                 ping_interval_s: self.settings.ping_interval.as_secs(),

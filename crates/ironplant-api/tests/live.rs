@@ -104,7 +104,11 @@ async fn fixture(live: LiveSettings, line1_tags: usize) -> Fx {
         .collect();
     let line10 = register(&runtime, "acme/lyon/line10/mixer/m0");
     let paris = register(&runtime, "acme/paris/line2/press/p0");
-    let conns = Connections::with_live(HttpSettings::default(), Some(sec.clone()), live);
+    let http = HttpSettings {
+        live,
+        ..HttpSettings::default()
+    };
+    let conns = Connections::new(http, Some(sec.clone()));
     let state = Arc::new(ApiState {
         runtime: runtime.clone(),
         started: Instant::now(),
