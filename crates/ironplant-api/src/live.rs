@@ -65,6 +65,9 @@ pub const SUBPROTOCOL: &str = "ironplant.live.v1";
 /// Limits and timers of the live API: `[http.live]` in the config.
 pub use ironplant_core::config::LiveSettings;
 
+/// The longest timer the live API uses, whatever the config says.
+const MAX_TIMER: Duration = Duration::from_secs(24 * 3600);
+
 /// Counters for `/metrics`.
 #[derive(Default)]
 struct Counters {
@@ -102,7 +105,17 @@ impl std::fmt::Debug for Live {
 }
 
 impl Live {
-    pub fn new(settings: LiveSettings) -> Live {
+    pub fn new(mut settings: LiveSettings) -> Live {
+        // Timers far in the future would overflow `Instant` arithmetic; a day is plenty.
+        for d in [
+            &mut settings.flush_interval,
+            &mut settings.ping_interval,
+            &mut settings.write_timeout,
+            &mut settings.auth_timeout,
+            &mut settings.recheck_interval,
+        ] {
+            *d = (*d).clamp(Duration::from_millis(1), MAX_TIMER);
+        }
         Live {
             settings,
             counters: Arc::default(),
@@ -2005,6 +2018,19 @@ mod tests {
         assert_eq!(
             o.events.iter().map(|e| e.ts.0).collect::<Vec<_>>(),
             [2, 3, 4]
+        );
+    }
+
+    #[test]
+    fn timers_are_clamped() {
+        let live = Live::new(LiveSettings {
+            ping_interval: Duration::from_secs(u64::MAX / 4),
+            ..LiveSettings::default()
+        });
+        assert_eq!(live.settings().ping_interval, MAX_TIMER);
+        assert_eq!(
+            live.settings().flush_interval,
+            LiveSettings::default().flush_interval
         );
     }
 
