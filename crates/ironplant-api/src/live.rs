@@ -563,6 +563,8 @@ struct Hub {
     routes: Vec<Vec<u64>>,
     /// Tags of the namespace the hub has looked at for births.
     known: usize,
+    /// Capacity of its bus queue.
+    bus_queue: usize,
 }
 
 /// Batches the hub's bus queue holds; beyond, the bus drops for the hub only (counted) and the
@@ -572,13 +574,19 @@ const HUB_EVENT_QUEUE: usize = 4096;
 
 impl Hub {
     fn spawn(rt: Arc<Runtime>, counters: Arc<Counters>) -> mpsc::UnboundedSender<Ctl> {
+        Hub::spawn_with(rt, counters, HUB_BUS_QUEUE)
+    }
+
+    fn spawn_with(
+        rt: Arc<Runtime>,
+        counters: Arc<Counters>,
+        bus_queue: usize,
+    ) -> mpsc::UnboundedSender<Ctl> {
         // Unbounded, yet bounded in practice: a connection waits for the answer to its
         // `Routes` before it sends another, so at most one message per client (plus attach and
         // detach) is ever queued.
         let (tx, rx) = mpsc::unbounded_channel();
-        let sub = rt
-            .bus
-            .subscribe("live", HUB_BUS_QUEUE, Overflow::DropNewest);
+        let sub = rt.bus.subscribe("live", bus_queue, Overflow::DropNewest);
         let events = rt
             .events
             .subscribe("live", HUB_EVENT_QUEUE, EventFilter::all());
@@ -588,6 +596,7 @@ impl Hub {
             counters,
             clients: HashMap::new(),
             routes: Vec::new(),
+            bus_queue,
         };
         tokio::spawn(hub.run(rx, sub, events));
         tx
@@ -614,12 +623,20 @@ impl Hub {
                 b = sub.recv() => match b {
                     Some(batch) => {
                         self.births();
-                        let d = sub.dropped();
-                        if d != bus_dropped {
-                            bus_dropped = d;
+                        self.fan_out(&batch);
+                        if sub.dropped() != bus_dropped {
+                            // Batches were lost. What is still queued is older than the
+                            // current values: pass it on first (bounded, so a flood cannot
+                            // keep the hub here), then offer the current values, which
+                            // include whatever was lost.
+                            for _ in 0..self.bus_queue {
+                                let Some(b) = sub.try_recv() else { break };
+                                self.births();
+                                self.fan_out(&b);
+                            }
+                            bus_dropped = sub.dropped();
                             self.resync();
                         }
-                        self.fan_out(&batch);
                     }
                     None => return,
                 },
@@ -2019,6 +2036,65 @@ mod tests {
             o.events.iter().map(|e| e.ts.0).collect::<Vec<_>>(),
             [2, 3, 4]
         );
+    }
+
+    #[tokio::test]
+    async fn a_hub_that_fell_behind_the_bus_re_reads_the_current_values() {
+        let cfg = ironplant_core::config::parse("t.toml", "").expect("empty config");
+        let rt = Arc::new(Runtime::build(&cfg, None).expect("runtime"));
+        let tags: Vec<TagId> = (0..3)
+            .map(|i| {
+                rt.register_tag(ironplant_core::TagMeta {
+                    id: TagId(0),
+                    path: TagPath::parse(&format!("a/b/t{i}")).expect("path"),
+                    value_type: ironplant_core::ValueType::Int,
+                    unit: None,
+                    description: String::new(),
+                    range: None,
+                    writable: false,
+                    device: None,
+                })
+                .expect("register")
+            })
+            .collect();
+        let counters = Arc::new(Counters::default());
+        // A queue of one batch: the hub cannot keep up with a burst.
+        let hub = Hub::spawn_with(rt.clone(), counters.clone(), 1);
+        let shared = Arc::new(client());
+        hub.send(Ctl::Attach(shared.clone())).expect("hub");
+        let (done, rx) = oneshot::channel();
+        let routes = Routes {
+            client: shared.id,
+            tags: tags.clone(),
+            scanned: rt.namespace.len(),
+            snapshot: Snap::None,
+            view: View::default(),
+            done,
+        };
+        hub.send(Ctl::Routes(Box::new(routes))).expect("hub");
+        assert_eq!(rx.await.expect("routed").tags, 3);
+        // On this single-threaded runtime the hub does not run during the burst (a
+        // `DropNewest` publish never waits): all but the first batch are dropped for it.
+        for v in 0..50 {
+            rt.bus
+                .publish(tags.iter().map(|t| sample(t.0, v, v)).collect())
+                .await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let latest: Vec<Option<Value>> = {
+                let o = shared.outbox.lock();
+                tags.iter()
+                    .map(|t| o.latest.get(t).map(|s| s.value.clone()))
+                    .collect()
+            };
+            if latest.iter().all(|v| *v == Some(Value::Int(49))) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{latest:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(counters.hub_resyncs.load(Ordering::Relaxed), 1);
     }
 
     #[test]

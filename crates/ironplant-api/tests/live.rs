@@ -836,5 +836,14 @@ async fn limits_clients_and_closes_clients_that_do_not_answer_pings() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _second = authed(&fx, &admin).await;
+    let mut second = authed(&fx, &admin).await;
+    // A message over max_message_size: closed with 1009, saying why.
+    let big = json!({"op": "subscribe", "tags": ["acme/".to_owned() + &"x".repeat(70_000)]});
+    send(&mut second, big).await;
+    let (m, _) = until(&mut second, |m| m.get("close").is_some()).await;
+    assert_eq!(m["close"], 1009, "{m}");
+    assert!(
+        m["reason"].as_str().is_some_and(|r| r.contains("65536")),
+        "{m}"
+    );
 }
