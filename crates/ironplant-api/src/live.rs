@@ -1752,19 +1752,20 @@ impl Session {
                 .collect();
             return Some(Message::Text(to_text(&OutMsg::Tags { tags: json }).into()));
         }
+        let mut samples = Vec::new();
         if !o.order.is_empty() && now >= self.next_flush {
-            let mut samples = Vec::with_capacity(o.order.len().min(max));
+            samples.reserve(o.order.len().min(max));
             while samples.len() < max {
                 let Some(t) = o.order.pop_front() else { break };
                 if let Some(s) = o.latest.remove(&t) {
                     samples.push(s);
                 }
             }
+        }
+        // Entries of unrouted tags leave `order` without a sample; events may still be due.
+        if !samples.is_empty() {
             drop(o);
             self.next_flush = now + self.settings.flush_interval;
-            if samples.is_empty() {
-                return None;
-            }
             let ns = self.rt.namespace.read();
             let json: Vec<SampleJson<'_>> = samples
                 .iter()
