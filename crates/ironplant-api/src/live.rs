@@ -1135,9 +1135,14 @@ pub(crate) async fn upgrade(
                     }
                 }
             };
-            let session = Session::new(rt, settings, hub, shared, auth, source).await;
-            let Some(session) = session else { return };
-            session.serve(socket).await;
+            let timeout = settings.write_timeout;
+            match Session::new(rt, settings, hub, shared, auth, source).await {
+                Ok(session) => session.serve(socket).await,
+                Err(End::Close(code, reason)) => {
+                    send_close(&mut socket, code, &reason, timeout).await;
+                }
+                Err(End::Gone | End::WriteTimeout) => {}
+            }
         })
 }
 
@@ -1309,7 +1314,7 @@ impl Session {
         shared: Arc<ClientShared>,
         auth: Auth,
         source: IpAddr,
-    ) -> Option<Session> {
+    ) -> Result<Session, End> {
         let mut s = Session {
             rt,
             next_flush: Instant::now(),
@@ -1324,10 +1329,8 @@ impl Session {
             event_patterns: Vec::new(),
         };
         // The scopes as of now (the middleware's are from the upgrade request).
-        match s.recheck().await {
-            Ok(_) => Some(s),
-            Err(_) => None,
-        }
+        s.recheck().await?;
+        Ok(s)
     }
 
     fn user(&self) -> Option<&str> {
@@ -1828,6 +1831,9 @@ impl Session {
 
     async fn serve(mut self, mut socket: WebSocket) {
         if self.hub.send(Ctl::Attach(self.shared.clone())).is_err() {
+            tracing::error!("the live hub has stopped; refusing a live client");
+            let t = self.settings.write_timeout;
+            send_close(&mut socket, 1011, "the live hub stopped", t).await;
             return;
         }
         let _detach = Detach {
