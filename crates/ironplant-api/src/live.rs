@@ -2105,6 +2105,56 @@ mod tests {
     }
 
     #[test]
+    fn messages_have_the_documented_shapes() {
+        let path = TagPath::parse("acme/lyon/line1/t").expect("path");
+        let s = Sample {
+            tag: TagId(0),
+            value: Value::Float(1.5),
+            quality: Quality::GOOD,
+            source_ts: Timestamp(1_000_000),
+            server_ts: Timestamp(1_000_250),
+        };
+        let id = ReqId::Int(3);
+        assert_eq!(
+            to_text(&OutMsg::Samples {
+                samples: vec![SampleJson::new(Some(&path), &s)]
+            }),
+            r#"{"type":"samples","samples":[{"path":"acme/lyon/line1/t","value":1.5,"quality":"Good","quality_reason":null,"ts":"1970-01-01T00:00:01.000000Z","server_ts":"1970-01-01T00:00:01.000250Z"}]}"#
+        );
+        assert_eq!(
+            error_text(Some(&id), "bad_path", "why and how"),
+            r#"{"type":"error","id":3,"code":"bad_path","message":"why and how"}"#
+        );
+        assert_eq!(
+            to_text(&OutMsg::Dropped { events: 4 }),
+            r#"{"type":"dropped","events":4}"#
+        );
+        assert_eq!(
+            to_text(&OutMsg::Pong {
+                id: Some(&ReqId::Str("p".into()))
+            }),
+            r#"{"type":"pong","id":"p"}"#
+        );
+        assert_eq!(
+            to_text(&OutMsg::Unsubscribed {
+                id: None,
+                tags: 2,
+                subscriptions: 1
+            }),
+            r#"{"type":"unsubscribed","id":null,"tags":2,"subscriptions":1}"#
+        );
+        let e = Event::new(Timestamp(0), EventKind::Alarm, "raised", "alarms", "high")
+            .with_subject(path.clone())
+            .with_attribute("limit", Value::Int(80));
+        assert_eq!(
+            to_text(&OutMsg::Event {
+                event: EventJson::new(&e)
+            }),
+            r#"{"type":"event","event":{"ts":"1970-01-01T00:00:00.000000Z","kind":"alarm","code":"raised","severity":"info","subject":"acme/lyon/line1/t","source":"alarms","actor":null,"message":"high","attributes":{"limit":80}}}"#
+        );
+    }
+
+    #[test]
     fn timers_are_clamped() {
         let live = Live::new(LiveSettings {
             ping_interval: Duration::from_secs(u64::MAX / 4),
