@@ -94,7 +94,18 @@ pub struct Live {
     counters: Arc<Counters>,
     next_id: AtomicU64,
     hub: OnceLock<mpsc::UnboundedSender<Ctl>>,
+    /// Refusals at the client limit: audited at most once a minute, with their number.
+    limit_reports: Mutex<LimitReports>,
 }
+
+#[derive(Default)]
+struct LimitReports {
+    last: Option<Instant>,
+    since_last: u64,
+}
+
+/// How often refusals at the client limit are written to the audit log.
+const LIMIT_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,6 +132,7 @@ impl Live {
             counters: Arc::default(),
             next_id: AtomicU64::new(1),
             hub: OnceLock::new(),
+            limit_reports: Mutex::default(),
         }
     }
 
@@ -1095,7 +1107,32 @@ pub(crate) async fn upgrade(
         }
     };
     let Some(slot) = live.admit() else {
-        tracing::warn!(%source, max = live.settings.max_clients, "live API client refused: limit reached");
+        // Audited and logged at most once a minute (a client retrying in a loop must not
+        // flood the audit log), with the number refused since.
+        let now = Instant::now();
+        let report = {
+            let mut r = live.limit_reports.lock();
+            r.since_last += 1;
+            let due = r
+                .last
+                .is_none_or(|t| now.duration_since(t) >= LIMIT_REPORT_EVERY);
+            due.then(|| {
+                r.last = Some(now);
+                std::mem::take(&mut r.since_last)
+            })
+        };
+        if let Some(refused) = report {
+            tracing::warn!(%source, max = live.settings.max_clients, refused, "live API clients refused: limit reached ([http.live] max_clients)");
+            if let Some(sec) = &st.security {
+                sec.audit.submit(ironplant_security::AuditEvent::AclDenied {
+                    principal: None,
+                    client_id: "http-api live".into(),
+                    source: Some(source.to_string()),
+                    action: "api:too_many_live_clients".into(),
+                    topic: format!("{refused} live client(s) refused since the last record"),
+                });
+            }
+        }
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_live_clients",

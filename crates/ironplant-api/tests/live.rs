@@ -819,6 +819,10 @@ async fn limits_clients_and_closes_clients_that_do_not_answer_pings() {
         err.starts_with("503") && err.contains("too_many_live_clients"),
         "{err}"
     );
+    assert!(
+        wait_for_file(fx.sec.audit.path(), "too_many_live_clients").await,
+        "the refusal is in the audit log"
+    );
     // `first` does not read, so its pings go unanswered: closed after two intervals.
     let deadline = Instant::now() + WAIT;
     while !fx
