@@ -25,6 +25,7 @@ pub mod account;
 pub mod auth;
 pub mod history;
 pub mod listen;
+pub mod live;
 pub mod mqtt_ws;
 pub mod settings;
 
@@ -55,6 +56,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(mqtt_ws::PATH, get(mqtt_ws::upgrade_api))
+        .route(live::PATH, get(live::upgrade))
         .route("/api/v1/login", post(account::login))
         .route(
             "/api/v1/tokens",

@@ -59,6 +59,57 @@ pub struct HttpSettings {
     pub reserved_for: Vec<std::net::IpAddr>,
     /// Largest request body in bytes (larger: 413 `body_too_large`).
     pub max_body_size: usize,
+    /// `[http.live]`: the live WebSocket API.
+    pub live: LiveSettings,
+}
+
+/// The `[http.live]` section: limits and timers of the live WebSocket API (`/api/v1/live`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSettings {
+    /// Live clients connected at once (more: 503 `too_many_live_clients`).
+    pub max_clients: usize,
+    /// Tags one connection may follow (more: error `too_many_tags`).
+    pub max_tags_per_client: usize,
+    /// Tag and event subscriptions (patterns) one connection may hold.
+    pub max_subscriptions_per_client: usize,
+    /// Events waiting for a slow client; beyond it the oldest are dropped, counted and
+    /// announced to the client.
+    pub max_events_queued: usize,
+    /// Largest message a client may send (close 1009 beyond).
+    pub max_message_size: usize,
+    /// Samples (or snapshot tags) per message sent.
+    pub max_samples_per_message: usize,
+    /// At most one `samples` message per interval: changes in between are batched, and a tag
+    /// that changed twice is sent once, with its latest value.
+    pub flush_interval: Duration,
+    /// A WebSocket ping is sent this often; a client silent for two intervals is closed.
+    pub ping_interval: Duration,
+    /// A send that cannot complete within this time (the client stopped reading and the
+    /// socket buffers are full) closes the client.
+    pub write_timeout: Duration,
+    /// Time to send the `auth` message when the upgrade carried no credentials.
+    pub auth_timeout: Duration,
+    /// How often a connection's token is re-verified and its tag scopes re-read (also on
+    /// every subscribe).
+    pub recheck_interval: Duration,
+}
+
+impl Default for LiveSettings {
+    fn default() -> Self {
+        LiveSettings {
+            max_clients: 256,
+            max_tags_per_client: 100_000,
+            max_subscriptions_per_client: 256,
+            max_events_queued: 1_000,
+            max_message_size: 64 * 1024,
+            max_samples_per_message: 2_000,
+            flush_interval: Duration::from_millis(50),
+            ping_interval: Duration::from_secs(20),
+            write_timeout: Duration::from_secs(30),
+            auth_timeout: Duration::from_secs(10),
+            recheck_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for HttpSettings {
@@ -75,6 +126,7 @@ impl Default for HttpSettings {
                 std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
             ],
             max_body_size: 1 << 20,
+            live: LiveSettings::default(),
         }
     }
 }
@@ -90,6 +142,23 @@ struct RawHttp {
     reserved_connections: Option<Spanned<i64>>,
     reserved_for: Option<Vec<Spanned<String>>>,
     max_body_size: Option<Spanned<i64>>,
+    live: Option<RawLive>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLive {
+    max_clients: Option<Spanned<i64>>,
+    max_tags_per_client: Option<Spanned<i64>>,
+    max_subscriptions_per_client: Option<Spanned<i64>>,
+    max_events_queued: Option<Spanned<i64>>,
+    max_message_size: Option<Spanned<i64>>,
+    max_samples_per_message: Option<Spanned<i64>>,
+    flush_interval: Option<Spanned<String>>,
+    ping_interval: Option<Spanned<String>>,
+    write_timeout: Option<Spanned<String>>,
+    auth_timeout: Option<Spanned<String>>,
+    recheck_interval: Option<Spanned<String>>,
 }
 
 fn validate_http(c: &mut Diagnostics, raw: Option<RawHttp>) -> HttpSettings {
@@ -171,6 +240,61 @@ fn validate_http(c: &mut Diagnostics, raw: Option<RawHttp>) -> HttpSettings {
             1024..=1 << 30,
             d.max_body_size,
         ),
+        live: validate_live(c, h.live),
+    }
+}
+
+fn validate_live(c: &mut Diagnostics, raw: Option<RawLive>) -> LiveSettings {
+    let d = LiveSettings::default();
+    let Some(l) = raw else { return d };
+    let max_tags = i64::try_from(ironplant_core::MAX_TAGS).unwrap_or(i64::MAX);
+    LiveSettings {
+        max_clients: int_in(c, &l.max_clients, "max_clients", 1..=100_000, d.max_clients),
+        max_tags_per_client: int_in(
+            c,
+            &l.max_tags_per_client,
+            "max_tags_per_client",
+            1..=max_tags,
+            d.max_tags_per_client,
+        ),
+        max_subscriptions_per_client: int_in(
+            c,
+            &l.max_subscriptions_per_client,
+            "max_subscriptions_per_client",
+            1..=100_000,
+            d.max_subscriptions_per_client,
+        ),
+        max_events_queued: int_in(
+            c,
+            &l.max_events_queued,
+            "max_events_queued",
+            1..=1_000_000,
+            d.max_events_queued,
+        ),
+        max_message_size: int_in(
+            c,
+            &l.max_message_size,
+            "max_message_size",
+            1024..=16 << 20,
+            d.max_message_size,
+        ),
+        max_samples_per_message: int_in(
+            c,
+            &l.max_samples_per_message,
+            "max_samples_per_message",
+            1..=100_000,
+            d.max_samples_per_message,
+        ),
+        flush_interval: parse_duration(c, &l.flush_interval, "flush_interval", d.flush_interval),
+        ping_interval: parse_duration(c, &l.ping_interval, "ping_interval", d.ping_interval),
+        write_timeout: parse_duration(c, &l.write_timeout, "write_timeout", d.write_timeout),
+        auth_timeout: parse_duration(c, &l.auth_timeout, "auth_timeout", d.auth_timeout),
+        recheck_interval: parse_duration(
+            c,
+            &l.recheck_interval,
+            "recheck_interval",
+            d.recheck_interval,
+        ),
     }
 }
 
@@ -214,6 +338,34 @@ max_body_size = 4096
         );
         assert_eq!(h.reserved_for.len(), 2);
         assert_eq!(h.max_body_size, 4096);
+        assert_eq!(h.live, LiveSettings::default(), "[http.live] not given");
+        let live = parse(
+            "l.toml",
+            "[http.live]\nmax_clients = 3\nmax_events_queued = 7\nping_interval = \"5s\"\n",
+        )
+        .expect("valid [http.live]")
+        .get::<HttpSettings>()
+        .live
+        .clone();
+        assert_eq!(
+            (live.max_clients, live.max_events_queued, live.ping_interval),
+            (3, 7, Duration::from_secs(5))
+        );
+        assert_eq!(
+            live.max_tags_per_client,
+            LiveSettings::default().max_tags_per_client
+        );
+        let errs = parse(
+            "l.toml",
+            "[http.live]\nmax_clients = 0\nflush_interval = \"0s\"\n",
+        )
+        .expect_err("two errors")
+        .to_string();
+        assert!(errs.contains("max_clients 0 is out of range"), "{errs}");
+        assert!(
+            errs.contains("flush_interval must be greater than zero"),
+            "{errs}"
+        );
         assert_eq!(
             parse("e.toml", "").expect("empty").get::<HttpSettings>(),
             HttpSettings::default().into()
