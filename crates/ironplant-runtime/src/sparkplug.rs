@@ -408,12 +408,13 @@ impl Shell {
                         .sparkplug
                         .tags_born
                         .fetch_add(1, Ordering::Relaxed);
+                    // Under a mapped asset, the metric's folders become assets of the tree
+                    // too (once: assets are never removed).
+                    if let Some((asset, _)) = self.host.mapper().asset_of(path) {
+                        self.namespace.imply_assets(path, asset);
+                    }
                 }
                 self.ids.insert(path.clone(), id);
-                // Under a mapped asset, the metric's folders become assets of the tree too.
-                if let Some((asset, _)) = self.host.mapper().asset_of(path) {
-                    self.namespace.imply_assets(path, asset);
-                }
                 if let Err(e) = self.writers.register(&source, self.writer.clone()) {
                     tracing::error!(error = %e, "sparkplug metrics of this source are not writable");
                 }

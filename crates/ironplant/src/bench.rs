@@ -384,7 +384,7 @@ async fn bench_modbus(duration: Duration, tags: usize) -> anyhow::Result<()> {
     ])
     .await?;
     let text = crate::platform::BOTTLING_CONFIG.replace("127.0.0.1:5020", &sim_addr);
-    let cfg = ironplant_core::config::parse("bottling.toml", &text)
+    let cfg = ironplant_api::settings::parse("bottling.toml", &text)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let ns = cfg.namespace();
     let dev = cfg
