@@ -406,8 +406,13 @@ async fn bench_modbus(duration: Duration, tags: usize) -> anyhow::Result<()> {
     // 1. Throughput against the simulator: the bundled config's filler PLC, polled back to back.
     let (_sim, sim_addr) = spawn_server(&["sim-server", "--listen", "127.0.0.1:0"]).await?;
     let text = BOTTLING_CONFIG.replace("127.0.0.1:5020", &sim_addr);
-    let cfg = ironplant_core::config::parse("bottling.toml", &text)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = ironplant_core::config::parse_with(
+        "bottling.toml",
+        &text,
+        &ironplant_core::config::Registry::new()
+            .with::<ironplant_sparkplug::settings::SparkplugSettings>(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let ns = cfg.namespace();
     let dev = cfg
         .devices

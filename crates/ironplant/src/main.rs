@@ -150,7 +150,7 @@ enum Command {
     /// Run the simulated bottling line as a Modbus TCP server (units 1 and 2) and a Sparkplug B
     /// edge node (group bottling, node sim-edge, device line1) publishing to an MQTT broker.
     #[command(
-        after_help = "Examples (the platform on this machine, same data directory):\n  ironplant simulate &\n  ironplant serve --config examples/bottling.toml\n  # its Sparkplug tags appear under bottling/sim-edge in GET /api/v1/tags\n\n  ironplant simulate --sparkplug-broker off            # Modbus only\n  ironplant simulate --sparkplug-bundle edge           # a bundle from `ironplant device enroll sim-edge --out edge`\n  ironplant simulate --sparkplug-broker 127.0.0.1:1883 --sparkplug-plain   # a test broker without TLS"
+        after_help = "Examples (the platform on this machine, same data directory):\n  ironplant simulate &\n  ironplant serve --config examples/bottling.toml\n  # its Sparkplug tags appear under acme/lyon/bottling/line1/edge in GET /api/v1/tags\n\n  ironplant simulate --sparkplug-broker off            # Modbus only\n  ironplant simulate --sparkplug-bundle edge           # a bundle from `ironplant device enroll sim-edge --out edge`\n  ironplant simulate --sparkplug-broker 127.0.0.1:1883 --sparkplug-plain   # a test broker without TLS"
     )]
     Simulate {
         /// Address to listen on (port 0 picks a free port; the bound address is printed).
