@@ -270,6 +270,8 @@ pub struct HistorianSettings {
     pub retention: Vec<RetentionRule>,
     /// Lossy compression by tag prefix (longest prefix wins); lossless otherwise.
     pub lossy: Vec<LossyRule>,
+    /// How long events (alarms, commands, security and system events) are kept.
+    pub event_retention: Duration,
 }
 
 impl Default for HistorianSettings {
@@ -281,6 +283,7 @@ impl Default for HistorianSettings {
             flush_samples: 4_000_000,
             retention: Vec::new(),
             lossy: Vec::new(),
+            event_retention: Duration::from_secs(90 * 86_400),
         }
     }
 }
@@ -769,6 +772,7 @@ struct RawHistorian {
     retention: Vec<RawRetention>,
     #[serde(default)]
     lossy: Vec<RawLossy>,
+    event_retention: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -2055,6 +2059,12 @@ fn validate_historian(c: &mut Collector, raw: Option<RawHistorian>) -> Historian
         flush_samples,
         retention,
         lossy,
+        event_retention: parse_duration(
+            c,
+            &h.event_retention,
+            "event_retention",
+            d.event_retention,
+        ),
     }
 }
 
@@ -2473,6 +2483,7 @@ sys_interval = "off"
         let text = r#"
 [historian]
 commit_interval = "5ms"
+event_retention = "30d"
 
 [[historian.retention]]
 prefix = "acme/lyon"
@@ -2495,6 +2506,7 @@ deadband = -1.0
         let cfg = parse("h.toml", &text.replace("-1.0", "0.1")).expect("valid");
         let h = cfg.historian;
         assert_eq!(h.commit_interval, Duration::from_millis(5));
+        assert_eq!(h.event_retention, Duration::from_secs(30 * 86400));
         assert_eq!(
             h.retention,
             vec![RetentionRule {

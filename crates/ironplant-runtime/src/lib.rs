@@ -7,6 +7,7 @@
 //! never delivered to it, so every subscriber exists before the first source starts.
 
 pub mod bridges;
+pub mod events;
 pub mod metrics;
 pub mod sparkplug;
 pub mod uns;
@@ -96,6 +97,12 @@ pub fn start_platform(
             runtime.namespace.clone(),
             &config.mqtt.uns_prefix,
         ));
+        // Ends when the event bus goes with the runtime.
+        drop(events::attach_mqtt(
+            broker.clone(),
+            &runtime.events,
+            &config.mqtt.uns_prefix,
+        ));
         if config.sparkplug.enabled {
             host = Some(sparkplug::start(
                 broker.clone(),
@@ -119,6 +126,7 @@ pub fn historian_config(data_dir: &Path, s: &HistorianSettings) -> HistorianConf
     c.commit_interval = s.commit_interval;
     c.flush_interval = s.flush_interval;
     c.flush_samples = s.flush_samples;
+    c.event_retention = Some(s.event_retention);
     c.retention = s
         .retention
         .iter()
@@ -229,14 +237,24 @@ impl Runtime {
         let namespace = Arc::new(LiveNamespace::new(config.namespace()));
         let bus = TagBus::new(namespace.len());
         let metrics = Arc::new(Metrics::new(config.devices.iter().map(|d| d.id.clone())));
+        let event_bus = EventBus::new();
         let historian = match data_dir {
             Some(dir) if config.historian.enabled => {
                 let h = Historian::open(historian_config(dir, &config.historian))?;
                 attach_historian(&h, &bus, namespace.clone())?;
+                events::attach_store(h.events(), &event_bus).map_err(|e| {
+                    HistorianError::Storage(format!(
+                        "cannot start the event store's ingest thread: {e}"
+                    ))
+                })?;
                 Some(h)
             }
             _ => None,
         };
+        metrics.attach_events(
+            event_bus.clone(),
+            historian.as_ref().map(|h| h.events().clone()),
+        );
         let mut pending = Vec::new();
         for dev in &config.devices {
             match dev.protocol {
@@ -266,7 +284,7 @@ impl Runtime {
         Ok(Runtime {
             namespace,
             bus,
-            events: EventBus::new(),
+            events: event_bus,
             metrics,
             historian,
             devices: OnceLock::new(),
