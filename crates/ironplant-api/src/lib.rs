@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod account;
 pub mod auth;
+pub mod events;
 pub mod history;
 pub mod listen;
 pub mod mqtt_ws;
@@ -52,6 +53,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/tags/{*path}", get(get_tag))
         .route("/api/v1/assets", get(list_assets))
         .route("/api/v1/history", get(history::get_history))
+        .route("/api/v1/events", get(events::get_events))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(mqtt_ws::PATH, get(mqtt_ws::upgrade_api))
@@ -254,7 +256,8 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; see /api/v1/tags, /api/v1/assets, /api/v1/history, /healthz, /metrics, \
+        "no such endpoint; see /api/v1/openapi.json for all of them: /api/v1/tags, /api/v1/assets, \
+         /api/v1/history, /api/v1/events, /healthz, /metrics, \
          /api/v1/login, /api/v1/tokens, /api/v1/users, /api/v1/audit (and /mqtt for MQTT over \
          WebSocket)",
     )
