@@ -35,10 +35,14 @@ use crate::{ApiError, ApiState};
 /// shift never has to log in twice, and a token left in a browser is useless by the next day.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
-/// Paths served without HTTP authentication: the health probe, the login itself, and MQTT
-/// over WebSocket (the broker authenticates at CONNECT through its `Auth` hook).
+/// Paths served without HTTP authentication: the health probe, the login itself, the API's
+/// published description, and MQTT over WebSocket (the broker authenticates at CONNECT
+/// through its `Auth` hook).
 pub fn is_public(path: &str) -> bool {
-    path == "/healthz" || path == "/api/v1/login" || path == crate::mqtt_ws::PATH
+    path == "/healthz"
+        || path == "/api/v1/login"
+        || path == crate::openapi::PATH
+        || path == crate::mqtt_ws::PATH
 }
 
 /// The peer address of the request (unspecified when the server was not started with

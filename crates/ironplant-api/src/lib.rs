@@ -28,6 +28,7 @@ pub mod events;
 pub mod history;
 pub mod listen;
 pub mod mqtt_ws;
+pub mod openapi;
 
 use auth::Caller;
 use ironplant_security::Permission;
@@ -54,6 +55,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/assets", get(list_assets))
         .route("/api/v1/history", get(history::get_history))
         .route("/api/v1/events", get(events::get_events))
+        .route(openapi::PATH, get(openapi::get_openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(mqtt_ws::PATH, get(mqtt_ws::upgrade_api))
