@@ -644,7 +644,9 @@ fn expire(shared: &Shared, cutoff: Timestamp) -> Result<u64, HistorianError> {
             let mut events = txn.open_table(EVENTS).map_err(storage)?;
             let mut by_subject = txn.open_table(BY_SUBJECT).map_err(storage)?;
             let mut by_kind = txn.open_table(BY_KIND).map_err(storage)?;
-            let mut doomed: Vec<((i64, u64), Option<(u8, Option<TagPath>)>)> = Vec::new();
+            // Key, and (kind, subject) for its index entries when the event can be decoded.
+            type Doomed = ((i64, u64), Option<(u8, Option<TagPath>)>);
+            let mut doomed: Vec<Doomed> = Vec::new();
             for row in events
                 .range((i64::MIN, 0u64)..(cutoff.0, 0u64))
                 .map_err(storage)?
