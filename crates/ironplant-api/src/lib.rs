@@ -27,8 +27,10 @@ pub mod auth;
 pub mod events;
 pub mod history;
 pub mod listen;
+pub mod live;
 pub mod mqtt_ws;
 pub mod openapi;
+pub mod settings;
 
 use auth::Caller;
 use ironplant_security::Permission;
@@ -59,6 +61,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(mqtt_ws::PATH, get(mqtt_ws::upgrade_api))
+        .route(live::PATH, get(live::upgrade))
         .route("/api/v1/login", post(account::login))
         .route(
             "/api/v1/tokens",

@@ -12,7 +12,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use ironplant_api::ApiState;
-use ironplant_core::config::HttpSettings;
+use ironplant_api::settings::HttpSettings;
 use ironplant_core::{Event, EventKind, TagPath, Timestamp, Value};
 use ironplant_runtime::Runtime;
 use ironplant_security::{ManualClock, Security, SecurityOptions, UserStoreOptions};

@@ -15,7 +15,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use ironplant_api::ApiState;
-use ironplant_core::config::HttpSettings;
+use ironplant_api::settings::HttpSettings;
 use ironplant_core::{Event, EventKind, Severity, TagPath, Timestamp, Value};
 use ironplant_security::{ManualClock, Security, SecurityOptions, UserStoreOptions};
 use serde_json::{json, Value as Json};

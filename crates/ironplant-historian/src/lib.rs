@@ -15,6 +15,7 @@ pub mod events;
 pub mod lossy;
 mod memtable;
 pub mod private_fs;
+pub mod settings;
 pub mod store;
 pub mod wal;
 

@@ -358,11 +358,7 @@ fn listen(server: &ServerArgs) -> platform::Listen<'_> {
 fn load_config(path: &Path) -> anyhow::Result<Option<ironplant_core::config::Config>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    match ironplant_core::config::parse_with(
-        &path.display().to_string(),
-        &text,
-        Some(secure::check_acl_rule),
-    ) {
+    match ironplant_api::settings::parse(&path.display().to_string(), &text) {
         Ok(cfg) => Ok(Some(cfg)),
         Err(errors) => {
             eprintln!("{errors}");
