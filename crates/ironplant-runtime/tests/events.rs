@@ -48,7 +48,7 @@ fn metric(text: &str, name: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_stored_published_on_mqtt_and_counted() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = ironplant_core::config::parse("t.toml", CONFIG).expect("valid config");
+    let config = ironplant_runtime::config::parse("t.toml", CONFIG).expect("valid config");
     let broker = Broker::new(BrokerConfig::default());
     let mut observer = broker
         .subscribe_internal("observer", "site1/uns/_events/#", 65_536)
