@@ -35,13 +35,15 @@ use crate::{ApiError, ApiState};
 /// shift never has to log in twice, and a token left in a browser is useless by the next day.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
-/// Paths served without HTTP authentication: the health probe, the login itself, MQTT over
-/// WebSocket (the broker authenticates at CONNECT through its `Auth` hook) and the live API
-/// (a browser cannot set `Authorization` on a WebSocket, so its first message carries the
-/// token; credentials sent in the header are checked here as for any route, see [`crate::live`]).
+/// Paths served without HTTP authentication: the health probe, the login itself, the API's
+/// published description, MQTT over WebSocket (the broker authenticates at CONNECT through
+/// its `Auth` hook) and the live API (a browser cannot set `Authorization` on a WebSocket, so
+/// its first message carries the token; credentials sent in the header are checked here as for
+/// any route, see [`crate::live`]).
 pub fn is_public(path: &str) -> bool {
     path == "/healthz"
         || path == "/api/v1/login"
+        || path == crate::openapi::PATH
         || path == crate::mqtt_ws::PATH
         || path == crate::live::PATH
 }

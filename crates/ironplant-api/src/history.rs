@@ -9,14 +9,15 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use ironplant_core::{Quality, QualityLevel, QualityReason, TagPath, Timestamp, Value};
+use ironplant_core::wire::{parse_ts, SampleIn, SampleJson};
+use ironplant_core::{TagPath, Timestamp, Value};
 use ironplant_historian::aggregate::Row;
 use ironplant_historian::{
     Aggregate, Historian, HistorianError, Interpolation, Point, MAX_INTERVALS, MAX_POINTS,
@@ -25,7 +26,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::auth::Caller;
-use crate::{quality_json, ApiError, ApiState, ValueJson};
+use crate::{ApiError, ApiState};
 use ironplant_security::Permission;
 
 /// Raw points per tag when the request gives no `limit` (less when many tags share the call).
@@ -599,22 +600,12 @@ enum TagJson<'a> {
     },
 }
 
-#[derive(Serialize)]
-struct PointJson<'a> {
-    ts: String,
-    value: ValueJson<'a>,
-    quality: &'static str,
-    quality_reason: Option<&'static str>,
-}
+/// A stored point in the one wire format (`core::wire::SampleJson` without `path`,
+/// `server_ts` and `unit`, which the history does not keep per point).
+type PointJson<'a> = SampleJson<'a>;
 
 fn point_json(p: &Point) -> PointJson<'_> {
-    let (quality, quality_reason) = quality_json(Some(p.quality));
-    PointJson {
-        ts: p.ts.to_rfc3339(),
-        value: ValueJson(Some(&p.value)),
-        quality,
-        quality_reason,
-    }
+    SampleJson::stored(p.ts, &p.value, p.quality)
 }
 
 struct RowJson<'a> {
@@ -817,18 +808,11 @@ struct TagIn {
     point: Option<PointIn>,
 }
 
-#[derive(Deserialize)]
-struct PointIn {
-    ts: String,
-    value: serde_json::Value,
-    quality: String,
-    quality_reason: Option<String>,
-}
+/// A point is a `core::wire::SampleIn`.
+type PointIn = SampleIn;
 
 fn rfc3339(s: &str) -> Result<Timestamp, String> {
-    let t: SystemTime =
-        humantime::parse_rfc3339(s).map_err(|e| format!("bad timestamp {s:?}: {e}"))?;
-    Ok(Timestamp::from_system_time(t))
+    parse_ts(s)
 }
 
 fn field<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, String> {
@@ -836,42 +820,11 @@ fn field<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, String> {
         .ok_or_else(|| format!("the answer has no {name:?}"))
 }
 
-fn quality_from(level: &str, reason: Option<&str>) -> Result<Quality, String> {
-    let level = match level {
-        "Good" => QualityLevel::Good,
-        "Uncertain" => QualityLevel::Uncertain,
-        "Bad" => QualityLevel::Bad,
-        other => return Err(format!("unknown quality {other:?}")),
-    };
-    let reason = match reason {
-        None | Some("None") => QualityReason::None,
-        Some("CommFailure") => QualityReason::CommFailure,
-        Some("DeviceFailure") => QualityReason::DeviceFailure,
-        Some("OutOfRange") => QualityReason::OutOfRange,
-        Some("ConfigError") => QualityReason::ConfigError,
-        Some("Stale") => QualityReason::Stale,
-        Some("NotConnected") => QualityReason::NotConnected,
-        Some(other) => return Err(format!("unknown quality reason {other:?}")),
-    };
-    Ok(Quality { level, reason })
-}
-
 fn point_from(p: PointIn) -> Result<Point, String> {
-    let value = match p.value {
-        serde_json::Value::Null => Value::Null,
-        serde_json::Value::Bool(b) => Value::Bool(b),
-        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) if !n.is_f64() => Value::Int(i),
-            (None, Some(u)) => Value::U64(u),
-            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        serde_json::Value::String(s) => Value::String(s.into()),
-        other => return Err(format!("unexpected value {other}")),
-    };
     Ok(Point {
-        ts: rfc3339(&p.ts)?,
-        value,
-        quality: quality_from(&p.quality, p.quality_reason.as_deref())?,
+        ts: p.ts()?,
+        quality: p.quality()?,
+        value: p.value.0,
     })
 }
 
@@ -965,6 +918,7 @@ pub fn parse_json(text: &str) -> Result<HistoryResult, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ironplant_core::{Quality, QualityReason};
 
     const NOW: Timestamp = Timestamp(1_795_000_000_000_000);
 
@@ -1135,10 +1089,10 @@ mod tests {
             json,
             concat!(
                 r#"{"mode":"raw","from":"1970-01-01T00:00:00.000000Z","to":"1970-01-01T00:00:10.000000Z","tags":[{"tag":"a/b","points":["#,
-                r#"{"ts":"1970-01-01T00:00:01.000000Z","value":1.5,"quality":"Good","quality_reason":null},"#,
-                r#"{"ts":"1970-01-01T00:00:02.000000Z","value":"a,\"b\"","quality":"Bad","quality_reason":"CommFailure"},"#,
-                r#"{"ts":"1970-01-01T00:00:03.000000Z","value":null,"quality":"Good","quality_reason":null},"#,
-                r#"{"ts":"1970-01-01T00:00:04.000000Z","value":7,"quality":"Good","quality_reason":null}],"#,
+                r#"{"value":1.5,"quality":"Good","quality_reason":null,"ts":"1970-01-01T00:00:01.000000Z"},"#,
+                r#"{"value":"a,\"b\"","quality":"Bad","quality_reason":"CommFailure","ts":"1970-01-01T00:00:02.000000Z"},"#,
+                r#"{"value":null,"quality":"Good","quality_reason":null,"ts":"1970-01-01T00:00:03.000000Z"},"#,
+                r#"{"value":7,"quality":"Good","quality_reason":null,"ts":"1970-01-01T00:00:04.000000Z"}],"#,
                 r#""next":"1970-01-01T00:00:05.000000Z"}],"warnings":["chunk x is corrupt"]}"#
             )
         );

@@ -17,16 +17,19 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
-use ironplant_core::{Asset, Location, Quality, QualityLevel, Sample, TagMeta, TagPath, Value};
+use ironplant_core::wire::TagJson;
+use ironplant_core::{Asset, Location, Sample, TagMeta, TagPath};
 use ironplant_runtime::Runtime;
 use serde::{Deserialize, Serialize};
 
 pub mod account;
 pub mod auth;
+pub mod events;
 pub mod history;
 pub mod listen;
 pub mod live;
 pub mod mqtt_ws;
+pub mod openapi;
 pub mod settings;
 
 use auth::Caller;
@@ -53,6 +56,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/tags/{*path}", get(get_tag))
         .route("/api/v1/assets", get(list_assets))
         .route("/api/v1/history", get(history::get_history))
+        .route("/api/v1/events", get(events::get_events))
+        .route(openapi::PATH, get(openapi::get_openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(mqtt_ws::PATH, get(mqtt_ws::upgrade_api))
@@ -256,85 +261,15 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; see /api/v1/tags, /api/v1/assets, /api/v1/history, /healthz, /metrics, \
+        "no such endpoint; see /api/v1/openapi.json for all of them: /api/v1/tags, /api/v1/assets, \
+         /api/v1/history, /api/v1/events, /healthz, /metrics, \
          /api/v1/login, /api/v1/tokens, /api/v1/users, /api/v1/audit (and /mqtt for MQTT over \
          WebSocket)",
     )
 }
 
-#[derive(Serialize)]
-struct TagJson<'a> {
-    path: &'a TagPath,
-    value: ValueJson<'a>,
-    value_type: &'static str,
-    quality: &'static str,
-    quality_reason: Option<&'static str>,
-    source_ts: Option<String>,
-    server_ts: Option<String>,
-    unit: Option<&'a str>,
-    description: &'a str,
-    range: Option<RangeJson>,
-    writable: bool,
-    device: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct RangeJson {
-    min: f64,
-    max: f64,
-}
-
-/// A value as JSON: null, bool, number or string (non-finite floats become null).
-struct ValueJson<'a>(Option<&'a Value>);
-
-impl Serialize for ValueJson<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            None | Some(Value::Null) => s.serialize_none(),
-            Some(Value::Bool(b)) => s.serialize_bool(*b),
-            Some(Value::Int(i)) => s.serialize_i64(*i),
-            Some(Value::U64(u)) => s.serialize_u64(*u),
-            Some(Value::Float(f)) if f.is_finite() => s.serialize_f64(*f),
-            Some(Value::Float(_)) => s.serialize_none(),
-            Some(Value::String(v)) => s.serialize_str(v),
-        }
-    }
-}
-
-fn quality_json(q: Option<Quality>) -> (&'static str, Option<&'static str>) {
-    match q {
-        // Never sampled yet: the platform has no value to vouch for.
-        None => ("Bad", Some("NotConnected")),
-        Some(q) => {
-            let level = match q.level {
-                QualityLevel::Good => "Good",
-                QualityLevel::Uncertain => "Uncertain",
-                QualityLevel::Bad => "Bad",
-            };
-            (
-                level,
-                (q.level != QualityLevel::Good).then(|| q.reason.as_str()),
-            )
-        }
-    }
-}
-
 fn tag_json<'a>(meta: &'a TagMeta, sample: Option<&'a Sample>) -> TagJson<'a> {
-    let (quality, quality_reason) = quality_json(sample.map(|s| s.quality));
-    TagJson {
-        path: &meta.path,
-        value: ValueJson(sample.map(|s| &s.value)),
-        value_type: meta.value_type.as_str(),
-        quality,
-        quality_reason,
-        source_ts: sample.map(|s| s.source_ts.to_rfc3339()),
-        server_ts: sample.map(|s| s.server_ts.to_rfc3339()),
-        unit: meta.unit.as_deref(),
-        description: &meta.description,
-        range: meta.range.map(|(min, max)| RangeJson { min, max }),
-        writable: meta.writable,
-        device: meta.device.as_deref(),
-    }
+    TagJson::new(meta, sample)
 }
 
 #[derive(Deserialize)]

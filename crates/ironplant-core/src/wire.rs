@@ -6,13 +6,16 @@
 //!
 //! The OpenAPI document served by the API describes exactly these shapes.
 
-use serde::ser::{SerializeMap, SerializeSeq};
-use serde::{Serialize, Serializer};
+use std::sync::Arc;
 
-use crate::event::Event;
+use serde::de::{self, Deserializer, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::event::{Event, EventKind, Severity};
 use crate::namespace::TagMeta;
 use crate::path::TagPath;
-use crate::sample::{Quality, QualityLevel, Sample, Value};
+use crate::sample::{Quality, QualityLevel, QualityReason, Sample, Timestamp, Value};
 
 /// A value as JSON: null, bool, number (integers exact, u64 too) or string. Non-finite floats
 /// (NaN, ±inf) have no JSON form and become null.
@@ -83,6 +86,20 @@ impl<'a> SampleJson<'a> {
             quality_reason,
             ts: s.source_ts.to_rfc3339(),
             server_ts: Some(s.server_ts.to_rfc3339()),
+            unit: None,
+        }
+    }
+
+    /// A stored sample (history): source time, value and quality only.
+    pub fn stored(ts: Timestamp, value: &'a Value, quality: Quality) -> SampleJson<'a> {
+        let (quality, quality_reason) = quality_fields(Some(quality));
+        SampleJson {
+            path: None,
+            value: ValueJson(Some(value)),
+            quality,
+            quality_reason,
+            ts: ts.to_rfc3339(),
+            server_ts: None,
             unit: None,
         }
     }
@@ -200,6 +217,177 @@ where
     }
 }
 
+// ---- the reverse direction: reading the wire format (clients, the CLI, tests) ---------------
+
+/// A JSON value read back: null, bool, integer (exact; above i64::MAX a `U64`), float, string.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueIn(pub Value);
+
+impl<'de> Deserialize<'de> for ValueIn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ValueIn, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ValueIn;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("null, a boolean, a number or a string")
+            }
+            fn visit_unit<E>(self) -> Result<ValueIn, E> {
+                Ok(ValueIn(Value::Null))
+            }
+            fn visit_none<E>(self) -> Result<ValueIn, E> {
+                Ok(ValueIn(Value::Null))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<ValueIn, D::Error> {
+                ValueIn::deserialize(d)
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<ValueIn, E> {
+                Ok(ValueIn(Value::Bool(b)))
+            }
+            fn visit_i64<E>(self, i: i64) -> Result<ValueIn, E> {
+                Ok(ValueIn(Value::Int(i)))
+            }
+            fn visit_u64<E>(self, u: u64) -> Result<ValueIn, E> {
+                Ok(ValueIn(Value::from_u64(u)))
+            }
+            fn visit_f64<E>(self, f: f64) -> Result<ValueIn, E> {
+                Ok(ValueIn(Value::Float(f)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<ValueIn, E> {
+                Ok(ValueIn(Value::String(s.into())))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An RFC 3339 timestamp of the wire format (`Z` or an offset) back to µs.
+pub fn parse_ts(s: &str) -> Result<Timestamp, String> {
+    humantime::parse_rfc3339_weak(s)
+        .map(Timestamp::from_system_time)
+        .map_err(|e| {
+            format!(
+                "bad timestamp {s:?}: {e} (expected RFC 3339, e.g. 2026-11-25T10:00:00.000000Z)"
+            )
+        })
+}
+
+/// `quality` and `quality_reason` back to a [`Quality`].
+pub fn parse_quality(level: &str, reason: Option<&str>) -> Result<Quality, String> {
+    let level = match level {
+        "Good" => QualityLevel::Good,
+        "Uncertain" => QualityLevel::Uncertain,
+        "Bad" => QualityLevel::Bad,
+        other => {
+            return Err(format!(
+                "unknown quality {other:?}; expected Good, Uncertain or Bad"
+            ))
+        }
+    };
+    let reason = match reason {
+        None | Some("None") => QualityReason::None,
+        Some("CommFailure") => QualityReason::CommFailure,
+        Some("DeviceFailure") => QualityReason::DeviceFailure,
+        Some("OutOfRange") => QualityReason::OutOfRange,
+        Some("ConfigError") => QualityReason::ConfigError,
+        Some("Stale") => QualityReason::Stale,
+        Some("NotConnected") => QualityReason::NotConnected,
+        Some(other) => return Err(format!("unknown quality reason {other:?}")),
+    };
+    Ok(Quality { level, reason })
+}
+
+/// A [`SampleJson`] read back.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SampleIn {
+    #[serde(default)]
+    pub path: Option<String>,
+    pub value: ValueIn,
+    pub quality: String,
+    #[serde(default)]
+    pub quality_reason: Option<String>,
+    pub ts: String,
+    #[serde(default)]
+    pub server_ts: Option<String>,
+    #[serde(default)]
+    pub unit: Option<String>,
+}
+
+impl SampleIn {
+    pub fn quality(&self) -> Result<Quality, String> {
+        parse_quality(&self.quality, self.quality_reason.as_deref())
+    }
+
+    pub fn ts(&self) -> Result<Timestamp, String> {
+        parse_ts(&self.ts)
+    }
+}
+
+/// An [`EventJson`] read back.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventIn {
+    pub ts: String,
+    pub kind: String,
+    pub code: String,
+    pub severity: String,
+    #[serde(default)]
+    pub subject: Option<String>,
+    pub source: String,
+    #[serde(default)]
+    pub actor: Option<String>,
+    pub message: String,
+    #[serde(default)]
+    pub attributes: AttributesIn,
+}
+
+/// An event's attributes read back, in document order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AttributesIn(pub Vec<(String, ValueIn)>);
+
+impl<'de> Deserialize<'de> for AttributesIn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<AttributesIn, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AttributesIn;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of attributes")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut m: A) -> Result<AttributesIn, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, ValueIn>()? {
+                    out.push((k, v));
+                }
+                Ok(AttributesIn(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl EventIn {
+    /// The event, or what is wrong with it.
+    pub fn into_event(self) -> Result<Event, String> {
+        Ok(Event {
+            ts: parse_ts(&self.ts)?,
+            kind: self.kind.parse::<EventKind>()?,
+            code: Arc::from(self.code),
+            severity: self.severity.parse::<Severity>()?,
+            subject: self
+                .subject
+                .map(|s| TagPath::parse(&s).map_err(|e| format!("subject {s:?}: {e}")))
+                .transpose()?,
+            source: Arc::from(self.source),
+            actor: self.actor.map(Arc::from),
+            message: Arc::from(self.message),
+            attributes: self
+                .attributes
+                .0
+                .into_iter()
+                .map(|(k, v)| (Arc::from(k), v.0))
+                .collect(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +417,54 @@ mod tests {
             .with_severity(Severity::Warning);
         let ej = EventJson::new(&e);
         assert_eq!((ej.kind, ej.severity), ("system", "warning"));
+    }
+
+    #[test]
+    fn samples_and_events_read_back_what_was_written() {
+        let s = Sample {
+            tag: TagId(0),
+            value: Value::U64(u64::MAX),
+            quality: Quality::uncertain(QualityReason::OutOfRange),
+            source_ts: Timestamp(1_700_000_000_123_456),
+            server_ts: Timestamp(1_700_000_000_200_000),
+        };
+        let path = TagPath::parse("acme/lyon/line1/filler/temp").expect("path");
+        let text = serde_json::to_string(&SampleJson::new(Some(&path), &s).with_unit(Some("°C")))
+            .expect("json");
+        assert_eq!(
+            text,
+            r#"{"path":"acme/lyon/line1/filler/temp","value":18446744073709551615,"quality":"Uncertain","quality_reason":"OutOfRange","ts":"2023-11-14T22:13:20.123456Z","server_ts":"2023-11-14T22:13:20.200000Z","unit":"°C"}"#
+        );
+        let back: SampleIn = serde_json::from_str(&text).expect("read back");
+        assert_eq!(back.value, ValueIn(Value::U64(u64::MAX)));
+        assert_eq!(back.quality(), Ok(s.quality));
+        assert_eq!(back.ts(), Ok(s.source_ts));
+        assert_eq!(
+            back.server_ts.as_deref().map(parse_ts),
+            Some(Ok(s.server_ts))
+        );
+        for (json, v) in [
+            ("-3", Value::Int(-3)),
+            ("7", Value::Int(7)),
+            ("7.0", Value::Float(7.0)),
+            ("null", Value::Null),
+            ("true", Value::Bool(true)),
+            (r#""x""#, Value::String("x".into())),
+        ] {
+            let got: ValueIn = serde_json::from_str(json).expect(json);
+            assert_eq!(got.0, v, "{json}");
+        }
+        assert!(parse_quality("Fine", None).is_err());
+        assert!(parse_ts("yesterday").is_err());
+
+        let e = Event::new(Timestamp(5), EventKind::Command, "write", "api", "set")
+            .with_subject(path.clone())
+            .with_actor("alice")
+            .with_attribute("old", Value::Float(1.5))
+            .with_attribute("new", Value::Int(2))
+            .with_attribute("a_first", Value::Bool(false));
+        let text = serde_json::to_string(&EventJson::new(&e)).expect("json");
+        let back: EventIn = serde_json::from_str(&text).expect("read back");
+        assert_eq!(back.into_event(), Ok(e));
     }
 }

@@ -11,6 +11,7 @@
 pub mod aggregate;
 pub mod chunk;
 pub mod codec;
+pub mod events;
 pub mod lossy;
 mod memtable;
 pub mod private_fs;
@@ -72,6 +73,8 @@ pub struct HistorianConfig {
     pub lossy: Vec<(String, LossySpec)>,
     /// The file system under the WAL: [`Disk`] except in power-loss tests.
     pub wal_fs: Arc<dyn WalFs>,
+    /// How long events are kept (`events.redb`, see [`events`]); `None`: forever.
+    pub event_retention: Option<Duration>,
 }
 
 impl HistorianConfig {
@@ -86,6 +89,7 @@ impl HistorianConfig {
             retention: Vec::new(),
             lossy: Vec::new(),
             wal_fs: Disk::shared(),
+            event_retention: Some(events::DEFAULT_KEEP),
         }
     }
 }
@@ -197,6 +201,7 @@ pub struct Historian {
     shared: Arc<Shared>,
     tx: Arc<Mutex<Option<std_mpsc::SyncSender<Msg>>>>,
     threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    events: events::EventStore,
 }
 
 /// Waits for a submitted batch to be durable.
@@ -236,6 +241,9 @@ impl Historian {
         let wal_dir = cfg.dir.join("wal");
         private_fs::create_dir(&wal_dir).map_err(|e| HistorianError::io(&wal_dir, e))?;
         let store = Store::open(&cfg.dir.join("chunks.redb"))?;
+        let mut ecfg = events::EventStoreConfig::new(cfg.dir.join("events.redb"));
+        ecfg.keep = cfg.event_retention;
+        let event_store = events::EventStore::open(ecfg)?;
         let (checkpoint, paths) = store.load()?;
         let mut tags = Tags::default();
         for (path, hid) in paths {
@@ -320,6 +328,7 @@ impl Historian {
             shared,
             tx: Arc::new(Mutex::new(Some(tx))),
             threads: Arc::new(Mutex::new(vec![writer, flusher])),
+            events: event_store,
         })
     }
 
@@ -448,6 +457,7 @@ impl Historian {
         }
         // Release the file and its lock now, even if clones of this handle remain.
         self.shared.store.close();
+        self.events.close();
     }
 
     pub fn stats(&self) -> HistorianStats {
@@ -469,6 +479,11 @@ impl Historian {
             chunk_bytes: self.shared.store.file_bytes(),
             tags: self.shared.tags.read().by_path.len() as u64,
         }
+    }
+
+    /// The event store beside the samples (`events.redb`).
+    pub fn events(&self) -> &events::EventStore {
+        &self.events
     }
 
     pub fn dir(&self) -> &Path {

@@ -36,6 +36,8 @@ pub struct HistorianSettings {
     pub retention: Vec<RetentionRule>,
     /// Lossy compression by tag prefix (longest prefix wins); lossless otherwise.
     pub lossy: Vec<LossyRule>,
+    /// How long events (alarms, commands, security and system events) are kept.
+    pub event_retention: Duration,
 }
 
 impl Default for HistorianSettings {
@@ -47,6 +49,7 @@ impl Default for HistorianSettings {
             flush_samples: 4_000_000,
             retention: Vec::new(),
             lossy: Vec::new(),
+            event_retention: crate::events::DEFAULT_KEEP,
         }
     }
 }
@@ -87,6 +90,7 @@ struct RawHistorian {
     retention: Vec<RawRetention>,
     #[serde(default)]
     lossy: Vec<RawLossy>,
+    event_retention: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +206,12 @@ fn validate_historian(c: &mut Diagnostics, raw: Option<RawHistorian>) -> Histori
         flush_samples,
         retention,
         lossy,
+        event_retention: parse_duration(
+            c,
+            &h.event_retention,
+            "event_retention",
+            d.event_retention,
+        ),
     }
 }
 
@@ -219,6 +229,7 @@ mod tests {
         let text = r#"
 [historian]
 commit_interval = "5ms"
+event_retention = "30d"
 
 [[historian.retention]]
 prefix = "acme/lyon"
@@ -241,6 +252,7 @@ deadband = -1.0
         let cfg = parse("h.toml", &text.replace("-1.0", "0.1")).expect("valid");
         let h = cfg.get::<HistorianSettings>();
         assert_eq!(h.commit_interval, Duration::from_millis(5));
+        assert_eq!(h.event_retention, Duration::from_secs(30 * 86400));
         assert_eq!(
             h.retention,
             vec![RetentionRule {

@@ -1,5 +1,5 @@
 //! What the historian stores is private to the platform's user under a usual umask (022):
-//! its directories are 0700, the chunk store and WAL segments 0600.
+//! its directories are 0700, the chunk store, the event store and WAL segments 0600.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -19,6 +19,7 @@ fn the_historian_creates_private_directories_and_files() {
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join("wal")), 0o700);
     assert_eq!(mode(&dir.join("chunks.redb")), 0o600);
+    assert_eq!(mode(&dir.join("events.redb")), 0o600);
     let segments: Vec<_> = std::fs::read_dir(dir.join("wal"))
         .expect("wal dir")
         .map(|e| e.expect("entry").path())

@@ -9,6 +9,7 @@
 pub mod bridges;
 pub mod component;
 pub mod config;
+pub mod events;
 pub mod metrics;
 pub mod pipeline;
 pub mod platform;
@@ -100,6 +101,7 @@ pub fn historian_config(data_dir: &Path, s: &HistorianSettings) -> HistorianConf
     c.commit_interval = s.commit_interval;
     c.flush_interval = s.flush_interval;
     c.flush_samples = s.flush_samples;
+    c.event_retention = Some(s.event_retention);
     c.retention = s
         .retention
         .iter()
@@ -278,11 +280,21 @@ impl Runtime {
         let writers = writers::Writers::new();
         let metrics = Arc::new(Metrics::new(config.devices.iter().map(|d| d.id.clone())));
         let historian = match data_dir {
-            Some(dir) if config.get::<HistorianSettings>().enabled => Some(Historian::open(
-                historian_config(dir, &config.get::<HistorianSettings>()),
-            )?),
+            Some(dir) if config.get::<HistorianSettings>().enabled => {
+                let h = Historian::open(historian_config(dir, &config.get::<HistorianSettings>()))?;
+                events::attach_store(h.events(), &events).map_err(|e| {
+                    HistorianError::Storage(format!(
+                        "cannot start the event store's ingest thread: {e}"
+                    ))
+                })?;
+                Some(h)
+            }
             _ => None,
         };
+        metrics.attach_events(
+            events.clone(),
+            historian.as_ref().map(|h| h.events().clone()),
+        );
         let supervisor = component::Supervisor::new(
             bus.clone(),
             events.clone(),

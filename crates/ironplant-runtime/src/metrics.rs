@@ -65,6 +65,11 @@ pub struct Metrics {
     broker: std::sync::OnceLock<ironplant_mqtt::Broker>,
     /// The MQTT bridges' counters, by bridge name.
     bridges: std::sync::OnceLock<Vec<(String, Arc<ironplant_mqtt::bridge::BridgeStats>)>>,
+    /// The event bus and, when the historian runs, its event store.
+    events: std::sync::OnceLock<(
+        ironplant_core::EventBus,
+        Option<ironplant_historian::events::EventStore>,
+    )>,
     pub sparkplug: SparkplugMetrics,
 }
 
@@ -77,6 +82,7 @@ impl Metrics {
                 .collect(),
             broker: std::sync::OnceLock::new(),
             bridges: std::sync::OnceLock::new(),
+            events: std::sync::OnceLock::new(),
             sparkplug: SparkplugMetrics::default(),
         }
     }
@@ -88,6 +94,15 @@ impl Metrics {
             .map(|b| (b.name().to_owned(), b.stats().clone()))
             .collect();
         let _ = self.bridges.set(stats);
+    }
+
+    /// Includes the event bus's and the event store's counters in [`Metrics::render`].
+    pub fn attach_events(
+        &self,
+        bus: ironplant_core::EventBus,
+        store: Option<ironplant_historian::events::EventStore>,
+    ) {
+        let _ = self.events.set((bus, store));
     }
 
     /// Includes the broker's counters in [`Metrics::render`].
@@ -207,6 +222,9 @@ impl Metrics {
         }
         if let Some(h) = historian {
             render_historian(w, h);
+        }
+        if let Some((bus, store)) = self.events.get() {
+            render_events(w, &bus.stats(), store.as_ref().map(|s| s.stats()).as_ref());
         }
         if let Some(b) = self.broker.get() {
             render_broker(w, b);
@@ -448,6 +466,36 @@ fn render_historian(w: &mut String, h: &HistorianStats) {
         "ironplant_historian_disk_bytes{{part=\"chunks\"}} {}",
         h.chunk_bytes
     );
+}
+
+fn render_events(
+    w: &mut String,
+    bus: &ironplant_core::event::EventBusStats,
+    store: Option<&ironplant_historian::events::EventStoreStats>,
+) {
+    let _ = writeln!(w, "# HELP ironplant_events_published_total Events published on the event bus.\n# TYPE ironplant_events_published_total counter\nironplant_events_published_total {}", bus.published);
+    let _ = writeln!(w, "# HELP ironplant_events_dropped_total Events dropped for a subscriber whose queue was full (all subscribers, also those gone).\n# TYPE ironplant_events_dropped_total counter\nironplant_events_dropped_total {}", bus.dropped_total);
+    for (name, dropped, _) in &bus.subscribers {
+        let _ = writeln!(
+            w,
+            "ironplant_events_dropped_total{{subscriber=\"{}\"}} {dropped}",
+            escape(name)
+        );
+    }
+    let _ = writeln!(w, "# HELP ironplant_events_queued Events waiting in a subscriber's queue.\n# TYPE ironplant_events_queued gauge");
+    for (name, _, queued) in &bus.subscribers {
+        let _ = writeln!(
+            w,
+            "ironplant_events_queued{{subscriber=\"{}\"}} {queued}",
+            escape(name)
+        );
+    }
+    if let Some(s) = store {
+        let _ = writeln!(w, "# HELP ironplant_events_stored_total Events stored durably by the historian.\n# TYPE ironplant_events_stored_total counter\nironplant_events_stored_total {}", s.stored);
+        let _ = writeln!(w, "# HELP ironplant_events_commits_total Event store transactions (one fsync each).\n# TYPE ironplant_events_commits_total counter\nironplant_events_commits_total {}", s.commits);
+        let _ = writeln!(w, "# HELP ironplant_events_expired_total Events deleted by retention.\n# TYPE ironplant_events_expired_total counter\nironplant_events_expired_total {}", s.expired);
+        let _ = writeln!(w, "# HELP ironplant_events_disk_bytes Bytes of the event store file.\n# TYPE ironplant_events_disk_bytes gauge\nironplant_events_disk_bytes {}", s.file_bytes);
+    }
 }
 
 fn escape(label: &str) -> String {

@@ -161,6 +161,12 @@ impl PlatformBuilder {
                 runtime.namespace.clone(),
                 &self.config.get::<MqttSettings>().uns_prefix,
             ));
+            // Ends when the event bus goes with the runtime.
+            drop(crate::events::attach_mqtt(
+                broker.clone(),
+                &runtime.events,
+                &self.config.get::<MqttSettings>().uns_prefix,
+            ));
         }
         if let Some(h) = &runtime.historian {
             supervisor.start_sink(Arc::new(HistorianSink::new(h.clone(), &runtime.namespace)?));

@@ -8,36 +8,17 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ironplant_core::{LiveNamespace, Overflow, Quality, QualityLevel, Sample, TagBus, Value};
+use ironplant_core::wire::SampleJson;
+use ironplant_core::{LiveNamespace, Overflow, Quality, Sample, TagBus, Value};
 use ironplant_mqtt::codec::{MqttString, Publish, QoS};
 use ironplant_mqtt::Broker;
 use tokio::task::JoinHandle;
 
-/// The JSON payload of a tag's UNS message.
+/// The JSON payload of a tag's UNS message: the wire format's sample (`core::wire::SampleJson`)
+/// without the path (the topic says it), with the unit.
 pub fn payload(sample: &Sample, unit: Option<&str>) -> Vec<u8> {
-    let value = match &sample.value {
-        Value::Null => serde_json::Value::Null,
-        Value::Bool(b) => serde_json::Value::Bool(*b),
-        Value::Int(i) => serde_json::Value::from(*i),
-        Value::U64(u) => serde_json::Value::from(*u),
-        Value::Float(f) => serde_json::Number::from_f64(*f)
-            .map_or(serde_json::Value::Null, serde_json::Value::Number),
-        Value::String(s) => serde_json::Value::String(s.to_string()),
-    };
-    let q = sample.quality;
-    let (quality, reason) = match q.level {
-        QualityLevel::Good => ("Good", None),
-        QualityLevel::Uncertain => ("Uncertain", Some(q.reason.as_str())),
-        QualityLevel::Bad => ("Bad", Some(q.reason.as_str())),
-    };
-    let body = serde_json::json!({
-        "value": value,
-        "quality": quality,
-        "quality_reason": reason,
-        "ts": sample.source_ts.to_rfc3339(),
-        "unit": unit,
-    });
-    body.to_string().into_bytes()
+    serde_json::to_vec(&SampleJson::new(None, sample).with_unit(unit))
+        .expect("a sample has string keys only, so it always serializes")
 }
 
 /// Publishes every tag change of `bus` on `broker` under `prefix` (empty: the bare tag path).
@@ -109,6 +90,8 @@ mod tests {
         assert_eq!(v["quality_reason"], "CommFailure");
         assert_eq!(v["unit"], "°C");
         assert_eq!(v["ts"], "2001-09-09T01:46:40.000000Z");
+        assert_eq!(v["server_ts"], "2001-09-09T01:46:40.000000Z");
+        assert!(v.get("path").is_none(), "the topic names the tag");
         let nan = Sample {
             value: Value::Float(f64::NAN),
             quality: Quality::GOOD,

@@ -120,6 +120,15 @@ impl Reserved {
         if topic == self.host_state {
             return true;
         }
+        // Events (`<uns_prefix>/_events/...`): only the platform raises them, so a client can
+        // never forge an alarm, a command record or a security finding.
+        let events = ironplant_runtime::events::events_root(&self.uns_prefix);
+        if topic
+            .strip_prefix(events.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        {
+            return true;
+        }
         let prefix = self.uns_prefix.trim_end_matches('/');
         let path = if prefix.is_empty() {
             Some(topic)
@@ -282,6 +291,40 @@ pub fn audit_config(sec: &Security, data_dir: &Path, config: &Config) -> anyhow:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_topics_belong_to_the_platform() {
+        for (prefix, root) in [("site1/uns/", "site1/uns/_events"), ("", "_events")] {
+            let auth = BlockingAuth {
+                inner: Arc::new(ironplant_mqtt::auth::AllowAll),
+                reserved: Some(Reserved {
+                    namespace: Arc::new(std::sync::OnceLock::new()),
+                    uns_prefix: prefix.to_owned(),
+                    host_state: "spBv1.0/STATE/h".to_owned(),
+                }),
+            };
+            let who = Principal {
+                client_id: Arc::from("c"),
+                user: Some(Arc::from("engineer")),
+                roles: Vec::new(),
+                owner: Some(Arc::from("engineer")),
+            };
+            for forged in [
+                format!("{root}/security/_platform"),
+                format!("{root}/alarm/acme/lyon/line1/filler/temp"),
+                root.to_owned(),
+            ] {
+                assert!(!auth.may_publish(&who, &forged), "{forged}");
+                assert!(!auth.may_inject("bridge", &forged), "{forged}");
+            }
+            for free in [
+                format!("{root}x/alarm/a"),
+                format!("{prefix}acme/_events/a"),
+            ] {
+                assert!(auth.may_publish(&who, &free), "{free}");
+            }
+        }
+    }
 
     #[test]
     fn a_changed_config_is_audited_once() {

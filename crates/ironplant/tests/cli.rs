@@ -233,7 +233,7 @@ fn demo_serves_live_good_changing_values() {
     );
     for t in &first {
         assert!(
-            t["source_ts"]
+            t["ts"]
                 .as_str()
                 .is_some_and(|s| s.ends_with('Z') && s.contains('.')),
             "{t}"

@@ -454,7 +454,9 @@ fn wills_client_ids_takeovers_revocation_and_prefix_limits_over_mqtt() {
     // A viewer limited to one line by the configuration; an operator without limits.
     let limited = cli_ok(d, &["user", "add", "lina", "--role", "viewer"]);
     let operator = cli_ok(d, &["user", "add", "olga", "--role", "operator"]);
-    let (limited, operator) = (limited.trim(), operator.trim());
+    // An engineer may publish anywhere (default ACL) but on the platform's own topics.
+    let engineer = cli_ok(d, &["user", "add", "erin", "--role", "engineer"]);
+    let (limited, operator, engineer) = (limited.trim(), operator.trim(), engineer.trim());
     std::fs::write(
         d.join("p.toml"),
         "[sparkplug]\nhost_id = \"sec\"\n\n[security.tag_scopes.lina]\nread = [\"acme/lyon/line1\"]\n",
@@ -521,6 +523,29 @@ fn wills_client_ids_takeovers_revocation_and_prefix_limits_over_mqtt() {
         ],
     );
     assert_eq!(connack(&r), "Success");
+    // Events are the platform's: nobody forges one, not even an engineer who may publish on
+    // `#` (a will on a free topic is accepted, so the refusal is the reservation's).
+    for will in [
+        "_events/alarm/acme/lyon/line1/filler/temp",
+        "_events/security/_platform",
+    ] {
+        let r = paho(&py, &["as", host, port, ca, "", will, "erin", engineer]);
+        assert_eq!(connack(&r), "Not authorized", "engineer will on {will}");
+    }
+    let r = paho(
+        &py,
+        &[
+            "as",
+            host,
+            port,
+            ca,
+            "",
+            "notes/erin/status",
+            "erin",
+            engineer,
+        ],
+    );
+    assert_eq!(connack(&r), "Success", "engineer will on a free topic");
 
     // 2. A device may use only its own client ids.
     let r = paho(&py, &["as", host, port, ca, "sim-edge", "-", crt, key]);
