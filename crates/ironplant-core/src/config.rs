@@ -714,6 +714,9 @@ struct RawConfig {
     sparkplug: Option<RawSparkplug>,
     security: Option<RawSecurity>,
     http: Option<RawHttp>,
+    /// `[[ingest.json]]`: owned and validated by ironplant-ingest (`IngestSettings::from_source`).
+    #[allow(dead_code)]
+    ingest: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
