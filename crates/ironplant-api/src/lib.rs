@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub mod account;
 pub mod auth;
 pub mod history;
+pub mod ingest;
 pub mod listen;
 pub mod mqtt_ws;
 
@@ -45,8 +46,15 @@ pub struct ApiState {
 
 /// The router with every route of the API.
 pub fn router(state: Arc<ApiState>) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] plus `extra` routes (e.g. [`ingest::routes`]), behind the same authentication
+/// and body limits as every route.
+pub fn router_with(state: Arc<ApiState>, extra: Router<Arc<ApiState>>) -> Router {
     let max_body = state.http.settings().max_body_size;
     Router::new()
+        .merge(extra)
         .route("/api/v1/tags", get(list_tags))
         .route("/api/v1/tags/{*path}", get(get_tag))
         .route("/api/v1/assets", get(list_assets))
