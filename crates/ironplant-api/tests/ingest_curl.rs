@@ -105,7 +105,8 @@ async fn curl_posts_json_that_lands_on_the_bus_under_the_write_policy() {
     TagScopes::set_token_rule(&scopes, &gateway.id, &rule("acme/lyon/lab")).expect("rule");
     TagScopes::set_token_rule(&scopes, &elsewhere.id, &rule("acme/lyon/line2")).expect("rule");
 
-    let cfg = ironplant_core::config::parse("t.toml", INGEST).expect("core accepts [[ingest.json]]");
+    let cfg =
+        ironplant_core::config::parse("t.toml", INGEST).expect("core accepts [[ingest.json]]");
     let runtime = Arc::new(Runtime::start(&cfg, None).expect("runtime"));
     let (settings, errors) = IngestSettings::from_source(INGEST);
     assert!(errors.is_empty(), "{errors:?}");
@@ -143,22 +144,49 @@ async fn curl_posts_json_that_lands_on_the_bus_under_the_write_policy() {
     let ts_ms = ironplant_core::Timestamp::now().0 / 1000 - 5_000;
     let good = format!(r#"{{"ts":{ts_ms},"d":{{"temp":21.37,"fw":"1.4.2","rssi":-61}}}}"#);
 
-    let (code, body) = call("gateway", gateway.token.clone(), json, good.clone()).await.expect("curl");
+    let (code, body) = call("gateway", gateway.token.clone(), json, good.clone())
+        .await
+        .expect("curl");
     assert_eq!(code, 202, "{body}");
-    assert_eq!((body["accepted"].as_u64(), body["rejected"].as_u64()), (Some(2), Some(0)), "{body}");
-    let temp = runtime.namespace.lookup("acme/lyon/lab/gw/temp").expect("tag");
-    assert_eq!((temp.value_type, temp.unit.as_deref()), (ValueType::Float, Some("°C")));
+    assert_eq!(
+        (body["accepted"].as_u64(), body["rejected"].as_u64()),
+        (Some(2), Some(0)),
+        "{body}"
+    );
+    let temp = runtime
+        .namespace
+        .lookup("acme/lyon/lab/gw/temp")
+        .expect("tag");
+    assert_eq!(
+        (temp.value_type, temp.unit.as_deref()),
+        (ValueType::Float, Some("°C"))
+    );
     let now = runtime.bus.current(temp.id).expect("a current value");
-    assert_eq!((now.value, now.quality), (Value::Float(21.37), Quality::GOOD));
+    assert_eq!(
+        (now.value, now.quality),
+        (Value::Float(21.37), Quality::GOOD)
+    );
     assert_eq!(now.source_ts.0, ts_ms * 1000, "the payload's own time");
-    let fw = runtime.namespace.lookup("acme/lyon/lab/gw/firmware").expect("tag");
-    assert_eq!(runtime.bus.current(fw.id).map(|s| s.value), Some(Value::String("1.4.2".into())));
+    let fw = runtime
+        .namespace
+        .lookup("acme/lyon/lab/gw/firmware")
+        .expect("tag");
+    assert_eq!(
+        runtime.bus.current(fw.id).map(|s| s.value),
+        Some(Value::String("1.4.2".into()))
+    );
 
     // A partial payload: what is there is accepted, the rest listed.
     let partial = format!(r#"{{"ts":{ts_ms},"d":{{"temp":"21.5"}}}}"#);
-    let (code, body) = call("gateway", gateway.token.clone(), json, partial).await.expect("curl");
+    let (code, body) = call("gateway", gateway.token.clone(), json, partial)
+        .await
+        .expect("curl");
     assert_eq!(code, 202, "{body}");
-    assert_eq!((body["accepted"].as_u64(), body["rejected"].as_u64()), (Some(1), Some(1)), "{body}");
+    assert_eq!(
+        (body["accepted"].as_u64(), body["rejected"].as_u64()),
+        (Some(1), Some(1)),
+        "{body}"
+    );
     assert_eq!(body["errors"][0]["pointer"], "/d/fw");
     assert_eq!(body["errors"][0]["reason"], "missing_field");
 
@@ -166,9 +194,14 @@ async fn curl_posts_json_that_lands_on_the_bus_under_the_write_policy() {
     for (payload, needle) in [
         ("{\"ts\": 1, \"d\": ".to_owned(), "not JSON"),
         (r#"{"d":{"temp":20}}"#.to_owned(), "no timestamp at /ts"),
-        (r#"{"ts":86400000,"d":{"temp":20}}"#.to_owned(), "before 2000"),
+        (
+            r#"{"ts":86400000,"d":{"temp":20}}"#.to_owned(),
+            "before 2000",
+        ),
     ] {
-        let (code, body) = call("gateway", gateway.token.clone(), json, payload).await.expect("curl");
+        let (code, body) = call("gateway", gateway.token.clone(), json, payload)
+            .await
+            .expect("curl");
         assert_eq!(code, 400, "{body}");
         assert_eq!(body["error"]["code"], "bad_payload", "{body}");
         let msg = body["error"]["message"].as_str().unwrap_or("");
@@ -181,16 +214,50 @@ async fn curl_posts_json_that_lands_on_the_bus_under_the_write_policy() {
     assert_eq!(st.rejected(Reason::MissingField), 1);
 
     // Who may post: the write policy of the API.
-    let (code, body) = call("nope", gateway.token.clone(), json, good.clone()).await.expect("curl");
-    assert_eq!((code, body["error"]["code"].as_str()), (404, Some("ingest_not_found")), "{body}");
-    let (code, body) = call("gateway", viewer.token.clone(), json, good.clone()).await.expect("curl");
-    assert_eq!((code, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
-    let (code, body) = call("gateway", elsewhere.token.clone(), json, good.clone()).await.expect("curl");
-    assert_eq!((code, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
-    assert!(body["error"]["message"].as_str().unwrap_or("").contains("acme/lyon/lab/gw/temp"), "{body}");
-    let (code, body) = call("gateway", gateway.token.clone(), "text/plain", good).await.expect("curl");
-    assert_eq!((code, body["error"]["code"].as_str()), (415, Some("unsupported_media_type")), "{body}");
-    assert_eq!(st.messages.load(std::sync::atomic::Ordering::Relaxed), 5, "refused requests are not mapped");
+    let (code, body) = call("nope", gateway.token.clone(), json, good.clone())
+        .await
+        .expect("curl");
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (404, Some("ingest_not_found")),
+        "{body}"
+    );
+    let (code, body) = call("gateway", viewer.token.clone(), json, good.clone())
+        .await
+        .expect("curl");
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    let (code, body) = call("gateway", elsewhere.token.clone(), json, good.clone())
+        .await
+        .expect("curl");
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("acme/lyon/lab/gw/temp"),
+        "{body}"
+    );
+    let (code, body) = call("gateway", gateway.token.clone(), "text/plain", good)
+        .await
+        .expect("curl");
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (415, Some("unsupported_media_type")),
+        "{body}"
+    );
+    assert_eq!(
+        st.messages.load(std::sync::atomic::Ordering::Relaxed),
+        5,
+        "refused requests are not mapped"
+    );
 
     let _ = stop_tx.send(());
     let _ = server.await;

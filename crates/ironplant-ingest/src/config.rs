@@ -346,13 +346,23 @@ fn validate(
                 continue;
             };
             let f = f.into_inner();
-            check_loop(d, &f.path, &field.path, topic.as_deref(), uns_prefix, pluses);
+            check_loop(
+                d,
+                &f.path,
+                &field.path,
+                topic.as_deref(),
+                uns_prefix,
+                pluses,
+            );
             if let PathTemplate::Fixed(p) = &field.path {
                 if configured.contains(p.as_str()) {
                     d.err(
                         f.path.span(),
                         format!("tag {p} is also a configured [[tag]]"),
-                        Some("a tag has one source: rename the ingested tag or remove the [[tag]]".to_owned()),
+                        Some(
+                            "a tag has one source: rename the ingested tag or remove the [[tag]]"
+                                .to_owned(),
+                        ),
                     );
                 } else if let Some(other) = owners.insert(p.clone(), name.clone()) {
                     d.err(
@@ -564,7 +574,10 @@ fn validate_field(
             if value_type != ValueType::Float {
                 d.err(
                     v.span(),
-                    format!("{key} applies to float fields only (this one is {})", value_type.as_str()),
+                    format!(
+                        "{key} applies to float fields only (this one is {})",
+                        value_type.as_str()
+                    ),
                     Some("set type = \"float\", or remove it".to_owned()),
                 );
                 ok = false;
@@ -578,19 +591,30 @@ fn validate_field(
     let range = match (&f.min, &f.max) {
         (None, None) => None,
         (min, max) => {
-            let span = min.as_ref().or(max.as_ref()).map(Spanned::span).unwrap_or(0..0);
+            let span = min
+                .as_ref()
+                .or(max.as_ref())
+                .map(Spanned::span)
+                .unwrap_or(0..0);
             let lo = min.as_ref().map_or(f64::NEG_INFINITY, |v| *v.get_ref());
             let hi = max.as_ref().map_or(f64::INFINITY, |v| *v.get_ref());
             if !numeric {
                 d.err(
                     span,
-                    format!("min/max apply to numbers only (this field is {})", value_type.as_str()),
+                    format!(
+                        "min/max apply to numbers only (this field is {})",
+                        value_type.as_str()
+                    ),
                     Some("remove min and max".to_owned()),
                 );
                 ok = false;
                 None
             } else if lo.is_nan() || hi.is_nan() || lo > hi {
-                d.err(span, format!("min {lo} is above max {hi}"), Some("swap them".to_owned()));
+                d.err(
+                    span,
+                    format!("min {lo} is above max {hi}"),
+                    Some("swap them".to_owned()),
+                );
                 ok = false;
                 None
             } else {
@@ -684,7 +708,11 @@ scale = 0.001
         assert_eq!(m.fields[0].range, Some((0.0, 3680.0)));
         assert_eq!(m.fields[1].scale, 0.001);
         assert_eq!(
-            m.fields[0].path.expand(&["plug-7"]).expect("expands").as_str(),
+            m.fields[0]
+                .path
+                .expand(&["plug-7"])
+                .expect("expands")
+                .as_str(),
             "acme/lyon/office/plug-7/power"
         );
         assert_eq!(m.fields[0].path.to_string(), "acme/lyon/office/{1}/power");
@@ -760,21 +788,40 @@ name = "nothing"
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
         let (_, errs) = IngestSettings::from_source(src);
-        assert!(errs.iter().all(|e| e.hint.is_some() && e.span.end > e.span.start), "{errs:#?}");
+        assert!(
+            errs.iter()
+                .all(|e| e.hint.is_some() && e.span.end > e.span.start),
+            "{errs:#?}"
+        );
     }
 
     #[test]
     fn unknown_keys_and_duplicates() {
         let text = errors("[[ingest.json]]\nname = \"a\"\nhttp = true\ncolour = 1\n");
-        assert!(text.starts_with("plant.toml:4:1: error: unknown field `colour`"), "{text}");
+        assert!(
+            text.starts_with("plant.toml:4:1: error: unknown field `colour`"),
+            "{text}"
+        );
         let dup = "[[ingest.json]]\nname = \"a\"\nhttp = true\n[[ingest.json.field]]\npointer = \"/x\"\npath = \"a/b\"\n\
                    [[ingest.json]]\nname = \"a\"\nhttp = true\n[[ingest.json.field]]\npointer = \"/y\"\npath = \"a/b\"\n";
         let text = errors(dup);
-        assert!(text.contains("plant.toml:8:8: error: ingest mapping name \"a\" is used twice"), "{text}");
-        assert!(text.contains("plant.toml:12:8: error: tag a/b is mapped twice"), "{text}");
-        assert_eq!(IngestSettings::from_source("[mqtt]\n").0, IngestSettings::default());
+        assert!(
+            text.contains("plant.toml:8:8: error: ingest mapping name \"a\" is used twice"),
+            "{text}"
+        );
+        assert!(
+            text.contains("plant.toml:12:8: error: tag a/b is mapped twice"),
+            "{text}"
+        );
+        assert_eq!(
+            IngestSettings::from_source("[mqtt]\n").0,
+            IngestSettings::default()
+        );
         let taken = "[[tag]]\npath = \"a/b\"\n[[ingest.json]]\nname = \"a\"\nhttp = true\n[[ingest.json.field]]\npointer = \"/x\"\npath = \"a/b\"\n";
         let text = errors(taken);
-        assert!(text.contains("plant.toml:8:8: error: tag a/b is also a configured [[tag]]"), "{text}");
+        assert!(
+            text.contains("plant.toml:8:8: error: tag a/b is also a configured [[tag]]"),
+            "{text}"
+        );
     }
 }

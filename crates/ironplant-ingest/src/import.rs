@@ -237,12 +237,15 @@ pub fn import_file(
     } else {
         "csv"
     };
-    let size = std::fs::metadata(path)
-        .map_err(|e| io(path, e))?
-        .len();
+    let size = std::fs::metadata(path).map_err(|e| io(path, e))?.len();
 
     // Pass 1: check everything, learn the tags.
-    let bar = progress_bar(opts.progress, size, "checking", "{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}");
+    let bar = progress_bar(
+        opts.progress,
+        size,
+        "checking",
+        "{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    );
     let mut names = Tags::default();
     let mut tags: Vec<TagInfo> = Vec::new();
     let mut bad = Vec::new();
@@ -294,7 +297,9 @@ pub fn import_file(
     }
 
     // Types, overlaps, registration (tags whose every row was bad are not registered).
-    let used: Vec<usize> = (0..tags.len()).filter(|&i| tags[i].first <= tags[i].last).collect();
+    let used: Vec<usize> = (0..tags.len())
+        .filter(|&i| tags[i].first <= tags[i].last)
+        .collect();
     let mut kinds = vec![Kind::Float; tags.len()];
     for &i in &used {
         let (p, info) = (&names.paths[i], &tags[i]);
@@ -333,7 +338,12 @@ pub fn import_file(
     }
 
     // Pass 2: write.
-    let bar = progress_bar(opts.progress, good_rows, "importing", "{msg:>10} [{bar:40}] {human_pos}/{human_len} rows {per_sec} ETA {eta}");
+    let bar = progress_bar(
+        opts.progress,
+        good_rows,
+        "importing",
+        "{msg:>10} [{bar:40}] {human_pos}/{human_len} rows {per_sec} ETA {eta}",
+    );
     let mut pending: VecDeque<(Ack, u64)> = VecDeque::new();
     let mut batch = Vec::with_capacity(BATCH);
     let mut imported = 0u64;
@@ -576,14 +586,16 @@ fn long_row(line: u64, fields: &[String], now: Timestamp, names: &mut Tags) -> R
     };
     let tag = names.intern(tag).map_err(bad)?;
     let ts = check_ts(ts, now).map_err(bad)?;
-    let quality = parse_quality(&quality).ok_or_else(|| {
+    let quality = parse_quality(quality).ok_or_else(|| {
         bad(format!(
             "quality {quality:?} is not Good, Uncertain(REASON) or Bad(REASON)"
         ))
     })?;
     let cell = classify(value);
     if cell == Cell::Null && quality.is_good() {
-        return Err(bad("a Good sample needs a value (the value is empty)".to_owned()));
+        return Err(bad(
+            "a Good sample needs a value (the value is empty)".to_owned()
+        ));
     }
     Ok(Row {
         line,
@@ -732,7 +744,11 @@ impl<R: BufRead> CsvReader<R> {
                         // The quoted field goes on on the next line.
                         let more = self.r.read_until(b'\n', &mut self.buf)?;
                         if more == 0 {
-                            return Ok(Some((start, Err("a quoted field is not closed before the end of the file".to_owned()))));
+                            return Ok(Some((
+                                start,
+                                Err("a quoted field is not closed before the end of the file"
+                                    .to_owned()),
+                            )));
                         }
                         self.bytes += more as u64;
                         self.line += 1;
@@ -769,7 +785,10 @@ impl<R: BufRead> CsvReader<R> {
                     b'\n' => break,
                     b'\r' if matches!(self.buf.get(i), Some(b'\n') | None) => {}
                     _ if was_quoted => {
-                        return Ok(Some((start, Err("text after a closing quote; separate fields with ','".to_owned()))));
+                        return Ok(Some((
+                            start,
+                            Err("text after a closing quote; separate fields with ','".to_owned()),
+                        )));
                     }
                     _ => field.push(b),
                 }
@@ -805,7 +824,11 @@ fn parquet_rows(
     let file = File::open(path).map_err(|e| io(path, e))?;
     let reader = SerializedFileReader::new(file).map_err(perr)?;
     let schema = reader.metadata().file_metadata().schema_descr();
-    let columns: Vec<String> = schema.columns().iter().map(|c| c.name().to_owned()).collect();
+    let columns: Vec<String> = schema
+        .columns()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
     let expected = ["tag", "ts", "value", "value_text", "quality"];
     if columns != expected {
         return Err(ImportError::Format {
@@ -819,7 +842,7 @@ fn parquet_rows(
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     for (i, row) in reader.into_iter().enumerate() {
         let line = i as u64 + 1;
-        if line % 65_536 == 0 && total > 0 {
+        if line.is_multiple_of(65_536) && total > 0 {
             bar.set_position(size * line / total);
         }
         let row = row.map_err(perr)?;
@@ -844,11 +867,15 @@ fn parquet_rows(
             let tag = names.intern(&tag).map_err(bad)?;
             let ts = ts.ok_or_else(|| bad("no ts".to_owned()))?;
             if ts < 0 || ts > now.0.saturating_add(MAX_FUTURE_US) {
-                return Err(bad(format!("ts {ts} µs is before 1970 or more than a day ahead")));
+                return Err(bad(format!(
+                    "ts {ts} µs is before 1970 or more than a day ahead"
+                )));
             }
             let q = quality.unwrap_or_default();
             let quality = parse_quality(&q).ok_or_else(|| {
-                bad(format!("quality {q:?} is not Good, Uncertain(REASON) or Bad(REASON)"))
+                bad(format!(
+                    "quality {q:?} is not Good, Uncertain(REASON) or Bad(REASON)"
+                ))
             })?;
             let cell = match (text, value) {
                 (Some(t), _) if t == "true" => Cell::Bool(true),
@@ -858,7 +885,9 @@ fn parquet_rows(
                 (None, _) => Cell::Null,
             };
             if cell == Cell::Null && quality.is_good() {
-                return Err(bad("a Good sample needs a value (value and value_text are null)".to_owned()));
+                return Err(bad(
+                    "a Good sample needs a value (value and value_text are null)".to_owned(),
+                ));
             }
             Ok(Row {
                 line,
@@ -926,7 +955,10 @@ mod tests {
             ]
         );
         let bad = records("a\"b,c\n\"open,d\n");
-        assert!(bad[0].1.as_ref().is_err_and(|e| e.contains("inside an unquoted")));
+        assert!(bad[0]
+            .1
+            .as_ref()
+            .is_err_and(|e| e.contains("inside an unquoted")));
         assert!(bad[1].1.as_ref().is_err_and(|e| e.contains("not closed")));
     }
 
@@ -938,19 +970,46 @@ mod tests {
         assert_eq!(classify("inf"), Cell::Text("inf".into()));
         assert_eq!(classify("1e3"), Cell::Float(1000.0));
         assert_eq!(classify("true"), Cell::Bool(true));
-        assert_eq!(parse_quality("Uncertain(OutOfRange)"), Some(Quality::uncertain(QualityReason::OutOfRange)));
-        assert_eq!(parse_quality("Bad(CommFailure)"), Some(Quality::bad(QualityReason::CommFailure)));
+        assert_eq!(
+            parse_quality("Uncertain(OutOfRange)"),
+            Some(Quality::uncertain(QualityReason::OutOfRange))
+        );
+        assert_eq!(
+            parse_quality("Bad(CommFailure)"),
+            Some(Quality::bad(QualityReason::CommFailure))
+        );
         assert_eq!(parse_quality("Bad(Sunspots)"), None);
-        for q in [Quality::GOOD, Quality::bad(QualityReason::Stale), Quality::uncertain(QualityReason::None)] {
+        for q in [
+            Quality::GOOD,
+            Quality::bad(QualityReason::Stale),
+            Quality::uncertain(QualityReason::None),
+        ] {
             assert_eq!(parse_quality(&q.to_string()), Some(q), "{q}");
         }
-        let floats = TagInfo { int: true, float: true, ..TagInfo::default() };
+        let floats = TagInfo {
+            int: true,
+            float: true,
+            ..TagInfo::default()
+        };
         assert_eq!(floats.kind(false), Kind::Float);
-        let ints = TagInfo { int: true, ..TagInfo::default() };
-        assert_eq!((ints.kind(false), ints.kind(true)), (Kind::Int, Kind::Float));
-        let mixed = TagInfo { int: true, bool: true, ..TagInfo::default() };
+        let ints = TagInfo {
+            int: true,
+            ..TagInfo::default()
+        };
+        assert_eq!(
+            (ints.kind(false), ints.kind(true)),
+            (Kind::Int, Kind::Float)
+        );
+        let mixed = TagInfo {
+            int: true,
+            bool: true,
+            ..TagInfo::default()
+        };
         assert_eq!(mixed.kind(false), Kind::Text);
         assert_eq!(convert(Cell::Int(21), Kind::Float), Value::Float(21.0));
-        assert_eq!(convert(Cell::Int(21), Kind::Text), Value::String("21".into()));
+        assert_eq!(
+            convert(Cell::Int(21), Kind::Text),
+            Value::String("21".into())
+        );
     }
 }

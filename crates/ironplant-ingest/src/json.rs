@@ -510,12 +510,12 @@ pub fn map_payload(
                         format!("payload has no timestamp at {}", t.pointer),
                     )
                 }
-                Some(v) => parse_time(v, t.format, t.assume_offset).map_err(|message| {
-                    IngestError {
+                Some(v) => {
+                    parse_time(v, t.format, t.assume_offset).map_err(|message| IngestError {
                         reason: Reason::BadTimestamp,
                         message: format!("timestamp at {}: {message}", t.pointer),
-                    }
-                })?,
+                    })?
+                }
             };
             if ts.0 < MIN_TS_US {
                 return fail(
@@ -549,8 +549,10 @@ pub fn map_payload(
         let path = match f.path.expand(levels) {
             Ok(p) => p,
             Err(e) => {
-                out.rejected
-                    .push(reject(Reason::BadTopicLevel, format!("field {}: {e}", f.pointer)));
+                out.rejected.push(reject(
+                    Reason::BadTopicLevel,
+                    format!("field {}: {e}", f.pointer),
+                ));
                 continue;
             }
         };
@@ -582,7 +584,9 @@ pub fn map_payload(
             }
         };
         let quality = match (f.range, value.as_f64()) {
-            (Some((lo, hi)), Some(x)) if f.value_type != ValueType::Bool && !(lo..=hi).contains(&x) => {
+            (Some((lo, hi)), Some(x))
+                if f.value_type != ValueType::Bool && !(lo..=hi).contains(&x) =>
+            {
                 Quality::uncertain(QualityReason::OutOfRange)
             }
             _ => Quality::GOOD,
@@ -654,9 +658,15 @@ fn convert(v: &Json, f: &FieldMapping) -> Result<Value, String> {
             Json::String(s) => match s.trim().to_ascii_lowercase().as_str() {
                 "on" | "true" | "1" => Ok(Value::Bool(true)),
                 "off" | "false" | "0" => Ok(Value::Bool(false)),
-                _ => Err(format!("expected a boolean (true/false, 1/0, \"ON\"/\"OFF\"), got {}", describe(v))),
+                _ => Err(format!(
+                    "expected a boolean (true/false, 1/0, \"ON\"/\"OFF\"), got {}",
+                    describe(v)
+                )),
             },
-            _ => Err(format!("expected a boolean (true/false, 1/0, \"ON\"/\"OFF\"), got {}", describe(v))),
+            _ => Err(format!(
+                "expected a boolean (true/false, 1/0, \"ON\"/\"OFF\"), got {}",
+                describe(v)
+            )),
         },
         ValueType::String => match v {
             Json::String(s) => Ok(Value::String(s.as_str().into())),
@@ -666,7 +676,11 @@ fn convert(v: &Json, f: &FieldMapping) -> Result<Value, String> {
     }
 }
 
-fn parse_time(v: &Json, format: TimeFormat, assume_offset: Option<i32>) -> Result<Timestamp, String> {
+fn parse_time(
+    v: &Json,
+    format: TimeFormat,
+    assume_offset: Option<i32>,
+) -> Result<Timestamp, String> {
     match format {
         TimeFormat::Rfc3339 => {
             let Json::String(s) = v else {
@@ -797,13 +811,32 @@ type = "string"
         assert_eq!(
             got,
             vec![
-                ("acme/lyon/office/plug-7/power", &Value::Float(12.3), Quality::GOOD, NOW),
-                ("acme/lyon/office/plug-7/voltage", &Value::Float(230.1), Quality::GOOD, NOW),
-                ("acme/lyon/office/plug-7/energy", &Value::Float(1.2345), Quality::GOOD, NOW),
+                (
+                    "acme/lyon/office/plug-7/power",
+                    &Value::Float(12.3),
+                    Quality::GOOD,
+                    NOW
+                ),
+                (
+                    "acme/lyon/office/plug-7/voltage",
+                    &Value::Float(230.1),
+                    Quality::GOOD,
+                    NOW
+                ),
+                (
+                    "acme/lyon/office/plug-7/energy",
+                    &Value::Float(1.2345),
+                    Quality::GOOD,
+                    NOW
+                ),
             ]
         );
-        assert!(ing.handle_topic("shellies/plug-7/status/switch:1", b"{}", NOW).is_empty());
-        assert!(ing.handle_topic("shellies/plug-7/status", b"{}", NOW).is_empty());
+        assert!(ing
+            .handle_topic("shellies/plug-7/status/switch:1", b"{}", NOW)
+            .is_empty());
+        assert!(ing
+            .handle_topic("shellies/plug-7/status", b"{}", NOW)
+            .is_empty());
     }
 
     #[test]
@@ -818,16 +851,34 @@ type = "string"
                 .map(|r| (r.path.as_str(), r.value.clone(), r.ts))
                 .collect::<Vec<_>>(),
             vec![
-                ("acme/lyon/kitchen/fridge/power", Value::Int(42), device_time),
-                ("acme/lyon/kitchen/fridge/energy", Value::Float(153.442), device_time),
-                ("acme/lyon/kitchen/fridge/on", Value::Bool(true), device_time),
+                (
+                    "acme/lyon/kitchen/fridge/power",
+                    Value::Int(42),
+                    device_time
+                ),
+                (
+                    "acme/lyon/kitchen/fridge/energy",
+                    Value::Float(153.442),
+                    device_time
+                ),
+                (
+                    "acme/lyon/kitchen/fridge/on",
+                    Value::Bool(true),
+                    device_time
+                ),
             ]
         );
         // The same mapping over HTTP (no topic levels).
         let i = ing.index("tasmota").expect("mapping");
         let again = ing.handle_mapping(i, &[], payload, NOW).expect("maps");
         assert_eq!(again.readings, m.readings);
-        assert_eq!(ing.stats(i).expect("stats").messages.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            ing.stats(i)
+                .expect("stats")
+                .messages
+                .load(Ordering::Relaxed),
+            2
+        );
     }
 
     #[test]
@@ -838,17 +889,39 @@ type = "string"
         let st = ing.stats(gw).expect("stats");
         let cases: [(usize, &[u8], Reason); 9] = [
             (gw, b"not json at all", Reason::NotJson),
-            (gw, b"{\"ts\": 1796637600000, \"d\": {\"temp\": 21.5", Reason::NotJson),
+            (
+                gw,
+                b"{\"ts\": 1796637600000, \"d\": {\"temp\": 21.5",
+                Reason::NotJson,
+            ),
             (gw, &[0xff, 0xfe, 0x00], Reason::NotJson),
             (gw, &[b' '; 201], Reason::TooLarge),
             (gw, br#"{"d":{"temp":21.5}}"#, Reason::BadTimestamp),
-            (gw, br#"{"ts":"soon","d":{"temp":21.5}}"#, Reason::BadTimestamp),
-            (gw, br#"{"ts":0,"d":{"temp":21.5}}"#, Reason::AbsurdTimestamp),
-            (gw, br#"{"ts":1796641200000,"d":{"temp":21.5}}"#, Reason::AbsurdTimestamp),
-            (tas, br#"{"Time":"2026-12-07T10:00:00Z junk","ENERGY":{}}"#, Reason::BadTimestamp),
+            (
+                gw,
+                br#"{"ts":"soon","d":{"temp":21.5}}"#,
+                Reason::BadTimestamp,
+            ),
+            (
+                gw,
+                br#"{"ts":0,"d":{"temp":21.5}}"#,
+                Reason::AbsurdTimestamp,
+            ),
+            (
+                gw,
+                br#"{"ts":1796641200000,"d":{"temp":21.5}}"#,
+                Reason::AbsurdTimestamp,
+            ),
+            (
+                tas,
+                br#"{"Time":"2026-12-07T10:00:00Z junk","ENERGY":{}}"#,
+                Reason::BadTimestamp,
+            ),
         ];
         for (i, payload, reason) in cases {
-            let e = ing.handle_mapping(i, &[], payload, NOW).expect_err("rejected");
+            let e = ing
+                .handle_mapping(i, &[], payload, NOW)
+                .expect_err("rejected");
             assert_eq!(e.reason, reason, "{e}");
         }
         assert_eq!(st.rejected(Reason::NotJson), 3);
@@ -863,13 +936,22 @@ type = "string"
             format: TimeFormat::Rfc3339,
             assume_offset: None,
         };
-        let e = parse_time(&Json::String("2026-12-07T10:00:00".into()), no_offset.format, None)
-            .expect_err("no offset");
+        let e = parse_time(
+            &Json::String("2026-12-07T10:00:00".into()),
+            no_offset.format,
+            None,
+        )
+        .expect_err("no offset");
         assert!(e.contains("assume_offset"), "{e}");
 
         // Field-level: missing, null and wrong types leave the other fields mapped.
         let m = ing
-            .handle_mapping(gw, &[], br#"{"ts":1796637600000,"d":{"temp":{"v":1},"fw":"1.4.2"}}"#, NOW)
+            .handle_mapping(
+                gw,
+                &[],
+                br#"{"ts":1796637600000,"d":{"temp":{"v":1},"fw":"1.4.2"}}"#,
+                NOW,
+            )
             .expect("payload accepted");
         assert_eq!(m.readings.len(), 1);
         assert_eq!(m.readings[0].value, Value::String("1.4.2".into()));
@@ -888,11 +970,29 @@ type = "string"
             .handle_mapping(tas, &[], br#"{"Time":"2026-12-07T10:00:00","ENERGY":{"Power":12.5,"Total":"n/a"},"POWER":"maybe"}"#, NOW)
             .expect("payload accepted");
         assert!(m.readings.is_empty());
-        assert!(m.rejected.iter().all(|r| r.reason == Reason::WrongType), "{:?}", m.rejected);
-        assert!(m.rejected[0].message.contains("expected an integer, got 12.5"), "{:?}", m.rejected);
+        assert!(
+            m.rejected.iter().all(|r| r.reason == Reason::WrongType),
+            "{:?}",
+            m.rejected
+        );
+        assert!(
+            m.rejected[0]
+                .message
+                .contains("expected an integer, got 12.5"),
+            "{:?}",
+            m.rejected
+        );
         let metrics = ing.render_metrics();
-        assert!(metrics.contains("ironplant_ingest_rejected_total{mapping=\"gateway\",reason=\"not_json\"} 3"), "{metrics}");
-        assert!(metrics.contains("ironplant_ingest_messages_total{mapping=\"tasmota\"} 2"), "{metrics}");
+        assert!(
+            metrics.contains(
+                "ironplant_ingest_rejected_total{mapping=\"gateway\",reason=\"not_json\"} 3"
+            ),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("ironplant_ingest_messages_total{mapping=\"tasmota\"} 2"),
+            "{metrics}"
+        );
     }
 
     #[test]
@@ -904,7 +1004,10 @@ type = "string"
             NOW,
         ))
         .expect("maps");
-        assert_eq!(m.readings[0].quality, Quality::uncertain(QualityReason::OutOfRange));
+        assert_eq!(
+            m.readings[0].quality,
+            Quality::uncertain(QualityReason::OutOfRange)
+        );
         assert_eq!(m.readings[0].value, Value::Float(4000.5));
         assert_eq!(m.readings[1].quality, Quality::GOOD, "no range on voltage");
         assert_eq!(m.readings[2].value, Value::Float(0.01));
@@ -935,10 +1038,19 @@ type = "string"
         assert_eq!(refused.len(), 1, "{refused:?}");
         assert_eq!(ns.len(), 5);
         let meta = ns.lookup("acme/lyon/lab/gw/temp").expect("registered");
-        assert_eq!((meta.unit.as_deref(), meta.device.as_deref()), (Some("°C"), Some("ingest:gateway")));
+        assert_eq!(
+            (meta.unit.as_deref(), meta.device.as_deref()),
+            (Some("°C"), Some("ingest:gateway"))
+        );
 
         let lim = ing.index("limited").expect("limited");
-        for (dev, expect) in [("a", 1usize), ("b", 1), ("a", 1), ("c", 0), ("bad level!", 0)] {
+        for (dev, expect) in [
+            ("a", 1usize),
+            ("b", 1),
+            ("a", 1),
+            ("c", 0),
+            ("bad level!", 0),
+        ] {
             let now = NOW;
             let mut r = only(ing.handle_topic(&format!("lab/{dev}/t"), br#"{"t":1.5}"#, now))
                 .expect("payload ok");
@@ -954,13 +1066,20 @@ type = "string"
         // The refused fixed tag stays refused: counted, never fed.
         let tas = ing.index("tasmota").expect("tasmota");
         let mut r = ing
-            .handle_mapping(tas, &[], br#"{"Time":"2026-12-07T10:00:00","ENERGY":{"Power":5,"Total":1.0},"POWER":"OFF"}"#, NOW)
+            .handle_mapping(
+                tas,
+                &[],
+                br#"{"Time":"2026-12-07T10:00:00","ENERGY":{"Power":5,"Total":1.0},"POWER":"OFF"}"#,
+                NOW,
+            )
             .expect("maps");
         let samples = ing.resolve(tas, &ns, &mut r, NOW);
         assert_eq!(samples.len(), 2);
         assert_eq!(r.rejected.len(), 1);
         assert_eq!(r.rejected[0].reason, Reason::TagRefused);
-        assert!(samples.iter().all(|s| s.server_ts == NOW && s.source_ts.0 == NOW.0 - 3_600_000_000));
+        assert!(samples
+            .iter()
+            .all(|s| s.server_ts == NOW && s.source_ts.0 == NOW.0 - 3_600_000_000));
     }
 
     #[test]

@@ -140,7 +140,9 @@ fn check(h: &Historian, tag: &str, e: &Expect) {
     let mut points = Vec::new();
     let mut at = from;
     loop {
-        let page = h.raw(tag, at, to, ironplant_historian::MAX_POINTS).expect("raw");
+        let page = h
+            .raw(tag, at, to, ironplant_historian::MAX_POINTS)
+            .expect("raw");
         points.extend(page.points);
         match page.next {
             Some(next) => at = next,
@@ -148,7 +150,10 @@ fn check(h: &Historian, tag: &str, e: &Expect) {
         }
     }
     assert_eq!(points.len(), e.count, "{tag}: count");
-    assert!(points.windows(2).all(|w| w[0].ts < w[1].ts), "{tag}: in time order");
+    assert!(
+        points.windows(2).all(|w| w[0].ts < w[1].ts),
+        "{tag}: in time order"
+    );
     let first = &points[0];
     let last = &points[points.len() - 1];
     for (p, (ts, want)) in [(first, &e.first), (last, &e.last)] {
@@ -160,14 +165,27 @@ fn check(h: &Historian, tag: &str, e: &Expect) {
     }
     if tag != RUNNING {
         let agg = h
-            .aggregate(tag, from, to, Duration::from_secs(200_000), &[Aggregate::Avg, Aggregate::Count])
+            .aggregate(
+                tag,
+                from,
+                to,
+                Duration::from_secs(200_000),
+                &[Aggregate::Avg, Aggregate::Count],
+            )
             .expect("aggregate");
         assert_eq!(agg.rows.len(), 1);
         let row = &agg.rows[0];
         let avg = row.values[0].expect("an average");
         let want = e.good_sum / e.good as f64;
-        assert!((avg - want).abs() < 1e-9 * want.abs().max(1.0), "{tag}: avg {avg} != {want}");
-        assert_eq!(row.values[1], Some(e.good as f64), "{tag}: count of good samples");
+        assert!(
+            (avg - want).abs() < 1e-9 * want.abs().max(1.0),
+            "{tag}: avg {avg} != {want}"
+        );
+        assert_eq!(
+            row.values[1],
+            Some(e.good as f64),
+            "{tag}: count of good samples"
+        );
         assert_eq!(row.bad as usize, e.count - e.good, "{tag}: bad samples");
     }
 }
@@ -196,8 +214,15 @@ fn a_million_rows_round_trip_through_the_historian() {
     .expect("imports");
     eprintln!("{report}");
     eprintln!("import rate: {:.0} rows/s", report.rows_per_sec());
-    assert_eq!((report.imported, report.skipped, report.tags), (1_000_000, 0, 10));
-    assert_eq!(h.stats().acked_samples, 1_000_000, "every row acknowledged (WAL fsynced)");
+    assert_eq!(
+        (report.imported, report.skipped, report.tags),
+        (1_000_000, 0, 10)
+    );
+    assert_eq!(
+        h.stats().acked_samples,
+        1_000_000,
+        "every row acknowledged (WAL fsynced)"
+    );
     for (tag, e) in &expect {
         check(&h, tag, e);
     }
@@ -274,14 +299,20 @@ fn bad_rows_are_named_and_refuse_the_file_unless_skipped() {
     let to = Timestamp(BASE + 10_000_000);
     let temp = h.raw("plant/a/temp", from, to, 10).expect("raw");
     assert_eq!(
-        temp.points.iter().map(|p| (p.value.clone(), p.quality)).collect::<Vec<_>>(),
+        temp.points
+            .iter()
+            .map(|p| (p.value.clone(), p.quality))
+            .collect::<Vec<_>>(),
         vec![
             (Value::Float(21.5), Quality::GOOD),
             (Value::Null, Quality::bad(QualityReason::CommFailure))
         ]
     );
     let note = h.raw("plant/a/note", from, to, 10).expect("raw");
-    assert_eq!(note.points[0].value, Value::String("a, b\nand \"c\"".into()));
+    assert_eq!(
+        note.points[0].value,
+        Value::String("a, b\nand \"c\"".into())
+    );
     h.close();
 }
 
@@ -300,13 +331,19 @@ fn wide_csv_one_column_per_tag() {
     let to = Timestamp(BASE + 10_000_000);
     let temp = h.raw("plant/a/temp", Timestamp(BASE), to, 10).expect("raw");
     assert_eq!(
-        temp.points.iter().map(|p| p.value.clone()).collect::<Vec<_>>(),
+        temp.points
+            .iter()
+            .map(|p| p.value.clone())
+            .collect::<Vec<_>>(),
         vec![Value::Float(21.0), Value::Float(21.5)],
         "21 is a float because the column has 21.5"
     );
     let on = h.raw("plant/a/on", Timestamp(BASE), to, 10).expect("raw");
     assert_eq!(
-        on.points.iter().map(|p| (p.ts.0 - BASE, p.value.clone())).collect::<Vec<_>>(),
+        on.points
+            .iter()
+            .map(|p| (p.ts.0 - BASE, p.value.clone()))
+            .collect::<Vec<_>>(),
         vec![(0, Value::Bool(true)), (2_000_000, Value::Bool(false))]
     );
     h.close();

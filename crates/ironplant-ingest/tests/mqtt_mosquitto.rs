@@ -96,8 +96,9 @@ async fn mosquitto_pub_payloads_reach_the_bus_typed_and_timestamped() {
     let namespace = Arc::new(LiveNamespace::new(Namespace::new()));
     let bus = TagBus::new(0);
     let mut sub = bus.subscribe("test", 64, Overflow::Block);
-    let task = ironplant_ingest::mqtt::attach(&broker, bus.clone(), namespace.clone(), ingest.clone())
-        .expect("attach");
+    let task =
+        ironplant_ingest::mqtt::attach(&broker, bus.clone(), namespace.clone(), ingest.clone())
+            .expect("attach");
 
     // A Shelly Plus Plug S status (Gen2 MQTT), stamped with the receive time.
     let before = Timestamp::now();
@@ -113,8 +114,18 @@ async fn mosquitto_pub_payloads_reach_the_bus_typed_and_timestamped() {
         .lookup("acme/lyon/office/plug-7/power")
         .expect("the templated tag was registered at first sight");
     assert_eq!(
-        (power.value_type, power.unit.as_deref(), power.range, power.device.as_deref()),
-        (ValueType::Float, Some("W"), Some((0.0, 3680.0)), Some("ingest:shelly"))
+        (
+            power.value_type,
+            power.unit.as_deref(),
+            power.range,
+            power.device.as_deref()
+        ),
+        (
+            ValueType::Float,
+            Some("W"),
+            Some((0.0, 3680.0)),
+            Some("ingest:shelly")
+        )
     );
     let energy = namespace
         .lookup("acme/lyon/office/plug-7/energy")
@@ -143,13 +154,23 @@ async fn mosquitto_pub_payloads_reach_the_bus_typed_and_timestamped() {
     let fridge = namespace
         .lookup("acme/lyon/kitchen/tasmota_fridge/power")
         .expect("registered");
-    assert_eq!((fridge.value_type, fridge.unit.as_deref()), (ValueType::Int, Some("W")));
+    assert_eq!(
+        (fridge.value_type, fridge.unit.as_deref()),
+        (ValueType::Int, Some("W"))
+    );
     assert_eq!(batch.len(), 1);
     assert_eq!(batch[0].value, Value::Int(42));
-    assert_eq!(batch[0].source_ts.to_rfc3339(), "2026-01-15T07:30:00.000000Z");
+    assert_eq!(
+        batch[0].source_ts.to_rfc3339(),
+        "2026-01-15T07:30:00.000000Z"
+    );
 
     // A bad payload is counted and the next good one is still mapped.
-    publish(port, "shellies/plug-7/status/switch:0", "{\"apower\": 12.3,");
+    publish(
+        port,
+        "shellies/plug-7/status/switch:0",
+        "{\"apower\": 12.3,",
+    );
     publish(
         port,
         "shellies/plug-7/status/switch:0",
@@ -165,7 +186,8 @@ async fn mosquitto_pub_payloads_reach_the_bus_typed_and_timestamped() {
     assert!(last.message.contains("not JSON"), "{}", last.message);
     let metrics = ingest.render_metrics();
     assert!(
-        metrics.contains("ironplant_ingest_rejected_total{mapping=\"shelly\",reason=\"not_json\"} 1"),
+        metrics
+            .contains("ironplant_ingest_rejected_total{mapping=\"shelly\",reason=\"not_json\"} 1"),
         "{metrics}"
     );
     task.abort();

@@ -16,7 +16,9 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use ironplant_core::config::{Config, HistorianSettings, LossyMethod, Protocol};
-use ironplant_core::{EventBus, LiveNamespace, Overflow, RegisterError, TagBus, TagId, TagMeta, Value};
+use ironplant_core::{
+    EventBus, LiveNamespace, Overflow, RegisterError, TagBus, TagId, TagMeta, Value,
+};
 use ironplant_historian::lossy::LossySpec;
 use ironplant_historian::{Historian, HistorianConfig, HistorianError};
 use ironplant_modbus::{DeviceHandle, DevicePoller, PollPoint, WriteError};

@@ -70,7 +70,10 @@ pub fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         eprintln!("skipped {}:{}: {}", args.file.display(), b.line, b.message);
     }
     if report.skipped > report.bad.len() as u64 {
-        eprintln!("skipped {} more bad row(s)", report.skipped - report.bad.len() as u64);
+        eprintln!(
+            "skipped {} more bad row(s)",
+            report.skipped - report.bad.len() as u64
+        );
     }
     println!("{report}");
     Ok(ExitCode::SUCCESS)

@@ -75,7 +75,10 @@ fn export_import_export_round_trips_csv_and_parquet() {
     let origin = tmp.path().join("origin");
     {
         let h = Historian::open(HistorianConfig::new(origin.join("historian"))).expect("open");
-        let paths: Vec<TagPath> = TAGS.iter().map(|t| TagPath::parse(t).expect("path")).collect();
+        let paths: Vec<TagPath> = TAGS
+            .iter()
+            .map(|t| TagPath::parse(t).expect("path"))
+            .collect();
         let ids = h.register(&paths).expect("register");
         let mut samples = Vec::new();
         for i in 0..500i64 {
@@ -84,8 +87,14 @@ fn export_import_export_round_trips_csv_and_parquet() {
             let (temp, q) = match i {
                 100 => (Value::Null, Quality::bad(QualityReason::CommFailure)),
                 200 => (Value::Float(21.0), Quality::GOOD),
-                300 => (Value::Float(95.25), Quality::uncertain(QualityReason::OutOfRange)),
-                _ => (Value::Float(20.0 + (i as f64 * 0.37).sin() * 3.0), Quality::GOOD),
+                300 => (
+                    Value::Float(95.25),
+                    Quality::uncertain(QualityReason::OutOfRange),
+                ),
+                _ => (
+                    Value::Float(20.0 + (i as f64 * 0.37).sin() * 3.0),
+                    Quality::GOOD,
+                ),
             };
             samples.push((ids[0], ts, temp, q));
             samples.push((ids[1], ts, Value::Int(1_000 + i * 3), Quality::GOOD));
@@ -95,7 +104,10 @@ fn export_import_export_round_trips_csv_and_parquet() {
                 samples.push((ids[3], ts, Value::String(recipe.into()), Quality::GOOD));
             }
         }
-        h.submit(samples).expect("submit").wait_blocking().expect("durable");
+        h.submit(samples)
+            .expect("submit")
+            .wait_blocking()
+            .expect("durable");
         h.close();
     }
     let csv = tmp.path().join("export.csv");
@@ -106,7 +118,10 @@ fn export_import_export_round_trips_csv_and_parquet() {
     // CSV → a fresh data directory → CSV again.
     let copy = tmp.path().join("copy");
     let out = ok(import(&csv, &copy));
-    assert!(out.contains("Imported 1020 sample(s) of 4 tag(s) from csv"), "{out}");
+    assert!(
+        out.contains("Imported 1020 sample(s) of 4 tag(s) from csv"),
+        "{out}"
+    );
     let again = tmp.path().join("again.csv");
     export(&copy, "csv", &again);
     assert_eq!(std::fs::read_to_string(&again).expect("CSV"), exported);
@@ -116,18 +131,31 @@ fn export_import_export_round_trips_csv_and_parquet() {
     export(&origin, "parquet", &parquet);
     let from_parquet = tmp.path().join("from-parquet");
     let out = ok(import(&parquet, &from_parquet));
-    assert!(out.contains("Imported 1020 sample(s) of 4 tag(s) from parquet"), "{out}");
+    assert!(
+        out.contains("Imported 1020 sample(s) of 4 tag(s) from parquet"),
+        "{out}"
+    );
     let via_parquet = tmp.path().join("via-parquet.csv");
     export(&from_parquet, "csv", &via_parquet);
-    assert_eq!(std::fs::read_to_string(&via_parquet).expect("CSV"), exported);
+    assert_eq!(
+        std::fs::read_to_string(&via_parquet).expect("CSV"),
+        exported
+    );
 
     // The same range again: refused, nothing added.
     let out = import(&csv, &copy);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("already has") && err.contains("--allow-overlap"), "{err}");
+    assert!(
+        err.contains("already has") && err.contains("--allow-overlap"),
+        "{err}"
+    );
     export(&copy, "csv", &again);
-    assert_eq!(std::fs::read_to_string(&again).expect("CSV"), exported, "no duplicates");
+    assert_eq!(
+        std::fs::read_to_string(&again).expect("CSV"),
+        exported,
+        "no duplicates"
+    );
 
     // Bad rows: named by line, nothing stored.
     let bad = tmp.path().join("bad.csv");
@@ -141,7 +169,10 @@ fn export_import_export_round_trips_csv_and_parquet() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("{}:3: ts \"2026-13-01T00:00:00Z\" is not an RFC 3339 time", bad.display())),
+        err.contains(&format!(
+            "{}:3: ts \"2026-13-01T00:00:00Z\" is not an RFC 3339 time",
+            bad.display()
+        )),
         "{err}"
     );
     assert!(err.contains("--skip-bad"), "{err}");
