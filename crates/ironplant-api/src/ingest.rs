@@ -14,13 +14,16 @@
 //! 400 `bad_payload` for a payload rejected whole (not JSON, timestamp missing or absurd),
 //! 413 `body_too_large` above the mapping's `max_payload`, 404 `ingest_not_found` for a name
 //! that no mapping with `http = true` has.
+//!
+//! `GET /api/v1/ingest` (`change_config`) lists every mapping with its counters by reason and
+//! its last error, for diagnosing a device whose values do not arrive.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use ironplant_core::Timestamp;
 use ironplant_ingest::config::PathTemplate;
@@ -40,7 +43,62 @@ pub const PATH: &str = "/api/v1/ingest/{name}";
 pub fn routes(ingest: Arc<JsonIngest>) -> Router<Arc<ApiState>> {
     Router::new()
         .route(PATH, post(post_ingest))
+        .route("/api/v1/ingest", get(list_ingest))
         .layer(Extension(ingest))
+}
+
+#[derive(Serialize)]
+struct MappingJson<'a> {
+    name: &'a str,
+    topic: Option<&'a str>,
+    http: bool,
+    fields: usize,
+    messages: u64,
+    samples: u64,
+    tags_born: u64,
+    rejected: std::collections::BTreeMap<&'static str, u64>,
+    last_error: Option<LastErrorJson>,
+}
+
+#[derive(Serialize)]
+struct LastErrorJson {
+    at: String,
+    reason: &'static str,
+    message: String,
+}
+
+/// `GET /api/v1/ingest`: every mapping with its counters and last error (diagnostics for
+/// whoever configures devices: `change_config`, since errors quote payloads).
+async fn list_ingest(
+    Extension(caller): Extension<Caller>,
+    Extension(ingest): Extension<Arc<JsonIngest>>,
+) -> Result<Response, ApiError> {
+    caller.require(Permission::ChangeConfig)?;
+    let mut out = Vec::new();
+    for (i, m) in ingest.mappings().enumerate() {
+        let Some(st) = ingest.stats(i) else { continue };
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        out.push(MappingJson {
+            name: &m.name,
+            topic: m.topic.as_deref(),
+            http: m.http,
+            fields: m.fields.len(),
+            messages: load(&st.messages),
+            samples: load(&st.samples),
+            tags_born: load(&st.tags_born),
+            rejected: Reason::ALL
+                .iter()
+                .map(|r| (r.as_str(), st.rejected(*r)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            last_error: st.last_error().map(|e| LastErrorJson {
+                at: e.at.to_rfc3339(),
+                reason: e.reason.as_str(),
+                message: e.message,
+            }),
+        });
+    }
+    Ok(Json(serde_json::json!({ "mappings": out })).into_response())
 }
 
 #[derive(Serialize)]

@@ -59,6 +59,22 @@ fn curl(port: u16, name: &str, token: &str, content_type: &str, body: &str) -> (
     (code, json)
 }
 
+fn curl_get(port: u16, path: &str, token: &str) -> (u16, Json) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (
+        code.trim().parse().expect("status code"),
+        serde_json::from_str(body).unwrap_or(Json::Null),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_posts_json_that_lands_on_the_bus_under_the_write_policy() {
     if !ironplant_testkit::peer_available(
@@ -80,7 +96,11 @@ async fn curl_posts_json_that_lands_on_the_bus_under_the_write_policy() {
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
     let sec = Arc::new(Security::open(dir.path(), clock, options).expect("security opens"));
     let ttl = Duration::from_secs(3600);
-    for (user, role) in [("otto", Role::Operator), ("vera", Role::Viewer)] {
+    for (user, role) in [
+        ("otto", Role::Operator),
+        ("vera", Role::Viewer),
+        ("erin", Role::Engineer),
+    ] {
         sec.users
             .create_user(user, "a-long-password-1", role, None)
             .expect("user");
@@ -96,6 +116,10 @@ async fn curl_posts_json_that_lands_on_the_bus_under_the_write_policy() {
     let viewer = sec
         .users
         .create_token("vera", Some(Role::Viewer), ttl, "viewer", None)
+        .expect("token");
+    let engineer = sec
+        .users
+        .create_token("erin", Some(Role::Engineer), ttl, "diagnostics", None)
         .expect("token");
     let scopes = TagScopes::path(&sec);
     let rule = |p: &str| PrefixRule {
@@ -258,6 +282,30 @@ async fn curl_posts_json_that_lands_on_the_bus_under_the_write_policy() {
         5,
         "refused requests are not mapped"
     );
+
+    // Diagnostics: counters by reason and the last error, for those who configure devices.
+    let (code, body) =
+        tokio::task::spawn_blocking(move || curl_get(port, "/api/v1/ingest", &engineer.token))
+            .await
+            .expect("curl");
+    assert_eq!(code, 200, "{body}");
+    let m = &body["mappings"][0];
+    assert_eq!(
+        (
+            m["name"].as_str(),
+            m["messages"].as_u64(),
+            m["samples"].as_u64()
+        ),
+        (Some("gateway"), Some(5), Some(3)),
+        "{body}"
+    );
+    assert_eq!(m["rejected"]["not_json"], 1, "{body}");
+    assert_eq!(m["last_error"]["reason"], "absurd_timestamp", "{body}");
+    let token = gateway.token.clone();
+    let (code, _) = tokio::task::spawn_blocking(move || curl_get(port, "/api/v1/ingest", &token))
+        .await
+        .expect("curl");
+    assert_eq!(code, 403, "an operator does not see the diagnostics");
 
     let _ = stop_tx.send(());
     let _ = server.await;

@@ -180,3 +180,43 @@ fn export_import_export_round_trips_csv_and_parquet() {
     assert!(h.tag_paths().is_empty(), "nothing registered");
     h.close();
 }
+
+/// `ironplant check` reports the `[[ingest.json]]` section's errors (owned by the ingest crate)
+/// together with core's, each with its position.
+#[test]
+fn check_reports_ingest_errors_with_core_errors() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let cfg = tmp.path().join("plant.toml");
+    std::fs::write(
+        &cfg,
+        "[[tag]]\npath = \"bad path\"\n\n[[ingest.json]]\nname = \"plugs\"\ntopic = \"shellies/+/status\"\n\n[[ingest.json.field]]\npointer = \"apower\"\npath = \"acme/lyon/{1}/power\"\n",
+    )
+    .expect("write");
+    let out = ironplant(&["check", "--config", cfg.to_str().expect("utf-8 path")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = cfg.display();
+    assert!(
+        err.contains(&format!("{file}:2:8: error: invalid tag path")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{file}:9:11: error: \"apower\" is not a JSON pointer"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("2 error(s)"), "{err}");
+
+    std::fs::write(
+        &cfg,
+        "[[ingest.json]]\nname = \"plugs\"\ntopic = \"shellies/+/status\"\n\n[[ingest.json.field]]\npointer = \"/apower\"\npath = \"acme/lyon/{1}/power\"\nunit = \"W\"\n",
+    )
+    .expect("write");
+    let out = ironplant(&["check", "--config", cfg.to_str().expect("utf-8 path")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
