@@ -1082,6 +1082,40 @@ type = "string"
             .all(|s| s.server_ts == NOW && s.source_ts.0 == NOW.0 - 3_600_000_000));
     }
 
+    /// Every prefix and many byte-flipped copies of the example payloads: never a panic, and
+    /// each either rejected whole or mapped (the fuzz target `ingest_json` does this at scale).
+    #[test]
+    fn truncated_and_corrupted_payloads_never_panic() {
+        let ing = ingest();
+        let payloads: [&[u8]; 3] = [
+            br#"{"id":0,"apower":12.3,"voltage":230.1,"aenergy":{"total":1234.5}}"#,
+            br#"{"Time":"2026-12-07T10:55:00","ENERGY":{"Total":153.442,"Power":42},"POWER":"ON"}"#,
+            br#"{"ts":1796637600000,"d":{"temp":21.5,"fw":"1.4.2"}}"#,
+        ];
+        let topics = ["shellies/p/status/switch:0", "tele/tasmota_kitchen/SENSOR"];
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut outcomes = 0;
+        for p in payloads {
+            let mut inputs: Vec<Vec<u8>> = (0..=p.len()).map(|n| p[..n].to_vec()).collect();
+            for _ in 0..500 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let mut v = p.to_vec();
+                let i = (seed as usize) % v.len();
+                v[i] = (seed >> 32) as u8;
+                inputs.push(v);
+            }
+            for input in &inputs {
+                for t in topics {
+                    outcomes += ing.handle_topic(t, input, NOW).len();
+                }
+                outcomes += usize::from(ing.handle_mapping(2, &[], input, NOW).is_ok());
+            }
+        }
+        assert!(outcomes > 3000, "{outcomes}");
+    }
+
     #[test]
     fn topic_captures_follow_mqtt_rules() {
         assert_eq!(captures("a/+/c", "a/b/c"), Some(vec!["b"]));
