@@ -2,9 +2,17 @@
 
 Binds 127.0.0.1 on a free port, prints "PORT <n>" once listening, and serves until stdin closes.
 Values are encoded here with Python's struct module, independently of Ironplant's codec.
+
+While serving it answers questions about its own datastore read from stdin, one a line, with a
+JSON line each (what pymodbus stored, decoded here with struct):
+  holding ADDR COUNT       {"registers": [...]}        holding registers as stored
+  coils ADDR COUNT         {"bits": [...]}
+  decode ADDR FMT ORDER    {"value": x}                struct format (h H i I f d ...) over
+                                                       the registers at ADDR; ORDER abcd or cdab
 """
 
 import asyncio
+import json
 import struct
 import sys
 
@@ -27,6 +35,7 @@ def holding():
     regs[30] = 2345                                  # scaled integer: 234.5 with scale 0.1
     regs[40:42] = words("I", 3_000_000_000)          # u32
     regs[50:54] = words("d", 6.02214076e23)          # f64
+    regs[56] = 0b1000_0000_0000_0001                 # bits 0 and 15 set (bit writes)
     return regs
 
 
@@ -54,8 +63,34 @@ async def main():
     print(f"PORT {port}", flush=True)
     loop = asyncio.get_running_loop()
     # Serve until the test closes our stdin (or kills us).
-    await loop.run_in_executor(None, sys.stdin.read)
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            break
+        words = line.split()
+        if words:
+            print(json.dumps(await answer(server.context, words)), flush=True)
     await server.shutdown()
+
+
+async def answer(context, words):
+    """What the datastore holds (function codes: 1 coils, 3 holding registers)."""
+    try:
+        if words[0] == "holding":
+            return {"registers": await context.async_getValues(1, 3, int(words[1]), int(words[2]))}
+        if words[0] == "coils":
+            return {"bits": await context.async_getValues(1, 1, int(words[1]), int(words[2]))}
+        if words[0] == "decode":
+            fmt, order = words[2], words[3]
+            count = struct.calcsize(">" + fmt) // 2
+            regs = list(await context.async_getValues(1, 3, int(words[1]), count))
+            if order == "cdab":
+                regs.reverse()
+            raw = b"".join(r.to_bytes(2, "big") for r in regs)
+            return {"value": struct.unpack(">" + fmt, raw)[0]}
+        return {"error": f"unknown question {words[0]!r}"}
+    except Exception as e:  # report, do not die: the test prints it
+        return {"error": repr(e)}
 
 
 if __name__ == "__main__":

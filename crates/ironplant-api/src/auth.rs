@@ -35,10 +35,15 @@ use crate::{ApiError, ApiState};
 /// shift never has to log in twice, and a token left in a browser is useless by the next day.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
-/// Paths served without HTTP authentication: the health probe, the login itself, and MQTT
-/// over WebSocket (the broker authenticates at CONNECT through its `Auth` hook).
+/// Paths served without HTTP authentication: the health probe, the login itself, MQTT over
+/// WebSocket (the broker authenticates at CONNECT through its `Auth` hook) and the live API
+/// (a browser cannot set `Authorization` on a WebSocket, so its first message carries the
+/// token; credentials sent in the header are checked here as for any route, see [`crate::live`]).
 pub fn is_public(path: &str) -> bool {
-    path == "/healthz" || path == "/api/v1/login" || path == crate::mqtt_ws::PATH
+    path == "/healthz"
+        || path == "/api/v1/login"
+        || path == crate::mqtt_ws::PATH
+        || path == crate::live::PATH
 }
 
 /// The peer address of the request (unspecified when the server was not started with
@@ -175,7 +180,7 @@ impl Caller {
 /// API denials are written as `acl_denied` records (the library's event for refused access):
 /// `client_id` "http-api" (with the token id when a token was used), `action`
 /// "api:<error code>", `topic` "<METHOD> <path>" (no query string: it is the client's text).
-fn record_denial(
+pub(crate) fn record_denial(
     sec: &Security,
     principal: Option<String>,
     client_id: String,
@@ -287,6 +292,39 @@ fn resolve(
     Ok((identity, access, token_rule))
 }
 
+/// Why a bearer token is refused (for connections that outlive a request: the live API).
+pub(crate) enum BearerError {
+    Token(TokenError),
+    Scopes(String),
+}
+
+/// Checks a bearer token and loads the caller's prefix rules, as the middleware does for a
+/// request (blocking: file reads).
+pub(crate) fn verify_bearer(
+    sec: &Security,
+    token: &str,
+) -> Result<(Identity, TagAccess), BearerError> {
+    match resolve(
+        sec,
+        Credentials::Bearer(token.to_owned()),
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    ) {
+        Ok((identity, access, _)) => Ok((identity, access)),
+        Err(Failure::Token(e)) => Err(BearerError::Token(e)),
+        Err(Failure::Scopes(e)) => Err(BearerError::Scopes(e)),
+        // A bearer token never goes through a password login.
+        Err(Failure::Login(_)) => Err(BearerError::Token(TokenError::Invalid)),
+    }
+}
+
+/// The bearer token of a request, if it carries one.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    match Credentials::parse(headers) {
+        Ok(Some(Credentials::Bearer(t))) => Some(t),
+        _ => None,
+    }
+}
+
 /// Seconds from now until `until`, at least 1 (for `Retry-After`).
 pub fn retry_after_secs(until: SystemTime) -> u64 {
     until
@@ -327,9 +365,10 @@ pub(crate) async fn authenticate(
             .insert(Caller::unrestricted(source, method, path));
         return next.run(req).await;
     };
-    // `/healthz` is public, but credentials sent with it are checked: they unlock its details.
-    let health_with_credentials =
-        path == "/healthz" && req.headers().contains_key(header::AUTHORIZATION);
+    // `/healthz` is public, but credentials sent with it are checked: they unlock its details
+    // (and on the live API they authenticate the upgrade itself).
+    let health_with_credentials = (path == "/healthz" || path == crate::live::PATH)
+        && req.headers().contains_key(header::AUTHORIZATION);
     if is_public(&path) && !health_with_credentials {
         return next.run(req).await;
     }

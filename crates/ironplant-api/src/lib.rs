@@ -26,7 +26,9 @@ pub mod auth;
 pub mod history;
 pub mod ingest;
 pub mod listen;
+pub mod live;
 pub mod mqtt_ws;
+pub mod settings;
 
 use auth::Caller;
 use ironplant_security::Permission;
@@ -62,6 +64,7 @@ pub fn router_with(state: Arc<ApiState>, extra: Router<Arc<ApiState>>) -> Router
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(mqtt_ws::PATH, get(mqtt_ws::upgrade_api))
+        .route(live::PATH, get(live::upgrade))
         .route("/api/v1/login", post(account::login))
         .route(
             "/api/v1/tokens",

@@ -29,10 +29,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::settings::HttpSettings;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use ironplant_core::config::HttpSettings;
 use ironplant_security::{AuditEvent, Security};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -179,6 +179,9 @@ pub struct Connections {
     admission: parking_lot::Mutex<Admission>,
     counters: Counters,
     security: Option<Arc<Security>>,
+    /// The live WebSocket API's limits, counters and hub: its clients are long-lived
+    /// connections of these listeners, and one hub serves every router of the platform.
+    live: crate::live::Live,
 }
 
 impl std::fmt::Debug for Connections {
@@ -193,10 +196,16 @@ impl Connections {
     pub fn new(settings: HttpSettings, security: Option<Arc<Security>>) -> Arc<Connections> {
         Arc::new(Connections {
             admission: parking_lot::Mutex::new(Admission::new(&settings)),
+            live: crate::live::Live::new(settings.live.clone()),
             settings,
             counters: Counters::default(),
             security,
         })
+    }
+
+    /// The live WebSocket API ([`crate::live`]).
+    pub fn live(&self) -> &crate::live::Live {
+        &self.live
     }
 
     pub fn settings(&self) -> &HttpSettings {
@@ -325,6 +334,7 @@ impl Connections {
                 ),
             ],
         );
+        out.push_str(&self.live.render());
         out
     }
 }

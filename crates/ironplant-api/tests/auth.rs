@@ -11,8 +11,8 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
+use ironplant_api::settings::HttpSettings;
 use ironplant_api::ApiState;
-use ironplant_core::config::HttpSettings;
 use ironplant_core::{TagId, TagMeta, TagPath, ValueType};
 use ironplant_runtime::Runtime;
 use ironplant_security::{ManualClock, Security, SecurityOptions, UserStoreOptions};
@@ -107,7 +107,7 @@ async fn fixture_with(config: &str, http: HttpSettings) -> Fx {
         .find_map(|l| l.strip_prefix("password: "))
         .expect("password line")
         .to_owned();
-    let cfg = ironplant_core::config::parse("t.toml", config).expect("a valid config");
+    let cfg = ironplant_api::settings::parse("t.toml", config).expect("a valid config");
     let runtime = Arc::new(Runtime::start(&cfg, None).expect("runtime starts"));
     for path in TAGS {
         runtime

@@ -129,12 +129,13 @@ async fn curl_posts_json_that_lands_on_the_bus_under_the_write_policy() {
     TagScopes::set_token_rule(&scopes, &gateway.id, &rule("acme/lyon/lab")).expect("rule");
     TagScopes::set_token_rule(&scopes, &elsewhere.id, &rule("acme/lyon/line2")).expect("rule");
 
-    let cfg =
-        ironplant_core::config::parse("t.toml", INGEST).expect("core accepts [[ingest.json]]");
+    // The platform's parser: [[ingest.json]] is a section of the registry.
+    let cfg = ironplant_api::settings::parse("t.toml", INGEST).expect("a valid config");
     let runtime = Arc::new(Runtime::start(&cfg, None).expect("runtime"));
-    let (settings, errors) = IngestSettings::from_source(INGEST);
-    assert!(errors.is_empty(), "{errors:?}");
-    let ingest = Arc::new(JsonIngest::new(settings));
+    let ingest = Arc::new(JsonIngest::new(IngestSettings::clone(
+        &cfg.get::<IngestSettings>(),
+    )));
+    assert_eq!(ingest.mappings().count(), 1);
     assert!(ingest.register_tags(&runtime.namespace).is_empty());
     let state = Arc::new(ApiState {
         runtime: runtime.clone(),

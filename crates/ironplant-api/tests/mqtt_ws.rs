@@ -44,7 +44,7 @@ impl Drop for Platform {
 }
 
 async fn platform(with_broker: bool) -> Platform {
-    let cfg = ironplant_core::config::parse("empty.toml", "").expect("an empty config is valid");
+    let cfg = ironplant_api::settings::parse("empty.toml", "").expect("an empty config is valid");
     let runtime = Arc::new(Runtime::start(&cfg, None).expect("runtime starts"));
     let broker = Broker::new(BrokerConfig::default());
     let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -417,7 +417,7 @@ async fn the_dedicated_listener_keeps_the_http_limits_while_a_websocket_is_open(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let conns = ironplant_api::listen::Connections::new(
-        ironplant_core::config::HttpSettings {
+        ironplant_api::settings::HttpSettings {
             max_connections_per_address: 1,
             reserved_for: vec![],
             ..Default::default()

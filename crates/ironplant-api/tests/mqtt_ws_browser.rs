@@ -58,7 +58,7 @@ fn chromium_page_speaks_mqtt_over_websocket() {
         .expect("tokio runtime");
     // The broker's in-process subscriber runs a task on this runtime.
     let _enter = rt.enter();
-    let cfg = ironplant_core::config::parse("empty.toml", "").expect("an empty config is valid");
+    let cfg = ironplant_api::settings::parse("empty.toml", "").expect("an empty config is valid");
     let runtime = Arc::new(Runtime::start(&cfg, None).expect("runtime starts"));
     let broker = Broker::new(BrokerConfig::default());
     let mut retained = Publish::new(s("browser/in"), Bytes::from_static(b"setpoint 42"));

@@ -30,7 +30,7 @@ fn scenario(name: &str, version: &str) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let cfg = ironplant_core::config::parse("empty.toml", "").expect("an empty config is valid");
+    let cfg = ironplant_api::settings::parse("empty.toml", "").expect("an empty config is valid");
     let runtime = Arc::new(Runtime::start(&cfg, None).expect("runtime starts"));
     let broker = Broker::new(BrokerConfig::default());
     let (tcp, http) = rt.block_on(async {

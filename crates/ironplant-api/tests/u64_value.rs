@@ -33,7 +33,7 @@ async fn get(app: &axum::Router, uri: &str) -> (StatusCode, String) {
 #[tokio::test]
 async fn u64_max_is_an_exact_int_in_current_values_and_history() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = ironplant_core::config::parse(
+    let cfg = ironplant_api::settings::parse(
         "meter.toml",
         &format!("[[tag]]\npath = \"{TOTAL}\"\ndescription = \"water meter\"\n"),
     )

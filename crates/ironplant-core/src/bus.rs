@@ -51,7 +51,17 @@ struct Slot {
     dropped: Arc<AtomicU64>,
 }
 
+/// Work done on every batch before the current-value table and fan-out: the processor pipeline
+/// (validators, computed tags, rules, alarms), installed by the runtime.
+pub trait Stage: Send + Sync {
+    /// May change, drop or append samples. Must not publish to the bus (it runs inside
+    /// `publish`) and must not block.
+    fn apply(&self, batch: &mut Vec<Sample>);
+}
+
 struct Inner {
+    /// The processor pipeline, if one is installed (one atomic load per publish otherwise).
+    stage: OnceLock<Arc<dyn Stage>>,
     /// Shard `i` holds tags `i * SHARD_TAGS ..`; created when the first of them is published
     /// (or up front for the tags the bus was created with).
     shards: Box<[OnceLock<Box<Shard>>]>,
@@ -117,6 +127,7 @@ impl TagBus {
         }
         TagBus {
             inner: Arc::new(Inner {
+                stage: OnceLock::new(),
                 shards,
                 subscribers: RwLock::new(Arc::new(Vec::new())),
                 published_samples: AtomicU64::new(0),
@@ -142,10 +153,20 @@ impl TagBus {
         Subscription { rx, dropped }
     }
 
-    /// Publishes a batch: updates the current-value table, then hands the batch to every
-    /// subscriber in subscription order. Samples with ids of [`MAX_TAGS`] or more are left out
-    /// of the current-value table (adapters only produce ids the namespace gave them).
-    pub async fn publish(&self, samples: Vec<Sample>) {
+    /// Installs the processor pipeline; it sees every batch published from now on. Only the
+    /// first call takes effect (returns `false` afterwards): install it before the sources start.
+    pub fn set_stage(&self, stage: Arc<dyn Stage>) -> bool {
+        self.inner.stage.set(stage).is_ok()
+    }
+
+    /// Publishes a batch: runs the processor pipeline on it (if installed), updates the
+    /// current-value table, then hands the batch to every subscriber in subscription order.
+    /// Samples with ids of [`MAX_TAGS`] or more are left out of the current-value table
+    /// (adapters only produce ids the namespace gave them).
+    pub async fn publish(&self, mut samples: Vec<Sample>) {
+        if let Some(stage) = self.inner.stage.get() {
+            stage.apply(&mut samples);
+        }
         if samples.is_empty() {
             return;
         }

@@ -53,10 +53,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What a device said to a write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WriteAck {
-    /// How the device acknowledged, in its protocol's words (e.g. "Modbus echo of function 6",
-    /// "Sparkplug DCMD delivered (PUBACK)").
+    /// How the device acknowledged, in its protocol's words (e.g. "function 6 (write single
+    /// register) echoed unit 1 holding 0 = 0x10e1; read back 4321", "DCMD on … set \"Speed\"
+    /// (by alias 2) to 21.7 as Float; the edge node reported the value 12ms later").
     pub detail: String,
-    /// The value the device reported back, when the protocol returns one.
+    /// The value the device reported back: a Modbus read-back of the written registers, the
+    /// value in the Sparkplug report that confirmed the command.
     pub echoed: Option<Value>,
 }
 
@@ -67,8 +69,13 @@ pub enum DeviceWriteError {
     BadValue { value: String, why: String },
     #[error("the tag is read-only at the device ({0})")]
     ReadOnly(String),
-    #[error("the device is not connected")]
-    NotConnected,
+    /// The device does not know the tag (no such point on a Modbus device, no metric of that
+    /// name in a Sparkplug birth).
+    #[error("the device does not serve this tag ({0})")]
+    UnknownTag(String),
+    /// Not connected, with why (e.g. "edge node g/n is offline (NDEATH)").
+    #[error("the device is not connected: {0}")]
+    NotConnected(String),
     #[error("the device did not answer within {0:?}")]
     Timeout(Duration),
     #[error("the device refused the write: {0}")]

@@ -4,9 +4,11 @@
 //! span, then [`validate`] checks meaning (paths, references, register overlaps, types) and
 //! collects *every* problem with its position and a hint, instead of stopping at the first.
 
+use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -20,294 +22,138 @@ use crate::sample::ValueType;
 // ---------------------------------------------------------------------------------------------
 // Validated model
 
-/// A validated configuration.
+/// A validated configuration: the plant (assets, devices, tags), which core owns, and the
+/// sections other crates own ([`Section`]), parsed by the [`Registry`] given to [`parse_with`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub assets: Vec<AssetConfig>,
     pub devices: Vec<DeviceConfig>,
     pub tags: Vec<TagConfig>,
-    pub historian: HistorianSettings,
-    pub mqtt: MqttSettings,
-    pub bridges: Vec<BridgeConfig>,
-    pub sparkplug: SparkplugSettings,
-    pub security: SecuritySettings,
-    pub http: HttpSettings,
+    sections: Sections,
 }
 
-/// The `[security]` section: MQTT ACL rules, device client ids and per-user tag-prefix
-/// limits (one policy for REST, MQTT and later the HMI and command path).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct SecuritySettings {
-    /// ACL rules (`<who> allow|deny publish|subscribe|both <filter>`), replacing the
-    /// built-in defaults when given.
-    pub acl: Option<Vec<String>>,
-    /// Client id patterns a device may use (`%u` = its name, trailing `*`); `None`: the
-    /// default `["%u", "%u-*"]`.
-    pub device_client_ids: Option<Vec<String>>,
-    /// Per-user tag-prefix limits: user → (read prefixes, write prefixes); `None`: no limit
-    /// in that direction.
-    pub tag_scopes: BTreeMap<String, ScopeSettings>,
+/// A top-level section of `ironplant.toml` owned by a domain crate (`[mqtt]` by the broker,
+/// `[historian]` by the historian...): its types and validation live in that crate, so a new
+/// domain never edits core. Register it in a [`Registry`]; read it with [`Config::get`].
+pub trait Section: Any + Send + Sync + fmt::Debug + Default + PartialEq + Clone {
+    /// The top-level key it is written under, e.g. `"mqtt"`, or `"bridge"` for `[[bridge]]`.
+    const KEY: &'static str;
+
+    /// Parses and validates the section from the whole file's text (use [`section`] to read
+    /// the key with absolute spans), reporting every problem into `d`; the plant part is
+    /// already parsed for cross-checks. Absent from the file: the defaults.
+    fn parse(source: &str, plant: &Config, d: &mut Diagnostics) -> Self;
 }
 
-/// One user's tag-prefix limits (`[security.tag_scopes.<user>]`).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ScopeSettings {
-    pub read: Option<Vec<TagPath>>,
-    pub write: Option<Vec<TagPath>>,
+type ParseFn = fn(&str, &Config, &mut Diagnostics) -> SectionValue;
+
+/// One parsed section, type-erased (compared through its own `PartialEq`).
+#[derive(Clone)]
+struct SectionValue {
+    value: Arc<dyn Any + Send + Sync>,
+    eq: fn(&SectionValue, &SectionValue) -> bool,
+    debug: fn(&SectionValue, &mut fmt::Formatter<'_>) -> fmt::Result,
 }
 
-/// Checks one ACL rule; the security crate provides it (see [`parse_with`]).
-pub type AclRuleCheck = fn(&str) -> Result<(), String>;
-
-/// An MQTT protocol version, as a bridge speaks it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MqttVersion {
-    V311,
-    V5,
-}
-
-/// A `[[bridge]]`: topics forwarded between our broker and an external one.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BridgeConfig {
-    /// Unique; names the queue directory (`<data-dir>/bridge/<name>`) and the metrics.
-    pub name: String,
-    /// The remote broker, `host:port`.
-    pub address: String,
-    pub client_id: String,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub protocol: MqttVersion,
-    pub keep_alive: Duration,
-    /// `false`: the remote keeps the bridge's session (and its inbound messages) while the
-    /// bridge is away.
-    pub clean_session: bool,
-    /// Upper bound of the reconnect back-off.
-    pub reconnect_max: Duration,
-    pub out: Vec<BridgeOut>,
-    pub inbound: Vec<BridgeIn>,
-    pub queue: BridgeQueue,
-}
-
-/// Local topics (an MQTT filter) sent to the remote as `remote_prefix + topic`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BridgeOut {
-    pub local: String,
-    pub remote_prefix: String,
-    pub qos: u8,
-}
-
-/// Remote topics (an MQTT filter) brought in as `local_prefix + topic`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BridgeIn {
-    pub remote: String,
-    pub local_prefix: String,
-    pub qos: u8,
-}
-
-/// Bounds of a bridge's store-and-forward queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BridgeQueue {
-    pub max_messages: u64,
-    pub max_bytes: u64,
-    pub overflow: BridgeOverflow,
-}
-
-impl Default for BridgeQueue {
-    fn default() -> Self {
-        BridgeQueue {
-            max_messages: 1_000_000,
-            max_bytes: 1 << 30,
-            overflow: BridgeOverflow::DropOldest,
+impl SectionValue {
+    fn new<T: Section>(t: T) -> SectionValue {
+        SectionValue {
+            value: Arc::new(t),
+            eq: |a, b| a.value.downcast_ref::<T>() == b.value.downcast_ref::<T>(),
+            debug: |a, f| fmt::Debug::fmt(&a.value.downcast_ref::<T>(), f),
         }
     }
 }
 
-/// What a full queue does with a new message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BridgeOverflow {
-    /// Drop the oldest queued message (keep the freshest data).
-    DropOldest,
-    /// Drop the new message (keep the history from the start of the outage).
-    DropNewest,
-}
+#[derive(Clone, Default)]
+struct Sections(BTreeMap<&'static str, (TypeId, SectionValue)>);
 
-/// The `[mqtt]` section: the embedded broker's limits and the Unified Namespace topics.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MqttSettings {
-    /// Topic prefix of the UNS messages (`""`: the bare tag path).
-    pub uns_prefix: String,
-    pub max_packet_size: usize,
-    /// Messages queued for a connection before the overflow policy applies.
-    pub max_queue: usize,
-    /// QoS 1/2 messages a session keeps while its client is away.
-    pub max_session_queue: usize,
-    /// `true`: disconnect a client whose queue is full (its session keeps QoS 1/2 messages);
-    /// `false`: drop new messages for it.
-    pub disconnect_slow_clients: bool,
-    pub max_inflight: u16,
-    pub max_session_expiry: Duration,
-    /// `None`: no `$SYS` topics.
-    pub sys_interval: Option<Duration>,
-    /// Server Keep Alive imposed on clients (`None`: theirs).
-    pub server_keep_alive: Option<u16>,
-    /// Receive Maximum and Topic Alias Maximum announced to 5.0 clients.
-    pub receive_maximum: u16,
-    pub topic_alias_maximum: u16,
-    /// Time a new connection has to send CONNECT.
-    pub connect_timeout: Duration,
-    /// Connection limits: total (with a reserve for administrators) and per address.
-    pub max_connections: usize,
-    pub privileged_reserve: usize,
-    pub max_connections_per_address: usize,
-    pub max_sessions: usize,
-    pub max_subscriptions_per_client: usize,
-    pub max_retained_per_owner: usize,
-    pub max_retained_bytes_per_owner: usize,
-}
-
-impl Default for MqttSettings {
-    fn default() -> Self {
-        MqttSettings {
-            uns_prefix: String::new(),
-            max_packet_size: 1 << 20,
-            max_queue: 10_000,
-            max_session_queue: 10_000,
-            disconnect_slow_clients: false,
-            max_inflight: 1_000,
-            max_session_expiry: Duration::from_secs(7 * 24 * 3600),
-            sys_interval: Some(Duration::from_secs(10)),
-            server_keep_alive: None,
-            receive_maximum: 1_024,
-            topic_alias_maximum: 64,
-            connect_timeout: Duration::from_secs(5),
-            max_connections: 15_000,
-            privileged_reserve: 16,
-            max_connections_per_address: 500,
-            max_sessions: 100_000,
-            max_subscriptions_per_client: 1_000,
-            max_retained_per_owner: 10_000,
-            max_retained_bytes_per_owner: 16 << 20,
-        }
+impl PartialEq for Sections {
+    fn eq(&self, other: &Sections) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(other.0.iter())
+                .all(|((ka, (_, a)), (kb, (_, b)))| ka == kb && (a.eq)(a, b))
     }
 }
 
-/// The `[http]` section: what one client may hold on the HTTP listeners (the API, and the
-/// dedicated MQTT over WebSocket listener), so idle or half-open connections cannot exhaust
-/// file descriptors and lock everyone out.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpSettings {
-    /// A TLS handshake that takes longer is dropped.
-    pub handshake_timeout: Duration,
-    /// From the moment the server waits for a request (a new connection, or after the
-    /// previous response on a kept-alive one) until its headers are complete.
-    pub header_read_timeout: Duration,
-    /// A connection on which no byte moves either way for this long is closed (a request
-    /// body sent slowly, a response not read).
-    pub idle_timeout: Duration,
-    /// Open connections in all, reserved ones included.
-    pub max_connections: usize,
-    /// Open connections from one source address.
-    pub max_connections_per_address: usize,
-    /// Of `max_connections`, how many only `reserved_for` addresses may use (so an
-    /// administrator on the host can still log in when the rest is taken).
-    pub reserved_connections: usize,
-    pub reserved_for: Vec<std::net::IpAddr>,
-    /// Largest request body in bytes (larger: 413 `body_too_large`).
-    pub max_body_size: usize,
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        HttpSettings {
-            handshake_timeout: Duration::from_secs(10),
-            header_read_timeout: Duration::from_secs(15),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 512,
-            max_connections_per_address: 32,
-            reserved_connections: 32,
-            reserved_for: vec![
-                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-                std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-            ],
-            max_body_size: 1 << 20,
+impl fmt::Debug for Sections {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        for (k, (_, v)) in &self.0 {
+            m.entry(k, &DebugVia(v));
         }
+        m.finish()
     }
 }
 
-/// The `[sparkplug]` section: the Sparkplug B host application on the embedded broker.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SparkplugSettings {
-    /// Run the host whenever the MQTT broker runs.
-    pub enabled: bool,
-    /// The host id: its STATE topic is `spBv1.0/STATE/<host_id>`.
-    pub host_id: String,
-    /// Levels in front of every Sparkplug tag path (`<prefix>/<group>/<node>/<device>/<metric>`);
-    /// `None` puts the group at the root.
-    pub prefix: Option<TagPath>,
-}
+struct DebugVia<'a>(&'a SectionValue);
 
-impl Default for SparkplugSettings {
-    fn default() -> Self {
-        SparkplugSettings {
-            enabled: true,
-            host_id: "ironplant".to_owned(),
-            prefix: None,
-        }
+impl fmt::Debug for DebugVia<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (self.0.debug)(self.0, f)
     }
 }
 
-/// The `[historian]` section.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HistorianSettings {
-    pub enabled: bool,
-    /// Group-commit window of the WAL (one fsync per window).
-    pub commit_interval: Duration,
-    /// How often samples in memory are compressed into chunks (at the latest).
-    pub flush_interval: Duration,
-    /// Samples in memory that trigger compression into chunks.
-    pub flush_samples: usize,
-    /// Raw-data retention by tag prefix (longest prefix wins).
-    pub retention: Vec<RetentionRule>,
-    /// Lossy compression by tag prefix (longest prefix wins); lossless otherwise.
-    pub lossy: Vec<LossyRule>,
+/// The sections a parser knows, beyond the plant. Each layer adds its own: the runtime the
+/// platform's (historian, broker, bridges, Sparkplug, ingest), the API its own and security's.
+#[derive(Clone, Default)]
+pub struct Registry {
+    entries: Vec<(&'static str, TypeId, ParseFn)>,
 }
 
-impl Default for HistorianSettings {
-    fn default() -> Self {
-        HistorianSettings {
-            enabled: true,
-            commit_interval: Duration::from_millis(2),
-            flush_interval: Duration::from_secs(600),
-            flush_samples: 4_000_000,
-            retention: Vec::new(),
-            lossy: Vec::new(),
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Adds a section (a second registration of the same type is ignored).
+    pub fn with<T: Section>(mut self) -> Registry {
+        if !self.entries.iter().any(|e| e.1 == TypeId::of::<T>()) {
+            self.entries
+                .push((T::KEY, TypeId::of::<T>(), |src, plant, d| {
+                    SectionValue::new(T::parse(src, plant, d))
+                }));
         }
+        self
+    }
+
+    /// Every section of `other` too.
+    pub fn merge(mut self, other: &Registry) -> Registry {
+        for e in &other.entries {
+            if !self.entries.iter().any(|x| x.1 == e.1) {
+                self.entries.push(*e);
+            }
+        }
+        self
+    }
+
+    /// The top-level keys this registry parses.
+    pub fn keys(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.entries.iter().map(|e| e.0)
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetentionRule {
-    pub prefix: String,
-    pub keep: Duration,
-}
+impl Config {
+    /// A section's settings: as parsed, or its defaults when the parser's registry did not
+    /// know it (a library used on its own).
+    pub fn get<T: Section>(&self) -> Arc<T> {
+        self.sections
+            .0
+            .get(T::KEY)
+            .filter(|(id, _)| *id == TypeId::of::<T>())
+            .and_then(|(_, v)| v.value.clone().downcast::<T>().ok())
+            .unwrap_or_default()
+    }
 
-/// A lossy compression rule, as historians offer it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LossyRule {
-    pub prefix: String,
-    pub method: LossyMethod,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum LossyMethod {
-    /// Store a value only when it moved more than this from the last stored one.
-    Deadband(f64),
-    /// Swinging-door trending with this compression deviation; a point at least every
-    /// `max_interval` if set.
-    SwingingDoor {
-        deviation: f64,
-        max_interval: Option<Duration>,
-    },
+    /// Replaces a section (tests and embedders build configs in code).
+    pub fn set<T: Section>(&mut self, value: T) {
+        self.sections
+            .0
+            .insert(T::KEY, (TypeId::of::<T>(), SectionValue::new(value)));
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -698,8 +544,8 @@ impl<'de, T: serde::de::DeserializeOwned> serde::de::Visitor<'de> for Pick<'_, T
 // ---------------------------------------------------------------------------------------------
 // Raw (as written) model
 
+/// The plant part of the file; other top-level keys are checked against the registry.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default, rename = "asset")]
     assets: Vec<RawAsset>,
@@ -707,158 +553,10 @@ struct RawConfig {
     devices: Vec<RawDevice>,
     #[serde(default, rename = "tag")]
     tags: Vec<RawTag>,
-    historian: Option<RawHistorian>,
-    mqtt: Option<RawMqtt>,
-    #[serde(default, rename = "bridge")]
-    bridges: Vec<RawBridge>,
-    sparkplug: Option<RawSparkplug>,
-    security: Option<RawSecurity>,
-    http: Option<RawHttp>,
-    /// `[[ingest.json]]`: owned and validated by ironplant-ingest (`IngestSettings::from_source`).
-    #[allow(dead_code)]
-    ingest: Option<serde::de::IgnoredAny>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSecurity {
-    acl: Option<Vec<Spanned<String>>>,
-    device_client_ids: Option<Vec<Spanned<String>>>,
-    #[serde(default)]
-    tag_scopes: BTreeMap<String, RawScope>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawScope {
-    read: Option<Vec<Spanned<String>>>,
-    write: Option<Vec<Spanned<String>>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    handshake_timeout: Option<Spanned<String>>,
-    header_read_timeout: Option<Spanned<String>>,
-    idle_timeout: Option<Spanned<String>>,
-    max_connections: Option<Spanned<i64>>,
-    max_connections_per_address: Option<Spanned<i64>>,
-    reserved_connections: Option<Spanned<i64>>,
-    reserved_for: Option<Vec<Spanned<String>>>,
-    max_body_size: Option<Spanned<i64>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMqtt {
-    uns_prefix: Option<Spanned<String>>,
-    max_packet_size: Option<Spanned<i64>>,
-    max_queue: Option<Spanned<i64>>,
-    max_session_queue: Option<Spanned<i64>>,
-    overflow: Option<Spanned<String>>,
-    max_inflight: Option<Spanned<i64>>,
-    max_session_expiry: Option<Spanned<String>>,
-    sys_interval: Option<Spanned<String>>,
-    server_keep_alive: Option<Spanned<i64>>,
-    receive_maximum: Option<Spanned<i64>>,
-    topic_alias_maximum: Option<Spanned<i64>>,
-    connect_timeout: Option<Spanned<String>>,
-    max_connections: Option<Spanned<i64>>,
-    privileged_reserve: Option<Spanned<i64>>,
-    max_connections_per_address: Option<Spanned<i64>>,
-    max_sessions: Option<Spanned<i64>>,
-    max_subscriptions_per_client: Option<Spanned<i64>>,
-    max_retained_per_owner: Option<Spanned<i64>>,
-    max_retained_bytes_per_owner: Option<Spanned<i64>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBridge {
-    name: Spanned<String>,
-    address: Spanned<String>,
-    client_id: Option<Spanned<String>>,
-    username: Option<String>,
-    password: Option<Spanned<String>>,
-    protocol: Option<Spanned<String>>,
-    keep_alive: Option<Spanned<String>>,
-    clean_session: Option<bool>,
-    reconnect_max: Option<Spanned<String>>,
-    #[serde(default)]
-    out: Vec<RawBridgeOut>,
-    #[serde(default, rename = "in")]
-    inbound: Vec<RawBridgeIn>,
-    queue: Option<RawBridgeQueue>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBridgeOut {
-    local: Spanned<String>,
-    remote_prefix: Option<Spanned<String>>,
-    qos: Option<Spanned<i64>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBridgeIn {
-    remote: Spanned<String>,
-    local_prefix: Option<Spanned<String>>,
-    qos: Option<Spanned<i64>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBridgeQueue {
-    max_messages: Option<Spanned<i64>>,
-    max_bytes: Option<Spanned<RawSize>>,
-    overflow: Option<Spanned<String>>,
-}
-
-/// A size: a number of bytes or a string with a unit ("512MB", "1GiB").
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RawSize {
-    Bytes(i64),
-    Text(String),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSparkplug {
-    enabled: Option<bool>,
-    host_id: Option<Spanned<String>>,
-    prefix: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHistorian {
-    enabled: Option<bool>,
-    commit_interval: Option<Spanned<String>>,
-    flush_interval: Option<Spanned<String>>,
-    flush_samples: Option<Spanned<i64>>,
-    #[serde(default)]
-    retention: Vec<RawRetention>,
-    #[serde(default)]
-    lossy: Vec<RawLossy>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRetention {
-    prefix: Spanned<String>,
-    keep: Spanned<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLossy {
-    prefix: Spanned<String>,
-    deadband: Option<Spanned<f64>>,
-    swinging_door: Option<Spanned<f64>>,
-    max_interval: Option<Spanned<String>>,
-}
+/// The top-level keys core owns.
+const PLANT_KEYS: [&str; 3] = ["asset", "device", "tag"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -935,7 +633,6 @@ const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// it), so a user sees all of them at once.
 pub struct Diagnostics {
     pub errors: Vec<ConfigError>,
-    acl_check: Option<AclRuleCheck>,
 }
 
 impl Default for Diagnostics {
@@ -946,10 +643,7 @@ impl Default for Diagnostics {
 
 impl Diagnostics {
     pub fn new() -> Diagnostics {
-        Diagnostics {
-            errors: Vec::new(),
-            acl_check: None,
-        }
+        Diagnostics { errors: Vec::new() }
     }
 
     /// Whether nothing was reported.
@@ -976,16 +670,12 @@ impl Diagnostics {
 /// in `[security]` are checked only for syntax errors TOML itself sees; use [`parse_with`]
 /// with the security crate's rule parser to check them fully.
 pub fn parse(file: &str, source: &str) -> Result<Config, ConfigErrors> {
-    parse_with(file, source, None)
+    parse_with(file, source, &Registry::new())
 }
 
-/// [`parse`], checking each `[security] acl` rule with `acl_check` (errors positioned on the
-/// rule's string).
-pub fn parse_with(
-    file: &str,
-    source: &str,
-    acl_check: Option<AclRuleCheck>,
-) -> Result<Config, ConfigErrors> {
+/// Parses and validates a configuration: the plant, then every section of `registry`; a
+/// top-level key neither knows is an error. Every problem of the file is reported at once.
+pub fn parse_with(file: &str, source: &str, registry: &Registry) -> Result<Config, ConfigErrors> {
     let fail = |errors| ConfigErrors {
         file: file.to_owned(),
         source: source.to_owned(),
@@ -993,24 +683,33 @@ pub fn parse_with(
     };
     let raw: RawConfig = match toml::from_str(source) {
         Ok(raw) => raw,
-        Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            let message = e.message().trim().to_owned();
-            let hint = if message.contains("unknown field") {
-                Some("check the spelling; the config reference is in docs/config.md".to_owned())
-            } else {
-                None
-            };
-            return Err(fail(vec![ConfigError {
-                span,
-                message,
-                hint,
-            }]));
-        }
+        Err(e) => return Err(fail(vec![toml_error(e)])),
     };
     let mut c = Diagnostics::new();
-    c.acl_check = acl_check;
-    let config = validate(raw, &mut c);
+    // Unknown top-level keys (each section checks its own fields).
+    let keys: BTreeMap<Spanned<String>, serde::de::IgnoredAny> =
+        toml::from_str(source).map_err(|e| fail(vec![toml_error(e)]))?;
+    let mut known: Vec<&str> = PLANT_KEYS.to_vec();
+    known.extend(registry.keys());
+    for k in keys.keys() {
+        if !known.contains(&k.get_ref().as_str()) {
+            let mut names = known.clone();
+            names.sort_unstable();
+            c.err(
+                k.span(),
+                format!("unknown section `{}`", k.get_ref()),
+                Some(format!(
+                    "known sections: {}; the config reference is in docs/config.md",
+                    names.join(", ")
+                )),
+            );
+        }
+    }
+    let mut config = validate(raw, &mut c);
+    for (key, type_id, parse) in &registry.entries {
+        let value = parse(source, &config, &mut c);
+        config.sections.0.insert(key, (*type_id, value));
+    }
     if c.errors.is_empty() {
         Ok(config)
     } else {
@@ -1394,229 +1093,16 @@ fn validate(raw: RawConfig, c: &mut Diagnostics) -> Config {
         }
     }
 
-    let historian = validate_historian(c, raw.historian);
-    let mqtt = validate_mqtt(c, raw.mqtt);
-    let bridges = validate_bridges(c, raw.bridges);
-    let sparkplug = validate_sparkplug(c, raw.sparkplug);
-    let security = validate_security(c, raw.security);
-    let http = validate_http(c, raw.http);
     Config {
         assets,
         devices,
         tags,
-        historian,
-        mqtt,
-        bridges,
-        sparkplug,
-        security,
-        http,
+        sections: Sections::default(),
     }
 }
 
-fn validate_security(c: &mut Diagnostics, raw: Option<RawSecurity>) -> SecuritySettings {
-    let Some(raw) = raw else {
-        return SecuritySettings::default();
-    };
-    let acl = raw.acl.map(|rules| {
-        rules
-            .into_iter()
-            .map(|r| {
-                if let Some(check) = c.acl_check {
-                    if let Err(e) = check(r.get_ref()) {
-                        c.err(
-                            r.span(),
-                            format!("invalid ACL rule {:?}: {e}", r.get_ref()),
-                            Some("write `<all|role:R|user:U|device:D> allow|deny publish|subscribe|both <topic filter>`, e.g. \"role:viewer allow subscribe acme/#\"".to_owned()),
-                        );
-                    }
-                }
-                r.into_inner()
-            })
-            .collect()
-    });
-    let device_client_ids = raw.device_client_ids.map(|ids| {
-        ids.into_iter()
-            .map(|p| {
-                let v = p.get_ref();
-                let stem = v.strip_suffix('*').unwrap_or(v);
-                if !v.contains("%u") || stem.contains('*') || v.is_empty() {
-                    c.err(
-                        p.span(),
-                        format!("device client id pattern {v:?} must contain %u (the device name) and may end with one *"),
-                        Some("e.g. \"%u\" or \"%u-*\"".to_owned()),
-                    );
-                }
-                p.into_inner()
-            })
-            .collect()
-    });
-    let mut tag_scopes = BTreeMap::new();
-    for (user, scope) in raw.tag_scopes {
-        let mut paths = |list: Option<Vec<Spanned<String>>>| {
-            list.map(|l| {
-                l.iter()
-                    .filter_map(|p| parse_path(c, p, "tag prefix"))
-                    .collect::<Vec<_>>()
-            })
-        };
-        let read = paths(scope.read);
-        let write = paths(scope.write);
-        tag_scopes.insert(user, ScopeSettings { read, write });
-    }
-    SecuritySettings {
-        acl,
-        device_client_ids,
-        tag_scopes,
-    }
-}
-
-fn validate_http(c: &mut Diagnostics, raw: Option<RawHttp>) -> HttpSettings {
-    let d = HttpSettings::default();
-    let Some(h) = raw else { return d };
-    let max_connections = int_in(
-        c,
-        &h.max_connections,
-        "max_connections",
-        1..=1_000_000,
-        d.max_connections,
-    );
-    let reserved_connections = int_in(
-        c,
-        &h.reserved_connections,
-        "reserved_connections",
-        0..=1_000_000,
-        d.reserved_connections.min(max_connections / 2),
-    );
-    if let Some(r) = &h.reserved_connections {
-        if reserved_connections >= max_connections {
-            c.err(
-                r.span(),
-                format!(
-                    "reserved_connections {reserved_connections} leaves none of max_connections {max_connections} to other clients"
-                ),
-                Some("make it smaller than max_connections, e.g. a tenth of it".to_owned()),
-            );
-        }
-    }
-    let reserved_for = match h.reserved_for {
-        None => d.reserved_for,
-        Some(list) => list
-            .iter()
-            .filter_map(|a| match a.get_ref().parse::<std::net::IpAddr>() {
-                Ok(ip) => Some(ip),
-                Err(_) => {
-                    c.err(
-                        a.span(),
-                        format!("reserved_for entry {:?} is not an IP address", a.get_ref()),
-                        Some(
-                            "write single addresses, e.g. [\"127.0.0.1\", \"::1\", \"10.0.0.5\"]"
-                                .to_owned(),
-                        ),
-                    );
-                    None
-                }
-            })
-            .collect(),
-    };
-    HttpSettings {
-        handshake_timeout: parse_duration(
-            c,
-            &h.handshake_timeout,
-            "handshake_timeout",
-            d.handshake_timeout,
-        ),
-        header_read_timeout: parse_duration(
-            c,
-            &h.header_read_timeout,
-            "header_read_timeout",
-            d.header_read_timeout,
-        ),
-        idle_timeout: parse_duration(c, &h.idle_timeout, "idle_timeout", d.idle_timeout),
-        max_connections,
-        max_connections_per_address: int_in(
-            c,
-            &h.max_connections_per_address,
-            "max_connections_per_address",
-            1..=1_000_000,
-            d.max_connections_per_address,
-        ),
-        reserved_connections,
-        reserved_for,
-        max_body_size: int_in(
-            c,
-            &h.max_body_size,
-            "max_body_size",
-            1024..=1 << 30,
-            d.max_body_size,
-        ),
-    }
-}
-
-/// Sparkplug prefix levels at most: group, node, device and one metric level must still fit.
-const SPARKPLUG_PREFIX_MAX: usize = MAX_DEPTH - 4;
-
-fn validate_sparkplug(c: &mut Diagnostics, raw: Option<RawSparkplug>) -> SparkplugSettings {
-    let d = SparkplugSettings::default();
-    let Some(raw) = raw else { return d };
-    let host_id = match raw.host_id {
-        None => d.host_id,
-        Some(h) => {
-            let id = h.get_ref();
-            // Sparkplug ids are UTF-8 without '/', '+' or '#'; we also keep them short and
-            // printable so the STATE topic is easy to type.
-            let ok = !id.is_empty()
-                && id.len() <= 64
-                && id
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
-            if !ok {
-                c.err(
-                    h.span(),
-                    format!("invalid Sparkplug host id {id:?}"),
-                    Some(
-                        "use 1-64 characters from A-Z a-z 0-9 _ - ., e.g. \"ironplant\"".to_owned(),
-                    ),
-                );
-            }
-            id.clone()
-        }
-    };
-    let prefix = raw.prefix.and_then(|p| {
-        let text = p.get_ref().trim_end_matches('/');
-        if text.is_empty() {
-            return None;
-        }
-        match TagPath::parse(text) {
-            Ok(path) if path.depth() <= SPARKPLUG_PREFIX_MAX => Some(path),
-            Ok(path) => {
-                c.err(
-                    p.span(),
-                    format!(
-                        "Sparkplug prefix {text:?} has {} levels; at most {SPARKPLUG_PREFIX_MAX} leave room for group/node/device/metric",
-                        path.depth()
-                    ),
-                    Some("shorten it, e.g. \"acme/lyon/sparkplug\"".to_owned()),
-                );
-                None
-            }
-            Err(e) => {
-                c.err(
-                    p.span(),
-                    format!("invalid Sparkplug prefix {text:?}: {e}"),
-                    Some("use a path prefix such as \"acme/lyon/sparkplug\" (\"\" for none)".to_owned()),
-                );
-                None
-            }
-        }
-    });
-    SparkplugSettings {
-        enabled: raw.enabled.unwrap_or(true),
-        host_id,
-        prefix,
-    }
-}
-
-fn int_in(
+/// An integer option within `range` (`default` when absent), or an error at its span.
+pub fn int_in(
     c: &mut Diagnostics,
     raw: &Option<Spanned<i64>>,
     field: &str,
@@ -1637,203 +1123,6 @@ fn int_in(
     }
 }
 
-fn validate_mqtt(c: &mut Diagnostics, raw: Option<RawMqtt>) -> MqttSettings {
-    let d = MqttSettings::default();
-    let Some(m) = raw else { return d };
-    let uns_prefix = match &m.uns_prefix {
-        None => d.uns_prefix.clone(),
-        Some(p) => {
-            let v = p.get_ref().trim_end_matches('/');
-            let bad = v.contains(['+', '#', '\0']) || v.starts_with('$') || v.contains("//");
-            if bad {
-                c.err(
-                    p.span(),
-                    format!("uns_prefix {:?} is not a usable topic prefix", p.get_ref()),
-                    Some(
-                        "use plain topic levels without wildcards, e.g. \"uns\" or \"site1/uns\""
-                            .to_owned(),
-                    ),
-                );
-            }
-            v.to_owned()
-        }
-    };
-    let disconnect_slow_clients = match &m.overflow {
-        None => d.disconnect_slow_clients,
-        Some(o) => match o.get_ref().as_str() {
-            "drop_newest" => false,
-            "disconnect" => true,
-            other => {
-                c.err(
-                    o.span(),
-                    format!("unknown overflow policy {other:?}"),
-                    Some("use \"drop_newest\" (keep what is queued, drop new messages) or \"disconnect\" (close the slow client; its persistent session keeps QoS 1/2 messages)".to_owned()),
-                );
-                d.disconnect_slow_clients
-            }
-        },
-    };
-    let sys_interval = match &m.sys_interval {
-        Some(s) if s.get_ref() == "off" => None,
-        Some(_) => Some(parse_duration(
-            c,
-            &m.sys_interval,
-            "sys_interval",
-            Duration::from_secs(10),
-        )),
-        None => d.sys_interval,
-    };
-    MqttSettings {
-        uns_prefix,
-        max_packet_size: int_in(
-            c,
-            &m.max_packet_size,
-            "max_packet_size",
-            64..=268_435_455,
-            d.max_packet_size,
-        ),
-        max_queue: int_in(c, &m.max_queue, "max_queue", 1..=10_000_000, d.max_queue),
-        max_session_queue: int_in(
-            c,
-            &m.max_session_queue,
-            "max_session_queue",
-            0..=10_000_000,
-            d.max_session_queue,
-        ),
-        disconnect_slow_clients,
-        max_inflight: u16::try_from(int_in(
-            c,
-            &m.max_inflight,
-            "max_inflight",
-            1..=65_535,
-            1_000,
-        ))
-        .unwrap_or(1_000),
-        max_session_expiry: parse_duration(
-            c,
-            &m.max_session_expiry,
-            "max_session_expiry",
-            d.max_session_expiry,
-        ),
-        sys_interval,
-        server_keep_alive: m.server_keep_alive.as_ref().map(|_| {
-            u16::try_from(int_in(
-                c,
-                &m.server_keep_alive,
-                "server_keep_alive",
-                0..=65_535,
-                60,
-            ))
-            .unwrap_or(60)
-        }),
-        receive_maximum: u16::try_from(int_in(
-            c,
-            &m.receive_maximum,
-            "receive_maximum",
-            1..=65_535,
-            usize::from(d.receive_maximum),
-        ))
-        .unwrap_or(d.receive_maximum),
-        topic_alias_maximum: u16::try_from(int_in(
-            c,
-            &m.topic_alias_maximum,
-            "topic_alias_maximum",
-            0..=65_535,
-            usize::from(d.topic_alias_maximum),
-        ))
-        .unwrap_or(d.topic_alias_maximum),
-        connect_timeout: parse_duration(
-            c,
-            &m.connect_timeout,
-            "connect_timeout",
-            d.connect_timeout,
-        ),
-        max_connections: int_in(
-            c,
-            &m.max_connections,
-            "max_connections",
-            1..=10_000_000,
-            d.max_connections,
-        ),
-        privileged_reserve: int_in(
-            c,
-            &m.privileged_reserve,
-            "privileged_reserve",
-            0..=10_000,
-            d.privileged_reserve,
-        ),
-        max_connections_per_address: int_in(
-            c,
-            &m.max_connections_per_address,
-            "max_connections_per_address",
-            1..=10_000_000,
-            d.max_connections_per_address,
-        ),
-        max_sessions: int_in(
-            c,
-            &m.max_sessions,
-            "max_sessions",
-            1..=100_000_000,
-            d.max_sessions,
-        ),
-        max_subscriptions_per_client: int_in(
-            c,
-            &m.max_subscriptions_per_client,
-            "max_subscriptions_per_client",
-            1..=10_000_000,
-            d.max_subscriptions_per_client,
-        ),
-        max_retained_per_owner: int_in(
-            c,
-            &m.max_retained_per_owner,
-            "max_retained_per_owner",
-            0..=100_000_000,
-            d.max_retained_per_owner,
-        ),
-        max_retained_bytes_per_owner: int_in(
-            c,
-            &m.max_retained_bytes_per_owner,
-            "max_retained_bytes_per_owner",
-            0..=(1 << 40),
-            d.max_retained_bytes_per_owner,
-        ),
-    }
-}
-
-/// Checks an MQTT topic filter: non-empty, `#` only as the whole last level, `+` only as a
-/// whole level, no U+0000.
-fn check_topic_filter(f: &str) -> Result<(), String> {
-    if f.is_empty() {
-        return Err("a filter cannot be empty".into());
-    }
-    if f.len() > usize::from(u16::MAX) {
-        return Err("a filter is at most 65535 bytes".into());
-    }
-    if f.contains('\0') {
-        return Err("a filter cannot contain U+0000".into());
-    }
-    let levels: Vec<&str> = f.split('/').collect();
-    for (i, level) in levels.iter().enumerate() {
-        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
-            return Err("'#' must be a whole level and the last one, as in \"acme/#\"".into());
-        }
-        if level.contains('+') && *level != "+" {
-            return Err("'+' must be a whole level, as in \"acme/+/speed\"".into());
-        }
-    }
-    Ok(())
-}
-
-fn check_topic_prefix(p: &str) -> Result<(), String> {
-    if p.contains(['+', '#']) {
-        return Err("a prefix cannot contain the wildcards '+' or '#'".into());
-    }
-    if p.contains('\0') {
-        return Err("a prefix cannot contain U+0000".into());
-    }
-    Ok(())
-}
-
 /// A size in bytes: a number or a string with a unit ("512MB", "1GiB").
 pub fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
@@ -1851,307 +1140,6 @@ pub fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mult)
-}
-
-fn validate_bridges(c: &mut Diagnostics, raw: Vec<RawBridge>) -> Vec<BridgeConfig> {
-    let mut out = Vec::new();
-    let mut names = HashSet::new();
-    for b in raw {
-        let name = b.name.get_ref().clone();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'))
-            || name.starts_with('.')
-        {
-            c.err(
-                b.name.span(),
-                format!("bridge name {name:?} is not valid"),
-                Some("use letters, digits, '_', '-' and '.' (it names a directory)".to_owned()),
-            );
-        } else if !names.insert(name.clone()) {
-            c.err(
-                b.name.span(),
-                format!("bridge {name:?} is declared twice"),
-                Some("give every [[bridge]] its own name".to_owned()),
-            );
-        }
-        let addr = b.address.get_ref();
-        let port_ok = addr
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !port_ok {
-            c.err(
-                b.address.span(),
-                format!("address {addr:?} is not host:port"),
-                Some("e.g. \"mqtt.example.com:1883\"".to_owned()),
-            );
-        }
-        let protocol = match b
-            .protocol
-            .as_ref()
-            .map(|p| (p.get_ref().as_str(), p.span()))
-        {
-            None | Some(("3.1.1" | "311" | "v3.1.1", _)) => MqttVersion::V311,
-            Some(("5" | "5.0" | "v5", _)) => MqttVersion::V5,
-            Some((other, span)) => {
-                c.err(
-                    span,
-                    format!("unknown MQTT protocol {other:?}"),
-                    Some("use \"3.1.1\" or \"5\"".to_owned()),
-                );
-                MqttVersion::V311
-            }
-        };
-        let client_id = match &b.client_id {
-            None => format!("ironplant-{name}"),
-            Some(id) => {
-                if id.get_ref().is_empty() || id.get_ref().len() > 65_535 {
-                    c.err(
-                        id.span(),
-                        "client_id cannot be empty",
-                        Some("leave it out to use \"ironplant-<name>\"".to_owned()),
-                    );
-                }
-                id.get_ref().clone()
-            }
-        };
-        if let (Some(p), None) = (&b.password, &b.username) {
-            if protocol == MqttVersion::V311 {
-                c.err(
-                    p.span(),
-                    "MQTT 3.1.1 sends a password only with a username",
-                    Some("add username = \"...\" or use protocol = \"5\"".to_owned()),
-                );
-            }
-        }
-        let qos = |c: &mut Diagnostics, q: &Option<Spanned<i64>>| match q {
-            None => 1,
-            Some(q) => match u8::try_from(*q.get_ref()) {
-                Ok(v @ 0..=2) => v,
-                _ => {
-                    c.err(
-                        q.span(),
-                        format!("qos {} is not an MQTT QoS", q.get_ref()),
-                        Some("use 0, 1 or 2 (1 is the default)".to_owned()),
-                    );
-                    1
-                }
-            },
-        };
-        let prefix = |c: &mut Diagnostics, p: &Option<Spanned<String>>| match p {
-            None => String::new(),
-            Some(p) => {
-                if let Err(e) = check_topic_prefix(p.get_ref()) {
-                    c.err(
-                        p.span(),
-                        format!("invalid prefix {:?}: {e}", p.get_ref()),
-                        Some("e.g. \"site1/\" (the prefix is prepended as is)".to_owned()),
-                    );
-                }
-                p.get_ref().clone()
-            }
-        };
-        let filter = |c: &mut Diagnostics, f: &Spanned<String>| {
-            if let Err(e) = check_topic_filter(f.get_ref()) {
-                c.err(
-                    f.span(),
-                    format!("invalid topic filter {:?}: {e}", f.get_ref()),
-                    Some("e.g. \"acme/#\" or \"acme/+/speed\"".to_owned()),
-                );
-            }
-            f.get_ref().clone()
-        };
-        let outs: Vec<BridgeOut> = b
-            .out
-            .iter()
-            .map(|o| BridgeOut {
-                local: filter(c, &o.local),
-                remote_prefix: prefix(c, &o.remote_prefix),
-                qos: qos(c, &o.qos),
-            })
-            .collect();
-        let ins: Vec<BridgeIn> = b
-            .inbound
-            .iter()
-            .map(|i| BridgeIn {
-                remote: filter(c, &i.remote),
-                local_prefix: prefix(c, &i.local_prefix),
-                qos: qos(c, &i.qos),
-            })
-            .collect();
-        if outs.is_empty() && ins.is_empty() {
-            c.err(
-                b.name.span(),
-                format!("bridge {name:?} forwards nothing"),
-                Some(
-                    "add out = [{ local = \"acme/#\", remote_prefix = \"site1/\" }] or in = [...]"
-                        .to_owned(),
-                ),
-            );
-        }
-        let mut queue = BridgeQueue::default();
-        if let Some(q) = &b.queue {
-            if let Some(m) = &q.max_messages {
-                match u64::try_from(*m.get_ref()) {
-                    Ok(v) if v > 0 => queue.max_messages = v,
-                    _ => c.err(
-                        m.span(),
-                        format!("max_messages {} must be positive", m.get_ref()),
-                        Some("e.g. max_messages = 1000000".to_owned()),
-                    ),
-                }
-            }
-            if let Some(m) = &q.max_bytes {
-                let v = match m.get_ref() {
-                    RawSize::Bytes(n) => u64::try_from(*n).ok(),
-                    RawSize::Text(t) => parse_size(t),
-                };
-                match v {
-                    Some(v) if v > 0 => queue.max_bytes = v,
-                    _ => c.err(
-                        m.span(),
-                        "max_bytes must be a positive size",
-                        Some("a number of bytes or a string like \"512MB\" or \"1GiB\"".to_owned()),
-                    ),
-                }
-            }
-            if let Some(o) = &q.overflow {
-                queue.overflow = match o.get_ref().as_str() {
-                    "drop_oldest" => BridgeOverflow::DropOldest,
-                    "drop_newest" => BridgeOverflow::DropNewest,
-                    other => {
-                        c.err(
-                            o.span(),
-                            format!("unknown overflow policy {other:?}"),
-                            Some("use \"drop_oldest\" (default) or \"drop_newest\"".to_owned()),
-                        );
-                        BridgeOverflow::DropOldest
-                    }
-                };
-            }
-        }
-        out.push(BridgeConfig {
-            client_id,
-            address: addr.clone(),
-            username: b.username,
-            password: b.password.map(Spanned::into_inner),
-            protocol,
-            keep_alive: parse_duration(c, &b.keep_alive, "keep_alive", Duration::from_secs(30)),
-            clean_session: b.clean_session.unwrap_or(false),
-            reconnect_max: parse_duration(
-                c,
-                &b.reconnect_max,
-                "reconnect_max",
-                Duration::from_secs(30),
-            ),
-            out: outs,
-            inbound: ins,
-            queue,
-            name,
-        });
-    }
-    out
-}
-
-fn validate_prefix(c: &mut Diagnostics, raw: &Spanned<String>) -> String {
-    let p = raw.get_ref().trim_end_matches('/');
-    if p.is_empty() {
-        return String::new();
-    }
-    if let Err(e) = TagPath::parse(p) {
-        c.err(
-            raw.span(),
-            format!("invalid prefix {:?}: {e}", raw.get_ref()),
-            Some("use a path prefix such as \"acme/lyon\" (\"\" matches every tag)".to_owned()),
-        );
-    }
-    p.to_owned()
-}
-
-fn validate_historian(c: &mut Diagnostics, raw: Option<RawHistorian>) -> HistorianSettings {
-    let d = HistorianSettings::default();
-    let Some(h) = raw else { return d };
-    let flush_samples = match &h.flush_samples {
-        None => d.flush_samples,
-        Some(n) => usize::try_from(*n.get_ref())
-            .ok()
-            .filter(|n| (1_000..=100_000_000).contains(n))
-            .unwrap_or_else(|| {
-                c.err(
-                    n.span(),
-                    format!("flush_samples {} is out of range", n.get_ref()),
-                    Some("use 1000..=100000000".to_owned()),
-                );
-                d.flush_samples
-            }),
-    };
-    let retention = h
-        .retention
-        .iter()
-        .map(|r| RetentionRule {
-            prefix: validate_prefix(c, &r.prefix),
-            keep: parse_duration(c, &Some(r.keep.clone()), "keep", Duration::MAX),
-        })
-        .collect();
-    let lossy = h
-        .lossy
-        .iter()
-        .filter_map(|l| {
-            let prefix = validate_prefix(c, &l.prefix);
-            let positive = |c: &mut Diagnostics, x: &Spanned<f64>, what: &str| {
-                let ok = x.get_ref().is_finite() && *x.get_ref() > 0.0;
-                if !ok {
-                    c.err(
-                        x.span(),
-                        format!("{what} {} must be a positive number", x.get_ref()),
-                        Some("give it in the tag's engineering units, e.g. 0.5".to_owned()),
-                    );
-                }
-                ok
-            };
-            let method = match (&l.deadband, &l.swinging_door) {
-                (Some(db), None) => {
-                    positive(c, db, "deadband").then_some(LossyMethod::Deadband(*db.get_ref()))
-                }
-                (None, Some(sd)) => {
-                    positive(c, sd, "swinging_door").then(|| LossyMethod::SwingingDoor {
-                        deviation: *sd.get_ref(),
-                        max_interval: l.max_interval.as_ref().map(|m| {
-                            parse_duration(
-                                c,
-                                &Some(m.clone()),
-                                "max_interval",
-                                Duration::from_secs(600),
-                            )
-                        }),
-                    })
-                }
-                _ => {
-                    c.err(
-                        l.prefix.span(),
-                        "a lossy rule needs exactly one of deadband or swinging_door",
-                        Some("e.g. swinging_door = 0.5 (engineering units)".to_owned()),
-                    );
-                    None
-                }
-            };
-            method.map(|method| LossyRule { prefix, method })
-        })
-        .collect();
-    HistorianSettings {
-        enabled: h.enabled.unwrap_or(true),
-        commit_interval: parse_duration(
-            c,
-            &h.commit_interval,
-            "commit_interval",
-            d.commit_interval,
-        ),
-        flush_interval: parse_duration(c, &h.flush_interval, "flush_interval", d.flush_interval),
-        flush_samples,
-        retention,
-        lossy,
-    }
 }
 
 fn validate_modbus(
@@ -2477,260 +1465,6 @@ modbus = { table = "holding", address = 30, type = "float128" }
     }
 
     #[test]
-    fn http_section() {
-        let cfg = parse(
-            "h.toml",
-            r#"
-[http]
-handshake_timeout = "2s"
-header_read_timeout = "3s"
-idle_timeout = "4s"
-max_connections = 100
-max_connections_per_address = 10
-reserved_connections = 5
-reserved_for = ["127.0.0.1", "10.0.0.5"]
-max_body_size = 4096
-"#,
-        )
-        .expect("valid [http]");
-        let h = cfg.http;
-        assert_eq!(h.handshake_timeout, Duration::from_secs(2));
-        assert_eq!(h.header_read_timeout, Duration::from_secs(3));
-        assert_eq!(h.idle_timeout, Duration::from_secs(4));
-        assert_eq!(
-            (
-                h.max_connections,
-                h.max_connections_per_address,
-                h.reserved_connections
-            ),
-            (100, 10, 5)
-        );
-        assert_eq!(h.reserved_for.len(), 2);
-        assert_eq!(h.max_body_size, 4096);
-        assert_eq!(
-            parse("e.toml", "").expect("empty").http,
-            HttpSettings::default()
-        );
-        let errs = parse(
-            "h.toml",
-            "[http]\nmax_connections = 10\nreserved_connections = 10\nreserved_for = [\"localhost\"]\nidle_timeout = \"soon\"\nmax_body_size = 1\n",
-        )
-        .expect_err("four errors");
-        let text = errs.to_string();
-        for what in [
-            "reserved_connections 10 leaves none",
-            "\"localhost\" is not an IP address",
-            "idle_timeout \"soon\"",
-            "max_body_size 1 is out of range",
-        ] {
-            assert!(text.contains(what), "{what} missing from:\n{text}");
-        }
-    }
-
-    #[test]
-    fn mqtt_section() {
-        let cfg = parse(
-            "m.toml",
-            r#"
-[mqtt]
-uns_prefix = "site1/uns/"
-max_queue = 500
-overflow = "disconnect"
-max_session_expiry = "1day"
-sys_interval = "off"
-"#,
-        )
-        .expect("valid [mqtt]");
-        let m = cfg.mqtt;
-        assert_eq!(m.uns_prefix, "site1/uns");
-        assert_eq!(m.max_queue, 500);
-        assert!(m.disconnect_slow_clients);
-        assert_eq!(m.max_session_expiry, Duration::from_secs(86_400));
-        assert_eq!(m.sys_interval, None);
-        assert_eq!(m.max_inflight, 1_000);
-        let errs = parse(
-            "m.toml",
-            "[mqtt]\nuns_prefix = \"a/#\"\nmax_queue = 0\noverflow = \"block\"\nmax_inflight = 70000\n",
-        )
-        .expect_err("four errors");
-        let text = errs.to_string();
-        for what in [
-            "uns_prefix",
-            "max_queue 0",
-            "unknown overflow policy",
-            "max_inflight 70000",
-        ] {
-            assert!(text.contains(what), "{what} missing from:\n{text}");
-        }
-    }
-
-    #[test]
-    fn historian_section() {
-        let text = r#"
-[historian]
-commit_interval = "5ms"
-
-[[historian.retention]]
-prefix = "acme/lyon"
-keep = "90days"
-
-[[historian.lossy]]
-prefix = "acme/lyon/x"
-swinging_door = 0.5
-max_interval = "10m"
-
-[[historian.lossy]]
-prefix = "acme/lyon/y"
-deadband = -1.0
-"#;
-        let errs = parse("h.toml", text).expect_err("negative deadband");
-        assert_eq!(errs.errors.len(), 1, "{errs}");
-        assert!(errs.errors[0]
-            .message
-            .contains("deadband -1 must be a positive number"));
-        let cfg = parse("h.toml", &text.replace("-1.0", "0.1")).expect("valid");
-        let h = cfg.historian;
-        assert_eq!(h.commit_interval, Duration::from_millis(5));
-        assert_eq!(
-            h.retention,
-            vec![RetentionRule {
-                prefix: "acme/lyon".into(),
-                keep: Duration::from_secs(90 * 86400)
-            }]
-        );
-        assert_eq!(
-            h.lossy[0].method,
-            LossyMethod::SwingingDoor {
-                deviation: 0.5,
-                max_interval: Some(Duration::from_secs(600))
-            }
-        );
-        assert_eq!(h.lossy[1].method, LossyMethod::Deadband(0.1));
-        assert_eq!(
-            parse("e.toml", "").expect("empty config").historian,
-            HistorianSettings::default()
-        );
-    }
-
-    #[test]
-    fn bridge_section() {
-        let text = r#"
-[[bridge]]
-name = "enterprise"
-address = "mqtt.example.com:1883"
-username = "site1"
-password = "secret"
-protocol = "5"
-out = [{ local = "acme/#", remote_prefix = "site1/" }]
-in = [{ remote = "enterprise/cmd/#", local_prefix = "acme/cmd/", qos = 0 }]
-queue = { max_messages = 5000, max_bytes = "64MiB", overflow = "drop_newest" }
-
-[[bridge]]
-name = "enterprise"
-address = "nohost"
-protocol = "4"
-out = [{ local = "acme/#/x", remote_prefix = "a/+/", qos = 3 }]
-queue = { max_bytes = "12 parsecs", overflow = "drop_middle" }
-"#;
-        let errs = parse("b.toml", text).expect_err("second bridge is broken");
-        let rendered = errs.to_string();
-        let messages: Vec<&str> = errs.errors.iter().map(|e| e.message.as_str()).collect();
-        assert_eq!(
-            messages,
-            vec![
-                "bridge \"enterprise\" is declared twice",
-                "address \"nohost\" is not host:port",
-                "unknown MQTT protocol \"4\"",
-                "invalid topic filter \"acme/#/x\": '#' must be a whole level and the last one, as in \"acme/#\"",
-                "invalid prefix \"a/+/\": a prefix cannot contain the wildcards '+' or '#'",
-                "qos 3 is not an MQTT QoS",
-                "max_bytes must be a positive size",
-                "unknown overflow policy \"drop_middle\"",
-            ],
-            "{rendered}"
-        );
-        assert_eq!(
-            errs.line_col(errs.errors[0].span.start),
-            (13, 8),
-            "{rendered}"
-        );
-        assert!(
-            rendered.contains("b.toml:14:11: error: address"),
-            "{rendered}"
-        );
-
-        let good = text
-            .split("\n[[bridge]]\nname = \"enterprise\"\naddress = \"nohost\"")
-            .next()
-            .expect("first");
-        let cfg = parse("b.toml", good).expect("valid");
-        let b = &cfg.bridges[0];
-        assert_eq!(b.client_id, "ironplant-enterprise");
-        assert_eq!(b.protocol, MqttVersion::V5);
-        assert!(!b.clean_session);
-        assert_eq!(b.password.as_deref(), Some("secret"));
-        assert_eq!(
-            b.out,
-            vec![BridgeOut {
-                local: "acme/#".into(),
-                remote_prefix: "site1/".into(),
-                qos: 1
-            }]
-        );
-        assert_eq!(
-            b.inbound,
-            vec![BridgeIn {
-                remote: "enterprise/cmd/#".into(),
-                local_prefix: "acme/cmd/".into(),
-                qos: 0
-            }]
-        );
-        assert_eq!(
-            b.queue,
-            BridgeQueue {
-                max_messages: 5000,
-                max_bytes: 64 << 20,
-                overflow: BridgeOverflow::DropNewest
-            }
-        );
-        let none =
-            parse("n.toml", "[[bridge]]\nname = \"x\"\naddress = \"h:1\"\n").expect_err("no rules");
-        assert!(
-            none.errors[0].message.contains("forwards nothing"),
-            "{none}"
-        );
-    }
-
-    #[test]
-    fn sparkplug_section() {
-        let d = parse("e.toml", "").expect("empty config").sparkplug;
-        assert_eq!(d, SparkplugSettings::default());
-        assert!(d.enabled && d.host_id == "ironplant" && d.prefix.is_none());
-        let cfg = parse(
-            "s.toml",
-            "[sparkplug]\nenabled = false\nhost_id = \"scada-1\"\nprefix = \"acme/lyon/sp/\"\n",
-        )
-        .expect("valid");
-        assert!(!cfg.sparkplug.enabled);
-        assert_eq!(cfg.sparkplug.host_id, "scada-1");
-        assert_eq!(
-            cfg.sparkplug.prefix.as_ref().map(TagPath::as_str),
-            Some("acme/lyon/sp")
-        );
-        let err = parse(
-            "s.toml",
-            "[sparkplug]\nhost_id = \"a/b\"\nprefix = \"a/b/c/d\"\n",
-        )
-        .expect_err("invalid");
-        let text = err.to_string();
-        assert_eq!(err.errors.len(), 2, "{text}");
-        assert!(text.contains("s.toml:2:11"), "{text}");
-        assert!(text.contains("invalid Sparkplug host id \"a/b\""), "{text}");
-        assert!(text.contains("s.toml:3:10"), "{text}");
-        assert!(text.contains("has 4 levels; at most 3"), "{text}");
-    }
-
-    #[test]
     fn syntax_errors_have_a_position() {
         let errs =
             parse("x.toml", "[[device]]\nid = \"a\"\nprotocoll = 1\n").expect_err("unknown field");
@@ -2785,5 +1519,71 @@ mod section_tests {
             section::<Raw>("[thing]\nname = \"x\"\ncolour = 1\n", "thing").expect_err("unknown");
         assert_eq!(e.span.start, 19, "{e:?}");
         assert!(e.message.contains("unknown field"), "{e:?}");
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    /// A section a domain crate would own.
+    #[derive(Debug, Clone, PartialEq, Default)]
+    struct Pump {
+        speed: usize,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RawPump {
+        speed: Option<Spanned<i64>>,
+    }
+
+    impl Section for Pump {
+        const KEY: &'static str = "pump";
+
+        fn parse(source: &str, _plant: &Config, d: &mut Diagnostics) -> Pump {
+            match section::<RawPump>(source, Self::KEY) {
+                Ok(raw) => Pump {
+                    speed: int_in(d, &raw.and_then(|r| r.speed), "speed", 0..=3000, 1500),
+                },
+                Err(e) => {
+                    d.errors.push(e);
+                    Pump::default()
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_registered_section_is_parsed_validated_and_read_back() {
+        let reg = Registry::new().with::<Pump>();
+        let cfg = parse_with("p.toml", "[pump]\nspeed = 900\n", &reg).expect("valid");
+        assert_eq!(cfg.get::<Pump>().speed, 900);
+        let absent = parse_with("p.toml", "", &reg).expect("valid");
+        assert_eq!(absent.get::<Pump>().speed, 1500, "defaults when absent");
+        assert_ne!(cfg, absent, "configs compare their sections");
+        let err = parse_with("p.toml", "[pump]\nspeed = 9000\n", &reg).expect_err("range");
+        assert!(err.to_string().starts_with("p.toml:2:9: error:"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_section_is_named_with_the_known_ones() {
+        let err = parse_with(
+            "p.toml",
+            "[[tag]]\npath = \"a/b\"\n\n[pmup]\nspeed = 1\n",
+            &Registry::new().with::<Pump>(),
+        )
+        .expect_err("unknown section");
+        let text = err.to_string();
+        assert!(
+            text.contains("p.toml:4:2: error: unknown section `pmup`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("known sections: asset, device, pump, tag"),
+            "{text}"
+        );
+        // Without the registry the section is unknown too: core knows only the plant.
+        assert!(parse("p.toml", "[pump]\nspeed = 1\n").is_err());
     }
 }

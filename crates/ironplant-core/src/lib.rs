@@ -15,7 +15,7 @@ pub mod sample;
 pub mod wire;
 
 pub use asset::{Asset, AssetLevel, Location};
-pub use bus::{Batch, BusStats, Overflow, Subscription, TagBus, MAX_TAGS};
+pub use bus::{Batch, BusStats, Overflow, Stage, Subscription, TagBus, MAX_TAGS};
 pub use component::{
     BoxFuture, DeviceWriteError, DeviceWriter, Processor, ProcessorOutput, WriteAck,
 };

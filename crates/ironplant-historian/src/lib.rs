@@ -14,6 +14,7 @@ pub mod codec;
 pub mod lossy;
 mod memtable;
 pub mod private_fs;
+pub mod settings;
 pub mod store;
 pub mod wal;
 

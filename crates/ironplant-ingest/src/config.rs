@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ironplant_core::config::{self, ConfigError, Diagnostics};
+use ironplant_core::config::{self, Config, ConfigError, Diagnostics, Section};
 use ironplant_core::{TagPath, ValueType};
 use serde::Deserialize;
 use toml::Spanned;
@@ -196,7 +196,7 @@ struct RawMqttPrefix {
     uns_prefix: Option<String>,
 }
 
-/// Only the paths of `[[tag]]` (core validates the rest).
+/// Only the paths of `[[tag]]` (core validates the rest), for [`IngestSettings::from_source`].
 #[derive(Debug, Deserialize)]
 struct RawTagPath {
     path: String,
@@ -204,24 +204,26 @@ struct RawTagPath {
 
 // ---- validation --------------------------------------------------------------------------------
 
+impl Section for IngestSettings {
+    const KEY: &'static str = "ingest";
+
+    /// `[[ingest.json]]`, checked against the plant's `[[tag]]` paths (a tag has one source).
+    fn parse(source: &str, plant: &Config, d: &mut Diagnostics) -> IngestSettings {
+        let configured = plant
+            .tags
+            .iter()
+            .map(|t| t.path.as_str().to_owned())
+            .collect();
+        parse_section(source, &configured, d)
+    }
+}
+
 impl IngestSettings {
-    /// Reads and validates `[[ingest.json]]` of a config file; every problem is returned (with
-    /// its span of `source`), and the settings keep the mappings that are valid. Render the
-    /// errors with [`config::ConfigErrors`].
+    /// Reads and validates `[[ingest.json]]` of a config file on its own (without the
+    /// platform's registry, e.g. in tests): every problem is returned with its span of
+    /// `source`, and the settings keep the mappings that are valid. Render the errors with
+    /// [`config::ConfigErrors`].
     pub fn from_source(source: &str) -> (IngestSettings, Vec<ConfigError>) {
-        let mut d = Diagnostics::new();
-        let raw = match config::section::<RawIngest>(source, "ingest") {
-            Ok(Some(raw)) => raw,
-            Ok(None) => return (IngestSettings::default(), Vec::new()),
-            Err(e) => return (IngestSettings::default(), vec![e]),
-        };
-        // Other sections are core's: read leniently, only to catch conflicts early.
-        let uns_prefix = config::section::<RawMqttPrefix>(source, "mqtt")
-            .ok()
-            .flatten()
-            .and_then(|m| m.uns_prefix)
-            .map(|p| p.trim_end_matches('/').to_owned())
-            .unwrap_or_default();
         let configured: HashSet<String> = config::section::<Vec<RawTagPath>>(source, "tag")
             .ok()
             .flatten()
@@ -229,11 +231,35 @@ impl IngestSettings {
             .into_iter()
             .map(|t| t.path)
             .collect();
-        let settings = validate(raw, &uns_prefix, &configured, &mut d);
+        let mut d = Diagnostics::new();
+        let settings = parse_section(source, &configured, &mut d);
         let mut errors = d.errors;
         errors.sort_by_key(|e| e.span.start);
         (settings, errors)
     }
+}
+
+fn parse_section(
+    source: &str,
+    configured: &HashSet<String>,
+    d: &mut Diagnostics,
+) -> IngestSettings {
+    let raw = match config::section::<RawIngest>(source, IngestSettings::KEY) {
+        Ok(Some(raw)) => raw,
+        Ok(None) => return IngestSettings::default(),
+        Err(e) => {
+            d.errors.push(e);
+            return IngestSettings::default();
+        }
+    };
+    // `[mqtt]` is the broker's section: read leniently, only for the UNS prefix.
+    let uns_prefix = config::section::<RawMqttPrefix>(source, "mqtt")
+        .ok()
+        .flatten()
+        .and_then(|m| m.uns_prefix)
+        .map(|p| p.trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    validate(raw, &uns_prefix, configured, d)
 }
 
 fn validate(

@@ -3,14 +3,21 @@
 //! broker's ACL decides who may publish on those topics (a device needs an allow rule, e.g.
 //! `device:plug-7 allow publish shellies/plug-7/#`); nothing here re-checks it.
 //!
+//! [`serve`] is what the platform's source component runs (started after the sinks, restarted
+//! by the supervisor if a subscription ends); [`attach`] runs the same loop on its own task,
+//! for embedders and tests.
+//!
 //! If a subscription's queue ([`QUEUE`] messages) overflows while the bus applies
-//! back-pressure, the broker drops and counts messages (`ironplant_mqtt_dropped…`); ingest never
-//! blocks the broker.
+//! back-pressure, the broker drops and counts messages; ingest never blocks the broker.
 
 use std::sync::Arc;
 
+use std::future::Future;
+
 use ironplant_core::{LiveNamespace, TagBus, Timestamp};
+use ironplant_mqtt::codec::Publish;
 use ironplant_mqtt::Broker;
+use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::json::JsonIngest;
@@ -18,7 +25,7 @@ use crate::json::JsonIngest;
 /// Messages an in-process subscription queues before the broker drops (and counts) them.
 pub const QUEUE: usize = 16_384;
 
-/// Why ingest could not attach to the broker.
+/// Why ingest could not subscribe.
 #[derive(Debug, thiserror::Error)]
 #[error("ingest mapping {mapping:?}: cannot subscribe to {topic:?}: {error}")]
 pub struct AttachError {
@@ -27,18 +34,54 @@ pub struct AttachError {
     pub error: String,
 }
 
-/// **The one registration point of MQTT ingest** (call it once at start-up, after the bus
-/// subscribers exist and before devices start publishing): registers the mappings' fixed tags
-/// in `namespace` (refusals are logged and counted as `tag_refused`), subscribes on `broker`
-/// for every mapping with a topic and spawns the task that maps and publishes. Abort the handle
-/// to stop (it owns the per-mapping tasks). Must be called inside a tokio runtime.
+/// **The registration point of MQTT ingest** for the platform's component model: registers
+/// the mappings' fixed tags, subscribes on `broker` for every mapping with a topic, and maps
+/// and publishes until `shutdown` resolves (`Ok`). `Err` if a subscription cannot be made or
+/// ends (the broker stopped): a supervisor restarts it, which subscribes again. Give it the
+/// same `Arc<JsonIngest>` as the API's `ironplant_api::ingest::routes` (one set of counters).
+///
+/// A `Source` is this in three lines (`run` → `serve(&broker, ctx.bus, ctx.namespace,
+/// ingest, shutdown)`); it lives with the component traits, not here, so ingest does not
+/// depend on the runtime that parses its section.
+pub async fn serve(
+    broker: &Broker,
+    bus: TagBus,
+    namespace: Arc<LiveNamespace>,
+    ingest: Arc<JsonIngest>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), String> {
+    let receivers = subscribe(broker, &namespace, &ingest).map_err(|e| e.to_string())?;
+    if receivers.is_empty() {
+        // No mapping listens on MQTT: nothing to do until shutdown.
+        shutdown.await;
+        return Ok(());
+    }
+    run(receivers, bus, namespace, ingest, shutdown).await
+}
+
+/// [`serve`] on its own task, without a supervisor (embedders and tests): subscribes now
+/// (errors are returned here), then maps until the handle is aborted. Must be called inside
+/// a tokio runtime.
 pub fn attach(
     broker: &Broker,
     bus: TagBus,
     namespace: Arc<LiveNamespace>,
     ingest: Arc<JsonIngest>,
 ) -> Result<JoinHandle<()>, AttachError> {
-    for e in ingest.register_tags(&namespace) {
+    let receivers = subscribe(broker, &namespace, &ingest)?;
+    Ok(tokio::spawn(async move {
+        let _ = run(receivers, bus, namespace, ingest, std::future::pending()).await;
+    }))
+}
+
+type Receivers = Vec<(usize, mpsc::Receiver<Publish>)>;
+
+fn subscribe(
+    broker: &Broker,
+    namespace: &LiveNamespace,
+    ingest: &JsonIngest,
+) -> Result<Receivers, AttachError> {
+    for e in ingest.register_tags(namespace) {
         tracing::error!(error = %e, "ingest: tag not registered");
     }
     let mut receivers = Vec::new();
@@ -54,32 +97,54 @@ pub fn attach(
         tracing::info!(mapping = %m.name, topic = %topic, fields = m.fields.len(), "ingest: listening for JSON payloads");
         receivers.push((i, rx));
     }
-    Ok(tokio::spawn(async move {
-        let mut set = JoinSet::new();
-        for (i, mut rx) in receivers {
-            let (bus, namespace, ingest) = (bus.clone(), namespace.clone(), ingest.clone());
-            set.spawn(async move {
-                while let Some(msg) = rx.recv().await {
-                    let now = Timestamp::now();
-                    let topic = msg.topic.as_str();
-                    let Some(filter) = ingest.mapping(i).and_then(|m| m.topic.as_deref()) else {
-                        break;
-                    };
-                    let Some(levels) = crate::json::captures(filter, topic) else {
-                        continue;
-                    };
-                    let Ok(mut mapped) = ingest.handle_mapping(i, &levels, &msg.payload, now)
-                    else {
-                        continue; // counted and logged by the mapper
-                    };
-                    let samples = ingest.resolve(i, &namespace, &mut mapped, now);
-                    if !samples.is_empty() {
-                        bus.publish(samples).await;
-                    }
+    Ok(receivers)
+}
+
+/// Maps every subscription's messages until shutdown (`Ok`) or until one ends (`Err`).
+async fn run(
+    receivers: Receivers,
+    bus: TagBus,
+    namespace: Arc<LiveNamespace>,
+    ingest: Arc<JsonIngest>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), String> {
+    // Dropping the set (at shutdown, or when the caller's task is aborted) aborts the
+    // per-mapping tasks, which drops their subscriptions.
+    let mut set = JoinSet::new();
+    for (i, mut rx) in receivers {
+        let (bus, namespace, ingest) = (bus.clone(), namespace.clone(), ingest.clone());
+        set.spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                let now = Timestamp::now();
+                let Some(filter) = ingest.mapping(i).and_then(|m| m.topic.as_deref()) else {
+                    break;
+                };
+                let Some(levels) = crate::json::captures(filter, msg.topic.as_str()) else {
+                    continue;
+                };
+                let Ok(mut mapped) = ingest.handle_mapping(i, &levels, &msg.payload, now) else {
+                    continue; // counted and logged by the mapper
+                };
+                let samples = ingest.resolve(i, &namespace, &mut mapped, now);
+                if !samples.is_empty() {
+                    bus.publish(samples).await;
                 }
-            });
+            }
+            ingest
+                .mapping(i)
+                .map(|m| m.name.clone())
+                .unwrap_or_default()
+        });
+    }
+    tokio::select! {
+        () = shutdown => Ok(()),
+        ended = set.join_next() => {
+            let which = match ended {
+                Some(Ok(name)) => format!("mapping {name:?}"),
+                Some(Err(e)) => format!("a mapping's task ({e})"),
+                None => "every mapping".to_owned(),
+            };
+            Err(format!("ingest: the broker subscription of {which} ended"))
         }
-        // Dropping the set (when this task is aborted) aborts the per-mapping tasks.
-        while set.join_next().await.is_some() {}
-    }))
+    }
 }

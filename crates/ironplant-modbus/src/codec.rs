@@ -14,6 +14,11 @@ pub enum EncodeError {
     },
     #[error("a {expected} value is needed, got {got}")]
     WrongType { expected: &'static str, got: String },
+    #[error("value {value} is not a whole number, which an unscaled {data_type:?} register needs")]
+    NotIntegral {
+        value: String,
+        data_type: ModbusDataType,
+    },
 }
 
 /// Puts `words` (most significant first) into wire order.
@@ -152,6 +157,14 @@ pub fn encode_registers(point: &ModbusPoint, value: &Value) -> Result<Vec<u16>, 
         let r = match value {
             Value::Int(i) if !scaled => i128::from(*i),
             Value::U64(u) if !scaled => i128::from(*u),
+            // Rounding 1.5 into an unscaled integer register would write a value nobody asked
+            // for; with a scale, rounding to the nearest raw step is what scaling means.
+            Value::Float(f) if !scaled && f.is_finite() && f.fract() != 0.0 => {
+                return Err(EncodeError::NotIntegral {
+                    value: value.to_string(),
+                    data_type: point.data_type,
+                })
+            }
             _ if raw.is_finite() => raw.round() as i128,
             _ => return Err(out_of_range()),
         };
@@ -405,5 +418,30 @@ mod tests {
         assert_eq!(encode_registers(&p, &Value::Int(65535)), Ok(vec![65535]));
         assert!(encode_registers(&p, &Value::Int(65536)).is_err());
         assert!(encode_registers(&p, &Value::Int(-1)).is_err());
+    }
+
+    #[test]
+    fn unscaled_integer_registers_refuse_fractions() {
+        let p = point(
+            ModbusDataType::I16,
+            WordOrder::BigEndian,
+            ByteOrder::BigEndian,
+        );
+        assert_eq!(encode_registers(&p, &Value::Float(-2.0)), Ok(vec![0xFFFE]));
+        let err = encode_registers(&p, &Value::Float(1.5)).expect_err("a fraction");
+        assert_eq!(
+            err.to_string(),
+            "value 1.5 is not a whole number, which an unscaled I16 register needs"
+        );
+        // Floats and scaled integers take any number (scaled ones round to the raw step).
+        let f = point(
+            ModbusDataType::F32,
+            WordOrder::BigEndian,
+            ByteOrder::BigEndian,
+        );
+        assert!(encode_registers(&f, &Value::Float(1.5)).is_ok());
+        let mut scaled = p.clone();
+        scaled.scale = 0.1;
+        assert_eq!(encode_registers(&scaled, &Value::Float(1.54)), Ok(vec![15]));
     }
 }

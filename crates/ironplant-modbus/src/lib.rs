@@ -11,5 +11,5 @@ pub mod poller;
 pub mod server;
 
 pub use plan::{plan_reads, ReadRequest};
-pub use poller::{DeviceHandle, DevicePoller, PollObserver, PollPoint, WriteError};
+pub use poller::{DeviceHandle, DevicePoller, ModbusWriter, PollObserver, PollPoint};
 pub use server::{serve, RegisterBank, SharedBank, UnitImage};

@@ -13,15 +13,17 @@ use std::time::Duration;
 
 use ironplant_core::config::{DeviceConfig, ModbusDataType, ModbusPoint, ModbusTable};
 use ironplant_core::{
-    Quality, QualityLevel, QualityReason, Sample, TagBus, TagId, Timestamp, Value,
+    BoxFuture, DeviceWriteError, DeviceWriter, Quality, QualityLevel, QualityReason, Sample,
+    TagBus, TagId, TagMeta, Timestamp, Value, WriteAck,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
-use tokio_modbus::client::{Context, Reader, Writer};
+use tokio_modbus::client::{Client, Context, Reader};
 use tokio_modbus::prelude::{ExceptionCode, Slave, SlaveContext};
+use tokio_modbus::{Request, Response};
 
 use crate::codec::{decode_registers, encode_registers, EncodeError};
 use crate::plan::{plan_reads, ReadRequest};
@@ -54,31 +56,10 @@ impl PollObserver for NoObserver {
     fn connection(&self, _: &str, _: bool) {}
 }
 
-/// Why a write failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum WriteError {
-    #[error("tag {0:?} is not served by this device")]
-    UnknownTag(TagId),
-    #[error("the {0} table is read-only")]
-    ReadOnly(&'static str),
-    #[error(transparent)]
-    Encode(#[from] EncodeError),
-    #[error("device is not connected")]
-    NotConnected,
-    #[error("device answered with exception {0}")]
-    Exception(String),
-    #[error("device did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("communication failed: {0}")]
-    Comm(String),
-    #[error("device task has stopped")]
-    Stopped,
-}
-
 struct WriteCmd {
     tag: TagId,
     value: Value,
-    reply: oneshot::Sender<Result<(), WriteError>>,
+    reply: oneshot::Sender<Result<WriteAck, DeviceWriteError>>,
 }
 
 /// Handle to a running device task. Dropping it stops the task.
@@ -93,20 +74,96 @@ impl DeviceHandle {
         &self.id
     }
 
-    /// Writes `value` to the tag's register(s) or coil and waits for the device's answer.
-    pub async fn write(&self, tag: TagId, value: Value) -> Result<(), WriteError> {
-        let (reply, rx) = oneshot::channel();
-        self.cmds
-            .send(WriteCmd { tag, value, reply })
-            .await
-            .map_err(|_| WriteError::Stopped)?;
-        rx.await.map_err(|_| WriteError::Stopped)?
+    /// The device's [`DeviceWriter`], for the runtime's registry of writers. It only queues
+    /// writes for the device task; the task stops when this handle is dropped.
+    pub fn writer(&self) -> ModbusWriter {
+        ModbusWriter {
+            cmds: self.cmds.clone(),
+        }
+    }
+
+    /// Writes `value` to the tag's register(s) or coil and waits for the device's answer and
+    /// the read-back (see [`ModbusWriter`]).
+    pub async fn write(&self, tag: TagId, value: Value) -> Result<WriteAck, DeviceWriteError> {
+        send_write(self.cmds.clone(), tag, value).await
     }
 }
 
 impl Drop for DeviceHandle {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Writes through one device task, queued behind its current poll so writes and polls never
+/// interleave on the connection. The value is checked against the point (type, range, whole
+/// number for unscaled integers, bool for coils and bits) before anything is sent. The device's
+/// echo is checked (address and value of functions 5 and 6, address and count of function 16),
+/// then the written coil or registers are read back in the same task and decoded: that value is
+/// [`WriteAck::echoed`] (a device that clamps or ignores the write shows it there).
+#[derive(Clone)]
+pub struct ModbusWriter {
+    cmds: mpsc::Sender<WriteCmd>,
+}
+
+impl DeviceWriter for ModbusWriter {
+    fn write(
+        &self,
+        tag: &TagMeta,
+        value: Value,
+    ) -> BoxFuture<'static, Result<WriteAck, DeviceWriteError>> {
+        Box::pin(send_write(self.cmds.clone(), tag.id, value))
+    }
+}
+
+async fn send_write(
+    cmds: mpsc::Sender<WriteCmd>,
+    tag: TagId,
+    value: Value,
+) -> Result<WriteAck, DeviceWriteError> {
+    let (reply, rx) = oneshot::channel();
+    cmds.send(WriteCmd { tag, value, reply })
+        .await
+        .map_err(|_| DeviceWriteError::Stopped)?;
+    rx.await.map_err(|_| DeviceWriteError::Stopped)?
+}
+
+/// The Modbus request(s) a write becomes.
+#[derive(Debug, Clone, PartialEq)]
+enum WriteOp {
+    /// Function 5.
+    Coil(bool),
+    /// Function 6.
+    Register(u16),
+    /// Function 16.
+    Registers(Vec<u16>),
+    /// Function 3 then 6: one bit of a holding register, the others kept.
+    Bit { bit: u8, on: bool },
+}
+
+/// Checks `value` against the point and plans the write (pure).
+fn plan_write(p: &ModbusPoint, value: &Value) -> Result<WriteOp, EncodeError> {
+    let want_bool = |expected| match value {
+        Value::Bool(b) => Ok(*b),
+        _ => Err(EncodeError::WrongType {
+            expected,
+            got: value.to_string(),
+        }),
+    };
+    match (p.table, p.data_type, p.bit) {
+        (ModbusTable::Coil, _, _) => Ok(WriteOp::Coil(want_bool("bool (coil)")?)),
+        (_, ModbusDataType::Bool, Some(bit)) => Ok(WriteOp::Bit {
+            bit,
+            on: want_bool("bool (bit of a register)")?,
+        }),
+        _ => {
+            let mut words = encode_registers(p, value)?;
+            Ok(if words.len() == 1 {
+                WriteOp::Register(words.remove(0))
+            } else {
+                WriteOp::Registers(words)
+            })
+        }
     }
 }
 
@@ -509,82 +566,157 @@ impl State {
         }
     }
 
-    async fn write(&mut self, tag: TagId, value: &Value) -> Result<(), WriteError> {
+    async fn write(&mut self, tag: TagId, value: &Value) -> Result<WriteAck, DeviceWriteError> {
+        let id = self.cfg.id.clone();
         let p = self
             .points
             .iter()
             .find(|p| p.tag == tag)
-            .ok_or(WriteError::UnknownTag(tag))?
+            .ok_or_else(|| {
+                DeviceWriteError::UnknownTag(format!("device {id} has no point for tag {}", tag.0))
+            })?
             .point
             .clone();
+        let place = format!("unit {} {} {}", p.unit_id, p.table.as_str(), p.address);
         if !p.table.is_writable() {
-            return Err(WriteError::ReadOnly(p.table.as_str()));
+            return Err(DeviceWriteError::ReadOnly(format!(
+                "{place} of device {id}: the {} table cannot be written",
+                p.table.as_str()
+            )));
         }
-        let words = if p.table == ModbusTable::Coil {
-            Vec::new()
-        } else {
-            encode_registers(&p, value)?
-        };
-        if p.table == ModbusTable::Coil && !matches!(value, Value::Bool(_)) {
-            return Err(EncodeError::WrongType {
-                expected: "bool",
-                got: value.to_string(),
-            }
-            .into());
-        }
+        let op = plan_write(&p, value).map_err(|e| DeviceWriteError::BadValue {
+            value: value.to_string(),
+            why: format!("{} {place}: {e}", p.data_type.as_str()),
+        })?;
         if !self.connect().await {
-            return Err(WriteError::NotConnected);
+            return Err(DeviceWriteError::NotConnected(format!(
+                "device {id} at {} is unreachable",
+                self.cfg.address
+            )));
         }
-        let t = self.cfg.timeout;
-        let ctx = self.conn.as_mut().ok_or(WriteError::NotConnected)?;
-        ctx.set_slave(Slave(p.unit_id));
-        let res = match (p.table, p.data_type, p.bit) {
-            (ModbusTable::Coil, _, _) => {
-                timeout(
-                    t,
-                    ctx.write_single_coil(p.address, matches!(value, Value::Bool(true))),
-                )
-                .await
-            }
-            (_, ModbusDataType::Bool, Some(bit)) => {
-                // Read-modify-write of one bit; a concurrent writer of the same register could
-                // interleave, which the command path's read-back detects.
-                match timeout(t, ctx.read_holding_registers(p.address, 1)).await {
-                    Ok(Ok(Ok(regs))) => {
-                        let cur = regs.first().copied().unwrap_or(0);
-                        let next = if matches!(value, Value::Bool(true)) {
-                            cur | (1 << bit)
-                        } else {
-                            cur & !(1 << bit)
-                        };
-                        timeout(t, ctx.write_single_register(p.address, next)).await
+        if let Some(ctx) = self.conn.as_mut() {
+            ctx.set_slave(Slave(p.unit_id));
+        }
+        let a = p.address;
+        let mismatch = |what: String| {
+            DeviceWriteError::Refused(format!("{place}: the device's answer {what}"))
+        };
+        let detail = match op {
+            WriteOp::Coil(on) => match self.request(Request::WriteSingleCoil(a, on)).await? {
+                Response::WriteSingleCoil(ra, rc) if (ra, rc) == (a, on) => {
+                    format!("function 5 (write single coil) echoed {place} = {on}")
+                }
+                other => return Err(mismatch(format!("{other:?} does not echo {on}"))),
+            },
+            WriteOp::Register(w) => self.write_register(a, w, &place).await?,
+            WriteOp::Registers(words) => {
+                let n = words.len();
+                match self
+                    .request(Request::WriteMultipleRegisters(a, words.into()))
+                    .await?
+                {
+                    Response::WriteMultipleRegisters(ra, rn) if ra == a && usize::from(rn) == n => {
+                        format!(
+                            "function 16 (write multiple registers) echoed {place}, {n} registers"
+                        )
                     }
-                    other => other.map(|r| r.map(|r| r.map(|_| ()))),
+                    other => {
+                        return Err(mismatch(format!("{other:?} does not echo {n} registers")))
+                    }
                 }
             }
-            _ if words.len() == 1 => {
-                timeout(t, ctx.write_single_register(p.address, words[0])).await
+            WriteOp::Bit { bit, on } => {
+                // Read-modify-write in this task, so our own polls cannot interleave; another
+                // master writing the same register in between could, which the read-back shows.
+                let current = match self.request(Request::ReadHoldingRegisters(a, 1)).await? {
+                    Response::ReadHoldingRegisters(regs) if regs.len() == 1 => regs[0],
+                    other => return Err(mismatch(format!("{other:?} is not one register"))),
+                };
+                let next = if on {
+                    current | (1 << bit)
+                } else {
+                    current & !(1 << bit)
+                };
+                let echo = self.write_register(a, next, &place).await?;
+                format!("bit {bit} set to {on} by read-modify-write: {echo}")
             }
-            _ => timeout(t, ctx.write_multiple_registers(p.address, &words)).await,
         };
-        match res {
-            Ok(Ok(Ok(()))) => {
+        tracing::info!(device = %id, tag = tag.0, %value, %detail, "wrote");
+        let (echoed, read_back) = self.read_back(&p).await;
+        Ok(WriteAck {
+            detail: format!("{detail}; {read_back}"),
+            echoed,
+        })
+    }
+
+    /// Function 6 with its echo checked; the echo in words.
+    async fn write_register(
+        &mut self,
+        a: u16,
+        w: u16,
+        place: &str,
+    ) -> Result<String, DeviceWriteError> {
+        match self.request(Request::WriteSingleRegister(a, w)).await? {
+            Response::WriteSingleRegister(ra, rw) if (ra, rw) == (a, w) => Ok(format!(
+                "function 6 (write single register) echoed {place} = {w:#06x}"
+            )),
+            other => Err(DeviceWriteError::Refused(format!(
+                "{place}: the device's answer {other:?} does not echo {w:#06x}"
+            ))),
+        }
+    }
+
+    /// Reads the written coil or registers back and decodes them as the point. The write was
+    /// acknowledged already, so a failed read-back is reported in words, not as an error.
+    async fn read_back(&mut self, p: &ModbusPoint) -> (Option<Value>, String) {
+        let req = if p.table == ModbusTable::Coil {
+            Request::ReadCoils(p.address, 1)
+        } else {
+            Request::ReadHoldingRegisters(p.address, p.len())
+        };
+        match self.request(req).await {
+            Ok(Response::ReadCoils(bits)) if !bits.is_empty() => {
+                let v = Value::Bool(bits[0]);
+                (Some(v.clone()), format!("read back {v}"))
+            }
+            Ok(Response::ReadHoldingRegisters(regs)) if regs.len() == usize::from(p.len()) => {
+                let v = decode_registers(p, &regs);
+                (Some(v.clone()), format!("read back {v}"))
+            }
+            Ok(other) => (None, format!("read-back answered {other:?}")),
+            Err(e) => (None, format!("read-back failed: {e}")),
+        }
+    }
+
+    /// One request of a write, bounded by the device timeout. A timeout or transport error
+    /// drops the connection, like a failed poll.
+    async fn request(&mut self, req: Request<'_>) -> Result<Response, DeviceWriteError> {
+        let t = self.cfg.timeout;
+        let Some(ctx) = self.conn.as_mut() else {
+            return Err(DeviceWriteError::NotConnected(format!(
+                "device {} lost its connection",
+                self.cfg.id
+            )));
+        };
+        match timeout(t, ctx.call(req)).await {
+            Ok(Ok(Ok(rsp))) => {
                 self.answered();
-                tracing::info!(device = %self.cfg.id, tag = tag.0, %value, "wrote");
-                Ok(())
+                Ok(rsp)
             }
             Ok(Ok(Err(code))) => {
                 self.answered();
-                Err(WriteError::Exception(code.to_string()))
+                Err(DeviceWriteError::Refused(format!(
+                    "Modbus exception {code}"
+                )))
             }
             Ok(Err(e)) => {
                 let why = self.request_error(&e);
                 self.disconnect(&why);
-                Err(WriteError::Comm(why))
+                Err(DeviceWriteError::Comm(why))
             }
             Err(_) => {
                 self.disconnect(&format!("no answer to a write within {t:?}"));
-                Err(WriteError::Timeout(t))
+                Err(DeviceWriteError::Timeout(t))
             }
         }
     }
@@ -681,5 +813,54 @@ mod tests {
         assert_eq!(seq, vec![100, 200, 400, 500, 500]);
         b.reset();
         assert_eq!(b.next_delay().as_millis(), 100);
+    }
+
+    fn point(table: ModbusTable, data_type: ModbusDataType, bit: Option<u8>) -> ModbusPoint {
+        ModbusPoint {
+            unit_id: 1,
+            table,
+            address: 7,
+            data_type,
+            word_order: ironplant_core::config::WordOrder::LittleEndian,
+            byte_order: ironplant_core::config::ByteOrder::BigEndian,
+            bit,
+            scale: 1.0,
+            offset: 0.0,
+        }
+    }
+
+    #[test]
+    fn writes_are_planned_per_table_and_checked_first() {
+        use ModbusDataType::*;
+        let coil = point(ModbusTable::Coil, Bool, None);
+        assert_eq!(
+            plan_write(&coil, &Value::Bool(true)),
+            Ok(WriteOp::Coil(true))
+        );
+        assert!(matches!(
+            plan_write(&coil, &Value::Int(1)),
+            Err(EncodeError::WrongType { .. })
+        ));
+        let bit = point(ModbusTable::Holding, Bool, Some(3));
+        assert_eq!(
+            plan_write(&bit, &Value::Bool(false)),
+            Ok(WriteOp::Bit { bit: 3, on: false })
+        );
+        assert!(plan_write(&bit, &Value::Float(1.0)).is_err());
+        let u16p = point(ModbusTable::Holding, U16, None);
+        assert_eq!(
+            plan_write(&u16p, &Value::Int(4321)),
+            Ok(WriteOp::Register(4321))
+        );
+        assert!(matches!(
+            plan_write(&u16p, &Value::Int(70_000)),
+            Err(EncodeError::OutOfRange { .. })
+        ));
+        // i32 -123456 = 0xFFFE_1DC0, little-endian word order: low word first.
+        let i32p = point(ModbusTable::Holding, I32, None);
+        assert_eq!(
+            plan_write(&i32p, &Value::Int(-123_456)),
+            Ok(WriteOp::Registers(vec![0x1DC0, 0xFFFE]))
+        );
     }
 }

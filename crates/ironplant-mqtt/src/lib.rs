@@ -40,6 +40,7 @@ pub mod persist;
 pub mod private_fs;
 pub mod retained;
 pub mod session;
+pub mod settings;
 pub mod topic;
 pub mod transport;
 pub mod tree;

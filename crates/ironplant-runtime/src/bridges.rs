@@ -6,12 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ironplant_core::config::{BridgeConfig, BridgeOverflow, MqttVersion};
 use ironplant_mqtt::bridge::{
     Bridge, BridgeError, BridgeSettings, InRule, OutRule, Overflow, QueueLimits,
 };
 use ironplant_mqtt::client::ClientOptions;
 use ironplant_mqtt::codec::{ProtocolVersion, QoS};
+use ironplant_mqtt::settings::{BridgeConfig, BridgeOverflow, MqttVersion};
 use ironplant_mqtt::Broker;
 
 /// Each local subscription's channel: generous, so bursts reach the disk queue, not the floor.
@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn config_becomes_bridge_settings() {
-        let cfg = ironplant_core::config::parse(
+        let cfg = crate::config::parse(
             "b.toml",
             r#"
 [[bridge]]
@@ -114,7 +114,10 @@ queue = { max_messages = 10, max_bytes = 1000, overflow = "drop_newest" }
 "#,
         )
         .expect("valid config");
-        let s = settings(&cfg.bridges[0], Path::new("/data"));
+        let s = settings(
+            &cfg.get::<ironplant_mqtt::settings::Bridges>()[0],
+            Path::new("/data"),
+        );
         assert_eq!(s.queue_dir, Path::new("/data/bridge/ent"));
         assert_eq!(s.client.client_id, "ironplant-ent");
         assert_eq!(s.client.version, ProtocolVersion::V5);

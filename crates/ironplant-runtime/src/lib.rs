@@ -1,31 +1,39 @@
 //! Ironplant runtime: builds the namespace and tag bus from a configuration, starts one task per
 //! device, collects metrics, and offers the operations the API and CLI need (live values, writes).
 //!
-//! Start-up order (the composition root is [`start_platform`]): the namespace, bus and
-//! historian (subscribed), then the UNS publisher and the Sparkplug host on the broker, and
-//! only then the sources (device pollers). A sample published before a subscriber exists is
-//! never delivered to it, so every subscriber exists before the first source starts.
+//! The composition root is [`Platform`] (module [`platform`]): it owns start-up order,
+//! supervision ([`component`]) and ordered shutdown, and runs processors ([`pipeline`]) on the
+//! bus's publish path. A sample published before a subscriber exists is never delivered to it,
+//! so every subscriber exists before the first source starts.
 
 pub mod bridges;
+pub mod component;
+pub mod config;
 pub mod metrics;
+pub mod pipeline;
+pub mod platform;
 pub mod sparkplug;
 pub mod uns;
+pub mod writers;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use ironplant_core::config::{Config, HistorianSettings, LossyMethod, Protocol};
+use ironplant_core::config::{Config, Protocol};
 use ironplant_core::{
-    EventBus, LiveNamespace, Overflow, RegisterError, TagBus, TagId, TagMeta, Value,
+    DeviceWriteError, EventBus, LiveNamespace, Overflow, RegisterError, TagBus, TagId, TagMeta,
+    Value, WriteAck,
 };
 use ironplant_historian::lossy::LossySpec;
+use ironplant_historian::settings::{HistorianSettings, LossyMethod};
 use ironplant_historian::{Historian, HistorianConfig, HistorianError};
-use ironplant_modbus::{DeviceHandle, DevicePoller, PollPoint, WriteError};
+use ironplant_modbus::{DeviceHandle, DevicePoller, PollPoint};
 use ironplant_mqtt::Broker;
 use parking_lot::Mutex;
 
 pub use metrics::Metrics;
+pub use platform::{Platform, PlatformBuilder};
 
 /// Why a write through the runtime failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +44,14 @@ pub enum RuntimeWriteError {
     NotWritable(String),
     #[error("tag {0} has no device")]
     NoDevice(String),
-    #[error("device {device}: {source}")]
-    Device { device: String, source: WriteError },
+    #[error("tag {path}: nothing writes to its source {device} (the connector is not running)")]
+    NoWriter { path: String, device: String },
+    #[error("cannot write to {path} ({device}): {source}")]
+    Device {
+        path: String,
+        device: String,
+        source: DeviceWriteError,
+    },
 }
 
 /// A running platform: namespace, bus, metrics, historian and device tasks. Dropping it stops
@@ -49,6 +63,8 @@ pub struct Runtime {
     /// Events (alarms, commands, security and system events) beside the samples.
     pub events: EventBus,
     pub metrics: Arc<Metrics>,
+    /// The device writers by source, filled by each connector as it starts (see [`writers`]).
+    pub writers: writers::Writers,
     /// The historian, when the platform has a data directory and it is enabled.
     pub historian: Option<Historian>,
     /// The device tasks, once [`Runtime::start_sources`] ran.
@@ -66,51 +82,18 @@ pub enum StartError {
     Sparkplug(#[from] sparkplug::SparkplugError),
 }
 
-/// A started platform: the runtime and its consumers on the broker.
-pub struct Started {
-    pub runtime: Arc<Runtime>,
-    /// The Sparkplug host application, when the broker runs and `[sparkplug]` enables it.
-    pub sparkplug: Option<sparkplug::SparkplugHost>,
-    /// The UNS publisher's task, when the broker runs.
-    pub uns: Option<tokio::task::JoinHandle<()>>,
-    /// The bus subscribers that existed when the sources started (in subscription order).
-    pub subscribers_at_start: Vec<String>,
-}
-
-/// The composition root: builds the runtime (historian subscribed), attaches the UNS publisher
-/// and the Sparkplug host to `broker` (when there is one), and only then starts the sources, so
-/// that no subscriber misses the first poll. Call on a tokio runtime.
+/// The platform with its standard components: [`Platform::builder`] with `broker` when there is
+/// one, started. Call on a tokio runtime.
 pub fn start_platform(
     config: &Config,
     data_dir: Option<&Path>,
     broker: Option<&Broker>,
-) -> Result<Started, StartError> {
-    let runtime = Arc::new(Runtime::build(config, data_dir)?);
-    let mut uns = None;
-    let mut host = None;
+) -> Result<Platform, StartError> {
+    let mut b = Platform::builder(config.clone(), data_dir);
     if let Some(broker) = broker {
-        // The UNS before the Sparkplug host: the host is a source too (births and data).
-        uns = Some(uns::attach(
-            broker.clone(),
-            &runtime.bus,
-            runtime.namespace.clone(),
-            &config.mqtt.uns_prefix,
-        ));
-        if config.sparkplug.enabled {
-            host = Some(sparkplug::start(
-                broker.clone(),
-                &runtime,
-                &config.sparkplug,
-            )?);
-        }
+        b = b.broker(broker.clone());
     }
-    let subscribers_at_start = runtime.start_sources();
-    Ok(Started {
-        runtime,
-        sparkplug: host,
-        uns,
-        subscribers_at_start,
-    })
+    b.start()
 }
 
 /// The historian's settings from the config, for a data directory.
@@ -230,8 +213,8 @@ impl Runtime {
         let bus = TagBus::new(namespace.len());
         let metrics = Arc::new(Metrics::new(config.devices.iter().map(|d| d.id.clone())));
         let historian = match data_dir {
-            Some(dir) if config.historian.enabled => {
-                let h = Historian::open(historian_config(dir, &config.historian))?;
+            Some(dir) if config.get::<HistorianSettings>().enabled => {
+                let h = Historian::open(historian_config(dir, &config.get::<HistorianSettings>()))?;
                 attach_historian(&h, &bus, namespace.clone())?;
                 Some(h)
             }
@@ -268,6 +251,7 @@ impl Runtime {
             bus,
             events: EventBus::new(),
             metrics,
+            writers: writers::Writers::new(),
             historian,
             devices: OnceLock::new(),
             pending: Mutex::new(pending),
@@ -291,7 +275,12 @@ impl Runtime {
         let mut devices = HashMap::new();
         for poller in pollers {
             tracing::info!(device = %poller.config.id, address = %poller.config.address, tags = poller.points.len(), interval = ?poller.config.poll_interval, "starting device");
-            devices.insert(poller.config.id.clone(), poller.spawn());
+            let id = poller.config.id.clone();
+            let handle = poller.spawn();
+            if let Err(e) = self.writers.register(&id, Arc::new(handle.writer())) {
+                tracing::error!(device = %id, error = %e, "device not writable");
+            }
+            devices.insert(id, handle);
         }
         tracing::debug!(?subscribers, "sources started after these bus subscribers");
         let _ = self.devices.set(devices);
@@ -319,8 +308,10 @@ impl Runtime {
             .render(&self.bus.stats(), self.namespace.len(), historian.as_ref())
     }
 
-    /// Writes `value` to a writable tag through its device (the command path builds on this).
-    pub async fn write(&self, path: &str, value: Value) -> Result<(), RuntimeWriteError> {
+    /// Writes `value` to a writable tag through the writer of its source (a Modbus device, a
+    /// Sparkplug edge node or device), resolving when the device acknowledged it. The command
+    /// path (authorisation, limits, interlocks, audit) builds on this.
+    pub async fn write(&self, path: &str, value: Value) -> Result<WriteAck, RuntimeWriteError> {
         let meta: TagMeta = self
             .namespace
             .lookup(path)
@@ -328,20 +319,23 @@ impl Runtime {
         if !meta.writable {
             return Err(RuntimeWriteError::NotWritable(path.to_owned()));
         }
-        let device_id = meta
+        let device = meta
             .device
-            .as_deref()
+            .clone()
             .ok_or_else(|| RuntimeWriteError::NoDevice(path.to_owned()))?;
-        let device = self
-            .devices
-            .get()
-            .and_then(|d| d.get(device_id))
-            .ok_or_else(|| RuntimeWriteError::NoDevice(path.to_owned()))?;
-        device
-            .write(meta.id, value)
+        let writer = self
+            .writers
+            .get(&device)
+            .ok_or_else(|| RuntimeWriteError::NoWriter {
+                path: path.to_owned(),
+                device: device.clone(),
+            })?;
+        writer
+            .write(&meta, value)
             .await
             .map_err(|source| RuntimeWriteError::Device {
-                device: device_id.to_owned(),
+                path: path.to_owned(),
+                device,
                 source,
             })
     }

@@ -46,6 +46,14 @@ pub struct SparkplugMetrics {
     pub errors: AtomicU64,
     /// Tags added to the namespace by births.
     pub tags_born: AtomicU64,
+    /// Writes sent as NCMD/DCMD.
+    pub commands: AtomicU64,
+    /// Writes confirmed by the edge node's report of the value.
+    pub writes_confirmed: AtomicU64,
+    /// Writes sent but not confirmed (timed out, or the node or device died first).
+    pub writes_unconfirmed: AtomicU64,
+    /// Writes refused before sending (offline, no birth, bad value, too many waiting).
+    pub writes_refused: AtomicU64,
 }
 
 /// All counters of a running platform. The device set is fixed at start-up.
@@ -326,7 +334,7 @@ fn render_broker(w: &mut String, b: &ironplant_mqtt::Broker) {
 }
 
 fn render_sparkplug(w: &mut String, s: &SparkplugMetrics) {
-    let counters: [(&str, &str, &AtomicU64); 5] = [
+    let counters: [(&str, &str, &AtomicU64); 9] = [
         (
             "messages_total",
             "Sparkplug B messages handled by the host application.",
@@ -351,6 +359,26 @@ fn render_sparkplug(w: &mut String, s: &SparkplugMetrics) {
             "tags_born_total",
             "Tags added to the namespace by Sparkplug births.",
             &s.tags_born,
+        ),
+        (
+            "commands_total",
+            "Writes sent to edge nodes as NCMD/DCMD.",
+            &s.commands,
+        ),
+        (
+            "writes_confirmed_total",
+            "Writes confirmed by the edge node reporting the written value.",
+            &s.writes_confirmed,
+        ),
+        (
+            "writes_unconfirmed_total",
+            "Writes sent but not confirmed (timed out, or the node or device went offline).",
+            &s.writes_unconfirmed,
+        ),
+        (
+            "writes_refused_total",
+            "Writes refused before sending (offline, no birth, value not fitting the datatype, too many waiting).",
+            &s.writes_refused,
         ),
     ];
     for (name, help, v) in counters {

@@ -13,25 +13,44 @@
 //!
 //! If the subscription's queue overflows the broker drops messages; the next message of that
 //! edge node then shows a seq gap and the host asks for a rebirth, so a drop heals itself.
+//!
+//! Writes: the host is the [`DeviceWriter`] of every node and device whose birth creates tags
+//! (registered in [`crate::writers`] under the tags' source). A write is a request to the same
+//! task that owns the [`Host`], which builds the NCMD/DCMD ([`Host::write_command`]: birth
+//! datatype, alias or name, value checked first), publishes it, and resolves the write when the
+//! edge node reports the written value ([`PendingWrites`]), or with `Timeout` after
+//! `[sparkplug] write_timeout`, or `NotConnected` if the node or device dies first.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use ironplant_core::config::SparkplugSettings;
-use ironplant_core::{LiveNamespace, Sample, TagBus, TagId, TagMeta, TagPath, Timestamp};
+use ironplant_core::{
+    BoxFuture, DeviceWriteError, DeviceWriter, LiveNamespace, Sample, TagBus, TagId, TagMeta,
+    TagPath, Timestamp, Value, WriteAck,
+};
 use ironplant_mqtt::codec::{MqttString, Publish as MqttPublish, QoS};
 use ironplant_mqtt::Broker;
-use ironplant_sparkplug::{Host, HostAction, HostError, HostOptions, MessageType, Topic, REBIRTH};
-use tokio::sync::mpsc;
+use ironplant_sparkplug::settings::SparkplugSettings;
+use ironplant_sparkplug::{
+    Host, HostAction, HostError, HostOptions, MessageType, PendingWrites, Topic, WriteError,
+    WriteOutcome, REBIRTH,
+};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::metrics::SparkplugMetrics;
+use crate::writers::Writers;
 use crate::Runtime;
 
 /// Messages the in-process subscription queues before the broker drops (and counts) them.
 const QUEUE: usize = 16_384;
+/// Writes queued for the host's task before writers wait.
+const WRITE_QUEUE: usize = 256;
+/// Commands sent and waiting for their confirmation at most; more are refused.
+const MAX_PENDING_WRITES: usize = 4096;
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +112,7 @@ pub fn start(
         .running
         .store(1, Ordering::Relaxed);
     tracing::info!(host_id = %settings.host_id, state = %state_topic, prefix = ?settings.prefix.as_ref().map(TagPath::as_str), "sparkplug host application started");
+    let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
     let shell = Shell {
         host,
         broker: broker.clone(),
@@ -101,8 +121,12 @@ pub fn start(
         metrics: runtime.metrics.clone(),
         ids: HashMap::new(),
         refused: HashSet::new(),
+        writers: runtime.writers.clone(),
+        writer: Arc::new(SparkplugWriter { requests: write_tx }),
+        pending: PendingWrites::new(),
+        write_timeout: settings.write_timeout,
     };
-    let task = tokio::spawn(shell.run(rx));
+    let task = tokio::spawn(shell.run(rx, write_rx));
     Ok(SparkplugHost {
         broker,
         state_topic,
@@ -120,13 +144,152 @@ struct Shell {
     ids: HashMap<TagPath, TagId>,
     /// Paths that belong to another source (a configured tag): reported once, never recorded.
     refused: HashSet<TagPath>,
+    /// Where the sources of born tags get their writer (this host).
+    writers: Writers,
+    writer: Arc<dyn DeviceWriter>,
+    /// Commands sent, waiting for the edge node to report their value.
+    pending: PendingWrites<Waiting>,
+    write_timeout: Duration,
+}
+
+/// A write asked of the host's task.
+struct WriteRequest {
+    path: TagPath,
+    value: Value,
+    reply: oneshot::Sender<Result<WriteAck, DeviceWriteError>>,
+}
+
+/// A command sent, waiting for its confirmation.
+struct Waiting {
+    reply: oneshot::Sender<Result<WriteAck, DeviceWriteError>>,
+    /// What was sent, in words, for the acknowledgement and the logs.
+    sent: String,
+    at: tokio::time::Instant,
+}
+
+/// The [`DeviceWriter`] of every Sparkplug source: forwards writes to the host's task.
+struct SparkplugWriter {
+    requests: mpsc::Sender<WriteRequest>,
+}
+
+impl DeviceWriter for SparkplugWriter {
+    fn write(
+        &self,
+        tag: &TagMeta,
+        value: Value,
+    ) -> BoxFuture<'static, Result<WriteAck, DeviceWriteError>> {
+        let requests = self.requests.clone();
+        let path = tag.path.clone();
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            requests
+                .send(WriteRequest { path, value, reply })
+                .await
+                .map_err(|_| DeviceWriteError::Stopped)?;
+            rx.await.map_err(|_| DeviceWriteError::Stopped)?
+        })
+    }
 }
 
 impl Shell {
-    async fn run(mut self, mut rx: mpsc::Receiver<MqttPublish>) {
-        while let Some(msg) = rx.recv().await {
-            self.handle(msg.topic.as_str(), &msg.payload).await;
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<MqttPublish>,
+        mut writes: mpsc::Receiver<WriteRequest>,
+    ) {
+        loop {
+            let wake = self.pending.next_deadline().map(|d| {
+                let left = d.as_micros().saturating_sub(Timestamp::now().as_micros());
+                tokio::time::Instant::now()
+                    + Duration::from_micros(u64::try_from(left).unwrap_or(0))
+            });
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle(msg.topic.as_str(), &msg.payload).await,
+                    None => return,
+                },
+                Some(req) = writes.recv() => self.start_write(req),
+                () = sleep_until(wake) => {
+                    for (w, outcome) in self.pending.expire(Timestamp::now()) {
+                        self.finish(w, outcome);
+                    }
+                }
+            }
         }
+    }
+
+    /// Builds and publishes the command, or refuses the write with nothing sent.
+    fn start_write(&mut self, req: WriteRequest) {
+        let now = Timestamp::now();
+        let m = &self.metrics.sparkplug;
+        if self.pending.len() >= MAX_PENDING_WRITES {
+            m.writes_refused.fetch_add(1, Ordering::Relaxed);
+            let _ = req.reply.send(Err(DeviceWriteError::Refused(format!(
+                "{MAX_PENDING_WRITES} Sparkplug writes are waiting for their edge nodes; try again later"
+            ))));
+            return;
+        }
+        let cmd = match self.host.write_command(&req.path, &req.value, now) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                m.writes_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(tag = %req.path, value = %req.value, error = %e, "sparkplug write refused");
+                let _ = req.reply.send(Err(write_error(e, &req.value)));
+                return;
+            }
+        };
+        m.commands.fetch_add(1, Ordering::Relaxed);
+        let by = match cmd.alias {
+            Some(alias) => format!("alias {alias}"),
+            None => "name".to_owned(),
+        };
+        let kind = if cmd.device_id.is_some() {
+            "DCMD"
+        } else {
+            "NCMD"
+        };
+        let sent = format!(
+            "{kind} on {} set {:?} (by {by}) to {} as {}",
+            cmd.publish.topic, cmd.metric, req.value, cmd.datatype
+        );
+        tracing::info!(tag = %req.path, %sent, "sparkplug write sent");
+        perform_publish(&self.broker, cmd.publish.clone(), &self.metrics.sparkplug);
+        let timeout_us = i64::try_from(self.write_timeout.as_micros()).unwrap_or(i64::MAX);
+        let deadline = Timestamp(now.as_micros().saturating_add(timeout_us));
+        let waiting = Waiting {
+            reply: req.reply,
+            sent,
+            at: tokio::time::Instant::now(),
+        };
+        self.pending.add(waiting, &cmd, deadline);
+    }
+
+    fn finish(&self, w: Waiting, outcome: WriteOutcome) {
+        let m = &self.metrics.sparkplug;
+        let counter = match outcome {
+            WriteOutcome::Confirmed { .. } => &m.writes_confirmed,
+            _ => &m.writes_unconfirmed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let result = match outcome {
+            WriteOutcome::Confirmed { value, .. } => Ok(WriteAck {
+                detail: format!(
+                    "{}; the edge node reported the value {:?} later",
+                    w.sent,
+                    w.at.elapsed()
+                ),
+                echoed: Some(value),
+            }),
+            WriteOutcome::Offline { scope } => Err(DeviceWriteError::NotConnected(format!(
+                "{scope} went offline before reporting the written value ({})",
+                w.sent
+            ))),
+            WriteOutcome::TimedOut { last_reported } => {
+                tracing::warn!(sent = %w.sent, last_reported = ?last_reported, timeout = ?self.write_timeout, "sparkplug write not confirmed: no report of the written value");
+                Err(DeviceWriteError::Timeout(self.write_timeout))
+            }
+        };
+        let _ = w.reply.send(result);
     }
 
     async fn handle(&mut self, topic: &str, payload: &[u8]) {
@@ -135,6 +298,7 @@ impl Shell {
         m.messages.fetch_add(1, Ordering::Relaxed);
         let now = Timestamp::now();
         let actions = self.host.handle(topic, payload, now);
+        let ended = self.pending.observe(&actions);
         // A birth may change a metric's datatype or unit: refresh the metadata of its tags.
         let birth = matches!(
             Topic::parse(topic),
@@ -185,6 +349,10 @@ impl Shell {
         // History first, so the message's current values are what the live table keeps.
         self.bus.publish(history).await;
         self.bus.publish(current).await;
+        // After the bus: whoever got the acknowledgement reads the written value.
+        for (w, outcome) in ended {
+            self.finish(w, outcome);
+        }
     }
 
     /// The tag of a metric's path, registering it (or refreshing its metadata at a birth).
@@ -217,8 +385,8 @@ impl Shell {
                 .description
                 .unwrap_or_else(|| format!("Sparkplug metric {:?} ({})", info.name, info.datatype)),
             range: None,
-            writable: false,
-            device: Some(source),
+            writable: info.writable,
+            device: Some(source.clone()),
         };
         let before = self.namespace.len();
         match self.namespace.register(meta) {
@@ -230,6 +398,9 @@ impl Shell {
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 self.ids.insert(path.clone(), id);
+                if let Err(e) = self.writers.register(&source, self.writer.clone()) {
+                    tracing::error!(error = %e, "sparkplug metrics of this source are not writable");
+                }
                 Some(id)
             }
             Err(e) => {
@@ -242,6 +413,29 @@ impl Shell {
                 None
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without a deadline.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The host's refusal in the write path's terms.
+fn write_error(e: WriteError, value: &Value) -> DeviceWriteError {
+    match e {
+        WriteError::NotSparkplug { .. } | WriteError::UnknownMetric { .. } => {
+            DeviceWriteError::UnknownTag(e.to_string())
+        }
+        WriteError::Offline { .. } => DeviceWriteError::NotConnected(e.to_string()),
+        WriteError::ReadOnly { .. } => DeviceWriteError::ReadOnly(e.to_string()),
+        WriteError::Value { error, .. } => DeviceWriteError::BadValue {
+            value: value.to_string(),
+            why: error.to_string(),
+        },
     }
 }
 

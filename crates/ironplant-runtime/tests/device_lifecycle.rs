@@ -67,7 +67,7 @@ async fn tags_go_bad_when_the_device_dies_and_recover_when_it_returns() {
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(serve(listener, bank.clone()));
 
-    let cfg = ironplant_core::config::parse("test.toml", &config(addr)).expect("valid config");
+    let cfg = ironplant_runtime::config::parse("test.toml", &config(addr)).expect("valid config");
     let rt = Runtime::start(&cfg, None).expect("start");
     let level = rt
         .namespace

@@ -119,7 +119,7 @@ async fn connector_reads_and_writes_a_pymodbus_server() {
     ] {
         cfg.push_str(&tag(name, writable, m));
     }
-    let cfg = ironplant_core::config::parse("interop.toml", &cfg).expect("valid config");
+    let cfg = ironplant_runtime::config::parse("interop.toml", &cfg).expect("valid config");
     let rt = Runtime::start(&cfg, None).expect("start");
     let path = |n: &str| format!("acme/lab/test/bench/rig/py/{n}");
     let value = |n: &str| {

@@ -61,12 +61,16 @@ async fn next_on(rx: &mut mpsc::Receiver<MqttPublish>, pred: impl Fn(&str) -> bo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn births_data_rebirth_gap_and_death_through_the_platform() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = ironplant_core::config::parse("t.toml", CONFIG).expect("valid config");
+    let config = ironplant_runtime::config::parse("t.toml", CONFIG).expect("valid config");
     let rt = Runtime::start(&config, Some(dir.path())).expect("runtime");
     let configured = rt.namespace.len();
     let broker = Broker::new(BrokerConfig::default());
-    let host =
-        ironplant_runtime::sparkplug::start(broker.clone(), &rt, &config.sparkplug).expect("host");
+    let host = ironplant_runtime::sparkplug::start(
+        broker.clone(),
+        &rt,
+        &config.get::<ironplant_sparkplug::settings::SparkplugSettings>(),
+    )
+    .expect("host");
     assert_eq!(host.state_topic(), "spBv1.0/STATE/test-host");
     let mut observer = broker
         .subscribe_internal("observer", "spBv1.0/#", 1024)
@@ -111,7 +115,14 @@ async fn births_data_rebirth_gap_and_death_through_the_platform() {
     );
     assert_eq!(meta.value_type, ValueType::Float);
     assert_eq!(meta.unit.as_deref(), Some("rpm"));
-    assert!(!meta.writable);
+    assert!(meta.writable, "a Double metric can be written (DCMD)");
+    assert!(
+        !rt.namespace
+            .lookup("plant/g1/n1/_node/bdSeq")
+            .expect("born")
+            .writable,
+        "bdSeq is the session's"
+    );
     assert_eq!(meta.device.as_deref(), Some("sparkplug:g1/n1/d1"));
     assert_eq!(
         current(&rt, "plant/g1/n1/_node/Uptime").map(|c| c.0),

@@ -55,7 +55,7 @@ async fn the_uns_publishes_the_first_poll_on_every_start() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(serve(listener, bank.clone()));
-    let cfg = ironplant_core::config::parse("test.toml", &config(addr)).expect("valid config");
+    let cfg = ironplant_runtime::config::parse("test.toml", &config(addr)).expect("valid config");
 
     for run in 0..20 {
         let dir = tempfile::tempdir().expect("temp dir");

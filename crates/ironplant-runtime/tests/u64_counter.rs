@@ -38,7 +38,7 @@ device = "meter"
 modbus = {{ table = "input", address = 0, type = "u64" }}
 "#
     );
-    let cfg = ironplant_core::config::parse("meter.toml", &config).expect("valid config");
+    let cfg = ironplant_runtime::config::parse("meter.toml", &config).expect("valid config");
     assert_eq!(cfg.tags[0].value_type, ValueType::Int);
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = Runtime::start(&cfg, Some(dir.path())).expect("start");

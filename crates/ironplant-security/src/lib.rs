@@ -18,6 +18,7 @@ pub mod lockout;
 pub mod mqtt;
 pub mod policy;
 pub mod roles;
+pub mod settings;
 pub mod tls;
 pub mod users;
 

@@ -117,6 +117,30 @@ impl DataType {
     }
 
     /// The specification's name, e.g. `Int32`, `UUID`, `DateTimeArray`.
+    /// Whether a tag value can be written to a metric of this type ([`crate::MetricValue::from_value`]
+    /// builds it): the scalar numbers, Boolean, the string types and DateTime. Arrays, DataSets,
+    /// Templates, Bytes and Files cannot.
+    pub fn is_writable(self) -> bool {
+        use DataType::*;
+        matches!(
+            self,
+            Int8 | Int16
+                | Int32
+                | Int64
+                | UInt8
+                | UInt16
+                | UInt32
+                | UInt64
+                | Float
+                | Double
+                | Boolean
+                | String
+                | DateTime
+                | Text
+                | Uuid
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             DataType::Unknown => "Unknown",

@@ -181,17 +181,50 @@ pub enum ConfigError {
     Prefix(MapError),
 }
 
-/// Why [`Host::command`] could not build a command.
+/// Why [`Host::write_command`] could not build a command. Nothing is sent then.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WriteError {
     #[error("{path} is not the path of a Sparkplug metric")]
     NotSparkplug { path: TagPath },
-    #[error("{path}: the edge node or device is offline")]
-    Offline { path: TagPath },
-    #[error("{path}: no such metric in the current birth")]
-    UnknownMetric { path: TagPath },
+    /// The edge node or device had a birth but is offline now (NDEATH, DDEATH, or an NBIRTH
+    /// whose devices are not re-born yet).
+    #[error("{path}: {scope} is offline; writes are refused until its next birth")]
+    Offline { path: TagPath, scope: String },
+    #[error("{path}: no birth of {scope} declared this metric")]
+    UnknownMetric { path: TagPath, scope: String },
+    /// bdSeq and `Node Control/…` belong to the session between host and edge node.
+    #[error("{path}: metric {metric:?} is part of the Sparkplug session, not a writable value")]
+    ReadOnly { path: TagPath, metric: String },
     #[error("{path}: {error}")]
     Value { path: TagPath, error: ValueError },
+}
+
+/// Whether a metric can be written through its tag: a writable datatype, and not one of the
+/// session's own metrics (bdSeq, `Node Control/…`).
+pub fn is_writable_metric(name: &str, datatype: DataType) -> bool {
+    datatype.is_writable() && !is_session_metric(name)
+}
+
+fn is_session_metric(name: &str) -> bool {
+    name == BD_SEQ || name.starts_with("Node Control/")
+}
+
+/// An NCMD/DCMD built by [`Host::write_command`]: the message to publish, and what the edge node
+/// is expected to report once it applied it (Sparkplug has no command acknowledgement; see
+/// [`crate::writes::PendingWrites`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    pub publish: Publish,
+    pub path: TagPath,
+    pub node: NodeId,
+    pub device_id: Option<String>,
+    /// The metric's name in the birth.
+    pub metric: String,
+    /// The alias the command carries instead of the name, when the birth declared one.
+    pub alias: Option<u64>,
+    pub datatype: DataType,
+    /// The value as sent (`value` narrowed to `datatype`, e.g. an f32 for Float).
+    pub value: MetricValue,
 }
 
 const STALE: Quality = Quality {
@@ -222,6 +255,8 @@ pub struct MetricInfo {
     pub unit: Option<String>,
     /// From the `Documentation`, `Tooltip` or `description` property, if any.
     pub description: Option<String>,
+    /// Whether [`Host::write_command`] can write it ([`is_writable_metric`]).
+    pub writable: bool,
 }
 
 /// Property keys that carry a metric's engineering unit and description, in order of
@@ -440,6 +475,7 @@ impl Host {
         };
         let m = scope.metrics.get(&addr.metric)?;
         Some(MetricInfo {
+            writable: is_writable_metric(&addr.metric, m.datatype),
             datatype: m.datatype,
             unit: m.unit.clone(),
             description: m.description.clone(),
@@ -450,13 +486,28 @@ impl Host {
     }
 
     /// Builds the NCMD/DCMD that writes `value` to the metric behind `path`, using the datatype
-    /// (and alias, if any) of the current birth.
+    /// (and alias, if any) of the current birth. See [`Host::write_command`].
     pub fn command(
         &self,
         path: &TagPath,
         value: &Value,
         now: Timestamp,
     ) -> Result<Publish, WriteError> {
+        self.write_command(path, value, now).map(|c| c.publish)
+    }
+
+    /// Builds the command that writes `value` to the metric behind `path`: an NCMD for a node
+    /// metric, a DCMD for a device metric, the value encoded as the datatype of the current
+    /// birth, the metric named by its alias when the birth declared one (3.0), else by its name.
+    /// Refused, with nothing to send, when the node or device is offline, no birth declared the
+    /// metric, it is a session metric, or the value does not fit the datatype (a fraction into an
+    /// integer type, out of range, a string into a number…).
+    pub fn write_command(
+        &self,
+        path: &TagPath,
+        value: &Value,
+        now: Timestamp,
+    ) -> Result<Command, WriteError> {
         let addr = self
             .mapper
             .address(path)
@@ -465,23 +516,38 @@ impl Host {
             group_id: addr.group_id,
             edge_node_id: addr.edge_node_id,
         };
-        let offline = || WriteError::Offline { path: path.clone() };
-        let node = self.nodes.get(&node_id).ok_or_else(offline)?;
-        if !node.scope.online {
-            return Err(offline());
-        }
+        let node_name = format!("edge node {}/{}", node_id.group_id, node_id.edge_node_id);
+        let scope_name = match &addr.device_id {
+            None => node_name.clone(),
+            Some(d) => format!("device {d} of {node_name}"),
+        };
+        let unknown = || WriteError::UnknownMetric {
+            path: path.clone(),
+            scope: scope_name.clone(),
+        };
+        let node = self.nodes.get(&node_id).ok_or_else(unknown)?;
         let scope = match &addr.device_id {
             None => &node.scope,
-            Some(d) => node
-                .devices
-                .get(d)
-                .filter(|s| s.online)
-                .ok_or_else(offline)?,
+            Some(d) => node.devices.get(d).ok_or_else(unknown)?,
         };
-        let state = scope
-            .metrics
-            .get(&addr.metric)
-            .ok_or_else(|| WriteError::UnknownMetric { path: path.clone() })?;
+        let state = scope.metrics.get(&addr.metric).ok_or_else(unknown)?;
+        if !node.scope.online || !scope.online {
+            let scope = if node.scope.online {
+                scope_name
+            } else {
+                node_name
+            };
+            return Err(WriteError::Offline {
+                path: path.clone(),
+                scope,
+            });
+        }
+        if is_session_metric(&addr.metric) {
+            return Err(WriteError::ReadOnly {
+                path: path.clone(),
+                metric: addr.metric,
+            });
+        }
         let mv =
             MetricValue::from_value(state.datatype, value).map_err(|error| WriteError::Value {
                 path: path.clone(),
@@ -507,11 +573,20 @@ impl Host {
             metrics: vec![metric],
             ..Default::default()
         };
-        Ok(Publish {
-            topic: Topic::edge(&node_id.group_id, mt, &node_id.edge_node_id, device),
-            payload: payload.to_bytes(),
-            qos: Qos::AtMostOnce,
-            retain: false,
+        Ok(Command {
+            publish: Publish {
+                topic: Topic::edge(&node_id.group_id, mt, &node_id.edge_node_id, device),
+                payload: payload.to_bytes(),
+                qos: Qos::AtMostOnce,
+                retain: false,
+            },
+            path: path.clone(),
+            device_id: addr.device_id,
+            node: node_id,
+            metric: addr.metric,
+            alias: state.alias,
+            datatype: state.datatype,
+            value: mv,
         })
     }
 

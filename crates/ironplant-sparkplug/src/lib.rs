@@ -9,20 +9,23 @@ pub mod datatype;
 pub mod edge;
 pub mod host;
 pub mod proto;
+pub mod settings;
 pub mod tagmap;
 pub mod topic;
 pub mod value;
+pub mod writes;
 
 pub use datatype::DataType;
 pub use edge::{EdgeError, EdgeNode};
 pub use host::{
-    ConfigError, Host, HostAction, HostError, HostOptions, MetricInfo, NodeId, TagSample,
-    WriteError,
+    is_writable_metric, Command, ConfigError, Host, HostAction, HostError, HostOptions, MetricInfo,
+    NodeId, TagSample, WriteError,
 };
 pub use proto::Payload;
 pub use tagmap::{MapError, MetricAddress, TagMapper};
 pub use topic::{MessageType, Topic, TopicError};
 pub use value::{DataSet, MetricValue, ValueError};
+pub use writes::{PendingWrites, WriteOutcome};
 
 use ironplant_core::Timestamp;
 

@@ -88,6 +88,8 @@ pub enum ValueError {
     MissingValue { datatype: DataType },
     #[error("value {value} is out of range for {datatype}")]
     OutOfRange { datatype: DataType, value: String },
+    #[error("{datatype} takes whole numbers, not {value}")]
+    NotIntegral { datatype: DataType, value: String },
     #[error("{datatype} payload of {len} bytes is malformed: {why}")]
     BadArray {
         datatype: DataType,
@@ -763,6 +765,12 @@ impl MetricValue {
                 {
                     Ok(f as i128)
                 }
+                Value::Float(f) if f.is_finite() && f.fract() != 0.0 => {
+                    Err(ValueError::NotIntegral {
+                        datatype,
+                        value: value.to_string(),
+                    })
+                }
                 Value::Float(_) => Err(out_of_range()),
                 Value::Null | Value::String(_) => Err(unsupported()),
             }
@@ -1123,8 +1131,12 @@ mod tests {
             MetricValue::from_value(DataType::UInt64, &Value::Float(3.0)),
             Ok(MetricValue::UInt64(3))
         );
+        assert_eq!(
+            MetricValue::from_value(DataType::Int16, &Value::Float(3.5)).map_err(|e| e.to_string()),
+            Err("Int16 takes whole numbers, not 3.5".to_owned())
+        );
         assert!(matches!(
-            MetricValue::from_value(DataType::Int32, &Value::Float(3.5)),
+            MetricValue::from_value(DataType::Int32, &Value::Float(1e300)),
             Err(ValueError::OutOfRange { .. })
         ));
         assert!(matches!(

@@ -614,7 +614,11 @@ pub fn acl(cmd: AclCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
                     let Some(cfg) = crate::load_config(&file)? else {
                         return Ok(ExitCode::FAILURE);
                     };
-                    match cfg.security.acl {
+                    match cfg
+                        .get::<ironplant_security::settings::SecuritySettings>()
+                        .acl
+                        .clone()
+                    {
                         Some(rules) => (rules, format!("{} [security] acl", file.display())),
                         None => (builtin_rules(), "built-in".to_owned()),
                     }

@@ -363,28 +363,13 @@ fn listen(server: &ServerArgs) -> platform::Listen<'_> {
 fn load_config(path: &Path) -> anyhow::Result<Option<ironplant_core::config::Config>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let file = path.display().to_string();
-    let core = ironplant_core::config::parse_with(&file, &text, Some(secure::check_acl_rule));
-    // Sections other crates own, reported together with core's errors.
-    let (_, owned) = ironplant_ingest::IngestSettings::from_source(&text);
-    let mut errors = match core {
-        Ok(cfg) if owned.is_empty() => return Ok(Some(cfg)),
-        Ok(_) => ironplant_core::config::ConfigErrors {
-            file,
-            source: text,
-            errors: Vec::new(),
-        },
-        Err(errors) => errors,
-    };
-    for e in owned {
-        // A TOML syntax error is found by every section's parser: report it once.
-        if !errors.errors.contains(&e) {
-            errors.errors.push(e);
+    match ironplant_api::settings::parse(&path.display().to_string(), &text) {
+        Ok(cfg) => Ok(Some(cfg)),
+        Err(errors) => {
+            eprintln!("{errors}");
+            Ok(None)
         }
     }
-    errors.errors.sort_by_key(|e| e.span.start);
-    eprintln!("{errors}");
-    Ok(None)
 }
 
 fn check(path: &Path) -> ExitCode {

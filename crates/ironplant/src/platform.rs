@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use ironplant_api::settings::HttpSettings;
 use ironplant_api::ApiState;
 use ironplant_core::config::Config;
+use ironplant_mqtt::settings::{Bridges, MqttSettings};
 use ironplant_security::Security;
+use ironplant_sparkplug::settings::SparkplugSettings;
 use tokio::net::TcpListener;
 
 use crate::datadir;
@@ -225,7 +228,7 @@ async fn serve_with(
     let any_mqtt = mqtts_listener.is_some() || mqtt_listener.is_some() || ws_listener.is_some();
     let namespace_for_policy = Arc::new(std::sync::OnceLock::new());
     let broker = if any_mqtt {
-        let m = &config.mqtt;
+        let m = config.get::<MqttSettings>();
         let broker_cfg = ironplant_mqtt::BrokerConfig {
             state_dir: Some(data_dir.join("mqtt")),
             max_packet_size: m.max_packet_size,
@@ -257,7 +260,10 @@ async fn serve_with(
             reserved: Some(secure::Reserved {
                 namespace: namespace_for_policy.clone(),
                 uns_prefix: m.uns_prefix.clone(),
-                host_state: format!("spBv1.0/STATE/{}", config.sparkplug.host_id),
+                host_state: format!(
+                    "spBv1.0/STATE/{}",
+                    config.get::<SparkplugSettings>().host_id
+                ),
             }),
         });
         let broker = ironplant_mqtt::Broker::open(broker_cfg, auth)
@@ -278,8 +284,9 @@ async fn serve_with(
                 "cannot start the Sparkplug host application; check [sparkplug] in the config",
             ),
         })?;
-    let runtime = started.runtime;
-    let sparkplug = started.sparkplug;
+    let mut platform = started;
+    let runtime = platform.runtime.clone();
+    let sparkplug = platform.sparkplug.take();
     let _ = namespace_for_policy.set(runtime.namespace.clone());
     if let Some(b) = &broker {
         runtime.metrics.attach_broker(b.clone());
@@ -289,7 +296,10 @@ async fn serve_with(
         started: Instant::now(),
         mqtt: broker.clone(),
         security: Some(sec.clone()),
-        http: ironplant_api::listen::Connections::new(config.http.clone(), Some(sec.clone())),
+        http: ironplant_api::listen::Connections::new(
+            HttpSettings::clone(&config.get::<HttpSettings>()),
+            Some(sec.clone()),
+        ),
     });
     let conns = state.http.clone();
     if let Some(b) = banner {
@@ -334,11 +344,11 @@ async fn serve_with(
     // saved).
     let mut bridges = Vec::new();
     if let Some(broker) = &broker {
-        bridges = ironplant_runtime::bridges::start(broker, &config.bridges, data_dir)
+        bridges = ironplant_runtime::bridges::start(broker, &config.get::<Bridges>(), data_dir)
             .await
             .context("cannot start the MQTT bridges")?;
         runtime.metrics.attach_bridges(&bridges);
-        for b in &config.bridges {
+        for b in config.get::<Bridges>().iter() {
             println!(
                 "  Bridge:    {} <-> mqtt://{} (queue in {})",
                 b.name,
@@ -346,7 +356,7 @@ async fn serve_with(
                 data_dir.join("bridge").join(&b.name).display()
             );
         }
-    } else if !config.bridges.is_empty() {
+    } else if !config.get::<Bridges>().is_empty() {
         tracing::warn!(
             "[[bridge]] sections are ignored: the MQTT broker is off (no MQTT listener)"
         );
@@ -389,10 +399,14 @@ async fn serve_with(
         tracing::warn!(mqtt = %addr, "plain-text MQTT listener (--mqtt): passwords, tokens and data cross the network in clear; use --mqtts, or keep this on loopback");
     }
     if let (Some(host), Some(_)) = (&sparkplug, &broker) {
-        let under = config.sparkplug.prefix.as_ref().map_or_else(
-            || "<group>/<node>/<device>/<metric>".to_owned(),
-            |p| format!("{p}/<group>/<node>/<device>/<metric>"),
-        );
+        let under = config
+            .get::<SparkplugSettings>()
+            .prefix
+            .as_ref()
+            .map_or_else(
+                || "<group>/<node>/<device>/<metric>".to_owned(),
+                |p| format!("{p}/<group>/<node>/<device>/<metric>"),
+            );
         println!("  Sparkplug: host application on spBv1.0/# (STATE {}); edge nodes' metrics become tags {under}", host.state_topic());
     }
     if let Some(broker) = broker.clone() {
@@ -421,7 +435,7 @@ async fn serve_with(
         }
     }
     println!("Press Ctrl-C to stop.");
-    let h = &config.http;
+    let h = config.get::<HttpSettings>();
     tracing::info!(
         max_connections = h.max_connections,
         per_address = h.max_connections_per_address,
@@ -463,12 +477,13 @@ async fn serve_with(
     }
     // Flush the historian even if the HTTP server failed: acknowledged data is in the WAL
     // anyway, but a clean close leaves nothing to replay.
+    // Sources, services and sinks in order, then the historian.
+    platform.shutdown(std::time::Duration::from_secs(5)).await;
     tokio::task::block_in_place(|| {
         // Retained messages and persistent sessions are saved for the next start.
         if let Some(b) = &broker {
             b.close();
         }
-        runtime.shutdown();
     });
     served.context("HTTP server failed")?;
     Ok(())
@@ -545,12 +560,8 @@ pub async fn demo(
         }
     });
     let text = BOTTLING_CONFIG.replace("127.0.0.1:5020", &sim_addr.to_string());
-    let config = ironplant_core::config::parse_with(
-        "examples/bottling.toml (bundled)",
-        &text,
-        Some(secure::check_acl_rule),
-    )
-    .map_err(|e| anyhow::anyhow!("the bundled demo config is invalid:\n{e}"))?;
+    let config = ironplant_api::settings::parse("examples/bottling.toml (bundled)", &text)
+        .map_err(|e| anyhow::anyhow!("the bundled demo config is invalid:\n{e}"))?;
     prepare_data_dir(data_dir)?;
     // Before anything opens a redb file (historian, broker state, bridge queues).
     let _lock = datadir::lock_process(data_dir, "demo")?;
@@ -586,7 +597,7 @@ pub async fn demo(
         banner.push_str(&sparkplug_banner(
             &edge,
             "mqtts",
-            config.sparkplug.prefix.as_ref(),
+            config.get::<SparkplugSettings>().prefix.as_ref(),
         ));
         banner.push_str(&format!(
             " as enrolled device `{DEMO_EDGE_DEVICE}` (certificate in {})",

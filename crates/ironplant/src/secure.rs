@@ -11,21 +11,16 @@ use anyhow::Context as _;
 use ironplant_core::config::Config;
 use ironplant_mqtt::auth::{Auth, ConnectInfo as MqttConnectInfo, Denied, Principal};
 use ironplant_mqtt::codec::ReasonCode;
+use ironplant_mqtt::settings::MqttSettings;
+use ironplant_security::settings::SecuritySettings;
 use ironplant_security::Security;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-/// Checks one ACL rule of the config's `[security] acl` (for `config::parse_with`).
-pub fn check_acl_rule(rule: &str) -> Result<(), String> {
-    ironplant_security::Acl::parse(rule)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
 /// The security options the configuration asks for: its ACL (else the defaults), device
 /// client id patterns, the UNS prefix and per-user tag-prefix limits for the one policy.
 pub fn options(config: &Config) -> anyhow::Result<ironplant_security::SecurityOptions> {
-    let s = &config.security;
+    let s = config.get::<SecuritySettings>();
     let acl = match &s.acl {
         Some(rules) => Some(
             ironplant_security::Acl::parse(&rules.join("\n"))
@@ -34,7 +29,7 @@ pub fn options(config: &Config) -> anyhow::Result<ironplant_security::SecurityOp
         None => None,
     };
     let mut mqtt = ironplant_security::MqttAuthOptions {
-        uns_prefix: config.mqtt.uns_prefix.clone(),
+        uns_prefix: config.get::<MqttSettings>().uns_prefix.clone(),
         ..Default::default()
     };
     if let Some(ids) = &s.device_client_ids {
@@ -292,7 +287,7 @@ mod tests {
     fn a_changed_config_is_audited_once() {
         let dir = tempfile::tempdir().expect("temp dir");
         let sec = open(dir.path()).expect("security state");
-        let parse = |text: &str| ironplant_core::config::parse("t.toml", text).expect("config");
+        let parse = |text: &str| ironplant_api::settings::parse("t.toml", text).expect("config");
         let a = parse("[mqtt]\nuns_prefix = \"a\"\n");
         let b = parse("[mqtt]\nuns_prefix = \"b\"\n");
         assert!(audit_config(&sec, dir.path(), &a).expect("first"));

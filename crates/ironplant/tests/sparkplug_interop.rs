@@ -238,7 +238,8 @@ fn pysparkplug_edge_nodes_become_tags_and_follow_data_gaps_and_deaths() {
     assert_eq!(tag("Pump1/Count")["value_type"], "int");
     assert_eq!(tag("_node/Uptime")["value"], 42);
     assert_eq!(tag("_node/bdSeq")["value"], 0);
-    assert_eq!(tag("Pump1/Speed")["writable"], false);
+    assert_eq!(tag("Pump1/Speed")["writable"], true);
+    assert_eq!(tag("_node/bdSeq")["writable"], false);
     assert_eq!(
         tag("Pump1/Speed")["device"],
         "sparkplug:Plant1/edge-py/Pump1"

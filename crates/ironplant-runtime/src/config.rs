@@ -1,0 +1,25 @@
+//! The platform's configuration: the plant (core) and the sections of the crates the runtime
+//! composes, each owned and validated by its crate. Layers above add theirs
+//! ([`registry`] + their own sections, e.g. the API's `[http]` and `[security]`).
+
+use ironplant_core::config::{Config, ConfigErrors, Registry};
+use ironplant_historian::settings::HistorianSettings;
+use ironplant_ingest::IngestSettings;
+use ironplant_mqtt::settings::{Bridges, MqttSettings};
+use ironplant_sparkplug::settings::SparkplugSettings;
+
+/// The sections the runtime's components read. A new domain adds one line here (and its
+/// component one registration line in the platform builder).
+pub fn registry() -> Registry {
+    Registry::new()
+        .with::<HistorianSettings>()
+        .with::<MqttSettings>()
+        .with::<Bridges>()
+        .with::<SparkplugSettings>()
+        .with::<IngestSettings>()
+}
+
+/// Parses `source` (named `file` in errors) with the runtime's sections.
+pub fn parse(file: &str, source: &str) -> Result<Config, ConfigErrors> {
+    ironplant_core::config::parse_with(file, source, &registry())
+}

@@ -1,0 +1,192 @@
+//! The composition root: [`Platform::builder`] assembles the platform from its configuration
+//! and the components registered on it, starts them in order, supervises them and stops them
+//! in order.
+//!
+//! Start order (each step exists before the next one produces anything):
+//! 1. the namespace, the tag bus, the event bus and the historian (opened, its WAL replayed);
+//! 2. the processor pipeline, installed on the bus;
+//! 3. sinks, each subscribed to the bus (historian ingest, UNS, registered sinks);
+//! 4. services (processor ticks, registered services such as listeners);
+//! 5. sources (Modbus devices, the Sparkplug host, ingest paths, registered sources).
+//!
+//! Shutdown is the reverse: sources stop, services stop, sinks drain what is queued and stop,
+//! then the historian closes (flushing its memtable into chunks).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ironplant_core::config::Config;
+use ironplant_core::Processor;
+use ironplant_mqtt::settings::MqttSettings;
+use ironplant_mqtt::Broker;
+use ironplant_sparkplug::settings::SparkplugSettings;
+
+use crate::component::{ComponentStats, RestartPolicy, Service, Sink, Source, Supervisor};
+use crate::pipeline::{Pipeline, ProcessorFactory, Ticker};
+use crate::{sparkplug, uns, Runtime, StartError};
+
+/// Collects what the platform is made of; [`PlatformBuilder::start`] starts it.
+pub struct PlatformBuilder {
+    config: Config,
+    data_dir: Option<PathBuf>,
+    broker: Option<Broker>,
+    sources: Vec<Arc<dyn Source>>,
+    sinks: Vec<Arc<dyn Sink>>,
+    services: Vec<Arc<dyn Service>>,
+    processors: Vec<ProcessorFactory>,
+    policy: RestartPolicy,
+}
+
+/// A running platform: the runtime (namespace, buses, historian, writers) and its supervised
+/// components.
+pub struct Platform {
+    pub runtime: Arc<Runtime>,
+    supervisor: Supervisor,
+    processors: Vec<Arc<ComponentStats>>,
+    /// The Sparkplug host application, when the broker runs and `[sparkplug]` enables it.
+    pub sparkplug: Option<sparkplug::SparkplugHost>,
+    /// The UNS publisher's task, when the broker runs.
+    pub uns: Option<tokio::task::JoinHandle<()>>,
+    /// The bus subscribers that existed when the sources started (in subscription order).
+    pub subscribers_at_start: Vec<String>,
+}
+
+impl Platform {
+    /// A builder for the platform `config` describes, storing its data under `data_dir` (no
+    /// historian without one).
+    pub fn builder(config: Config, data_dir: Option<&Path>) -> PlatformBuilder {
+        PlatformBuilder {
+            config,
+            data_dir: data_dir.map(Path::to_path_buf),
+            broker: None,
+            sources: Vec::new(),
+            sinks: Vec::new(),
+            services: Vec::new(),
+            processors: Vec::new(),
+            policy: RestartPolicy::default(),
+        }
+    }
+
+    /// Every component with its role, state and restarts (sinks, processors, services,
+    /// sources).
+    pub fn components(&self) -> Vec<Arc<ComponentStats>> {
+        let mut all = self.supervisor.components();
+        all.extend(self.processors.iter().cloned());
+        all
+    }
+
+    /// Stops everything in order (see the module docs); each stage gets `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        if let Some(host) = self.sparkplug {
+            host.shutdown();
+        }
+        self.supervisor.shutdown(grace).await;
+        if let Some(uns) = self.uns {
+            uns.abort();
+        }
+        let runtime = self.runtime.clone();
+        let _ = tokio::task::spawn_blocking(move || runtime.shutdown()).await;
+    }
+}
+
+impl PlatformBuilder {
+    /// The embedded broker the UNS, the Sparkplug host and MQTT ingest use.
+    pub fn broker(mut self, broker: Broker) -> PlatformBuilder {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Registers a source (started after every sink).
+    pub fn source(mut self, source: impl Source) -> PlatformBuilder {
+        self.sources.push(Arc::new(source));
+        self
+    }
+
+    /// Registers a sink (subscribed before any source starts).
+    pub fn sink(mut self, sink: impl Sink) -> PlatformBuilder {
+        self.sinks.push(Arc::new(sink));
+        self
+    }
+
+    /// Registers a service (a listener, a bridge...).
+    pub fn service(mut self, service: impl Service) -> PlatformBuilder {
+        self.services.push(Arc::new(service));
+        self
+    }
+
+    /// Appends a processor to the pipeline; `factory` builds it (again after a panic).
+    pub fn processor<P, F>(mut self, factory: F) -> PlatformBuilder
+    where
+        P: Processor + 'static,
+        F: Fn() -> P + Send + Sync + 'static,
+    {
+        self.processors
+            .push(Box::new(move || Box::new(factory()) as Box<dyn Processor>));
+        self
+    }
+
+    /// How failed components are restarted (tests shorten the back-off).
+    pub fn restart_policy(mut self, policy: RestartPolicy) -> PlatformBuilder {
+        self.policy = policy;
+        self
+    }
+
+    /// Starts the platform on the current tokio runtime, in the order of the module docs.
+    pub fn start(self) -> Result<Platform, StartError> {
+        let runtime = Arc::new(Runtime::build(&self.config, self.data_dir.as_deref())?);
+        let supervisor = Supervisor::new(
+            runtime.bus.clone(),
+            runtime.events.clone(),
+            runtime.namespace.clone(),
+            self.policy,
+        );
+        let mut processors = Vec::new();
+        if !self.processors.is_empty() {
+            let pipeline = Arc::new(Pipeline::new(runtime.events.clone(), self.policy));
+            for f in self.processors {
+                processors.push(pipeline.add(f));
+            }
+            runtime.bus.set_stage(pipeline.clone());
+            supervisor.start_service(Arc::new(Ticker {
+                pipeline,
+                bus: runtime.bus.clone(),
+            }));
+        }
+        let mut uns = None;
+        let mut host = None;
+        if let Some(broker) = &self.broker {
+            // The UNS before the Sparkplug host: the host is a source too (births and data).
+            uns = Some(uns::attach(
+                broker.clone(),
+                &runtime.bus,
+                runtime.namespace.clone(),
+                &self.config.get::<MqttSettings>().uns_prefix,
+            ));
+        }
+        for sink in self.sinks {
+            supervisor.start_sink(sink);
+        }
+        for service in self.services {
+            supervisor.start_service(service);
+        }
+        if let Some(broker) = &self.broker {
+            let settings = self.config.get::<SparkplugSettings>();
+            if settings.enabled {
+                host = Some(sparkplug::start(broker.clone(), &runtime, &settings)?);
+            }
+        }
+        let subscribers_at_start = runtime.start_sources();
+        for source in self.sources {
+            supervisor.start_source(source);
+        }
+        Ok(Platform {
+            runtime,
+            supervisor,
+            processors,
+            sparkplug: host,
+            uns,
+            subscribers_at_start,
+        })
+    }
+}
