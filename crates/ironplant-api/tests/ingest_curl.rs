@@ -131,7 +131,7 @@ async fn curl_posts_json_that_lands_on_the_bus_under_the_write_policy() {
 
     // The platform's parser: [[ingest.json]] is a section of the registry.
     let cfg = ironplant_api::settings::parse("t.toml", INGEST).expect("a valid config");
-    let runtime = Arc::new(Runtime::start(&cfg, None).expect("runtime"));
+    let runtime = Runtime::start(&cfg, None).expect("runtime");
     let ingest = Arc::new(JsonIngest::new(IngestSettings::clone(
         &cfg.get::<IngestSettings>(),
     )));

@@ -3,9 +3,9 @@
 //! broker's ACL decides who may publish on those topics (a device needs an allow rule, e.g.
 //! `device:plug-7 allow publish shellies/plug-7/#`); nothing here re-checks it.
 //!
-//! [`serve`] is what the platform's source component runs (started after the sinks, restarted
-//! by the supervisor if a subscription ends); [`attach`] runs the same loop on its own task,
-//! for embedders and tests.
+//! [`MqttIngest`] is the platform's source component (started after the sinks, restarted by the
+//! supervisor if a subscription ends); each run is [`serve`]. [`attach`] runs the same loop on
+//! its own task, for embedders and tests.
 //!
 //! If a subscription's queue ([`QUEUE`] messages) overflows while the bus applies
 //! back-pressure, the broker drops and counts messages; ingest never blocks the broker.
@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use std::future::Future;
 
-use ironplant_core::{LiveNamespace, TagBus, Timestamp};
+use ironplant_core::{
+    BoxFuture, ComponentError, LiveNamespace, Source, SourceContext, TagBus, Timestamp,
+};
 use ironplant_mqtt::codec::Publish;
 use ironplant_mqtt::Broker;
 use tokio::sync::mpsc;
@@ -34,15 +36,47 @@ pub struct AttachError {
     pub error: String,
 }
 
-/// **The registration point of MQTT ingest** for the platform's component model: registers
+/// **The registration point of MQTT ingest**: the platform's source, given to the builder as
+/// `.source(MqttIngest::new(broker.clone(), ingest.clone()))`, with the same `Arc<JsonIngest>`
+/// the API's `ironplant_api::ingest::routes` gets (one set of counters). Each run is
+/// [`serve`]; a run that fails (a subscription ended) is restarted by the supervisor.
+pub struct MqttIngest {
+    broker: Broker,
+    ingest: Arc<JsonIngest>,
+}
+
+impl MqttIngest {
+    pub fn new(broker: Broker, ingest: Arc<JsonIngest>) -> MqttIngest {
+        MqttIngest { broker, ingest }
+    }
+}
+
+impl Source for MqttIngest {
+    fn name(&self) -> String {
+        "ingest:json".to_owned()
+    }
+
+    fn run(self: Arc<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>> {
+        Box::pin(async move {
+            let mut shutdown = ctx.shutdown.clone();
+            serve(
+                &self.broker,
+                ctx.bus,
+                ctx.namespace,
+                self.ingest.clone(),
+                async move { shutdown.requested().await },
+            )
+            .await
+            .map_err(ComponentError::new)
+        })
+    }
+}
+
+/// What [`MqttIngest`] runs (and embedders may run under their own supervision): registers
 /// the mappings' fixed tags, subscribes on `broker` for every mapping with a topic, and maps
 /// and publishes until `shutdown` resolves (`Ok`). `Err` if a subscription cannot be made or
 /// ends (the broker stopped): a supervisor restarts it, which subscribes again. Give it the
 /// same `Arc<JsonIngest>` as the API's `ironplant_api::ingest::routes` (one set of counters).
-///
-/// A `Source` is this in three lines (`run` → `serve(&broker, ctx.bus, ctx.namespace,
-/// ingest, shutdown)`); it lives with the component traits, not here, so ingest does not
-/// depend on the runtime that parses its section.
 pub async fn serve(
     broker: &Broker,
     bus: TagBus,
