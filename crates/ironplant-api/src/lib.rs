@@ -103,12 +103,22 @@ pub async fn serve(
     state: Arc<ApiState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, Router::new(), shutdown).await
+}
+
+/// [`serve`] with `extra` routes ([`router_with`]).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: Arc<ApiState>,
+    extra: Router<Arc<ApiState>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let conns = state.http.clone();
     listen::serve(
         listener,
         "http",
         listen::plain,
-        router(state),
+        router_with(state, extra),
         conns,
         shutdown,
     )
