@@ -144,19 +144,16 @@ async fn curl_posts_json_that_lands_on_the_bus_under_the_write_policy() {
         security: Some(sec.clone()),
         http: ironplant_api::listen::Connections::new(Default::default(), Some(sec.clone())),
     });
-    let conns = state.http.clone();
-    let app = ironplant_api::router_with(state, ironplant_api::ingest::routes(ingest.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind an ephemeral port");
     let port = listener.local_addr().expect("address").port();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(ironplant_api::listen::serve(
+    // What the platform does for --insecure-http, with the ingest routes.
+    let server = tokio::spawn(ironplant_api::serve_with(
         listener,
-        "http",
-        ironplant_api::listen::plain,
-        app,
-        conns,
+        state,
+        ironplant_api::ingest::routes(ingest.clone()),
         async move {
             let _ = stop_rx.await;
         },
