@@ -3,10 +3,6 @@
 
 mod admin;
 mod audit_witness;
-mod bench;
-mod bench_mix;
-mod bench_mqtt;
-mod bench_pg;
 mod datadir;
 mod import;
 mod platform;
@@ -189,12 +185,6 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Measure performance and print the figures.
-    #[command(
-        subcommand,
-        after_help = "Examples:\n  ironplant bench modbus --seconds 10\n  ironplant bench bus"
-    )]
-    Bench(bench::BenchCommand),
     /// Query the historian: raw samples, aggregates over intervals, or the value at an instant.
     #[command(after_help = query::AFTER_HELP)]
     Query(query::QueryArgs),
@@ -336,10 +326,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token { data, command } => admin::token(command, &data.data_dir),
         Command::Audit { data, command } => admin::audit(command, &data.data_dir),
         Command::Acl { data, command } => admin::acl(command, &data.data_dir),
-        Command::Bench(cmd) => {
-            runtime()?.block_on(bench::run(cmd))?;
-            Ok(ExitCode::SUCCESS)
-        }
     }
 }
 
@@ -421,7 +407,7 @@ mod tests {
         walk(&root, "ironplant".into(), &mut all);
         assert!(all.len() > 20, "{}", all.len());
         for (path, cmd) in &all {
-            // `help` is clap's; hidden commands are internal (benchmark peers).
+            // `help` is clap's; hidden commands are internal.
             if path.split(' ').any(|w| w == "help") || cmd.is_hide_set() {
                 continue;
             }
