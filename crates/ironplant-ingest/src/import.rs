@@ -11,7 +11,8 @@
 //! - **Parquet** (`.parquet`), the schema `ironplant query --format parquet` writes: `tag`,
 //!   `ts` (TIMESTAMP micros), `value` (DOUBLE), `value_text` (strings and booleans), `quality`.
 //!
-//! So export → import round-trips. A tag's value type is decided over the whole file (text
+//! So export → import round-trips (Parquet's `value` is a DOUBLE, so integers above 2^53
+//! come back rounded, as the export wrote them). A tag's value type is decided over the whole file (text
 //! anywhere: string; only true/false: bool; any fraction: float; else int, or float when the
 //! historian already holds floats for it): exports write a float 21.0 as `21`.
 //!
