@@ -26,6 +26,7 @@ pub mod account;
 pub mod auth;
 pub mod events;
 pub mod history;
+pub mod ingest;
 pub mod listen;
 pub mod live;
 pub mod mqtt_ws;
@@ -50,8 +51,16 @@ pub struct ApiState {
 
 /// The router with every route of the API.
 pub fn router(state: Arc<ApiState>) -> Router {
+    let ingest = ingest::routes(state.runtime.ingest.clone());
+    router_with(state, ingest)
+}
+
+/// [`router`] plus `extra` routes (e.g. [`ingest::routes`]), behind the same authentication
+/// and body limits as every route.
+pub fn router_with(state: Arc<ApiState>, extra: Router<Arc<ApiState>>) -> Router {
     let max_body = state.http.settings().max_body_size;
     Router::new()
+        .merge(extra)
         .route("/api/v1/tags", get(list_tags))
         .route("/api/v1/tags/{*path}", get(get_tag))
         .route("/api/v1/assets", get(list_assets))
@@ -100,12 +109,23 @@ pub async fn serve(
     state: Arc<ApiState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let ingest = ingest::routes(state.runtime.ingest.clone());
+    serve_with(listener, state, ingest, shutdown).await
+}
+
+/// [`serve`] with `extra` routes ([`router_with`]).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: Arc<ApiState>,
+    extra: Router<Arc<ApiState>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let conns = state.http.clone();
     listen::serve(
         listener,
         "http",
         listen::plain,
-        router(state),
+        router_with(state, extra),
         conns,
         shutdown,
     )

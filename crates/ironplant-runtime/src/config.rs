@@ -4,6 +4,7 @@
 
 use ironplant_core::config::{Config, ConfigErrors, Registry};
 use ironplant_historian::settings::HistorianSettings;
+use ironplant_ingest::IngestSettings;
 use ironplant_mqtt::settings::{Bridges, MqttSettings};
 use ironplant_sparkplug::settings::SparkplugSettings;
 
@@ -15,6 +16,7 @@ pub fn registry() -> Registry {
         .with::<MqttSettings>()
         .with::<Bridges>()
         .with::<SparkplugSettings>()
+        .with::<IngestSettings>()
 }
 
 /// Parses `source` (named `file` in errors) with the runtime's sections.

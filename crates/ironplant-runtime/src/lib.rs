@@ -68,6 +68,9 @@ pub struct Runtime {
     pub writers: writers::Writers,
     /// The historian, when the platform has a data directory and it is enabled.
     pub historian: Option<Historian>,
+    /// The `[[ingest.json]]` mappings (JSON over MQTT and HTTP), shared by the MQTT source and
+    /// the API's ingest route.
+    pub ingest: Arc<ironplant_ingest::JsonIngest>,
     /// Runs the components (sources, sinks, services): restarts and ordered shutdown.
     pub(crate) supervisor: component::Supervisor,
 }
@@ -295,6 +298,15 @@ impl Runtime {
             events.clone(),
             historian.as_ref().map(|h| h.events().clone()),
         );
+        let ingest = Arc::new(ironplant_ingest::JsonIngest::new(
+            ironplant_ingest::IngestSettings::clone(
+                &config.get::<ironplant_ingest::IngestSettings>(),
+            ),
+        ));
+        // Fixed paths exist before any payload arrives; templated ones are born at first sight.
+        for e in ingest.register_tags(&namespace) {
+            tracing::error!(error = %e, "an [[ingest.json]] tag is not recorded");
+        }
         let supervisor = component::Supervisor::new(
             bus.clone(),
             events.clone(),
@@ -309,6 +321,7 @@ impl Runtime {
             metrics,
             writers,
             historian,
+            ingest,
             supervisor,
         })
     }
@@ -367,8 +380,11 @@ impl Runtime {
     /// Prometheus text of every metric.
     pub fn render_metrics(&self) -> String {
         let historian = self.historian.as_ref().map(Historian::stats);
-        self.metrics
-            .render(&self.bus.stats(), self.namespace.len(), historian.as_ref())
+        let mut text =
+            self.metrics
+                .render(&self.bus.stats(), self.namespace.len(), historian.as_ref());
+        text.push_str(&self.ingest.render_metrics());
+        text
     }
 
     /// Writes `value` to a writable tag through the writer of its source (a Modbus device, a

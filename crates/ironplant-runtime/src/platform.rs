@@ -7,7 +7,7 @@
 //! 2. the processor pipeline, installed on the bus;
 //! 3. sinks, each subscribed to the bus (historian ingest, UNS, registered sinks);
 //! 4. services (processor ticks, registered services such as listeners);
-//! 5. sources (Modbus devices, the Sparkplug host, ingest paths, registered sources).
+//! 5. sources (Modbus devices, the Sparkplug host, JSON ingest over MQTT, registered sources).
 //!
 //! Shutdown is the reverse: sources stop, services stop, sinks drain what is queued and stop,
 //! then the historian closes (flushing its memtable into chunks).
@@ -196,6 +196,14 @@ impl PlatformBuilder {
         );
         for source in runtime.device_sources(&self.config) {
             supervisor.start_source(source);
+        }
+        if let Some(broker) = &self.broker {
+            if !runtime.ingest.is_empty() {
+                supervisor.start_source(Arc::new(ironplant_ingest::mqtt::MqttIngest::new(
+                    broker.clone(),
+                    runtime.ingest.clone(),
+                )));
+            }
         }
         for source in self.sources {
             supervisor.start_source(source);

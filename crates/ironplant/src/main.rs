@@ -4,6 +4,7 @@
 mod admin;
 mod audit_witness;
 mod datadir;
+mod import;
 mod platform;
 mod private_dir;
 mod query;
@@ -187,6 +188,9 @@ enum Command {
     /// Query the historian: raw samples, aggregates over intervals, or the value at an instant.
     #[command(after_help = query::AFTER_HELP)]
     Query(query::QueryArgs),
+    /// Import history into the historian: CSV or Parquet as `query` exports it, or wide CSV.
+    #[command(after_help = import::AFTER_HELP)]
+    Import(import::ImportArgs),
     /// Enrol, revoke and list devices (client certificates from the built-in CA).
     #[command(
         after_help = "Examples:\n  ironplant device enroll press-4 --out ./press-4\n  ironplant device revoke press-4\n  ironplant device list --data-dir /var/lib/ironplant"
@@ -316,6 +320,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Query(args) => query::run(args),
+        Command::Import(args) => import::run(args),
         Command::Device { data, command } => admin::device(command, &data.data_dir),
         Command::User { data, command } => admin::user(command, &data.data_dir),
         Command::Token { data, command } => admin::token(command, &data.data_dir),
@@ -448,6 +453,7 @@ mod tests {
                     | "demo"
                     | "simulate"
                     | "query"
+                    | "import"
                     | "device"
                     | "user"
                     | "token"
