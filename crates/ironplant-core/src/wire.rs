@@ -14,8 +14,9 @@ use crate::namespace::TagMeta;
 use crate::path::TagPath;
 use crate::sample::{Quality, QualityLevel, Sample, Value};
 
-/// A value as JSON: null, bool, number (integers exact, u64 too) or string. Non-finite floats
-/// (NaN, ±inf) have no JSON form and become null.
+/// A value as JSON: null, bool, number (integers exact, u64 too) or string; an array is a JSON
+/// array, a DataSet `{"columns":[..],"types":[..],"rows":[[..]]}` (types as in `value_type`).
+/// Non-finite floats (NaN, ±inf) have no JSON form and become null, in arrays and cells too.
 #[derive(Debug, Clone, Copy)]
 pub struct ValueJson<'a>(pub Option<&'a Value>);
 
@@ -29,6 +30,35 @@ impl Serialize for ValueJson<'_> {
             Some(Value::Float(f)) if f.is_finite() => s.serialize_f64(*f),
             Some(Value::Float(_)) => s.serialize_none(),
             Some(Value::String(v)) => s.serialize_str(v),
+            Some(Value::Array(a)) => {
+                let mut seq = s.serialize_seq(Some(a.len()))?;
+                for v in a.iter() {
+                    seq.serialize_element(&ValueJson(Some(&v)))?;
+                }
+                seq.end()
+            }
+            Some(Value::DataSet(d)) => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry(
+                    "columns",
+                    &SeqJson(std::cell::Cell::new(Some(d.columns().iter().map(|c| &**c)))),
+                )?;
+                m.serialize_entry(
+                    "types",
+                    &SeqJson(std::cell::Cell::new(Some(
+                        d.types().iter().map(|t| t.as_str()),
+                    ))),
+                )?;
+                m.serialize_entry(
+                    "rows",
+                    &SeqJson(std::cell::Cell::new(Some(d.rows().iter().map(|row| {
+                        SeqJson(std::cell::Cell::new(Some(
+                            row.iter().map(|c| ValueJson(Some(c))),
+                        )))
+                    })))),
+                )?;
+                m.end()
+            }
         }
     }
 }
@@ -229,5 +259,35 @@ mod tests {
             .with_severity(Severity::Warning);
         let ej = EventJson::new(&e);
         assert_eq!((ej.kind, ej.severity), ("system", "warning"));
+    }
+
+    #[test]
+    fn arrays_and_datasets_render_as_json_structures() {
+        use crate::sample::{Array, DataSet, ScalarType};
+        let json = |v: &Value| serde_json::to_string(&ValueJson(Some(v))).expect("serialises");
+        let floats = Value::array(Array::from_floats(vec![1.5, f64::NAN, -2.0]).expect("small"));
+        assert_eq!(json(&floats), "[1.5,null,-2.0]");
+        let big = Value::array(Array::from_u64s(vec![0, u64::MAX]).expect("small"));
+        assert_eq!(json(&big), "[0,18446744073709551615]");
+        let strings =
+            Value::array(Array::from_strings(vec!["a\"b".into(), "".into()]).expect("small"));
+        assert_eq!(json(&strings), r#"["a\"b",""]"#);
+        let empty = Value::array(Array::from_bools(vec![]).expect("small"));
+        assert_eq!(json(&empty), "[]");
+        let ds = Value::dataset(
+            DataSet::new(
+                vec!["n".into(), "ok".into()],
+                vec![ScalarType::Int, ScalarType::Bool],
+                vec![
+                    vec![Value::Int(-5), Value::Bool(true)],
+                    vec![Value::Null, Value::Bool(false)],
+                ],
+            )
+            .expect("valid"),
+        );
+        assert_eq!(
+            json(&ds),
+            r#"{"columns":["n","ok"],"types":["int","bool"],"rows":[[-5,true],[null,false]]}"#
+        );
     }
 }
