@@ -314,6 +314,37 @@ mod tests {
     }
 
     #[test]
+    fn arrays_and_datasets_round_trip_through_chunks() {
+        use ironplant_core::{Array, DataSet, ScalarType};
+        let arrays: Vec<Value> = (0..100)
+            .map(|i| {
+                Value::array(
+                    Array::from_floats((0..i % 7).map(|k| f64::from(k) * 0.5).collect())
+                        .expect("small"),
+                )
+            })
+            .collect();
+        round_trip(arrays.clone());
+        // One value for the whole chunk (the CONST encoding).
+        round_trip(vec![arrays[5].clone(); 50]);
+        let ds = Value::dataset(
+            DataSet::new(
+                vec!["a".into(), "b".into()],
+                vec![ScalarType::String, ScalarType::Int],
+                vec![vec![Value::String("x".into()), Value::Int(2)]],
+            )
+            .expect("valid"),
+        );
+        round_trip(vec![
+            ds.clone(),
+            Value::Float(1.0),
+            arrays[3].clone(),
+            Value::Null,
+            ds,
+        ]);
+    }
+
+    #[test]
     fn regular_series_compress_well() {
         // A noisy analog on a 0.1 grid, one sample a second: a few bits a sample.
         let mut x = 0u64;
