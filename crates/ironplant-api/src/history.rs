@@ -777,6 +777,13 @@ fn csv_point(out: &mut String, tag: &str, p: &Point) {
         }
         Value::Float(_) => {}
         Value::String(s) => csv_field(out, s),
+        // A JSON text in one field, always quoted.
+        Value::Array(_) | Value::DataSet(_) => {
+            let json = serde_json::to_string(&ValueJson(Some(&p.value))).unwrap_or_default();
+            out.push('"');
+            out.push_str(&json.replace('"', "\"\""));
+            out.push('"');
+        }
     }
     let _ = writeln!(out, ",{}", p.quality);
 }
@@ -856,8 +863,9 @@ fn quality_from(level: &str, reason: Option<&str>) -> Result<Quality, String> {
     Ok(Quality { level, reason })
 }
 
-fn point_from(p: PointIn) -> Result<Point, String> {
-    let value = match p.value {
+/// A scalar JSON value (the inverse of `ValueJson` for scalars).
+fn scalar_from(v: serde_json::Value) -> Result<Value, String> {
+    Ok(match v {
         serde_json::Value::Null => Value::Null,
         serde_json::Value::Bool(b) => Value::Bool(b),
         serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
@@ -867,7 +875,73 @@ fn point_from(p: PointIn) -> Result<Point, String> {
         },
         serde_json::Value::String(s) => Value::String(s.into()),
         other => return Err(format!("unexpected value {other}")),
-    };
+    })
+}
+
+/// A value as `ValueJson` renders it: scalars, arrays (an empty one reads as `array<float>`;
+/// `null` among floats is a non-finite float) and DataSets.
+fn value_from(v: serde_json::Value) -> Result<Value, String> {
+    use ironplant_core::{Array, DataSet, ScalarType};
+    match v {
+        serde_json::Value::Array(items) => {
+            let mut scalars = items
+                .into_iter()
+                .map(scalar_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            if scalars
+                .iter()
+                .all(|v| matches!(v, Value::Float(_) | Value::Null))
+            {
+                for v in &mut scalars {
+                    if *v == Value::Null {
+                        *v = Value::Float(f64::NAN);
+                    }
+                }
+            }
+            match Array::from_values(&scalars, ScalarType::Float) {
+                Ok(Some(a)) => Ok(Value::array(a)),
+                Ok(None) => Err("an array whose elements are not all of one type".to_owned()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        serde_json::Value::Object(mut m) => {
+            let mut list = |k: &str| match m.remove(k) {
+                Some(serde_json::Value::Array(v)) => Ok(v),
+                _ => Err(format!("a DataSet without a {k:?} list")),
+            };
+            let (columns, types, rows) = (list("columns")?, list("types")?, list("rows")?);
+            let columns = columns
+                .into_iter()
+                .map(|c| match c {
+                    serde_json::Value::String(s) => Ok(Arc::from(s)),
+                    other => Err(format!("DataSet column name {other} is not a string")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let types = types
+                .into_iter()
+                .map(|t| {
+                    t.as_str()
+                        .and_then(ScalarType::parse)
+                        .ok_or_else(|| format!("unknown DataSet column type {t}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let rows = rows
+                .into_iter()
+                .map(|r| match r {
+                    serde_json::Value::Array(cells) => cells.into_iter().map(scalar_from).collect(),
+                    other => Err(format!("DataSet row {other} is not a list")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            DataSet::new(columns, types, rows)
+                .map(Value::dataset)
+                .map_err(|e| e.to_string())
+        }
+        scalar => scalar_from(scalar),
+    }
+}
+
+fn point_from(p: PointIn) -> Result<Point, String> {
+    let value = value_from(p.value)?;
     Ok(Point {
         ts: rfc3339(&p.ts)?,
         value,
@@ -1160,6 +1234,79 @@ mod tests {
             *limit = DEFAULT_LIMIT;
         }
         assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn arrays_and_datasets_in_json_and_csv() {
+        use ironplant_core::{Array, DataSet, ScalarType};
+        let mut r = sample_result();
+        let values = vec![
+            Value::array(Array::from_floats(vec![1.5, -2.0]).expect("small")),
+            Value::array(Array::from_u64s(vec![1, u64::MAX]).expect("small")),
+            Value::array(Array::from_strings(vec!["x,\"y".into()]).expect("small")),
+            Value::dataset(
+                DataSet::new(
+                    vec!["n".into(), "ok".into()],
+                    vec![ScalarType::Int, ScalarType::Bool],
+                    vec![vec![Value::Int(3), Value::Null]],
+                )
+                .expect("valid"),
+            ),
+        ];
+        if let TagData::Raw { points, .. } = &mut r.tags[0].data {
+            for (p, v) in points.iter_mut().zip(&values) {
+                p.value = v.clone();
+            }
+        }
+        let json = render_json(&r);
+        assert!(
+            json.contains(r#""value":[1.5,-2.0],"#)
+                && json.contains(r#""value":[1,18446744073709551615],"#)
+                && json.contains(
+                    r#""value":{"columns":["n","ok"],"types":["int","bool"],"rows":[[3,null]]},"#
+                ),
+            "{json}"
+        );
+        assert_eq!(
+            render_csv(&r),
+            "tag,ts,value,quality\n\
+             a/b,1970-01-01T00:00:01.000000Z,\"[1.5,-2.0]\",Good\n\
+             a/b,1970-01-01T00:00:02.000000Z,\"[1,18446744073709551615]\",Bad(CommFailure)\n\
+             a/b,1970-01-01T00:00:03.000000Z,\"[\"\"x,\\\"\"y\"\"]\",Good\n\
+             a/b,1970-01-01T00:00:04.000000Z,\"{\"\"columns\"\":[\"\"n\"\",\"\"ok\"\"],\"\"types\"\":[\"\"int\"\",\"\"bool\"\"],\"\"rows\"\":[[3,null]]}\",Good\n"
+        );
+        // The JSON reads back to the same values.
+        let back = parse_json(&json).expect("parses");
+        let TagData::Raw { points, .. } = &back.tags[0].data else {
+            panic!("raw");
+        };
+        let got: Vec<Value> = points.iter().map(|p| p.value.clone()).collect();
+        assert_eq!(got, values);
+        // NaN elements come back as NaN, an empty array as array<float>, and mixed arrays are
+        // refused with a reason.
+        let nan = value_from(serde_json::json!([1.0, null])).expect("valid");
+        let Value::Array(a) = &nan else {
+            panic!("array");
+        };
+        assert!(matches!(a.get(1), Some(Value::Float(f)) if f.is_nan()));
+        assert_eq!(
+            value_from(serde_json::json!([])).map(|v| v.value_type()),
+            Ok(Some(ironplant_core::ValueType::Array(ScalarType::Float)))
+        );
+        assert_eq!(
+            value_from(serde_json::json!([1, "a"])),
+            Err("an array whose elements are not all of one type".to_owned())
+        );
+        assert!(value_from(
+            serde_json::json!({"columns": ["a"], "types": ["int"], "rows": [["x"]]})
+        )
+        .expect_err("a string in an int column")
+        .contains("column \"a\""));
+        assert!(
+            value_from(serde_json::json!({"columns": ["a"], "rows": []}))
+                .expect_err("no types")
+                .contains("\"types\"")
+        );
     }
 
     #[test]

@@ -297,6 +297,10 @@ impl Serialize for ValueJson<'_> {
             Some(Value::Float(f)) if f.is_finite() => s.serialize_f64(*f),
             Some(Value::Float(_)) => s.serialize_none(),
             Some(Value::String(v)) => s.serialize_str(v),
+            // Arrays and DataSets: the core's one JSON form.
+            Some(v @ (Value::Array(_) | Value::DataSet(_))) => {
+                ironplant_core::wire::ValueJson(Some(v)).serialize(s)
+            }
         }
     }
 }

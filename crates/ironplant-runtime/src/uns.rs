@@ -15,15 +15,9 @@ use tokio::task::JoinHandle;
 
 /// The JSON payload of a tag's UNS message.
 pub fn payload(sample: &Sample, unit: Option<&str>) -> Vec<u8> {
-    let value = match &sample.value {
-        Value::Null => serde_json::Value::Null,
-        Value::Bool(b) => serde_json::Value::Bool(*b),
-        Value::Int(i) => serde_json::Value::from(*i),
-        Value::U64(u) => serde_json::Value::from(*u),
-        Value::Float(f) => serde_json::Number::from_f64(*f)
-            .map_or(serde_json::Value::Null, serde_json::Value::Number),
-        Value::String(s) => serde_json::Value::String(s.to_string()),
-    };
+    // The one JSON form of a value (arrays as JSON arrays, DataSets as objects).
+    let value = serde_json::to_value(ironplant_core::wire::ValueJson(Some(&sample.value)))
+        .unwrap_or(serde_json::Value::Null);
     let q = sample.quality;
     let (quality, reason) = match q.level {
         QualityLevel::Good => ("Good", None),
@@ -116,5 +110,29 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_slice(&payload(&nan, None)).expect("json");
         assert!(v["value"].is_null() && v["quality_reason"].is_null() && v["unit"].is_null());
+        let array = Sample {
+            value: Value::array(
+                ironplant_core::Array::from_floats(vec![1.5, -2.0]).expect("small"),
+            ),
+            ..s
+        };
+        let v: serde_json::Value = serde_json::from_slice(&payload(&array, None)).expect("json");
+        assert_eq!(v["value"], serde_json::json!([1.5, -2.0]));
+        let table = Sample {
+            value: Value::dataset(
+                ironplant_core::DataSet::new(
+                    vec!["n".into()],
+                    vec![ironplant_core::ScalarType::Int],
+                    vec![vec![Value::Int(3)], vec![Value::Null]],
+                )
+                .expect("valid"),
+            ),
+            ..s
+        };
+        let v: serde_json::Value = serde_json::from_slice(&payload(&table, None)).expect("json");
+        assert_eq!(
+            v["value"],
+            serde_json::json!({"columns": ["n"], "types": ["int"], "rows": [[3], [null]]})
+        );
     }
 }

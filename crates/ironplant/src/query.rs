@@ -548,7 +548,13 @@ fn value_text(v: &Value) -> String {
         Value::U64(u) => u.to_string(),
         Value::Float(f) => human(*f),
         Value::String(s) => s.to_string(),
+        Value::Array(_) | Value::DataSet(_) => json_text(v),
     }
+}
+
+/// An array or DataSet as its JSON text (the API's form).
+fn json_text(v: &Value) -> String {
+    serde_json::to_string(&ironplant_core::wire::ValueJson(Some(v))).unwrap_or_default()
 }
 
 /// Columns aligned to their widest cell; `right[i]` right-aligns column i.
@@ -789,6 +795,7 @@ fn write_point_group(
     let (texts, text_defs) = optional(group, |(_, p)| match &p.value {
         Value::String(s) => Some(text(s)),
         Value::Bool(b) => Some(text(if *b { "true" } else { "false" })),
+        Value::Array(_) | Value::DataSet(_) => Some(text(&json_text(&p.value))),
         _ => None,
     });
     let quality: Vec<_> = group
