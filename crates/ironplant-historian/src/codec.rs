@@ -55,6 +55,11 @@ impl<'a> Reader<'a> {
         self.pos >= self.buf.len()
     }
 
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
         let end = self
             .pos
@@ -310,7 +315,7 @@ fn get_dataset(r: &mut Reader<'_>) -> Result<DataSet, Malformed> {
         .checked_mul(ncols)
         .filter(|c| *c <= MAX_ELEMENTS)
         .ok_or(Malformed("more cells than a DataSet may hold"))?;
-    if cells > r.buf.len().saturating_sub(r.pos) {
+    if cells > r.remaining() {
         return Err(Malformed("DataSet cells past the end"));
     }
     let mut rows = Vec::with_capacity(nrows);
