@@ -826,6 +826,7 @@ mod tests {
             bit,
             scale: 1.0,
             offset: 0.0,
+            count: 1,
         }
     }
 
