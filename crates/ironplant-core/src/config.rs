@@ -1058,6 +1058,13 @@ fn validate(raw: RawConfig, c: &mut Diagnostics) -> Config {
                     } else {
                         scalar.into()
                     };
+                    if let (true, Some(lo)) = (p.count > 1, &t.min) {
+                        c.err(
+                            lo.span(),
+                            "an array tag (count > 1) has no engineering range",
+                            Some("remove min and max, or declare one tag per value".to_owned()),
+                        );
+                    }
                     if let (Some(dev), Some(_)) = (device, &path) {
                         let first = u32::from(p.address);
                         let entry = occupancy
