@@ -1056,6 +1056,25 @@ mod tests {
     }
 
     #[test]
+    fn arrays_and_datasets_show_as_json_text() {
+        use ironplant_core::{Array, DataSet, ScalarType};
+        let a = Value::array(Array::from_floats(vec![1.5, -2.0]).expect("small"));
+        assert_eq!(value_text(&a), "[1.5,-2.0]");
+        let d = Value::dataset(
+            DataSet::new(
+                vec!["n".into()],
+                vec![ScalarType::String],
+                vec![vec![Value::String("x".into())]],
+            )
+            .expect("valid"),
+        );
+        assert_eq!(
+            value_text(&d),
+            r#"{"columns":["n"],"types":["string"],"rows":[["x"]]}"#
+        );
+    }
+
+    #[test]
     fn tables_align_columns() {
         let mut out = String::new();
         table(
