@@ -207,6 +207,32 @@ pub fn put_value(out: &mut Vec<u8>, v: &Value) {
     }
 }
 
+/// An upper bound of the bytes [`put_value`] writes for `v` (cheap: no encoding).
+pub fn encoded_len_bound(v: &Value) -> usize {
+    // A varint takes at most 10 bytes.
+    match v {
+        Value::String(s) => 11 + s.len(),
+        Value::Array(a) => {
+            12 + match a.elements() {
+                Elements::Bool(v) => v.len(),
+                Elements::Int(v) => 10 * v.len(),
+                Elements::U64(v) => 10 * v.len(),
+                Elements::Float(v) => 8 * v.len(),
+                Elements::String(v) => v.iter().map(|s| 10 + s.len()).sum(),
+            }
+        }
+        Value::DataSet(d) => {
+            21 + d.columns().iter().map(|c| 11 + c.len()).sum::<usize>()
+                + d.rows()
+                    .iter()
+                    .flat_map(|r| r.iter())
+                    .map(encoded_len_bound)
+                    .sum::<usize>()
+        }
+        _ => 11,
+    }
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
     put_varint(out, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
@@ -436,6 +462,7 @@ mod tests {
             put_value(&mut b, &back);
             assert_eq!(a, b, "{v}");
             assert_eq!(back.value_type(), v.value_type());
+            assert!(a.len() <= encoded_len_bound(v), "{v}: {} bytes", a.len());
         }
         assert!(r.is_empty());
         // Every truncation of every value is an error, never a panic.
