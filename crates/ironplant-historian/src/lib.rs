@@ -1209,7 +1209,7 @@ fn checkpoint(shared: &Arc<Shared>, mem: &Arc<Memtable>) -> Result<u64, Historia
         }
         let mut start = 0;
         while start < head.len() {
-            let end = (start + chunk::MAX_CHUNK_SAMPLES).min(head.len());
+            let end = chunk::chunk_end(&head.values, start);
             let bytes = chunk::encode(
                 &head.ts[start..end],
                 &head.values[start..end],
