@@ -8,7 +8,7 @@
 //! the broker delivers, not how fast it fills its queues. "batched" writes up to 64 packets per
 //! TCP write / WebSocket message; "1 per message" is how browser clients (MQTT.js, Paho JS)
 //! send: one WebSocket message per packet. Everything shares this process's cores, so compare
-//! the figures with each other, not with `ironplant bench mqtt`.
+//! the figures with each other, not with `ironplant-bench mqtt`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -108,7 +108,7 @@ async fn fixture_with(config: &str, http: HttpSettings) -> Fx {
         .expect("password line")
         .to_owned();
     let cfg = ironplant_api::settings::parse("t.toml", config).expect("a valid config");
-    let runtime = Arc::new(Runtime::start(&cfg, None).expect("runtime starts"));
+    let runtime = Runtime::start(&cfg, None).expect("runtime starts");
     for path in TAGS {
         runtime
             .register_tag(TagMeta {

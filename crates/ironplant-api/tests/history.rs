@@ -52,7 +52,7 @@ fn app(runtime: Arc<Runtime>) -> Router {
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let cfg = ironplant_api::settings::parse("empty.toml", "").expect("an empty config is valid");
-    let runtime = Arc::new(Runtime::start(&cfg, Some(dir.path())).expect("runtime starts"));
+    let runtime = Runtime::start(&cfg, Some(dir.path())).expect("runtime starts");
     let h = runtime
         .historian
         .as_ref()
@@ -476,7 +476,7 @@ async fn every_error_has_its_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_historian_the_endpoint_says_so() {
     let cfg = ironplant_api::settings::parse("empty.toml", "").expect("an empty config is valid");
-    let runtime = Arc::new(Runtime::start(&cfg, None).expect("runtime starts"));
+    let runtime = Runtime::start(&cfg, None).expect("runtime starts");
     assert!(runtime.historian.is_none());
     let (status, code, message) =
         error(&app(runtime), &format!("/api/v1/history?tag={TEMP}")).await;

@@ -96,8 +96,7 @@ async fn fixture(live: LiveSettings, line1_tags: usize) -> Fx {
         Security::open(&dir.path().join("security"), clock, options).expect("security opens"),
     );
     let cfg = ironplant_api::settings::parse("t.toml", "").expect("an empty config is valid");
-    let runtime =
-        Arc::new(Runtime::start(&cfg, Some(&dir.path().join("data"))).expect("runtime starts"));
+    let runtime = Runtime::start(&cfg, Some(&dir.path().join("data"))).expect("runtime starts");
     assert!(runtime.historian.is_some(), "the historian is on the bus");
     let line1: Vec<TagId> = (0..line1_tags)
         .map(|i| register(&runtime, &format!("acme/lyon/line1/filler/t{i}")))

@@ -86,7 +86,7 @@ fn chromium_page_gets_snapshot_and_changes() {
         .expect("token")
         .token;
     let cfg = ironplant_api::settings::parse("empty.toml", "").expect("an empty config is valid");
-    let runtime = Arc::new(Runtime::start(&cfg, None).expect("runtime starts"));
+    let runtime = Runtime::start(&cfg, None).expect("runtime starts");
     let tags: Vec<TagId> = [
         "acme/lyon/line1/filler/speed",
         "acme/lyon/line1/filler/temp",

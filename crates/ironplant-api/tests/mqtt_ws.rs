@@ -45,7 +45,7 @@ impl Drop for Platform {
 
 async fn platform(with_broker: bool) -> Platform {
     let cfg = ironplant_api::settings::parse("empty.toml", "").expect("an empty config is valid");
-    let runtime = Arc::new(Runtime::start(&cfg, None).expect("runtime starts"));
+    let runtime = Runtime::start(&cfg, None).expect("runtime starts");
     let broker = Broker::new(BrokerConfig::default());
     let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let mqtt = tcp.local_addr().expect("address");

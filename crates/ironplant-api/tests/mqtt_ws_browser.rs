@@ -59,7 +59,7 @@ fn chromium_page_speaks_mqtt_over_websocket() {
     // The broker's in-process subscriber runs a task on this runtime.
     let _enter = rt.enter();
     let cfg = ironplant_api::settings::parse("empty.toml", "").expect("an empty config is valid");
-    let runtime = Arc::new(Runtime::start(&cfg, None).expect("runtime starts"));
+    let runtime = Runtime::start(&cfg, None).expect("runtime starts");
     let broker = Broker::new(BrokerConfig::default());
     let mut retained = Publish::new(s("browser/in"), Bytes::from_static(b"setpoint 42"));
     retained.retain = true;

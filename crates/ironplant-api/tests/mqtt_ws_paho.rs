@@ -31,7 +31,7 @@ fn scenario(name: &str, version: &str) {
         .build()
         .expect("tokio runtime");
     let cfg = ironplant_api::settings::parse("empty.toml", "").expect("an empty config is valid");
-    let runtime = Arc::new(Runtime::start(&cfg, None).expect("runtime starts"));
+    let runtime = Runtime::start(&cfg, None).expect("runtime starts");
     let broker = Broker::new(BrokerConfig::default());
     let (tcp, http) = rt.block_on(async {
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")

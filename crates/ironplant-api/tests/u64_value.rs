@@ -38,7 +38,7 @@ async fn u64_max_is_an_exact_int_in_current_values_and_history() {
         &format!("[[tag]]\npath = \"{TOTAL}\"\ndescription = \"water meter\"\n"),
     )
     .expect("valid config");
-    let runtime = Arc::new(Runtime::start(&cfg, Some(dir.path())).expect("runtime starts"));
+    let runtime = Runtime::start(&cfg, Some(dir.path())).expect("runtime starts");
     let app = ironplant_api::router(Arc::new(ApiState {
         runtime: runtime.clone(),
         started: Instant::now(),

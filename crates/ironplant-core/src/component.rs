@@ -1,15 +1,22 @@
-//! The synchronous parts of the component model: processors (computed tags, rules, alarms,
-//! validators) and device writers (the one write path). The async parts — sources and sinks and
-//! their supervision — live in `ironplant-runtime`, which composes the platform.
+//! The component model's vocabulary: sources (connectors, ingest), sinks (historian, UNS,
+//! uplink), services, synchronous processors (computed tags, rules, alarms, validators) and
+//! device writers (the one write path). A connector implements these in its own crate;
+//! `ironplant-runtime` composes and supervises them (start order, restarts, shutdown).
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::event::Event;
+use tokio::sync::watch;
+
+use crate::bus::{Overflow, Subscription, TagBus};
+use crate::event::{Event, EventBus};
+use crate::namespace::LiveNamespace;
 use crate::namespace::TagMeta;
 use crate::sample::{Sample, Timestamp, Value};
+use crate::writers::Writers;
 
 /// What a processor hands back besides the batch it may have changed.
 #[derive(Debug, Default)]
@@ -103,4 +110,112 @@ impl fmt::Debug for dyn DeviceWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("DeviceWriter")
     }
+}
+
+/// Why a component stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentError(pub String);
+
+impl fmt::Display for ComponentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ComponentError {}
+
+impl ComponentError {
+    pub fn new(message: impl Into<String>) -> ComponentError {
+        ComponentError(message.into())
+    }
+}
+
+/// A stop signal: resolves once the platform shuts the component down.
+#[derive(Clone)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    /// A signal that fires when `rx` turns true (or its sender goes away).
+    pub fn new(rx: watch::Receiver<bool>) -> Shutdown {
+        Shutdown { rx }
+    }
+
+    /// A signal that never fires (tests and embedders that stop by dropping).
+    pub fn never() -> Shutdown {
+        let (tx, rx) = watch::channel(false);
+        // Keep the sender alive for the life of the process: a dropped one would fire.
+        std::mem::forget(tx);
+        Shutdown { rx }
+    }
+
+    /// Resolves when the component must stop (at once if it already must).
+    pub async fn requested(&mut self) {
+        // An error means the sender is gone: stop as well.
+        let _ = self.rx.wait_for(|stop| *stop).await;
+    }
+
+    pub fn is_requested(&self) -> bool {
+        *self.rx.borrow()
+    }
+}
+
+/// What a source works with.
+#[derive(Clone)]
+pub struct SourceContext {
+    pub bus: TagBus,
+    pub events: EventBus,
+    pub namespace: Arc<LiveNamespace>,
+    /// Where a connector that can write registers its [`DeviceWriter`] for the sources it owns.
+    pub writers: Writers,
+    pub shutdown: Shutdown,
+}
+
+/// What a sink works with. `batches` is the sink's own bus subscription, created before any
+/// source started and kept across restarts.
+pub struct SinkContext {
+    pub batches: Arc<tokio::sync::Mutex<Subscription>>,
+    pub events: EventBus,
+    pub namespace: Arc<LiveNamespace>,
+    pub shutdown: Shutdown,
+}
+
+/// A producer of samples: a connector (Modbus, Sparkplug, OPC UA) or an ingest path.
+pub trait Source: Send + Sync + 'static {
+    /// A stable name for logs, metrics and events, e.g. `modbus:filler`.
+    fn name(&self) -> String;
+
+    /// Runs until `ctx.shutdown` is requested (then returns `Ok`). Returning `Ok` before that,
+    /// returning an error or panicking counts as a failure: the supervisor restarts it.
+    fn run(self: Arc<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>>;
+}
+
+/// How a sink wants its bus subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkQueue {
+    /// Batches queued before `overflow` applies.
+    pub capacity: usize,
+    /// `Block` for sinks that must see every sample (the historian), `DropNewest` for those
+    /// that must never slow the sources (UNS, live views).
+    pub overflow: Overflow,
+}
+
+/// A consumer of samples: the historian, the UNS publisher, an uplink.
+pub trait Sink: Send + Sync + 'static {
+    fn name(&self) -> String;
+
+    fn queue(&self) -> SinkQueue;
+
+    /// Consumes `ctx.batches` until it ends or shutdown is requested; at shutdown, drains what
+    /// is already queued first. A failure (error, early return, panic) is restarted.
+    fn run(self: Arc<Self>, ctx: SinkContext) -> BoxFuture<'static, Result<(), ComponentError>>;
+}
+
+/// Any other long-running task the platform owns (a listener, a bridge): restarted and reported
+/// like sources and sinks, stopped after the sources and before the sinks.
+pub trait Service: Send + Sync + 'static {
+    fn name(&self) -> String;
+
+    fn run(self: Arc<Self>, shutdown: Shutdown) -> BoxFuture<'static, Result<(), ComponentError>>;
 }

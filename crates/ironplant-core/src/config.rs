@@ -43,6 +43,13 @@ pub trait Section: Any + Send + Sync + fmt::Debug + Default + PartialEq + Clone 
     /// the key with absolute spans), reporting every problem into `d`; the plant part is
     /// already parsed for cross-checks. Absent from the file: the defaults.
     fn parse(source: &str, plant: &Config, d: &mut Diagnostics) -> Self;
+
+    /// Assets the section adds to the plant's tree (e.g. where the Sparkplug section puts an
+    /// edge node), built by [`Config::namespace`] like `[[asset]]`s. None by default; the
+    /// section's `parse` checks them against the plant's assets and tags.
+    fn assets(&self) -> Vec<AssetConfig> {
+        Vec::new()
+    }
 }
 
 type ParseFn = fn(&str, &Config, &mut Diagnostics) -> SectionValue;
@@ -53,6 +60,7 @@ struct SectionValue {
     value: Arc<dyn Any + Send + Sync>,
     eq: fn(&SectionValue, &SectionValue) -> bool,
     debug: fn(&SectionValue, &mut fmt::Formatter<'_>) -> fmt::Result,
+    assets: fn(&SectionValue) -> Vec<AssetConfig>,
 }
 
 impl SectionValue {
@@ -61,6 +69,12 @@ impl SectionValue {
             value: Arc::new(t),
             eq: |a, b| a.value.downcast_ref::<T>() == b.value.downcast_ref::<T>(),
             debug: |a, f| fmt::Debug::fmt(&a.value.downcast_ref::<T>(), f),
+            assets: |a| {
+                a.value
+                    .downcast_ref::<T>()
+                    .map(T::assets)
+                    .unwrap_or_default()
+            },
         }
     }
 }
@@ -146,6 +160,15 @@ impl Config {
             .filter(|(id, _)| *id == TypeId::of::<T>())
             .and_then(|(_, v)| v.value.clone().downcast::<T>().ok())
             .unwrap_or_default()
+    }
+
+    /// The assets the sections add ([`Section::assets`]), in section order.
+    pub fn section_assets(&self) -> Vec<AssetConfig> {
+        self.sections
+            .0
+            .values()
+            .flat_map(|(_, v)| (v.assets)(v))
+            .collect()
     }
 
     /// Replaces a section (tests and embedders build configs in code).
@@ -353,14 +376,17 @@ impl ModbusPoint {
 }
 
 impl Config {
-    /// Builds the namespace: declared assets, implied assets for every ancestor of a tag that was
-    /// not declared, and the tags. Tag ids follow config order.
+    /// Builds the namespace: declared assets (`[[asset]]` and those of sections), implied
+    /// assets for every ancestor of a tag or asset that was not declared, and the tags. Tag ids
+    /// follow config order.
     pub fn namespace(&self) -> Namespace {
         let mut ns = Namespace::new();
+        let from_sections = self.section_assets();
+        let declared_assets = || self.assets.iter().chain(&from_sections);
         let declared: HashMap<&TagPath, &AssetConfig> =
-            self.assets.iter().map(|a| (&a.path, a)).collect();
+            declared_assets().map(|a| (&a.path, a)).collect();
         let mut all: BTreeMap<TagPath, Option<&AssetConfig>> = BTreeMap::new();
-        let starts = self.assets.iter().map(|a| a.path.clone());
+        let starts = declared_assets().map(|a| a.path.clone());
         let starts = starts.chain(self.tags.iter().filter_map(|t| t.path.parent()));
         for p in starts {
             let mut cur = Some(p);
@@ -571,9 +597,11 @@ struct RawAsset {
     location: Option<Spanned<RawLocation>>,
 }
 
+/// A location as written (`location = { ... }`); [`parse_location`] checks it. Other sections
+/// that place assets use it too.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawLocation {
+pub struct RawLocation {
     latitude: Option<Spanned<f64>>,
     longitude: Option<Spanned<f64>>,
     zone: Option<String>,
@@ -737,6 +765,52 @@ pub fn parse_path(c: &mut Diagnostics, raw: &Spanned<String>, what: &str) -> Opt
     }
 }
 
+/// A `location = { ... }` (as in `[[asset]]`), checked: latitude and longitude in range and
+/// given together, x and y given together. Problems are reported at their spans.
+pub fn parse_location(c: &mut Diagnostics, l: Spanned<RawLocation>) -> Location {
+    let span = l.span();
+    let l = l.into_inner();
+    if let Some(lat) = &l.latitude {
+        if !(-90.0..=90.0).contains(lat.get_ref()) {
+            c.err(
+                lat.span(),
+                format!("latitude {} is outside -90..=90", lat.get_ref()),
+                Some("give degrees in WGS 84, e.g. 45.76".to_owned()),
+            );
+        }
+    }
+    if let Some(lon) = &l.longitude {
+        if !(-180.0..=180.0).contains(lon.get_ref()) {
+            c.err(
+                lon.span(),
+                format!("longitude {} is outside -180..=180", lon.get_ref()),
+                Some("give degrees in WGS 84, e.g. 4.84".to_owned()),
+            );
+        }
+    }
+    if l.latitude.is_some() != l.longitude.is_some() {
+        c.err(
+            span.clone(),
+            "a location needs both latitude and longitude, or neither",
+            None,
+        );
+    }
+    if l.x.is_some() != l.y.is_some() {
+        c.err(
+            span,
+            "a location needs both x and y (metres inside the site), or neither",
+            None,
+        );
+    }
+    Location {
+        latitude: l.latitude.map(Spanned::into_inner),
+        longitude: l.longitude.map(Spanned::into_inner),
+        zone: l.zone,
+        x_m: l.x,
+        y_m: l.y,
+    }
+}
+
 /// A duration such as "500ms" or "5s" (`default` when absent), or an error at its span.
 pub fn parse_duration(
     c: &mut Diagnostics,
@@ -805,50 +879,7 @@ fn validate(raw: RawConfig, c: &mut Diagnostics) -> Config {
             );
             continue;
         }
-        let mut location = Location::default();
-        if let Some(l) = a.location {
-            let span = l.span();
-            let l = l.into_inner();
-            if let Some(lat) = &l.latitude {
-                if !(-90.0..=90.0).contains(lat.get_ref()) {
-                    c.err(
-                        lat.span(),
-                        format!("latitude {} is outside -90..=90", lat.get_ref()),
-                        Some("give degrees in WGS 84, e.g. 45.76".to_owned()),
-                    );
-                }
-            }
-            if let Some(lon) = &l.longitude {
-                if !(-180.0..=180.0).contains(lon.get_ref()) {
-                    c.err(
-                        lon.span(),
-                        format!("longitude {} is outside -180..=180", lon.get_ref()),
-                        Some("give degrees in WGS 84, e.g. 4.84".to_owned()),
-                    );
-                }
-            }
-            if l.latitude.is_some() != l.longitude.is_some() {
-                c.err(
-                    span.clone(),
-                    "a location needs both latitude and longitude, or neither",
-                    None,
-                );
-            }
-            if l.x.is_some() != l.y.is_some() {
-                c.err(
-                    span,
-                    "a location needs both x and y (metres inside the site), or neither",
-                    None,
-                );
-            }
-            location = Location {
-                latitude: l.latitude.map(Spanned::into_inner),
-                longitude: l.longitude.map(Spanned::into_inner),
-                zone: l.zone,
-                x_m: l.x,
-                y_m: l.y,
-            };
-        }
+        let location = a.location.map(|l| parse_location(c, l)).unwrap_or_default();
         assets.push(AssetConfig {
             path,
             name: a.name,
@@ -1661,6 +1692,48 @@ mod registry_tests {
                 }
             }
         }
+
+        fn assets(&self) -> Vec<AssetConfig> {
+            let path = TagPath::parse("acme/lyon/pumps/p1").expect("path");
+            vec![AssetConfig {
+                path,
+                name: Some(format!("Pump at {} rpm", self.speed)),
+                description: String::new(),
+                location: Location {
+                    zone: Some("cellar".into()),
+                    ..Location::default()
+                },
+            }]
+        }
+    }
+
+    #[test]
+    fn a_sections_assets_join_the_tree() {
+        let reg = Registry::new().with::<Pump>();
+        let cfg = parse_with(
+            "p.toml",
+            "[[asset]]\npath = \"acme/lyon\"\nlocation = { latitude = 45.0, longitude = 4.0 }\n\n[pump]\nspeed = 900\n",
+            &reg,
+        )
+        .expect("valid");
+        assert_eq!(cfg.section_assets().len(), 1);
+        let ns = cfg.namespace();
+        let p1 = ns
+            .asset(&TagPath::parse("acme/lyon/pumps/p1").expect("path"))
+            .expect("the section's asset");
+        assert_eq!(p1.name, "Pump at 900 rpm");
+        assert_eq!(p1.level, AssetLevel::Line);
+        assert_eq!(p1.location.zone.as_deref(), Some("cellar"));
+        assert_eq!(p1.effective_location.latitude, Some(45.0), "inherited");
+        assert!(
+            ns.asset(&TagPath::parse("acme/lyon/pumps").expect("path"))
+                .is_some(),
+            "its ancestors are implied"
+        );
+        assert!(parse("p.toml", "")
+            .expect("valid")
+            .section_assets()
+            .is_empty());
     }
 
     #[test]

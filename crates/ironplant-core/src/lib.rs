@@ -13,11 +13,13 @@ pub mod namespace;
 pub mod path;
 pub mod sample;
 pub mod wire;
+pub mod writers;
 
 pub use asset::{Asset, AssetLevel, Location};
 pub use bus::{Batch, BusStats, Overflow, Stage, Subscription, TagBus, MAX_TAGS};
 pub use component::{
-    BoxFuture, DeviceWriteError, DeviceWriter, Processor, ProcessorOutput, WriteAck,
+    BoxFuture, ComponentError, DeviceWriteError, DeviceWriter, Processor, ProcessorOutput, Service,
+    Shutdown, Sink, SinkContext, SinkQueue, Source, SourceContext, WriteAck,
 };
 pub use event::{Event, EventBus, EventFilter, EventKind, EventSubscription, Severity};
 pub use namespace::{LiveNamespace, Namespace, RegisterError, TagId, TagMeta};

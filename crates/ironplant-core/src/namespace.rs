@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{RwLock, RwLockReadGuard};
 
-use crate::asset::Asset;
+use crate::asset::{Asset, AssetLevel, Location};
 use crate::bus::MAX_TAGS;
 use crate::path::TagPath;
 use crate::sample::ValueType;
@@ -86,6 +86,43 @@ impl Namespace {
 
     pub fn add_asset(&mut self, asset: Asset) {
         self.assets.insert(asset.path.clone(), asset);
+    }
+
+    /// Adds an implied asset (named after its last level, no location of its own, inheriting
+    /// its parent's) for every ancestor of `path` strictly below `below` that is not an asset
+    /// yet, as [`crate::config::Config::namespace`] does for configured tags. Returns how many
+    /// were added.
+    pub fn imply_assets(&mut self, path: &TagPath, below: &TagPath) -> usize {
+        let mut missing = Vec::new();
+        let mut cur = path.parent();
+        while let Some(p) = cur {
+            if p == *below || !p.is_under(below) || self.assets.contains_key(&p) {
+                break;
+            }
+            cur = p.parent();
+            missing.push(p);
+        }
+        let added = missing.len();
+        // Parents first, so each inherits from the one above.
+        for p in missing.into_iter().rev() {
+            let Some(level) = AssetLevel::from_depth(p.depth()) else {
+                continue;
+            };
+            let inherited = p
+                .parent()
+                .and_then(|parent| self.assets.get(&parent))
+                .map(|a| a.effective_location.clone())
+                .unwrap_or_default();
+            self.add_asset(Asset {
+                level,
+                name: p.name().to_owned(),
+                description: String::new(),
+                location: Location::default(),
+                effective_location: inherited,
+                path: p,
+            });
+        }
+        added
     }
 
     pub fn len(&self) -> usize {
@@ -178,6 +215,12 @@ impl LiveNamespace {
         self.inner.read().lookup(path).cloned()
     }
 
+    /// Adds the implied assets between `below` and the tag at `path` (a run-time source's
+    /// folders); see [`Namespace::imply_assets`].
+    pub fn imply_assets(&self, path: &TagPath, below: &TagPath) -> usize {
+        self.inner.write().imply_assets(path, below)
+    }
+
     /// Adds a tag (or updates the metadata of the same source's tag at that path) and returns
     /// its id; see [`Namespace::upsert_tag`].
     pub fn register(&self, meta: TagMeta) -> Result<TagId, RegisterError> {
@@ -251,5 +294,40 @@ mod tests {
         assert!(matches!(err, RegisterError::Taken { owner: None, .. }));
         assert!(err.to_string().contains("a/b/c already exists"), "{err}");
         assert_eq!(live.len(), 1);
+    }
+
+    #[test]
+    fn implied_assets_fill_the_levels_below_a_given_asset() {
+        let path = |p: &str| TagPath::parse(p).expect("path");
+        let mut ns = Namespace::new();
+        let root = path("a/b/c");
+        let located = Location {
+            zone: Some("hall".into()),
+            ..Location::default()
+        };
+        ns.add_asset(Asset {
+            path: root.clone(),
+            level: AssetLevel::Area,
+            name: "C".into(),
+            description: String::new(),
+            location: located.clone(),
+            effective_location: located.clone(),
+        });
+        let live = LiveNamespace::new(ns);
+        assert_eq!(live.imply_assets(&path("a/b/c/d/e/t"), &root), 2);
+        assert_eq!(live.imply_assets(&path("a/b/c/d/e/u"), &root), 0, "once");
+        assert_eq!(live.imply_assets(&path("a/b/c/t"), &root), 0, "no folder");
+        assert_eq!(
+            live.imply_assets(&path("x/y/t"), &root),
+            0,
+            "nothing outside `below`"
+        );
+        let ns = live.read();
+        let paths: Vec<&str> = ns.assets().map(|a| a.path.as_str()).collect();
+        assert_eq!(paths, ["a/b/c", "a/b/c/d", "a/b/c/d/e"]);
+        let e = ns.asset(&path("a/b/c/d/e")).expect("implied");
+        assert_eq!((e.level, e.name.as_str()), (AssetLevel::Cell, "e"));
+        assert!(e.location.is_empty());
+        assert_eq!(e.effective_location, located, "inherited");
     }
 }

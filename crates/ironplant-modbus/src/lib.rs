@@ -9,7 +9,9 @@ pub mod codec;
 pub mod plan;
 pub mod poller;
 pub mod server;
+pub mod source;
 
 pub use plan::{plan_reads, ReadRequest};
 pub use poller::{DeviceHandle, DevicePoller, ModbusWriter, PollObserver, PollPoint};
 pub use server::{serve, RegisterBank, SharedBank, UnitImage};
+pub use source::ModbusSource;

@@ -56,7 +56,7 @@ impl PollObserver for NoObserver {
     fn connection(&self, _: &str, _: bool) {}
 }
 
-struct WriteCmd {
+pub(crate) struct WriteCmd {
     tag: TagId,
     value: Value,
     reply: oneshot::Sender<Result<WriteAck, DeviceWriteError>>,
@@ -103,7 +103,7 @@ impl Drop for DeviceHandle {
 /// [`WriteAck::echoed`] (a device that clamps or ignores the write shows it there).
 #[derive(Clone)]
 pub struct ModbusWriter {
-    cmds: mpsc::Sender<WriteCmd>,
+    pub(crate) cmds: mpsc::Sender<WriteCmd>,
 }
 
 impl DeviceWriter for ModbusWriter {
@@ -232,14 +232,27 @@ struct State {
 }
 
 impl DevicePoller {
-    /// Starts the device task on the current tokio runtime.
+    /// Starts the device task on the current tokio runtime (unsupervised; the platform runs
+    /// devices as [`crate::ModbusSource`]s instead).
     pub fn spawn(self) -> DeviceHandle {
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, mut rx) = mpsc::channel(64);
         let id = self.config.id.clone();
+        let state = self.into_state();
+        let task = tokio::spawn(async move { state.run(&mut rx).await });
+        DeviceHandle { id, cmds: tx, task }
+    }
+
+    /// Polls and performs the writes of `cmds` until `cmds` closes: a fresh connection and
+    /// state on every call.
+    pub(crate) async fn run(self, cmds: &mut mpsc::Receiver<WriteCmd>) {
+        self.into_state().run(cmds).await
+    }
+
+    fn into_state(self) -> State {
         let modbus_points: Vec<ModbusPoint> = self.points.iter().map(|p| p.point.clone()).collect();
         let plan = plan_reads(&modbus_points, self.config.max_gap);
         let n = self.points.len();
-        let state = State {
+        State {
             // The first retry comes at the next poll anyway: back off from there.
             backoff: Backoff::new(
                 self.config.poll_interval.max(Duration::from_millis(100)),
@@ -256,14 +269,12 @@ impl DevicePoller {
             retry_at: Instant::now(),
             last: vec![(Value::Null, None); n],
             down_logged: false,
-        };
-        let task = tokio::spawn(state.run(rx));
-        DeviceHandle { id, cmds: tx, task }
+        }
     }
 }
 
 impl State {
-    async fn run(mut self, mut cmds: mpsc::Receiver<WriteCmd>) {
+    async fn run(mut self, cmds: &mut mpsc::Receiver<WriteCmd>) {
         if self.cfg.poll_interval.is_zero() {
             return self.run_back_to_back(cmds).await;
         }
@@ -284,7 +295,7 @@ impl State {
     }
 
     /// Polls as fast as the device answers (benchmarks; config validation forbids a zero interval).
-    async fn run_back_to_back(mut self, mut cmds: mpsc::Receiver<WriteCmd>) {
+    async fn run_back_to_back(mut self, cmds: &mut mpsc::Receiver<WriteCmd>) {
         loop {
             self.poll_cycle().await;
             match cmds.try_recv() {

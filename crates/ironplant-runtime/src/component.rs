@@ -13,111 +13,21 @@
 //! panicked resumes with the next queued batch.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ironplant_core::writers::Writers;
 use ironplant_core::{
-    BoxFuture, Event, EventBus, EventKind, LiveNamespace, Overflow, Severity, Subscription, TagBus,
-    Timestamp,
+    Event, EventBus, EventKind, LiveNamespace, Severity, Subscription, TagBus, Timestamp,
 };
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Why a component stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ComponentError(pub String);
-
-impl fmt::Display for ComponentError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ComponentError {}
-
-impl ComponentError {
-    pub fn new(message: impl Into<String>) -> ComponentError {
-        ComponentError(message.into())
-    }
-}
-
-/// A stop signal: resolves once the platform shuts the component down.
-#[derive(Clone)]
-pub struct Shutdown {
-    rx: watch::Receiver<bool>,
-}
-
-impl Shutdown {
-    /// Resolves when the component must stop (at once if it already must).
-    pub async fn requested(&mut self) {
-        // An error means the sender is gone: stop as well.
-        let _ = self.rx.wait_for(|stop| *stop).await;
-    }
-
-    pub fn is_requested(&self) -> bool {
-        *self.rx.borrow()
-    }
-}
-
-/// What a source works with.
-#[derive(Clone)]
-pub struct SourceContext {
-    pub bus: TagBus,
-    pub events: EventBus,
-    pub namespace: Arc<LiveNamespace>,
-    pub shutdown: Shutdown,
-}
-
-/// What a sink works with. `batches` is the sink's own bus subscription, created before any
-/// source started and kept across restarts.
-pub struct SinkContext {
-    pub batches: Arc<tokio::sync::Mutex<Subscription>>,
-    pub events: EventBus,
-    pub namespace: Arc<LiveNamespace>,
-    pub shutdown: Shutdown,
-}
-
-/// A producer of samples: a connector (Modbus, Sparkplug, OPC UA) or an ingest path.
-pub trait Source: Send + Sync + 'static {
-    /// A stable name for logs, metrics and events, e.g. `modbus:filler`.
-    fn name(&self) -> String;
-
-    /// Runs until `ctx.shutdown` is requested (then returns `Ok`). Returning `Ok` before that,
-    /// returning an error or panicking counts as a failure: the supervisor restarts it.
-    fn run(self: Arc<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>>;
-}
-
-/// How a sink wants its bus subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SinkQueue {
-    /// Batches queued before `overflow` applies.
-    pub capacity: usize,
-    /// `Block` for sinks that must see every sample (the historian), `DropNewest` for those
-    /// that must never slow the sources (UNS, live views).
-    pub overflow: Overflow,
-}
-
-/// A consumer of samples: the historian, the UNS publisher, an uplink.
-pub trait Sink: Send + Sync + 'static {
-    fn name(&self) -> String;
-
-    fn queue(&self) -> SinkQueue;
-
-    /// Consumes `ctx.batches` until it ends or shutdown is requested; at shutdown, drains what
-    /// is already queued first. A failure (error, early return, panic) is restarted.
-    fn run(self: Arc<Self>, ctx: SinkContext) -> BoxFuture<'static, Result<(), ComponentError>>;
-}
-
-/// Any other long-running task the platform owns (a listener, a bridge): restarted and reported
-/// like sources and sinks, stopped after the sources and before the sinks.
-pub trait Service: Send + Sync + 'static {
-    fn name(&self) -> String;
-
-    fn run(self: Arc<Self>, shutdown: Shutdown) -> BoxFuture<'static, Result<(), ComponentError>>;
-}
+pub use ironplant_core::component::{
+    ComponentError, Service, Shutdown, Sink, SinkContext, SinkQueue, Source, SourceContext,
+};
 
 /// The role of a component, which fixes its start and stop order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -233,6 +143,7 @@ pub struct Supervisor {
     bus: TagBus,
     events: EventBus,
     namespace: Arc<LiveNamespace>,
+    writers: Writers,
     policy: RestartPolicy,
     stats: Mutex<Vec<Arc<ComponentStats>>>,
     running: Mutex<Vec<Running>>,
@@ -243,12 +154,14 @@ impl Supervisor {
         bus: TagBus,
         events: EventBus,
         namespace: Arc<LiveNamespace>,
+        writers: Writers,
         policy: RestartPolicy,
     ) -> Supervisor {
         Supervisor {
             bus,
             events,
             namespace,
+            writers,
             policy,
             stats: Mutex::new(Vec::new()),
             running: Mutex::new(Vec::new()),
@@ -287,10 +200,11 @@ impl Supervisor {
         let stats = ComponentStats::new(name.clone(), role);
         self.stats.lock().push(stats.clone());
         let (stop, stop_rx) = watch::channel(false);
-        let shutdown = Shutdown { rx: stop_rx };
+        let shutdown = Shutdown::new(stop_rx);
         let bus = self.bus.clone();
         let events = self.events.clone();
         let namespace = self.namespace.clone();
+        let writers = self.writers.clone();
         let policy = self.policy;
         tracing::info!(component = %name, role = role.as_str(), "starting");
         let task = tokio::spawn(async move {
@@ -302,6 +216,7 @@ impl Supervisor {
                         bus: bus.clone(),
                         events: events.clone(),
                         namespace: namespace.clone(),
+                        writers: writers.clone(),
                         shutdown: shutdown.clone(),
                     }),
                     Runnable::Sink(s, sub) => s.clone().run(SinkContext {
@@ -369,6 +284,13 @@ impl Supervisor {
             stats.set_status(Status::Stopped);
         });
         self.running.lock().push(Running { role, stop, task });
+    }
+
+    /// Asks every component to stop, without waiting (a synchronous shutdown).
+    pub fn request_stop(&self) {
+        for r in self.running.lock().iter() {
+            let _ = r.stop.send(true);
+        }
     }
 
     /// Stops every component in order: sources, then services, then sinks (which drain what is

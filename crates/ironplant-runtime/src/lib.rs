@@ -14,21 +14,21 @@ pub mod pipeline;
 pub mod platform;
 pub mod sparkplug;
 pub mod uns;
-pub mod writers;
+/// The write path's directory (in core, so connectors register their writers themselves).
+pub use ironplant_core::writers;
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use ironplant_core::config::{Config, Protocol};
 use ironplant_core::{
-    DeviceWriteError, EventBus, LiveNamespace, Overflow, RegisterError, TagBus, TagId, TagMeta,
-    Value, WriteAck,
+    BoxFuture, ComponentError, DeviceWriteError, EventBus, LiveNamespace, Overflow, RegisterError,
+    Sink, SinkContext, SinkQueue, Source, TagBus, TagId, TagMeta, Value, WriteAck,
 };
 use ironplant_historian::lossy::LossySpec;
 use ironplant_historian::settings::{HistorianSettings, LossyMethod};
 use ironplant_historian::{Historian, HistorianConfig, HistorianError};
-use ironplant_modbus::{DeviceHandle, DevicePoller, PollPoint};
+use ironplant_modbus::{ModbusSource, PollPoint};
 use ironplant_mqtt::Broker;
 use parking_lot::Mutex;
 
@@ -67,10 +67,8 @@ pub struct Runtime {
     pub writers: writers::Writers,
     /// The historian, when the platform has a data directory and it is enabled.
     pub historian: Option<Historian>,
-    /// The device tasks, once [`Runtime::start_sources`] ran.
-    devices: OnceLock<HashMap<String, DeviceHandle>>,
-    /// Device pollers built but not started yet.
-    pending: Mutex<Vec<DevicePoller>>,
+    /// Runs the components (sources, sinks, services): restarts and ordered shutdown.
+    pub(crate) supervisor: component::Supervisor,
 }
 
 /// Why the platform cannot start.
@@ -158,69 +156,154 @@ impl HistorianIds {
     }
 }
 
-/// Feeds every sample of the bus into the historian, on its own thread (the historian's
-/// submit blocks when its writer is saturated, which must not stall async workers). The bus
-/// subscription is lossless (`Block`): a slow disk slows the adapters rather than losing data.
-fn attach_historian(
-    historian: &Historian,
-    bus: &TagBus,
-    namespace: Arc<LiveNamespace>,
-) -> Result<(), HistorianError> {
-    let mut ids = HistorianIds { hids: Vec::new() };
-    ids.catch_up(historian, &namespace)?;
-    let mut sub = bus.subscribe("historian", 256, Overflow::Block);
-    let h = historian.clone();
-    std::thread::Builder::new()
-        .name("historian-ingest".into())
-        .spawn(move || {
-            while let Some(batch) = sub.blocking_recv() {
-                // A tag added while running: its id is past the table (the namespace got it
-                // before its first sample was published).
-                if batch.iter().any(|s| s.tag.index() >= ids.hids.len()) {
-                    if let Err(e) = ids.catch_up(&h, &namespace) {
-                        tracing::error!(error = %e, "cannot register new tags in the historian; their samples are not stored");
+/// The historian as a sink: every sample of the bus, lossless (`Block`: a slow disk slows the
+/// sources rather than losing data). Each batch is handed to the historian on a blocking
+/// thread (its submit blocks while its writer is saturated, which must not stall async
+/// workers). Historian ids survive the sink's restarts.
+pub struct HistorianSink {
+    historian: Historian,
+    ids: Arc<Mutex<HistorianIds>>,
+}
+
+impl HistorianSink {
+    /// A sink for `historian`, registering the namespace's tags now.
+    pub fn new(
+        historian: Historian,
+        namespace: &LiveNamespace,
+    ) -> Result<HistorianSink, HistorianError> {
+        let mut ids = HistorianIds { hids: Vec::new() };
+        ids.catch_up(&historian, namespace)?;
+        Ok(HistorianSink {
+            historian,
+            ids: Arc::new(Mutex::new(ids)),
+        })
+    }
+}
+
+impl Sink for HistorianSink {
+    fn name(&self) -> String {
+        "historian".to_owned()
+    }
+
+    fn queue(&self) -> SinkQueue {
+        SinkQueue {
+            capacity: 256,
+            overflow: Overflow::Block,
+        }
+    }
+
+    fn run(
+        self: Arc<Self>,
+        mut ctx: SinkContext,
+    ) -> BoxFuture<'static, Result<(), ComponentError>> {
+        Box::pin(async move {
+            let mut sub = ctx.batches.clone().lock_owned().await;
+            loop {
+                let batch = tokio::select! {
+                    b = sub.recv() => b,
+                    _ = ctx.shutdown.requested() => {
+                        // Sources have stopped: store what they sent, then stop.
+                        while let Some(b) = sub.try_recv() {
+                            self.store(b, &ctx.namespace).await?;
+                        }
+                        return Ok(());
                     }
-                }
-                let hids = &ids.hids;
-                let samples = batch.iter().filter_map(|s| {
-                    let hid = *hids.get(s.tag.index())?;
-                    Some((hid, s.source_ts.0, s.value.clone(), s.quality))
-                });
-                if h.ingest(samples).is_err() {
-                    return; // closed: the platform is shutting down
-                }
+                };
+                let Some(batch) = batch else { return Ok(()) };
+                self.store(batch, &ctx.namespace).await?;
             }
         })
-        .map_err(|e| HistorianError::Storage(format!("cannot start the ingest thread: {e}")))?;
-    Ok(())
+    }
+}
+
+impl HistorianSink {
+    async fn store(
+        &self,
+        batch: ironplant_core::Batch,
+        namespace: &Arc<LiveNamespace>,
+    ) -> Result<(), ComponentError> {
+        let h = self.historian.clone();
+        let ids = self.ids.clone();
+        let namespace = namespace.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut ids = ids.lock();
+            // A tag added while running: its id is past the table (the namespace got it
+            // before its first sample was published).
+            if batch.iter().any(|s| s.tag.index() >= ids.hids.len()) {
+                if let Err(e) = ids.catch_up(&h, &namespace) {
+                    tracing::error!(error = %e, "cannot register new tags in the historian; their samples are not stored");
+                }
+            }
+            let hids = &ids.hids;
+            let samples = batch.iter().filter_map(|s| {
+                let hid = *hids.get(s.tag.index())?;
+                Some((hid, s.source_ts.0, s.value.clone(), s.quality))
+            });
+            h.ingest(samples)
+        })
+        .await;
+        match stored {
+            Ok(Ok(_)) => Ok(()),
+            // Closed: the platform is shutting down; nothing more can be stored.
+            Ok(Err(e)) => Err(ComponentError::new(format!(
+                "the historian refused a batch: {e}"
+            ))),
+            Err(e) => Err(ComponentError::new(format!("historian ingest failed: {e}"))),
+        }
+    }
 }
 
 impl Runtime {
-    /// Starts every configured device on the current tokio runtime, and the historian in
-    /// `data_dir/historian` when a data directory is given and the config enables it. A caller
-    /// with more bus subscribers uses [`start_platform`] (or [`Runtime::build`], subscribes,
-    /// then [`Runtime::start_sources`]) so they do not miss the first samples.
-    pub fn start(config: &Config, data_dir: Option<&Path>) -> Result<Runtime, HistorianError> {
-        let rt = Runtime::build(config, data_dir)?;
-        rt.start_sources();
-        Ok(rt)
+    /// Builds and starts the platform `config` describes without a broker (no UNS, no
+    /// Sparkplug host): the historian in `data_dir/historian` when given and enabled, and the
+    /// devices. The runtime is shared; [`Runtime::shutdown`] stops it.
+    pub fn start(config: &Config, data_dir: Option<&Path>) -> Result<Arc<Runtime>, StartError> {
+        Ok(Platform::builder(config.clone(), data_dir).start()?.runtime)
     }
 
-    /// Builds the namespace, the bus, the metrics and the historian (subscribed to the bus), and
-    /// prepares the device pollers without starting them.
+    /// Builds the namespace, the buses, the metrics, the historian and the supervisor, without
+    /// starting anything ([`Platform::builder`] starts the components in order).
     pub fn build(config: &Config, data_dir: Option<&Path>) -> Result<Runtime, HistorianError> {
+        Runtime::build_with(config, data_dir, component::RestartPolicy::default())
+    }
+
+    pub(crate) fn build_with(
+        config: &Config,
+        data_dir: Option<&Path>,
+        policy: component::RestartPolicy,
+    ) -> Result<Runtime, HistorianError> {
         let namespace = Arc::new(LiveNamespace::new(config.namespace()));
         let bus = TagBus::new(namespace.len());
+        let events = EventBus::new();
+        let writers = writers::Writers::new();
         let metrics = Arc::new(Metrics::new(config.devices.iter().map(|d| d.id.clone())));
         let historian = match data_dir {
-            Some(dir) if config.get::<HistorianSettings>().enabled => {
-                let h = Historian::open(historian_config(dir, &config.get::<HistorianSettings>()))?;
-                attach_historian(&h, &bus, namespace.clone())?;
-                Some(h)
-            }
+            Some(dir) if config.get::<HistorianSettings>().enabled => Some(Historian::open(
+                historian_config(dir, &config.get::<HistorianSettings>()),
+            )?),
             _ => None,
         };
-        let mut pending = Vec::new();
+        let supervisor = component::Supervisor::new(
+            bus.clone(),
+            events.clone(),
+            namespace.clone(),
+            writers.clone(),
+            policy,
+        );
+        Ok(Runtime {
+            namespace,
+            bus,
+            events,
+            metrics,
+            writers,
+            historian,
+            supervisor,
+        })
+    }
+
+    /// The configured devices as sources (one per `[[device]]`), in config order.
+    pub(crate) fn device_sources(&self, config: &Config) -> Vec<Arc<dyn Source>> {
+        let mut out: Vec<Arc<dyn Source>> = Vec::new();
         for dev in &config.devices {
             match dev.protocol {
                 Protocol::ModbusTcp => {
@@ -229,7 +312,7 @@ impl Runtime {
                         .iter()
                         .filter(|t| t.device.as_deref() == Some(dev.id.as_str()))
                         .filter_map(|t| {
-                            let meta = namespace.lookup(t.path.as_str())?;
+                            let meta = self.namespace.lookup(t.path.as_str())?;
                             Some(PollPoint {
                                 tag: meta.id,
                                 point: t.modbus.clone()?,
@@ -237,54 +320,20 @@ impl Runtime {
                             })
                         })
                         .collect();
-                    pending.push(DevicePoller {
-                        config: dev.clone(),
+                    out.push(Arc::new(ModbusSource::new(
+                        dev.clone(),
                         points,
-                        bus: bus.clone(),
-                        observer: metrics.clone(),
-                    });
+                        self.metrics.clone(),
+                    )));
                 }
             }
         }
-        Ok(Runtime {
-            namespace,
-            bus,
-            events: EventBus::new(),
-            metrics,
-            writers: writers::Writers::new(),
-            historian,
-            devices: OnceLock::new(),
-            pending: Mutex::new(pending),
-        })
+        out
     }
 
-    /// Starts the sources (one task per device) on the current tokio runtime; a second call
-    /// does nothing. Returns the bus subscribers that exist now: they see every sample.
-    pub fn start_sources(&self) -> Vec<String> {
-        let subscribers: Vec<String> = self
-            .bus
-            .stats()
-            .subscribers
-            .into_iter()
-            .map(|(name, _, _)| name)
-            .collect();
-        let pollers = std::mem::take(&mut *self.pending.lock());
-        if self.devices.get().is_some() {
-            return subscribers;
-        }
-        let mut devices = HashMap::new();
-        for poller in pollers {
-            tracing::info!(device = %poller.config.id, address = %poller.config.address, tags = poller.points.len(), interval = ?poller.config.poll_interval, "starting device");
-            let id = poller.config.id.clone();
-            let handle = poller.spawn();
-            if let Err(e) = self.writers.register(&id, Arc::new(handle.writer())) {
-                tracing::error!(device = %id, error = %e, "device not writable");
-            }
-            devices.insert(id, handle);
-        }
-        tracing::debug!(?subscribers, "sources started after these bus subscribers");
-        let _ = self.devices.set(devices);
-        subscribers
+    /// Every component with its role, state and restarts.
+    pub fn components(&self) -> Vec<Arc<component::ComponentStats>> {
+        self.supervisor.components()
     }
 
     /// Adds a tag while running (a Sparkplug metric's birth), or updates the metadata of the
@@ -294,8 +343,10 @@ impl Runtime {
         self.namespace.register(meta)
     }
 
-    /// Stops the devices and closes the historian, flushing what it holds into chunks.
+    /// Asks every component to stop (without waiting) and closes the historian, flushing
+    /// what it holds into chunks. [`Platform::shutdown`] stops them in order and waits first.
     pub fn shutdown(&self) {
+        self.supervisor.request_stop();
         if let Some(h) = &self.historian {
             h.close();
         }

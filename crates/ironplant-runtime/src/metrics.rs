@@ -46,6 +46,8 @@ pub struct SparkplugMetrics {
     pub errors: AtomicU64,
     /// Tags added to the namespace by births.
     pub tags_born: AtomicU64,
+    /// Metrics of a birth that have no tag path and are not recorded.
+    pub metrics_unmapped: AtomicU64,
     /// Writes sent as NCMD/DCMD.
     pub commands: AtomicU64,
     /// Writes confirmed by the edge node's report of the value.
@@ -334,7 +336,7 @@ fn render_broker(w: &mut String, b: &ironplant_mqtt::Broker) {
 }
 
 fn render_sparkplug(w: &mut String, s: &SparkplugMetrics) {
-    let counters: [(&str, &str, &AtomicU64); 9] = [
+    let counters: [(&str, &str, &AtomicU64); 10] = [
         (
             "messages_total",
             "Sparkplug B messages handled by the host application.",
@@ -359,6 +361,11 @@ fn render_sparkplug(w: &mut String, s: &SparkplugMetrics) {
             "tags_born_total",
             "Tags added to the namespace by Sparkplug births.",
             &s.tags_born,
+        ),
+        (
+            "metrics_unmapped_total",
+            "Metrics of births with no tag path, not recorded (folders deeper than their asset leaves room for, a path inside a mapped asset's tree, a name too long).",
+            &s.metrics_unmapped,
         ),
         (
             "commands_total",

@@ -22,9 +22,9 @@ use ironplant_mqtt::settings::MqttSettings;
 use ironplant_mqtt::Broker;
 use ironplant_sparkplug::settings::SparkplugSettings;
 
-use crate::component::{ComponentStats, RestartPolicy, Service, Sink, Source, Supervisor};
+use crate::component::{ComponentStats, RestartPolicy, Service, Sink, Source};
 use crate::pipeline::{Pipeline, ProcessorFactory, Ticker};
-use crate::{sparkplug, uns, Runtime, StartError};
+use crate::{sparkplug, uns, HistorianSink, Runtime, StartError};
 
 /// Collects what the platform is made of; [`PlatformBuilder::start`] starts it.
 pub struct PlatformBuilder {
@@ -42,7 +42,6 @@ pub struct PlatformBuilder {
 /// components.
 pub struct Platform {
     pub runtime: Arc<Runtime>,
-    supervisor: Supervisor,
     processors: Vec<Arc<ComponentStats>>,
     /// The Sparkplug host application, when the broker runs and `[sparkplug]` enables it.
     pub sparkplug: Option<sparkplug::SparkplugHost>,
@@ -71,7 +70,7 @@ impl Platform {
     /// Every component with its role, state and restarts (sinks, processors, services,
     /// sources).
     pub fn components(&self) -> Vec<Arc<ComponentStats>> {
-        let mut all = self.supervisor.components();
+        let mut all = self.runtime.components();
         all.extend(self.processors.iter().cloned());
         all
     }
@@ -81,7 +80,7 @@ impl Platform {
         if let Some(host) = self.sparkplug {
             host.shutdown();
         }
-        self.supervisor.shutdown(grace).await;
+        self.runtime.supervisor.shutdown(grace).await;
         if let Some(uns) = self.uns {
             uns.abort();
         }
@@ -134,13 +133,12 @@ impl PlatformBuilder {
 
     /// Starts the platform on the current tokio runtime, in the order of the module docs.
     pub fn start(self) -> Result<Platform, StartError> {
-        let runtime = Arc::new(Runtime::build(&self.config, self.data_dir.as_deref())?);
-        let supervisor = Supervisor::new(
-            runtime.bus.clone(),
-            runtime.events.clone(),
-            runtime.namespace.clone(),
+        let runtime = Arc::new(Runtime::build_with(
+            &self.config,
+            self.data_dir.as_deref(),
             self.policy,
-        );
+        )?);
+        let supervisor = &runtime.supervisor;
         let mut processors = Vec::new();
         if !self.processors.is_empty() {
             let pipeline = Arc::new(Pipeline::new(runtime.events.clone(), self.policy));
@@ -164,6 +162,9 @@ impl PlatformBuilder {
                 &self.config.get::<MqttSettings>().uns_prefix,
             ));
         }
+        if let Some(h) = &runtime.historian {
+            supervisor.start_sink(Arc::new(HistorianSink::new(h.clone(), &runtime.namespace)?));
+        }
         for sink in self.sinks {
             supervisor.start_sink(sink);
         }
@@ -176,13 +177,25 @@ impl PlatformBuilder {
                 host = Some(sparkplug::start(broker.clone(), &runtime, &settings)?);
             }
         }
-        let subscribers_at_start = runtime.start_sources();
+        let subscribers_at_start: Vec<String> = runtime
+            .bus
+            .stats()
+            .subscribers
+            .into_iter()
+            .map(|(name, _, _)| name)
+            .collect();
+        tracing::debug!(
+            ?subscribers_at_start,
+            "sources start after these bus subscribers"
+        );
+        for source in runtime.device_sources(&self.config) {
+            supervisor.start_source(source);
+        }
         for source in self.sources {
             supervisor.start_source(source);
         }
         Ok(Platform {
             runtime,
-            supervisor,
             processors,
             sparkplug: host,
             uns,

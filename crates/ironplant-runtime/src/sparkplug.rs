@@ -14,6 +14,11 @@
 //! If the subscription's queue overflows the broker drops messages; the next message of that
 //! edge node then shows a seq gap and the host asks for a rebirth, so a drop heals itself.
 //!
+//! Metrics of a node or device mapped to an asset (`[[sparkplug.asset]]`) become tags under
+//! that asset, which the config put in the namespace's asset tree; their folders become
+//! implied assets below it as the tags are born. A metric with no path (its folders do not fit
+//! below the asset, a name too long...) is logged and counted, never recorded.
+//!
 //! Writes: the host is the [`DeviceWriter`] of every node and device whose birth creates tags
 //! (registered in [`crate::writers`] under the tags' source). A write is a request to the same
 //! task that owns the [`Host`], which builds the NCMD/DCMD ([`Host::write_command`]: birth
@@ -93,6 +98,7 @@ pub fn start(
 ) -> Result<SparkplugHost, SparkplugError> {
     let options = HostOptions {
         path_prefix: settings.prefix.clone(),
+        asset_mappings: settings.assets.iter().map(|a| a.mapping.clone()).collect(),
         ..HostOptions::default()
     };
     let mut host = Host::with_options(&settings.host_id, options)?;
@@ -339,8 +345,14 @@ impl Shell {
                 }
                 HostAction::Error(e) => {
                     m.errors.fetch_add(1, Ordering::Relaxed);
-                    if matches!(e, HostError::SeqGap { .. }) {
-                        m.seq_gaps.fetch_add(1, Ordering::Relaxed);
+                    match e {
+                        HostError::SeqGap { .. } => {
+                            m.seq_gaps.fetch_add(1, Ordering::Relaxed);
+                        }
+                        HostError::Unmappable { .. } => {
+                            m.metrics_unmapped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {}
                     }
                     tracing::warn!(error = %e, "sparkplug");
                 }
@@ -396,6 +408,11 @@ impl Shell {
                         .sparkplug
                         .tags_born
                         .fetch_add(1, Ordering::Relaxed);
+                    // Under a mapped asset, the metric's folders become assets of the tree
+                    // too (once: assets are never removed).
+                    if let Some((asset, _)) = self.host.mapper().asset_of(path) {
+                        self.namespace.imply_assets(path, asset);
+                    }
                 }
                 self.ids.insert(path.clone(), id);
                 if let Err(e) = self.writers.register(&source, self.writer.clone()) {

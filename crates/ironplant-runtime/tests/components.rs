@@ -316,8 +316,9 @@ async fn a_test_connector_is_one_registration_and_a_panicking_one_is_restarted_a
     }
 
     // Ordered shutdown: the source stops first, the sink drains everything it was sent.
-    let published = platform.runtime.bus.stats().published_samples;
+    let runtime = platform.runtime.clone();
     platform.shutdown(Duration::from_secs(5)).await;
+    let published = runtime.bus.stats().published_samples;
     assert_eq!(
         seen.lock().len() as u64,
         published,

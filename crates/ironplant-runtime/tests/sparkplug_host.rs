@@ -193,7 +193,10 @@ async fn births_data_rebirth_gap_and_death_through_the_platform() {
             && sp.rebirths_requested.load(Ordering::Relaxed) == 1
     })
     .await;
-    assert!(sp.messages.load(Ordering::Relaxed) >= 9);
+    wait_until("every message handled", || {
+        sp.messages.load(Ordering::Relaxed) >= 9
+    })
+    .await;
 
     // Death: tags go Bad(CommFailure), keeping their value.
     for m in edge.birth(now()) {

@@ -440,6 +440,98 @@ async fn sparkplug_writes_are_acknowledged_by_the_edge_nodes_report() {
     }
 }
 
+/// A device placed in the asset tree (`[[sparkplug.asset]]`): its tags live under the asset,
+/// and a write to one reaches the pysparkplug edge node as a DCMD on the device's own topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparkplug_writes_to_a_mapped_asset_reach_the_pysparkplug_edge_node() {
+    let Some(py) = ironplant_testkit::python_with(
+        "IRONPLANT_SPARKPLUG_PYTHON",
+        "venv-sparkplug",
+        "pysparkplug",
+        "pysparkplug",
+    ) else {
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind an ephemeral port");
+    let port = listener.local_addr().expect("local address").port();
+    let broker = Broker::new(BrokerConfig::default());
+    let b = broker.clone();
+    tokio::spawn(async move { b.serve(listener).await });
+    let cfg = ironplant_runtime::config::parse(
+        "sp.toml",
+        r#"
+[sparkplug]
+host_id = "writer"
+write_timeout = "5s"
+
+[[sparkplug.asset]]
+group = "Plant1"
+node = "edge-m"
+device = "Pump1"
+path = "acme/lyon/utilities/pumps/pump1"
+location = { zone = "pump-room", x = 3.0, y = 4.5 }
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let started = start_platform(&cfg, None, Some(&broker)).expect("platform");
+    let rt = started.runtime.clone();
+    let asset = ironplant_core::TagPath::parse("acme/lyon/utilities/pumps/pump1").expect("path");
+    assert_eq!(
+        rt.namespace
+            .read()
+            .asset(&asset)
+            .and_then(|a| a.location.zone.clone())
+            .as_deref(),
+        Some("pump-room")
+    );
+
+    let port = port.to_string();
+    let mut edge = Peer::start(
+        &py,
+        script("sparkplug_write_edge.py"),
+        &["127.0.0.1", &port, "Plant1", "edge-m"],
+    );
+    edge.line("connecting", |l| l.contains("\"connecting\""))
+        .await;
+    let tag = |m: &str| format!("acme/lyon/utilities/pumps/pump1/{m}");
+    wait_until("the DBIRTH's tags under the asset", || {
+        good(&rt, &tag("Setpoint")).is_some() && good(&rt, &tag("Speed")).is_some()
+    })
+    .await;
+    assert!(
+        rt.namespace
+            .lookup("Plant1/edge-m/Pump1/Setpoint")
+            .is_none(),
+        "not at the default path"
+    );
+    // The node itself is not mapped: today's paths.
+    wait_until("the node's metric at its default path", || {
+        good(&rt, "Plant1/edge-m/_node/Uptime").is_some()
+    })
+    .await;
+
+    let ack = rt
+        .write(&tag("Setpoint"), Value::Int(-77))
+        .await
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    assert_eq!(ack.echoed, Some(Value::Int(-77)), "{ack:?}");
+    let line = edge
+        .line("the DCMD", |l| {
+            l.contains("\"dcmd\"") && l.contains("\"name\": \"Setpoint\"")
+        })
+        .await;
+    let dcmd: Json = serde_json::from_str(&line).expect("JSON line");
+    assert_eq!(dcmd["topic"], "spBv1.0/Plant1/DCMD/edge-m/Pump1");
+    assert_eq!(dcmd["metrics"][0]["datatype"], "INT32", "{line}");
+    assert_eq!(dcmd["metrics"][0]["value"], -77, "{line}");
+    assert_eq!(good(&rt, &tag("Setpoint")), Some(Value::Int(-77)));
+    if let Some(host) = started.sparkplug {
+        host.shutdown();
+    }
+}
+
 /// The Sparkplug side without a third-party peer (runs everywhere): our edge-node builder on
 /// the in-process broker, aliases in use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

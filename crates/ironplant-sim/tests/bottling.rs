@@ -10,13 +10,18 @@ use ironplant_modbus::codec::decode_registers;
 use ironplant_modbus::RegisterBank;
 use ironplant_sim::map::{point_def, Kind, PointDef};
 use ironplant_sim::{new_bank, tick, Plant, REGISTER_MAP};
+use ironplant_sparkplug::settings::SparkplugSettings;
+use ironplant_sparkplug::{DeviceSelector, TagMapper};
 use tokio::net::TcpListener;
 use tokio_modbus::prelude::*;
 
 fn example_config() -> Config {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/bottling.toml");
     let text = std::fs::read_to_string(file).expect("examples/bottling.toml is readable");
-    config::parse("examples/bottling.toml", &text).unwrap_or_else(|errors| panic!("{errors}"))
+    // The plant and the Sparkplug section (the other sections are the platform's).
+    let sections = config::Registry::new().with::<SparkplugSettings>();
+    config::parse_with("examples/bottling.toml", &text, &sections)
+        .unwrap_or_else(|errors| panic!("{errors}"))
 }
 
 /// The map entry a tag stands for: the last level of its path names it.
@@ -86,6 +91,52 @@ fn example_config_maps_every_simulated_point_exactly() {
         .map(|d| d.name)
         .collect();
     assert!(missing.is_empty(), "not in the example config: {missing:?}");
+}
+
+/// The example places the simulator's Sparkplug device in the asset tree beside the Modbus
+/// machines, and every metric it reports fits there (none refused as too deep).
+#[test]
+fn example_config_places_the_simulated_edge_node_in_the_plant() {
+    let cfg = example_config();
+    let sp = cfg.get::<SparkplugSettings>();
+    let sim = ironplant_sim::sparkplug::EdgeSettings::default();
+    let device = DeviceSelector::Device(sim.device_id.clone());
+    let asset = sp
+        .assets
+        .iter()
+        .find(|a| {
+            a.mapping.group_id == sim.group_id
+                && a.mapping.edge_node_id == sim.edge_node_id
+                && a.mapping.device == device
+        })
+        .expect("a [[sparkplug.asset]] for the simulated device");
+    let line = asset.mapping.path.parent().expect("below a line");
+    assert!(
+        cfg.tags.iter().any(|t| t.path.is_under(&line)),
+        "Modbus neighbours under {line}"
+    );
+    let mapper = TagMapper::new(sp.prefix.clone())
+        .expect("prefix")
+        .with_assets(sp.assets.iter().map(|a| a.mapping.clone()).collect())
+        .expect("valid mappings");
+    for (metric, _) in ironplant_sim::sparkplug::METRICS {
+        let path = mapper
+            .path(
+                &sim.group_id,
+                &sim.edge_node_id,
+                Some(&sim.device_id),
+                metric,
+            )
+            .unwrap_or_else(|e| panic!("{metric}: {e}"));
+        assert!(path.is_under(&asset.mapping.path), "{path}");
+        assert!(
+            cfg.tags.iter().all(|t| t.path != path),
+            "{path} is a Modbus tag"
+        );
+    }
+    let ns = cfg.namespace();
+    let a = ns.asset(&asset.mapping.path).expect("in the tree");
+    assert!(a.location.x_m.is_some() && a.effective_location.latitude.is_some());
 }
 
 #[test]

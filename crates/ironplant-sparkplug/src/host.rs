@@ -52,7 +52,7 @@ use ironplant_core::{Quality, QualityReason, TagPath, Timestamp, Value};
 
 use crate::datatype::DataType;
 use crate::proto::{payload::metric, Metric, Payload};
-use crate::tagmap::{MapError, TagMapper};
+use crate::tagmap::{AssetMapping, MapError, Rejected, TagMapper};
 use crate::topic::{validate_id, Element, MessageType, Topic, TopicError};
 use crate::value::{decode_typed, MetricValue, ValueError};
 use crate::{millis_from_timestamp, rebirth_payload, timestamp_from_millis, Publish, Qos, BD_SEQ};
@@ -62,6 +62,8 @@ use crate::{millis_from_timestamp, rebirth_payload, timestamp_from_millis, Publi
 pub struct HostOptions {
     /// Levels put in front of every tag path (at most 3), e.g. `acme/lyon/sparkplug`.
     pub path_prefix: Option<TagPath>,
+    /// Edge nodes and devices placed in the asset tree instead (see [`crate::tagmap`]).
+    pub asset_mappings: Vec<AssetMapping>,
     /// Least time between two rebirth requests to the same edge node.
     pub rebirth_retry: Duration,
     pub max_nodes: usize,
@@ -74,6 +76,7 @@ impl Default for HostOptions {
     fn default() -> Self {
         HostOptions {
             path_prefix: None,
+            asset_mappings: Vec::new(),
             rebirth_retry: Duration::from_secs(5),
             max_nodes: 10_000,
             max_devices_per_node: 10_000,
@@ -179,6 +182,9 @@ pub enum ConfigError {
     HostId(TopicError),
     #[error("path prefix: {0}")]
     Prefix(MapError),
+    /// The first of the mappings' problems (the config section reports them all).
+    #[error("{0}")]
+    Assets(Rejected),
 }
 
 /// Why [`Host::write_command`] could not build a command. Nothing is sent then.
@@ -339,7 +345,13 @@ impl Host {
 
     pub fn with_options(host_id: &str, options: HostOptions) -> Result<Host, ConfigError> {
         validate_id(Element::HostId, host_id).map_err(ConfigError::HostId)?;
-        let mapper = TagMapper::new(options.path_prefix).map_err(ConfigError::Prefix)?;
+        let mapper = TagMapper::new(options.path_prefix)
+            .map_err(ConfigError::Prefix)?
+            .with_assets(options.asset_mappings)
+            .map_err(|e| {
+                let first = e.into_iter().next();
+                ConfigError::Assets(first.expect("a refusal names at least one problem"))
+            })?;
         Ok(Host {
             host_id: host_id.to_owned(),
             mapper,

@@ -22,7 +22,7 @@ pub use host::{
     NodeId, TagSample, WriteError,
 };
 pub use proto::Payload;
-pub use tagmap::{MapError, MetricAddress, TagMapper};
+pub use tagmap::{AssetMapping, DeviceSelector, MapError, MappingError, MetricAddress, TagMapper};
 pub use topic::{MessageType, Topic, TopicError};
 pub use value::{DataSet, MetricValue, ValueError};
 pub use writes::{PendingWrites, WriteOutcome};

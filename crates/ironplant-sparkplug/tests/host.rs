@@ -891,3 +891,124 @@ fn metric_info_gives_the_birth_datatype_and_properties() {
     host.handle(&death.topic, &death.payload, at(10));
     assert!(host.metric_info(&speed).is_some());
 }
+
+/// A host that places `Plant1/edge-1` in the asset tree: `Pump1` in a cell, the node (and
+/// `Tank`, not mapped otherwise) under a line.
+fn mapped_host() -> Host {
+    use ironplant_sparkplug::{AssetMapping, DeviceSelector};
+    let mapping = |device, asset: &str| AssetMapping {
+        group_id: "Plant1".into(),
+        edge_node_id: "edge-1".into(),
+        device,
+        path: path(asset),
+    };
+    Host::with_options(
+        "ironplant",
+        HostOptions {
+            asset_mappings: vec![
+                mapping(
+                    DeviceSelector::Device("Pump1".into()),
+                    "acme/lyon/hall/line1/pump/edge",
+                ),
+                mapping(DeviceSelector::Node, "acme/lyon/hall/gw"),
+            ],
+            ..HostOptions::default()
+        },
+    )
+    .expect("valid mappings")
+}
+
+#[test]
+fn births_of_a_mapped_node_land_under_its_assets_and_writes_find_their_way_back() {
+    let mut e = edge();
+    e.add_device_metric("Pump1", "Motor/Temp", MetricValue::Float(40.0))
+        .expect("new");
+    let mut host = mapped_host();
+    let birth = feed(&mut host, &e.birth(at(0)), at(1));
+    let owned: Vec<String> = samples(&birth)
+        .into_iter()
+        .map(|s| s.path.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        owned,
+        [
+            "acme/lyon/hall/gw/Tank/Level/Percent",
+            "acme/lyon/hall/gw/_node/Node_x20Control/Rebirth",
+            "acme/lyon/hall/gw/_node/Uptime",
+            "acme/lyon/hall/gw/_node/bdSeq",
+            "acme/lyon/hall/line1/pump/edge/Running",
+            "acme/lyon/hall/line1/pump/edge/Speed",
+        ]
+    );
+    // The folder that does not fit below the cell asset: refused, named, not folded.
+    let refused = errors(&birth);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let text = refused[0].to_string();
+    assert!(
+        matches!(
+            &refused[0],
+            HostError::Unmappable {
+                error: ironplant_sparkplug::MapError::TooDeep { .. },
+                ..
+            }
+        ) && text
+            .contains("spBv1.0/Plant1/DBIRTH/edge-1/Pump1: metric \"Motor/Temp\" has no tag path")
+            && text.contains("leaves room for 1"),
+        "{text}"
+    );
+    // Data lands there too.
+    let data = e
+        .device_data("Pump1", &[("Speed", MetricValue::Double(1200.0))], at(5))
+        .expect("declared");
+    let got = host.handle(&data.topic, &data.payload, at(6));
+    assert_eq!(
+        sample_of(&got, "acme/lyon/hall/line1/pump/edge/Speed")
+            .first()
+            .map(|s| s.value.clone()),
+        Some(Value::Float(1200.0))
+    );
+    // The metric behind a mapped tag, and the commands it writes to.
+    let info = host
+        .metric_info(&path("acme/lyon/hall/line1/pump/edge/Speed"))
+        .expect("born");
+    assert_eq!(
+        (info.node, info.device_id.as_deref(), info.name.as_str()),
+        (NodeId::new("Plant1", "edge-1"), Some("Pump1"), "Speed")
+    );
+    let cmd = host
+        .write_command(
+            &path("acme/lyon/hall/line1/pump/edge/Speed"),
+            &Value::Int(900),
+            at(10),
+        )
+        .expect("writable");
+    assert_eq!(cmd.publish.topic, "spBv1.0/Plant1/DCMD/edge-1/Pump1");
+    assert_eq!(cmd.path.as_str(), "acme/lyon/hall/line1/pump/edge/Speed");
+    let p = Payload::decode_bytes(&cmd.publish.payload).expect("valid");
+    assert_eq!(p.metrics[0].alias, e.alias(Some("Pump1"), "Speed"));
+    assert_eq!(p.metrics[0].value, Some(metric::Value::DoubleValue(900.0)));
+    let tank = host
+        .write_command(
+            &path("acme/lyon/hall/gw/Tank/Level/Percent"),
+            &Value::Float(50.0),
+            at(10),
+        )
+        .expect("writable");
+    assert_eq!(tank.publish.topic, "spBv1.0/Plant1/DCMD/edge-1/Tank");
+    assert_eq!(tank.metric, "Level/Percent");
+    let ncmd = host
+        .write_command(
+            &path("acme/lyon/hall/gw/_node/Uptime"),
+            &Value::Int(3),
+            at(10),
+        )
+        .expect("writable");
+    assert_eq!(ncmd.publish.topic, "spBv1.0/Plant1/NCMD/edge-1");
+    // The default spelling of a mapped metric is no metric at all.
+    assert!(matches!(
+        host.write_command(&path("Plant1/edge-1/Pump1/Speed"), &Value::Int(3), at(10)),
+        Err(ironplant_sparkplug::WriteError::NotSparkplug { .. })
+    ));
+}

@@ -3,10 +3,6 @@
 
 mod admin;
 mod audit_witness;
-mod bench;
-mod bench_mix;
-mod bench_mqtt;
-mod bench_pg;
 mod datadir;
 mod platform;
 mod private_dir;
@@ -154,7 +150,7 @@ enum Command {
     /// Run the simulated bottling line as a Modbus TCP server (units 1 and 2) and a Sparkplug B
     /// edge node (group bottling, node sim-edge, device line1) publishing to an MQTT broker.
     #[command(
-        after_help = "Examples (the platform on this machine, same data directory):\n  ironplant simulate &\n  ironplant serve --config examples/bottling.toml\n  # its Sparkplug tags appear under bottling/sim-edge in GET /api/v1/tags\n\n  ironplant simulate --sparkplug-broker off            # Modbus only\n  ironplant simulate --sparkplug-bundle edge           # a bundle from `ironplant device enroll sim-edge --out edge`\n  ironplant simulate --sparkplug-broker 127.0.0.1:1883 --sparkplug-plain   # a test broker without TLS"
+        after_help = "Examples (the platform on this machine, same data directory):\n  ironplant simulate &\n  ironplant serve --config examples/bottling.toml\n  # its Sparkplug tags appear under acme/lyon/bottling/line1/edge in GET /api/v1/tags\n\n  ironplant simulate --sparkplug-broker off            # Modbus only\n  ironplant simulate --sparkplug-bundle edge           # a bundle from `ironplant device enroll sim-edge --out edge`\n  ironplant simulate --sparkplug-broker 127.0.0.1:1883 --sparkplug-plain   # a test broker without TLS"
     )]
     Simulate {
         /// Address to listen on (port 0 picks a free port; the bound address is printed).
@@ -188,12 +184,6 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Measure performance and print the figures.
-    #[command(
-        subcommand,
-        after_help = "Examples:\n  ironplant bench modbus --seconds 10\n  ironplant bench bus"
-    )]
-    Bench(bench::BenchCommand),
     /// Query the historian: raw samples, aggregates over intervals, or the value at an instant.
     #[command(after_help = query::AFTER_HELP)]
     Query(query::QueryArgs),
@@ -331,10 +321,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token { data, command } => admin::token(command, &data.data_dir),
         Command::Audit { data, command } => admin::audit(command, &data.data_dir),
         Command::Acl { data, command } => admin::acl(command, &data.data_dir),
-        Command::Bench(cmd) => {
-            runtime()?.block_on(bench::run(cmd))?;
-            Ok(ExitCode::SUCCESS)
-        }
     }
 }
 
@@ -416,7 +402,7 @@ mod tests {
         walk(&root, "ironplant".into(), &mut all);
         assert!(all.len() > 20, "{}", all.len());
         for (path, cmd) in &all {
-            // `help` is clap's; hidden commands are internal (benchmark peers).
+            // `help` is clap's; hidden commands are internal.
             if path.split(' ').any(|w| w == "help") || cmd.is_hide_set() {
                 continue;
             }

@@ -254,7 +254,7 @@ fn demo_serves_live_good_changing_values() {
     // The simulator's Sparkplug B edge node reaches the platform through the broker: its
     // device metrics become Good tags too.
     let sparkplug = wait_for("Sparkplug tags of the simulated edge node", 20, || {
-        let t = tags(&addr, "?prefix=bottling/sim-edge/line1");
+        let t = tags(&addr, "?prefix=acme/lyon/bottling/line1/edge/");
         (t.len() >= 5 && t.iter().all(|t| t["quality"] == "Good")).then_some(t)
     });
     assert!(
@@ -312,6 +312,33 @@ fn demo_serves_live_good_changing_values() {
     let site = &root["children"][0];
     assert_eq!(site["level"], "site");
     assert!(site["location"]["latitude"].is_f64(), "{site}");
+    // The simulated Sparkplug machine sits in line 1 beside the Modbus ones, with its location,
+    // its metric folders as assets holding its tags.
+    fn find<'a>(assets: &'a Json, path: &str) -> Option<&'a Json> {
+        assets.as_array()?.iter().find_map(|a| {
+            if a["path"] == path {
+                Some(a)
+            } else {
+                find(&a["children"], path)
+            }
+        })
+    }
+    let line = find(&assets["assets"], "acme/lyon/bottling/line1").expect("line 1");
+    let edge = find(&line["children"], "acme/lyon/bottling/line1/edge").expect("the edge asset");
+    assert_eq!(edge["location"]["zone"], "hall-b", "{edge}");
+    assert!(edge["effective_location"]["latitude"].is_f64(), "{edge}");
+    assert!(
+        find(&line["children"], "acme/lyon/bottling/line1/filler").is_some(),
+        "its Modbus neighbour"
+    );
+    let filler =
+        find(&edge["children"], "acme/lyon/bottling/line1/edge/Filler").expect("the metric folder");
+    assert!(
+        filler["tags"].as_array().is_some_and(|t| t
+            .iter()
+            .any(|p| p == "acme/lyon/bottling/line1/edge/Filler/Speed")),
+        "{filler}"
+    );
     let (status, health) = get_json(&addr, "/healthz");
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
     let (status, metrics) = get(&addr, "/metrics");
@@ -628,7 +655,7 @@ fn plant_config(dir: &Path, sim_addr: &str) {
 /// Waits until the simulated edge node's Sparkplug tags are Good on the platform.
 fn sparkplug_tags_good(api: &Api, what: &str) {
     wait_for(what, 30, || {
-        let t = tags(api, "?prefix=bottling/sim-edge/line1");
+        let t = tags(api, "?prefix=acme/lyon/bottling/line1/edge/");
         (t.len() >= 5 && t.iter().all(|t| t["quality"] == "Good")).then_some(())
     });
 }
@@ -879,7 +906,6 @@ fn help_shows_each_command_its_own_flags_and_an_example() {
         &["simulate", "--help"],
         &["query", "--help"],
         &["token", "create", "--help"],
-        &["bench", "bus", "--help"],
     ] {
         let h = help(args);
         assert!(
@@ -889,4 +915,12 @@ fn help_shows_each_command_its_own_flags_and_an_example() {
     }
     assert!(help(&["device", "enroll", "--help"]).contains("--data-dir"));
     assert!(!help(&["check", "--help"]).contains("--data-dir"));
+    // The benchmarks are their own binary (crates/ironplant-bench), not a product command.
+    assert!(!help(&["--help"]).contains("bench"));
+    let bench = run(&["bench", "bus", "--help"], dir.path());
+    assert!(
+        !bench.status.success()
+            && String::from_utf8_lossy(&bench.stderr).contains("unrecognized subcommand 'bench'"),
+        "{bench:?}"
+    );
 }

@@ -1,4 +1,4 @@
-//! A deterministic, plant-like data mix for `ironplant bench historian`: the same tags and values
+//! A deterministic, plant-like data mix for `ironplant-bench historian`: the same tags and values
 //! for a given seed on every machine, so our historian and PostgreSQL ingest identical data.
 //!
 //! Per 20 tags (one device): 10 noisy analogs, 3 setpoints, 3 counters and 4 state bits. Every

@@ -1,7 +1,7 @@
-//! `ironplant bench mqtt`: the same MQTT load against our broker and against Mosquitto in one
+//! `ironplant-bench mqtt`: the same MQTT load against our broker and against Mosquitto in one
 //! run, so the ratio between them is measured under the same conditions.
 //!
-//! Both brokers are child processes (ours is `ironplant bench mqtt-server`). When `taskset` is
+//! Both brokers are child processes (ours is `ironplant-bench mqtt-server`). When `taskset` is
 //! available they share one CPU set and the load generator (this process) gets the rest.
 //! The load generator is a small client on our own codec.
 //!
@@ -49,10 +49,9 @@ pub async fn server(listen: SocketAddr, policy_dir: Option<&Path>) -> anyhow::Re
     let broker = match policy_dir {
         None => ironplant_mqtt::Broker::new(ironplant_mqtt::BrokerConfig::default()),
         Some(dir) => {
-            let sec = crate::secure::open(dir)?;
-            let auth = Arc::new(crate::secure::BlockingAuth {
+            let sec = crate::policy::open(dir)?;
+            let auth = Arc::new(crate::policy::BlockingAuth {
                 inner: sec.mqtt.clone(),
-                reserved: None,
             });
             ironplant_mqtt::Broker::open(ironplant_mqtt::BrokerConfig::default(), auth)?
         }
@@ -69,7 +68,7 @@ static OURS: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
 /// A data directory with an engineer `bench` limited to the `bench` tag prefix, and its token.
 fn policy_dir() -> anyhow::Result<tempfile::TempDir> {
     let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
-    let sec = crate::secure::open(dir.path())?;
+    let sec = crate::policy::open(dir.path())?;
     let password = "bench-password-long-enough";
     sec.users
         .create_user("bench", password, ironplant_security::Role::Engineer, None)
@@ -99,7 +98,7 @@ pub async fn run(seconds: u64, idle: usize, policy: bool) -> anyhow::Result<()> 
     let taskset = Path::new("/usr/bin/taskset").exists() && cpus >= 2;
 
     let policy_dir = policy.then(policy_dir).transpose()?;
-    let mut server_args = vec!["bench", "mqtt-server"];
+    let mut server_args = vec!["mqtt-server"];
     if let Some(d) = &policy_dir {
         server_args.push("--policy-dir");
         server_args.push(d.path().to_str().context("temporary dir is not UTF-8")?);

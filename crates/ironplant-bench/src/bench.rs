@@ -1,7 +1,7 @@
-//! `ironplant bench`: performance figures printed as tables.
+//! `ironplant-bench modbus|bus|historian|mqtt`: performance figures printed as tables.
 //!
-//! Servers run in child processes (this same binary), so the CPU figures count the platform's
-//! side only.
+//! Servers run in child processes (this same binary, through its hidden subcommands), so the
+//! CPU figures count the platform's side only.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -23,7 +23,7 @@ use tokio::process::{Child, Command};
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Modbus connector: register reads/s against the simulator, and CPU per 1,000 tags at 1 s polling.
-    #[command(after_help = "Example:\n  ironplant bench modbus --seconds 10")]
+    #[command(after_help = "Example:\n  ironplant-bench modbus --seconds 10")]
     Modbus {
         /// Seconds each scenario runs.
         #[arg(long, default_value_t = 10)]
@@ -33,7 +33,7 @@ pub enum BenchCommand {
         tags: usize,
     },
     /// Tag bus: samples/s from many publishers to a lossless and a lossy subscriber.
-    #[command(after_help = "Example:\n  ironplant bench bus --tags 100000 --seconds 5")]
+    #[command(after_help = "Example:\n  ironplant-bench bus --tags 100000 --seconds 5")]
     Bus {
         /// Seconds to run.
         #[arg(long, default_value_t = 5)]
@@ -45,7 +45,7 @@ pub enum BenchCommand {
     /// Historian: ingest a realistic mix with durability on, bytes per sample, query latency;
     /// the same data into PostgreSQL (COPY, narrow table) in the same run.
     #[command(
-        after_help = "Examples:\n  ironplant bench historian                      # 10,000 tags x 1 h, with PostgreSQL\n  ironplant bench historian --seconds 86400      # a whole simulated day (slow; PostgreSQL needs ~80 GB)\n  ironplant bench historian --no-postgres --tags 1000"
+        after_help = "Examples:\n  ironplant-bench historian                      # 10,000 tags x 1 h, with PostgreSQL\n  ironplant-bench historian --seconds 86400      # a whole simulated day (slow; PostgreSQL needs ~80 GB)\n  ironplant-bench historian --no-postgres --tags 1000"
     )]
     Historian {
         /// Tags in the mix (half noisy analogs, setpoints, counters, state bits).
@@ -61,7 +61,7 @@ pub enum BenchCommand {
     /// MQTT broker: msgs/s and p50/p99 latency of ours and Mosquitto's in the same run
     /// (1 -> 1, fan-in, fan-out; QoS 0 and 1); optionally RSS with many idle connections.
     #[command(
-        after_help = "Examples:\n  ironplant bench mqtt --seconds 5\n  ironplant bench mqtt --seconds 2 --idle 10000\n  ironplant bench mqtt --seconds 5 --policy   # our broker with the platform's authorisation policy"
+        after_help = "Examples:\n  ironplant-bench mqtt --seconds 5\n  ironplant-bench mqtt --seconds 2 --idle 10000\n  ironplant-bench mqtt --seconds 5 --policy   # our broker with the platform's authorisation policy"
     )]
     Mqtt {
         /// Seconds each scenario runs (after a 0.5 s warm-up).
@@ -91,6 +91,16 @@ pub enum BenchCommand {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
+    /// The simulated bottling line's Modbus side alone (`ironplant simulate --sparkplug-broker
+    /// off`), for `modbus` (internal).
+    #[command(hide = true)]
+    SimServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Random seed of the simulated plant.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -99,6 +109,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             bench_modbus(Duration::from_secs(seconds.max(1)), tags).await
         }
         BenchCommand::RegisterServer { listen } => register_server(listen).await,
+        BenchCommand::SimServer { listen, seed } => sim_server(listen, seed).await,
         BenchCommand::Mqtt {
             seconds,
             idle,
@@ -153,9 +164,27 @@ async fn register_server(listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts `ironplant ARGS…` and returns it with the address it printed.
+/// The bundled example configuration, whose filler PLC `modbus` polls on the simulator.
+const BOTTLING_CONFIG: &str = include_str!("../../../examples/bottling.toml");
+
+/// Serves the simulated plant's Modbus side until killed, as `ironplant simulate
+/// --sparkplug-broker off` does (the plant's readings channel included, nobody reading it).
+async fn sim_server(listen: SocketAddr, seed: u64) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!("listening on {}", listener.local_addr()?);
+    let (readings_tx, _readings) = tokio::sync::watch::channel(ironplant_sim::Readings::default());
+    ironplant_sim::run_with(listener, seed, Some(readings_tx))
+        .await
+        .context("simulator failed")?;
+    Ok(())
+}
+
+/// Starts `ironplant-bench ARGS…` (a hidden server subcommand) and returns it with the
+/// address it printed.
 pub(crate) async fn spawn_server(args: &[&str]) -> anyhow::Result<(Child, String)> {
-    let exe = std::env::current_exe().context("cannot locate the ironplant binary")?;
+    let exe = std::env::current_exe().context("cannot locate the ironplant-bench binary")?;
     let mut child = Command::new(exe)
         .args(args)
         .stdout(Stdio::piped())
@@ -376,17 +405,15 @@ async fn bench_modbus(duration: Duration, tags: usize) -> anyhow::Result<()> {
     );
 
     // 1. Throughput against the simulator: the bundled config's filler PLC, polled back to back.
-    let (_sim, sim_addr) = spawn_server(&[
-        "simulate",
-        "--listen",
-        "127.0.0.1:0",
-        "--sparkplug-broker",
-        "off",
-    ])
-    .await?;
-    let text = crate::platform::BOTTLING_CONFIG.replace("127.0.0.1:5020", &sim_addr);
-    let cfg = ironplant_core::config::parse("bottling.toml", &text)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_sim, sim_addr) = spawn_server(&["sim-server", "--listen", "127.0.0.1:0"]).await?;
+    let text = BOTTLING_CONFIG.replace("127.0.0.1:5020", &sim_addr);
+    let cfg = ironplant_core::config::parse_with(
+        "bottling.toml",
+        &text,
+        &ironplant_core::config::Registry::new()
+            .with::<ironplant_sparkplug::settings::SparkplugSettings>(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let ns = cfg.namespace();
     let dev = cfg
         .devices
@@ -419,7 +446,7 @@ async fn bench_modbus(duration: Duration, tags: usize) -> anyhow::Result<()> {
     let cycles = sim.samples as f64 / sim_tags.max(1) as f64;
 
     // 2. CPU cost of 1 s polling of `tags` tags against a plain register server.
-    let (_srv, srv_addr) = spawn_server(&["bench", "register-server"]).await?;
+    let (_srv, srv_addr) = spawn_server(&["register-server"]).await?;
     let mix = tag_mix(tags);
     let requests_per_cycle =
         ironplant_modbus::plan_reads(&mix.iter().map(|p| p.point.clone()).collect::<Vec<_>>(), 0)

@@ -2,8 +2,8 @@
 //! (`TagMeta::device`: a Modbus device id, `sparkplug:<group>/<node>[/<device>]`).
 //!
 //! Each connector registers its writer for the sources it owns when it starts them (the Modbus
-//! pollers in `Runtime::start_sources`, the Sparkplug host for every node or device whose birth
-//! creates tags), so [`crate::Runtime::write`] is one lookup and one call whatever the protocol.
+//! sources (`ModbusSource` when the supervisor starts it), the Sparkplug host for every node or device whose birth
+//! creates tags), so the runtime's `Runtime::write` is one lookup and one call whatever the protocol.
 //!
 //! Invariant: a source has one writer. A second connector cannot take over a source another
 //! one registered (the same writer registering again is a no-op), just as a Sparkplug metric
@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ironplant_core::DeviceWriter;
+use crate::component::DeviceWriter;
 use parking_lot::RwLock;
 
 /// A source is already served by another writer.
@@ -90,7 +90,7 @@ fn same(a: &Arc<dyn DeviceWriter>, b: &Arc<dyn DeviceWriter>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ironplant_core::{BoxFuture, DeviceWriteError, TagMeta, Value, WriteAck};
+    use crate::{BoxFuture, DeviceWriteError, TagMeta, Value, WriteAck};
 
     struct Fixed(&'static str);
 

@@ -1,4 +1,4 @@
-//! PostgreSQL as the peer of `ironplant bench historian`: a private cluster in a temp dir, the same
+//! PostgreSQL as the peer of `ironplant-bench historian`: a private cluster in a temp dir, the same
 //! samples loaded with `COPY` through `psql`, on-disk size, and timed comparison queries.
 //!
 //! Durability matches the historian's (fsync and synchronous_commit on), so the ratio compares
