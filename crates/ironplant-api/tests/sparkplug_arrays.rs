@@ -103,7 +103,7 @@ fn spectrum_value(x: &[f64]) -> Value {
 async fn sparkplug_arrays_and_datasets_reach_bus_historian_and_rest() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cfg = ironplant_api::settings::parse("arrays.toml", CONFIG).expect("valid config");
-    let runtime = Arc::new(Runtime::start(&cfg, Some(dir.path())).expect("runtime starts"));
+    let runtime = Runtime::start(&cfg, Some(dir.path())).expect("runtime starts");
     let broker = Broker::new(BrokerConfig::default());
     let _host = ironplant_runtime::sparkplug::start(
         broker.clone(),
