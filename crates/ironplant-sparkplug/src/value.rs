@@ -413,10 +413,6 @@ fn carrier_name(v: &metric::Value) -> &'static str {
     }
 }
 
-fn value_kind(v: &Value) -> &'static str {
-    v.kind()
-}
-
 /// Widens an f32 to the f64 with the same shortest decimal form (`1.23f32` → `1.23`, not
 /// `1.2300000190734863`): the edge node meant the decimal value, and JSON, the historian and alarm
 /// limits downstream should see that. Narrowing back with `as f32` gives the same f32.
@@ -869,7 +865,7 @@ impl MetricValue {
     pub fn from_value(datatype: DataType, value: &Value) -> Result<MetricValue, ValueError> {
         let unsupported = || ValueError::Unsupported {
             datatype,
-            found: value_kind(value),
+            found: value.kind(),
         };
         let out_of_range = || ValueError::OutOfRange {
             datatype,
