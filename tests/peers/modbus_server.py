@@ -44,6 +44,8 @@ def inputs():
     regs[0:2] = words("f", 21.5)
     regs[5] = 777
     regs[6] = 0b0000_0000_0010_0100                  # bits 2 and 5 set
+    regs[8:11] = [words("h", v)[0] for v in (-5, 0, 300)]   # i16 × 3 (an array tag, count = 3)
+    regs[12:16] = words("f", 1.5) + words("f", -2.25)       # f32 × 2 (an array tag, count = 2)
     return regs
 
 

@@ -5,7 +5,8 @@ Usage: sparkplug_edge.py HOST PORT GROUP NODE [CAFILE CERTFILE KEYFILE]
 With CAFILE, CERTFILE and KEYFILE it connects over TLS with that client certificate (an
 Ironplant device bundle from `ironplant device enroll`).
 
-Connects a pysparkplug EdgeNode (node metric Uptime, device Pump1 with Speed/Running/Mode/Count)
+Connects a pysparkplug EdgeNode (node metric Uptime, device Pump1 with Speed/Running/Mode/Count
+and the arrays Spectrum (FloatArray), Flags (BooleanArray), Names (StringArray), Temps (Int16Array))
 and then follows commands read from stdin, one a line, answering on stdout with JSON lines:
   ddata VALUE   DDATA with Speed = VALUE (float)
   gap VALUE     skips one seq number, then DDATA with Speed = VALUE
@@ -56,6 +57,17 @@ def main():
                 psp.Metric(timestamp=ts(), name="Running", datatype=psp.DataType.BOOLEAN, value=True),
                 psp.Metric(timestamp=ts(), name="Mode", datatype=psp.DataType.STRING, value="auto"),
                 psp.Metric(timestamp=ts(), name="Count", datatype=psp.DataType.UINT32, value=7),
+                psp.Metric(
+                    timestamp=ts(), name="Spectrum", datatype=psp.DataType.FLOAT_ARRAY, value=(1.5, -0.25, 3.0)
+                ),
+                psp.Metric(
+                    timestamp=ts(),
+                    name="Flags",
+                    datatype=psp.DataType.BOOLEAN_ARRAY,
+                    value=(True, False, True, True, False, False, False, False, True),
+                ),
+                psp.Metric(timestamp=ts(), name="Names", datatype=psp.DataType.STRING_ARRAY, value=("a", "héllo", "")),
+                psp.Metric(timestamp=ts(), name="Temps", datatype=psp.DataType.INT16_ARRAY, value=(-300, 7)),
             ],
         )
     )

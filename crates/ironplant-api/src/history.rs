@@ -768,6 +768,14 @@ fn csv_point(out: &mut String, tag: &str, p: &Point) {
         }
         Value::Float(_) => {}
         Value::String(s) => csv_field(out, s),
+        // A JSON text in one field, always quoted.
+        Value::Array(_) | Value::DataSet(_) => {
+            let json = serde_json::to_string(&ironplant_core::wire::ValueJson(Some(&p.value)))
+                .unwrap_or_default();
+            out.push('"');
+            out.push_str(&json.replace('"', "\"\""));
+            out.push('"');
+        }
     }
     let _ = writeln!(out, ",{}", p.quality);
 }
@@ -1114,6 +1122,83 @@ mod tests {
             *limit = DEFAULT_LIMIT;
         }
         assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn arrays_and_datasets_in_json_and_csv() {
+        use ironplant_core::{Array, DataSet, ScalarType};
+        let mut r = sample_result();
+        let values = vec![
+            Value::array(Array::from_floats(vec![1.5, -2.0]).expect("small")),
+            Value::array(Array::from_u64s(vec![1, u64::MAX]).expect("small")),
+            Value::array(Array::from_strings(vec!["x,\"y".into()]).expect("small")),
+            Value::dataset(
+                DataSet::new(
+                    vec!["n".into(), "ok".into()],
+                    vec![ScalarType::Int, ScalarType::Bool],
+                    vec![vec![Value::Int(3), Value::Null]],
+                )
+                .expect("valid"),
+            ),
+        ];
+        if let TagData::Raw { points, .. } = &mut r.tags[0].data {
+            for (p, v) in points.iter_mut().zip(&values) {
+                p.value = v.clone();
+            }
+        }
+        let json = render_json(&r);
+        assert!(
+            json.contains(r#""value":[1.5,-2.0],"#)
+                && json.contains(r#""value":[1,18446744073709551615],"#)
+                && json.contains(
+                    r#""value":{"columns":["n","ok"],"types":["int","bool"],"rows":[[3,null]]},"#
+                ),
+            "{json}"
+        );
+        assert_eq!(
+            render_csv(&r),
+            "tag,ts,value,quality\n\
+             a/b,1970-01-01T00:00:01.000000Z,\"[1.5,-2.0]\",Good\n\
+             a/b,1970-01-01T00:00:02.000000Z,\"[1,18446744073709551615]\",Bad(CommFailure)\n\
+             a/b,1970-01-01T00:00:03.000000Z,\"[\"\"x,\\\"\"y\"\"]\",Good\n\
+             a/b,1970-01-01T00:00:04.000000Z,\"{\"\"columns\"\":[\"\"n\"\",\"\"ok\"\"],\"\"types\"\":[\"\"int\"\",\"\"bool\"\"],\"\"rows\"\":[[3,null]]}\",Good\n"
+        );
+        // The JSON reads back to the same values.
+        let back = parse_json(&json).expect("parses");
+        let TagData::Raw { points, .. } = &back.tags[0].data else {
+            panic!("raw");
+        };
+        let got: Vec<Value> = points.iter().map(|p| p.value.clone()).collect();
+        assert_eq!(got, values);
+        // NaN elements come back as NaN, an empty array as array<float>, and mixed arrays are
+        // refused with a reason (the wire format's reader, `core::wire::ValueIn`).
+        let value_from = |j: serde_json::Value| {
+            serde_json::from_value::<ironplant_core::wire::ValueIn>(j)
+                .map(|v| v.0)
+                .map_err(|e| e.to_string())
+        };
+        let nan = value_from(serde_json::json!([1.0, null])).expect("valid");
+        let Value::Array(a) = &nan else {
+            panic!("array");
+        };
+        assert!(matches!(a.get(1), Some(Value::Float(f)) if f.is_nan()));
+        assert_eq!(
+            value_from(serde_json::json!([])).map(|v| v.value_type()),
+            Ok(Some(ironplant_core::ValueType::Array(ScalarType::Float)))
+        );
+        assert!(value_from(serde_json::json!([1, "a"]))
+            .expect_err("mixed")
+            .contains("not all scalars of one type"));
+        assert!(value_from(
+            serde_json::json!({"columns": ["a"], "types": ["int"], "rows": [["x"]]})
+        )
+        .expect_err("a string in an int column")
+        .contains("column \"a\""));
+        assert!(
+            value_from(serde_json::json!({"columns": ["a"], "rows": []}))
+                .expect_err("no types")
+                .contains("columns, types and rows")
+        );
     }
 
     #[test]

@@ -283,6 +283,7 @@ fn tag_mix(n: usize) -> Vec<PollPoint> {
                 bit: None,
                 scale: 1.0,
                 offset: 0.0,
+                count: 1,
             };
             PollPoint {
                 tag: TagId(i as u32),

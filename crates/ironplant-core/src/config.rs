@@ -17,7 +17,7 @@ use toml::Spanned;
 use crate::asset::{Asset, AssetLevel, Location};
 use crate::namespace::{Namespace, TagId, TagMeta};
 use crate::path::{TagPath, MAX_DEPTH};
-use crate::sample::ValueType;
+use crate::sample::{ScalarType, ValueType};
 
 // ---------------------------------------------------------------------------------------------
 // Validated model
@@ -350,6 +350,9 @@ pub struct ModbusPoint {
     pub bit: Option<u8>,
     pub scale: f64,
     pub offset: f64,
+    /// Consecutive values read as one array tag (1: a scalar tag). Register tables only;
+    /// `count × registers` fits one request (125 registers); not writable.
+    pub count: u16,
 }
 
 impl ModbusPoint {
@@ -358,7 +361,7 @@ impl ModbusPoint {
         if self.table.is_bits() {
             1
         } else {
-            self.data_type.registers()
+            self.data_type.registers() * self.count.max(1)
         }
     }
 
@@ -646,6 +649,7 @@ struct RawModbus {
     word_order: Option<Spanned<String>>,
     byte_order: Option<Spanned<String>>,
     bit: Option<Spanned<i64>>,
+    count: Option<Spanned<i64>>,
     scale: Option<f64>,
     offset: Option<f64>,
 }
@@ -1062,14 +1066,36 @@ fn validate(raw: RawConfig, c: &mut Diagnostics) -> Config {
                         writable = false;
                     }
                 }
+                if let (Some(p), Some(w)) = (&point, &t.writable) {
+                    if *w.get_ref() && p.count > 1 {
+                        c.err(
+                            w.span(),
+                            "an array tag (count > 1) cannot be writable",
+                            Some("declare one writable tag per register value".to_owned()),
+                        );
+                        writable = false;
+                    }
+                }
                 if let Some(p) = &point {
-                    value_type = if p.data_type == ModbusDataType::Bool {
-                        ValueType::Bool
+                    let scalar = if p.data_type == ModbusDataType::Bool {
+                        ScalarType::Bool
                     } else if p.data_type.is_float() || p.scale != 1.0 || p.offset != 0.0 {
-                        ValueType::Float
+                        ScalarType::Float
                     } else {
-                        ValueType::Int
+                        ScalarType::Int
                     };
+                    value_type = if p.count > 1 {
+                        ValueType::Array(scalar)
+                    } else {
+                        scalar.into()
+                    };
+                    if let (true, Some(lo)) = (p.count > 1, &t.min) {
+                        c.err(
+                            lo.span(),
+                            "an array tag (count > 1) has no engineering range",
+                            Some("remove min and max, or declare one tag per value".to_owned()),
+                        );
+                    }
                     if let (Some(dev), Some(_)) = (device, &path) {
                         let first = u32::from(p.address);
                         let entry = occupancy
@@ -1290,10 +1316,44 @@ fn validate_modbus(
             None,
         );
     }
+    let count = match &m.count {
+        None => 1,
+        Some(n) => {
+            let most = ModbusTable::Holding.max_per_request() / data_type.registers();
+            match u16::try_from(*n.get_ref())
+                .ok()
+                .filter(|n| (1..=most).contains(n))
+            {
+                Some(k) if k > 1 && (table.is_bits() || bit.is_some()) => {
+                    c.err(
+                        n.span(),
+                        "count applies to values in holding or input registers",
+                        Some("read coils and bits as one tag each".to_owned()),
+                    );
+                    1
+                }
+                Some(k) => k,
+                None => {
+                    c.err(
+                        n.span(),
+                        format!(
+                            "count {} is out of range for a {}",
+                            n.get_ref(),
+                            data_type.as_str()
+                        ),
+                        Some(format!(
+                            "use 1..={most}: one request reads at most 125 registers"
+                        )),
+                    );
+                    1
+                }
+            }
+        }
+    };
     let len = if table.is_bits() {
         1
     } else {
-        u32::from(data_type.registers())
+        u32::from(data_type.registers()) * u32::from(count)
     };
     let address = match u16::try_from(*m.address.get_ref()) {
         Ok(a) if u32::from(a) + len - 1 <= 0xFFFF => a,
@@ -1326,6 +1386,7 @@ fn validate_modbus(
         bit,
         scale,
         offset,
+        count,
     })
 }
 
@@ -1421,6 +1482,54 @@ modbus = { table = "input", address = 3, type = "bool", bit = 5 }
             ns.asset(&TagPath::parse("acme").expect("path")).is_some(),
             "implied enterprise"
         );
+    }
+
+    #[test]
+    fn a_count_makes_an_array_tag() {
+        let head =
+            "[[device]]\nid = \"plc1\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\n";
+        let cfg = parse(
+            "count.toml",
+            &format!(
+                "{head}[[tag]]\npath = \"a/b/profile\"\ndevice = \"plc1\"\n\
+                 modbus = {{ table = \"holding\", address = 10, type = \"f32\", count = 8 }}\n\
+                 [[tag]]\npath = \"a/b/next\"\ndevice = \"plc1\"\n\
+                 modbus = {{ table = \"holding\", address = 26, type = \"i16\", count = 3 }}\n"
+            ),
+        )
+        .expect("valid");
+        let m = cfg.tags[0].modbus.as_ref().expect("mapping");
+        assert_eq!((m.count, m.len(), m.last_address()), (8, 16, 25));
+        assert_eq!(cfg.tags[0].value_type, ValueType::Array(ScalarType::Float));
+        assert_eq!(cfg.tags[1].value_type, ValueType::Array(ScalarType::Int));
+        let err = |tag: &str| {
+            parse(
+                "count.toml",
+                &format!("{head}[[tag]]\npath = \"a/b/c\"\ndevice = \"plc1\"\n{tag}\n"),
+            )
+            .expect_err(tag)
+            .to_string()
+        };
+        let e = err("modbus = { table = \"holding\", address = 0, type = \"f64\", count = 32 }");
+        assert!(
+            e.contains("count 32 is out of range for a f64") && e.contains("1..=31"),
+            "{e}"
+        );
+        let e = err("modbus = { table = \"holding\", address = 0, count = 0 }");
+        assert!(e.contains("count 0 is out of range"), "{e}");
+        let e = err("modbus = { table = \"coil\", address = 0, count = 4 }");
+        assert!(
+            e.contains("count applies to values in holding or input registers"),
+            "{e}"
+        );
+        let e = err("writable = true\nmodbus = { table = \"holding\", address = 0, count = 4 }");
+        assert!(
+            e.contains("an array tag (count > 1) cannot be writable"),
+            "{e}"
+        );
+        // The registers of an array overlap a neighbour like any multi-register value.
+        let e = err("modbus = { table = \"holding\", address = 65534, type = \"u16\", count = 3 }");
+        assert!(e.contains("address 65534 is out of range"), "{e}");
     }
 
     const BROKEN: &str = r#"[[device]]

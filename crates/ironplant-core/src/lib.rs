@@ -24,4 +24,7 @@ pub use component::{
 pub use event::{Event, EventBus, EventFilter, EventKind, EventSubscription, Severity};
 pub use namespace::{LiveNamespace, Namespace, RegisterError, TagId, TagMeta};
 pub use path::{PathError, TagPath};
-pub use sample::{Quality, QualityLevel, QualityReason, Sample, Timestamp, Value, ValueType};
+pub use sample::{
+    Array, CompositeError, DataSet, Elements, Quality, QualityLevel, QualityReason, Sample,
+    ScalarType, Timestamp, Value, ValueType, MAX_ELEMENTS, MAX_TEXT_BYTES,
+};

@@ -17,8 +17,9 @@ use crate::namespace::TagMeta;
 use crate::path::TagPath;
 use crate::sample::{Quality, QualityLevel, QualityReason, Sample, Timestamp, Value};
 
-/// A value as JSON: null, bool, number (integers exact, u64 too) or string. Non-finite floats
-/// (NaN, ±inf) have no JSON form and become null.
+/// A value as JSON: null, bool, number (integers exact, u64 too) or string; an array is a JSON
+/// array, a DataSet `{"columns":[..],"types":[..],"rows":[[..]]}` (types as in `value_type`).
+/// Non-finite floats (NaN, ±inf) have no JSON form and become null, in arrays and cells too.
 #[derive(Debug, Clone, Copy)]
 pub struct ValueJson<'a>(pub Option<&'a Value>);
 
@@ -32,6 +33,35 @@ impl Serialize for ValueJson<'_> {
             Some(Value::Float(f)) if f.is_finite() => s.serialize_f64(*f),
             Some(Value::Float(_)) => s.serialize_none(),
             Some(Value::String(v)) => s.serialize_str(v),
+            Some(Value::Array(a)) => {
+                let mut seq = s.serialize_seq(Some(a.len()))?;
+                for v in a.iter() {
+                    seq.serialize_element(&ValueJson(Some(&v)))?;
+                }
+                seq.end()
+            }
+            Some(Value::DataSet(d)) => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry(
+                    "columns",
+                    &SeqJson(std::cell::Cell::new(Some(d.columns().iter().map(|c| &**c)))),
+                )?;
+                m.serialize_entry(
+                    "types",
+                    &SeqJson(std::cell::Cell::new(Some(
+                        d.types().iter().map(|t| t.as_str()),
+                    ))),
+                )?;
+                m.serialize_entry(
+                    "rows",
+                    &SeqJson(std::cell::Cell::new(Some(d.rows().iter().map(|row| {
+                        SeqJson(std::cell::Cell::new(Some(
+                            row.iter().map(|c| ValueJson(Some(c))),
+                        )))
+                    })))),
+                )?;
+                m.end()
+            }
         }
     }
 }
@@ -255,9 +285,79 @@ impl<'de> Deserialize<'de> for ValueIn {
             fn visit_str<E>(self, s: &str) -> Result<ValueIn, E> {
                 Ok(ValueIn(Value::String(s.into())))
             }
+            // An array of scalars of one type (an empty one reads as `array<float>`; `null`
+            // among floats is a non-finite float, as `ValueJson` writes it).
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<ValueIn, A::Error> {
+                let mut items = Vec::new();
+                while let Some(ValueIn(v)) = seq.next_element::<ValueIn>()? {
+                    items.push(v);
+                }
+                array_from(items).map(ValueIn).map_err(de::Error::custom)
+            }
+            // A DataSet: `{"columns":[..],"types":[..],"rows":[[..]]}`.
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<ValueIn, A::Error> {
+                let (mut columns, mut types, mut rows) = (None, None, None);
+                while let Some(k) = map.next_key::<String>()? {
+                    match k.as_str() {
+                        "columns" => columns = Some(map.next_value::<Vec<String>>()?),
+                        "types" => types = Some(map.next_value::<Vec<String>>()?),
+                        "rows" => rows = Some(map.next_value::<Vec<Vec<ValueIn>>>()?),
+                        other => {
+                            return Err(de::Error::custom(format!(
+                                "unknown DataSet field {other:?}; expected columns, types, rows"
+                            )))
+                        }
+                    }
+                }
+                let (Some(columns), Some(types), Some(rows)) = (columns, types, rows) else {
+                    return Err(de::Error::custom("a DataSet needs columns, types and rows"));
+                };
+                dataset_from(columns, types, rows)
+                    .map(ValueIn)
+                    .map_err(de::Error::custom)
+            }
         }
         d.deserialize_any(V)
     }
+}
+
+fn array_from(mut items: Vec<Value>) -> Result<Value, String> {
+    use crate::{Array, ScalarType};
+    if items
+        .iter()
+        .all(|v| matches!(v, Value::Float(_) | Value::Null))
+    {
+        for v in &mut items {
+            if *v == Value::Null {
+                *v = Value::Float(f64::NAN);
+            }
+        }
+    }
+    match Array::from_values(&items, ScalarType::Float) {
+        Ok(Some(a)) => Ok(Value::array(a)),
+        Ok(None) => Err("an array whose elements are not all scalars of one type".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn dataset_from(
+    columns: Vec<String>,
+    types: Vec<String>,
+    rows: Vec<Vec<ValueIn>>,
+) -> Result<Value, String> {
+    use crate::{DataSet, ScalarType};
+    let types = types
+        .iter()
+        .map(|t| ScalarType::parse(t).ok_or_else(|| format!("unknown DataSet column type {t:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let columns = columns.into_iter().map(Arc::from).collect();
+    let rows = rows
+        .into_iter()
+        .map(|r| r.into_iter().map(|c| c.0).collect())
+        .collect();
+    DataSet::new(columns, types, rows)
+        .map(Value::dataset)
+        .map_err(|e| e.to_string())
 }
 
 /// An RFC 3339 timestamp of the wire format (`Z` or an offset) back to µs.
@@ -466,5 +566,51 @@ mod tests {
         let text = serde_json::to_string(&EventJson::new(&e)).expect("json");
         let back: EventIn = serde_json::from_str(&text).expect("read back");
         assert_eq!(back.into_event(), Ok(e));
+    }
+
+    #[test]
+    fn arrays_and_datasets_render_as_json_structures() {
+        use crate::sample::{Array, DataSet, ScalarType};
+        let json = |v: &Value| serde_json::to_string(&ValueJson(Some(v))).expect("serialises");
+        let floats = Value::array(Array::from_floats(vec![1.5, f64::NAN, -2.0]).expect("small"));
+        assert_eq!(json(&floats), "[1.5,null,-2.0]");
+        let big = Value::array(Array::from_u64s(vec![0, u64::MAX]).expect("small"));
+        assert_eq!(json(&big), "[0,18446744073709551615]");
+        let strings =
+            Value::array(Array::from_strings(vec!["a\"b".into(), "".into()]).expect("small"));
+        assert_eq!(json(&strings), r#"["a\"b",""]"#);
+        let empty = Value::array(Array::from_bools(vec![]).expect("small"));
+        assert_eq!(json(&empty), "[]");
+        let ds = Value::dataset(
+            DataSet::new(
+                vec!["n".into(), "ok".into()],
+                vec![ScalarType::Int, ScalarType::Bool],
+                vec![
+                    vec![Value::Int(-5), Value::Bool(true)],
+                    vec![Value::Null, Value::Bool(false)],
+                ],
+            )
+            .expect("valid"),
+        );
+        assert_eq!(
+            json(&ds),
+            r#"{"columns":["n","ok"],"types":["int","bool"],"rows":[[-5,true],[null,false]]}"#
+        );
+        // And they read back as what was written (a NaN element stays a non-finite float).
+        for v in [&big, &strings, &ds] {
+            let back: ValueIn = serde_json::from_str(&json(v)).expect("reads back");
+            assert_eq!(&back.0, v);
+        }
+        let back: ValueIn = serde_json::from_str(&json(&floats)).expect("reads back");
+        assert_eq!(json(&back.0), "[1.5,null,-2.0]");
+        assert!(
+            serde_json::from_str::<ValueIn>("[1,\"x\"]").is_err(),
+            "mixed types"
+        );
+        assert!(
+            serde_json::from_str::<ValueIn>("[[1]]").is_err(),
+            "nested arrays"
+        );
+        assert!(serde_json::from_str::<ValueIn>(r#"{"columns":["a"]}"#).is_err());
     }
 }

@@ -23,6 +23,27 @@ use crate::codec::{get_value, put_value, put_varint, Malformed, Reader};
 const VERSION: u8 = 1;
 /// Most samples one chunk holds; longer heads are split.
 pub const MAX_CHUNK_SAMPLES: usize = 8192;
+/// Bytes of values one chunk holds at most when they are large (arrays, DataSets, long strings;
+/// by [`crate::codec::encoded_len_bound`]), unless it holds one sample: 8192 arrays of 65,536
+/// floats would otherwise make a 4 GiB chunk that every query of the tag decodes whole.
+pub const TARGET_CHUNK_BYTES: usize = 16 << 20;
+
+/// Where the chunk starting at `start` of `values` ends (exclusive): at most
+/// [`MAX_CHUNK_SAMPLES`] samples and, past the first, [`TARGET_CHUNK_BYTES`] of values.
+pub fn chunk_end(values: &[Value], start: usize) -> usize {
+    let mut end = start;
+    let mut bytes = 0usize;
+    while end < values.len() && end - start < MAX_CHUNK_SAMPLES {
+        // A timestamp and a quality code come with each value.
+        let size = 9 + crate::codec::encoded_len_bound(&values[end]);
+        if end > start && bytes.saturating_add(size) > TARGET_CHUNK_BYTES {
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        end += 1;
+    }
+    end
+}
 
 /// A decoded chunk's columns.
 #[derive(Debug, Clone, PartialEq)]
@@ -310,6 +331,53 @@ mod tests {
             Value::Float(1.5),
             Value::String(Arc::from("x")),
             Value::Int(3),
+        ]);
+    }
+
+    #[test]
+    fn large_values_make_smaller_chunks() {
+        let small = vec![Value::Float(1.0); 20_000];
+        assert_eq!(chunk_end(&small, 0), MAX_CHUNK_SAMPLES);
+        assert_eq!(chunk_end(&small, 19_000), 20_000);
+        // 512 KiB a value: 31 of them fit 16 MiB.
+        let big = Value::array(
+            ironplant_core::Array::from_floats(vec![0.5; ironplant_core::MAX_ELEMENTS])
+                .expect("at the limit"),
+        );
+        let bigs = vec![big; 100];
+        assert_eq!(chunk_end(&bigs, 0), 31);
+        assert_eq!(chunk_end(&bigs, 93), 100);
+        assert_eq!(chunk_end(&bigs[..1], 0), 1, "one sample always fits");
+    }
+
+    #[test]
+    fn arrays_and_datasets_round_trip_through_chunks() {
+        use ironplant_core::{Array, DataSet, ScalarType};
+        let arrays: Vec<Value> = (0..100)
+            .map(|i| {
+                Value::array(
+                    Array::from_floats((0..i % 7).map(|k| f64::from(k) * 0.5).collect())
+                        .expect("small"),
+                )
+            })
+            .collect();
+        round_trip(arrays.clone());
+        // One value for the whole chunk (the CONST encoding).
+        round_trip(vec![arrays[5].clone(); 50]);
+        let ds = Value::dataset(
+            DataSet::new(
+                vec!["a".into(), "b".into()],
+                vec![ScalarType::String, ScalarType::Int],
+                vec![vec![Value::String("x".into()), Value::Int(2)]],
+            )
+            .expect("valid"),
+        );
+        round_trip(vec![
+            ds.clone(),
+            Value::Float(1.0),
+            arrays[3].clone(),
+            Value::Null,
+            ds,
         ]);
     }
 

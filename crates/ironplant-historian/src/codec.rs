@@ -1,11 +1,23 @@
 //! Byte-level encodings shared by the WAL and chunks: varints, quality codes, tagged values.
 //!
 //! A tagged value is one type byte and its payload: 0 null, 1 false, 2 true, 3 int (zigzag
-//! varint), 4 float (8 bytes LE), 5 string (varint length + UTF-8), 6 u64 above i64::MAX (varint).
+//! varint), 4 float (8 bytes LE), 5 string (varint length + UTF-8), 6 u64 above i64::MAX (varint),
+//! 7 array, 8 DataSet:
+//! ```text
+//! array:   element kind u8 (0 bool, 1 int, 2 u64, 3 float, 4 string) | count varint |
+//!          elements: bool u8 0/1, int zigzag varint, u64 varint, float 8 bytes LE,
+//!          string varint length + UTF-8
+//! DataSet: columns varint | (name: varint length + UTF-8, type u8: 0 bool 1 int 2 float 3 string)*
+//!          | rows varint | rows × columns cells, each a tagged *scalar* value (0..=6)
+//! ```
+//! Every count is checked against the bytes left (an element takes at least one byte) and
+//! against `ironplant_core::MAX_ELEMENTS` before anything is allocated; cells cannot nest.
 
 use std::sync::Arc;
 
-use ironplant_core::{Quality, QualityLevel, QualityReason, Value};
+use ironplant_core::{
+    Array, DataSet, Elements, Quality, QualityLevel, QualityReason, ScalarType, Value, MAX_ELEMENTS,
+};
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +53,11 @@ impl<'a> Reader<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.pos >= self.buf.len()
+    }
+
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
     }
 
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
@@ -83,6 +100,23 @@ impl<'a> Reader<'a> {
             }
         }
         Err(Malformed("varint too long"))
+    }
+
+    /// A count of items of at least one byte each: within what is left and within
+    /// [`MAX_ELEMENTS`], so a corrupt count can never make us allocate.
+    pub fn count(&mut self) -> Result<usize, Malformed> {
+        let n = self.len()?;
+        if n > MAX_ELEMENTS {
+            return Err(Malformed("more elements than an array or DataSet may hold"));
+        }
+        Ok(n)
+    }
+
+    fn str(&mut self) -> Result<Arc<str>, Malformed> {
+        let n = self.len()?;
+        let s =
+            std::str::from_utf8(self.bytes(n)?).map_err(|_| Malformed("string is not UTF-8"))?;
+        Ok(Arc::from(s))
     }
 
     /// A length that must fit in what is left, so a corrupt length can never make us allocate.
@@ -152,10 +186,177 @@ pub fn put_value(out: &mut Vec<u8>, v: &Value) {
         }
         Value::String(s) => {
             out.push(5);
-            put_varint(out, s.len() as u64);
-            out.extend_from_slice(s.as_bytes());
+            put_str(out, s);
+        }
+        Value::Array(a) => {
+            out.push(7);
+            put_array(out, a);
+        }
+        Value::DataSet(d) => {
+            out.push(8);
+            put_varint(out, d.columns().len() as u64);
+            for (name, t) in d.columns().iter().zip(d.types()) {
+                put_str(out, name);
+                out.push(scalar_code(*t));
+            }
+            put_varint(out, d.rows().len() as u64);
+            for cell in d.rows().iter().flat_map(|r| r.iter()) {
+                put_value(out, cell);
+            }
         }
     }
+}
+
+/// An upper bound of the bytes [`put_value`] writes for `v` (cheap: no encoding).
+pub fn encoded_len_bound(v: &Value) -> usize {
+    // A varint takes at most 10 bytes.
+    match v {
+        Value::String(s) => 11 + s.len(),
+        Value::Array(a) => {
+            12 + match a.elements() {
+                Elements::Bool(v) => v.len(),
+                Elements::Int(v) => 10 * v.len(),
+                Elements::U64(v) => 10 * v.len(),
+                Elements::Float(v) => 8 * v.len(),
+                Elements::String(v) => v.iter().map(|s| 10 + s.len()).sum(),
+            }
+        }
+        Value::DataSet(d) => {
+            21 + d.columns().iter().map(|c| 11 + c.len()).sum::<usize>()
+                + d.rows()
+                    .iter()
+                    .flat_map(|r| r.iter())
+                    .map(encoded_len_bound)
+                    .sum::<usize>()
+        }
+        _ => 11,
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn scalar_code(t: ScalarType) -> u8 {
+    match t {
+        ScalarType::Bool => 0,
+        ScalarType::Int => 1,
+        ScalarType::Float => 2,
+        ScalarType::String => 3,
+    }
+}
+
+fn put_array(out: &mut Vec<u8>, a: &Array) {
+    match a.elements() {
+        Elements::Bool(v) => {
+            out.push(0);
+            put_varint(out, v.len() as u64);
+            out.extend(v.iter().map(|b| u8::from(*b)));
+        }
+        Elements::Int(v) => {
+            out.push(1);
+            put_varint(out, v.len() as u64);
+            for i in v {
+                put_varint(out, zigzag(*i));
+            }
+        }
+        Elements::U64(v) => {
+            out.push(2);
+            put_varint(out, v.len() as u64);
+            for u in v {
+                put_varint(out, *u);
+            }
+        }
+        Elements::Float(v) => {
+            out.push(3);
+            put_varint(out, v.len() as u64);
+            for f in v {
+                out.extend_from_slice(&f.to_bits().to_le_bytes());
+            }
+        }
+        Elements::String(v) => {
+            out.push(4);
+            put_varint(out, v.len() as u64);
+            for s in v {
+                put_str(out, s);
+            }
+        }
+    }
+}
+
+fn get_array(r: &mut Reader<'_>) -> Result<Array, Malformed> {
+    let kind = r.u8()?;
+    let n = r.count()?;
+    let built = match kind {
+        0 => Array::from_bools(
+            (0..n)
+                .map(|_| match r.u8()? {
+                    0 => Ok(false),
+                    1 => Ok(true),
+                    _ => Err(Malformed("array boolean is not 0 or 1")),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        1 => Array::from_ints(
+            (0..n)
+                .map(|_| r.varint().map(unzigzag))
+                .collect::<Result<_, _>>()?,
+        ),
+        2 => {
+            let v: Vec<u64> = (0..n).map(|_| r.varint()).collect::<Result<_, _>>()?;
+            // One form: a u64 array only when some element needs it.
+            if v.iter().all(|u| i64::try_from(*u).is_ok()) {
+                return Err(Malformed("u64 array within the i64 range"));
+            }
+            Array::from_u64s(v)
+        }
+        3 => Array::from_floats(
+            (0..n)
+                .map(|_| r.u64().map(f64::from_bits))
+                .collect::<Result<_, _>>()?,
+        ),
+        4 => Array::from_strings((0..n).map(|_| r.str()).collect::<Result<_, _>>()?),
+        _ => return Err(Malformed("array element kind")),
+    };
+    built.map_err(|_| Malformed("array over the size limits"))
+}
+
+fn get_dataset(r: &mut Reader<'_>) -> Result<DataSet, Malformed> {
+    let ncols = r.count()?;
+    let mut columns = Vec::with_capacity(ncols);
+    let mut types = Vec::with_capacity(ncols);
+    for _ in 0..ncols {
+        columns.push(r.str()?);
+        types.push(match r.u8()? {
+            0 => ScalarType::Bool,
+            1 => ScalarType::Int,
+            2 => ScalarType::Float,
+            3 => ScalarType::String,
+            _ => return Err(Malformed("DataSet column type")),
+        });
+    }
+    let nrows = r.count()?;
+    let cells = nrows
+        .checked_mul(ncols)
+        .filter(|c| *c <= MAX_ELEMENTS)
+        .ok_or(Malformed("more cells than a DataSet may hold"))?;
+    if cells > r.remaining() {
+        return Err(Malformed("DataSet cells past the end"));
+    }
+    let mut rows = Vec::with_capacity(nrows);
+    for _ in 0..nrows {
+        let mut row = Vec::with_capacity(ncols);
+        for _ in 0..ncols {
+            // Checked before decoding, so corrupt bytes cannot nest DataSets to any depth.
+            if matches!(r.buf.get(r.pos), Some(7 | 8)) {
+                return Err(Malformed("a DataSet cell holds an array or DataSet"));
+            }
+            row.push(get_value(r)?);
+        }
+        rows.push(row);
+    }
+    DataSet::new(columns, types, rows).map_err(|_| Malformed("DataSet shape or size"))
 }
 
 pub fn get_value(r: &mut Reader<'_>) -> Result<Value, Malformed> {
@@ -165,17 +366,14 @@ pub fn get_value(r: &mut Reader<'_>) -> Result<Value, Malformed> {
         2 => Value::Bool(true),
         3 => Value::Int(unzigzag(r.varint()?)),
         4 => Value::Float(f64::from_bits(r.u64()?)),
-        5 => {
-            let n = r.len()?;
-            let s =
-                std::str::from_utf8(r.bytes(n)?).map_err(|_| Malformed("string is not UTF-8"))?;
-            Value::String(Arc::from(s))
-        }
+        5 => Value::String(r.str()?),
         // Only above i64::MAX (one form per number, as `Value::from_u64` builds it).
         6 => match r.varint()? {
             u if u > i64::MAX as u64 => Value::U64(u),
             _ => return Err(Malformed("u64 value within the i64 range")),
         },
+        7 => Value::array(get_array(r)?),
+        8 => Value::dataset(get_dataset(r)?),
         _ => return Err(Malformed("value type")),
     })
 }
@@ -213,6 +411,108 @@ mod tests {
         }
         assert!(r.is_empty());
         assert_eq!(unzigzag(zigzag(i64::MIN)), i64::MIN);
+    }
+
+    fn composite_values() -> Vec<Value> {
+        let floats = Array::from_floats(vec![1.5, -0.0, f64::NAN, 1e300]).expect("small");
+        let ds = DataSet::new(
+            vec!["n".into(), "name".into(), "ok".into(), "x".into()],
+            vec![
+                ScalarType::Int,
+                ScalarType::String,
+                ScalarType::Bool,
+                ScalarType::Float,
+            ],
+            vec![
+                vec![
+                    Value::Int(-5),
+                    Value::String("a".into()),
+                    Value::Bool(true),
+                    Value::Float(0.25),
+                ],
+                vec![Value::U64(u64::MAX), Value::Null, Value::Null, Value::Null],
+            ],
+        )
+        .expect("valid");
+        vec![
+            Value::array(floats),
+            Value::array(Array::from_bools(vec![true, false, true]).expect("small")),
+            Value::array(Array::from_ints(vec![i64::MIN, 0, 7]).expect("small")),
+            Value::array(Array::from_u64s(vec![1, u64::MAX]).expect("small")),
+            Value::array(Array::from_strings(vec!["héllo".into(), "".into()]).expect("small")),
+            Value::array(Array::from_strings(vec![]).expect("small")),
+            Value::dataset(ds),
+            Value::dataset(DataSet::new(vec![], vec![], vec![]).expect("empty")),
+        ]
+    }
+
+    #[test]
+    fn arrays_and_datasets_round_trip_exactly() {
+        let values = composite_values();
+        let mut buf = Vec::new();
+        for v in &values {
+            put_value(&mut buf, v);
+        }
+        let mut r = Reader::new(&buf);
+        for v in &values {
+            let back = get_value(&mut r).expect("decodes");
+            // NaN != NaN: compare the bytes they encode to.
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            put_value(&mut a, v);
+            put_value(&mut b, &back);
+            assert_eq!(a, b, "{v}");
+            assert_eq!(back.value_type(), v.value_type());
+            assert!(a.len() <= encoded_len_bound(v), "{v}: {} bytes", a.len());
+        }
+        assert!(r.is_empty());
+        // Every truncation of every value is an error, never a panic.
+        for v in &values {
+            let mut one = Vec::new();
+            put_value(&mut one, v);
+            for cut in 0..one.len() {
+                assert!(
+                    get_value(&mut Reader::new(&one[..cut])).is_err(),
+                    "{v} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_composites_are_refused_before_allocating() {
+        // An array claiming 2^40 floats in 3 bytes.
+        let mut buf = vec![7, 3];
+        put_varint(&mut buf, 1 << 40);
+        buf.extend_from_slice(&[0, 0, 0]);
+        assert!(get_value(&mut Reader::new(&buf)).is_err());
+        // More elements than the limit, with the bytes present.
+        let mut buf = vec![7, 0];
+        put_varint(&mut buf, MAX_ELEMENTS as u64 + 1);
+        buf.extend(std::iter::repeat_n(0u8, MAX_ELEMENTS + 1));
+        assert_eq!(
+            get_value(&mut Reader::new(&buf)),
+            Err(Malformed("more elements than an array or DataSet may hold"))
+        );
+        // A u64 array whose elements all fit i64 has another (the int) form.
+        let buf = vec![7, 2, 1, 5];
+        assert!(get_value(&mut Reader::new(&buf)).is_err());
+        // A boolean element that is neither 0 nor 1.
+        assert!(get_value(&mut Reader::new(&[7, 0, 1, 2])).is_err());
+        // A DataSet cell that is itself a DataSet (would nest without bound).
+        let buf = vec![8, 1, 1, b'a', 1, 1, 8, 0, 0];
+        assert_eq!(
+            get_value(&mut Reader::new(&buf)),
+            Err(Malformed("a DataSet cell holds an array or DataSet"))
+        );
+        // A cell of the wrong type for its column.
+        let buf = vec![8, 1, 1, b'a', 1, 1, 5, 1, b'x'];
+        assert!(get_value(&mut Reader::new(&buf)).is_err());
+        // 2^20 rows × 2^20 columns claimed in a few bytes.
+        let mut buf = vec![8];
+        put_varint(&mut buf, 2);
+        buf.extend_from_slice(&[1, b'a', 1, 1, b'b', 1]);
+        put_varint(&mut buf, 1 << 20);
+        assert!(get_value(&mut Reader::new(&buf)).is_err());
     }
 
     #[test]

@@ -995,8 +995,10 @@ fn writer_loop(
         }
         if !pending.is_empty() {
             buf.clear();
-            let lsn = next_lsn;
-            wal::encode_record(lsn, &pending, &mut buf);
+            // Usually one record; several when large values (arrays, DataSets) would make one
+            // record bigger than replay accepts.
+            let records = wal::encode_records(next_lsn, &pending, &mut buf);
+            let lsn = next_lsn + records - 1;
             if let Err(e) = wal.append_durable(&buf) {
                 let msg = format!("cannot write the WAL: {e}");
                 tracing::error!(error = %msg, "historian write failed; samples not acknowledged");
@@ -1005,13 +1007,13 @@ fn writer_loop(
                 }
                 pending.clear();
                 // The segment may now end in a partial record: continue in a fresh one.
-                next_lsn += 1;
+                next_lsn += records;
                 if let Err(e) = wal.maybe_roll(next_lsn, true) {
                     tracing::error!(error = %e, "cannot start a new WAL segment");
                 }
                 continue;
             }
-            next_lsn += 1;
+            next_lsn += records;
             shared.counters.wal_fsyncs.fetch_add(1, Ordering::Relaxed);
             let n = pending.len() as u64;
             {
@@ -1222,7 +1224,7 @@ fn checkpoint(shared: &Arc<Shared>, mem: &Arc<Memtable>) -> Result<u64, Historia
         }
         let mut start = 0;
         while start < head.len() {
-            let end = (start + chunk::MAX_CHUNK_SAMPLES).min(head.len());
+            let end = chunk::chunk_end(&head.values, start);
             let bytes = chunk::encode(
                 &head.ts[start..end],
                 &head.values[start..end],

@@ -403,6 +403,7 @@ impl Store {
             let t = txn.open_table(CHUNKS).map_err(storage)?;
             let mut run: Vec<(Key, Vec<u8>)> = Vec::new();
             let mut run_samples = 0u32;
+            let mut run_bytes = 0usize;
             let close = |run: &mut Vec<(Key, Vec<u8>)>,
                          samples: u32,
                          plans: &mut Vec<Vec<(Key, Vec<u8>)>>| {
@@ -426,16 +427,23 @@ impl Store {
                 let (k, v) = row.map_err(storage)?;
                 let key = k.value();
                 let header = chunk::header(v.value()).ok();
+                // Chunks of large values merge only up to TARGET_CHUNK_BYTES of stored bytes
+                // (tagged values are stored uncompressed; a constant chunk decodes to clones of
+                // one value, which share its Arc).
                 let fits = header.is_some_and(|h| {
-                    h.count < SMALL && run_samples + h.count <= chunk::MAX_CHUNK_SAMPLES as u32
+                    h.count < SMALL
+                        && run_samples + h.count <= chunk::MAX_CHUNK_SAMPLES as u32
+                        && run_bytes + v.value().len() <= chunk::TARGET_CHUNK_BYTES
                 });
                 let same_tag = run.first().is_some_and(|r| r.0 .0 == key.0);
                 if !(same_tag && fits) {
                     close(&mut run, run_samples, &mut plans);
                     run_samples = 0;
+                    run_bytes = 0;
                 }
                 if let Some(h) = header.filter(|h| h.count < SMALL) {
                     run_samples += h.count;
+                    run_bytes += v.value().len();
                     run.push((key, v.value().to_vec()));
                 }
             }

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use ironplant_core::Value;
 
 use crate::codec::{
-    get_value, put_value, put_varint, quality_from_code, unzigzag, zigzag, Malformed, Reader,
+    encoded_len_bound, get_value, put_value, put_varint, quality_from_code, unzigzag, zigzag,
+    Malformed, Reader,
 };
 
 /// A sample as the historian stores it: historian tag id, source time (µs), value, quality code.
@@ -36,6 +37,33 @@ pub struct Entry {
 
 /// Largest record payload accepted on replay (a corrupt length must not allocate gigabytes).
 const MAX_RECORD: usize = 256 << 20;
+
+/// Payload bytes a record is kept under when it holds more than one sample: far below
+/// [`MAX_RECORD`], so a group commit of large values (arrays, DataSets, long strings) becomes
+/// several records rather than one that replay would refuse as corrupt.
+pub const RECORD_TARGET: usize = 32 << 20;
+
+/// Encodes `entries` (at least one) as consecutive records with LSNs `first_lsn..first_lsn + n`,
+/// each under [`RECORD_TARGET`] unless it holds a single sample; returns `n` (1 unless the
+/// values are large).
+pub fn encode_records(first_lsn: u64, entries: &[Entry], out: &mut Vec<u8>) -> u64 {
+    let mut lsn = first_lsn;
+    let mut start = 0;
+    let mut bytes = 0usize;
+    for (i, e) in entries.iter().enumerate() {
+        // hid, ts delta and quality take at most 10 + 10 + 1 bytes.
+        let size = 21 + encoded_len_bound(&e.value);
+        if i > start && bytes.saturating_add(size) > RECORD_TARGET {
+            encode_record(lsn, &entries[start..i], out);
+            lsn += 1;
+            start = i;
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(size);
+    }
+    encode_record(lsn, &entries[start..], out);
+    lsn - first_lsn + 1
+}
 
 pub fn encode_record(lsn: u64, entries: &[Entry], out: &mut Vec<u8>) {
     let start = out.len();
@@ -373,6 +401,38 @@ mod tests {
         // The cut is permanent: a second replay sees a clean log.
         let r2 = replay(&Disk, dir.path(), 0, |_, _| {}).expect("replay");
         assert_eq!((r2.records, r2.truncated_bytes), (3, 0));
+    }
+
+    #[test]
+    fn large_values_are_split_into_records_replay_accepts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = WalWriter::create(Disk::shared(), dir.path(), 1, 1 << 30).expect("create");
+        // 100 arrays of 65,536 floats: 50 MiB in one group commit.
+        let big = Value::array(
+            ironplant_core::Array::from_floats(vec![1.5; ironplant_core::MAX_ELEMENTS])
+                .expect("at the limit"),
+        );
+        let batch: Vec<Entry> = (0..100)
+            .map(|i| Entry {
+                hid: 1,
+                ts: i,
+                value: big.clone(),
+                quality: 0,
+            })
+            .collect();
+        let mut buf = Vec::new();
+        let n = encode_records(7, &batch, &mut buf);
+        assert_eq!(n, 2);
+        w.append_durable(&buf).expect("append");
+        drop(w);
+        let mut seen = Vec::new();
+        let r = replay(&Disk, dir.path(), 0, |lsn, e| seen.push((lsn, e.len()))).expect("replay");
+        assert_eq!(r.truncated_bytes, 0);
+        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![7, 8]);
+        assert_eq!(seen.iter().map(|s| s.1).sum::<usize>(), 100);
+        // Small values: one record, as before.
+        let mut buf = Vec::new();
+        assert_eq!(encode_records(1, &entries(1000, 0), &mut buf), 1);
     }
 
     #[test]

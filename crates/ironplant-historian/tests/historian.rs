@@ -167,6 +167,99 @@ fn stores_queries_and_survives_restarts() {
     h.close();
 }
 
+/// Arrays and DataSets come back exactly from the WAL (replayed at reopen), from chunks and
+/// after compaction; aggregates count them (like strings) but take no number from them.
+#[test]
+fn arrays_and_datasets_survive_wal_replay_and_chunks() {
+    use ironplant_core::{Array, DataSet, ScalarType};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = Historian::open(cfg(dir.path())).expect("open");
+    let ids = h
+        .register(&[path("a/b/spectrum"), path("a/b/table")])
+        .expect("register");
+    let spectrum = |i: i64| {
+        Value::array(
+            Array::from_floats(
+                (0..(i % 5 + 1))
+                    .map(|k| (i * 10 + k) as f64 * 0.5)
+                    .collect(),
+            )
+            .expect("small"),
+        )
+    };
+    let table = |i: i64| {
+        Value::dataset(
+            DataSet::new(
+                vec!["batch".into(), "ok".into()],
+                vec![ScalarType::String, ScalarType::Bool],
+                vec![
+                    vec![
+                        Value::String(format!("b{i}").into()),
+                        Value::Bool(i % 2 == 0),
+                    ],
+                    vec![Value::Null, Value::Bool(true)],
+                ],
+            )
+            .expect("valid"),
+        )
+    };
+    // 700 samples each: with flush_samples = 500 the first part goes to chunks, the rest stays
+    // in the WAL until the reopen replays it.
+    const N: i64 = 700;
+    for part in 0..7 {
+        let batch: Vec<_> = (part * 100..(part + 1) * 100)
+            .flat_map(|i| {
+                [
+                    (ids[0], T0 + i * S, spectrum(i), Quality::GOOD),
+                    (ids[1], T0 + i * S, table(i), Quality::GOOD),
+                ]
+            })
+            .collect();
+        h.submit(batch)
+            .expect("submit")
+            .wait_blocking()
+            .expect("durable");
+    }
+    let check = |h: &Historian| {
+        let page = h
+            .raw("a/b/spectrum", Timestamp(T0), Timestamp(T0 + N * S), 10_000)
+            .expect("raw");
+        assert_eq!(page.points.len(), N as usize);
+        for (i, p) in page.points.iter().enumerate() {
+            assert_eq!(p.value, spectrum(i as i64), "spectrum sample {i}");
+        }
+        let page = h
+            .raw("a/b/table", Timestamp(T0), Timestamp(T0 + N * S), 10_000)
+            .expect("raw");
+        assert_eq!(page.points.len(), N as usize);
+        for (i, p) in page.points.iter().enumerate() {
+            assert_eq!(p.value, table(i as i64), "table sample {i}");
+        }
+        let agg = h
+            .aggregate(
+                "a/b/spectrum",
+                Timestamp(T0),
+                Timestamp(T0 + 100 * S),
+                Duration::from_secs(100),
+                &[Aggregate::Avg, Aggregate::Count, Aggregate::Max],
+            )
+            .expect("aggregate");
+        let row = &agg.rows[0];
+        assert_eq!(row.good, 100);
+        // As for strings: counted as good samples, but no average or maximum of an array.
+        assert_eq!(row.values, vec![None, Some(100.0), None], "{row:?}");
+    };
+    check(&h);
+    assert!(h.stats().checkpoints > 0, "some data went into chunks");
+    h.close();
+    let h = Historian::open(cfg(dir.path())).expect("reopen");
+    check(&h);
+    h.flush_blocking().expect("flush");
+    h.compact_blocking().expect("compact");
+    check(&h);
+    h.close();
+}
+
 #[test]
 fn bad_queries_get_clear_errors() {
     let dir = tempfile::tempdir().expect("tempdir");

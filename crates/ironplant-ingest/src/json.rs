@@ -673,6 +673,11 @@ fn convert(v: &Json, f: &FieldMapping) -> Result<Value, String> {
             Json::Number(_) | Json::Bool(_) => Ok(Value::String(v.to_string().into())),
             _ => Err(format!("expected text, got {}", describe(v))),
         },
+        // The config accepts only scalar types for a JSON field (see `config.rs`).
+        ValueType::Array(_) | ValueType::DataSet => Err(format!(
+            "a field of type {} cannot be mapped from JSON",
+            f.value_type.as_str()
+        )),
     }
 }
 

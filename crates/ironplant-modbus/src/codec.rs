@@ -1,7 +1,7 @@
 //! Conversion between Modbus registers and typed values, with word/byte order and scaling.
 
 use ironplant_core::config::{ByteOrder, ModbusDataType, ModbusPoint, WordOrder};
-use ironplant_core::Value;
+use ironplant_core::{Array, ScalarType, Value, ValueType};
 
 /// Why a value cannot be encoded into a point's registers.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -55,7 +55,36 @@ fn from_wire(regs: &[u16], wo: WordOrder, bo: ByteOrder) -> u64 {
 }
 
 /// Decodes a register point. `regs` holds exactly `point.len()` registers (the caller slices).
+/// A point with `count > 1` is an array of `count` values of its type, each decoded (word and
+/// byte order, scale, offset) as a scalar point would be.
 pub fn decode_registers(point: &ModbusPoint, regs: &[u16]) -> Value {
+    if point.count <= 1 {
+        return decode_one(point, regs);
+    }
+    let per = usize::from(point.data_type.registers());
+    let values: Vec<Value> = regs
+        .chunks_exact(per)
+        .take(usize::from(point.count))
+        .map(|r| decode_one(point, r))
+        .collect();
+    let element =
+        values
+            .first()
+            .and_then(Value::value_type)
+            .map_or(ScalarType::Float, |t| match t {
+                ValueType::Bool => ScalarType::Bool,
+                ValueType::Int => ScalarType::Int,
+                _ => ScalarType::Float,
+            });
+    // One decoder for every element, so they share a type; a count within one request (≤ 125)
+    // is far below the core's element limit.
+    match Array::from_values(&values, element) {
+        Ok(Some(a)) => Value::array(a),
+        _ => Value::Null,
+    }
+}
+
+fn decode_one(point: &ModbusPoint, regs: &[u16]) -> Value {
     use ModbusDataType::*;
     if let (Bool, Some(bit)) = (point.data_type, point.bit) {
         return Value::Bool(regs.first().is_some_and(|r| r & (1 << bit) != 0));
@@ -205,7 +234,6 @@ fn split(v: u64, n: usize) -> Vec<u16> {
 mod tests {
     use super::*;
     use ironplant_core::config::ModbusTable;
-    use ironplant_core::ValueType;
 
     fn point(data_type: ModbusDataType, wo: WordOrder, bo: ByteOrder) -> ModbusPoint {
         ModbusPoint {
@@ -218,6 +246,7 @@ mod tests {
             bit: None,
             scale: 1.0,
             offset: 0.0,
+            count: 1,
         }
     }
 
@@ -394,6 +423,57 @@ mod tests {
         assert_eq!(decode_registers(&p, &[3]), Value::Float(0.75));
         p.scale = 2.5;
         assert_eq!(decode_registers(&p, &[3]), Value::Float(7.5));
+    }
+
+    #[test]
+    fn a_count_reads_an_array_of_values() {
+        let mut p = point(
+            ModbusDataType::I16,
+            WordOrder::BigEndian,
+            ByteOrder::BigEndian,
+        );
+        p.count = 3;
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            decode_registers(&p, &[0xFFFE, 7, 0x8000]),
+            Value::array(Array::from_ints(vec![-2, 7, -32768]).expect("small"))
+        );
+        // Each element in its word order; f32s widen like scalars.
+        let mut f = point(
+            ModbusDataType::F32,
+            WordOrder::LittleEndian,
+            ByteOrder::BigEndian,
+        );
+        f.count = 2;
+        assert_eq!(f.len(), 4);
+        let v = decode_registers(&f, &[0xE979, 0x42F6, 0x0000, 0x3FC0]);
+        assert_eq!(
+            v,
+            Value::array(Array::from_floats(vec![123.456, 1.5]).expect("small"))
+        );
+        assert_eq!(v.value_type(), Some(ValueType::Array(ScalarType::Float)));
+        // Scaled integers are floats; u64 above i64::MAX stays exact.
+        let mut s = point(
+            ModbusDataType::U16,
+            WordOrder::BigEndian,
+            ByteOrder::BigEndian,
+        );
+        s.count = 2;
+        s.scale = 0.1;
+        assert_eq!(
+            decode_registers(&s, &[3989, 10]),
+            Value::array(Array::from_floats(vec![398.9, 1.0]).expect("small"))
+        );
+        let mut u = point(
+            ModbusDataType::U64,
+            WordOrder::BigEndian,
+            ByteOrder::BigEndian,
+        );
+        u.count = 2;
+        assert_eq!(
+            decode_registers(&u, &[0, 0, 0, 5, 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF]),
+            Value::array(Array::from_u64s(vec![5, u64::MAX]).expect("small"))
+        );
     }
 
     #[test]

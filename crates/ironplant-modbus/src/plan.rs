@@ -66,6 +66,7 @@ mod tests {
             bit: None,
             scale: 1.0,
             offset: 0.0,
+            count: 1,
         }
     }
 

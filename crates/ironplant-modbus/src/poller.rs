@@ -837,6 +837,7 @@ mod tests {
             bit,
             scale: 1.0,
             offset: 0.0,
+            count: 1,
         }
     }
 

@@ -87,6 +87,7 @@ fn one_point() -> Vec<PollPoint> {
             bit: None,
             scale: 1.0,
             offset: 0.0,
+            count: 1,
         },
         range: None,
     }]

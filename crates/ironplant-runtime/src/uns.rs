@@ -99,5 +99,29 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_slice(&payload(&nan, None)).expect("json");
         assert!(v["value"].is_null() && v["quality_reason"].is_null() && v["unit"].is_null());
+        let array = Sample {
+            value: Value::array(
+                ironplant_core::Array::from_floats(vec![1.5, -2.0]).expect("small"),
+            ),
+            ..s
+        };
+        let v: serde_json::Value = serde_json::from_slice(&payload(&array, None)).expect("json");
+        assert_eq!(v["value"], serde_json::json!([1.5, -2.0]));
+        let table = Sample {
+            value: Value::dataset(
+                ironplant_core::DataSet::new(
+                    vec!["n".into()],
+                    vec![ironplant_core::ScalarType::Int],
+                    vec![vec![Value::Int(3)], vec![Value::Null]],
+                )
+                .expect("valid"),
+            ),
+            ..s
+        };
+        let v: serde_json::Value = serde_json::from_slice(&payload(&table, None)).expect("json");
+        assert_eq!(
+            v["value"],
+            serde_json::json!({"columns": ["n"], "types": ["int"], "rows": [[3], [null]]})
+        );
     }
 }

@@ -111,6 +111,16 @@ async fn connector_reads_and_writes_a_pymodbus_server() {
             false,
             r#"table = "input", address = 6, type = "bool", bit = 3"#,
         ),
+        (
+            "in_i16x3",
+            false,
+            r#"table = "input", address = 8, type = "i16", count = 3"#,
+        ),
+        (
+            "in_f32x2",
+            false,
+            r#"table = "input", address = 12, type = "f32", count = 2"#,
+        ),
         ("coil0", true, r#"table = "coil", address = 0"#),
         ("coil1", true, r#"table = "coil", address = 1"#),
         ("coil3", false, r#"table = "coil", address = 3"#),
@@ -153,6 +163,19 @@ async fn connector_reads_and_writes_a_pymodbus_server() {
     assert_eq!(value("in_u16"), Some(Value::Int(777)));
     assert_eq!(value("in_bit2"), Some(Value::Bool(true)));
     assert_eq!(value("in_bit3"), Some(Value::Bool(false)));
+    // `count` reads consecutive values as one array tag.
+    assert_eq!(
+        value("in_i16x3"),
+        Some(Value::array(
+            ironplant_core::Array::from_ints(vec![-5, 0, 300]).expect("small")
+        ))
+    );
+    assert_eq!(
+        value("in_f32x2"),
+        Some(Value::array(
+            ironplant_core::Array::from_floats(vec![1.5, -2.25]).expect("small")
+        ))
+    );
     assert_eq!(value("coil0"), Some(Value::Bool(true)));
     assert_eq!(value("coil1"), Some(Value::Bool(false)));
     assert_eq!(value("coil3"), Some(Value::Bool(true)));

@@ -184,6 +184,7 @@ impl PointDef {
             bit: self.bit,
             scale: self.scale,
             offset: self.offset,
+            count: 1,
         }
     }
 }

@@ -94,13 +94,11 @@ impl DataType {
         self as u32
     }
 
-    /// The type of the tag values a metric of this type becomes (see `MetricValue::to_value`):
-    /// integers and DateTime are `Int` (a UInt64 beyond `i64` arrives as a float sample), arrays,
-    /// DataSets and templates are compact JSON strings. `Bytes`/`File` have no tag value; they
-    /// are typed `String` so the tag can still be listed.
-    pub fn value_type(self) -> ironplant_core::ValueType {
-        use ironplant_core::ValueType;
-        match self {
+    /// The tag value type of a scalar metric of this type (DataSet columns too): integers and
+    /// DateTime are `int`, Float/Double `float`, Boolean `bool`, String/Text/UUID `string`.
+    pub fn scalar_type(self) -> Option<ironplant_core::ScalarType> {
+        use ironplant_core::ScalarType;
+        Some(match self {
             DataType::Int8
             | DataType::Int16
             | DataType::Int32
@@ -109,38 +107,60 @@ impl DataType {
             | DataType::UInt16
             | DataType::UInt32
             | DataType::UInt64
-            | DataType::DateTime => ValueType::Int,
-            DataType::Float | DataType::Double => ValueType::Float,
-            DataType::Boolean => ValueType::Bool,
+            | DataType::DateTime => ScalarType::Int,
+            DataType::Float | DataType::Double => ScalarType::Float,
+            DataType::Boolean => ScalarType::Bool,
+            DataType::String | DataType::Text | DataType::Uuid => ScalarType::String,
+            _ => return None,
+        })
+    }
+
+    /// The element type of an array type, as a tag value (`Int8Array` → `int`, …).
+    pub fn array_element(self) -> Option<ironplant_core::ScalarType> {
+        use ironplant_core::ScalarType;
+        Some(match self {
+            DataType::Int8Array
+            | DataType::Int16Array
+            | DataType::Int32Array
+            | DataType::Int64Array
+            | DataType::UInt8Array
+            | DataType::UInt16Array
+            | DataType::UInt32Array
+            | DataType::UInt64Array
+            | DataType::DateTimeArray => ScalarType::Int,
+            DataType::FloatArray | DataType::DoubleArray => ScalarType::Float,
+            DataType::BooleanArray => ScalarType::Bool,
+            DataType::StringArray => ScalarType::String,
+            _ => return None,
+        })
+    }
+
+    /// The type of the tag values a metric of this type becomes (see `MetricValue::to_value`):
+    /// scalars as [`DataType::scalar_type`], arrays `array<element>`, DataSet `dataset`;
+    /// templates are compact JSON strings. `Bytes`/`File` have no tag value; they are typed
+    /// `string` so the tag can still be listed.
+    pub fn value_type(self) -> ironplant_core::ValueType {
+        use ironplant_core::ValueType;
+        if let Some(t) = self.scalar_type() {
+            return t.into();
+        }
+        if let Some(e) = self.array_element() {
+            return ValueType::Array(e);
+        }
+        match self {
+            DataType::DataSet => ValueType::DataSet,
             _ => ValueType::String,
         }
     }
 
-    /// The specification's name, e.g. `Int32`, `UUID`, `DateTimeArray`.
     /// Whether a tag value can be written to a metric of this type ([`crate::MetricValue::from_value`]
-    /// builds it): the scalar numbers, Boolean, the string types and DateTime. Arrays, DataSets,
-    /// Templates, Bytes and Files cannot.
+    /// builds it): the scalar types and the arrays. DataSets (their column types would be
+    /// guessed, see `DataSet::from_core`), Templates, Bytes and Files cannot.
     pub fn is_writable(self) -> bool {
-        use DataType::*;
-        matches!(
-            self,
-            Int8 | Int16
-                | Int32
-                | Int64
-                | UInt8
-                | UInt16
-                | UInt32
-                | UInt64
-                | Float
-                | Double
-                | Boolean
-                | String
-                | DateTime
-                | Text
-                | Uuid
-        )
+        self.scalar_type().is_some() || self.array_element().is_some()
     }
 
+    /// The specification's name, e.g. `Int32`, `UUID`, `DateTimeArray`.
     pub fn name(self) -> &'static str {
         match self {
             DataType::Unknown => "Unknown",

@@ -1098,12 +1098,11 @@ fn apply_value(
         .and_then(timestamp_from_millis)
         .unwrap_or(base_ts);
     let historical = m.is_historical == Some(true);
-    match decode_typed(state.datatype, m) {
-        Ok(Some(v)) => {
-            if let Some(value) = v.to_value() {
-                record(state, value, Quality::GOOD, ts, historical, out);
-            }
-        }
+    let decoded = decode_typed(state.datatype, m).and_then(|v| v.map(|v| v.to_value()).transpose());
+    match decoded {
+        Ok(Some(Some(value))) => record(state, value, Quality::GOOD, ts, historical, out),
+        // Bytes, File, a template definition: no tag value.
+        Ok(Some(None)) => {}
         Ok(None) => record(state, Value::Null, NULL_QUALITY, ts, historical, out),
         Err(error) => {
             out.push(HostAction::Error(HostError::BadMetric {

@@ -16,17 +16,23 @@
 //!   see [`Value::from_u64`]).
 //! - Float/Double → `Value::Float`; Boolean → `Value::Bool`; String/Text/UUID → `Value::String`.
 //! - DateTime → `Value::Int` of milliseconds since the Unix epoch (the Sparkplug unit, kept as is).
-//! - Arrays, DataSets and Template *instances* → `Value::String` holding compact JSON (arrays as
-//!   JSON arrays, a DataSet as `{"columns":[…],"types":[…],"rows":[[…]]}`, a template instance as
-//!   `{"template_ref":…,"metrics":{name: value}}`); non-finite floats render as `null`. The typed
-//!   value stays available in this crate; the tag gets something an HMI can show and a historian
-//!   can store.
+//! - Every array type → `Value::Array` with the element type of the scalar mapping (Int8Array …
+//!   UInt64Array and DateTimeArray → `int` elements, kept exact: a UInt64Array with an element
+//!   above `i64::MAX` is a `u64` array; FloatArray/DoubleArray → `float`; BooleanArray → `bool`;
+//!   StringArray → `string`). FloatArray elements widen like Float (shortest decimal).
+//! - DataSet → `Value::DataSet`: column names, column types mapped like scalars (Int32 → `int`,
+//!   Double → `float`, …), cells mapped like scalar metrics, null cells `Value::Null`.
+//! - Template *instances* stay `Value::String` holding compact JSON
+//!   (`{"template_ref":…,"metrics":{name: value}}`): a template is a nested, typed structure
+//!   that no tag value models yet.
+//! - An array or DataSet beyond `ironplant_core::MAX_ELEMENTS` elements (or `MAX_TEXT_BYTES` of
+//!   text) is an error ([`ValueError::TooLarge`]), never truncated.
 //! - Bytes, File and Template *definitions* have no tag value (`None`): a binary blob is not a
 //!   process value, and a definition is a type, not an instance.
 
 use std::sync::Arc;
 
-use ironplant_core::Value;
+use ironplant_core::{Array, CompositeError, ScalarType, Value};
 
 use crate::datatype::DataType;
 use crate::proto::payload::{self, data_set, metric, Template};
@@ -98,6 +104,12 @@ pub enum ValueError {
     },
     #[error("malformed DataSet: {0}")]
     BadDataSet(String),
+    #[error("{datatype} value is too large: {error}")]
+    TooLarge {
+        datatype: DataType,
+        #[source]
+        error: CompositeError,
+    },
     #[error("a {found} value cannot be written as {datatype}")]
     Unsupported {
         datatype: DataType,
@@ -244,6 +256,79 @@ impl DataSet {
         }
     }
 
+    /// The tag value's DataSet: columns typed by [`DataType::scalar_type`], cells mapped like
+    /// scalar metrics. Checked against the core's size limits before the cells are copied.
+    pub fn to_core(&self) -> Result<ironplant_core::DataSet, CompositeError> {
+        let cells = self.rows.len().saturating_mul(self.columns.len());
+        if cells > ironplant_core::MAX_ELEMENTS {
+            return Err(CompositeError::TooManyElements { count: cells });
+        }
+        let types = self
+            .types
+            .iter()
+            .map(|t| t.scalar_type().unwrap_or(ScalarType::String))
+            .collect();
+        let rows = self
+            .rows
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(|c| {
+                        c.as_ref()
+                            .and_then(MetricValue::scalar_value)
+                            .unwrap_or(Value::Null)
+                    })
+                    .collect()
+            })
+            .collect();
+        ironplant_core::DataSet::new(
+            self.columns.iter().map(|c| Arc::from(c.as_str())).collect(),
+            types,
+            rows,
+        )
+    }
+
+    /// A DataSet from a tag value's: `int` columns become Int64 (UInt64 when a cell is above
+    /// `i64::MAX`), `float` Double, `bool` Boolean, `string` String. The core DataSet does not
+    /// keep Sparkplug's narrower column types, so a DataSet decoded from Int32 columns comes back
+    /// as Int64 columns with the same values.
+    pub fn from_core(d: &ironplant_core::DataSet) -> Result<DataSet, ValueError> {
+        let types: Vec<DataType> = d
+            .types()
+            .iter()
+            .enumerate()
+            .map(|(c, t)| match t {
+                ScalarType::Bool => DataType::Boolean,
+                ScalarType::Float => DataType::Double,
+                ScalarType::String => DataType::String,
+                ScalarType::Int
+                    if d.rows()
+                        .iter()
+                        .any(|r| matches!(r.get(c), Some(Value::U64(_)))) =>
+                {
+                    DataType::UInt64
+                }
+                ScalarType::Int => DataType::Int64,
+            })
+            .collect();
+        let mut rows = Vec::with_capacity(d.rows().len());
+        for row in d.rows() {
+            let mut cells = Vec::with_capacity(types.len());
+            for (cell, t) in row.iter().zip(&types) {
+                cells.push(match cell {
+                    Value::Null => None,
+                    v => Some(MetricValue::from_value(*t, v)?),
+                });
+            }
+            rows.push(cells);
+        }
+        DataSet::new(
+            d.columns().iter().map(|c| c.to_string()).collect(),
+            types,
+            rows,
+        )
+    }
+
     fn to_json(&self) -> serde_json::Value {
         let rows = self
             .rows
@@ -325,16 +410,6 @@ fn carrier_name(v: &metric::Value) -> &'static str {
         metric::Value::DatasetValue(_) => "dataset_value",
         metric::Value::TemplateValue(_) => "template_value",
         metric::Value::ExtensionValue(_) => "extension_value",
-    }
-}
-
-fn value_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Int(_) | Value::U64(_) => "int",
-        Value::Float(_) => "float",
-        Value::String(_) => "string",
     }
 }
 
@@ -674,9 +749,8 @@ impl MetricValue {
         }
     }
 
-    /// The tag value for this metric value, or `None` when it has none (Bytes, File, a Template
-    /// definition): see the module docs for the mapping.
-    pub fn to_value(&self) -> Option<Value> {
+    /// The tag value of a scalar metric value (`None` for every other kind).
+    fn scalar_value(&self) -> Option<Value> {
         Some(match self {
             MetricValue::Int8(v) => Value::Int(i64::from(*v)),
             MetricValue::Int16(v) => Value::Int(i64::from(*v)),
@@ -692,10 +766,53 @@ impl MetricValue {
             MetricValue::String(s) | MetricValue::Text(s) | MetricValue::Uuid(s) => {
                 Value::String(Arc::from(s.as_str()))
             }
-            MetricValue::Bytes(_) | MetricValue::File(_) => return None,
-            MetricValue::Template(t) if t.is_definition == Some(true) => return None,
-            _ => Value::String(Arc::from(self.to_json().to_string())),
+            _ => return None,
         })
+    }
+
+    /// The tag value for this metric value, `Ok(None)` when it has none (Bytes, File, a Template
+    /// definition), an error when an array or DataSet is over the core's size limits: see the
+    /// module docs for the mapping.
+    pub fn to_value(&self) -> Result<Option<Value>, ValueError> {
+        let too_large = |error| ValueError::TooLarge {
+            datatype: self.datatype(),
+            error,
+        };
+        let ints = |v: Vec<i64>| Array::from_ints(v).map(Value::array).map_err(too_large);
+        Ok(Some(match self {
+            MetricValue::Bytes(_) | MetricValue::File(_) => return Ok(None),
+            MetricValue::Template(t) if t.is_definition == Some(true) => return Ok(None),
+            MetricValue::Template(_) => Value::String(Arc::from(self.to_json().to_string())),
+            MetricValue::DataSet(ds) => Value::dataset(ds.to_core().map_err(too_large)?),
+            MetricValue::Int8Array(v) => ints(v.iter().map(|x| i64::from(*x)).collect())?,
+            MetricValue::Int16Array(v) => ints(v.iter().map(|x| i64::from(*x)).collect())?,
+            MetricValue::Int32Array(v) => ints(v.iter().map(|x| i64::from(*x)).collect())?,
+            MetricValue::Int64Array(v) => ints(v.clone())?,
+            MetricValue::UInt8Array(v) => ints(v.iter().map(|x| i64::from(*x)).collect())?,
+            MetricValue::UInt16Array(v) => ints(v.iter().map(|x| i64::from(*x)).collect())?,
+            MetricValue::UInt32Array(v) => ints(v.iter().map(|x| i64::from(*x)).collect())?,
+            MetricValue::UInt64Array(v) | MetricValue::DateTimeArray(v) => {
+                Value::array(Array::from_u64s(v.clone()).map_err(too_large)?)
+            }
+            MetricValue::FloatArray(v) => Value::array(
+                Array::from_floats(v.iter().map(|x| f32_as_f64(*x)).collect())
+                    .map_err(too_large)?,
+            ),
+            MetricValue::DoubleArray(v) => {
+                Value::array(Array::from_floats(v.clone()).map_err(too_large)?)
+            }
+            MetricValue::BooleanArray(v) => {
+                Value::array(Array::from_bools(v.clone()).map_err(too_large)?)
+            }
+            MetricValue::StringArray(v) => Value::array(
+                Array::from_strings(v.iter().map(|s| Arc::from(s.as_str())).collect())
+                    .map_err(too_large)?,
+            ),
+            scalar => match scalar.scalar_value() {
+                Some(v) => v,
+                None => return Ok(None),
+            },
+        }))
     }
 
     /// A JSON rendering (used for arrays, DataSets and templates as tag values).
@@ -741,12 +858,14 @@ impl MetricValue {
     /// Builds the value to send for a metric declared as `datatype` (commands, edge data) from a
     /// tag value. Integers accept `Int`, integral `Float` and `Bool` (0/1) within the type's range;
     /// floats accept any number; Boolean accepts `Bool` or `Int` 0/1; the string types accept
-    /// `String`; DateTime accepts non-negative `Int` milliseconds. Arrays, DataSets, Templates,
-    /// Bytes and Files cannot be written from a tag value.
+    /// `String`; DateTime accepts non-negative `Int` milliseconds. An array type accepts an array
+    /// value whose every element its element type accepts (an error names the first that does
+    /// not); DataSet accepts a DataSet value ([`DataSet::from_core`]). Templates, Bytes and
+    /// Files cannot be built from a tag value.
     pub fn from_value(datatype: DataType, value: &Value) -> Result<MetricValue, ValueError> {
         let unsupported = || ValueError::Unsupported {
             datatype,
-            found: value_kind(value),
+            found: value.kind(),
         };
         let out_of_range = || ValueError::OutOfRange {
             datatype,
@@ -772,7 +891,9 @@ impl MetricValue {
                     })
                 }
                 Value::Float(_) => Err(out_of_range()),
-                Value::Null | Value::String(_) => Err(unsupported()),
+                Value::Null | Value::String(_) | Value::Array(_) | Value::DataSet(_) => {
+                    Err(unsupported())
+                }
             }
         };
         let float = || value.as_f64().ok_or_else(unsupported);
@@ -785,7 +906,40 @@ impl MetricValue {
                 MetricValue::$variant(<$ty>::try_from(int()?).map_err(|_| out_of_range())?)
             };
         }
+        // Each element through the scalar rules of the element type.
+        macro_rules! array_of {
+            ($array:ident, $scalar:ident) => {{
+                let Value::Array(a) = value else {
+                    return Err(unsupported());
+                };
+                let mut out = Vec::with_capacity(a.len());
+                for e in a.iter() {
+                    match MetricValue::from_value(DataType::$scalar, &e)? {
+                        MetricValue::$scalar(x) => out.push(x),
+                        _ => return Err(unsupported()),
+                    }
+                }
+                MetricValue::$array(out)
+            }};
+        }
         Ok(match datatype {
+            DataType::Int8Array => array_of!(Int8Array, Int8),
+            DataType::Int16Array => array_of!(Int16Array, Int16),
+            DataType::Int32Array => array_of!(Int32Array, Int32),
+            DataType::Int64Array => array_of!(Int64Array, Int64),
+            DataType::UInt8Array => array_of!(UInt8Array, UInt8),
+            DataType::UInt16Array => array_of!(UInt16Array, UInt16),
+            DataType::UInt32Array => array_of!(UInt32Array, UInt32),
+            DataType::UInt64Array => array_of!(UInt64Array, UInt64),
+            DataType::DateTimeArray => array_of!(DateTimeArray, DateTime),
+            DataType::FloatArray => array_of!(FloatArray, Float),
+            DataType::DoubleArray => array_of!(DoubleArray, Double),
+            DataType::BooleanArray => array_of!(BooleanArray, Boolean),
+            DataType::StringArray => array_of!(StringArray, String),
+            DataType::DataSet => match value {
+                Value::DataSet(d) => MetricValue::DataSet(DataSet::from_core(d)?),
+                _ => return Err(unsupported()),
+            },
             DataType::Int8 => ranged!(Int8, i8),
             DataType::Int16 => ranged!(Int16, i16),
             DataType::Int32 => ranged!(Int32, i32),
@@ -1084,7 +1238,7 @@ mod tests {
                 .expect("valid")
                 .expect("not null");
             assert_eq!(back, mv, "{dt}");
-            assert_eq!(back.to_value(), Some(value.clone()), "{dt}");
+            assert_eq!(back.to_value(), Ok(Some(value.clone())), "{dt}");
             assert_eq!(MetricValue::from_value(dt, &value), Ok(mv.clone()), "{dt}");
         }
     }
@@ -1100,7 +1254,7 @@ mod tests {
             1e-45,
             3.0e38,
         ] {
-            let Some(Value::Float(wide)) = MetricValue::Float(x).to_value() else {
+            let Ok(Some(Value::Float(wide))) = MetricValue::Float(x).to_value() else {
                 panic!("float maps to Value::Float");
             };
             assert_eq!(wide.to_string(), x.to_string());
@@ -1110,8 +1264,11 @@ mod tests {
                 Ok(MetricValue::Float(x))
             );
         }
-        assert_eq!(MetricValue::Float(0.1).to_value(), Some(Value::Float(0.1)));
-        let Some(Value::Float(nan)) = MetricValue::Float(f32::NAN).to_value() else {
+        assert_eq!(
+            MetricValue::Float(0.1).to_value(),
+            Ok(Some(Value::Float(0.1)))
+        );
+        let Ok(Some(Value::Float(nan))) = MetricValue::Float(f32::NAN).to_value() else {
             panic!("float maps to Value::Float");
         };
         assert!(nan.is_nan());
@@ -1161,49 +1318,186 @@ mod tests {
         ));
     }
 
+    /// Every array datatype: the spec's packed bytes ⇄ the typed array value, exactly.
     #[test]
-    fn non_scalar_values_render_as_json_strings() {
+    fn arrays_map_to_array_values_exactly() {
+        let ints = |v: &[i64]| Value::array(Array::from_ints(v.to_vec()).expect("small"));
+        let cases: Vec<(MetricValue, Value)> = vec![
+            (MetricValue::Int8Array(vec![-128, 127]), ints(&[-128, 127])),
+            (
+                MetricValue::Int16Array(vec![-30000, 30000]),
+                ints(&[-30000, 30000]),
+            ),
+            (
+                MetricValue::Int32Array(vec![i32::MIN, 315338746]),
+                ints(&[i64::from(i32::MIN), 315338746]),
+            ),
+            (
+                MetricValue::Int64Array(vec![i64::MIN, -3601064768563266876]),
+                ints(&[i64::MIN, -3601064768563266876]),
+            ),
+            (MetricValue::UInt8Array(vec![0, 255]), ints(&[0, 255])),
+            (
+                MetricValue::UInt16Array(vec![30, 65535]),
+                ints(&[30, 65535]),
+            ),
+            (
+                MetricValue::UInt32Array(vec![52, u32::MAX]),
+                ints(&[52, i64::from(u32::MAX)]),
+            ),
+            (
+                MetricValue::UInt64Array(vec![52, 1 << 40]),
+                ints(&[52, 1 << 40]),
+            ),
+            (
+                MetricValue::UInt64Array(vec![52, 16444743074749521625]),
+                Value::array(Array::from_u64s(vec![52, 16444743074749521625]).expect("small")),
+            ),
+            (
+                MetricValue::DateTimeArray(vec![1256102875335, 1656107875000]),
+                ints(&[1256102875335, 1656107875000]),
+            ),
+            (
+                MetricValue::FloatArray(vec![1.23, -89.341, f32::MAX]),
+                Value::array(Array::from_floats(vec![1.23, -89.341, 3.4028235e38]).expect("small")),
+            ),
+            (
+                MetricValue::DoubleArray(vec![-2.25e300, 0.1]),
+                Value::array(Array::from_floats(vec![-2.25e300, 0.1]).expect("small")),
+            ),
+            (
+                MetricValue::BooleanArray(vec![true, false, false, true, true]),
+                Value::array(
+                    Array::from_bools(vec![true, false, false, true, true]).expect("small"),
+                ),
+            ),
+            (
+                MetricValue::StringArray(vec!["ABC".into(), "".into(), "héllo".into()]),
+                Value::array(
+                    Array::from_strings(vec!["ABC".into(), "".into(), "héllo".into()])
+                        .expect("small"),
+                ),
+            ),
+            (
+                MetricValue::FloatArray(vec![]),
+                Value::array(Array::from_floats(vec![]).expect("empty")),
+            ),
+        ];
+        for (mv, value) in cases {
+            let dt = mv.datatype();
+            assert_eq!(value.value_type(), Some(dt.value_type()), "{dt}");
+            // Wire bytes → metric value → tag value.
+            let back = MetricValue::from_proto(dt, &mv.to_proto()).expect("decodes");
+            assert_eq!(back.to_value(), Ok(Some(value.clone())), "{dt}");
+            // Tag value → metric value → the same wire bytes.
+            let built = MetricValue::from_value(dt, &value).expect("encodes");
+            assert_eq!(built, mv, "{dt}");
+            assert_eq!(built.to_proto(), mv.to_proto(), "{dt}");
+        }
+    }
+
+    #[test]
+    fn array_values_are_checked_element_by_element() {
+        let ints = |v: &[i64]| Value::array(Array::from_ints(v.to_vec()).expect("small"));
         assert_eq!(
-            MetricValue::Int16Array(vec![-1, 2]).to_value(),
-            Some(Value::String("[-1,2]".into()))
+            MetricValue::from_value(DataType::Int8Array, &ints(&[1, 128]))
+                .map_err(|e| e.to_string()),
+            Err("value 128 is out of range for Int8".to_owned())
         );
+        assert!(matches!(
+            MetricValue::from_value(DataType::UInt32Array, &ints(&[-1])),
+            Err(ValueError::OutOfRange { .. })
+        ));
+        // A scalar is not an array, and an array is not a scalar.
+        assert!(matches!(
+            MetricValue::from_value(DataType::Int32Array, &Value::Int(2)),
+            Err(ValueError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            MetricValue::from_value(DataType::Int32, &ints(&[2])),
+            Err(ValueError::Unsupported { .. })
+        ));
+        let strings = Value::array(Array::from_strings(vec!["a".into()]).expect("small"));
+        assert!(matches!(
+            MetricValue::from_value(DataType::FloatArray, &strings),
+            Err(ValueError::Unsupported { .. })
+        ));
+        // Integral floats are accepted by integer arrays, like scalars.
+        let floats = Value::array(Array::from_floats(vec![3.0]).expect("small"));
         assert_eq!(
-            MetricValue::FloatArray(vec![1.23, f32::NAN]).to_value(),
-            Some(Value::String("[1.23,null]".into()))
+            MetricValue::from_value(DataType::Int16Array, &floats),
+            Ok(MetricValue::Int16Array(vec![3]))
         );
-        assert_eq!(
-            MetricValue::StringArray(vec!["a\"b".into()]).to_value(),
-            Some(Value::String(r#"["a\"b"]"#.into()))
-        );
-        assert_eq!(
-            MetricValue::UInt64(u64::MAX).to_value(),
-            Some(Value::U64(u64::MAX))
-        );
-        assert_eq!(MetricValue::Bytes(vec![1, 2]).to_value(), None);
-        assert_eq!(MetricValue::File(vec![1, 2]).to_value(), None);
+        // Over the core's element limit: an error, not a truncated array.
+        let huge = MetricValue::UInt8Array(vec![0; ironplant_core::MAX_ELEMENTS + 1]);
+        assert!(matches!(
+            huge.to_value(),
+            Err(ValueError::TooLarge {
+                datatype: DataType::UInt8Array,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn datasets_and_templates_map_to_tag_values() {
+        assert_eq!(MetricValue::Bytes(vec![1, 2]).to_value(), Ok(None));
+        assert_eq!(MetricValue::File(vec![1, 2]).to_value(), Ok(None));
 
         let ds = DataSet::new(
-            vec!["a".into(), "b".into()],
-            vec![DataType::Int32, DataType::String],
+            vec!["a".into(), "b".into(), "c".into()],
+            vec![DataType::Int32, DataType::String, DataType::Float],
             vec![
                 vec![
                     Some(MetricValue::Int32(-5)),
                     Some(MetricValue::String("x".into())),
+                    Some(MetricValue::Float(1.23)),
                 ],
-                vec![None, Some(MetricValue::String("y".into()))],
+                vec![None, Some(MetricValue::String("y".into())), None],
             ],
         )
         .expect("valid");
-        let mv = MetricValue::DataSet(ds);
+        let mv = MetricValue::DataSet(ds.clone());
+        let expected = ironplant_core::DataSet::new(
+            vec!["a".into(), "b".into(), "c".into()],
+            vec![ScalarType::Int, ScalarType::String, ScalarType::Float],
+            vec![
+                vec![
+                    Value::Int(-5),
+                    Value::String("x".into()),
+                    Value::Float(1.23),
+                ],
+                vec![Value::Null, Value::String("y".into()), Value::Null],
+            ],
+        )
+        .expect("valid");
+        assert_eq!(mv.to_value(), Ok(Some(Value::dataset(expected.clone()))));
         assert_eq!(
-            mv.to_value(),
-            Some(Value::String(
-                r#"{"columns":["a","b"],"rows":[[-5,"x"],[null,"y"]],"types":["Int32","String"]}"#
-                    .into()
-            ))
+            DataType::DataSet.value_type(),
+            ironplant_core::ValueType::DataSet
         );
         roundtrip(mv);
+        // Back to Sparkplug: the same values, in the widest column types.
+        let back = DataSet::from_core(&expected).expect("valid");
+        assert_eq!(
+            back.types(),
+            &[DataType::Int64, DataType::String, DataType::Double]
+        );
+        assert_eq!(
+            MetricValue::DataSet(back).to_value(),
+            Ok(Some(Value::dataset(expected)))
+        );
+        let big = ironplant_core::DataSet::new(
+            vec!["n".into()],
+            vec![ScalarType::Int],
+            vec![vec![Value::U64(u64::MAX)], vec![Value::Int(1)]],
+        )
+        .expect("valid");
+        let back = DataSet::from_core(&big).expect("valid");
+        assert_eq!(back.types(), &[DataType::UInt64]);
+        assert_eq!(back.rows()[0][0], Some(MetricValue::UInt64(u64::MAX)));
 
+        // Templates stay compact JSON strings.
         let instance = Template {
             template_ref: Some("Motor".into()),
             metrics: vec![payload::Metric {
@@ -1217,15 +1511,15 @@ mod tests {
         };
         assert_eq!(
             MetricValue::Template(instance.clone()).to_value(),
-            Some(Value::String(
+            Ok(Some(Value::String(
                 r#"{"metrics":{"Speed":1.5},"template_ref":"Motor"}"#.into()
-            ))
+            )))
         );
         let definition = Template {
             is_definition: Some(true),
             ..instance
         };
-        assert_eq!(MetricValue::Template(definition).to_value(), None);
+        assert_eq!(MetricValue::Template(definition).to_value(), Ok(None));
     }
 
     #[test]

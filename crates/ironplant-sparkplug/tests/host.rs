@@ -608,6 +608,68 @@ fn null_historical_and_undecodable_values() {
     assert!(rebirth_requests(&a).is_empty());
 }
 
+/// Arrays arrive as typed array values; a malformed one (odd length) or one over the core's
+/// element limit is a BadMetric error and Bad(ConfigError) with the last value kept.
+#[test]
+fn arrays_decode_to_array_values_and_bad_ones_are_refused() {
+    let mut e = edge();
+    e.add_device_metric("Pump1", "Profile", MetricValue::Int16Array(vec![-1, 2]))
+        .expect("new");
+    let (mut host, a) = born(&mut e);
+    let profile = "Plant1/edge-1/Pump1/Profile";
+    let ints = |v: Vec<i64>| Value::array(ironplant_core::Array::from_ints(v).expect("small"));
+    assert_eq!(sample_of(&a, profile)[0].value, ints(vec![-1, 2]));
+    let alias = e.alias(Some("Pump1"), "Profile");
+    let data = |e: &EdgeNode, bytes: Vec<u8>| Payload {
+        timestamp: Some(1_700_000_000_100),
+        seq: Some(u64::from(e.next_seq())),
+        metrics: vec![Metric {
+            alias,
+            value: Some(metric::Value::BytesValue(bytes)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    // 3 bytes for 2-byte elements.
+    let a = host.handle(
+        "spBv1.0/Plant1/DDATA/edge-1/Pump1",
+        &data(&e, vec![1, 0, 2]).to_bytes(),
+        at(200),
+    );
+    let s = sample_of(&a, profile);
+    assert_eq!(
+        (s[0].value.clone(), s[0].quality),
+        (ints(vec![-1, 2]), Quality::bad(QualityReason::ConfigError))
+    );
+    assert!(errors(&a)
+        .iter()
+        .any(|e| matches!(e, HostError::BadMetric { .. })));
+    // One element more than a value may hold (a valid Sparkplug array, but too large for us).
+    let over = vec![0u8; 2 * (ironplant_core::MAX_ELEMENTS + 1)];
+    let a = host.handle(
+        "spBv1.0/Plant1/DDATA/edge-1/Pump1",
+        // The next seq after the first DDATA's.
+        &Payload {
+            seq: Some(u64::from(e.next_seq()) + 1),
+            ..data(&e, over)
+        }
+        .to_bytes(),
+        at(300),
+    );
+    assert_eq!(
+        sample_of(&a, profile)[0].quality,
+        Quality::bad(QualityReason::ConfigError)
+    );
+    assert!(errors(&a).iter().any(|e| matches!(
+        e,
+        HostError::BadMetric {
+            error: ironplant_sparkplug::ValueError::TooLarge { .. },
+            ..
+        }
+    )));
+    assert!(rebirth_requests(&a).is_empty(), "no seq gap");
+}
+
 #[test]
 fn malformed_payloads_are_errors_never_panics() {
     let mut e = edge();

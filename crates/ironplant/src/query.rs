@@ -548,7 +548,13 @@ fn value_text(v: &Value) -> String {
         Value::U64(u) => u.to_string(),
         Value::Float(f) => human(*f),
         Value::String(s) => s.to_string(),
+        Value::Array(_) | Value::DataSet(_) => json_text(v),
     }
+}
+
+/// An array or DataSet as its JSON text (the API's form).
+fn json_text(v: &Value) -> String {
+    serde_json::to_string(&ironplant_core::wire::ValueJson(Some(v))).unwrap_or_default()
 }
 
 /// Columns aligned to their widest cell; `right[i]` right-aligns column i.
@@ -789,6 +795,7 @@ fn write_point_group(
     let (texts, text_defs) = optional(group, |(_, p)| match &p.value {
         Value::String(s) => Some(text(s)),
         Value::Bool(b) => Some(text(if *b { "true" } else { "false" })),
+        Value::Array(_) | Value::DataSet(_) => Some(text(&json_text(&p.value))),
         _ => None,
     });
     let quality: Vec<_> = group
@@ -1046,6 +1053,25 @@ mod tests {
         assert_eq!(human(-0.0), "0");
         assert_eq!(human(1.5e-7), "1.5e-7");
         assert_eq!(human(f64::NAN), "");
+    }
+
+    #[test]
+    fn arrays_and_datasets_show_as_json_text() {
+        use ironplant_core::{Array, DataSet, ScalarType};
+        let a = Value::array(Array::from_floats(vec![1.5, -2.0]).expect("small"));
+        assert_eq!(value_text(&a), "[1.5,-2.0]");
+        let d = Value::dataset(
+            DataSet::new(
+                vec!["n".into()],
+                vec![ScalarType::String],
+                vec![vec![Value::String("x".into())]],
+            )
+            .expect("valid"),
+        );
+        assert_eq!(
+            value_text(&d),
+            r#"{"columns":["n"],"types":["string"],"rows":[["x"]]}"#
+        );
     }
 
     #[test]

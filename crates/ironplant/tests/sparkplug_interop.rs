@@ -217,13 +217,13 @@ fn pysparkplug_edge_nodes_become_tags_and_follow_data_gaps_and_deaths() {
     let mqtt = platform.address_after("MQTT/TLS:");
 
     // Birth: NBIRTH (Uptime, bdSeq; pysparkplug sends no Node Control metrics) and DBIRTH
-    // (four metrics) appear as typed tags with their values.
+    // (four scalar and four array metrics) appear as typed tags with their values.
     let mut edge = edge_node(&py, &mqtt, dir.path(), "Plant1", "edge-py");
     let base = "sp/Plant1/edge-py";
     let speed = format!("{base}/Pump1/Speed");
     let born = wait_for("the DBIRTH's tags", || {
         let t = tags(&api, base);
-        (t.len() == 6 && t.get(&speed).is_some_and(|s| s["quality"] == "Good")).then_some(t)
+        (t.len() == 10 && t.get(&speed).is_some_and(|s| s["quality"] == "Good")).then_some(t)
     });
     let tag = |p: &str| {
         born.get(&format!("{base}/{p}"))
@@ -236,6 +236,25 @@ fn pysparkplug_edge_nodes_become_tags_and_follow_data_gaps_and_deaths() {
     assert_eq!(tag("Pump1/Mode")["value"], "auto");
     assert_eq!(tag("Pump1/Count")["value"], 7);
     assert_eq!(tag("Pump1/Count")["value_type"], "int");
+    // Arrays from a third-party encoder (packed little-endian bytes, booleans MSB first with a
+    // count, NUL-terminated strings) arrive as JSON arrays of their element type.
+    assert_eq!(
+        tag("Pump1/Spectrum")["value"],
+        serde_json::json!([1.5, -0.25, 3.0])
+    );
+    assert_eq!(tag("Pump1/Spectrum")["value_type"], "array<float>");
+    assert_eq!(
+        tag("Pump1/Flags")["value"],
+        serde_json::json!([true, false, true, true, false, false, false, false, true])
+    );
+    assert_eq!(tag("Pump1/Flags")["value_type"], "array<bool>");
+    assert_eq!(
+        tag("Pump1/Names")["value"],
+        serde_json::json!(["a", "héllo", ""])
+    );
+    assert_eq!(tag("Pump1/Names")["value_type"], "array<string>");
+    assert_eq!(tag("Pump1/Temps")["value"], serde_json::json!([-300, 7]));
+    assert_eq!(tag("Pump1/Temps")["value_type"], "array<int>");
     assert_eq!(tag("_node/Uptime")["value"], 42);
     assert_eq!(tag("_node/bdSeq")["value"], 0);
     assert_eq!(tag("Pump1/Speed")["writable"], true);
