@@ -45,8 +45,6 @@ pub struct Platform {
     processors: Vec<Arc<ComponentStats>>,
     /// The Sparkplug host application, when the broker runs and `[sparkplug]` enables it.
     pub sparkplug: Option<sparkplug::SparkplugHost>,
-    /// The UNS publisher's task, when the broker runs.
-    pub uns: Option<tokio::task::JoinHandle<()>>,
     /// The bus subscribers that existed when the sources started (in subscription order).
     pub subscribers_at_start: Vec<String>,
 }
@@ -81,9 +79,6 @@ impl Platform {
             host.shutdown();
         }
         self.runtime.supervisor.shutdown(grace).await;
-        if let Some(uns) = self.uns {
-            uns.abort();
-        }
         let runtime = self.runtime.clone();
         let _ = tokio::task::spawn_blocking(move || runtime.shutdown()).await;
     }
@@ -151,16 +146,12 @@ impl PlatformBuilder {
                 bus: runtime.bus.clone(),
             }));
         }
-        let mut uns = None;
         let mut host = None;
         if let Some(broker) = &self.broker {
-            // The UNS before the Sparkplug host: the host is a source too (births and data).
-            uns = Some(uns::attach(
+            supervisor.start_sink(Arc::new(uns::UnsSink::new(
                 broker.clone(),
-                &runtime.bus,
-                runtime.namespace.clone(),
                 &self.config.get::<MqttSettings>().uns_prefix,
-            ));
+            )));
             // Ends when the event bus goes with the runtime.
             drop(crate::events::attach_mqtt(
                 broker.clone(),
@@ -212,7 +203,6 @@ impl PlatformBuilder {
             runtime,
             processors,
             sparkplug: host,
-            uns,
             subscribers_at_start,
         })
     }

@@ -9,10 +9,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ironplant_core::wire::SampleJson;
-use ironplant_core::{LiveNamespace, Overflow, Quality, Sample, TagBus, Value};
+use ironplant_core::{
+    BoxFuture, ComponentError, LiveNamespace, Overflow, Quality, Sample, Sink, SinkContext,
+    SinkQueue, Value,
+};
 use ironplant_mqtt::codec::{MqttString, Publish, QoS};
 use ironplant_mqtt::Broker;
-use tokio::task::JoinHandle;
+use parking_lot::Mutex;
 
 /// The JSON payload of a tag's UNS message: the wire format's sample (`core::wire::SampleJson`)
 /// without the path (the topic says it), with the unit.
@@ -21,53 +24,96 @@ pub fn payload(sample: &Sample, unit: Option<&str>) -> Vec<u8> {
         .expect("a sample has string keys only, so it always serializes")
 }
 
-/// Publishes every tag change of `bus` on `broker` under `prefix` (empty: the bare tag path).
-/// Tags added to the namespace while running are published like configured ones.
-pub fn attach(
+/// The UNS publisher as a sink: every change of `bus` on `broker` under `prefix` (empty: the
+/// bare tag path). Tags added to the namespace while running are published like configured
+/// ones. What it last published survives its restarts (no republish storm after a failure).
+pub struct UnsSink {
     broker: Broker,
-    bus: &TagBus,
-    namespace: Arc<LiveNamespace>,
-    prefix: &str,
-) -> JoinHandle<()> {
-    let mut sub = bus.subscribe("uns", 256, Overflow::DropNewest);
-    let prefix = prefix.trim_end_matches('/').to_owned();
-    tokio::spawn(async move {
-        let mut last: Vec<Option<(Value, Quality)>> = vec![None; namespace.len()];
-        while let Some(batch) = sub.recv().await {
-            // Tags born since the last batch: the namespace has them before their samples.
-            if last.len() < namespace.len() {
-                last.resize(namespace.len(), None);
-            }
-            let ns = namespace.read();
-            for s in batch.iter() {
-                let Some(slot) = last.get_mut(s.tag.index()) else {
-                    continue;
-                };
-                if slot
-                    .as_ref()
-                    .is_some_and(|(v, q)| *v == s.value && *q == s.quality)
-                {
-                    continue;
-                }
-                *slot = Some((s.value.clone(), s.quality));
-                let Some(meta) = ns.tag(s.tag) else {
-                    continue;
-                };
-                let topic = if prefix.is_empty() {
-                    meta.path.to_string()
-                } else {
-                    format!("{prefix}/{}", meta.path)
-                };
-                let Ok(topic) = MqttString::from_utf8(Bytes::from(topic)) else {
-                    continue;
-                };
-                let mut p = Publish::new(topic, Bytes::from(payload(s, meta.unit.as_deref())));
-                p.qos = QoS::AtMostOnce;
-                p.retain = true;
-                broker.publish(p);
-            }
+    prefix: String,
+    /// What was last published per tag id.
+    last: Mutex<Vec<Option<(Value, Quality)>>>,
+}
+
+impl UnsSink {
+    pub fn new(broker: Broker, prefix: &str) -> UnsSink {
+        UnsSink {
+            broker,
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            last: Mutex::new(Vec::new()),
         }
-    })
+    }
+
+    fn publish(&self, batch: &[Sample], namespace: &LiveNamespace) {
+        let mut last = self.last.lock();
+        // Tags born since the last batch: the namespace has them before their samples.
+        if last.len() < namespace.len() {
+            last.resize(namespace.len(), None);
+        }
+        let ns = namespace.read();
+        for s in batch {
+            let Some(slot) = last.get_mut(s.tag.index()) else {
+                continue;
+            };
+            if slot
+                .as_ref()
+                .is_some_and(|(v, q)| *v == s.value && *q == s.quality)
+            {
+                continue;
+            }
+            *slot = Some((s.value.clone(), s.quality));
+            let Some(meta) = ns.tag(s.tag) else {
+                continue;
+            };
+            let topic = if self.prefix.is_empty() {
+                meta.path.to_string()
+            } else {
+                format!("{}/{}", self.prefix, meta.path)
+            };
+            let Ok(topic) = MqttString::from_utf8(Bytes::from(topic)) else {
+                continue;
+            };
+            let mut p = Publish::new(topic, Bytes::from(payload(s, meta.unit.as_deref())));
+            p.qos = QoS::AtMostOnce;
+            p.retain = true;
+            self.broker.publish(p);
+        }
+    }
+}
+
+impl Sink for UnsSink {
+    fn name(&self) -> String {
+        "uns".to_owned()
+    }
+
+    fn queue(&self) -> SinkQueue {
+        SinkQueue {
+            capacity: 256,
+            overflow: Overflow::DropNewest,
+        }
+    }
+
+    fn run(
+        self: Arc<Self>,
+        mut ctx: SinkContext,
+    ) -> BoxFuture<'static, Result<(), ComponentError>> {
+        Box::pin(async move {
+            let mut sub = ctx.batches.clone().lock_owned().await;
+            loop {
+                tokio::select! {
+                    b = sub.recv() => match b {
+                        Some(batch) => self.publish(&batch, &ctx.namespace),
+                        None => return Ok(()),
+                    },
+                    _ = ctx.shutdown.requested() => {
+                        while let Some(batch) = sub.try_recv() {
+                            self.publish(&batch, &ctx.namespace);
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        })
+    }
 }
 
 #[cfg(test)]

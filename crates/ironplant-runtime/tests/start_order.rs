@@ -107,13 +107,8 @@ async fn the_uns_publishes_the_first_poll_on_every_start() {
                 "run {run}: {path}: the UNS did not publish the first poll's sample"
             );
         }
-        if let Some(h) = started.sparkplug {
-            h.shutdown();
-        }
-        if let Some(u) = started.uns {
-            u.abort();
-        }
-        rt.shutdown();
+        drop(rt);
+        started.shutdown(Duration::from_secs(5)).await;
     }
     server.abort();
 }

@@ -12,8 +12,6 @@ use clap::Subcommand;
 use ironplant_security::mqtt::{read_acl_file, update_acl_file};
 use ironplant_security::{Role, Security};
 
-use crate::secure;
-
 /// Who the audit log names as the actor of CLI changes.
 fn actor() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
@@ -160,7 +158,7 @@ fn open(data_dir: &Path) -> anyhow::Result<Arc<Security>> {
             data_dir.display()
         );
     }
-    secure::open(data_dir)
+    ironplant_server::secure::open(data_dir)
 }
 
 fn date(unix: u64) -> String {
@@ -502,7 +500,7 @@ fn read_witnesses(files: &[PathBuf]) -> anyhow::Result<Vec<ironplant_security::H
         if statements.is_empty() {
             anyhow::bail!(
                 "witness {name} holds no head statement; give the file the platform appends to ({}), or the output of `ironplant audit head`",
-                crate::audit_witness::WITNESS_ENV
+                ironplant_server::audit_witness::WITNESS_ENV
             );
         }
         out.extend(statements);

@@ -48,8 +48,8 @@ pub fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
             args.file.display()
         );
     }
-    crate::private_dir::create(&args.data_dir)?;
-    let _lock = crate::datadir::lock_process(&args.data_dir, "import")?;
+    ironplant_server::private_dir::create(&args.data_dir)?;
+    let _lock = ironplant_server::datadir::lock_process(&args.data_dir, "import")?;
     let cfg = ironplant_runtime::historian_config(&args.data_dir, &Default::default());
     let historian = Historian::open(cfg).with_context(|| {
         format!(

@@ -2,13 +2,8 @@
 //! into the library crates.
 
 mod admin;
-mod audit_witness;
-mod datadir;
 mod import;
-mod platform;
-mod private_dir;
 mod query;
-mod secure;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ironplant_server::platform;
 
 /// Ironplant: an industrial IoT platform in one binary — connect PLCs and sensors, see live values.
 #[derive(Parser)]

@@ -135,7 +135,7 @@ enum Source {
     /// The historian of the data directory, with its process lock held while it is open.
     Local {
         historian: Historian,
-        _lock: crate::datadir::DirLock,
+        _lock: ironplant_server::datadir::DirLock,
     },
 }
 
@@ -322,7 +322,7 @@ fn pick_source(
     }
     // A platform on this data directory that does not answer on --http holds it: say so
     // rather than fail on the historian's file lock.
-    let lock = crate::datadir::lock_process(data_dir, "query").with_context(|| {
+    let lock = ironplant_server::datadir::lock_process(data_dir, "query").with_context(|| {
         format!("no platform answers on {host} ({why}); point --http at the one that uses the data directory")
     })?;
     eprintln!(
