@@ -43,8 +43,9 @@ pub struct PlatformBuilder {
 pub struct Platform {
     pub runtime: Arc<Runtime>,
     processors: Vec<Arc<ComponentStats>>,
-    /// The Sparkplug host application, when the broker runs and `[sparkplug]` enables it.
-    pub sparkplug: Option<sparkplug::SparkplugHost>,
+    /// The Sparkplug host application's STATE topic, when the broker runs and `[sparkplug]`
+    /// enables it (the host is one of the supervised sources).
+    pub sparkplug_state: Option<String>,
     /// The bus subscribers that existed when the sources started (in subscription order).
     pub subscribers_at_start: Vec<String>,
 }
@@ -75,9 +76,6 @@ impl Platform {
 
     /// Stops everything in order (see the module docs); each stage gets `grace`.
     pub async fn shutdown(self, grace: Duration) {
-        if let Some(host) = self.sparkplug {
-            host.shutdown();
-        }
         self.runtime.supervisor.shutdown(grace).await;
         let runtime = self.runtime.clone();
         let _ = tokio::task::spawn_blocking(move || runtime.shutdown()).await;
@@ -148,6 +146,16 @@ impl PlatformBuilder {
         }
         let mut host = None;
         if let Some(broker) = &self.broker {
+            let settings = self.config.get::<SparkplugSettings>();
+            if settings.enabled {
+                // Built (settings checked, `spBv1.0/#` subscribed) before anything runs; started
+                // with the other sources.
+                host = Some(Arc::new(sparkplug::SparkplugSource::new(
+                    broker.clone(),
+                    settings,
+                    runtime.metrics.clone(),
+                )?));
+            }
             supervisor.start_sink(Arc::new(uns::UnsSink::new(
                 broker.clone(),
                 &self.config.get::<MqttSettings>().uns_prefix,
@@ -168,12 +176,6 @@ impl PlatformBuilder {
         for service in self.services {
             supervisor.start_service(service);
         }
-        if let Some(broker) = &self.broker {
-            let settings = self.config.get::<SparkplugSettings>();
-            if settings.enabled {
-                host = Some(sparkplug::start(broker.clone(), &runtime, &settings)?);
-            }
-        }
         let subscribers_at_start: Vec<String> = runtime
             .bus
             .stats()
@@ -185,6 +187,10 @@ impl PlatformBuilder {
             ?subscribers_at_start,
             "sources start after these bus subscribers"
         );
+        let sparkplug_state = host.as_ref().map(|h| h.state_topic().to_owned());
+        if let Some(host) = host {
+            supervisor.start_source(host);
+        }
         for source in runtime.device_sources(&self.config) {
             supervisor.start_source(source);
         }
@@ -202,7 +208,7 @@ impl PlatformBuilder {
         Ok(Platform {
             runtime,
             processors,
-            sparkplug: host,
+            sparkplug_state,
             subscribers_at_start,
         })
     }

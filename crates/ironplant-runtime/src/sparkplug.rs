@@ -20,7 +20,7 @@
 //! below the asset, a name too long...) is logged and counted, never recorded.
 //!
 //! Writes: the host is the [`DeviceWriter`] of every node and device whose birth creates tags
-//! (registered in [`crate::writers`] under the tags' source). A write is a request to the same
+//! (registered in the platform's `Writers` under the tags' source). A write is a request to the same
 //! task that owns the [`Host`], which builds the NCMD/DCMD ([`Host::write_command`]: birth
 //! datatype, alias or name, value checked first), publishes it, and resolves the write when the
 //! edge node reports the written value ([`PendingWrites`]), or with `Timeout` after
@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ironplant_core::{
-    BoxFuture, DeviceWriteError, DeviceWriter, LiveNamespace, Sample, TagBus, TagId, TagMeta,
-    TagPath, Timestamp, Value, WriteAck,
+    BoxFuture, ComponentError, DeviceWriteError, DeviceWriter, LiveNamespace, Sample, Shutdown,
+    Source, SourceContext, TagBus, TagId, TagMeta, TagPath, Timestamp, Value, WriteAck,
 };
 use ironplant_mqtt::codec::{MqttString, Publish as MqttPublish, QoS};
 use ironplant_mqtt::Broker;
@@ -66,11 +66,138 @@ pub enum SparkplugError {
     Subscribe(String),
 }
 
-/// A running host application; see the module docs.
+/// The host application as a supervised [`Source`] (see the module docs): one per platform,
+/// registered by [`crate::Platform`] when the broker runs and `[sparkplug]` enables it.
+///
+/// A restarted run builds a fresh [`Host`] (so the edge nodes' next messages, unknown to it,
+/// make it ask for rebirths) and subscribes again; the tags keep their ids (the namespace
+/// keeps them) and the writer stays registered: its request queue outlives the runs, so a
+/// write sent while the host restarts is served by the next run, and a write the failed run
+/// held ends as `Stopped`.
+pub struct SparkplugSource {
+    broker: Broker,
+    settings: Arc<SparkplugSettings>,
+    metrics: Arc<crate::Metrics>,
+    state_topic: String,
+    writer: Arc<SparkplugWriter>,
+    writes: tokio::sync::Mutex<mpsc::Receiver<WriteRequest>>,
+    /// The first run's subscription, made when the source is built so that nothing published
+    /// after the platform started is missed.
+    first: parking_lot::Mutex<Option<mpsc::Receiver<MqttPublish>>>,
+}
+
+impl SparkplugSource {
+    /// Checks the settings (host id, asset mappings) and subscribes to `spBv1.0/#`.
+    pub fn new(
+        broker: Broker,
+        settings: Arc<SparkplugSettings>,
+        metrics: Arc<crate::Metrics>,
+    ) -> Result<SparkplugSource, SparkplugError> {
+        let host = new_host(&settings)?;
+        let state_topic = host.online_message(Timestamp::now()).topic;
+        let rx = subscribe(&broker)?;
+        let (requests, writes) = mpsc::channel(WRITE_QUEUE);
+        Ok(SparkplugSource {
+            broker,
+            settings,
+            metrics,
+            state_topic,
+            writer: Arc::new(SparkplugWriter { requests }),
+            writes: tokio::sync::Mutex::new(writes),
+            first: parking_lot::Mutex::new(Some(rx)),
+        })
+    }
+
+    /// The host's STATE topic, `spBv1.0/STATE/<host_id>`.
+    pub fn state_topic(&self) -> &str {
+        &self.state_topic
+    }
+}
+
+impl Source for SparkplugSource {
+    fn name(&self) -> String {
+        format!("sparkplug-host:{}", self.settings.host_id)
+    }
+
+    fn run(self: Arc<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>> {
+        Box::pin(async move {
+            let mut host =
+                new_host(&self.settings).map_err(|e| ComponentError::new(e.to_string()))?;
+            let first = self.first.lock().take();
+            let rx = match first {
+                Some(rx) => rx,
+                None => subscribe(&self.broker).map_err(|e| ComponentError::new(e.to_string()))?,
+            };
+            // Only one run at a time holds the write queue; the supervisor never overlaps runs.
+            let mut writes = self.writes.lock().await;
+            let now = Timestamp::now();
+            // The will is never registered (see the module docs); asking for it fixes the
+            // STATE timestamp the online message repeats.
+            let _ = host.will_message(now);
+            perform_publish(
+                &self.broker,
+                host.online_message(now),
+                &self.metrics.sparkplug,
+            );
+            self.metrics.sparkplug.running.store(1, Ordering::Relaxed);
+            tracing::info!(host_id = %self.settings.host_id, state = %self.state_topic, prefix = ?self.settings.prefix.as_ref().map(TagPath::as_str), "sparkplug host application started");
+            let shell = Shell {
+                host,
+                broker: self.broker.clone(),
+                namespace: ctx.namespace.clone(),
+                bus: ctx.bus.clone(),
+                metrics: self.metrics.clone(),
+                ids: HashMap::new(),
+                refused: HashSet::new(),
+                writers: ctx.writers.clone(),
+                writer: self.writer.clone(),
+                pending: PendingWrites::new(),
+                write_timeout: self.settings.write_timeout,
+            };
+            let mut shutdown = ctx.shutdown.clone();
+            let ended = tokio::select! {
+                () = shell.run(rx, &mut writes) => Err(ComponentError::new(
+                    "the broker ended the host's subscription to spBv1.0/#",
+                )),
+                () = shutdown.requested() => Ok(()),
+            };
+            publish_offline(&self.broker, &self.state_topic);
+            self.metrics.sparkplug.running.store(0, Ordering::Relaxed);
+            ended
+        })
+    }
+}
+
+fn new_host(settings: &SparkplugSettings) -> Result<Host, SparkplugError> {
+    let options = HostOptions {
+        path_prefix: settings.prefix.clone(),
+        asset_mappings: settings.assets.iter().map(|a| a.mapping.clone()).collect(),
+        ..HostOptions::default()
+    };
+    Ok(Host::with_options(&settings.host_id, options)?)
+}
+
+fn subscribe(broker: &Broker) -> Result<mpsc::Receiver<MqttPublish>, SparkplugError> {
+    broker
+        .subscribe_internal("sparkplug-host", "spBv1.0/#", QUEUE)
+        .map_err(|e| SparkplugError::Subscribe(e.to_string()))
+}
+
+/// Publishes the STATE death certificate (`online:false`).
+fn publish_offline(broker: &Broker, state_topic: &str) {
+    let ms = ironplant_sparkplug::millis_from_timestamp(Timestamp::now());
+    let payload = format!(r#"{{"online":false,"timestamp":{ms}}}"#);
+    if let Some(p) = to_mqtt(state_topic, payload.into_bytes(), true) {
+        broker.publish(p);
+    }
+}
+
+/// A host started without a supervisor (tests, embedders); see [`start`].
 pub struct SparkplugHost {
     broker: Broker,
     state_topic: String,
-    task: JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: JoinHandle<Result<(), ComponentError>>,
 }
 
 impl SparkplugHost {
@@ -81,61 +208,38 @@ impl SparkplugHost {
 
     /// Stops handling messages and publishes the STATE death certificate (`online:false`).
     pub fn shutdown(self) {
+        let _ = self.stop.send(true);
         self.task.abort();
-        let ms = ironplant_sparkplug::millis_from_timestamp(Timestamp::now());
-        let payload = format!(r#"{{"online":false,"timestamp":{ms}}}"#);
-        if let Some(p) = to_mqtt(&self.state_topic, payload.into_bytes(), true) {
-            self.broker.publish(p);
-        }
+        publish_offline(&self.broker, &self.state_topic);
     }
 }
 
-/// Starts the host on `broker` for `runtime` (on the current tokio runtime).
+/// Starts the host on `broker` for `runtime` without a supervisor (on the current tokio
+/// runtime): one run of [`SparkplugSource`], ended by [`SparkplugHost::shutdown`].
 pub fn start(
     broker: Broker,
     runtime: &Runtime,
     settings: &SparkplugSettings,
 ) -> Result<SparkplugHost, SparkplugError> {
-    let options = HostOptions {
-        path_prefix: settings.prefix.clone(),
-        asset_mappings: settings.assets.iter().map(|a| a.mapping.clone()).collect(),
-        ..HostOptions::default()
-    };
-    let mut host = Host::with_options(&settings.host_id, options)?;
-    let rx = broker
-        .subscribe_internal("sparkplug-host", "spBv1.0/#", QUEUE)
-        .map_err(|e| SparkplugError::Subscribe(e.to_string()))?;
-    let now = Timestamp::now();
-    // The will is never registered (see the module docs); asking for it fixes the STATE
-    // timestamp the online message repeats.
-    let _ = host.will_message(now);
-    let online = host.online_message(now);
-    let state_topic = online.topic.clone();
-    perform_publish(&broker, online, &runtime.metrics.sparkplug);
-    runtime
-        .metrics
-        .sparkplug
-        .running
-        .store(1, Ordering::Relaxed);
-    tracing::info!(host_id = %settings.host_id, state = %state_topic, prefix = ?settings.prefix.as_ref().map(TagPath::as_str), "sparkplug host application started");
-    let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
-    let shell = Shell {
-        host,
-        broker: broker.clone(),
-        namespace: runtime.namespace.clone(),
+    let source = Arc::new(SparkplugSource::new(
+        broker.clone(),
+        Arc::new(settings.clone()),
+        runtime.metrics.clone(),
+    )?);
+    let state_topic = source.state_topic.clone();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let ctx = SourceContext {
         bus: runtime.bus.clone(),
-        metrics: runtime.metrics.clone(),
-        ids: HashMap::new(),
-        refused: HashSet::new(),
+        events: runtime.events.clone(),
+        namespace: runtime.namespace.clone(),
         writers: runtime.writers.clone(),
-        writer: Arc::new(SparkplugWriter { requests: write_tx }),
-        pending: PendingWrites::new(),
-        write_timeout: settings.write_timeout,
+        shutdown: Shutdown::new(rx),
     };
-    let task = tokio::spawn(shell.run(rx, write_rx));
+    let task = tokio::spawn(source.run(ctx));
     Ok(SparkplugHost {
         broker,
         state_topic,
+        stop,
         task,
     })
 }
@@ -201,7 +305,7 @@ impl Shell {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<MqttPublish>,
-        mut writes: mpsc::Receiver<WriteRequest>,
+        writes: &mut mpsc::Receiver<WriteRequest>,
     ) {
         loop {
             let wake = self.pending.next_deadline().map(|d| {

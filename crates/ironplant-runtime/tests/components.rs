@@ -418,3 +418,48 @@ async fn processors_derive_samples_and_events_and_a_panicking_one_is_rebuilt() {
     .await;
     platform.shutdown(Duration::from_secs(5)).await;
 }
+
+/// The Sparkplug host application is one of the platform's supervised sources: listed with
+/// its role, online on STATE while it runs, and `online:false` once the platform stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sparkplug_host_is_a_supervised_source() {
+    use ironplant_mqtt::{Broker, BrokerConfig};
+    let cfg = ironplant_runtime::config::parse("sp.toml", "[sparkplug]\nhost_id = \"h1\"\n")
+        .expect("valid config");
+    let broker = Broker::new(BrokerConfig::default());
+    let platform = Platform::builder(cfg, None)
+        .broker(broker.clone())
+        .restart_policy(fast())
+        .start()
+        .expect("platform starts");
+    assert_eq!(
+        platform.sparkplug_state.as_deref(),
+        Some("spBv1.0/STATE/h1")
+    );
+    let host = platform
+        .components()
+        .into_iter()
+        .find(|c| c.name == "sparkplug-host:h1")
+        .expect("the host is a component");
+    assert_eq!(host.role, Role::Source);
+    let mut state = broker
+        .subscribe_internal("observer", "spBv1.0/STATE/h1", 16)
+        .expect("subscribe");
+    let online = |p: &ironplant_mqtt::codec::Publish| {
+        serde_json::from_slice::<serde_json::Value>(&p.payload).expect("STATE is JSON")["online"]
+            .as_bool()
+    };
+    let first = tokio::time::timeout(Duration::from_secs(10), state.recv())
+        .await
+        .expect("STATE within 10 s")
+        .expect("subscription open");
+    assert_eq!(online(&first), Some(true));
+    assert_eq!(host.status(), Status::Running);
+    platform.shutdown(Duration::from_secs(5)).await;
+    let last = tokio::time::timeout(Duration::from_secs(10), state.recv())
+        .await
+        .expect("STATE within 10 s")
+        .expect("subscription open");
+    assert_eq!(online(&last), Some(false));
+    assert_eq!(host.status(), Status::Stopped);
+}

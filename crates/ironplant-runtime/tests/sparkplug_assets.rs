@@ -253,7 +253,5 @@ async fn a_mapped_edge_node_lives_in_the_asset_tree_and_takes_writes() {
         .expect("task")
         .unwrap_or_else(|e| panic!("write: {e}"));
     assert_eq!(ack.echoed, Some(Value::Int(7)));
-    if let Some(host) = started.sparkplug {
-        host.shutdown();
-    }
+    started.shutdown(Duration::from_secs(5)).await;
 }

@@ -435,9 +435,7 @@ async fn sparkplug_writes_are_acknowledged_by_the_edge_nodes_report() {
         ) && text.contains("edge node Plant1/edge-w is offline"),
         "{text}"
     );
-    if let Some(host) = started.sparkplug {
-        host.shutdown();
-    }
+    started.shutdown(Duration::from_secs(5)).await;
 }
 
 /// A device placed in the asset tree (`[[sparkplug.asset]]`): its tags live under the asset,
@@ -527,9 +525,7 @@ location = { zone = "pump-room", x = 3.0, y = 4.5 }
     assert_eq!(dcmd["metrics"][0]["datatype"], "INT32", "{line}");
     assert_eq!(dcmd["metrics"][0]["value"], -77, "{line}");
     assert_eq!(good(&rt, &tag("Setpoint")), Some(Value::Int(-77)));
-    if let Some(host) = started.sparkplug {
-        host.shutdown();
-    }
+    started.shutdown(Duration::from_secs(5)).await;
 }
 
 /// The Sparkplug side without a third-party peer (runs everywhere): our edge-node builder on

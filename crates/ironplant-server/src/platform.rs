@@ -286,7 +286,7 @@ async fn serve_with(
         })?;
     let mut platform = started;
     let runtime = platform.runtime.clone();
-    let sparkplug = platform.sparkplug.take();
+    let sparkplug_state = platform.sparkplug_state.take();
     let _ = namespace_for_policy.set(runtime.namespace.clone());
     if let Some(b) = &broker {
         runtime.metrics.attach_broker(b.clone());
@@ -398,7 +398,7 @@ async fn serve_with(
         println!("  MQTT:      mqtt://{addr} (PLAIN TEXT; still authenticated)");
         tracing::warn!(mqtt = %addr, "plain-text MQTT listener (--mqtt): passwords, tokens and data cross the network in clear; use --mqtts, or keep this on loopback");
     }
-    if let (Some(host), Some(_)) = (&sparkplug, &broker) {
+    if let (Some(state), Some(_)) = (&sparkplug_state, &broker) {
         let under = config
             .get::<SparkplugSettings>()
             .prefix
@@ -407,7 +407,7 @@ async fn serve_with(
                 || "<group>/<node>/<device>/<metric>".to_owned(),
                 |p| format!("{p}/<group>/<node>/<device>/<metric>"),
             );
-        println!("  Sparkplug: host application on spBv1.0/# (STATE {}); edge nodes' metrics become tags {under}", host.state_topic());
+        println!("  Sparkplug: host application on spBv1.0/# (STATE {state}); edge nodes' metrics become tags {under}");
     }
     if let Some(broker) = broker.clone() {
         let ws = if listen.insecure_http { "ws" } else { "wss" };
@@ -468,9 +468,6 @@ async fn serve_with(
         )
         .await
     };
-    if let Some(host) = sparkplug {
-        host.shutdown();
-    }
     audit_head.stop().await;
     for b in bridges {
         b.shutdown().await;
