@@ -173,6 +173,12 @@ impl Supervisor {
         self.stats.lock().clone()
     }
 
+    /// Lists a component another part of the runtime runs (a processor of the pipeline), so
+    /// it is reported with the others.
+    pub(crate) fn adopt(&self, stats: Arc<ComponentStats>) {
+        self.stats.lock().push(stats);
+    }
+
     /// Subscribes a sink to the bus now (so it sees every sample published from here on) and
     /// starts it. Call for every sink before the first source.
     pub fn start_sink(&self, sink: Arc<dyn Sink>) {

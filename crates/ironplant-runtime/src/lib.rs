@@ -384,6 +384,7 @@ impl Runtime {
             self.metrics
                 .render(&self.bus.stats(), self.namespace.len(), historian.as_ref());
         text.push_str(&self.ingest.render_metrics());
+        metrics::render_components(&mut text, &self.components());
         text
     }
 

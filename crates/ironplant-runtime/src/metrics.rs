@@ -468,6 +468,36 @@ fn render_historian(w: &mut String, h: &HistorianStats) {
     );
 }
 
+/// The supervised components: state and restarts, by name and role.
+pub(crate) fn render_components(
+    w: &mut String,
+    components: &[Arc<crate::component::ComponentStats>],
+) {
+    if components.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "# HELP ironplant_component_status State of a component: 0 running, 1 failed and waiting for its restart, 2 stopped.\n# TYPE ironplant_component_status gauge");
+    for c in components {
+        let _ = writeln!(
+            w,
+            "ironplant_component_status{{component=\"{}\",role=\"{}\"}} {}",
+            escape(&c.name),
+            c.role.as_str(),
+            c.status() as u8
+        );
+    }
+    let _ = writeln!(w, "# HELP ironplant_component_restarts_total Times a component failed (error, early return or panic) and was restarted.\n# TYPE ironplant_component_restarts_total counter");
+    for c in components {
+        let _ = writeln!(
+            w,
+            "ironplant_component_restarts_total{{component=\"{}\",role=\"{}\"}} {}",
+            escape(&c.name),
+            c.role.as_str(),
+            c.restarts()
+        );
+    }
+}
+
 fn render_events(
     w: &mut String,
     bus: &ironplant_core::event::EventBusStats,

@@ -69,9 +69,12 @@ impl Platform {
     /// Every component with its role, state and restarts (sinks, processors, services,
     /// sources).
     pub fn components(&self) -> Vec<Arc<ComponentStats>> {
-        let mut all = self.runtime.components();
-        all.extend(self.processors.iter().cloned());
-        all
+        self.runtime.components()
+    }
+
+    /// The processors of the pipeline, in order.
+    pub fn processors(&self) -> &[Arc<ComponentStats>] {
+        &self.processors
     }
 
     /// Stops everything in order (see the module docs); each stage gets `grace`.
@@ -136,7 +139,9 @@ impl PlatformBuilder {
         if !self.processors.is_empty() {
             let pipeline = Arc::new(Pipeline::new(runtime.events.clone(), self.policy));
             for f in self.processors {
-                processors.push(pipeline.add(f));
+                let stats = pipeline.add(f);
+                supervisor.adopt(stats.clone());
+                processors.push(stats);
             }
             runtime.bus.set_stage(pipeline.clone());
             supervisor.start_service(Arc::new(Ticker {

@@ -274,6 +274,15 @@ async fn a_test_connector_is_one_registration_and_a_panicking_one_is_restarted_a
         .expect("sink");
     assert_eq!(sink.restarts(), 1, "the failing sink was restarted once");
     assert!(sink.last_error().is_some_and(|e| e.contains("disk full")));
+    // And in /metrics.
+    let text = platform.runtime.render_metrics();
+    for line in [
+        "ironplant_component_restarts_total{component=\"test:acme/lyon/utilities/meter/pulses\",role=\"source\"} 1",
+        "ironplant_component_status{component=\"test:acme/lyon/utilities/meter/pulses\",role=\"source\"} 0",
+        "ironplant_component_restarts_total{component=\"test-recorder\",role=\"sink\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
 
     // Reported as system events.
     let mut codes = Vec::new();
