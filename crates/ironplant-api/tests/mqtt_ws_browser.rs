@@ -17,38 +17,13 @@ use ironplant_mqtt::codec::{MqttString, Publish};
 use ironplant_mqtt::{Broker, BrokerConfig};
 use ironplant_runtime::Runtime;
 
-fn peer() -> Option<(PathBuf, PathBuf)> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let modules = root.join("target/browser/node_modules");
-    let chromium = std::env::var_os("IRONPLANT_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    let ok = chromium.exists()
-        && modules.join("playwright-core").exists()
-        && Command::new("node")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    match (ok, std::env::var("CI").as_deref()) {
-        (true, _) => Some((modules, chromium)),
-        (false, Ok("true")) => panic!(
-            "chromium, node and playwright-core are required under CI=true; run the tests \
-             through .ci/test"
-        ),
-        (false, _) => {
-            eprintln!("SKIPPED: chromium or playwright-core missing; run .ci/test to install them");
-            None
-        }
-    }
-}
-
 fn s(text: &str) -> MqttString {
     MqttString::from_utf8(Bytes::copy_from_slice(text.as_bytes())).expect("valid string")
 }
 
 #[test]
 fn chromium_page_speaks_mqtt_over_websocket() {
-    let Some((modules, chromium)) = peer() else {
+    let Some((modules, chromium)) = ironplant_testkit::browser() else {
         return;
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

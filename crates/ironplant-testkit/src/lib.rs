@@ -103,3 +103,46 @@ pub fn run_script(
     assert!(status.success(), "{what} failed: {status}\n{report}");
     ScriptRun { stdout, report }
 }
+
+/// A real browser for end-to-end tests: playwright-core's `node_modules` directory (installed by
+/// `.ci/test` under `target/browser`) and Debian's chromium (`$IRONPLANT_CHROMIUM`, else
+/// `/usr/bin/chromium`), with node on the `PATH`. `None` (after [`peer_available`]'s message)
+/// when one is missing.
+pub fn browser() -> Option<(PathBuf, PathBuf)> {
+    let modules =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/browser/node_modules");
+    let chromium = std::env::var_os("IRONPLANT_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    let present = chromium.exists()
+        && modules.join("playwright-core").exists()
+        && Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    peer_available("chromium, node and playwright-core", present).then_some((modules, chromium))
+}
+
+/// An HTTP `Authorization` value for Basic authentication (test-side encoder; the server's
+/// decoder is checked against RFC 7617 vectors separately).
+pub fn basic_auth(user: &str, password: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let input = format!("{user}:{password}");
+    let mut out = String::new();
+    for chunk in input.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    format!("Basic {out}")
+}
