@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::bus::{Overflow, Subscription, TagBus};
+use crate::bus::{Batch, Overflow, Subscription, TagBus};
 use crate::event::{Event, EventBus};
 use crate::namespace::LiveNamespace;
 use crate::namespace::TagMeta;
@@ -179,6 +179,39 @@ pub struct SinkContext {
     pub events: EventBus,
     pub namespace: Arc<LiveNamespace>,
     pub shutdown: Shutdown,
+}
+
+impl SinkContext {
+    /// This run's input: the sink's subscription, held until the returned value is dropped.
+    pub async fn input(&self) -> SinkInput {
+        SinkInput {
+            sub: self.batches.clone().lock_owned().await,
+            shutdown: self.shutdown.clone(),
+            draining: false,
+        }
+    }
+}
+
+/// A sink's batches with the shutdown rule built in: [`SinkInput::next`] waits for the next
+/// batch until shutdown is requested, then returns what is still queued (sources have
+/// stopped by then) and `None`.
+pub struct SinkInput {
+    sub: tokio::sync::OwnedMutexGuard<Subscription>,
+    shutdown: Shutdown,
+    draining: bool,
+}
+
+impl SinkInput {
+    /// The next batch; `None` once the bus is gone or, after shutdown, the queue is empty.
+    pub async fn next(&mut self) -> Option<Batch> {
+        if !self.draining {
+            tokio::select! {
+                b = self.sub.recv() => return b,
+                () = self.shutdown.requested() => self.draining = true,
+            }
+        }
+        self.sub.try_recv()
+    }
 }
 
 /// A producer of samples: a connector (Modbus, Sparkplug, OPC UA) or an ingest path.

@@ -19,7 +19,7 @@ pub use asset::{Asset, AssetLevel, Location};
 pub use bus::{Batch, BusStats, Overflow, Stage, Subscription, TagBus, MAX_TAGS};
 pub use component::{
     BoxFuture, ComponentError, DeviceWriteError, DeviceWriter, Processor, ProcessorOutput, Service,
-    Shutdown, Sink, SinkContext, SinkQueue, Source, SourceContext, WriteAck,
+    Shutdown, Sink, SinkContext, SinkInput, SinkQueue, Source, SourceContext, WriteAck,
 };
 pub use event::{Event, EventBus, EventFilter, EventKind, EventSubscription, Severity};
 pub use namespace::{LiveNamespace, Namespace, RegisterError, TagId, TagMeta};

@@ -199,24 +199,14 @@ impl Sink for HistorianSink {
 
     fn run(
         self: Arc<Self>,
-        mut ctx: SinkContext,
+        ctx: SinkContext,
     ) -> BoxFuture<'static, Result<(), ComponentError>> {
         Box::pin(async move {
-            let mut sub = ctx.batches.clone().lock_owned().await;
-            loop {
-                let batch = tokio::select! {
-                    b = sub.recv() => b,
-                    _ = ctx.shutdown.requested() => {
-                        // Sources have stopped: store what they sent, then stop.
-                        while let Some(b) = sub.try_recv() {
-                            self.store(b, &ctx.namespace).await?;
-                        }
-                        return Ok(());
-                    }
-                };
-                let Some(batch) = batch else { return Ok(()) };
+            let mut input = ctx.input().await;
+            while let Some(batch) = input.next().await {
                 self.store(batch, &ctx.namespace).await?;
             }
+            Ok(())
         })
     }
 }

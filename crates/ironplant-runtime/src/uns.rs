@@ -94,24 +94,14 @@ impl Sink for UnsSink {
 
     fn run(
         self: Arc<Self>,
-        mut ctx: SinkContext,
+        ctx: SinkContext,
     ) -> BoxFuture<'static, Result<(), ComponentError>> {
         Box::pin(async move {
-            let mut sub = ctx.batches.clone().lock_owned().await;
-            loop {
-                tokio::select! {
-                    b = sub.recv() => match b {
-                        Some(batch) => self.publish(&batch, &ctx.namespace),
-                        None => return Ok(()),
-                    },
-                    _ = ctx.shutdown.requested() => {
-                        while let Some(batch) = sub.try_recv() {
-                            self.publish(&batch, &ctx.namespace);
-                        }
-                        return Ok(());
-                    }
-                }
+            let mut input = ctx.input().await;
+            while let Some(batch) = input.next().await {
+                self.publish(&batch, &ctx.namespace);
             }
+            Ok(())
         })
     }
 }
