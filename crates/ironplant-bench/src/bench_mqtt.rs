@@ -49,9 +49,12 @@ pub async fn server(listen: SocketAddr, policy_dir: Option<&Path>) -> anyhow::Re
     let broker = match policy_dir {
         None => ironplant_mqtt::Broker::new(ironplant_mqtt::BrokerConfig::default()),
         Some(dir) => {
-            let sec = crate::policy::open(dir)?;
-            let auth = Arc::new(crate::policy::BlockingAuth {
+            // The platform's own `Auth`, as `ironplant serve` wires it (no reserved topics:
+            // this broker has no namespace and no Sparkplug host).
+            let sec = ironplant_server::secure::open(dir)?;
+            let auth = Arc::new(ironplant_server::secure::BlockingAuth {
                 inner: sec.mqtt.clone(),
+                reserved: None,
             });
             ironplant_mqtt::Broker::open(ironplant_mqtt::BrokerConfig::default(), auth)?
         }
@@ -68,7 +71,7 @@ static OURS: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
 /// A data directory with an engineer `bench` limited to the `bench` tag prefix, and its token.
 fn policy_dir() -> anyhow::Result<tempfile::TempDir> {
     let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
-    let sec = crate::policy::open(dir.path())?;
+    let sec = ironplant_server::secure::open(dir.path())?;
     let password = "bench-password-long-enough";
     sec.users
         .create_user("bench", password, ironplant_security::Role::Engineer, None)

@@ -7,7 +7,6 @@ mod bench;
 mod bench_mix;
 mod bench_mqtt;
 mod bench_pg;
-mod policy;
 
 use std::process::ExitCode;
 

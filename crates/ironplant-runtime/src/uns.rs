@@ -92,10 +92,7 @@ impl Sink for UnsSink {
         }
     }
 
-    fn run(
-        self: Arc<Self>,
-        ctx: SinkContext,
-    ) -> BoxFuture<'static, Result<(), ComponentError>> {
+    fn run(self: Arc<Self>, ctx: SinkContext) -> BoxFuture<'static, Result<(), ComponentError>> {
         Box::pin(async move {
             let mut input = ctx.input().await;
             while let Some(batch) = input.next().await {
