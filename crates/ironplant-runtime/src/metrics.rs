@@ -312,6 +312,12 @@ fn render_broker(w: &mut String, b: &ironplant_mqtt::Broker) {
             get(&st.wills_denied),
         ),
         (
+            "accept_errors_total",
+            counter,
+            "Failed accepts on an MQTT listener (e.g. out of file descriptors); it retries.",
+            get(&st.accept_errors),
+        ),
+        (
             "persist_errors_total",
             counter,
             "Failed saves of retained messages and sessions.",

@@ -206,6 +206,10 @@ pub async fn serve_mqtts(
             Ok(c) => c,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning; the listener stays up.
+                broker
+                    .stats()
+                    .accept_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(error = %e, "MQTT/TLS listener: accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;

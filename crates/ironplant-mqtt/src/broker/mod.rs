@@ -178,6 +178,8 @@ pub struct BrokerStats {
     pub revoked: AtomicU64,
     /// Wills dropped because their identity may not publish on the topic when they fired.
     pub wills_denied: AtomicU64,
+    /// Failed accepts on a listener (e.g. out of file descriptors); the listener retries.
+    pub accept_errors: AtomicU64,
 }
 
 /// Sizes of the broker's state, for `$SYS` and `/metrics`.
@@ -747,10 +749,25 @@ impl Broker {
         });
     }
 
-    /// Accepts connections until the listener fails.
+    /// Accepts connections for as long as the task runs. A failed accept (out of file
+    /// descriptors under a connection flood, say) is logged, counted in
+    /// [`BrokerStats::accept_errors`] and retried after 100 ms: the listener never gives up.
     pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
         loop {
-            let (stream, peer) = listener.accept().await?;
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends (a connection flood, a descriptor leak elsewhere):
+                    // back off instead of spinning or giving up; the listener stays up.
+                    self.inner
+                        .stats
+                        .accept_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "MQTT listener: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let _ = stream.set_nodelay(true);
             let broker = self.clone();
             tokio::spawn(async move {
