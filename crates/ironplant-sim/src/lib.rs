@@ -81,6 +81,7 @@
 //! `fault_code`: 0 none, 1 infeed jam, 2 capper torque, 3 low air pressure, 4 label missing,
 //! 5 guard door open, 6 product starved (tank dry).
 
+pub mod attack;
 pub mod bank;
 pub mod map;
 pub mod plant;
