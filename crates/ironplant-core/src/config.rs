@@ -50,6 +50,13 @@ pub trait Section: Any + Send + Sync + fmt::Debug + Default + PartialEq + Clone 
     fn assets(&self) -> Vec<AssetConfig> {
         Vec::new()
     }
+
+    /// Tags the section defines besides the `[[tag]]`s (e.g. computed tags), added to the
+    /// namespace after them, with their assets implied like a `[[tag]]`'s. None by default;
+    /// the section's `parse` checks their paths against the plant's tags and assets.
+    fn tags(&self) -> Vec<TagMeta> {
+        Vec::new()
+    }
 }
 
 type ParseFn = fn(&str, &Config, &mut Diagnostics) -> SectionValue;
@@ -61,6 +68,7 @@ struct SectionValue {
     eq: fn(&SectionValue, &SectionValue) -> bool,
     debug: fn(&SectionValue, &mut fmt::Formatter<'_>) -> fmt::Result,
     assets: fn(&SectionValue) -> Vec<AssetConfig>,
+    tags: fn(&SectionValue) -> Vec<TagMeta>,
 }
 
 impl SectionValue {
@@ -75,6 +83,7 @@ impl SectionValue {
                     .map(T::assets)
                     .unwrap_or_default()
             },
+            tags: |a| a.value.downcast_ref::<T>().map(T::tags).unwrap_or_default(),
         }
     }
 }
@@ -168,6 +177,15 @@ impl Config {
             .0
             .values()
             .flat_map(|(_, v)| (v.assets)(v))
+            .collect()
+    }
+
+    /// Tags every section defines ([`Section::tags`]), in section order.
+    pub fn section_tags(&self) -> Vec<TagMeta> {
+        self.sections
+            .0
+            .values()
+            .flat_map(|(_, v)| (v.tags)(v))
             .collect()
     }
 
@@ -382,12 +400,14 @@ impl Config {
     pub fn namespace(&self) -> Namespace {
         let mut ns = Namespace::new();
         let from_sections = self.section_assets();
+        let section_tags = self.section_tags();
         let declared_assets = || self.assets.iter().chain(&from_sections);
         let declared: HashMap<&TagPath, &AssetConfig> =
             declared_assets().map(|a| (&a.path, a)).collect();
         let mut all: BTreeMap<TagPath, Option<&AssetConfig>> = BTreeMap::new();
         let starts = declared_assets().map(|a| a.path.clone());
         let starts = starts.chain(self.tags.iter().filter_map(|t| t.path.parent()));
+        let starts = starts.chain(section_tags.iter().filter_map(|t| t.path.parent()));
         for p in starts {
             let mut cur = Some(p);
             while let Some(c) = cur {
@@ -432,6 +452,10 @@ impl Config {
                 writable: t.writable,
                 device: t.device.clone(),
             });
+        }
+        for t in section_tags {
+            // A path taken already is the section's own validation error.
+            let _ = ns.add_tag(t);
         }
         ns
     }
@@ -1705,6 +1729,43 @@ mod registry_tests {
                 },
             }]
         }
+
+        fn tags(&self) -> Vec<TagMeta> {
+            vec![TagMeta {
+                id: TagId(0),
+                path: TagPath::parse("acme/lyon/pumps/p2/efficiency").expect("path"),
+                value_type: ValueType::Float,
+                unit: Some("%".into()),
+                description: format!("computed at {} rpm", self.speed),
+                range: None,
+                writable: false,
+                device: Some("computed".into()),
+            }]
+        }
+    }
+
+    #[test]
+    fn a_sections_tags_join_the_namespace_after_the_configured_ones() {
+        let reg = Registry::new().with::<Pump>();
+        let cfg = parse_with(
+            "p.toml",
+            "[[tag]]
+path = \"acme/lyon/pumps/p1/speed\"\n\n[pump]\nspeed = 900\n",
+            &reg,
+        )
+        .expect("valid");
+        let ns = cfg.namespace();
+        let eff = ns
+            .lookup("acme/lyon/pumps/p2/efficiency")
+            .expect("the section's tag");
+        assert_eq!(eff.id, TagId(1), "after the configured tag");
+        assert_eq!(eff.unit.as_deref(), Some("%"));
+        assert_eq!(eff.device.as_deref(), Some("computed"));
+        assert!(
+            ns.asset(&TagPath::parse("acme/lyon/pumps/p2").expect("path"))
+                .is_some(),
+            "its asset is implied"
+        );
     }
 
     #[test]
