@@ -46,4 +46,4 @@ pub mod transport;
 pub mod tree;
 pub mod ws;
 
-pub use broker::{Broker, BrokerConfig, BrokerStats, Overflow, Transport};
+pub use broker::{Broker, BrokerConfig, BrokerStats, Origin, Overflow, Transport};

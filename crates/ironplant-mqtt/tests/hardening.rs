@@ -686,3 +686,88 @@ async fn bridged_messages_cannot_land_on_the_platforms_own_topics() {
         .denied()
         .contains(&"bridge:enterprise Publish(\"uns/acme/speed\")".to_owned()));
 }
+
+/// An in-process subscriber that must know who asked (the command path) gets each message
+/// with the identity the broker authenticated: the client id and owner of a client's
+/// publish, the owner of a retained message replayed, nothing for the platform's own.
+#[tokio::test]
+async fn an_internal_subscriber_learns_who_published() {
+    use ironplant_mqtt::Origin;
+    let rules = Arc::new(Rules::default());
+    let (broker, addr) = start_with(BrokerConfig::default(), rules, None).await;
+    let (mut bob, ack) =
+        Client::connect_with(addr, connect("bob-hmi", "bob", ProtocolVersion::V5, true)).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    bob.send(publish("cmd/retained", "kept", QoS::AtLeastOnce, true, 1))
+        .await;
+    let acked = bob.drain().await;
+    assert!(
+        acked.iter().any(|p| matches!(p, Packet::PubAck(_))),
+        "{acked:?}"
+    );
+
+    let mut rx = broker
+        .subscribe_internal_with_origin("commands", "cmd/#", 16)
+        .expect("subscribe");
+    let (p, origin) = rx.recv().await.expect("the retained message first");
+    assert_eq!(p.topic.as_str(), "cmd/retained");
+    assert!(p.retain);
+    assert_eq!(
+        origin,
+        Origin {
+            client_id: None,
+            owner: Some("bob".into())
+        }
+    );
+
+    let (mut alice, _) = Client::connect_with(
+        addr,
+        connect("alice-laptop", "alice", ProtocolVersion::V311, true),
+    )
+    .await;
+    alice
+        .send(publish("cmd/line1/speed", "42", QoS::AtLeastOnce, false, 7))
+        .await;
+    let (p, origin) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("within 5 s")
+        .expect("open");
+    assert_eq!(p.topic.as_str(), "cmd/line1/speed");
+    assert_eq!(&p.payload[..], b"42");
+    assert_eq!(p.qos, QoS::AtMostOnce, "in-process delivery");
+    assert_eq!(
+        origin,
+        Origin {
+            client_id: Some("alice-laptop".into()),
+            owner: Some("alice".into())
+        }
+    );
+
+    broker.publish(ironplant_mqtt::codec::Publish::new(
+        s("cmd/platform"),
+        bytes::Bytes::from_static(b"x"),
+    ));
+    let (_, origin) = rx.recv().await.expect("open");
+    assert_eq!(origin, Origin::default(), "the platform's own message");
+
+    // Dropping the receiver ends the subscription: a message then goes nowhere (neither
+    // delivered nor dropped for it).
+    drop(rx);
+    let st = broker.stats();
+    eventually("the internal subscription is gone", || {
+        let before = (
+            st.messages_out.load(Ordering::Relaxed),
+            st.dropped.load(Ordering::Relaxed),
+        );
+        broker.publish(ironplant_mqtt::codec::Publish::new(
+            s("cmd/after"),
+            bytes::Bytes::from_static(b"x"),
+        ));
+        before
+            == (
+                st.messages_out.load(Ordering::Relaxed),
+                st.dropped.load(Ordering::Relaxed),
+            )
+    })
+    .await;
+}

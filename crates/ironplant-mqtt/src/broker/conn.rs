@@ -494,6 +494,7 @@ impl Broker {
                 internal: false,
                 owner,
                 owner_known: true,
+                origin_tx: None,
             },
         );
         Ok((id, session, generation, Vec::new()))

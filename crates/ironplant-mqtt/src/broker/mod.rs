@@ -331,6 +331,23 @@ struct Entry {
     owner: Option<Arc<str>>,
     /// False for a session restored from a record that did not say (resumed clean).
     owner_known: bool,
+    /// For an in-process subscriber that wants to know who published
+    /// ([`Broker::subscribe_internal_with_origin`]): messages go here, with their origin.
+    origin_tx: Option<mpsc::Sender<(Publish, Origin)>>,
+}
+
+/// A retained message and its owner, replayed to a new in-process subscriber.
+type OwnedRetained = (Publish, Option<Arc<str>>);
+
+/// Who published a message, as the broker authenticated it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    /// The publishing client's id; `None` for the platform's own messages and for retained
+    /// messages replayed at subscription.
+    pub client_id: Option<Arc<str>>,
+    /// The identity that owns the publishing client (`Principal::owner`, e.g. `user:alice`);
+    /// `None` for anonymous clients and for the platform.
+    pub owner: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -708,6 +725,7 @@ impl Broker {
                         internal: false,
                         owner: rec.owner.map(Into::into),
                         owner_known: rec.owner_known,
+                        origin_tx: None,
                     },
                 );
                 if expiry != NEVER {
@@ -831,54 +849,12 @@ impl Broker {
         topic::validate_topic_filter(filter)?;
         let (tx, mut rx) = mpsc::channel::<Out>(capacity.max(1));
         let (out_tx, out_rx) = mpsc::channel::<Publish>(capacity.max(1));
-        let opts = SubOptions {
-            qos: 0,
-            no_local: false,
-            retain_as_published: true,
-            identifier: 0,
-        };
-        let id = {
-            let mut r = self.inner.router.lock();
-            let id = r.alloc_id();
-            r.internal += 1;
-            let (_done_tx, done) = watch::channel(false);
-            r.entries.insert(
-                id,
-                Entry {
-                    session: Arc::new(Session {
-                        client_id: format!("$internal/{name}").into(),
-                        state: Mutex::new(SessionState::new(1, 0)),
-                    }),
-                    conn: Some(Conn {
-                        tx,
-                        kick: Arc::new(Kick::new()),
-                        done,
-                        principal: None,
-                        peer: SocketAddr::from(([0, 0, 0, 0], 0)),
-                    }),
-                    subs: vec![(filter.to_owned(), opts)],
-                    expiry: 0,
-                    last_seen_ms: 0,
-                    generation: 0,
-                    internal: true,
-                    owner: None,
-                    owner_known: true,
-                },
-            );
-            r.tree.subscribe(filter, id, opts);
-            let now = now_ms();
-            for (_, m) in r.retained.matching(filter) {
-                if m.expired(now) {
-                    continue;
-                }
-                let mut p = m.publish.clone();
-                p.retain = true;
-                if out_tx.try_send(p).is_err() {
-                    self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                }
+        let (id, retained) = self.add_internal(name, filter, tx, None);
+        for (p, _) in retained {
+            if out_tx.try_send(p).is_err() {
+                self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
-            id
-        };
+        }
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             while let Some(item) = rx.recv().await {
@@ -898,6 +874,101 @@ impl Broker {
             }
         });
         Ok(out_rx)
+    }
+
+    /// Like [`Broker::subscribe_internal`], and each message comes with its [`Origin`]: who
+    /// published it as the broker authenticated them (for a command path that must know who
+    /// asked, after the `Auth` hook allowed the publish). Retained messages replayed at
+    /// subscription carry their owner and no client id. Delivered from the router without an
+    /// intermediate task: a full channel drops (counted).
+    pub fn subscribe_internal_with_origin(
+        &self,
+        name: &str,
+        filter: &str,
+        capacity: usize,
+    ) -> Result<mpsc::Receiver<(Publish, Origin)>, topic::TopicError> {
+        topic::validate_topic_filter(filter)?;
+        // The entry's connection channel stays unused: the router hands messages to `origin`.
+        let (tx, _unused) = mpsc::channel::<Out>(1);
+        let (origin_tx, origin_rx) = mpsc::channel(capacity.max(1));
+        let (id, retained) = self.add_internal(name, filter, tx, Some(origin_tx.clone()));
+        for (mut p, owner) in retained {
+            p.qos = QoS::AtMostOnce;
+            let origin = Origin {
+                client_id: None,
+                owner,
+            };
+            if origin_tx.try_send((p, origin)).is_err() {
+                self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            origin_tx.closed().await;
+            if let Some(inner) = weak.upgrade() {
+                inner.router.lock().remove(id);
+            }
+        });
+        Ok(origin_rx)
+    }
+
+    /// Registers an in-process subscriber; returns its id and the retained messages that
+    /// match (with their owners), for the caller to hand over first.
+    fn add_internal(
+        &self,
+        name: &str,
+        filter: &str,
+        tx: mpsc::Sender<Out>,
+        origin_tx: Option<mpsc::Sender<(Publish, Origin)>>,
+    ) -> (ClientId, Vec<OwnedRetained>) {
+        let opts = SubOptions {
+            qos: 0,
+            no_local: false,
+            retain_as_published: true,
+            identifier: 0,
+        };
+        let mut r = self.inner.router.lock();
+        let id = r.alloc_id();
+        r.internal += 1;
+        let (_done_tx, done) = watch::channel(false);
+        r.entries.insert(
+            id,
+            Entry {
+                session: Arc::new(Session {
+                    client_id: format!("$internal/{name}").into(),
+                    state: Mutex::new(SessionState::new(1, 0)),
+                }),
+                conn: Some(Conn {
+                    tx,
+                    kick: Arc::new(Kick::new()),
+                    done,
+                    principal: None,
+                    peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+                }),
+                subs: vec![(filter.to_owned(), opts)],
+                expiry: 0,
+                last_seen_ms: 0,
+                generation: 0,
+                internal: true,
+                owner: None,
+                owner_known: true,
+                origin_tx,
+            },
+        );
+        r.tree.subscribe(filter, id, opts);
+        let now = now_ms();
+        let retained = r
+            .retained
+            .matching(filter)
+            .into_iter()
+            .filter(|(_, m)| !m.expired(now))
+            .map(|(_, m)| {
+                let mut p = m.publish.clone();
+                p.retain = true;
+                (p, m.owner.clone())
+            })
+            .collect();
+        (id, retained)
     }
 
     /// Publishes a message from inside the platform (UNS, $SYS, Sparkplug host commands).
@@ -1176,6 +1247,7 @@ impl Broker {
         }
         r.tree.matches(publish.topic.as_str(), &mut matches);
         let (mut sent, mut dropped) = (0u64, 0u64);
+        let mut origin: Option<Origin> = None;
         for m in &matches {
             if m.options.no_local && Some(m.client) == from && !m.shared {
                 continue;
@@ -1184,6 +1256,22 @@ impl Broker {
                 continue;
             };
             let p = prepare(&publish, m);
+            if let Some(tx) = &e.origin_tx {
+                let o = origin.get_or_insert_with(|| Origin {
+                    client_id: from
+                        .and_then(|id| r.entries.get(&id))
+                        .map(|f| f.session.client_id.clone()),
+                    owner: owner.cloned(),
+                });
+                let mut p = p;
+                p.qos = QoS::AtMostOnce;
+                p.packet_id = None;
+                match tx.try_send((p, o.clone())) {
+                    Ok(()) => sent += 1,
+                    Err(_) => dropped += 1,
+                }
+                continue;
+            }
             let p = match &e.conn {
                 // A connection being closed (taken over, or too slow) gets nothing more: what
                 // is for its session waits behind what its queue still holds.
