@@ -1,7 +1,8 @@
 //! [`AlarmEngine`]: samples in, [`Transition`]s out, plus the operator operations and queries.
 //!
 //! Per alarm, the value goes through three stages: the *raw* condition with its deadband (a
-//! Schmitt trigger: a high alarm turns on above the limit and off below limit − deadband), the
+//! high alarm that is off turns on above the limit; one that is on turns off below
+//! limit − deadband), the
 //! *debounced* condition (raw must hold for the on-delay, or be gone for the off-delay), and
 //! the ISA-18.2 state (alarm × acknowledgement, with shelving, suppression by design and out of
 //! service laid over it). Only a change of the visible state is a transition.
@@ -154,7 +155,9 @@ impl Slot {
     /// The raw condition after a change of its inputs, or `None` to keep it (no usable value).
     fn evaluate(&self, quality: QualityLevel) -> Option<bool> {
         let db = self.def.deadband;
-        let on = self.raw;
+        // The deadband holds an alarm that is on (after its delays): it turns on above the
+        // limit (for the on-delay) and off below limit - deadband (for the off-delay).
+        let on = self.cond;
         let above = |x: f64, limit: f64| if on { x > limit - db } else { x > limit };
         let below = |x: f64, limit: f64| if on { x < limit + db } else { x < limit };
         match &self.def.condition {
