@@ -71,7 +71,11 @@ fn high_alarm_goes_unack_ack_rtn_normal_with_deadband_and_delays() {
     let raised = e.tick(t(8.0));
     assert_eq!(
         states(&raised),
-        vec![(AlarmState::Normal, AlarmState::Unacknowledged, Cause::Raised)]
+        vec![(
+            AlarmState::Normal,
+            AlarmState::Unacknowledged,
+            Cause::Raised
+        )]
     );
     assert_eq!(raised[0].ts, t(8.0));
     assert_eq!(raised[0].value, Some(Value::Float(91.0)));
@@ -149,7 +153,9 @@ fn operations_without_user_or_comment_are_refused_and_change_nothing() {
     d.on_delay = Duration::ZERO;
     let mut e = AlarmEngine::new(vec![d], EngineSettings::default());
     // Nothing to acknowledge while normal.
-    let err = e.ack("tank_high", "alice", "ok", t(0.0)).expect_err("normal");
+    let err = e
+        .ack("tank_high", "alice", "ok", t(0.0))
+        .expect_err("normal");
     assert_eq!(
         err,
         AlarmError::NotUnacknowledged {
@@ -161,7 +167,9 @@ fn operations_without_user_or_comment_are_refused_and_change_nothing() {
     level(&mut e, 95.0, 1.0);
     let err = e.ack("tank_high", " ", "ok", t(2.0)).expect_err("no user");
     assert!(matches!(err, AlarmError::MissingUser { .. }), "{err}");
-    let err = e.ack("tank_high", "alice", "", t(2.0)).expect_err("no comment");
+    let err = e
+        .ack("tank_high", "alice", "", t(2.0))
+        .expect_err("no comment");
     assert!(err.to_string().contains("needs a comment"), "{err}");
     for r in [
         e.shelve("tank_high", Duration::from_secs(60), "", "x", t(2.0)),
@@ -184,7 +192,13 @@ fn operations_without_user_or_comment_are_refused_and_change_nothing() {
     assert_eq!(e.state("tank_high"), Some(AlarmState::Unacknowledged));
     // A shelve longer than the maximum is refused.
     let err = e
-        .shelve("tank_high", Duration::from_secs(9 * 3600), "alice", "x", t(2.0))
+        .shelve(
+            "tank_high",
+            Duration::from_secs(9 * 3600),
+            "alice",
+            "x",
+            t(2.0),
+        )
         .expect_err("too long");
     assert!(matches!(err, AlarmError::ShelveTooLong { .. }), "{err}");
     assert_eq!(e.state("tank_high"), Some(AlarmState::Unacknowledged));
@@ -199,9 +213,18 @@ fn a_shelve_expires_and_the_alarm_is_annunciated_again_if_still_active() {
     level(&mut e, 95.0, 0.0);
     e.ack("tank_high", "alice", "known", t(1.0)).expect("ack");
     let sh = e
-        .shelve("tank_high", Duration::from_secs(600), "alice", "sensor being cleaned", t(2.0))
+        .shelve(
+            "tank_high",
+            Duration::from_secs(600),
+            "alice",
+            "sensor being cleaned",
+            t(2.0),
+        )
         .expect("shelve");
-    assert_eq!((sh.from, sh.to), (AlarmState::Acknowledged, AlarmState::Shelved));
+    assert_eq!(
+        (sh.from, sh.to),
+        (AlarmState::Acknowledged, AlarmState::Shelved)
+    );
     assert_eq!(sh.shelved_until, Some(t(602.0)));
     assert!(e.active().is_empty(), "a shelved alarm is off the summary");
     // Changes while shelved are not annunciated.
@@ -218,11 +241,24 @@ fn a_shelve_expires_and_the_alarm_is_annunciated_again_if_still_active() {
         )]
     );
     // Shelved again, cleared meanwhile: comes back normal.
-    e.shelve("tank_high", Duration::from_secs(60), "alice", "again", t(700.0))
-        .expect("shelve");
+    e.shelve(
+        "tank_high",
+        Duration::from_secs(60),
+        "alice",
+        "again",
+        t(700.0),
+    )
+    .expect("shelve");
     level(&mut e, 50.0, 710.0);
     let back = e.tick(t(760.0));
-    assert_eq!(states(&back), vec![(AlarmState::Shelved, AlarmState::Normal, Cause::ShelveExpired)]);
+    assert_eq!(
+        states(&back),
+        vec![(
+            AlarmState::Shelved,
+            AlarmState::Normal,
+            Cause::ShelveExpired
+        )]
+    );
     // Unshelve early needs a shelve.
     let err = e
         .unshelve("tank_high", "alice", "x", t(800.0))
@@ -248,7 +284,11 @@ fn suppression_by_design_hides_the_alarm_and_restores_it() {
     let s = stopped(&mut e, true, 1.0);
     assert_eq!(
         states(&s),
-        vec![(AlarmState::Normal, AlarmState::SuppressedByDesign, Cause::Suppressed)]
+        vec![(
+            AlarmState::Normal,
+            AlarmState::SuppressedByDesign,
+            Cause::Suppressed
+        )]
     );
     // In alarm while the line is stopped: not annunciated.
     assert!(level(&mut e, 95.0, 2.0).is_empty());
@@ -277,8 +317,16 @@ fn suppression_by_design_hides_the_alarm_and_restores_it() {
     assert_eq!(
         states(&both),
         vec![
-            (AlarmState::Unacknowledged, AlarmState::SuppressedByDesign, Cause::Suppressed),
-            (AlarmState::SuppressedByDesign, AlarmState::Normal, Cause::Unsuppressed),
+            (
+                AlarmState::Unacknowledged,
+                AlarmState::SuppressedByDesign,
+                Cause::Suppressed
+            ),
+            (
+                AlarmState::SuppressedByDesign,
+                AlarmState::Normal,
+                Cause::Unsuppressed
+            ),
         ]
     );
 }
@@ -288,9 +336,17 @@ fn out_of_service_hides_the_alarm_until_returned() {
     let mut e = with_suppression();
     level(&mut e, 95.0, 0.0);
     let oos = e
-        .remove_from_service("tank_high", "maint", "transmitter replaced, WO 4711", t(1.0))
+        .remove_from_service(
+            "tank_high",
+            "maint",
+            "transmitter replaced, WO 4711",
+            t(1.0),
+        )
         .expect("oos");
-    assert_eq!((oos.from, oos.to), (AlarmState::Unacknowledged, AlarmState::OutOfService));
+    assert_eq!(
+        (oos.from, oos.to),
+        (AlarmState::Unacknowledged, AlarmState::OutOfService)
+    );
     let err = e
         .shelve("tank_high", Duration::from_secs(60), "alice", "x", t(2.0))
         .expect_err("oos");
@@ -313,7 +369,10 @@ fn out_of_service_hides_the_alarm_until_returned() {
     let back = e
         .return_to_service("tank_high", "maint", "calibrated", t(6.0))
         .expect("rts");
-    assert_eq!((back.from, back.to), (AlarmState::OutOfService, AlarmState::Unacknowledged));
+    assert_eq!(
+        (back.from, back.to),
+        (AlarmState::OutOfService, AlarmState::Unacknowledged)
+    );
     let err = e
         .return_to_service("tank_high", "maint", "again", t(7.0))
         .expect_err("not oos");
@@ -330,15 +389,24 @@ fn a_latching_alarm_stays_until_reset() {
     level(&mut e, 95.0, 0.0);
     assert!(level(&mut e, 50.0, 1.0).is_empty(), "latched: no RTN");
     assert_eq!(e.state("tank_high"), Some(AlarmState::Unacknowledged));
-    let err = e.reset("tank_high", "alice", "x", t(2.0)).expect_err("unacked");
+    let err = e
+        .reset("tank_high", "alice", "x", t(2.0))
+        .expect_err("unacked");
     assert!(err.to_string().contains("acknowledge it first"), "{err}");
     e.ack("tank_high", "alice", "seen", t(3.0)).expect("ack");
     level(&mut e, 95.0, 4.0);
-    let err = e.reset("tank_high", "alice", "x", t(5.0)).expect_err("active");
+    let err = e
+        .reset("tank_high", "alice", "x", t(5.0))
+        .expect_err("active");
     assert!(err.to_string().contains("still active"), "{err}");
     level(&mut e, 50.0, 6.0);
-    let r = e.reset("tank_high", "alice", "pump restarted", t(7.0)).expect("reset");
-    assert_eq!((r.from, r.to, r.cause), (AlarmState::Acknowledged, AlarmState::Normal, Cause::Reset));
+    let r = e
+        .reset("tank_high", "alice", "pump restarted", t(7.0))
+        .expect("reset");
+    assert_eq!(
+        (r.from, r.to, r.cause),
+        (AlarmState::Acknowledged, AlarmState::Normal, Cause::Reset)
+    );
 }
 
 #[test]
@@ -388,34 +456,62 @@ fn deviation_rate_state_bad_quality_and_condition_alarms() {
         ts.iter().map(|t| (t.alarm.to_string(), t.to)).collect()
     };
     // No setpoint yet: no deviation alarm.
-    assert!(e.on_samples(&[sample(LEVEL, Value::Float(100.0), t(0.0))], t(0.0)).is_empty());
+    assert!(e
+        .on_samples(&[sample(LEVEL, Value::Float(100.0), t(0.0))], t(0.0))
+        .is_empty());
     let r = e.on_samples(&[sample(SETPOINT, Value::Float(90.0), t(0.0))], t(0.0));
-    assert_eq!(ids(&r), vec![("speed_dev".into(), AlarmState::Unacknowledged)]);
+    assert_eq!(
+        ids(&r),
+        vec![("speed_dev".into(), AlarmState::Unacknowledged)]
+    );
     // 100 → 104.5 in 10 s is 0.45/s; |104.5 - 90| still > band - deadband.
-    assert!(e.on_samples(&[sample(LEVEL, Value::Float(104.5), t(10.0))], t(10.0)).is_empty());
+    assert!(e
+        .on_samples(&[sample(LEVEL, Value::Float(104.5), t(10.0))], t(10.0))
+        .is_empty());
     // The setpoint follows: deviation 0.5 → clears.
     let r = e.on_samples(&[sample(SETPOINT, Value::Float(104.0), t(11.0))], t(11.0));
-    assert_eq!(ids(&r), vec![("speed_dev".into(), AlarmState::ReturnToNormalUnacknowledged)]);
+    assert_eq!(
+        ids(&r),
+        vec![("speed_dev".into(), AlarmState::ReturnToNormalUnacknowledged)]
+    );
     // A jump of 40 in 10 s is 4/s > 2/s.
     let r = e.on_samples(&[sample(LEVEL, Value::Float(144.5), t(20.0))], t(20.0));
     let got = ids(&r);
-    assert!(got.contains(&("speed_rate".into(), AlarmState::Unacknowledged)), "{got:?}");
+    assert!(
+        got.contains(&("speed_rate".into(), AlarmState::Unacknowledged)),
+        "{got:?}"
+    );
     // Bad quality for less than 30 s: nothing; longer: the alarm.
     let mut bad_sample = sample(LEVEL, Value::Null, t(30.0));
     bad_sample.quality = Quality::bad(QualityReason::CommFailure);
     assert!(e.on_samples(&[bad_sample.clone()], t(30.0)).is_empty());
     assert!(e.tick(t(59.0)).is_empty());
-    assert_eq!(ids(&e.tick(t(60.0))), vec![("speed_bad".into(), AlarmState::Unacknowledged)]);
+    assert_eq!(
+        ids(&e.tick(t(60.0))),
+        vec![("speed_bad".into(), AlarmState::Unacknowledged)]
+    );
     // Value-based alarms keep their state on a Bad sample.
     assert_eq!(e.get("speed_rate").map(|v| v.condition), Some(true));
     // Discrete state.
     let r = e.on_samples(&[sample(RUNNING, Value::Bool(false), t(61.0))], t(61.0));
-    assert_eq!(ids(&r), vec![("filler_stopped".into(), AlarmState::Unacknowledged)]);
+    assert_eq!(
+        ids(&r),
+        vec![("filler_stopped".into(), AlarmState::Unacknowledged)]
+    );
     // A condition fed by the caller (an expression's bool).
     let r = e.on_samples(&[sample(STOPPED, Value::Bool(true), t(62.0))], t(62.0));
-    assert_eq!(ids(&r), vec![("line_eff_low".into(), AlarmState::Unacknowledged)]);
+    assert_eq!(
+        ids(&r),
+        vec![("line_eff_low".into(), AlarmState::Unacknowledged)]
+    );
     let r = e.on_samples(&[sample(STOPPED, Value::Bool(false), t(63.0))], t(63.0));
-    assert_eq!(ids(&r), vec![("line_eff_low".into(), AlarmState::ReturnToNormalUnacknowledged)]);
+    assert_eq!(
+        ids(&r),
+        vec![(
+            "line_eff_low".into(),
+            AlarmState::ReturnToNormalUnacknowledged
+        )]
+    );
 }
 
 #[test]
@@ -431,11 +527,19 @@ fn the_summary_is_sorted_by_priority_then_newest_first() {
         d
     };
     let mut e = AlarmEngine::new(
-        vec![mk("p3_old", 0, 3), mk("p1", 1, 1), mk("p3_new", 2, 3), mk("p2", 3, 2)],
+        vec![
+            mk("p3_old", 0, 3),
+            mk("p1", 1, 1),
+            mk("p3_new", 2, 3),
+            mk("p2", 3, 2),
+        ],
         EngineSettings::default(),
     );
     for (i, tag) in [0u32, 1, 2, 3].iter().enumerate() {
-        e.on_samples(&[sample(TagId(*tag), Value::Int(5), t(i as f64))], t(i as f64));
+        e.on_samples(
+            &[sample(TagId(*tag), Value::Int(5), t(i as f64))],
+            t(i as f64),
+        );
     }
     let order: Vec<String> = e.active().into_iter().map(|v| v.id).collect();
     assert_eq!(order, ["p1", "p2", "p3_new", "p3_old"]);
@@ -448,18 +552,36 @@ fn a_transition_is_an_alarm_event_and_reads_back() {
     let mut e = AlarmEngine::new(vec![d], EngineSettings::default());
     level(&mut e, 95.0, 0.0);
     let sh = e
-        .shelve("tank_high", Duration::from_secs(60), "alice", "cleaning", t(1.0))
+        .shelve(
+            "tank_high",
+            Duration::from_secs(60),
+            "alice",
+            "cleaning",
+            t(1.0),
+        )
         .expect("shelve");
     let ev = sh.to_event();
     assert_eq!(ev.kind, EventKind::Alarm);
     assert_eq!(&*ev.code, "shelved");
     assert_eq!(ev.severity, Severity::Error, "priority 2");
-    assert_eq!(ev.subject.as_ref().map(|s| s.as_str()), Some("acme/lyon/bottling/line1/tank/level"));
+    assert_eq!(
+        ev.subject.as_ref().map(|s| s.as_str()),
+        Some("acme/lyon/bottling/line1/tank/level")
+    );
     assert_eq!(ev.actor.as_deref(), Some("alice"));
-    assert_eq!(ev.attribute("state"), Some(&Value::String("shelved".into())));
-    assert_eq!(ev.attribute("from"), Some(&Value::String("unacknowledged".into())));
+    assert_eq!(
+        ev.attribute("state"),
+        Some(&Value::String("shelved".into()))
+    );
+    assert_eq!(
+        ev.attribute("from"),
+        Some(&Value::String("unacknowledged".into()))
+    );
     assert_eq!(ev.attribute("priority"), Some(&Value::Int(2)));
-    assert_eq!(ev.attribute("comment"), Some(&Value::String("cleaning".into())));
+    assert_eq!(
+        ev.attribute("comment"),
+        Some(&Value::String("cleaning".into()))
+    );
     assert_eq!(ev.attribute("value"), Some(&Value::Float(95.0)));
     // Through the wire format and back, as the event store does.
     let json = serde_json::to_string(&ironplant_core::wire::EventJson::new(&ev)).expect("json");

@@ -96,7 +96,11 @@ fn flood_periods_average_and_peak_per_operator() {
         .iter()
         .map(|f| ((f.start - T0) / S, (f.end - T0) / S, f.alarms, f.peak))
         .collect();
-    assert_eq!(floods, vec![(600, 1800, 42, 30)], "two flood periods merged");
+    assert_eq!(
+        floods,
+        vec![(600, 1800, 42, 30)],
+        "two flood periods merged"
+    );
     // Priorities: tags i%4+1.
     let prio: Vec<usize> = r.priorities.iter().map(|p| p.count).collect();
     assert_eq!(prio.iter().sum::<usize>(), 47);
@@ -121,8 +125,14 @@ fn standing_shelved_and_out_of_service_alarms_are_counted() {
     feed(&mut e, 0, 20.0, 0);
     feed(&mut e, 1, 20.0, 20 * 3600);
     feed(&mut e, 2, 20.0, 0);
-    e.shelve("a02", Duration::from_secs(3600), "alice", "noisy", t(30 * 3600))
-        .expect("shelve");
+    e.shelve(
+        "a02",
+        Duration::from_secs(3600),
+        "alice",
+        "noisy",
+        t(30 * 3600),
+    )
+    .expect("shelve");
     e.remove_from_service("a03", "maint", "WO 9", t(30 * 3600))
         .expect("oos");
     let end = t(25 * 3600 + 30 * 60);

@@ -56,11 +56,24 @@ fn before_restart(path: &std::path::Path) -> AlarmEngine {
     feed(&mut e, 6, 10.0, 0);
     e.ack("acked", "alice", "known", t(1)).expect("ack");
     feed(&mut e, 2, 10.0, 2);
-    e.shelve("shelved_short", Duration::from_secs(60), "alice", "cleaning", t(3))
-        .expect("shelve");
-    e.shelve("shelved_long", Duration::from_secs(3600), "alice", "cleaning", t(3))
-        .expect("shelve");
-    e.remove_from_service("oos", "maint", "WO 17", t(4)).expect("oos");
+    e.shelve(
+        "shelved_short",
+        Duration::from_secs(60),
+        "alice",
+        "cleaning",
+        t(3),
+    )
+    .expect("shelve");
+    e.shelve(
+        "shelved_long",
+        Duration::from_secs(3600),
+        "alice",
+        "cleaning",
+        t(3),
+    )
+    .expect("shelve");
+    e.remove_from_service("oos", "maint", "WO 17", t(4))
+        .expect("oos");
     persist::write(path, &e.snapshot(t(5))).expect("write snapshot");
     e
 }

@@ -343,7 +343,11 @@ fn parse_delay(
         Ok(_) => {
             d.err(
                 raw.span(),
-                format!("{field} {:?} is longer than {}", raw.get_ref(), humantime::format_duration(max)),
+                format!(
+                    "{field} {:?} is longer than {}",
+                    raw.get_ref(),
+                    humantime::format_duration(max)
+                ),
                 Some(format!("use at most {}", humantime::format_duration(max))),
             );
             default
@@ -380,7 +384,10 @@ fn validate_settings(raw: RawSettings, d: &mut Diagnostics) -> AlarmSettings {
             d.err(
                 r.span(),
                 "max_shelve is longer than 30 days",
-                Some("a shelve is temporary; take a long-lived alarm out of service instead".to_owned()),
+                Some(
+                    "a shelve is temporary; take a long-lived alarm out of service instead"
+                        .to_owned(),
+                ),
             );
         }
     }
@@ -415,7 +422,7 @@ fn parse_alarms(source: &str, known: &Known, d: &mut Diagnostics) -> AlarmConfig
     let mut out = Vec::new();
     let mut ids: HashSet<String> = HashSet::new();
     // Limits per tag, to check high > low across alarms: (kind, limit, span).
-    let mut limits: HashMap<TagPath, Vec<(&'static str, f64, Range<usize>)>> = HashMap::new();
+    let mut limits: HashMap<TagPath, Vec<Limit>> = HashMap::new();
     for a in raw {
         let span = a.span();
         let a = a.into_inner();
@@ -452,8 +459,11 @@ fn parse_alarms(source: &str, known: &Known, d: &mut Diagnostics) -> AlarmConfig
     AlarmConfigs(out)
 }
 
+/// A limit alarm's kind, limit and span.
+type Limit = (&'static str, f64, Range<usize>);
+
 /// high_high ≥ high > low ≥ low_low on one tag.
-fn check_limit_order(tag: &TagPath, ls: &[(&'static str, f64, Range<usize>)], d: &mut Diagnostics) {
+fn check_limit_order(tag: &TagPath, ls: &[Limit], d: &mut Diagnostics) {
     let rank = |k: &str| match k {
         "low_low" => 0,
         "low" => 1,
@@ -569,14 +579,20 @@ fn validate_alarm(
         if need_numeric && !numeric(t) {
             d.err(
                 a.tag.span(),
-                format!("a {kind} alarm needs a numeric tag; {tag} is {}", t.as_str()),
+                format!(
+                    "a {kind} alarm needs a numeric tag; {tag} is {}",
+                    t.as_str()
+                ),
                 Some("use a state alarm for a bool or string tag".to_owned()),
             );
         }
         if kind == "condition" && !has_expr && t != ValueType::Bool {
             d.err(
                 a.tag.span(),
-                format!("a condition alarm without `condition` needs a bool tag; {tag} is {}", t.as_str()),
+                format!(
+                    "a condition alarm without `condition` needs a bool tag; {tag} is {}",
+                    t.as_str()
+                ),
                 Some("write condition = \"<expression>\", or name a bool tag".to_owned()),
             );
         }
@@ -586,7 +602,10 @@ fn validate_alarm(
         if !x.is_finite() || (positive && x <= 0.0) {
             d.err(
                 v.span(),
-                format!("{field} {x} must be a finite number{}", if positive { " above zero" } else { "" }),
+                format!(
+                    "{field} {x} must be a finite number{}",
+                    if positive { " above zero" } else { "" }
+                ),
                 None,
             );
         }
@@ -732,7 +751,11 @@ fn validate_alarm(
         Some(v) => {
             let x = finite(d, v, "deadband", false);
             if x < 0.0 {
-                d.err(v.span(), "deadband must not be negative", Some("e.g. deadband = 2.0".to_owned()));
+                d.err(
+                    v.span(),
+                    "deadband must not be negative",
+                    Some("e.g. deadband = 2.0".to_owned()),
+                );
             }
             x.max(0.0)
         }
@@ -774,15 +797,19 @@ fn validate_alarm(
     };
     let class = match &a.class {
         Some(c) if c.get_ref().trim().is_empty() => {
-            d.err(c.span(), "class is empty", Some("omit it to use the tag's asset path".to_owned()));
+            d.err(
+                c.span(),
+                "class is empty",
+                Some("omit it to use the tag's asset path".to_owned()),
+            );
             None
         }
         Some(c) => Some(c.get_ref().clone()),
         None => None,
     };
-    let message = a.message.unwrap_or_else(|| {
-        format!("{} {}", tag.name(), kind.replace('_', " "))
-    });
+    let message = a
+        .message
+        .unwrap_or_else(|| format!("{} {}", tag.name(), kind.replace('_', " ")));
     if d.errors.len() > errors_before {
         return None;
     }
@@ -810,7 +837,11 @@ fn validate_alarm(
 /// the sections and every error with its span.
 pub fn from_source(source: &str) -> (AlarmConfigs, AlarmSettings, Vec<ConfigError>) {
     match config::parse_with("ironplant.toml", source, &register(Registry::new())) {
-        Ok(c) => ((*c.get::<AlarmConfigs>()).clone(), (*c.get::<AlarmSettings>()).clone(), Vec::new()),
+        Ok(c) => (
+            (*c.get::<AlarmConfigs>()).clone(),
+            (*c.get::<AlarmSettings>()).clone(),
+            Vec::new(),
+        ),
         Err(e) => (AlarmConfigs::default(), AlarmSettings::default(), e.errors),
     }
 }

@@ -333,7 +333,12 @@ impl AlarmEngine {
     }
 
     /// [`AlarmEngine::on_samples`] appending to `out` (a processor reuses one buffer).
-    pub fn on_samples_into(&mut self, samples: &[Sample], now: Timestamp, out: &mut Vec<Transition>) {
+    pub fn on_samples_into(
+        &mut self,
+        samples: &[Sample],
+        now: Timestamp,
+        out: &mut Vec<Transition>,
+    ) {
         let first = out.len();
         for s in samples {
             let t = s.tag.index();
@@ -373,7 +378,14 @@ impl AlarmEngine {
         self.remember(&out[first..]);
     }
 
-    fn feed(&mut self, i: usize, role: Role, s: &Sample, now: Timestamp, out: &mut Vec<Transition>) {
+    fn feed(
+        &mut self,
+        i: usize,
+        role: Role,
+        s: &Sample,
+        now: Timestamp,
+        out: &mut Vec<Transition>,
+    ) {
         let slot = &mut self.slots[i];
         match role {
             Role::Input => {
@@ -816,7 +828,7 @@ impl AlarmEngine {
                 })
             })
             .collect();
-        report.standing.sort_by(|a, b| a.active_since.cmp(&b.active_since));
+        report.standing.sort_by_key(|s| s.active_since);
         report.shelved_now = self.slots.iter().filter(|s| s.shelve.is_some()).count();
         report.out_of_service_now = self.slots.iter().filter(|s| s.oos.is_some()).count();
         report.suppressed_now = self

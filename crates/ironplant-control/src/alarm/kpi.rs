@@ -274,7 +274,11 @@ pub fn report<'a>(
             })
         })
         .collect();
-    standing.sort_by(|a, b| a.active_since.cmp(&b.active_since).then(a.alarm.cmp(&b.alarm)));
+    standing.sort_by(|a, b| {
+        a.active_since
+            .cmp(&b.active_since)
+            .then(a.alarm.cmp(&b.alarm))
+    });
     let now_in = |s: AlarmState| last.values().filter(|(t, _)| t.to == s).count();
     let peak = per_period.iter().copied().max().unwrap_or(0);
     KpiReport {

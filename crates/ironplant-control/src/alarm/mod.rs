@@ -160,17 +160,34 @@ impl Cause {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
     /// value > limit (clears below limit - deadband).
-    High { limit: f64 },
-    HighHigh { limit: f64 },
+    High {
+        limit: f64,
+    },
+    HighHigh {
+        limit: f64,
+    },
     /// value < limit (clears above limit + deadband).
-    Low { limit: f64 },
-    LowLow { limit: f64 },
+    Low {
+        limit: f64,
+    },
+    LowLow {
+        limit: f64,
+    },
     /// |value - setpoint| > band (clears below band - deadband).
-    Deviation { setpoint: Setpoint, band: f64 },
+    Deviation {
+        setpoint: Setpoint,
+        band: f64,
+    },
     /// |Δvalue / Δt| > rate units per second, Δ taken over `window` (clears below rate - deadband).
-    Rate { rate: f64, window: Duration },
+    Rate {
+        rate: f64,
+        window: Duration,
+    },
     /// value == state (or != with `equal: false`).
-    State { state: Value, equal: bool },
+    State {
+        state: Value,
+        equal: bool,
+    },
     /// The tag's quality is Bad (for longer than the on-delay).
     BadQuality,
     /// The input tag is a bool the caller computes (an expression of the `expr` module): true is
@@ -333,7 +350,11 @@ impl Transition {
     /// operator, attributes `alarm`, `state`, `from`, `priority`, `kind`, `class`, then
     /// `value`, `limit`, `comment`, `shelved_until` (µs since the epoch) when known.
     pub fn to_event(&self) -> Event {
-        let message = format!("{} ({})", self.message, self.cause.as_str().replace('_', " "));
+        let message = format!(
+            "{} ({})",
+            self.message,
+            self.cause.as_str().replace('_', " ")
+        );
         let mut e = Event::new(
             self.ts,
             EventKind::Alarm,
@@ -391,7 +412,10 @@ impl Transition {
             .unwrap_or("condition");
         // The message of the record is the definition's; the event appends the cause.
         let suffix = format!(" ({})", cause.as_str().replace('_', " "));
-        let message = e.message.strip_suffix(suffix.as_str()).unwrap_or(&e.message);
+        let message = e
+            .message
+            .strip_suffix(suffix.as_str())
+            .unwrap_or(&e.message);
         Some(Transition {
             alarm: text("alarm")?,
             tag: e.subject.clone()?,
@@ -439,7 +463,9 @@ pub enum AlarmError {
     MissingComment { operation: &'static str },
     #[error("alarm {alarm:?} is {state}, not unacknowledged; there is nothing to acknowledge")]
     NotUnacknowledged { alarm: String, state: AlarmState },
-    #[error("shelving for {requested:?} is longer than the maximum of {max:?} ([alarms] max_shelve)")]
+    #[error(
+        "shelving for {requested:?} is longer than the maximum of {max:?} ([alarms] max_shelve)"
+    )]
     ShelveTooLong { requested: Duration, max: Duration },
     #[error("a shelve needs a duration greater than zero")]
     ShelveZero,

@@ -103,7 +103,9 @@ pub enum PersistError {
     },
     #[error("alarm snapshot {path} is not a valid snapshot: {why}; move it aside to start with every alarm normal")]
     Corrupt { path: PathBuf, why: String },
-    #[error("alarm snapshot {path} has version {found}; this build reads version {SNAPSHOT_VERSION}")]
+    #[error(
+        "alarm snapshot {path} has version {found}; this build reads version {SNAPSHOT_VERSION}"
+    )]
     Version { path: PathBuf, found: u32 },
 }
 
@@ -135,7 +137,10 @@ impl Snapshot {
 
 /// The temporary file [`write_atomic`] writes before the rename.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".tmp");
     path.with_file_name(name)
 }
