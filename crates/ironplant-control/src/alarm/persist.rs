@@ -152,6 +152,16 @@ pub fn write(path: &Path, snapshot: &Snapshot) -> Result<(), PersistError> {
 
 /// Replaces `path` by `bytes` so that a crash leaves the old content or the new, whole.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
+    write_atomic_crashing(path, bytes, None)
+}
+
+/// [`write_atomic`], or with `crash_after = Some(n)` a crash simulated after `n` bytes reached
+/// the file being written (tests: whatever was written must not be what [`read`] sees).
+fn write_atomic_crashing(
+    path: &Path,
+    bytes: &[u8],
+    crash_after: Option<usize>,
+) -> Result<(), PersistError> {
     let io = |source| PersistError::Io {
         path: path.to_owned(),
         source,
@@ -159,6 +169,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
     let tmp = temp_path(path);
     {
         let mut f = fs::File::create(&tmp).map_err(io)?;
+        if let Some(n) = crash_after {
+            f.write_all(&bytes[..n.min(bytes.len())]).map_err(io)?;
+            return Err(io(io::Error::other("simulated crash")));
+        }
         f.write_all(bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
     }
@@ -237,10 +251,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("alarms.json");
         write(&path, &snap(2)).expect("write");
-        // A crash in the middle of the next write: half the bytes in the temp file, no rename.
+        // A crash in the middle of the next write, at every length: the good snapshot stays.
         let next = snap(5).to_json();
-        fs::write(temp_path(&path), &next[..next.len() / 2]).expect("torn temp");
-        assert_eq!(read(&path).expect("read"), Some(snap(2)));
+        for n in [0, 1, next.len() / 2, next.len() - 1, next.len()] {
+            assert!(write_atomic_crashing(&path, &next, Some(n)).is_err());
+            assert_eq!(read(&path).expect("read"), Some(snap(2)), "crash after {n} bytes");
+        }
+        assert!(temp_path(&path).exists(), "the torn temp file is left behind");
         // The next write replaces the leftover and the snapshot.
         write(&path, &snap(5)).expect("write");
         assert_eq!(read(&path).expect("read"), Some(snap(5)));
