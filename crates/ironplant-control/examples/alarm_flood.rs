@@ -101,6 +101,27 @@ fn main() {
         per_sample * 1e9,
         per_sample * 10_000.0 * 100.0
     );
+    // The snapshot the runtime writes after a batch of transitions.
+    let started = Instant::now();
+    let snap = engine.snapshot(Timestamp(now));
+    let json = snap.to_json();
+    let serialise = started.elapsed();
+    let dir = std::env::temp_dir().join(format!("alarm_flood_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("alarms.json");
+    let started = Instant::now();
+    let writes = 20;
+    for _ in 0..writes {
+        ironplant_control::alarm::persist::write_atomic(&file, &json).expect("write");
+    }
+    let write = started.elapsed() / writes;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "snapshot of {alarms} alarms: {} KiB, built and serialised in {:.2} ms, written atomically (fsync) in {:.2} ms",
+        json.len() / 1024,
+        serialise.as_secs_f64() * 1e3,
+        write.as_secs_f64() * 1e3
+    );
     let started = Instant::now();
     let ticks = 10_000;
     for _ in 0..ticks {

@@ -305,6 +305,19 @@ fn suppression_by_design_hides_the_alarm_and_restores_it() {
             Cause::Unsuppressed
         )]
     );
+    // Acknowledged, then suppressed and released while still in alarm: annunciated again as a
+    // new alarm (ISA-18.2: back through Normal), not silently acknowledged.
+    e.ack("tank_high", "alice", "seen", t(3.1)).expect("ack");
+    stopped(&mut e, true, 3.2);
+    let u = stopped(&mut e, false, 3.3);
+    assert_eq!(
+        states(&u),
+        vec![(
+            AlarmState::SuppressedByDesign,
+            AlarmState::Unacknowledged,
+            Cause::Unsuppressed
+        )]
+    );
     // Both (the sample and the suppression) in one batch, in order.
     let both = e.on_samples(
         &[

@@ -111,7 +111,7 @@ pub enum PersistError {
 
 impl Snapshot {
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(self).expect("a snapshot always serialises")
+        serde_json::to_vec(self).expect("a snapshot always serialises")
     }
 
     /// Parses a snapshot, checking its version.
@@ -255,9 +255,16 @@ mod tests {
         let next = snap(5).to_json();
         for n in [0, 1, next.len() / 2, next.len() - 1, next.len()] {
             assert!(write_atomic_crashing(&path, &next, Some(n)).is_err());
-            assert_eq!(read(&path).expect("read"), Some(snap(2)), "crash after {n} bytes");
+            assert_eq!(
+                read(&path).expect("read"),
+                Some(snap(2)),
+                "crash after {n} bytes"
+            );
         }
-        assert!(temp_path(&path).exists(), "the torn temp file is left behind");
+        assert!(
+            temp_path(&path).exists(),
+            "the torn temp file is left behind"
+        );
         // The next write replaces the leftover and the snapshot.
         write(&path, &snap(5)).expect("write");
         assert_eq!(read(&path).expect("read"), Some(snap(5)));
