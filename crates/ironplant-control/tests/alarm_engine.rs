@@ -63,6 +63,7 @@ fn high_alarm_goes_unack_ack_rtn_normal_with_deadband_and_delays() {
     assert!(level(&mut e, 80.0, 0.0).is_empty());
     // Above the limit, but not for the 5 s on-delay: nothing yet.
     assert!(level(&mut e, 91.0, 1.0).is_empty());
+    assert_eq!(e.next_deadline(), Some(t(6.0)));
     assert!(e.tick(t(5.9)).is_empty());
     // A dip below the limit restarts the on-delay.
     assert!(level(&mut e, 89.0, 2.0).is_empty());
@@ -230,6 +231,7 @@ fn a_shelve_expires_and_the_alarm_is_annunciated_again_if_still_active() {
     // Changes while shelved are not annunciated.
     assert!(level(&mut e, 80.0, 100.0).is_empty());
     assert!(level(&mut e, 96.0, 200.0).is_empty());
+    assert_eq!(e.next_deadline(), Some(t(602.0)));
     assert!(e.tick(t(601.9)).is_empty());
     let back = e.tick(t(602.0));
     assert_eq!(

@@ -42,7 +42,7 @@ impl Default for EngineSettings {
     fn default() -> EngineSettings {
         EngineSettings {
             max_shelve: Duration::from_secs(8 * 3600),
-            history: 100_000,
+            history: 10_000,
         }
     }
 }
@@ -358,6 +358,27 @@ impl AlarmEngine {
         let mut out = Vec::new();
         self.tick_into(now, &mut out);
         out
+    }
+
+    /// When [`AlarmEngine::tick`] next has something to do (the earliest on/off delay or shelve
+    /// end), if anything is pending: a runtime may tick on a fixed interval, or sleep until
+    /// this.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.slots
+            .iter()
+            .flat_map(|s| {
+                let delay = s.pending_since.map(|since| {
+                    let d = if s.raw {
+                        s.def.on_delay
+                    } else {
+                        s.def.off_delay
+                    };
+                    Timestamp(since.0.saturating_add(micros(d)))
+                });
+                [delay, s.shelve.as_ref().map(|sh| sh.until)]
+            })
+            .flatten()
+            .min()
     }
 
     /// [`AlarmEngine::tick`] appending to `out`.
