@@ -894,7 +894,8 @@ impl AlarmEngine {
     /// does not clears it normally), shelves and removals from service stay, and a shelve that
     /// ran out meanwhile ends now (the returned report's `transitions`: publish them). Alarms
     /// whose definition changed are restored the same way and listed; alarms of the snapshot
-    /// that no longer exist are listed in `vanished`; new alarms start normal.
+    /// that no longer exist are listed in `vanished`; new alarms start normal. Call it on a
+    /// fresh engine, before the first sample.
     pub fn restore(&mut self, snapshot: &Snapshot, now: Timestamp) -> RestoreReport {
         let mut report = RestoreReport::default();
         let mut seen = vec![false; self.slots.len()];
