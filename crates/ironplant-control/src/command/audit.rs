@@ -44,6 +44,8 @@ pub struct AuditRecord {
     pub reason: String,
     /// `rest`, `mqtt`, `rule`, `hmi`, `platform`.
     pub origin: String,
+    /// Flattened: `"result": "refused", "code": …, "message": …`.
+    #[serde(flatten)]
     pub result: AuditResult,
 }
 

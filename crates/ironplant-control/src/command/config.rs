@@ -211,7 +211,7 @@ impl Section for CommandSettings {
                 return CommandSettings::default();
             }
         };
-        let interlocks: Vec<String> =
+        let mut interlocks: Vec<String> =
             config::section::<Vec<RawInterlockName>>(source, InterlockSettings::KEY)
                 .ok()
                 .flatten()
@@ -219,6 +219,8 @@ impl Section for CommandSettings {
                 .into_iter()
                 .map(|i| i.name)
                 .collect();
+        interlocks.sort_unstable();
+        interlocks.dedup();
         let tags: HashMap<&str, (bool, ValueType)> = plant
             .tags
             .iter()
