@@ -671,3 +671,55 @@ pub(crate) fn admits(t: ValueType, v: &Value) -> bool {
         _ => v.value_type() == Some(t),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_match_within_tolerance_and_f32_rounding() {
+        // 21.7 written to an f32 register reads back as 21.700000762939453.
+        assert!(values_match(
+            &Value::Float(21.7),
+            &Value::Float(f64::from(21.7f32)),
+            0.0
+        ));
+        assert!(!values_match(
+            &Value::Float(21.7),
+            &Value::Float(21.71),
+            0.0
+        ));
+        assert!(values_match(
+            &Value::Float(21.7),
+            &Value::Float(21.71),
+            0.02
+        ));
+        assert!(values_match(&Value::Int(5), &Value::Float(5.0), 0.0));
+        assert!(!values_match(&Value::Int(5), &Value::Int(6), 0.0));
+        assert!(values_match(&Value::Int(5), &Value::Int(6), 1.0));
+        assert!(values_match(&Value::Bool(true), &Value::Bool(true), 0.5));
+        assert!(!values_match(&Value::Bool(true), &Value::Int(1), 0.0));
+        assert!(!values_match(
+            &Value::String("a".into()),
+            &Value::String("b".into()),
+            9.0
+        ));
+    }
+
+    #[test]
+    fn roles_are_ordered_and_a_device_is_no_person() {
+        assert!(Role::Admin.at_least(Role::Engineer));
+        assert!(Role::Engineer.at_least(Role::Engineer));
+        assert!(!Role::Operator.at_least(Role::Engineer));
+        assert!(!Role::Device.at_least(Role::Viewer));
+        assert_eq!("engineer".parse::<Role>(), Ok(Role::Engineer));
+        assert!("boss".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn an_integer_is_admitted_for_a_float_tag_only() {
+        assert!(admits(ValueType::Float, &Value::Int(3)));
+        assert!(!admits(ValueType::Int, &Value::Float(3.0)));
+        assert!(!admits(ValueType::Bool, &Value::Int(1)));
+    }
+}
