@@ -210,3 +210,53 @@ fn responses_render_decisions_and_outcomes() {
     let e = parse_request(b"{").expect_err("bad");
     assert_eq!(json(&MqttResponse::error(&e))["code"], "bad_request");
 }
+
+/// Mutations of valid bodies and topics (a cheap stand-in for the `command_mqtt` fuzz target
+/// in every test run): never a panic, and every error renders as a JSON response.
+#[test]
+fn mutated_bodies_and_topics_never_panic() {
+    let seeds: [&[u8]; 6] = [
+        br#"{"value": 320, "reason": "33cl"}"#,
+        br#"{"value": [1.5, 2.5], "select": true}"#,
+        br#"{"confirm": "17"}"#,
+        br#"{"reject": 17, "reason": "no"}"#,
+        br#"{"cancel": true}"#,
+        br#"{"value": {"columns": ["a"], "types": ["int"], "rows": [[1]]}}"#,
+    ];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut parsed = 0;
+    for i in 0..20_000 {
+        let mut body = seeds[i % seeds.len()].to_vec();
+        for _ in 0..(next() % 4) {
+            let at = (next() as usize) % (body.len() + 1);
+            match next() % 3 {
+                0 if at < body.len() => body[at] = next() as u8,
+                1 => body.insert(at, b"{}[]\",:0e-9\\u"[(next() % 13) as usize]),
+                _ if at < body.len() => {
+                    body.remove(at);
+                }
+                _ => {}
+            }
+        }
+        match parse_request(&body) {
+            Ok(_) => parsed += 1,
+            Err(e) => {
+                let r = MqttResponse::error(&e).render();
+                assert!(serde_json::from_slice::<serde_json::Value>(&r).is_ok());
+            }
+        }
+        let topic = format!(
+            "plant/_cmd/{}",
+            String::from_utf8_lossy(&body[..body.len().min(40)])
+        );
+        let _ = parse_command_topic("plant", &topic);
+    }
+    // The mutations leave some bodies valid: the loop exercised both paths.
+    assert!(parsed > 1000 && parsed < 20_000, "{parsed}");
+}

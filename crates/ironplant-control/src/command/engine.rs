@@ -629,12 +629,13 @@ impl CommandPath {
         if !quality.is_good() {
             return out;
         }
-        let policy = self
-            .policies
-            .get(tag)
-            .cloned()
-            .unwrap_or_else(|| TagPolicy::default_for(tag.clone()));
-        let tolerance = policy.verify.tolerance;
+        // Per sample: read the two settings, do not clone the policy.
+        let (tolerance, restore) = self.policies.get(tag).map_or((0.0, false), |p| {
+            (
+                p.verify.tolerance,
+                p.on_unauthorised_change == OnUnauthorisedChange::Restore,
+            )
+        });
         if let Some(id) = st.inflight {
             // The verification window: no detection, only verification.
             if let Some(i) = self.inflight.get_mut(&id) {
@@ -681,8 +682,7 @@ impl CommandPath {
             seen: value.clone(),
             since: now,
             basis: base.basis.clone(),
-            restore: (policy.on_unauthorised_change == OnUnauthorisedChange::Restore)
-                .then(|| base.value.clone()),
+            restore: restore.then(|| base.value.clone()),
         };
         let basis = match &change.basis {
             Basis::Commanded { id, at } => format!("commanded by command {id} at {at}"),
