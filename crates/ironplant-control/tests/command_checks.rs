@@ -784,3 +784,42 @@ fn the_checks_run_in_the_documented_order() {
     let running = filler_stopped(InterlockState::Violated, "machine_state = 1");
     assert_eq!(refused(&cp.submit(r, &running, t(0.0))).code(), "interlock");
 }
+
+#[test]
+fn one_two_person_command_at_a_time_per_tag() {
+    let mut cp = bottling();
+    let id = cip_pending(&mut cp);
+    let d = cp.submit(
+        req(
+            CIP,
+            Value::Bool(false),
+            Requester::user("gus", Role::Engineer, "g"),
+            Some(Value::Bool(false)),
+        ),
+        &none(),
+        t(10.0),
+    );
+    assert_eq!(
+        refused(&d).reason,
+        RefusalReason::AlreadyPending {
+            id,
+            requested_by: "erin".to_owned(),
+            expires_at: t(60.0)
+        }
+    );
+    assert_eq!(refused(&d).code(), "confirmation_pending");
+    assert_eq!(cp.pending().len(), 1);
+    // Once it has run out (even without a tick), a new one may wait.
+    let d = cp.submit(
+        req(
+            CIP,
+            Value::Bool(true),
+            Requester::user("gus", Role::Engineer, "g"),
+            Some(Value::Bool(false)),
+        ),
+        &none(),
+        t(61.0),
+    );
+    assert!(matches!(d, Decision::AwaitingConfirmation(_)), "{d:?}");
+    assert_eq!(cp.pending().len(), 1);
+}

@@ -304,6 +304,28 @@ impl CommandPath {
                 }
                 Actor::Platform => {}
                 Actor::User { .. } => {
+                    let waiting = self
+                        .pending
+                        .iter()
+                        .find(|(_, p)| p.request.tag == req.tag)
+                        .map(|(id, p)| (*id, p.expires_at));
+                    if let Some((other, expires_at)) = waiting {
+                        if expires_at <= now {
+                            self.expire_pending(other, now);
+                        } else {
+                            let requested_by = self
+                                .pending
+                                .get(&other)
+                                .map(|p| p.request.requester.actor.identity())
+                                .unwrap_or_default();
+                            let reason = RefusalReason::AlreadyPending {
+                                id: other,
+                                requested_by,
+                                expires_at,
+                            };
+                            return self.refuse(id, &req, now, reason);
+                        }
+                    }
                     let expires_at = plus(now, tp.timeout);
                     let record = AuditRecord::from_request(
                         id,

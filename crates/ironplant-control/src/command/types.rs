@@ -430,6 +430,13 @@ pub enum RefusalReason {
     RejectedByConfirmer {
         by: String,
     },
+    /// Two-person rule: another command of the tag is waiting for its second person (one at a
+    /// time per tag, so pending commands are bounded).
+    AlreadyPending {
+        id: CommandId,
+        requested_by: String,
+        expires_at: Timestamp,
+    },
 }
 
 impl RefusalReason {
@@ -458,6 +465,7 @@ impl RefusalReason {
             ConfirmerRoleTooLow { .. } => "confirmer_role_too_low",
             TwoPersonNeedsUsers => "two_person_needs_users",
             RejectedByConfirmer { .. } => "rejected",
+            AlreadyPending { .. } => "confirmation_pending",
         }
     }
 }
@@ -539,6 +547,14 @@ impl fmt::Display for RefusalReason {
                 "two-person rule: the tag needs two people; a rule cannot request or confirm it",
             ),
             RejectedByConfirmer { by } => write!(f, "two-person rule: rejected by {by}"),
+            AlreadyPending {
+                id,
+                requested_by,
+                expires_at,
+            } => write!(
+                f,
+                "two-person rule: command {id} by {requested_by} is waiting for confirmation until {expires_at}; confirm or reject it first"
+            ),
         }
     }
 }
