@@ -9,6 +9,7 @@ use ironplant_core::{Quality, TagPath, Timestamp, Value, ValueType, WriteAck};
 
 use super::audit::{AuditRecord, AuditResult};
 use super::config::{CommandSettings, InterlockSettings, OnUnauthorisedChange, TagPolicy};
+use super::snapshot::{CommandSnapshot, SnapshotError, TagSnapshot};
 use super::types::{
     admits, values_match, Accepted, Actor, Authorisation, CommandId, CommandRequest, Decision,
     EnvelopeViolation, InterlockState, Interlocks, Origin, Pending, Refusal, RefusalReason,
@@ -784,6 +785,91 @@ impl CommandPath {
             out.push(self.failed(id, last, why, now));
         }
         out
+    }
+
+    /// The state to keep across a restart (see [`CommandSnapshot`]). A tag with a command in
+    /// flight keeps the expectation it had before that command (the outcome is unknown).
+    pub fn snapshot(&self) -> CommandSnapshot {
+        let mut tags: Vec<TagSnapshot> = self
+            .tags
+            .iter()
+            .map(|(tag, st)| {
+                let base = match st.inflight.and_then(|id| self.inflight.get(&id)) {
+                    Some(i) => i.previous.as_ref(),
+                    None => st.baseline.as_ref(),
+                };
+                let (basis, command, since) = match base.map(|b| &b.basis) {
+                    None => (None, None, None),
+                    Some(Basis::Commanded { id, at }) => (Some("commanded"), Some(id.0), Some(*at)),
+                    Some(Basis::Configured) => (Some("configured"), None, None),
+                    Some(Basis::Learned { at }) => (Some("learned"), None, Some(*at)),
+                };
+                TagSnapshot {
+                    tag: tag.as_str().to_owned(),
+                    expected: base.map(|b| b.value.clone()),
+                    basis: basis.map(str::to_owned),
+                    command,
+                    since,
+                    last_write_at: st.last_write.map(|(_, at)| at),
+                    last_write_value: st.last_write.and_then(|(v, _)| v),
+                    flagged: st.flagged.clone(),
+                }
+            })
+            .collect();
+        tags.sort_by(|a, b| a.tag.cmp(&b.tag));
+        CommandSnapshot {
+            version: 1,
+            next_command: self.next_id,
+            tags,
+        }
+    }
+
+    /// Takes back a [`CommandPath::snapshot`] at start, before any sample or command. A
+    /// configured `expected` value wins over a kept `configured` one (the file may have
+    /// changed); kept tags are watched. Nothing is applied if the snapshot is unusable.
+    pub fn restore(&mut self, snap: &CommandSnapshot) -> Result<usize, SnapshotError> {
+        if snap.version != 1 {
+            return Err(SnapshotError::Version(snap.version));
+        }
+        let mut parsed = Vec::with_capacity(snap.tags.len());
+        for t in &snap.tags {
+            let tag = TagPath::parse(&t.tag).map_err(|_| SnapshotError::Tag(t.tag.clone()))?;
+            let basis = match (t.basis.as_deref(), t.command, t.since) {
+                (None, ..) => None,
+                (Some("commanded"), Some(id), Some(at)) => Some(Basis::Commanded {
+                    id: CommandId(id),
+                    at,
+                }),
+                (Some("configured"), ..) => Some(Basis::Configured),
+                (Some("learned"), _, Some(at)) => Some(Basis::Learned { at }),
+                (Some(other), ..) => {
+                    return Err(SnapshotError::Basis {
+                        tag: t.tag.clone(),
+                        basis: other.to_owned(),
+                    })
+                }
+            };
+            parsed.push((tag, basis, t));
+        }
+        let n = parsed.len();
+        for (tag, basis, t) in parsed {
+            let st = self.tags.entry(tag).or_default();
+            match (basis, &t.expected) {
+                (Some(Basis::Configured), _) | (None, _) | (_, None) => {}
+                (Some(basis), Some(value)) => {
+                    st.baseline = Some(Baseline {
+                        value: value.clone(),
+                        basis,
+                    });
+                }
+            }
+            if let Some(at) = t.last_write_at {
+                st.last_write = Some((t.last_write_value, at));
+            }
+            st.flagged = t.flagged.clone();
+        }
+        self.next_id = self.next_id.max(snap.next_command);
+        Ok(n)
     }
 
     // ---- internals --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ mod audit;
 mod config;
 mod engine;
 pub mod mqtt;
+mod snapshot;
 mod types;
 
 pub use audit::{AuditRecord, AuditResult};
@@ -32,6 +33,7 @@ pub use config::{
     TwoPerson, Verify, DEFAULT_TWO_PERSON_TIMEOUT, DEFAULT_VERIFY_TIMEOUT,
 };
 pub use engine::{Basis, CommandPath, Outcome, SelectToken, UnauthorisedChange};
+pub use snapshot::{CommandSnapshot, SnapshotError, TagSnapshot};
 pub use types::{
     values_match, Accepted, Actor, Authorisation, CommandId, CommandRequest, Decision, Denial,
     EnvelopeViolation, InterlockState, InterlockStatus, Interlocks, Origin, Pending, Refusal,
