@@ -9,7 +9,7 @@ use std::time::Duration;
 use command_support::*;
 use ironplant_control::command::{
     AuditResult, Authorisation, CommandId, Decision, Denial, EnvelopeViolation, InterlockState,
-    Refusal, RefusalReason, Requester, Role, TagInfo,
+    Origin, Refusal, RefusalReason, Requester, Role, TagInfo,
 };
 use ironplant_core::{Quality, QualityReason, Value, ValueType};
 
@@ -488,10 +488,10 @@ fn a_cancelled_selection_frees_the_tag() {
     let mut cp = bottling();
     selected_recipe(&mut cp, 0.0);
     assert!(
-        !cp.cancel_select(&path(RECIPE), &bob(), t(1.0)),
+        !cp.cancel_select(&path(RECIPE), &bob(), Origin::Mqtt, t(1.0)),
         "bob holds nothing"
     );
-    assert!(cp.cancel_select(&path(RECIPE), &alice(), t(1.0)));
+    assert!(cp.cancel_select(&path(RECIPE), &alice(), Origin::Mqtt, t(1.0)));
     assert_eq!(last_result(&mut cp), AuditResult::SelectCancelled);
     let d = cp.submit(
         req(RECIPE, Value::Int(4), alice(), Some(Value::Int(3))),

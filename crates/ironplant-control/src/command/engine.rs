@@ -415,7 +415,13 @@ impl CommandPath {
     }
 
     /// Cancels the session's selection of the tag; `false` if it held none.
-    pub fn cancel_select(&mut self, tag: &TagPath, requester: &Requester, now: Timestamp) -> bool {
+    pub fn cancel_select(
+        &mut self,
+        tag: &TagPath,
+        requester: &Requester,
+        origin: Origin,
+        now: Timestamp,
+    ) -> bool {
         let Some(st) = self.tags.get_mut(tag) else {
             return false;
         };
@@ -436,7 +442,7 @@ impl CommandPath {
             requester: requester.clone(),
             authorisation: Authorisation::Allowed,
             reason: String::new(),
-            origin: Origin::Rest,
+            origin,
         };
         self.audit.push(AuditRecord::from_request(
             sel.id,
