@@ -216,3 +216,47 @@ fn a_newer_command_supersedes_one_still_in_flight() {
         vec![second]
     );
 }
+
+#[test]
+fn after_a_verifying_echo_samples_of_earlier_polls_are_stale_not_changes() {
+    let mut cp = bottling();
+    let speed = path(SPEED);
+    cp.observe(&speed, &Value::Int(300), Quality::GOOD, t(0.0));
+    let id = accepted_speed(&mut cp, 350, 1.0);
+    assert!(matches!(
+        cp.device_acknowledged(id, &ack(Some(Value::Int(350))), t(1.1)),
+        Some(Outcome::Verified { .. })
+    ));
+    // A poll made before the write reaches the path after the echo: stale, no finding.
+    assert!(cp
+        .observe(&speed, &Value::Int(300), Quality::GOOD, t(1.2))
+        .is_empty());
+    // The device caught up; from now on a difference is a change.
+    assert!(cp
+        .observe(&speed, &Value::Int(350), Quality::GOOD, t(1.3))
+        .is_empty());
+    assert!(matches!(
+        cp.observe(&speed, &Value::Int(300), Quality::GOOD, t(1.4))
+            .as_slice(),
+        [Outcome::UnauthorisedChange(_)]
+    ));
+}
+
+#[test]
+fn a_change_right_after_a_verifying_echo_is_caught_once_the_settling_time_is_over() {
+    let mut cp = bottling();
+    let speed = path(SPEED);
+    cp.observe(&speed, &Value::Int(300), Quality::GOOD, t(0.0));
+    let id = accepted_speed(&mut cp, 350, 1.0);
+    cp.device_acknowledged(id, &ack(Some(Value::Int(350))), t(1.0));
+    // A rogue master overwrote it before the next poll: taken as stale within the verify
+    // timeout (5 s), reported after it.
+    assert!(cp
+        .observe(&speed, &Value::Int(500), Quality::GOOD, t(2.0))
+        .is_empty());
+    let out = cp.observe(&speed, &Value::Int(500), Quality::GOOD, t(6.0));
+    assert!(
+        matches!(out.as_slice(), [Outcome::UnauthorisedChange(c)] if c.seen == Value::Int(500)),
+        "{out:?}"
+    );
+}

@@ -2,11 +2,13 @@
 //! Modbus TCP (`ironplant-sim`), polled and written by the Modbus device task
 //! (`ironplant-modbus`). A viewer's write is refused and never reaches the PLC; an operator's
 //! write reaches it and is verified by the device's read-back; a rogue write by a second Modbus
-//! master is caught at the next poll, and the restore puts the commanded value back.
+//! master (the simulator's attack, or a pymodbus client) is caught at the next poll, and the
+//! restore puts the commanded value back.
 //!
 //! The command path's `now` is a manual clock (it is sans-IO); only the plant runs in real
 //! time, and the test waits on samples with a deadline, never on sleeps.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,8 +88,28 @@ fn request(meta: &TagMeta, value: Value, who: Requester, current: &Value) -> Com
     }
 }
 
+/// Who writes the setpoint behind the platform's back.
+enum Rogue {
+    /// `ironplant_sim::attack::rogue_write` (`ironplant attack rogue-write`).
+    Simulator,
+    /// A pymodbus client (tests/peers/modbus_rogue_write.py) run by this interpreter.
+    Pymodbus(PathBuf),
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_reach_the_simulated_plc_and_a_rogue_write_is_caught_at_the_next_poll() {
+    scenario(Rogue::Simulator).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_write_by_a_pymodbus_client_is_caught_at_the_next_poll() {
+    let Some(py) = ironplant_testkit::python("pymodbus", "pymodbus") else {
+        return;
+    };
+    scenario(Rogue::Pymodbus(py)).await;
+}
+
+async fn scenario(rogue: Rogue) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let sim = tokio::spawn(ironplant_sim::run(listener, 7));
@@ -188,17 +210,51 @@ async fn commands_reach_the_simulated_plc_and_a_rogue_write_is_caught_at_the_nex
         }
         other => panic!("expected verified, got {other:?}"),
     }
-    let (v, out) = next_value(&mut sub, &ns, &mut cp, &speed, t(3.0)).await;
-    assert_eq!(v, Value::Int(450));
-    assert!(out.is_empty(), "{out:?}");
+    // Polls made before the write may still show 400: stale, no finding.
+    loop {
+        let (v, out) = next_value(&mut sub, &ns, &mut cp, &speed, t(3.0)).await;
+        assert!(out.is_empty(), "{out:?}");
+        if v != Value::Int(400) {
+            assert_eq!(v, Value::Int(450));
+            break;
+        }
+    }
 
     // A second Modbus master writes the setpoint behind the platform's back.
-    let rogue = ironplant_sim::attack::rogue_write(addr, "speed_setpoint", Value::Int(520))
-        .await
-        .expect("the rogue write");
-    assert_eq!(rogue.read_back, Value::Int(520));
-    // The first poll that shows it is the finding.
-    let (v, out) = next_value(&mut sub, &ns, &mut cp, &speed, t(4.0)).await;
+    match rogue {
+        Rogue::Simulator => {
+            let w = ironplant_sim::attack::rogue_write(addr, "speed_setpoint", Value::Int(520))
+                .await
+                .expect("the rogue write");
+            assert_eq!(w.read_back, Value::Int(520));
+        }
+        Rogue::Pymodbus(py) => {
+            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/peers/modbus_rogue_write.py");
+            let port = addr.port().to_string();
+            let run = tokio::task::spawn_blocking(move || {
+                ironplant_testkit::run_script(
+                    &py,
+                    &script,
+                    &["127.0.0.1", &port, "1", "0", "520"],
+                    Duration::from_secs(20),
+                    "the pymodbus rogue write",
+                )
+            })
+            .await
+            .expect("the script runner");
+            assert_eq!(run.stdout.trim(), "WROTE 520 READ 520", "{}", run.report);
+        }
+    }
+    // Samples of polls made before the write still show 450 (and are no finding); the first
+    // poll that shows 520 is the finding.
+    let (v, out) = loop {
+        let (v, out) = next_value(&mut sub, &ns, &mut cp, &speed, t(4.0)).await;
+        if v != Value::Int(450) {
+            break (v, out);
+        }
+        assert!(out.is_empty(), "{out:?}");
+    };
     assert_eq!(v, Value::Int(520));
     let change = match out.as_slice() {
         [Outcome::UnauthorisedChange(c)] => c.clone(),
@@ -224,9 +280,15 @@ async fn commands_reach_the_simulated_plc_and_a_rogue_write_is_caught_at_the_nex
         cp.device_acknowledged(a.id, &ack, t(5.1)),
         Some(Outcome::Verified { .. })
     ));
-    let (v, out) = next_value(&mut sub, &ns, &mut cp, &speed, t(6.0)).await;
-    assert_eq!(v, Value::Int(450));
-    assert!(out.is_empty(), "{out:?}");
+    // Polls made before the restore may still show 520: stale, no second finding.
+    loop {
+        let (v, out) = next_value(&mut sub, &ns, &mut cp, &speed, t(6.0)).await;
+        assert!(out.is_empty(), "{out:?}");
+        if v != Value::Int(520) {
+            assert_eq!(v, Value::Int(450));
+            break;
+        }
+    }
 
     let story: Vec<(String, &'static str)> = cp
         .drain_audit()

@@ -120,6 +120,10 @@ struct TagState {
     /// The command in flight (accepted, not yet verified, failed or errored).
     inflight: Option<CommandId>,
     last_seen: Option<Value>,
+    /// After a verification by the device's echo, samples of polls made before the write may
+    /// still be on their way: until one shows the value the device now has (or this time
+    /// passes), a differing sample is taken as stale, not as a change.
+    settle_until: Option<Timestamp>,
 }
 
 #[derive(Debug)]
@@ -600,16 +604,24 @@ impl CommandPath {
             Stage::Verifying { .. } => None,
         };
         if let Some(echoed) = &ack.echoed {
-            if values_match(echoed, &i.value, tolerance) {
+            let tag = i.tag.clone();
+            let outcome = if values_match(echoed, &i.value, tolerance) {
                 let seen = echoed.clone();
-                return Some(self.verified(id, seen, now));
+                self.verified(id, seen, now)
+            } else {
+                let why = format!(
+                    "the device echoed {echoed} after the write of {} ({})",
+                    i.value, ack.detail
+                );
+                let last = Some(echoed.clone());
+                self.failed(id, last, why, now)
+            };
+            if let Some(st) = self.tags.get_mut(&tag) {
+                if st.inflight.is_none() {
+                    st.settle_until = Some(plus(now, timeout));
+                }
             }
-            let why = format!(
-                "the device echoed {echoed} after the write of {} ({})",
-                i.value, ack.detail
-            );
-            let last = Some(echoed.clone());
-            return Some(self.failed(id, last, why, now));
+            return Some(outcome);
         }
         if matched.is_some() {
             let seen = i.value.clone();
@@ -688,6 +700,17 @@ impl CommandPath {
             });
             return out;
         };
+        if let Some(until) = st.settle_until {
+            let caught_up = values_match(value, &base.value, tolerance)
+                || st
+                    .flagged
+                    .as_ref()
+                    .is_some_and(|f| values_match(value, f, tolerance));
+            if !caught_up && now < until {
+                return out;
+            }
+            st.settle_until = None;
+        }
         if values_match(value, &base.value, tolerance) {
             if st.flagged.take().is_some() {
                 out.push(Outcome::ChangeReverted {
@@ -1149,6 +1172,7 @@ impl CommandPath {
             basis: Basis::Commanded { id, at: now },
         });
         st.flagged = None;
+        st.settle_until = None;
         let mut previous = previous;
         if let Some(old) = superseded.and_then(|s| self.inflight.remove(&s).map(|i| (s, i))) {
             // The superseded command's own "before" is the real one to go back to.
