@@ -18,8 +18,8 @@ use ironplant_control::command::{
 };
 use ironplant_core::config::{parse_with, Registry};
 use ironplant_core::{
-    DeviceWriter, Namespace, Overflow, Quality, Subscription, TagBus, TagMeta, TagPath, Timestamp,
-    Value,
+    DeviceWriter, Namespace, Overflow, Quality, Sample, Subscription, TagBus, TagMeta, TagPath,
+    Timestamp, Value,
 };
 use ironplant_modbus::poller::NoObserver;
 use ironplant_modbus::{DevicePoller, PollPoint};
@@ -75,11 +75,16 @@ async fn next_value(
 fn request(meta: &TagMeta, value: Value, who: Requester, current: &Value) -> CommandRequest {
     CommandRequest {
         tag: meta.path.clone(),
-        info: Some(TagInfo {
-            writable: meta.writable,
-            value_type: meta.value_type,
-            current: Some((current.clone(), Quality::GOOD)),
-        }),
+        info: Some(TagInfo::new(
+            meta,
+            Some(&Sample {
+                tag: meta.id,
+                value: current.clone(),
+                quality: Quality::GOOD,
+                source_ts: Timestamp(0),
+                server_ts: Timestamp(0),
+            }),
+        )),
         value,
         requester: who,
         authorisation: Authorisation::Allowed,

@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use ironplant_core::{Quality, TagPath, Timestamp, Value, ValueType};
+use ironplant_core::{Quality, Sample, TagMeta, TagPath, Timestamp, Value, ValueType};
 
 /// A command's number, unique for the life of a [`super::CommandPath`]; pending two-person
 /// commands are confirmed by it.
@@ -240,6 +240,17 @@ pub struct TagInfo {
     pub value_type: ValueType,
     /// The current value and its quality, if any sample was seen.
     pub current: Option<(Value, Quality)>,
+}
+
+impl TagInfo {
+    /// From the namespace's metadata and the tag's current sample, if any.
+    pub fn new(meta: &TagMeta, current: Option<&Sample>) -> TagInfo {
+        TagInfo {
+            writable: meta.writable,
+            value_type: meta.value_type,
+            current: current.map(|s| (s.value.clone(), s.quality)),
+        }
+    }
 }
 
 /// One command as it reaches the command path, from any origin.
