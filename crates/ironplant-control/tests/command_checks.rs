@@ -704,7 +704,29 @@ fn a_rule_cannot_request_a_two_person_write_and_a_second_person_can_reject() {
     );
     assert_eq!(refused(&d).reason, RefusalReason::TwoPersonNeedsUsers);
     let id = cip_pending(&mut cp);
-    let r = cp.reject(id, &Requester::user("gus", Role::Engineer, "g"), t(3.0));
+    // Who cannot confirm cannot veto either; the command stays pending.
+    let e = cp
+        .reject(id, &bob(), &Authorisation::Allowed, t(2.0))
+        .expect_err("an operator cannot reject an engineer's command");
+    assert_eq!(e.code(), "confirmer_role_too_low");
+    let e = cp
+        .reject(
+            id,
+            &Requester::rule("auto_cip"),
+            &Authorisation::Allowed,
+            t(2.0),
+        )
+        .expect_err("a rule cannot reject");
+    assert_eq!(e.reason, RefusalReason::TwoPersonNeedsUsers);
+    assert_eq!(cp.pending().len(), 1);
+    let r = cp
+        .reject(
+            id,
+            &Requester::user("gus", Role::Engineer, "g"),
+            &Authorisation::Allowed,
+            t(3.0),
+        )
+        .expect("a second engineer may reject");
     assert_eq!(
         r.reason,
         RefusalReason::RejectedByConfirmer {
@@ -713,6 +735,18 @@ fn a_rule_cannot_request_a_two_person_write_and_a_second_person_can_reject() {
     );
     let rec = cp.drain_audit().pop().expect("audited");
     assert_eq!(rec.confirmer.as_deref(), Some("gus"));
+    assert!(cp.pending().is_empty());
+    // The requester may withdraw their own.
+    let id = cip_pending(&mut cp);
+    let r = cp
+        .reject(id, &erin(), &Authorisation::Allowed, t(4.0))
+        .expect("withdrawn");
+    assert_eq!(
+        r.reason,
+        RefusalReason::RejectedByConfirmer {
+            by: "erin".to_owned()
+        }
+    );
     assert!(cp.pending().is_empty());
 }
 

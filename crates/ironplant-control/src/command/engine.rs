@@ -552,14 +552,80 @@ impl CommandPath {
         self.accept(id, req, Some(confirmer.actor.identity()), record, now)
     }
 
-    /// Two-person rule: a user rejects the pending command `id` (the requester may withdraw
-    /// it). Returns the refusal that ends it.
-    pub fn reject(&mut self, id: CommandId, by: &Requester, now: Timestamp) -> Refusal {
-        let Some(p) = self.pending.remove(&id) else {
-            return Refusal {
+    /// Two-person rule: a user rejects the pending command `id`, or its requester withdraws
+    /// it. Anyone else must be able to confirm it (a user of the configured role or above,
+    /// allowed by the policy), so nobody without that right can veto a command. `Ok`: the
+    /// refusal that ends the command; `Err`: why this rejection is refused (the command stays
+    /// pending).
+    pub fn reject(
+        &mut self,
+        id: CommandId,
+        by: &Requester,
+        authorisation: &Authorisation,
+        now: Timestamp,
+    ) -> Result<Refusal, Refusal> {
+        let Some(p) = self.pending.get(&id) else {
+            return Err(Refusal {
                 tag: TagPath::parse("unknown").expect("a one-level literal path is valid"),
                 reason: RefusalReason::UnknownPending { id },
+            });
+        };
+        if now >= p.expires_at {
+            return match self.expire_pending(id, now) {
+                Decision::Refused(r) => Err(r),
+                _ => Err(Refusal {
+                    tag: TagPath::parse("unknown").expect("a one-level literal path is valid"),
+                    reason: RefusalReason::UnknownPending { id },
+                }),
             };
+        }
+        let needs = self
+            .policy(&p.request.tag)
+            .two_person
+            .map_or(super::Role::Engineer, |t| t.role);
+        let withdraw = by.actor.identity() == p.request.requester.actor.identity();
+        let refusal = match &by.actor {
+            _ if withdraw => None,
+            Actor::Rule { .. } | Actor::Platform => Some(RefusalReason::TwoPersonNeedsUsers),
+            Actor::User { role, .. } if !role.at_least(needs) => {
+                Some(RefusalReason::ConfirmerRoleTooLow {
+                    role: Some(*role),
+                    needs,
+                })
+            }
+            Actor::User { .. } => match authorisation {
+                Authorisation::Denied(denial) => Some(RefusalReason::NotAuthorised {
+                    identity: by.actor.identity(),
+                    denial: denial.clone(),
+                }),
+                Authorisation::Allowed => None,
+            },
+        };
+        if let Some(reason) = refusal {
+            let record = p
+                .record
+                .step(
+                    now,
+                    AuditResult::Refused {
+                        code: reason.code().to_owned(),
+                        message: format!(
+                            "the rejection by {} is refused: {reason}",
+                            by.actor.identity()
+                        ),
+                    },
+                )
+                .with_confirmer(by);
+            self.audit.push(record);
+            return Err(Refusal {
+                tag: p.request.tag.clone(),
+                reason,
+            });
+        }
+        let Some(p) = self.pending.remove(&id) else {
+            return Err(Refusal {
+                tag: TagPath::parse("unknown").expect("a one-level literal path is valid"),
+                reason: RefusalReason::UnknownPending { id },
+            });
         };
         let reason = RefusalReason::RejectedByConfirmer {
             by: by.actor.identity(),
@@ -575,10 +641,10 @@ impl CommandPath {
             )
             .with_confirmer(by);
         self.audit.push(record);
-        Refusal {
+        Ok(Refusal {
             tag: p.request.tag,
             reason,
-        }
+        })
     }
 
     /// The device acknowledged the write of command `id`. A matching echo (a Modbus read-back,
