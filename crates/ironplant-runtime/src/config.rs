@@ -2,6 +2,7 @@
 //! composes, each owned and validated by its crate. Layers above add theirs
 //! ([`registry`] + their own sections, e.g. the API's `[http]` and `[security]`).
 
+use ironplant_control::command::{CommandSettings, InterlockSettings};
 use ironplant_core::config::{Config, ConfigErrors, Registry};
 use ironplant_historian::settings::HistorianSettings;
 use ironplant_ingest::IngestSettings;
@@ -16,7 +17,10 @@ pub fn registry() -> Registry {
         .with::<MqttSettings>()
         .with::<Bridges>()
         .with::<SparkplugSettings>()
-        .with::<IngestSettings>();
+        .with::<IngestSettings>()
+        // The command path's sections (after the tags, before the alarms).
+        .with::<CommandSettings>()
+        .with::<InterlockSettings>();
     // After the sections that define tags, so alarms on them pass the unknown-tag check.
     ironplant_control::alarm::config::register(r)
 }

@@ -149,6 +149,12 @@ impl PlatformBuilder {
                 alarms: alarms.clone(),
             }));
         }
+        let has_commands = !self
+            .config
+            .get::<ironplant_control::command::CommandSettings>()
+            .tags
+            .is_empty();
+        crate::commands::install(&runtime, &mut factories, has_commands);
         if !factories.is_empty() {
             let pipeline = Arc::new(Pipeline::new(runtime.events.clone(), self.policy));
             for f in factories {
@@ -174,6 +180,11 @@ impl PlatformBuilder {
                     runtime.metrics.clone(),
                 )?));
             }
+            supervisor.start_service(Arc::new(crate::commands::MqttCommands::new(
+                runtime.commands.clone(),
+                broker.clone(),
+                &self.config.get::<MqttSettings>().uns_prefix,
+            )));
             supervisor.start_sink(Arc::new(uns::UnsSink::new(
                 broker.clone(),
                 &self.config.get::<MqttSettings>().uns_prefix,
