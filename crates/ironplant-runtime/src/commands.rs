@@ -43,10 +43,9 @@ use ironplant_control::command::mqtt::{
     REPLY_LEVEL,
 };
 use ironplant_control::command::{
-    Accepted, AuditRecord, AuditResult, Authorisation, CommandId, CommandPath,
-    CommandRequest, CommandSettings, CommandSnapshot, Decision, InterlockSettings,
-    InterlockState, InterlockStatus, Interlocks, Origin, Outcome, Pending, Refusal, Requester,
-    Role, SelectToken, TagInfo,
+    Accepted, AuditRecord, AuditResult, Authorisation, CommandId, CommandPath, CommandRequest,
+    CommandSettings, CommandSnapshot, Decision, InterlockSettings, InterlockState, InterlockStatus,
+    Interlocks, Origin, Outcome, Pending, Refusal, Requester, Role, SelectToken, TagInfo,
 };
 use ironplant_core::config::Config;
 use ironplant_core::{
@@ -648,8 +647,14 @@ fn lost(file: &Path, why: &str, events: &EventBus, now: Timestamp) {
     );
     tracing::error!("{msg}");
     events.publish(
-        Event::new(now, EventKind::System, "command_state_lost", "commands", msg)
-            .with_severity(Severity::Critical),
+        Event::new(
+            now,
+            EventKind::System,
+            "command_state_lost",
+            "commands",
+            msg,
+        )
+        .with_severity(Severity::Critical),
     );
 }
 
@@ -848,11 +853,9 @@ pub(crate) fn install(
             Box::new(CommandWatch::new(commands.clone(), ns.clone())) as Box<dyn Processor>
         }));
     }
-    runtime
-        .supervisor
-        .start_service(Arc::new(CommandPersister {
-            commands: runtime.commands.clone(),
-        }));
+    runtime.supervisor.start_service(Arc::new(CommandPersister {
+        commands: runtime.commands.clone(),
+    }));
 }
 
 // ---- MQTT ------------------------------------------------------------------------------------
@@ -1050,9 +1053,7 @@ impl Service for MqttCommands {
             let mut rx = self
                 .broker
                 .subscribe_internal_with_origin("commands", &filter, 1024)
-                .map_err(|e| {
-                    ComponentError::new(format!("cannot subscribe to {filter:?}: {e}"))
-                })?;
+                .map_err(|e| ComponentError::new(format!("cannot subscribe to {filter:?}: {e}")))?;
             loop {
                 let (p, origin) = tokio::select! {
                     m = rx.recv() => match m {
@@ -1085,7 +1086,9 @@ impl Service for MqttCommands {
                         result: "error",
                         command: None,
                         code: Some("busy"),
-                        reason: Some(format!("{MQTT_CONCURRENCY} commands are being handled; try again")),
+                        reason: Some(format!(
+                            "{MQTT_CONCURRENCY} commands are being handled; try again"
+                        )),
                         echoed: None,
                         expires: None,
                     };
