@@ -412,7 +412,9 @@ async fn bench_modbus(duration: Duration, tags: usize) -> anyhow::Result<()> {
         &text,
         &ironplant_control::alarm::config::register(
             ironplant_core::config::Registry::new()
-                .with::<ironplant_sparkplug::settings::SparkplugSettings>(),
+                .with::<ironplant_sparkplug::settings::SparkplugSettings>()
+                .with::<ironplant_control::command::CommandSettings>()
+                .with::<ironplant_control::command::InterlockSettings>(),
         ),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;

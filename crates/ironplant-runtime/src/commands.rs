@@ -75,6 +75,15 @@ pub const MQTT_CONCURRENCY: usize = 64;
 /// Where audit records go besides the event bus (the server: the security audit log).
 pub type AuditSink = Box<dyn Fn(&AuditRecord) + Send + Sync>;
 
+/// A record's outcome in one word for the security audit log: the result, with the refusal's
+/// code (`refused:envelope_max`).
+pub fn audit_outcome(r: &AuditRecord) -> String {
+    match &r.result {
+        AuditResult::Refused { code, .. } => format!("refused:{code}"),
+        other => other.code().to_owned(),
+    }
+}
+
 /// The interlocks while the expression engine is not wired into the runtime: every one is
 /// "not evaluated", so a write to a tag that lists one is refused (fail safe) with that
 /// reason. The expression wiring replaces this.
