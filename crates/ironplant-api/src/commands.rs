@@ -212,7 +212,8 @@ struct SelectBody {
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
     #[serde(default)]
-    #[allow(dead_code)] // Read for the body's shape; the path's audit record has no field for it.
+    #[allow(dead_code)]
+    // Read for the body's shape; the path's audit record has no field for it.
     reason: String,
 }
 
@@ -352,11 +353,7 @@ pub(crate) async fn decide(
         )
     })?;
     let c = &st.runtime.commands;
-    let tag = c
-        .pending()
-        .into_iter()
-        .find(|p| p.id == id)
-        .map(|p| p.tag);
+    let tag = c.pending().into_iter().find(|p| p.id == id).map(|p| p.tag);
     let authorisation = match &tag {
         Some(t) => verdict(&caller, t.as_str()),
         // Unknown to the path: it answers unknown_pending.
@@ -366,7 +363,9 @@ pub(crate) async fn decide(
     match action.as_str() {
         "confirm" => outcome(&c.confirm(id, &who, &authorisation).await),
         "reject" => {
-            let r = c.reject(id, &who, &authorisation).map_err(|r| refused(&r))?;
+            let r = c
+                .reject(id, &who, &authorisation)
+                .map_err(|r| refused(&r))?;
             Ok(Json(json!({"command": {
                 "id": id.0, "tag": r.tag.as_str(), "result": "rejected", "message": r.to_string(),
             }}))

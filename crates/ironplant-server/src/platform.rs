@@ -303,7 +303,11 @@ async fn serve_with(
     }));
     let users = sec.users.clone();
     runtime.commands.set_role_resolver(Arc::new(move |name| {
-        let user = users.list_users().ok()?.into_iter().find(|u| u.name == name)?;
+        let user = users
+            .list_users()
+            .ok()?
+            .into_iter()
+            .find(|u| u.name == name)?;
         (!user.disabled).then(|| user.role.as_str().parse().ok())?
     }));
     if let Some(b) = &broker {
