@@ -1113,3 +1113,65 @@ impl Service for MqttCommands {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_never_go_into_the_data_namespace() {
+        let ok = |p: &str, t: &str| response_topic_allowed(p, t);
+        assert!(ok("plant", "clients/abc/replies"));
+        assert!(ok("plant", "plant/_cmd_reply/a/b"));
+        assert!(ok("plant/", "plant/_cmd_reply/a/b"));
+        assert!(!ok("plant", "plant/acme/lyon/speed"), "a tag topic");
+        assert!(!ok("plant", "plant"));
+        assert!(!ok("plant", "plant/_events/security/x"));
+        assert!(!ok("plant", "$SYS/broker/uptime"));
+        assert!(!ok("plant", "spBv1.0/g/NCMD/n"));
+        assert!(!ok("plant", "clients/+/replies"));
+        assert!(!ok("plant", ""));
+        // Without a prefix everything is the UNS: only the reply level.
+        assert!(!ok("", "clients/abc/replies"));
+        assert!(ok("", "_cmd_reply/a/b"));
+        // Another prefix that merely starts the same is not the UNS.
+        assert!(ok("plant", "plantation/replies"));
+    }
+
+    #[test]
+    fn an_interlock_nobody_evaluates_refuses_saying_why() {
+        let s = NotEvaluated
+            .status("filler_stopped")
+            .expect("always answered");
+        assert_eq!(s.state, InterlockState::BadInput);
+        assert!(s.detail.contains("not evaluated"), "{}", s.detail);
+    }
+
+    #[test]
+    fn results_render_as_mqtt_answers() {
+        let tag = TagPath::parse("a/b/c").expect("path");
+        let v = CommandResult::Verified {
+            id: CommandId(7),
+            tag: tag.clone(),
+            value: Value::Int(320),
+            after: Duration::from_millis(12),
+        };
+        let j: serde_json::Value = serde_json::from_slice(&v.to_mqtt().render()).expect("JSON");
+        assert_eq!(
+            j,
+            serde_json::json!({"result": "verified", "command": 7, "echoed": 320})
+        );
+        let e = CommandResult::DeviceError {
+            id: CommandId(8),
+            tag,
+            message: "not connected".to_owned(),
+        };
+        let j: serde_json::Value = serde_json::from_slice(&e.to_mqtt().render()).expect("JSON");
+        assert_eq!(
+            j,
+            serde_json::json!({"result": "device_error", "command": 8, "reason": "not connected"})
+        );
+        assert_eq!(e.result(), "device_error");
+        assert_eq!(e.id(), Some(CommandId(8)));
+    }
+}

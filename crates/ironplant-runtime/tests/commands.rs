@@ -220,6 +220,21 @@ async fn commands_are_decided_written_verified_and_audited() {
 /// the platform writes the commanded value back (through the same checks) and it is verified.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rogue_write_raises_a_security_event_and_is_restored() {
+    rogue_scenario(None).await;
+}
+
+/// The same with the rogue write made by a third-party Modbus client (pymodbus,
+/// tests/peers/modbus_rogue_write.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_write_by_pymodbus_raises_a_security_event_and_is_restored() {
+    let Some(py) = ironplant_testkit::python("pymodbus", "pymodbus") else {
+        return;
+    };
+    rogue_scenario(Some(py)).await;
+}
+
+/// `pymodbus`: the interpreter to run the rogue client with; `None`: the simulator's attack.
+async fn rogue_scenario(pymodbus: Option<PathBuf>) {
     let (addr, sim) = simulator().await;
     let platform = Platform::builder(config(addr), None)
         .start()
@@ -235,10 +250,31 @@ async fn a_rogue_write_raises_a_security_event_and_is_restored() {
     // A poll showing the commanded value ends the window in which older polls are taken as
     // stale, so from here a rogue value is reported at once.
     wait_value(&rt, SPEED, &Value::Int(450)).await;
-    let w = ironplant_sim::attack::rogue_write(addr, "speed_setpoint", Value::Int(520))
-        .await
-        .expect("the rogue write");
-    assert_eq!(w.read_back, Value::Int(520));
+    match pymodbus {
+        None => {
+            let w = ironplant_sim::attack::rogue_write(addr, "speed_setpoint", Value::Int(520))
+                .await
+                .expect("the rogue write");
+            assert_eq!(w.read_back, Value::Int(520));
+        }
+        Some(py) => {
+            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/peers/modbus_rogue_write.py");
+            let port = addr.port().to_string();
+            let run = tokio::task::spawn_blocking(move || {
+                ironplant_testkit::run_script(
+                    &py,
+                    &script,
+                    &["127.0.0.1", &port, "1", "0", "520"],
+                    Duration::from_secs(20),
+                    "the pymodbus rogue write",
+                )
+            })
+            .await
+            .expect("the script runner");
+            assert_eq!(run.stdout.trim(), "WROTE 520 READ 520", "{}", run.report);
+        }
+    }
     let written = Instant::now();
     let seen = until_event(&mut events, |e| {
         is(e, EventKind::Security, "unauthorised_change")
