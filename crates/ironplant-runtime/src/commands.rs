@@ -846,8 +846,8 @@ impl Service for CommandPersister {
 }
 
 /// Installs the command path on a started runtime: ties it to the runtime, adds the
-/// processor (when there is a writable tag to watch or a `[[command]]`), the persister, and,
-/// with a broker, the MQTT service.
+/// processor (when there is a writable tag to watch or a `[[command]]`) and the persister (with
+/// a data directory). The platform starts the MQTT service when there is a broker.
 pub(crate) fn install(
     runtime: &Arc<Runtime>,
     factories: &mut Vec<crate::pipeline::ProcessorFactory>,
@@ -862,9 +862,12 @@ pub(crate) fn install(
             Box::new(CommandWatch::new(commands.clone(), ns.clone())) as Box<dyn Processor>
         }));
     }
-    runtime.supervisor.start_service(Arc::new(CommandPersister {
-        commands: runtime.commands.clone(),
-    }));
+    // Nothing to keep without a data directory.
+    if runtime.commands.file.is_some() {
+        runtime.supervisor.start_service(Arc::new(CommandPersister {
+            commands: runtime.commands.clone(),
+        }));
+    }
 }
 
 // ---- MQTT ------------------------------------------------------------------------------------
