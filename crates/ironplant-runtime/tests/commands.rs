@@ -1,8 +1,11 @@
 //! The command path on the platform, against the simulated bottling line over Modbus TCP
 //! (`ironplant-sim`): a command submitted to the runtime is written by the Modbus device task
-//! and verified by read-back; an MQTT command from paho-mqtt (a third-party client) gets its
-//! answers with its Correlation Data; a rogue write by a second Modbus master raises a critical
-//! security event within two polls and is written back; the state survives a restart.
+//! and verified by read-back, refusals are audited; an MQTT command from paho-mqtt (a
+//! third-party client) gets its answers with its Correlation Data (MQTT 5) or on the reply
+//! topic (3.1.1), a two-person confirmation over MQTT needs the confirmer's role, a retained
+//! command never runs; a rogue write by a second Modbus master (the simulator's attack, or
+//! pymodbus) raises a critical security event within two polls and is written back; the
+//! expected value survives a restart.
 //!
 //! Everything waits on events or samples with a deadline, never on sleeps.
 
@@ -20,6 +23,7 @@ use tokio::time::Instant;
 
 const SPEED: &str = "acme/lyon/bottling/line1/filler/plc/speed_setpoint";
 const LEVEL: &str = "acme/lyon/bottling/line1/tank/plc/level_setpoint";
+const PUMP: &str = "acme/lyon/bottling/line1/tank/plc/pump_enable";
 
 const COMMANDS: &str = r#"
 [mqtt]
@@ -40,6 +44,10 @@ on_unauthorised_change = "restore"
 [[command]]
 tag = "acme/lyon/bottling/line1/tank/plc/level_setpoint"
 interlocks = ["tank_idle"]
+
+[[command]]
+tag = "acme/lyon/bottling/line1/tank/plc/pump_enable"
+two_person = { role = "engineer", timeout = "60s" }
 "#;
 
 /// The shipped example's plant pointed at the simulator at `addr`, polled every 100 ms, with
@@ -484,6 +492,62 @@ async fn an_mqtt_command_round_trip_carries_the_correlation_data() {
     assert_eq!(r["topic"], format!("plant/_cmd_reply/{SPEED}"));
     assert_eq!(r["response"]["result"], "refused");
     assert_eq!(r["response"]["code"], "envelope_max");
+
+    // Two-person rule over MQTT: a confirmation needs the confirmer's role; without one (an
+    // anonymous connection, no resolver) it is refused, with one it is written and verified.
+    let pending = match rt
+        .commands
+        .submit(request(
+            PUMP,
+            Value::Bool(true),
+            Requester::user("erin", Role::Engineer, "s-erin"),
+        ))
+        .await
+    {
+        CommandResult::Pending(p) => p,
+        other => panic!("expected pending, got {other:?}"),
+    };
+    let pump_topic = format!("plant/_cmd/{PUMP}");
+    let confirm = format!(r#"{{"confirm": {}, "reason": "checked"}}"#, pending.id.0);
+    let out = run(vec![
+        "127.0.0.1".into(),
+        port.clone(),
+        "5".into(),
+        pump_topic.clone(),
+        confirm.clone(),
+        "1".into(),
+        "c-1".into(),
+    ])
+    .await
+    .expect("the script runner");
+    let got = lines(&out.stdout);
+    let r = got
+        .iter()
+        .find(|l| l.get("response").is_some())
+        .unwrap_or_else(|| panic!("no response\n{}", out.report));
+    assert_eq!(r["response"]["code"], "role_unknown", "{}", out.report);
+    assert_eq!(rt.commands.pending().len(), 1, "still pending");
+    rt.commands.set_role_resolver(Arc::new(|name: &str| {
+        (name == "anonymous").then_some(Role::Engineer)
+    }));
+    let out = run(vec![
+        "127.0.0.1".into(),
+        port.clone(),
+        "5".into(),
+        pump_topic,
+        confirm,
+        "2".into(),
+        "c-2".into(),
+    ])
+    .await
+    .expect("the script runner");
+    let results: Vec<serde_json::Value> = lines(&out.stdout)
+        .iter()
+        .filter_map(|l| l.get("response").map(|r| r["result"].clone()))
+        .collect();
+    assert_eq!(results, ["accepted", "verified"], "{}", out.report);
+    assert!(rt.commands.pending().is_empty());
+    wait_value(&rt, PUMP, &Value::Bool(true)).await;
 
     // A retained command is answered as an error and never executed.
     let mut events = rt.events.subscribe("test", 4096, EventFilter::all());
