@@ -227,8 +227,9 @@ pub struct Commands {
     runtime: OnceLock<Weak<Runtime>>,
     events: EventBus,
     waiters: Mutex<HashMap<CommandId, oneshot::Sender<CommandResult>>>,
-    /// The selection each (tag, session) got last, to check the `select` id of an operate.
-    selections: Mutex<HashMap<(TagPath, String), CommandId>>,
+    /// The last selection of each tag (one session holds a tag at a time) and its session, to
+    /// check the `select` id of an operate. Bounded by the tags.
+    selections: Mutex<HashMap<TagPath, (String, CommandId)>>,
     audit_sink: RwLock<Option<AuditSink>>,
     roles: RwLock<Option<RoleResolver>>,
     file: Option<PathBuf>,
@@ -413,6 +414,7 @@ impl Commands {
         let this = self.clone();
         let id = a.id;
         let tag = a.tag.clone();
+        let commanded = a.value.clone();
         let written = tokio::spawn(async move { this.write(a).await }).await;
         match written {
             Ok(Some(done)) => {
@@ -437,7 +439,7 @@ impl Commands {
                 CommandResult::Failed {
                     id,
                     tag,
-                    commanded: Value::Null,
+                    commanded,
                     last_seen: None,
                     why: format!(
                         "no read-back outcome within {:.3} s (is the command processor running?)",
@@ -503,7 +505,7 @@ impl Commands {
         if let Ok(t) = &r {
             self.selections
                 .lock()
-                .insert((t.tag.clone(), t.session.clone()), t.id);
+                .insert(t.tag.clone(), (t.session.clone(), t.id));
         }
         r
     }
@@ -513,8 +515,8 @@ impl Commands {
     pub fn is_selection(&self, tag: &TagPath, session: &str, id: CommandId) -> bool {
         self.selections
             .lock()
-            .get(&(tag.clone(), session.to_owned()))
-            .is_some_and(|held| *held == id)
+            .get(tag)
+            .is_some_and(|(s, held)| s == session && *held == id)
     }
 
     /// Drops the session's selection of the tag; `false` if it held none.
@@ -522,8 +524,8 @@ impl Commands {
         let now = Timestamp::now();
         let (held, audit) = self.locked(|p| p.cancel_select(tag, requester, origin, now));
         self.emit(audit);
-        if let Some(s) = &requester.session {
-            self.selections.lock().remove(&(tag.clone(), s.clone()));
+        if held {
+            self.selections.lock().remove(tag);
         }
         held
     }
