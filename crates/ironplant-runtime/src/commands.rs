@@ -72,8 +72,20 @@ pub const OUTCOME_GRACE: Duration = Duration::from_secs(10);
 /// MQTT commands handled at once; more are answered `busy`.
 pub const MQTT_CONCURRENCY: usize = 64;
 
-/// Where audit records go besides the event bus (the server: the security audit log).
+/// Where audit records go besides the event bus (the server: the security audit log). It
+/// must not block (it runs inside the bus's publish path).
 pub type AuditSink = Box<dyn Fn(&AuditRecord) + Send + Sync>;
+
+/// Audit records kept for the sink until it is set.
+pub const EARLY_AUDIT: usize = 1024;
+
+struct AuditOut {
+    sink: Option<AuditSink>,
+    /// Records made before the sink was set.
+    early: Vec<AuditRecord>,
+    /// Records beyond [`EARLY_AUDIT`] made before the sink was set.
+    lost: usize,
+}
 
 /// A record's outcome in one word for the security audit log: the result, with the refusal's
 /// code (`refused:envelope_max`).
@@ -230,7 +242,7 @@ pub struct Commands {
     /// The last selection of each tag (one session holds a tag at a time) and its session, to
     /// check the `select` id of an operate. Bounded by the tags.
     selections: Mutex<HashMap<TagPath, (String, CommandId)>>,
-    audit_sink: RwLock<Option<AuditSink>>,
+    audit_out: Mutex<AuditOut>,
     roles: RwLock<Option<RoleResolver>>,
     file: Option<PathBuf>,
     dirty: AtomicBool,
@@ -264,7 +276,11 @@ impl Commands {
             events: events.clone(),
             waiters: Mutex::new(HashMap::new()),
             selections: Mutex::new(HashMap::new()),
-            audit_sink: RwLock::new(None),
+            audit_out: Mutex::new(AuditOut {
+                sink: None,
+                early: Vec::new(),
+                lost: 0,
+            }),
             roles: RwLock::new(None),
             file,
             dirty: AtomicBool::new(false),
@@ -277,10 +293,21 @@ impl Commands {
         let _ = self.runtime.set(Arc::downgrade(runtime));
     }
 
-    /// Sends every audit record to `sink` too (the server: the security audit log). Called
-    /// outside any lock, after the record's event was published.
+    /// Sends every audit record to `sink` too (the server: the security audit log), after
+    /// the record's event was published, outside the path's lock. Records made before the sink
+    /// was set (the first polls after a start) are handed to it now, up to [`EARLY_AUDIT`].
     pub fn set_audit_sink(&self, sink: AuditSink) {
-        *self.audit_sink.write() = Some(sink);
+        let mut out = self.audit_out.lock();
+        for r in out.early.drain(..) {
+            sink(&r);
+        }
+        if out.lost > 0 {
+            tracing::warn!(
+                lost = out.lost,
+                "command audit records made before the audit log was attached were not kept"
+            );
+        }
+        out.sink = Some(sink);
     }
 
     /// Tells the MQTT side the role of a user by name (the server asks its user store).
@@ -326,9 +353,15 @@ impl Commands {
         if audit.is_empty() {
             return;
         }
-        if let Some(sink) = self.audit_sink.read().as_ref() {
-            for r in audit {
-                sink(r);
+        {
+            let mut out = self.audit_out.lock();
+            match &out.sink {
+                Some(sink) => audit.iter().for_each(sink),
+                None => {
+                    let room = EARLY_AUDIT.saturating_sub(out.early.len());
+                    out.lost += audit.len().saturating_sub(room);
+                    out.early.extend(audit.iter().take(room).cloned());
+                }
             }
         }
         for r in audit {

@@ -373,6 +373,12 @@ async fn the_expected_value_survives_a_restart() {
     .await;
     let change = seen.last().expect("the finding");
     assert_eq!(change.attribute("old_value"), Some(&Value::Int(350)));
+    // The audit sink set after the start still gets the records made before it.
+    let audited = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let a = audited.clone();
+    rt.commands
+        .set_audit_sink(Box::new(move |r| a.lock().push(r.result.code())));
+    assert_eq!(audited.lock().clone(), ["unauthorised_change"]);
     assert_eq!(change.attribute("new_value"), Some(&Value::Int(380)));
     wait_value(&rt, SPEED, &Value::Int(380)).await;
     // Ids stay unique across the restart.
