@@ -480,6 +480,8 @@ fn lenient_plant_full(source: &str) -> Vec<(String, ValueType, bool)> {
         #[serde(rename = "type")]
         data_type: Option<String>,
         table: Option<String>,
+        scale: Option<f64>,
+        offset: Option<f64>,
     }
     config::section::<Vec<RawTag>>(source, "tag")
         .ok()
@@ -490,6 +492,11 @@ fn lenient_plant_full(source: &str) -> Vec<(String, ValueType, bool)> {
             let vt = match t.modbus {
                 Some(p) => match (p.table.as_deref(), p.data_type.as_deref()) {
                     (Some("coil" | "discrete_input"), _) | (_, Some("bool")) => ValueType::Bool,
+                    _ if p.scale.is_some_and(|s| s != 1.0)
+                        || p.offset.is_some_and(|o| o != 0.0) =>
+                    {
+                        ValueType::Float
+                    }
                     (_, Some(t)) if t.starts_with('f') || t == "double" => ValueType::Float,
                     (_, Some(_)) | (_, None) => ValueType::Int,
                 },

@@ -144,6 +144,9 @@ impl Cause {
                 format!("input {tag} sent a value that is not of its declared type")
             }
             CauseKind::DivByZero => format!("division by zero in `{part}`"),
+            CauseKind::NotFinite if self.tag.is_some() => {
+                format!("input {tag} is not a finite number")
+            }
             CauseKind::NotFinite => format!("`{part}` is not a finite number"),
             CauseKind::Overflow => format!("`{part}` overflows"),
             CauseKind::NotEnoughData => format!("`{part}` has not seen enough samples yet"),
@@ -330,7 +333,21 @@ impl Read for Store {
                 Span::default(),
             );
         }
+        nonfinite_input(&mut o, id);
         o
+    }
+}
+
+/// A NaN or infinite input is Bad whatever its own quality: nothing computed from it means
+/// anything.
+fn nonfinite_input(o: &mut Out, id: TagId) {
+    if matches!(o.v, Val::Float(f) if !f.is_finite()) {
+        o.degrade(
+            QualityLevel::Bad,
+            CauseKind::NotFinite,
+            Some(id),
+            Span::default(),
+        );
     }
 }
 
@@ -383,6 +400,7 @@ impl Read for ViaInputs<'_> {
                 Span::default(),
             ),
         }
+        nonfinite_input(&mut o, id);
         o
     }
 }
