@@ -23,7 +23,7 @@ pub struct ComputedDef {
 /// Why a set of computed tags cannot run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ComputedError {
-    /// The names, in order, with the first repeated at the end: `a → b → a`.
+    /// The names, each reading the next, the first repeated at the end: `a → b → a`.
     #[error("computed tags form a cycle: {}", .names.join(" → "))]
     Cycle {
         /// Indices of the definitions on the cycle, in order.
@@ -298,7 +298,7 @@ impl Computed {
             };
             let output = node.def.output;
             // Dependents read the computed value itself, with its quality.
-            self.store.put(output, o.v, o.q, source_ts);
+            self.store.put(output, o.v, o.q, source_ts, o.cause);
             out.push(sample);
             self.stats.samples_out += 1;
             self.mark_dependents(output, BY_INPUT);
@@ -336,8 +336,8 @@ fn find_cycle(succ: &[Vec<usize>], indeg: &[usize]) -> Vec<usize> {
     let mut cur = start;
     loop {
         if let Some(&at) = seen.get(&cur) {
+            // Predecessors are what a node reads: each member reads the next.
             let mut cycle = path[at..].to_vec();
-            cycle.reverse();
             // Start at the first definition in file order, for a stable message.
             if let Some(k) = cycle
                 .iter()
