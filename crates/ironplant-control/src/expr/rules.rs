@@ -177,6 +177,11 @@ impl Rules {
                     names.entry(id).or_insert_with(|| name(id));
                 }
             }
+            for a in &def.actions {
+                if let ActionDef::Write { tag, .. } = a {
+                    names.entry(*tag).or_insert_with(|| name(*tag));
+                }
+            }
             for t in def.when.inputs() {
                 by_tag.entry(*t).or_default().push(i as u32);
             }
