@@ -305,7 +305,7 @@ impl Checker<'_> {
         let Some((id, vt)) = self.resolver.resolve(name, quoted) else {
             let hint = match (quoted, self.resolver.scope()) {
                 (false, Some(scope)) => format!(
-                    "a bare name is a tag of {scope}; write another tag's full path between backticks, e.g. `{scope}/{name}`"
+                    "a bare name is the tag {scope}/<name>, or the only tag of that name below {scope}; otherwise write the full path between backticks, e.g. `{scope}/{name}`"
                 ),
                 (false, None) => "write the tag's full path between backticks, e.g. `acme/lyon/bottling/line1/filler/speed`".to_owned(),
                 (true, _) => "check the path against the [[tag]]s and [[computed]] tags of the configuration".to_owned(),

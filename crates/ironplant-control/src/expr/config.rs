@@ -17,7 +17,7 @@ use super::check::{compile, fits, references};
 use super::engine::{Computed, ComputedDef};
 use super::rules::{ActionDef, RuleDef, Rules};
 use super::template::Template;
-use super::{pattern_matches, ExprError, NamespaceResolver, Resolver, Span, Type};
+use super::{pattern_matches, ExprError, NameIndex, NamespaceResolver, Resolver, Span, Type};
 
 /// The source recorded on computed tags (`TagMeta::device`).
 pub const COMPUTED_SOURCE: &str = "computed";
@@ -103,19 +103,43 @@ struct RawComputed {
 }
 
 /// Resolves names at config load: the plant's `[[tag]]`s and the `[[computed]]` paths (ids
-/// are local to the check; types of computed tags are filled in as they are inferred).
+/// are local to the check; types of computed tags are filled in as they are inferred). Same
+/// rules as [`NamespaceResolver`].
 struct LoadResolver<'a> {
     tags: &'a HashMap<String, (TagId, Option<ValueType>)>,
+    /// Paths by last level.
+    names: &'a HashMap<String, Vec<String>>,
     scope: Option<&'a TagPath>,
 }
 
+fn name_index(tags: &HashMap<String, (TagId, Option<ValueType>)>) -> HashMap<String, Vec<String>> {
+    let mut m: HashMap<String, Vec<String>> = HashMap::new();
+    for p in tags.keys() {
+        let last = p.rsplit('/').next().unwrap_or(p);
+        m.entry(last.to_owned()).or_default().push(p.clone());
+    }
+    m
+}
+
 impl LoadResolver<'_> {
+    /// The path a name stands for, if any.
     fn path_of(&self, name: &str, quoted: bool) -> Option<String> {
         if quoted {
-            Some(name.to_owned())
-        } else {
-            self.scope.map(|s| format!("{}/{name}", s.as_str()))
+            return Some(name.to_owned());
         }
+        let scope = self.scope?;
+        let direct = format!("{}/{name}", scope.as_str());
+        if self.tags.contains_key(&direct) {
+            return Some(direct);
+        }
+        let prefix = format!("{}/", scope.as_str());
+        let mut below = self
+            .names
+            .get(name)?
+            .iter()
+            .filter(|p| p.starts_with(&prefix));
+        let first = below.next()?;
+        below.next().is_none().then(|| first.clone())
     }
 }
 
@@ -260,6 +284,7 @@ fn parse_computed(
     // Dependencies between computed tags, from the names each expression mentions.
     let index: HashMap<TagId, usize> = items.iter().enumerate().map(|(i, it)| (it.id, i)).collect();
     let mut deps: Vec<Vec<usize>> = vec![Vec::new(); items.len()];
+    let names_ix = name_index(tags);
     let mut parsed = vec![true; items.len()];
     for (i, it) in items.iter().enumerate() {
         let (names, patterns) = match references(&it.expr.text) {
@@ -270,25 +295,21 @@ fn parse_computed(
                 continue;
             }
         };
+        let scope = it.path.parent();
         let r = LoadResolver {
             tags,
-            scope: it.path.parent().as_ref().map(|_| &it.path),
+            names: &names_ix,
+            scope: scope.as_ref(),
         };
-        let scope = it.path.parent();
         for (name, quoted) in names {
-            let path = if quoted {
-                Some(name)
-            } else {
-                scope.as_ref().map(|s| format!("{}/{name}", s.as_str()))
-            };
-            if let Some(&j) = path
+            if let Some(&j) = r
+                .path_of(&name, quoted)
                 .and_then(|p| tags.get(&p))
                 .and_then(|(id, _)| index.get(id))
             {
                 deps[i].push(j);
             }
         }
-        let _ = r;
         for p in patterns {
             for (path, (id, _)) in tags.iter() {
                 if pattern_matches(&p, path) {
@@ -331,6 +352,7 @@ fn parse_computed(
         let scope = it.path.parent();
         let r = LoadResolver {
             tags,
+            names: &names_ix,
             scope: scope.as_ref(),
         };
         match compile(&it.expr.text, &r) {
@@ -425,6 +447,7 @@ impl ComputedSettings {
     /// The engine for a running platform: every expression compiled against `ns` (which holds
     /// the computed tags, [`Config::namespace`]). Errors say which computed tag and why.
     pub fn build(&self, ns: &Namespace) -> Result<Computed, Vec<String>> {
+        let index = NameIndex::new(ns);
         let mut defs = Vec::new();
         let mut errors = Vec::new();
         for c in &self.tags {
@@ -434,6 +457,7 @@ impl ComputedSettings {
             };
             let r = NamespaceResolver {
                 namespace: ns,
+                index: &index,
                 scope: c.path.parent(),
             };
             match compile(&c.expr.text, &r) {
@@ -606,11 +630,13 @@ impl RuleSettings {
 
     /// The engine for a running platform, compiled against `ns`.
     pub fn build(&self, ns: &Namespace) -> Result<Rules, Vec<String>> {
+        let index = NameIndex::new(ns);
         let mut defs = Vec::new();
         let mut errors = Vec::new();
         for r in &self.rules {
             let res = NamespaceResolver {
                 namespace: ns,
+                index: &index,
                 scope: r.asset.clone(),
             };
             let mut fail =
@@ -697,6 +723,7 @@ fn parse_rules(
     // The computed tags (and their types) are names rules may read; their own errors are
     // reported by the [[computed]] section.
     parse_computed(source, tags, &mut Diagnostics::new());
+    let names_ix = name_index(tags);
     let mut names = HashSet::new();
     let mut out = Vec::new();
     for raw in raws {
@@ -730,6 +757,7 @@ fn parse_rules(
             .and_then(|a| config::parse_path(d, a, "asset"));
         let resolver = LoadResolver {
             tags,
+            names: &names_ix,
             scope: asset.as_ref(),
         };
         let check =

@@ -185,22 +185,52 @@ pub fn pattern_matches(pattern: &str, path: &str) -> bool {
     }
 }
 
+/// Tags by their last level, for resolving bare names below a scope.
+#[derive(Debug, Default)]
+pub struct NameIndex(std::collections::HashMap<String, Vec<TagId>>);
+
+impl NameIndex {
+    pub fn new(ns: &ironplant_core::Namespace) -> NameIndex {
+        let mut m: std::collections::HashMap<String, Vec<TagId>> = Default::default();
+        for t in ns.tags() {
+            m.entry(t.path.name().to_owned()).or_default().push(t.id);
+        }
+        NameIndex(m)
+    }
+}
+
 /// A [`Resolver`] over a [`ironplant_core::Namespace`]: backtick paths are absolute; a bare
-/// name is a tag of the scope asset (`<scope>/<name>`).
+/// name is the tag `<scope>/<name>`, else the one tag of that name anywhere below the scope
+/// (e.g. `speed_actual` in the scope `…/line1/filler` finds `…/line1/filler/plc/speed_actual`;
+/// two such tags make the name unknown: write the path).
 pub struct NamespaceResolver<'a> {
     pub namespace: &'a ironplant_core::Namespace,
+    pub index: &'a NameIndex,
     pub scope: Option<ironplant_core::TagPath>,
 }
 
 impl Resolver for NamespaceResolver<'_> {
     fn resolve(&self, name: &str, quoted: bool) -> Option<(TagId, ValueType)> {
-        let meta = if quoted {
-            self.namespace.lookup(name)
-        } else {
-            let scope = self.scope.as_ref()?;
-            self.namespace.lookup(&format!("{}/{name}", scope.as_str()))
-        }?;
-        Some((meta.id, meta.value_type))
+        if quoted {
+            let meta = self.namespace.lookup(name)?;
+            return Some((meta.id, meta.value_type));
+        }
+        let scope = self.scope.as_ref()?;
+        if let Some(meta) = self.namespace.lookup(&format!("{}/{name}", scope.as_str())) {
+            return Some((meta.id, meta.value_type));
+        }
+        let mut below = self
+            .index
+            .0
+            .get(name)?
+            .iter()
+            .filter_map(|id| self.namespace.tag(*id))
+            .filter(|m| m.path.is_under(scope));
+        let first = below.next()?;
+        if below.next().is_some() {
+            return None;
+        }
+        Some((first.id, first.value_type))
     }
 
     fn expand(&self, pattern: &str) -> Vec<(TagId, ValueType)> {
