@@ -1,8 +1,12 @@
 //! The `[[computed]]` and `[[rule]]` sections: file:line:col errors inside expressions,
 //! load-time checks, the computed tags in the namespace, and engines built from the config.
 
-use ironplant_control::expr::{Action, ComputedSettings, RuleEvent, RuleSettings};
+use ironplant_control::expr::{
+    Action, ComputedSettings, ConfigScope, ExprText, RuleEvent, RuleSettings, Type,
+};
+use ironplant_core::config::Diagnostics;
 use ironplant_core::config::{parse_with, ConfigErrors, Registry};
+use ironplant_core::TagPath;
 use ironplant_core::{Quality, Sample, Timestamp, Value, ValueType};
 
 const PLANT: &str = r#"
@@ -374,4 +378,58 @@ fn sections_read_on_their_own() {
     let (rules, errs) = RuleSettings::from_source(&text);
     assert!(errs.is_empty(), "{errs:?}");
     assert_eq!(rules.rules[0].name, "reject-rate-high");
+}
+
+#[test]
+fn other_sections_check_their_expressions_in_place() {
+    // As an [[alarm]] or [[interlock]] section would: its own string, checked by ConfigScope.
+    let extra = r#"
+[[computed]]
+path = "acme/lyon/bottling/line1/filler/efficiency"
+expr = "speed_actual / speed_setpoint"
+
+[[my_alarm]]
+condition = "efficiency < 80 && runing"
+"#;
+    let text = format!("{PLANT}{extra}");
+    let cfg = parse_with(
+        "plant.toml",
+        &text,
+        &Registry::new().with::<ComputedSettings>(),
+    );
+    // Core refuses the unknown section; the plant part is what a section's parse receives.
+    assert!(cfg.is_err());
+    let plant = parse_with("plant.toml", PLANT, &Registry::new()).expect("plant");
+    let scope = ConfigScope::new(&text, &plant);
+    let start = text.find("\"efficiency < 80").expect("there");
+    let end = start + "\"efficiency < 80 && runing\"".len();
+    let expr = ExprText::at(&text, "efficiency < 80 && runing".into(), start..end);
+    let asset = TagPath::parse("acme/lyon/bottling/line1/filler").expect("path");
+    let mut d = Diagnostics::new();
+    assert_eq!(
+        scope.check(&expr, Some(&asset), Some(Type::Bool), &mut d),
+        None
+    );
+    let e = &d.errors[0];
+    assert_eq!(&text[e.span.clone()], "runing");
+    assert_eq!(
+        e.message,
+        "unknown tag `runing` (no tag acme/lyon/bottling/line1/filler/runing)"
+    );
+    let ok = ExprText::at(&text, "efficiency < 80 && running".into(), 0..0);
+    let mut d = Diagnostics::new();
+    assert_eq!(
+        scope.check(&ok, Some(&asset), Some(Type::Bool), &mut d),
+        Some(Type::Bool)
+    );
+    assert!(d.is_empty());
+    let mut d = Diagnostics::new();
+    assert_eq!(
+        scope.check(&ok, Some(&asset), Some(Type::Float), &mut d),
+        None
+    );
+    assert_eq!(
+        d.errors[0].message,
+        "the expression is a bool, but a float is needed"
+    );
 }

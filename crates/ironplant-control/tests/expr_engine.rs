@@ -100,6 +100,11 @@ fn only_affected_tags_are_evaluated_each_once_in_order() {
     assert_eq!(values(&tags, &out), [("w".into(), f(7.0))]);
     assert_eq!(c.stats().evaluations, 6);
 
+    // Its own outputs passed back (the extended batch): ignored, not re-evaluated.
+    let again = run(&mut c, &out, 5.5);
+    assert!(again.is_empty());
+    assert_eq!(c.stats().evaluations, 6);
+
     // A tag no expression reads: nothing.
     let out = run(
         &mut c,

@@ -35,8 +35,11 @@ pub struct ExprText {
 impl ExprText {
     /// Reads a string value of the file, working out whether its content maps byte for byte.
     pub fn new(source: &str, raw: &Spanned<String>) -> ExprText {
-        let span = raw.span();
-        let text = raw.get_ref().clone();
+        ExprText::at(source, raw.get_ref().clone(), raw.span())
+    }
+
+    /// The same from a string's parsed `text` and its span in `source` (quotes included).
+    pub fn at(source: &str, text: String, span: Range<usize>) -> ExprText {
         let token = source.get(span.clone()).unwrap_or("");
         let start = ["\"\"\"", "'''", "\"", "'"].iter().find_map(|q| {
             let inner = token.strip_prefix(q)?.strip_suffix(q)?;
@@ -447,7 +450,13 @@ impl ComputedSettings {
     /// The engine for a running platform: every expression compiled against `ns` (which holds
     /// the computed tags, [`Config::namespace`]). Errors say which computed tag and why.
     pub fn build(&self, ns: &Namespace) -> Result<Computed, Vec<String>> {
-        let index = NameIndex::new(ns);
+        let defs = self.defs(ns, &NameIndex::new(ns))?;
+        Computed::new(defs).map_err(|e| vec![e.to_string()])
+    }
+
+    /// The compiled definitions, for a caller that adds its own (e.g. alarm conditions as
+    /// hidden computed tags) before [`Computed::new`].
+    pub fn defs(&self, ns: &Namespace, index: &NameIndex) -> Result<Vec<ComputedDef>, Vec<String>> {
         let mut defs = Vec::new();
         let mut errors = Vec::new();
         for c in &self.tags {
@@ -457,7 +466,7 @@ impl ComputedSettings {
             };
             let r = NamespaceResolver {
                 namespace: ns,
-                index: &index,
+                index,
                 scope: c.path.parent(),
             };
             match compile(&c.expr.text, &r) {
@@ -473,7 +482,7 @@ impl ComputedSettings {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Computed::new(defs).map_err(|e| vec![e.to_string()])
+        Ok(defs)
     }
 
     /// Reads and validates `[[computed]]` of a file on its own (tests, tools): the settings
@@ -536,6 +545,60 @@ fn lenient_plant(source: &str) -> Vec<(String, ValueType)> {
         .into_iter()
         .map(|(p, t, _)| (p, t))
         .collect()
+}
+
+// ---- expressions of other sections ---------------------------------------------------------
+
+/// The names an expression of any section may read at config load (the `[[tag]]`s and the
+/// `[[computed]]` tags, with their types), for sections that hold expressions (alarm
+/// conditions, interlocks): build it once per file, check each expression with
+/// [`ConfigScope::check`] so errors point inside the expression like ours.
+pub struct ConfigScope {
+    tags: HashMap<String, (TagId, Option<ValueType>)>,
+    names: HashMap<String, Vec<String>>,
+}
+
+impl ConfigScope {
+    pub fn new(source: &str, plant: &Config) -> ConfigScope {
+        let mut tags = plant_tags(plant);
+        parse_computed(source, &mut tags, &mut Diagnostics::new());
+        let names = name_index(&tags);
+        ConfigScope { tags, names }
+    }
+
+    /// Compiles `expr` (bare names are tags of `asset`, or the one tag of that name below it),
+    /// reporting a problem into `d` at its place in the file; `want`: the type it must have.
+    /// Returns its type when it is valid.
+    pub fn check(
+        &self,
+        expr: &ExprText,
+        asset: Option<&TagPath>,
+        want: Option<Type>,
+        d: &mut Diagnostics,
+    ) -> Option<Type> {
+        let r = LoadResolver {
+            tags: &self.tags,
+            names: &self.names,
+            scope: asset,
+        };
+        match compile(&expr.text, &r) {
+            Err(e) => {
+                expr.report(d, e);
+                None
+            }
+            Ok(e) => match want {
+                Some(w) if !fits(e.ty(), w.value_type()) => {
+                    d.err(
+                        expr.locate(Span::new(0, expr.text.len())),
+                        format!("the expression is a {}, but a {w} is needed", e.ty()),
+                        (w == Type::Bool).then(|| "compare it, e.g. `level > 90`".to_owned()),
+                    );
+                    None
+                }
+                _ => Some(e.ty()),
+            },
+        }
+    }
 }
 
 // ---- [[rule]] ----------------------------------------------------------------------------------

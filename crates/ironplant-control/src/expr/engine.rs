@@ -81,6 +81,8 @@ pub struct Computed {
     dep_list: Vec<u32>,
     store: Store,
     by_output: HashMap<TagId, u32>,
+    /// By tag id: whether it is a computed tag of this engine.
+    outputs: Vec<bool>,
     dirty: Vec<u8>,
     queue: BinaryHeap<Reverse<u32>>,
     stats: ComputedStats,
@@ -179,11 +181,15 @@ impl Computed {
             dep_list[*at as usize] = v;
             *at += 1;
         }
-        let by_output = nodes
+        let by_output: HashMap<TagId, u32> = nodes
             .iter()
             .enumerate()
             .map(|(i, n)| (n.def.output, i as u32))
             .collect();
+        let mut outputs = vec![false; by_output.keys().map(|t| t.index() + 1).max().unwrap_or(0)];
+        for t in by_output.keys() {
+            outputs[t.index()] = true;
+        }
         Ok(Computed {
             dirty: vec![0; nodes.len()],
             nodes,
@@ -191,6 +197,7 @@ impl Computed {
             dep_list,
             store,
             by_output,
+            outputs,
             queue: BinaryHeap::new(),
             stats: ComputedStats::default(),
         })
@@ -209,6 +216,10 @@ impl Computed {
 
     pub fn stats(&self) -> ComputedStats {
         self.stats
+    }
+
+    fn is_output(&self, tag: TagId) -> bool {
+        self.outputs.get(tag.index()).copied().unwrap_or(false)
     }
 
     fn mark_dependents(&mut self, tag: TagId, why: u8) {
@@ -237,6 +248,10 @@ impl Computed {
     /// expression reads are ignored.
     pub fn process(&mut self, batch: &[Sample], now: Timestamp, out: &mut Vec<Sample>) {
         for s in batch {
+            // Our own outputs coming back (a caller passing the extended batch) are known.
+            if self.is_output(s.tag) {
+                continue;
+            }
             if self.store.update(s) {
                 self.mark_dependents(s.tag, BY_INPUT);
             }

@@ -46,7 +46,8 @@ use ironplant_core::{TagId, ValueType};
 
 pub use check::{compile, references, Expr};
 pub use config::{
-    ComputedConfig, ComputedSettings, ExprText, RuleAction, RuleConfig, RuleSettings,
+    ComputedConfig, ComputedSettings, ConfigScope, ExprText, RuleAction, RuleConfig, RuleSettings,
+    COMPUTED_SOURCE,
 };
 pub use engine::{Computed, ComputedDef, ComputedError, ComputedStats};
 pub use eval::{Cause, CauseKind, ExprState, Inputs, Outcome, Val, MAX_WINDOW_SAMPLES};
