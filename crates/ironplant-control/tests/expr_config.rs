@@ -433,3 +433,31 @@ condition = "efficiency < 80 && runing"
         "the expression is a bool, but a float is needed"
     );
 }
+
+/// The first example of docs/expressions.md loads against a plant with those tags.
+#[test]
+fn the_documented_example_loads() {
+    let doc = include_str!("../../../docs/expressions.md");
+    let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let len = doc[start..].find("```").expect("closed");
+    let example = &doc[start..start + len];
+    let power = r#"
+[[tag]]
+path = "acme/lyon/bottling/line1/filler/meter/power"
+device = "plc"
+modbus = { table = "input", address = 30, type = "f32" }
+
+[[tag]]
+path = "acme/lyon/bottling/line1/capper/meter/power"
+device = "plc"
+modbus = { table = "input", address = 32, type = "f32" }
+"#;
+    let text = format!("{PLANT}{power}{example}");
+    let cfg = parse_with("plant.toml", &text, &registry()).unwrap_or_else(|e| panic!("{e}"));
+    let ns = cfg.namespace();
+    let engine = cfg.get::<ComputedSettings>().build(&ns).expect("builds");
+    assert_eq!(engine.outputs().count(), 4);
+    assert!(engine.needs_tick(), "delta_over");
+    let rules = cfg.get::<RuleSettings>().build(&ns).expect("builds");
+    assert!(rules.needs_tick(), "for = 10s");
+}
