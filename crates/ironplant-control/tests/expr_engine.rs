@@ -348,3 +348,41 @@ fn window_memory_is_bounded_and_keeps_the_integral() {
     };
     assert!((avg - 5.0).abs() < 0.01, "{avg}");
 }
+
+#[test]
+fn the_engine_is_a_processor_on_the_bus() {
+    use ironplant_core::{Processor, ProcessorOutput};
+    fn send<T: Send + 'static>(_: &T) {}
+    let mut tags = Tags::line();
+    let mut c = engine(
+        &mut tags,
+        &[
+            ("eff", ValueType::Float, "speed_actual / speed_setpoint"),
+            ("run_time", ValueType::Float, "time_in_state(running)"),
+        ],
+    )
+    .expect("valid");
+    send(&c);
+    assert_eq!(
+        Processor::tick_interval(&c),
+        Some(std::time::Duration::from_secs(1))
+    );
+    let (sa, sp, r) = (
+        tags.id("speed_actual"),
+        tags.id("speed_setpoint"),
+        tags.id("running"),
+    );
+    let mut batch = vec![
+        good(sa, f(3.0), 1.0),
+        good(sp, f(4.0), 1.0),
+        good(r, Value::Int(1), 1.0),
+    ];
+    let mut out = ProcessorOutput::default();
+    Processor::process(&mut c, &mut batch, t(1.0), &mut out);
+    assert_eq!(batch.len(), 5, "the computed samples follow their inputs");
+    assert_eq!(batch[3].value, f(0.75));
+    assert_eq!(batch[4].value, f(0.0), "a 0/1 integer reads as a bool");
+    let mut ticked = Vec::new();
+    Processor::tick(&mut c, t(4.0), &mut ticked, &mut out);
+    assert_eq!(values(&tags, &ticked), [("run_time".into(), f(3.0))]);
+}

@@ -3,7 +3,11 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-use ironplant_core::{Quality, Sample, TagId, Timestamp, Value, ValueType};
+use std::time::Duration;
+
+use ironplant_core::{
+    Processor, ProcessorOutput, Quality, Sample, TagId, Timestamp, Value, ValueType,
+};
 
 use super::check::Expr;
 use super::eval::{eval, Cause, Cx, ExprState, Out, Store, Val};
@@ -86,6 +90,9 @@ pub struct Computed {
     dirty: Vec<u8>,
     queue: BinaryHeap<Reverse<u32>>,
     stats: ComputedStats,
+    /// For the [`Processor`] impl: derived samples before they join the batch.
+    scratch: Vec<Sample>,
+    tick_every: Duration,
 }
 
 impl Computed {
@@ -200,6 +207,8 @@ impl Computed {
             outputs,
             queue: BinaryHeap::new(),
             stats: ComputedStats::default(),
+            scratch: Vec::new(),
+            tick_every: Duration::from_secs(1),
         })
     }
 
@@ -331,6 +340,38 @@ impl Computed {
             node.def.name,
             cause.describe(node.def.expr.text(), *q, name)
         ))
+    }
+}
+
+impl Computed {
+    /// How often the [`Processor`] impl asks for a tick when some computed tag is
+    /// time-dependent (default 1 s): the resolution of `time_in_state` and the windows.
+    pub fn set_tick_interval(&mut self, every: Duration) {
+        self.tick_every = every.max(Duration::from_millis(10));
+    }
+}
+
+/// The computed tags as a processor on the tag bus: each batch gets the computed samples it
+/// causes appended (so every sink sees them with it); ticks publish time-dependent changes.
+impl Processor for Computed {
+    fn name(&self) -> &str {
+        "computed"
+    }
+
+    fn process(&mut self, batch: &mut Vec<Sample>, now: Timestamp, _out: &mut ProcessorOutput) {
+        let mut derived = std::mem::take(&mut self.scratch);
+        derived.clear();
+        Computed::process(self, batch, now, &mut derived);
+        batch.append(&mut derived);
+        self.scratch = derived;
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        self.needs_tick().then_some(self.tick_every)
+    }
+
+    fn tick(&mut self, now: Timestamp, batch: &mut Vec<Sample>, _out: &mut ProcessorOutput) {
+        Computed::tick(self, now, batch);
     }
 }
 

@@ -66,6 +66,8 @@ impl Val {
     pub fn from_value(v: &Value, ty: Type) -> Option<Val> {
         Some(match (ty, v) {
             (Type::Bool, Value::Bool(b)) => Val::Bool(*b),
+            // A bool kept in a register or a 0/1 integer metric.
+            (Type::Bool, Value::Int(i @ (0 | 1))) => Val::Bool(*i == 1),
             (Type::Int, Value::Int(i)) => Val::Int(*i),
             (Type::Int, Value::Float(f)) if f.fract() == 0.0 && *f >= -9.2e18 && *f <= 9.2e18 => {
                 Val::Int(*f as i64)
