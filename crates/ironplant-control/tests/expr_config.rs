@@ -182,22 +182,41 @@ expr = "1"
         [
             "computed tag acme/lyon/bottling/line1/filler/plc/running is also a configured [[tag]]",
             "computed tags form a cycle: acme/lyon/bottling/line1/filler/a → acme/lyon/bottling/line1/filler/b → acme/lyon/bottling/line1/filler/a",
+            "the expression gives a float but the computed tag's type is int",
             "type \"array<int>\" is not a computed tag's type",
         ],
         "{}",
         errors(extra)
     );
-    // Without the cycle, the type error shows (the cycle stops the type checks).
+    let (l, c) = line_of(extra, "speed_actual * 2");
+    assert!(
+        h[2].starts_with(&format!("plant.toml:{l}:{c}: ")),
+        "{}",
+        h[2]
+    );
+    // A longer cycle, and a tag reading it (not reported: the cycle is the error).
     let extra = r#"
 [[computed]]
-path = "acme/lyon/bottling/line1/filler/typed"
-type = "int"
-expr = "speed_actual * 2"
+path = "acme/lyon/bottling/line1/filler/reader"
+expr = "z + 1"
+
+[[computed]]
+path = "acme/lyon/bottling/line1/filler/x"
+expr = "y"
+
+[[computed]]
+path = "acme/lyon/bottling/line1/filler/y"
+expr = "`acme/lyon/bottling/line1/filler/z` * 2"
+
+[[computed]]
+path = "acme/lyon/bottling/line1/filler/z"
+expr = "x - 1"
 "#;
-    let (l, c) = line_of(extra, "speed_actual * 2");
+    let h = heads(extra);
+    let (l, c) = line_of(extra, "\"y\"");
     assert_eq!(
-        heads(extra),
-        [format!("plant.toml:{l}:{c}: error: the expression gives a float but the computed tag's type is int")]
+        h,
+        [format!("plant.toml:{l}:{c}: error: computed tags form a cycle: acme/lyon/bottling/line1/filler/x → acme/lyon/bottling/line1/filler/y → acme/lyon/bottling/line1/filler/z → acme/lyon/bottling/line1/filler/x")]
     );
 }
 

@@ -323,27 +323,25 @@ fn parse_computed(
             }
         }
     }
-    // Order: depth-first, reporting each cycle once with all its members.
-    let order = match topo(&deps) {
-        Ok(o) => o,
-        Err(cycle) => {
-            let names: Vec<&str> = cycle
-                .iter()
-                .chain(cycle.first())
-                .map(|i| items[*i].path.as_str())
-                .collect();
-            let first = &items[cycle[0]];
-            d.err(
-                first.expr.span.clone(),
-                format!("computed tags form a cycle: {}", names.join(" → ")),
-                Some(
-                    "a computed tag cannot depend on itself, even through others; break the cycle"
-                        .to_owned(),
-                ),
-            );
-            return ComputedSettings::default();
-        }
-    };
+    // Order: dependencies first; each cycle is reported once with all its members, and
+    // what depends on a cycle is not checked further (the cycle is the error).
+    let (order, cycles) = order_and_cycles(&deps);
+    for cycle in cycles {
+        let names: Vec<&str> = cycle
+            .iter()
+            .chain(cycle.first())
+            .map(|i| items[*i].path.as_str())
+            .collect();
+        let first = &items[cycle[0]];
+        d.err(
+            first.expr.span.clone(),
+            format!("computed tags form a cycle: {}", names.join(" → ")),
+            Some(
+                "a computed tag cannot depend on itself, even through others; break the cycle"
+                    .to_owned(),
+            ),
+        );
+    }
     let mut failed = vec![false; items.len()];
     let mut types: Vec<Option<ValueType>> = items.iter().map(|i| i.declared).collect();
     for i in order {
@@ -407,43 +405,63 @@ fn parse_computed(
     }
 }
 
-/// A topological order of `deps` (dependencies first), or a cycle (in dependency order).
-fn topo(deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
-    // 0 = new, 1 = on the stack, 2 = done. Iterative, so a long chain cannot overflow.
-    let mut mark = vec![0u8; deps.len()];
-    let mut order = Vec::with_capacity(deps.len());
-    for root in 0..deps.len() {
-        if mark[root] != 0 {
-            continue;
+/// The nodes that do not depend on a cycle, dependencies first (`deps[v]`: what `v` reads),
+/// and every cycle (each member reads the next), each once.
+fn order_and_cycles(deps: &[Vec<usize>]) -> (Vec<usize>, Vec<Vec<usize>>) {
+    let n = deps.len();
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut missing: Vec<usize> = vec![0; n];
+    for (v, ds) in deps.iter().enumerate() {
+        let mut ds = ds.clone();
+        ds.sort_unstable();
+        ds.dedup();
+        missing[v] = ds.len();
+        for u in ds {
+            readers[u].push(v);
         }
-        let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
-        mark[root] = 1;
-        while let Some(&mut (v, ref mut k)) = stack.last_mut() {
-            if let Some(&w) = deps[v].get(*k) {
-                *k += 1;
-                match mark[w] {
-                    0 => {
-                        mark[w] = 1;
-                        stack.push((w, 0));
-                    }
-                    1 => {
-                        let at = stack.iter().position(|(x, _)| *x == w).unwrap_or(0);
-                        let mut cycle: Vec<usize> = stack[at..].iter().map(|(x, _)| *x).collect();
-                        // Written as "a uses b uses c": reverse to read a → b as "b feeds a"?
-                        // Keep the stack order: each member depends on the next.
-                        cycle.dedup();
-                        return Err(cycle);
-                    }
-                    _ => {}
-                }
-            } else {
-                mark[v] = 2;
-                order.push(v);
-                stack.pop();
+    }
+    let mut ready: Vec<usize> = (0..n).filter(|v| missing[*v] == 0).rev().collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(u) = ready.pop() {
+        order.push(u);
+        for &v in &readers[u] {
+            missing[v] -= 1;
+            if missing[v] == 0 {
+                ready.push(v);
             }
         }
     }
-    Ok(order)
+    // Each node left reads at least one node left: walking what it reads comes back.
+    let mut cycles = Vec::new();
+    let mut done = vec![false; n];
+    for start in 0..n {
+        if missing[start] == 0 || done[start] {
+            continue;
+        }
+        let mut path: Vec<usize> = Vec::new();
+        let mut cur = start;
+        loop {
+            if done[cur] {
+                break;
+            }
+            if let Some(at) = path.iter().position(|x| *x == cur) {
+                let mut cycle = path[at..].to_vec();
+                let k = (0..cycle.len()).min_by_key(|k| cycle[*k]).unwrap_or(0);
+                cycle.rotate_left(k);
+                cycles.push(cycle);
+                break;
+            }
+            path.push(cur);
+            match deps[cur].iter().find(|u| missing[**u] > 0) {
+                Some(&u) => cur = u,
+                None => break,
+            }
+        }
+        for p in path {
+            done[p] = true;
+        }
+    }
+    (order, cycles)
 }
 
 impl ComputedSettings {
