@@ -106,8 +106,21 @@ expr = "speed_actual / speed_setpiont"
         "{out}"
     );
     assert!(
-        out.contains("= hint: a bare name is the tag acme/lyon/bottling/line1/filler/<name>"),
+        out.contains("= hint: did you mean speed_setpoint?\n"),
         "{out}"
+    );
+    let far = "\n[[computed]]\npath = \"acme/lyon/bottling/line1/filler/q\"\nexpr = \"flux\"\n";
+    assert!(
+        errors(far).contains("= hint: a bare name is the tag acme/lyon/bottling/line1/filler/<name>, or the only tag of that name below"),
+        "{}",
+        errors(far)
+    );
+    let quoted = "\n[[computed]]\npath = \"acme/lyon/bottling/line1/filler/q\"\nexpr = \"`acme/lyon/bottling/line1/filler/plc/good_cuont`\"\n";
+    assert!(
+        errors(quoted)
+            .contains("= hint: did you mean `acme/lyon/bottling/line1/filler/plc/good_count`?"),
+        "{}",
+        errors(quoted)
     );
 
     // Literal strings and multi-line strings map too.

@@ -303,12 +303,14 @@ impl Checker<'_> {
 
     fn tag(&mut self, name: &str, quoted: bool, span: Span) -> Result<(N, Type), ExprError> {
         let Some((id, vt)) = self.resolver.resolve(name, quoted) else {
-            let hint = match (quoted, self.resolver.scope()) {
-                (false, Some(scope)) => format!(
+            let suggestion = self.resolver.suggest(name, quoted);
+            let hint = match (&suggestion, quoted, self.resolver.scope()) {
+                (Some(s), _, _) => format!("did you mean {s}?"),
+                (None, false, Some(scope)) => format!(
                     "a bare name is the tag {scope}/<name>, or the only tag of that name below {scope}; otherwise write the full path between backticks, e.g. `{scope}/{name}`"
                 ),
-                (false, None) => "write the tag's full path between backticks, e.g. `acme/lyon/bottling/line1/filler/speed`".to_owned(),
-                (true, _) => "check the path against the [[tag]]s and [[computed]] tags of the configuration".to_owned(),
+                (None, false, None) => "write the tag's full path between backticks, e.g. `acme/lyon/bottling/line1/filler/speed`".to_owned(),
+                (None, true, _) => "check the path against the [[tag]]s and [[computed]] tags of the configuration".to_owned(),
             };
             let what = if quoted {
                 format!("unknown tag `{name}`")

@@ -17,7 +17,9 @@ use super::check::{compile, fits, references};
 use super::engine::{Computed, ComputedDef};
 use super::rules::{ActionDef, RuleDef, Rules};
 use super::template::Template;
-use super::{pattern_matches, ExprError, NameIndex, NamespaceResolver, Resolver, Span, Type};
+use super::{
+    closest, pattern_matches, ExprError, NameIndex, NamespaceResolver, Resolver, Span, Type,
+};
 
 /// The source recorded on computed tags (`TagMeta::device`).
 pub const COMPUTED_SOURCE: &str = "computed";
@@ -165,6 +167,21 @@ impl Resolver for LoadResolver<'_> {
 
     fn scope(&self) -> Option<String> {
         self.scope.map(|s| s.as_str().to_owned())
+    }
+
+    fn suggest(&self, name: &str, quoted: bool) -> Option<String> {
+        if quoted {
+            return closest(name, self.tags.keys().map(String::as_str)).map(|p| format!("`{p}`"));
+        }
+        let prefix = format!("{}/", self.scope?.as_str());
+        closest(
+            name,
+            self.tags
+                .keys()
+                .filter(|p| p.starts_with(&prefix))
+                .filter_map(|p| p.rsplit('/').next()),
+        )
+        .map(str::to_owned)
     }
 }
 

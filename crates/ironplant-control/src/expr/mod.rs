@@ -171,6 +171,43 @@ pub trait Resolver {
     fn scope(&self) -> Option<String> {
         None
     }
+
+    /// A close existing name for an unknown one (a typo), written as it should be.
+    fn suggest(&self, name: &str, quoted: bool) -> Option<String> {
+        let _ = (name, quoted);
+        None
+    }
+}
+
+/// Levenshtein distance, bounded: `None` when above `max` (names are short; only on errors).
+pub(crate) fn distance(a: &str, b: &str, max: usize) -> Option<usize> {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a.len().abs_diff(b.len()) > max {
+        return None;
+    }
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev.last().copied().filter(|d| *d <= max)
+}
+
+/// The closest of `candidates` to `name` within a small distance.
+pub(crate) fn closest<'a>(
+    name: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let max = (name.chars().count() / 3).clamp(1, 3);
+    candidates
+        .filter_map(|c| distance(name, c, max).map(|d| (d, c)))
+        .min()
+        .map(|(_, c)| c)
 }
 
 /// Whether `path` matches `pattern` level by level (`*` matches exactly one level).
@@ -244,5 +281,21 @@ impl Resolver for NamespaceResolver<'_> {
 
     fn scope(&self) -> Option<String> {
         self.scope.as_ref().map(|s| s.as_str().to_owned())
+    }
+
+    fn suggest(&self, name: &str, quoted: bool) -> Option<String> {
+        if quoted {
+            return closest(name, self.namespace.tags().map(|t| t.path.as_str()))
+                .map(|p| format!("`{p}`"));
+        }
+        let scope = self.scope.as_ref()?;
+        closest(
+            name,
+            self.namespace
+                .tags()
+                .filter(|t| t.path.is_under(scope))
+                .map(|t| t.path.name()),
+        )
+        .map(str::to_owned)
     }
 }
