@@ -129,6 +129,7 @@ fn for_durations_hold_on_now_and_a_dip_restarts_them() {
     // A dip below restarts the hold.
     assert!(fired(&run(&mut r, &[s(90.0, 29.5)], 29.5)).is_empty());
     assert!(fired(&run(&mut r, &[s(130.0, 31.0)], 31.0)).is_empty());
+    assert_eq!(r.next_due(), Some(t(61.0)), "the hold restarted at 31 s");
     assert!(fired(&tick(&mut r, 60.0)).is_empty(), "29 s since 31");
     let out = tick(&mut r, 61.0);
     assert_eq!(

@@ -240,6 +240,22 @@ impl Rules {
         self.queue.clear();
     }
 
+    /// The earliest time a rule waiting for its `for` duration would fire if its condition
+    /// holds: a runtime may tick then rather than on a fixed period.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        self.rules
+            .iter()
+            .filter_map(|r| match r.phase {
+                Phase::Pending { since } => {
+                    Some(Timestamp(since.0.saturating_add(
+                        i64::try_from(r.def.hold.as_micros()).unwrap_or(i64::MAX),
+                    )))
+                }
+                _ => None,
+            })
+            .min()
+    }
+
     /// Re-evaluates the rules waiting for their `for` duration and those with time functions.
     pub fn tick(&mut self, now: Timestamp, out: &mut Vec<RuleOutput>) {
         for i in 0..self.rules.len() {
