@@ -493,3 +493,64 @@ modbus = { table = "input", address = 32, type = "f32" }
     let rules = cfg.get::<RuleSettings>().build(&ns).expect("builds");
     assert!(rules.needs_tick(), "for = 10s");
 }
+
+/// Random expression text in every place of both sections: errors, never a panic, and every
+/// error span lies inside the file.
+#[test]
+fn random_sections_never_panic() {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    let pieces = [
+        "speed_actual",
+        "running",
+        "good_count",
+        "`acme/lyon/bottling/line1/filler/plc/reject_count`",
+        "efficiency",
+        "+",
+        "/",
+        "&&",
+        "?",
+        ":",
+        "(",
+        ")",
+        "1",
+        "2.5",
+        "5m",
+        "{",
+        "}",
+        "{{",
+        "\\\"",
+        "'",
+        "é",
+        "round(",
+        "tags(",
+        "\\\\",
+        "nope",
+        ",",
+        " ",
+        "\\n",
+    ];
+    let mut rng = SmallRng::seed_from_u64(7);
+    for _ in 0..500 {
+        let mut gen = || {
+            let n = rng.random_range(0..10);
+            (0..n)
+                .map(|_| pieces[rng.random_range(0..pieces.len())])
+                .collect::<String>()
+        };
+        let extra = format!(
+            "\n[[computed]]\npath = \"acme/lyon/bottling/line1/filler/efficiency\"\nexpr = \"{}\"\n\n[[rule]]\nname = \"r\"\nasset = \"acme/lyon/bottling/line1/filler\"\nwhen = \"{}\"\nthen = [{{ event = \"{}\" }}, {{ publish = \"t/{}\", payload = \"{}\" }}, {{ write = \"acme/lyon/bottling/line1/filler/plc/speed_setpoint\", value = \"{}\" }}]\n",
+            gen(), gen(), gen(), gen(), gen(), gen()
+        );
+        let text = format!("{PLANT}{extra}");
+        if let Err(e) = parse_with("plant.toml", &text, &registry()) {
+            for err in &e.errors {
+                assert!(
+                    err.span.end <= text.len() && err.span.start <= err.span.end,
+                    "{err:?}"
+                );
+            }
+            let _ = e.to_string();
+        }
+    }
+}
