@@ -386,3 +386,36 @@ fn the_engine_is_a_processor_on_the_bus() {
     Processor::tick(&mut c, t(4.0), &mut ticked, &mut out);
     assert_eq!(values(&tags, &ticked), [("run_time".into(), f(3.0))]);
 }
+
+#[test]
+fn timestamps_from_another_age_do_not_panic() {
+    let mut tags = Tags::line();
+    let mut c = engine(
+        &mut tags,
+        &[
+            ("r", ValueType::Float, "rate(speed_actual)"),
+            ("a", ValueType::Float, "avg_over(speed_actual, 1m)"),
+            ("d", ValueType::Float, "delta_over(speed_actual, 1m)"),
+        ],
+    )
+    .expect("valid");
+    let sa = tags.id("speed_actual");
+    let mut out = Vec::new();
+    for (i, ts) in [i64::MIN, 1, i64::MAX - 1, i64::MAX]
+        .into_iter()
+        .enumerate()
+    {
+        let mut s = good(sa, f(i as f64), 0.0);
+        s.source_ts = ironplant_core::Timestamp(ts);
+        c.process(&[s], t(1.0), &mut out);
+        c.tick(ironplant_core::Timestamp(ts), &mut out);
+    }
+    for s in &out {
+        if let Value::Float(x) = s.value {
+            assert!(
+                x.is_finite() || s.quality.level == QualityLevel::Bad,
+                "{s:?}"
+            );
+        }
+    }
+}

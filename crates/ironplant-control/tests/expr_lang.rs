@@ -468,6 +468,10 @@ fn random_expressions_never_panic() {
                 _ => Value::Null,
             };
             let mut s = good(TagId(i as u32), v, f64::from(round));
+            // Now and then a device clock from another age.
+            if rng.random_bool(0.05) {
+                s.source_ts = Timestamp([i64::MIN, i64::MAX, 0, -1][rng.random_range(0..4)]);
+            }
             if rng.random_bool(0.2) {
                 s.quality = Quality::bad(QualityReason::CommFailure);
             }
@@ -477,7 +481,12 @@ fn random_expressions_never_panic() {
             compiled += 1;
             let mut st = e.new_state();
             for k in 0..3 {
-                let o = e.eval(&mut st, &inputs, t(f64::from(round) + f64::from(k)));
+                let now = if k == 2 {
+                    Timestamp(i64::MIN)
+                } else {
+                    t(f64::from(round) + f64::from(k))
+                };
+                let o = e.eval(&mut st, &inputs, now);
                 // A Good float result is finite.
                 if let (Val::Float(x), true) = (&o.value, o.quality.is_good()) {
                     assert!(x.is_finite(), "{text} gave {x} with Good quality");

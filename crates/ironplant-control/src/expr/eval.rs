@@ -896,7 +896,7 @@ fn stateful(f: Stateful, st: &mut FnState, x: Out, now: Timestamp, span: Span) -
             if fresh(*seen) && x.q.level != QualityLevel::Bad {
                 let v = x.v.f();
                 if let Some((lv, lt)) = *last {
-                    *rate = Some((v - lv) / secs(x.ts.0 - lt.0));
+                    *rate = Some((v - lv) / secs(x.ts.0.saturating_sub(lt.0)));
                 }
                 *last = Some((v, x.ts));
                 *seen = x.ts;
@@ -1009,9 +1009,9 @@ fn compact(samples: &mut VecDeque<(Timestamp, f64, bool)>) {
     let mut i = 1;
     while i + 2 < old.len() {
         let ((t1, v1, g1), (t2, v2, g2), t3) = (old[i], old[i + 1], old[i + 2].0);
-        let span = (t3.0 - t1.0) as f64;
+        let span = t3.0.saturating_sub(t1.0) as f64;
         let v = if span > 0.0 {
-            (v1 * (t2.0 - t1.0) as f64 + v2 * (t3.0 - t2.0) as f64) / span
+            (v1 * t2.0.saturating_sub(t1.0) as f64 + v2 * t3.0.saturating_sub(t2.0) as f64) / span
         } else {
             v2
         };
@@ -1037,7 +1037,7 @@ fn window_avg(
             continue;
         }
         covered_from.get_or_insert(from);
-        let dt = end.0 - from.0;
+        let dt = end.0.saturating_sub(from.0);
         if good {
             area += v * dt as f64;
             good_time += dt;
