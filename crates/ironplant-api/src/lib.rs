@@ -23,6 +23,7 @@ use ironplant_runtime::Runtime;
 use serde::{Deserialize, Serialize};
 
 pub mod account;
+pub mod alarms;
 pub mod auth;
 pub mod events;
 pub mod history;
@@ -66,6 +67,9 @@ pub fn router_with(state: Arc<ApiState>, extra: Router<Arc<ApiState>>) -> Router
         .route("/api/v1/assets", get(list_assets))
         .route("/api/v1/history", get(history::get_history))
         .route("/api/v1/events", get(events::get_events))
+        .route("/api/v1/alarms", get(alarms::list))
+        .route("/api/v1/alarms/kpi", get(alarms::kpi))
+        .route("/api/v1/alarms/{id}/{operation}", post(alarms::operate))
         .route(openapi::PATH, get(openapi::get_openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

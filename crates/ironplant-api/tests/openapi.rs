@@ -340,6 +340,53 @@ async fn every_response_matches_the_published_document() {
     let (s, _) = fx.call("GET", e, &format!("{e}?limit=0"), a, None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 
+    // Alarms (the bundled config has two): the summary, every alarm, the KPI report, an
+    // operation refused by state (409), by role (403) and an unknown one (404).
+    let al = "/api/v1/alarms";
+    let (s, list) = fx.call("GET", al, &format!("{al}?all=true"), a, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["alarms"].as_array().map(Vec::len), Some(2), "{list}");
+    fx.call("GET", al, al, a, None).await;
+    let (s, _) = fx
+        .call(
+            "GET",
+            "/api/v1/alarms/kpi",
+            "/api/v1/alarms/kpi?from=now-1h",
+            a,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let op = "/api/v1/alarms/{id}/{operation}";
+    let ack = "/api/v1/alarms/tank_level_high/ack";
+    let body = json!({"comment": "seen"});
+    let (s, _) = fx.call("POST", op, ack, a, Some(body.clone())).await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "a normal alarm has nothing to acknowledge"
+    );
+    let (s, _) = fx
+        .call(
+            "POST",
+            op,
+            "/api/v1/alarms/tank_level_high/explode",
+            a,
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = fx
+        .call(
+            "POST",
+            op,
+            "/api/v1/alarms/tank_level_high/shelve",
+            a,
+            Some(json!({"comment": "sensor swap", "duration": "30m"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
     // Health, metrics, the document itself.
     fx.call("GET", "/healthz", "/healthz", None, None).await;
     let (s, health) = fx.call("GET", "/healthz", "/healthz", a, None).await;
@@ -381,6 +428,16 @@ async fn every_response_matches_the_published_document() {
     let viewer = basic("vera", "viewer-password-1");
     let (s, _) = fx.call("GET", users, users, Some(&viewer), None).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = fx
+        .call(
+            "POST",
+            "/api/v1/alarms/{id}/{operation}",
+            "/api/v1/alarms/tank_level_high/unshelve",
+            Some(&viewer),
+            Some(json!({"comment": "no"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a viewer cannot operate alarms");
     let tokens = "/api/v1/tokens";
     let (s, _) = fx
         .call(

@@ -410,8 +410,10 @@ async fn bench_modbus(duration: Duration, tags: usize) -> anyhow::Result<()> {
     let cfg = ironplant_core::config::parse_with(
         "bottling.toml",
         &text,
-        &ironplant_core::config::Registry::new()
-            .with::<ironplant_sparkplug::settings::SparkplugSettings>(),
+        &ironplant_control::alarm::config::register(
+            ironplant_core::config::Registry::new()
+                .with::<ironplant_sparkplug::settings::SparkplugSettings>(),
+        ),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let ns = cfg.namespace();

@@ -11,12 +11,14 @@ use ironplant_sparkplug::settings::SparkplugSettings;
 /// The sections the runtime's components read. A new domain adds one line here (and its
 /// component one registration line in the platform builder).
 pub fn registry() -> Registry {
-    Registry::new()
+    let r = Registry::new()
         .with::<HistorianSettings>()
         .with::<MqttSettings>()
         .with::<Bridges>()
         .with::<SparkplugSettings>()
-        .with::<IngestSettings>()
+        .with::<IngestSettings>();
+    // After the sections that define tags, so alarms on them pass the unknown-tag check.
+    ironplant_control::alarm::config::register(r)
 }
 
 /// Parses `source` (named `file` in errors) with the runtime's sections.

@@ -6,6 +6,7 @@
 //! bus's publish path. A sample published before a subscriber exists is never delivered to it,
 //! so every subscriber exists before the first source starts.
 
+pub mod alarms;
 pub mod bridges;
 pub mod component;
 pub mod config;
@@ -71,6 +72,8 @@ pub struct Runtime {
     /// The `[[ingest.json]]` mappings (JSON over MQTT and HTTP), shared by the MQTT source and
     /// the API's ingest route.
     pub ingest: Arc<ironplant_ingest::JsonIngest>,
+    /// The configured alarms (`[[alarm]]`), when there are any.
+    pub alarms: Option<Arc<alarms::Alarms>>,
     /// Runs the components (sources, sinks, services): restarts and ordered shutdown.
     pub(crate) supervisor: component::Supervisor,
 }
@@ -82,6 +85,8 @@ pub enum StartError {
     Historian(#[from] HistorianError),
     #[error(transparent)]
     Sparkplug(#[from] sparkplug::SparkplugError),
+    #[error(transparent)]
+    Alarms(#[from] alarms::AlarmStartError),
 }
 
 /// The platform with its standard components: [`Platform::builder`] with `broker` when there is
@@ -255,7 +260,7 @@ impl Runtime {
 
     /// Builds the namespace, the buses, the metrics, the historian and the supervisor, without
     /// starting anything ([`Platform::builder`] starts the components in order).
-    pub fn build(config: &Config, data_dir: Option<&Path>) -> Result<Runtime, HistorianError> {
+    pub fn build(config: &Config, data_dir: Option<&Path>) -> Result<Runtime, StartError> {
         Runtime::build_with(config, data_dir, component::RestartPolicy::default())
     }
 
@@ -263,7 +268,7 @@ impl Runtime {
         config: &Config,
         data_dir: Option<&Path>,
         policy: component::RestartPolicy,
-    ) -> Result<Runtime, HistorianError> {
+    ) -> Result<Runtime, StartError> {
         let namespace = Arc::new(LiveNamespace::new(config.namespace()));
         let bus = TagBus::new(namespace.len());
         let events = EventBus::new();
@@ -294,6 +299,9 @@ impl Runtime {
         for e in ingest.register_tags(&namespace) {
             tracing::error!(error = %e, "an [[ingest.json]] tag is not recorded");
         }
+        // Restored before the first sample: a restart re-raises nothing and loses no
+        // unacknowledged alarm.
+        let alarms = alarms::Alarms::open(config, &namespace.read(), data_dir, &events)?;
         let supervisor = component::Supervisor::new(
             bus.clone(),
             events.clone(),
@@ -309,6 +317,7 @@ impl Runtime {
             writers,
             historian,
             ingest,
+            alarms,
             supervisor,
         })
     }

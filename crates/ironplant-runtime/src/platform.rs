@@ -136,9 +136,22 @@ impl PlatformBuilder {
         )?);
         let supervisor = &runtime.supervisor;
         let mut processors = Vec::new();
-        if !self.processors.is_empty() {
+        let mut factories = self.processors;
+        if let Some(alarms) = &runtime.alarms {
+            let a = alarms.clone();
+            factories.insert(
+                0,
+                Box::new(move || {
+                    Box::new(crate::alarms::AlarmProcessor::new(a.clone())) as Box<dyn Processor>
+                }),
+            );
+            supervisor.start_service(Arc::new(crate::alarms::AlarmPersister {
+                alarms: alarms.clone(),
+            }));
+        }
+        if !factories.is_empty() {
             let pipeline = Arc::new(Pipeline::new(runtime.events.clone(), self.policy));
-            for f in self.processors {
+            for f in factories {
                 let stats = pipeline.add(f);
                 supervisor.adopt(stats.clone());
                 processors.push(stats);

@@ -480,6 +480,21 @@ impl Auth for SecurityAuth {
     }
 
     fn may_publish(&self, who: &Principal, topic: &str) -> bool {
+        if let Some(tag) = crate::policy::command_tag(&self.options.uns_prefix, topic) {
+            // A command is a write: the one policy for writes decides (the role's
+            // write_setpoints permission and the write prefixes), as for the REST API; the
+            // topic ACL does not (operators write setpoints but publish nowhere else).
+            let who_is = identity(who);
+            return !who_is.is_device
+                && who_is
+                    .role
+                    .is_some_and(|r| r.allows(crate::Permission::WriteSetpoints))
+                && match self.access(who) {
+                    Ok(None) => true,
+                    Ok(Some(a)) => a.can_write(tag),
+                    Err(()) => false,
+                };
+        }
         let acl = self.acl.read().clone();
         acl.may_publish(&identity(who), topic)
             && match self.access(who) {

@@ -14,6 +14,8 @@
 //! with read rules may subscribe only to filters that stay inside a readable prefix (no
 //! wildcard before the prefix ends), and nothing outside the UNS (`spBv1.0/...` would carry
 //! the same tags unfiltered); one with write rules may publish only inside a writable prefix.
+//! A command request (`<uns_prefix>/_cmd/<tag path>`, [`command_tag`]) is a write: it needs the
+//! role's write_setpoints permission and the write prefixes, whatever the topic ACL says.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -239,6 +241,24 @@ impl TagAccess {
         }
         strip_uns(uns_prefix, topic).is_some_and(|tag| self.can_write(tag))
     }
+}
+
+/// The topic level under the UNS prefix where commands are requested:
+/// `<uns_prefix>/_cmd/<tag path>` asks to write the tag (the command path's MQTT side).
+pub const COMMAND_LEVEL: &str = "_cmd";
+
+/// The tag a command topic asks to write (`<uns_prefix>/_cmd/<tag path>`); `None` for any
+/// other topic.
+pub fn command_tag<'a>(uns_prefix: &str, topic: &'a str) -> Option<&'a str> {
+    let prefix = uns_prefix.trim_end_matches('/');
+    let rest = if prefix.is_empty() {
+        topic
+    } else {
+        topic.strip_prefix(prefix)?.strip_prefix('/')?
+    };
+    rest.strip_prefix(COMMAND_LEVEL)?
+        .strip_prefix('/')
+        .filter(|t| !t.is_empty())
 }
 
 /// The tag part of a UNS topic or filter; `None` outside the UNS.

@@ -475,3 +475,64 @@ fn a_password_change_ends_what_the_old_password_opened() {
         .expect("login");
     assert_eq!(sec.mqtt.revalidate(&[&again]), vec![true]);
 }
+
+/// `<uns>/_cmd/<tag>` asks the command path to write the tag: the write policy decides (the
+/// role's write_setpoints and the write prefixes), not the topic ACL, so an operator may
+/// request commands but still not publish on the tag's own topic; viewers and devices may not.
+#[test]
+fn command_topics_follow_the_write_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = clock_now();
+    let sec = scoped_security(dir.path(), &clock);
+    let login = |name: &str, role: Role| {
+        let pw = "a long enough password";
+        sec.users.create_user(name, pw, role, None).expect("user");
+        sec.mqtt
+            .connect(&info(name, Some(name), Some(pw.as_bytes()), None))
+            .expect("login")
+    };
+    let operator = login("olivia", Role::Operator);
+    let viewer = login("victor", Role::Viewer);
+    let carol = login("carol", Role::Engineer); // write prefix acme/lyon/line1 (configured)
+    let cmd = "uns/_cmd/acme/lyon/line1/filler/setpoint";
+    assert!(sec.mqtt.may_publish(&operator, cmd));
+    assert!(
+        !sec.mqtt
+            .may_publish(&operator, "uns/acme/lyon/line1/filler/setpoint"),
+        "the tag's own topic is still the ACL's (operators only subscribe)"
+    );
+    assert!(!sec.mqtt.may_publish(&viewer, cmd), "a viewer cannot write");
+    assert!(sec.mqtt.may_publish(&carol, cmd));
+    assert!(
+        !sec.mqtt
+            .may_publish(&carol, "uns/_cmd/acme/lyon/line2/filler/setpoint"),
+        "outside her write prefix"
+    );
+    assert!(!sec.mqtt.may_publish(&operator, "uns/_cmd/"), "no tag");
+    assert!(
+        !sec.mqtt
+            .may_publish(&operator, "_cmd/acme/lyon/line1/filler/setpoint"),
+        "outside the UNS prefix: the ACL decides"
+    );
+    sec.ca.enroll("edge-9", Role::Device, None).expect("enroll");
+    let device = sec
+        .mqtt
+        .connect(&info("edge-9", None, None, Some("edge-9")))
+        .expect("device");
+    assert!(
+        !sec.mqtt.may_publish(&device, cmd),
+        "devices do not command"
+    );
+    assert_eq!(
+        ironplant_security::policy::command_tag("uns", cmd),
+        Some("acme/lyon/line1/filler/setpoint")
+    );
+    assert_eq!(
+        ironplant_security::policy::command_tag("", "_cmd/a/b"),
+        Some("a/b")
+    );
+    assert_eq!(
+        ironplant_security::policy::command_tag("uns", "uns/_cmdx/a"),
+        None
+    );
+}

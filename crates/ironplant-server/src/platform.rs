@@ -283,6 +283,8 @@ async fn serve_with(
             e @ ironplant_runtime::StartError::Sparkplug(_) => anyhow::Error::new(e).context(
                 "cannot start the Sparkplug host application; check [sparkplug] in the config",
             ),
+            e @ ironplant_runtime::StartError::Alarms(_) => anyhow::Error::new(e)
+                .context("cannot start the alarms; check the [[alarm]] sections of the config"),
         })?;
     let mut platform = started;
     let runtime = platform.runtime.clone();
