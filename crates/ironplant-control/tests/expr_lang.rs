@@ -499,3 +499,20 @@ fn random_expressions_never_panic() {
         "the generator should make many valid expressions ({compiled})"
     );
 }
+
+#[test]
+fn inputs_are_described_for_people() {
+    let tags = Tags::line();
+    let e = compile("running && speed_actual > 10 && bottles > 0", &tags).expect("valid");
+    let mut s = line_inputs();
+    s[0].quality = Quality::uncertain(QualityReason::Stale);
+    let inputs: HashMap<TagId, Sample> = s
+        .into_iter()
+        .filter(|s| s.tag != tags.id("bottles"))
+        .map(|s| (s.tag, s))
+        .collect();
+    assert_eq!(
+        e.describe_inputs(&inputs, &|t| tags.name(t)),
+        "acme/lyon/bottling/line1/running = true, acme/lyon/bottling/line1/speed_actual = 18000 (Uncertain(Stale)), acme/lyon/bottling/line1/bottles: no value"
+    );
+}

@@ -456,6 +456,23 @@ impl Expr {
     }
 }
 
+impl Expr {
+    /// The current values of its inputs for people (an interlock's detail, a log line):
+    /// `path = value`, with the quality when not Good, or `no value`.
+    pub fn describe_inputs(&self, inputs: &dyn Inputs, name: &dyn Fn(TagId) -> String) -> String {
+        let mut parts = Vec::with_capacity(self.inputs.len());
+        for id in &self.inputs {
+            let p = name(*id);
+            parts.push(match inputs.sample(*id) {
+                None => format!("{p}: no value"),
+                Some(s) if s.quality.is_good() => format!("{p} = {}", s.value),
+                Some(s) => format!("{p} = {} ({})", s.value, s.quality),
+            });
+        }
+        parts.join(", ")
+    }
+}
+
 /// Most samples a window function keeps; beyond, the oldest two inside the window are merged
 /// into one with the same integral, so memory is bounded whatever the sample rate.
 pub const MAX_WINDOW_SAMPLES: usize = 1024;
