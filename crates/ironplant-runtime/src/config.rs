@@ -16,7 +16,9 @@ pub fn registry() -> Registry {
         .with::<MqttSettings>()
         .with::<Bridges>()
         .with::<SparkplugSettings>()
-        .with::<IngestSettings>();
+        .with::<IngestSettings>()
+        .with::<ironplant_control::expr::ComputedSettings>()
+        .with::<ironplant_control::expr::RuleSettings>();
     // After the sections that define tags, so alarms on them pass the unknown-tag check.
     ironplant_control::alarm::config::register(r)
 }

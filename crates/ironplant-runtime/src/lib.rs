@@ -10,6 +10,7 @@ pub mod alarms;
 pub mod bridges;
 pub mod component;
 pub mod config;
+pub mod control;
 pub mod events;
 pub mod metrics;
 pub mod pipeline;
@@ -87,6 +88,8 @@ pub enum StartError {
     Sparkplug(#[from] sparkplug::SparkplugError),
     #[error(transparent)]
     Alarms(#[from] alarms::AlarmStartError),
+    #[error(transparent)]
+    Logic(#[from] control::LogicStartError),
 }
 
 /// The platform with its standard components: [`Platform::builder`] with `broker` when there is
@@ -301,6 +304,7 @@ impl Runtime {
         }
         // Restored before the first sample: a restart re-raises nothing and loses no
         // unacknowledged alarm.
+        control::register_alarm_inputs(config, &namespace)?;
         let alarms = alarms::Alarms::open(config, &namespace.read(), data_dir, &events)?;
         let supervisor = component::Supervisor::new(
             bus.clone(),
