@@ -410,7 +410,7 @@ async fn bench_modbus(duration: Duration, tags: usize) -> anyhow::Result<()> {
     let cfg = ironplant_core::config::parse_with(
         "bottling.toml",
         &text,
-        &ironplant_control::alarm::config::register(
+        &ironplant_control::register(
             ironplant_core::config::Registry::new()
                 .with::<ironplant_sparkplug::settings::SparkplugSettings>(),
         ),
