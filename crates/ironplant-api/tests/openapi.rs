@@ -340,12 +340,12 @@ async fn every_response_matches_the_published_document() {
     let (s, _) = fx.call("GET", e, &format!("{e}?limit=0"), a, None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 
-    // Alarms (the bundled config has two): the summary, every alarm, the KPI report, an
+    // Alarms (the bundled config has three): the summary, every alarm, the KPI report, an
     // operation refused by state (409), by role (403) and an unknown one (404).
     let al = "/api/v1/alarms";
     let (s, list) = fx.call("GET", al, &format!("{al}?all=true"), a, None).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(list["alarms"].as_array().map(Vec::len), Some(2), "{list}");
+    assert_eq!(list["alarms"].as_array().map(Vec::len), Some(3), "{list}");
     fx.call("GET", al, al, a, None).await;
     let (s, _) = fx
         .call(

@@ -410,11 +410,9 @@ async fn bench_modbus(duration: Duration, tags: usize) -> anyhow::Result<()> {
     let cfg = ironplant_core::config::parse_with(
         "bottling.toml",
         &text,
-        &ironplant_control::alarm::config::register(
+        &ironplant_control::register(
             ironplant_core::config::Registry::new()
-                .with::<ironplant_sparkplug::settings::SparkplugSettings>()
-                .with::<ironplant_control::command::CommandSettings>()
-                .with::<ironplant_control::command::InterlockSettings>(),
+                .with::<ironplant_sparkplug::settings::SparkplugSettings>(),
         ),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;

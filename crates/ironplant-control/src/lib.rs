@@ -11,3 +11,16 @@
 pub mod alarm;
 pub mod command;
 pub mod expr;
+
+/// Adds every section of this crate to `registry`, in the order their checks need
+/// (computed tags before the rules and alarms that read them): `[[computed]]`, `[[rule]]`,
+/// `[[command]]`, `[[interlock]]`, `[alarms]`, `[[alarm]]`. For tools that parse a whole
+/// platform config without the runtime (the simulator's tests, the benchmarks).
+pub fn register(registry: ironplant_core::config::Registry) -> ironplant_core::config::Registry {
+    let r = registry
+        .with::<expr::ComputedSettings>()
+        .with::<expr::RuleSettings>()
+        .with::<command::CommandSettings>()
+        .with::<command::InterlockSettings>();
+    alarm::config::register(r)
+}

@@ -2,6 +2,8 @@
 //! `ironplant_control::alarm` wired in as a processor on the tag bus, its state kept across
 //! restarts, its operations (acknowledge, shelve...) for the API.
 //!
+//! - `condition` and `suppress_when` expressions are hidden computed bool tags
+//!   (`crate::control`), which the alarm engine reads like any tag.
 //! - [`Alarms`] owns the engine behind a lock, shared by the processor, the persister and the
 //!   API. Every transition becomes an `alarm` event on the event bus (historised, on MQTT, on
 //!   the live API).
@@ -86,10 +88,7 @@ impl Alarms {
         }
         let settings = config.get::<AlarmSettings>();
         let mut compile = |e: &ExprSource| -> Result<TagId, String> {
-            Err(format!(
-                "the expression {:?} (condition or suppress_when) needs the expression engine, which is not wired into the runtime yet; use a tag alarm",
-                e.text
-            ))
+            crate::control::alarm_input(config, namespace, e)
         };
         let defs = configs
             .build(namespace, &mut compile)

@@ -18,6 +18,8 @@ pub fn registry() -> Registry {
         .with::<Bridges>()
         .with::<SparkplugSettings>()
         .with::<IngestSettings>()
+        .with::<ironplant_control::expr::ComputedSettings>()
+        .with::<ironplant_control::expr::RuleSettings>()
         // The command path's sections (after the tags, before the alarms).
         .with::<CommandSettings>()
         .with::<InterlockSettings>();

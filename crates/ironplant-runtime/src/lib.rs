@@ -11,6 +11,7 @@ pub mod bridges;
 pub mod commands;
 pub mod component;
 pub mod config;
+pub mod control;
 pub mod events;
 pub mod metrics;
 pub mod pipeline;
@@ -90,6 +91,8 @@ pub enum StartError {
     Sparkplug(#[from] sparkplug::SparkplugError),
     #[error(transparent)]
     Alarms(#[from] alarms::AlarmStartError),
+    #[error(transparent)]
+    Logic(#[from] control::LogicStartError),
 }
 
 /// The platform with its standard components: [`Platform::builder`] with `broker` when there is
@@ -304,6 +307,7 @@ impl Runtime {
         }
         // Restored before the first sample: a restart re-raises nothing and loses no
         // unacknowledged alarm.
+        control::register_alarm_inputs(config, &namespace)?;
         let alarms = alarms::Alarms::open(config, &namespace.read(), data_dir, &events)?;
         let commands = commands::Commands::open(config, &namespace.read(), data_dir, &events);
         let supervisor = component::Supervisor::new(

@@ -234,3 +234,15 @@ impl Service for Ticker {
         })
     }
 }
+
+/// A processor that does nothing: what a factory returns when it can no longer build its
+/// processor (logged by the caller), so the pipeline keeps its order.
+pub struct Inert(pub &'static str);
+
+impl Processor for Inert {
+    fn name(&self) -> &str {
+        self.0
+    }
+
+    fn process(&mut self, _batch: &mut Vec<Sample>, _now: Timestamp, _out: &mut ProcessorOutput) {}
+}

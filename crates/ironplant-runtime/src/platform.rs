@@ -136,19 +136,59 @@ impl PlatformBuilder {
         )?);
         let supervisor = &runtime.supervisor;
         let mut processors = Vec::new();
-        let mut factories = self.processors;
+        // Local logic first, in this order: computed tags (their samples join the batch),
+        // rules (they see them), alarms (on tags and computed tags alike); then the
+        // registered processors. Each factory builds from the config again after a panic.
+        let mut factories: Vec<ProcessorFactory> = Vec::new();
+        {
+            let ns = runtime.namespace.read();
+            if crate::control::computed(&self.config, &ns)?.is_some() {
+                let (config, live) = (self.config.clone(), runtime.namespace.clone());
+                factories.push(Box::new(move || {
+                    match crate::control::computed(&config, &live.read()) {
+                        Ok(Some(c)) => Box::new(c) as Box<dyn Processor>,
+                        // Built once at start, so the same config builds again; if not, say so.
+                        other => {
+                            tracing::error!(error = ?other.err(), "computed tags cannot be rebuilt; they stop updating");
+                            Box::new(crate::pipeline::Inert("computed"))
+                        }
+                    }
+                }));
+            }
+            if crate::control::rules(&self.config, &ns)?.is_some() {
+                let (writer, writes) = crate::control::RuleWriter::new(runtime.events.clone());
+                supervisor.start_service(Arc::new(writer));
+                let (config, live, broker) = (
+                    self.config.clone(),
+                    runtime.namespace.clone(),
+                    self.broker.clone(),
+                );
+                factories.push(Box::new(move || {
+                    match crate::control::rules(&config, &live.read()) {
+                        Ok(Some(r)) => Box::new(crate::control::RuleProcessor::new(
+                            r,
+                            live.clone(),
+                            broker.clone(),
+                            writes.clone(),
+                        )) as Box<dyn Processor>,
+                        other => {
+                            tracing::error!(error = ?other.err(), "rules cannot be rebuilt; they stop running");
+                            Box::new(crate::pipeline::Inert("rules"))
+                        }
+                    }
+                }));
+            }
+        }
         if let Some(alarms) = &runtime.alarms {
             let a = alarms.clone();
-            factories.insert(
-                0,
-                Box::new(move || {
-                    Box::new(crate::alarms::AlarmProcessor::new(a.clone())) as Box<dyn Processor>
-                }),
-            );
+            factories.push(Box::new(move || {
+                Box::new(crate::alarms::AlarmProcessor::new(a.clone())) as Box<dyn Processor>
+            }));
             supervisor.start_service(Arc::new(crate::alarms::AlarmPersister {
                 alarms: alarms.clone(),
             }));
         }
+        factories.extend(self.processors);
         let has_commands = !self
             .config
             .get::<ironplant_control::command::CommandSettings>()

@@ -285,6 +285,9 @@ async fn serve_with(
             ),
             e @ ironplant_runtime::StartError::Alarms(_) => anyhow::Error::new(e)
                 .context("cannot start the alarms; check the [[alarm]] sections of the config"),
+            e @ ironplant_runtime::StartError::Logic(_) => anyhow::Error::new(e).context(
+                "cannot start the local logic; check the [[computed]], [[rule]] and [[alarm]] sections",
+            ),
         })?;
     let mut platform = started;
     let runtime = platform.runtime.clone();

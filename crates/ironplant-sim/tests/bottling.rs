@@ -19,12 +19,7 @@ fn example_config() -> Config {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/bottling.toml");
     let text = std::fs::read_to_string(file).expect("examples/bottling.toml is readable");
     // The plant and the Sparkplug section (the other sections are the platform's).
-    let sections = ironplant_control::alarm::config::register(
-        config::Registry::new()
-            .with::<SparkplugSettings>()
-            .with::<ironplant_control::command::CommandSettings>()
-            .with::<ironplant_control::command::InterlockSettings>(),
-    );
+    let sections = ironplant_control::register(config::Registry::new().with::<SparkplugSettings>());
     config::parse_with("examples/bottling.toml", &text, &sections)
         .unwrap_or_else(|errors| panic!("{errors}"))
 }

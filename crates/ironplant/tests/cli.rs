@@ -239,10 +239,10 @@ fn demo_serves_live_good_changing_values() {
             "{t}"
         );
         // Modbus tags sit at the bottom of the ISA-95 tree; Sparkplug tags are named by
-        // group/node/device/metric.
+        // group/node/device/metric; computed tags live where the config puts them.
         let modbus = !t["device"]
             .as_str()
-            .is_some_and(|d| d.starts_with("sparkplug:"));
+            .is_some_and(|d| d.starts_with("sparkplug:") || d == "computed");
         assert!(
             !modbus
                 || t["path"]

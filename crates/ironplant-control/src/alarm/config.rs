@@ -97,6 +97,9 @@ pub struct AlarmConfigs(pub Vec<AlarmConfig>);
 pub struct ExprSource {
     pub text: String,
     pub span: Range<usize>,
+    /// Where bare names are looked up: the asset of the alarm's tag (or the alarm's subject
+    /// asset).
+    pub scope: Option<TagPath>,
 }
 
 /// One validated `[[alarm]]`.
@@ -213,7 +216,28 @@ impl Section for AlarmConfigs {
     const KEY: &'static str = "alarm";
 
     fn parse(source: &str, plant: &Config, d: &mut Diagnostics) -> AlarmConfigs {
-        parse_alarms(source, &Known::of(plant), d)
+        let alarms = parse_alarms(source, &Known::of(plant), d);
+        check_expressions(source, plant, &alarms, d);
+        alarms
+    }
+}
+
+/// Checks every `condition` and `suppress_when` expression at load, at its place in the file:
+/// syntax, names (bare names are tags of the alarm's scope), a bool result.
+fn check_expressions(source: &str, plant: &Config, alarms: &AlarmConfigs, d: &mut Diagnostics) {
+    if alarms
+        .0
+        .iter()
+        .all(|a| a.condition_expr.is_none() && a.suppress_when.is_none())
+    {
+        return;
+    }
+    let scope = crate::expr::ConfigScope::new(source, plant);
+    for a in &alarms.0 {
+        for e in [&a.condition_expr, &a.suppress_when].into_iter().flatten() {
+            let text = crate::expr::ExprText::at(source, e.text.clone(), e.span.clone());
+            scope.check(&text, e.scope.as_ref(), Some(crate::expr::Type::Bool), d);
+        }
     }
 }
 
@@ -730,6 +754,12 @@ fn validate_alarm(
         "bad_quality" => Condition::BadQuality,
         _ => Condition::Condition,
     };
+    // Bare names in the expressions are tags of the tag's asset (or of the subject asset).
+    let scope = if tag_type.is_some() {
+        tag.parent()
+    } else {
+        Some(tag.clone())
+    };
     let expr = |d: &mut Diagnostics, raw: &Option<Spanned<String>>, field: &str| {
         let raw = raw.as_ref()?;
         if raw.get_ref().trim().is_empty() {
@@ -743,6 +773,7 @@ fn validate_alarm(
         Some(ExprSource {
             text: raw.get_ref().clone(),
             span: raw.span(),
+            scope: scope.clone(),
         })
     };
     let condition_expr = expr(d, &a.condition, "condition");
