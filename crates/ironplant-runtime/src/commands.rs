@@ -21,9 +21,14 @@
 //!   shutdown; [`Commands::open`] restores it before the first sample.
 //! - [`MqttCommands`] (a service, with a broker) serves the MQTT command convention.
 //!
-//! Interlocks: the expression engine is not wired into the runtime yet, so every configured
-//! interlock reports "not evaluated" ([`NotEvaluated`]) and a tag that lists one refuses every
-//! write (`interlock_bad_input`, fail safe) saying why. The expression wiring replaces it.
+//! Interlocks: each `[[interlock]]` expression is compiled at start against the namespace
+//! (`ironplant_control::expr`, absolute paths in backticks) and evaluated on the current values
+//! of its inputs when a command of a tag that lists it is decided (before the path's lock is
+//! taken: the bus's current values are read outside it). An interlock whose expression does not
+//! compile, is not a condition, or has an input that is not Good is "cannot be evaluated", so
+//! the write is refused (fail safe), saying why; a compile error is also a warning system
+//! event at start. Time functions see only the current value (an interlock is a state, not a
+//! history).
 //!
 //! Invariants: the path's lock is never held across an await, a bus publish or a device write
 //! (the processor takes it inside the bus's publish path); every decision and step of a
@@ -45,12 +50,13 @@ use ironplant_control::command::mqtt::{
 use ironplant_control::command::{
     Accepted, AuditRecord, AuditResult, Authorisation, CommandId, CommandPath, CommandRequest,
     CommandSettings, CommandSnapshot, Decision, InterlockSettings, InterlockState, InterlockStatus,
-    Interlocks, Origin, Outcome, Pending, Refusal, Requester, Role, SelectToken, TagInfo,
+    Origin, Outcome, Pending, Refusal, Requester, Role, SelectToken, TagInfo,
 };
+use ironplant_control::expr::{compile, Expr, NameIndex, NamespaceResolver, Type, Val};
 use ironplant_core::config::Config;
 use ironplant_core::{
     BoxFuture, ComponentError, Event, EventBus, EventKind, LiveNamespace, Namespace, Processor,
-    ProcessorOutput, Sample, Severity, Shutdown, TagPath, Timestamp, Value,
+    ProcessorOutput, Sample, Severity, Shutdown, TagId, TagPath, Timestamp, Value,
 };
 use ironplant_mqtt::codec::{MqttString, Publish, QoS};
 use ironplant_mqtt::Broker;
@@ -96,22 +102,86 @@ pub fn audit_outcome(r: &AuditRecord) -> String {
     }
 }
 
-/// The interlocks while the expression engine is not wired into the runtime: every one is
-/// "not evaluated", so a write to a tag that lists one is refused (fail safe) with that
-/// reason. The expression wiring replaces this.
-pub struct NotEvaluated;
+/// The detail of a refusal by an interlock that cannot be evaluated at all.
+pub const NOT_EVALUATED: &str = "not evaluated";
 
-/// The detail of a refusal by an interlock nobody evaluates.
-pub const NOT_EVALUATED: &str =
-    "not evaluated: the expression engine is not wired into the runtime yet";
+/// The configured interlocks, compiled: by name, the expression or why it is unusable.
+pub struct ExprInterlocks {
+    compiled: HashMap<String, Result<Expr, String>>,
+}
 
-impl Interlocks for NotEvaluated {
-    fn status(&self, name: &str) -> Option<InterlockStatus> {
-        Some(InterlockStatus {
+impl ExprInterlocks {
+    /// Compiles every `[[interlock]]` against `namespace`; the second value lists the ones that
+    /// do not compile or are not conditions, in words.
+    pub fn compile(
+        settings: &InterlockSettings,
+        namespace: &Namespace,
+    ) -> (ExprInterlocks, Vec<String>) {
+        let index = NameIndex::new(namespace);
+        let resolver = NamespaceResolver {
+            namespace,
+            index: &index,
+            scope: None,
+        };
+        let mut problems = Vec::new();
+        let compiled = settings
+            .interlocks
+            .iter()
+            .map(|i| {
+                let c = match compile(&i.expr, &resolver) {
+                    Ok(e) if e.ty() == Type::Bool => Ok(e),
+                    Ok(e) => Err(format!(
+                        "its expression is a {}, not a condition (true or false)",
+                        e.ty().as_str()
+                    )),
+                    Err(e) => Err(format!("its expression does not compile: {e}")),
+                };
+                if let Err(why) = &c {
+                    problems.push(format!("interlock {:?} ({:?}): {why}", i.name, i.expr));
+                }
+                (i.name.clone(), c)
+            })
+            .collect();
+        (ExprInterlocks { compiled }, problems)
+    }
+
+    /// The state of the interlock `name` on the current values of `runtime`'s bus, now.
+    pub fn status(&self, name: &str, runtime: Option<&Runtime>, now: Timestamp) -> InterlockStatus {
+        let unknown = |detail: String| InterlockStatus {
             name: name.to_owned(),
             state: InterlockState::BadInput,
-            detail: NOT_EVALUATED.to_owned(),
-        })
+            detail,
+        };
+        let expr = match self.compiled.get(name) {
+            None => return unknown(format!("{NOT_EVALUATED}: no [[interlock]] of that name")),
+            Some(Err(why)) => return unknown(format!("{NOT_EVALUATED}: {why}")),
+            Some(Ok(e)) => e,
+        };
+        let Some(rt) = runtime else {
+            return unknown(format!("{NOT_EVALUATED}: the platform is not running"));
+        };
+        let inputs: HashMap<TagId, Sample> = expr
+            .inputs()
+            .iter()
+            .filter_map(|id| rt.bus.current(*id).map(|s| (*id, s)))
+            .collect();
+        let name_of = |id: TagId| {
+            rt.namespace
+                .tag(id)
+                .map_or_else(|| format!("tag #{}", id.index()), |m| m.path.to_string())
+        };
+        let detail = expr.describe_inputs(&inputs, &name_of);
+        let out = expr.eval(&mut expr.new_state(), &inputs, now);
+        let state = match (&out.value, out.quality.is_good()) {
+            (Val::Bool(true), true) => InterlockState::Holds,
+            (Val::Bool(false), true) => InterlockState::Violated,
+            _ => InterlockState::BadInput,
+        };
+        InterlockStatus {
+            name: name.to_owned(),
+            state,
+            detail,
+        }
     }
 }
 
@@ -236,6 +306,7 @@ impl From<Decision> for Decided {
 /// The platform's command path; see the module docs.
 pub struct Commands {
     path: Mutex<CommandPath>,
+    interlocks: ExprInterlocks,
     runtime: OnceLock<Weak<Runtime>>,
     events: EventBus,
     waiters: Mutex<HashMap<CommandId, oneshot::Sender<CommandResult>>>,
@@ -270,8 +341,25 @@ impl Commands {
         if let Some(f) = &file {
             restore(&mut path, f, events);
         }
+        let (interlocks, problems) =
+            ExprInterlocks::compile(&config.get::<InterlockSettings>(), namespace);
+        for p in problems {
+            let msg = format!("{p}; writes to the tags that list it are refused");
+            tracing::warn!("{msg}");
+            events.publish(
+                Event::new(
+                    Timestamp::now(),
+                    EventKind::System,
+                    "interlock_not_evaluated",
+                    "commands",
+                    msg,
+                )
+                .with_severity(Severity::Warning),
+            );
+        }
         Arc::new(Commands {
             path: Mutex::new(path),
+            interlocks,
             runtime: OnceLock::new(),
             events: events.clone(),
             waiters: Mutex::new(HashMap::new()),
@@ -330,6 +418,20 @@ impl Commands {
         let meta = rt.namespace.lookup(tag.as_str())?;
         let current = rt.bus.current(meta.id);
         Some(TagInfo::new(&meta, current.as_ref()))
+    }
+
+    /// The interlocks of `tag`'s policy, evaluated now on the bus's current values (outside the
+    /// path's lock: the bus's table must never be read under it).
+    fn interlocks_of(&self, tag: &TagPath, now: Timestamp) -> Vec<InterlockStatus> {
+        let names = self.path.lock().policy(tag).interlocks;
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let rt = self.runtime();
+        names
+            .iter()
+            .map(|n| self.interlocks.status(n, rt.as_deref(), now))
+            .collect()
     }
 
     /// Runs `f` on the path under its lock and takes the audit records it made.
@@ -433,7 +535,8 @@ impl Commands {
     pub fn decide(&self, mut req: CommandRequest) -> Decided {
         req.info = self.info(&req.tag);
         let now = Timestamp::now();
-        let (d, audit) = self.locked(|p| p.submit(req, &NotEvaluated, now));
+        let interlocks = self.interlocks_of(&req.tag, now);
+        let (d, audit) = self.locked(|p| p.submit(req, &interlocks, now));
         self.emit(audit);
         d.into()
     }
@@ -533,7 +636,8 @@ impl Commands {
     pub fn select(&self, mut req: CommandRequest) -> Result<SelectToken, Refusal> {
         req.info = self.info(&req.tag);
         let now = Timestamp::now();
-        let (r, audit) = self.locked(|p| p.select(req, &NotEvaluated, now));
+        let interlocks = self.interlocks_of(&req.tag, now);
+        let (r, audit) = self.locked(|p| p.select(req, &interlocks, now));
         self.emit(audit);
         if let Ok(t) = &r {
             self.selections
@@ -585,8 +689,11 @@ impl Commands {
             .map(|p| p.tag);
         let info = tag.as_ref().and_then(|t| self.info(t));
         let now = Timestamp::now();
+        let interlocks = tag
+            .as_ref()
+            .map_or_else(Vec::new, |t| self.interlocks_of(t, now));
         let (d, audit) =
-            self.locked(|p| p.confirm(id, confirmer, authorisation, info, &NotEvaluated, now));
+            self.locked(|p| p.confirm(id, confirmer, authorisation, info, &interlocks, now));
         self.emit(audit);
         d.into()
     }
@@ -1177,12 +1284,17 @@ mod tests {
     }
 
     #[test]
-    fn an_interlock_nobody_evaluates_refuses_saying_why() {
-        let s = NotEvaluated
-            .status("filler_stopped")
-            .expect("always answered");
+    fn an_interlock_that_cannot_be_evaluated_says_why() {
+        let (i, problems) =
+            ExprInterlocks::compile(&InterlockSettings::default(), &Namespace::new());
+        assert!(problems.is_empty());
+        let s = i.status("filler_stopped", None, Timestamp(0));
         assert_eq!(s.state, InterlockState::BadInput);
-        assert!(s.detail.contains("not evaluated"), "{}", s.detail);
+        assert!(
+            s.detail.contains("no [[interlock]] of that name"),
+            "{}",
+            s.detail
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 const SPEED: &str = "acme/lyon/bottling/line1/filler/plc/speed_setpoint";
 const LEVEL: &str = "acme/lyon/bottling/line1/tank/plc/level_setpoint";
+const RESET: &str = "acme/lyon/bottling/line1/filler/plc/fault_reset";
 const PUMP: &str = "acme/lyon/bottling/line1/tank/plc/pump_enable";
 
 const COMMANDS: &str = r#"
@@ -30,9 +31,14 @@ const COMMANDS: &str = r#"
 uns_prefix = "plant"
 
 [[interlock]]
-name = "tank_idle"
-expr = "acme/lyon/bottling/line1/tank/plc/pump_enable == false"
-message = "no level change while the pump runs"
+name = "filler_slow"
+expr = "`acme/lyon/bottling/line1/filler/plc/speed_setpoint` <= 300"
+message = "no level change while the filler runs fast"
+
+[[interlock]]
+name = "broken"
+expr = "`acme/lyon/bottling/line1/tank/plc/no_such_tag` > 1"
+message = "refers to a tag that does not exist"
 
 [[command]]
 tag = "acme/lyon/bottling/line1/filler/plc/speed_setpoint"
@@ -43,7 +49,11 @@ on_unauthorised_change = "restore"
 
 [[command]]
 tag = "acme/lyon/bottling/line1/tank/plc/level_setpoint"
-interlocks = ["tank_idle"]
+interlocks = ["filler_slow"]
+
+[[command]]
+tag = "acme/lyon/bottling/line1/filler/plc/fault_reset"
+interlocks = ["broken"]
 
 [[command]]
 tag = "acme/lyon/bottling/line1/tank/plc/pump_enable"
@@ -188,16 +198,38 @@ async fn commands_are_decided_written_verified_and_audited() {
     let (code, msg) = refused(c.submit(request(SPEED, Value::Int(650), alice())).await);
     assert_eq!(code, "envelope_max");
     assert!(msg.contains("650 is above the maximum 600"), "{msg}");
+    // Interlocks: evaluated on the current values; one that holds lets the write through,
+    // one that does not compile refuses every write, saying why.
     let (code, msg) = refused(c.submit(request(LEVEL, Value::Float(40.0), alice())).await);
+    assert_eq!(code, "interlock");
+    assert!(
+        msg.contains("interlock filler_slow does not hold")
+            && msg.contains(&format!("{SPEED} = 450")),
+        "{msg}"
+    );
+    let verified = |r: CommandResult| match r {
+        CommandResult::Verified { value, .. } => value,
+        other => panic!("expected verified, got {other:?}"),
+    };
+    assert_eq!(
+        verified(c.submit(request(SPEED, Value::Int(300), alice())).await),
+        Value::Int(300)
+    );
+    wait_value(&rt, SPEED, &Value::Int(300)).await;
+    assert_eq!(
+        verified(c.submit(request(LEVEL, Value::Float(40.0), alice())).await).as_f64(),
+        Some(40.0)
+    );
+    let (code, msg) = refused(c.submit(request(RESET, Value::Bool(true), alice())).await);
     assert_eq!(code, "interlock_bad_input");
     assert!(
-        msg.contains("tank_idle") && msg.contains("not evaluated"),
+        msg.contains("interlock broken") && msg.contains("does not compile"),
         "{msg}"
     );
 
     // Each step is an event and went to the audit sink.
     let seen = until_event(&mut events, |e| {
-        is(e, EventKind::Command, "refused") && e.message.contains("tank_idle")
+        is(e, EventKind::Command, "refused") && e.message.contains("broken")
     })
     .await;
     let codes: Vec<&str> = seen
@@ -205,20 +237,28 @@ async fn commands_are_decided_written_verified_and_audited() {
         .filter(|e| &*e.source == "command")
         .map(|e| &*e.code)
         .collect();
+    let want = [
+        ("alice", "accepted"),
+        ("alice", "verified"),
+        ("vic", "refused"),
+        ("alice", "refused"),
+        ("alice", "refused"),
+        ("alice", "accepted"),
+        ("alice", "verified"),
+        ("alice", "accepted"),
+        ("alice", "verified"),
+        ("alice", "refused"),
+    ];
     assert_eq!(
         codes,
-        ["accepted", "verified", "refused", "refused", "refused"],
+        want.iter().map(|(_, c)| *c).collect::<Vec<_>>(),
         "{codes:?}"
     );
     assert_eq!(
         audited.lock().clone(),
-        [
-            ("alice".to_owned(), "accepted"),
-            ("alice".to_owned(), "verified"),
-            ("vic".to_owned(), "refused"),
-            ("alice".to_owned(), "refused"),
-            ("alice".to_owned(), "refused"),
-        ]
+        want.iter()
+            .map(|(a, c)| (a.to_string(), *c))
+            .collect::<Vec<_>>()
     );
     platform.shutdown(Duration::from_secs(5)).await;
     sim.abort();
