@@ -156,7 +156,7 @@ impl PlatformBuilder {
                 }));
             }
             if crate::control::rules(&self.config, &ns)?.is_some() {
-                let (writer, writes) = crate::control::RuleWriter::new(runtime.events.clone());
+                let (writer, writes) = crate::control::RuleWriter::new(runtime.commands.clone());
                 supervisor.start_service(Arc::new(writer));
                 let (config, live, broker) = (
                     self.config.clone(),
