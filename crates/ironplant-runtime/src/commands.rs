@@ -1,6 +1,7 @@
 //! The platform's command path (`[[command]]`, `[[interlock]]`): the sans-IO
 //! `ironplant_control::command::CommandPath` wired in front of [`Runtime::write`], the one write
-//! path, for the REST API, MQTT (`<uns_prefix>/_cmd/<tag>`) and the platform's own restores.
+//! path, for the REST API, MQTT (`<uns_prefix>/_cmd/<tag>`), the rules' writes
+//! (`crate::control::RuleWriter`) and the platform's own restores.
 //! See docs/commands.md.
 //!
 //! - [`Commands`] owns the path behind a lock, shared by the API, the MQTT service, the
