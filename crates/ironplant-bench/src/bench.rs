@@ -32,6 +32,25 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         tags: usize,
     },
+    /// Local logic: CPU of rules and alarms on a platform at a fixed rate of tag changes
+    /// (against a baseline without logic, same run), and alarm events/s in a flood.
+    #[command(
+        after_help = "Examples:\n  ironplant-bench rules                                  # 10,000 rules, 1,000 alarms, 10,000 changes/s\n  ironplant-bench rules --rules 1000 --alarms 100 --seconds 3"
+    )]
+    Rules {
+        /// `[[rule]]`s (two inputs each, half held for 5 s).
+        #[arg(long, default_value_t = 10_000)]
+        rules: usize,
+        /// High `[[alarm]]`s with deadband.
+        #[arg(long, default_value_t = 1_000)]
+        alarms: usize,
+        /// Tag changes a second, in 100 batches a second.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// Seconds each scenario runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Tag bus: samples/s from many publishers to a lossless and a lossy subscriber.
     #[command(after_help = "Example:\n  ironplant-bench bus --tags 100000 --seconds 5")]
     Bus {
@@ -123,6 +142,12 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             seconds,
             no_postgres,
         } => bench_historian(tags.max(1), seconds.max(1), !no_postgres).await,
+        BenchCommand::Rules {
+            rules,
+            alarms,
+            rate,
+            seconds,
+        } => crate::bench_rules::bench_rules(rules, alarms, rate.max(1), seconds.max(1)).await,
         BenchCommand::Bus { seconds, tags } => {
             bench_bus(Duration::from_secs(seconds.max(1)), tags.max(1000)).await
         }
@@ -227,7 +252,7 @@ impl PollObserver for Counter {
 /// thread's `/proc/self/task/*/schedstat` run time. (`/proc/self/stat` counts in 10 ms ticks,
 /// too coarse for a poll loop that needs a few ms a second.) Threads that exited before the
 /// call are not counted; the tokio workers that do the polling live for the whole run.
-fn process_cpu() -> anyhow::Result<Duration> {
+pub(crate) fn process_cpu() -> anyhow::Result<Duration> {
     let mut total_ns: u64 = 0;
     for task in
         std::fs::read_dir("/proc/self/task").context("cannot read /proc/self/task (Linux only)")?

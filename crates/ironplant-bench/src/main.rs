@@ -7,6 +7,7 @@ mod bench;
 mod bench_mix;
 mod bench_mqtt;
 mod bench_pg;
+mod bench_rules;
 
 use std::process::ExitCode;
 
@@ -107,6 +108,7 @@ mod tests {
             shown,
             [
                 "ironplant-bench modbus",
+                "ironplant-bench rules",
                 "ironplant-bench bus",
                 "ironplant-bench historian",
                 "ironplant-bench mqtt"
@@ -117,6 +119,7 @@ mod tests {
             match path {
                 "ironplant-bench modbus" | "ironplant-bench bus" => &["seconds", "tags"],
                 "ironplant-bench historian" => &["tags", "seconds", "no-postgres"],
+                "ironplant-bench rules" => &["rules", "alarms", "rate", "seconds"],
                 "ironplant-bench mqtt" => &["seconds", "idle", "policy"],
                 // Hidden: the peers this binary starts as its own child processes.
                 "ironplant-bench mqtt-server" => &["listen", "policy-dir"],
