@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub mod account;
 pub mod alarms;
 pub mod auth;
+pub mod commands;
 pub mod events;
 pub mod history;
 pub mod ingest;
@@ -63,13 +64,20 @@ pub fn router_with(state: Arc<ApiState>, extra: Router<Arc<ApiState>>) -> Router
     Router::new()
         .merge(extra)
         .route("/api/v1/tags", get(list_tags))
-        .route("/api/v1/tags/{*path}", get(get_tag))
+        .route(
+            "/api/v1/tags/{*path}",
+            get(get_tag)
+                .post(commands::post_tag)
+                .delete(commands::delete_tag),
+        )
         .route("/api/v1/assets", get(list_assets))
         .route("/api/v1/history", get(history::get_history))
         .route("/api/v1/events", get(events::get_events))
         .route("/api/v1/alarms", get(alarms::list))
         .route("/api/v1/alarms/kpi", get(alarms::kpi))
         .route("/api/v1/alarms/{id}/{operation}", post(alarms::operate))
+        .route("/api/v1/commands", get(commands::list))
+        .route("/api/v1/commands/{id}/{action}", post(commands::decide))
         .route(openapi::PATH, get(openapi::get_openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

@@ -438,6 +438,67 @@ async fn every_response_matches_the_published_document() {
         )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "a viewer cannot operate alarms");
+
+    // Commands (the bundled config limits the filler speed to 0..600, 200 per step): a write
+    // verified by read-back, refusals by the envelope (409) and the role (403), a selection
+    // and its cancel, the pending list, an unknown pending command.
+    let speed = "acme/lyon/bottling/line1/filler/plc/speed_setpoint";
+    let w = "/api/v1/tags/{path}/write";
+    let write = format!("/api/v1/tags/{speed}/write");
+    let (s, body) = fx
+        .call(
+            "POST",
+            w,
+            &write,
+            a,
+            Some(json!({"value": 420, "reason": "openapi"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["command"]["result"], "verified", "{body}");
+    let (s, body) = fx
+        .call("POST", w, &write, a, Some(json!({"value": 650})))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "envelope_max", "{body}");
+    let (s, body) = fx
+        .call(
+            "POST",
+            w,
+            &write,
+            Some(&viewer),
+            Some(json!({"value": 430})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "not_authorised", "{body}");
+    let (s, _) = fx
+        .call("POST", w, &write, a, Some(json!({"reason": "no value"})))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let sel = "/api/v1/tags/{path}/select";
+    let select = format!("/api/v1/tags/{speed}/select");
+    let (s, body) = fx
+        .call("POST", sel, &select, a, Some(json!({"value": 430})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = fx.call("DELETE", sel, &select, a, None).await;
+    assert_eq!((s, &body["cancelled"]), (StatusCode::OK, &json!(true)));
+    let (s, body) = fx
+        .call("GET", "/api/v1/commands", "/api/v1/commands", a, None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = fx
+        .call(
+            "POST",
+            "/api/v1/commands/{id}/{action}",
+            "/api/v1/commands/99999/confirm",
+            a,
+            Some(json!({"reason": "checked"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_pending", "{body}");
     let tokens = "/api/v1/tokens";
     let (s, _) = fx
         .call(

@@ -2,6 +2,7 @@
 //! composes, each owned and validated by its crate. Layers above add theirs
 //! ([`registry`] + their own sections, e.g. the API's `[http]` and `[security]`).
 
+use ironplant_control::command::{CommandSettings, InterlockSettings};
 use ironplant_core::config::{Config, ConfigErrors, Registry};
 use ironplant_historian::settings::HistorianSettings;
 use ironplant_ingest::IngestSettings;
@@ -18,7 +19,10 @@ pub fn registry() -> Registry {
         .with::<SparkplugSettings>()
         .with::<IngestSettings>()
         .with::<ironplant_control::expr::ComputedSettings>()
-        .with::<ironplant_control::expr::RuleSettings>();
+        .with::<ironplant_control::expr::RuleSettings>()
+        // The command path's sections (after the tags, before the alarms).
+        .with::<CommandSettings>()
+        .with::<InterlockSettings>();
     // After the sections that define tags, so alarms on them pass the unknown-tag check.
     ironplant_control::alarm::config::register(r)
 }

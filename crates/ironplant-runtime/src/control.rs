@@ -10,22 +10,23 @@
 //!   ([`register_alarm_inputs`]) and computed by the same engine as `[[computed]]` tags.
 //! - Rule actions: `event` → a `system` event `rule_fired` from `rule:<name>` with the
 //!   action's severity; `publish` → the broker (when there is one); `write` → the command
-//!   path as the rule's identity, performed off the bus by [`RuleWriter`] (a write can take
-//!   seconds; the bus must not wait). Until the command path is wired into the runtime, a
-//!   rule's write is refused and reported (`rule_write_refused`), never sent unchecked.
+//!   path (`crate::commands`) as the rule's identity (`rule:<name>`, origin `rule`: envelope,
+//!   interlocks, read-back, audit; no select-before-operate, no two-person write), performed
+//!   off the bus by [`RuleWriter`] (a write can take seconds; the bus must not wait).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ironplant_control::alarm::config::{AlarmConfigs, ExprSource};
+use ironplant_control::command::{Authorisation, CommandRequest, Origin, Requester};
 use ironplant_control::expr::{
     compile, Action, Computed, ComputedDef, ComputedSettings, NameIndex, NamespaceResolver,
     RuleEvent, RuleOutput, RuleSettings, Rules, COMPUTED_SOURCE,
 };
 use ironplant_core::config::Config;
 use ironplant_core::{
-    BoxFuture, ComponentError, Event, EventBus, EventKind, LiveNamespace, Namespace, Processor,
+    BoxFuture, ComponentError, Event, EventKind, LiveNamespace, Namespace, Processor,
     ProcessorOutput, Sample, Severity, Shutdown, TagId, TagMeta, TagPath, Timestamp, Value,
     ValueType,
 };
@@ -318,21 +319,22 @@ impl Processor for RuleProcessor {
     }
 }
 
-/// Performs rule writes off the bus, one at a time in order (a service).
+/// Performs rule writes off the bus through the command path, one at a time in order (a
+/// service).
 pub struct RuleWriter {
     /// Outlives the writer's runs (a restarted run takes up the same queue).
     writes: tokio::sync::Mutex<mpsc::Receiver<RuleWrite>>,
-    events: EventBus,
+    commands: Arc<crate::commands::Commands>,
 }
 
 impl RuleWriter {
     /// A writer and the sender its processor uses.
-    pub fn new(events: EventBus) -> (RuleWriter, mpsc::Sender<RuleWrite>) {
+    pub fn new(commands: Arc<crate::commands::Commands>) -> (RuleWriter, mpsc::Sender<RuleWrite>) {
         let (tx, rx) = mpsc::channel(RULE_WRITE_QUEUE);
         (
             RuleWriter {
                 writes: tokio::sync::Mutex::new(rx),
-                events,
+                commands,
             },
             tx,
         )
@@ -359,21 +361,20 @@ impl Service for RuleWriter {
                     return Ok(());
                 };
                 // Never unchecked: a rule writes through the command path (envelope,
-                // interlocks, read-back, audit) or not at all.
-                self.events.publish(
-                    Event::new(
-                        Timestamp::now(),
-                        EventKind::Command,
-                        "rule_write_refused",
-                        &format!("rule:{}", w.rule),
-                        format!(
-                            "rule {:?} asked to write {} to {}; refused: rule writes need the command path, which is not wired into this runtime yet",
-                            w.rule, w.value, w.tag
-                        ),
-                    )
-                    .with_subject(w.tag.clone())
-                    .with_severity(Severity::Error),
-                );
+                // interlocks, read-back, audit); every step is a `command` event.
+                let r = self
+                    .commands
+                    .submit(CommandRequest {
+                        tag: w.tag.clone(),
+                        info: None,
+                        value: w.value.clone(),
+                        requester: Requester::rule(&w.rule),
+                        authorisation: Authorisation::Allowed,
+                        reason: format!("rule {}", w.rule),
+                        origin: Origin::Rule,
+                    })
+                    .await;
+                tracing::debug!(rule = %w.rule, tag = %w.tag, result = r.result(), "rule write");
             }
         })
     }

@@ -8,6 +8,7 @@
 
 pub mod alarms;
 pub mod bridges;
+pub mod commands;
 pub mod component;
 pub mod config;
 pub mod control;
@@ -75,6 +76,8 @@ pub struct Runtime {
     pub ingest: Arc<ironplant_ingest::JsonIngest>,
     /// The configured alarms (`[[alarm]]`), when there are any.
     pub alarms: Option<Arc<alarms::Alarms>>,
+    /// The command path (`[[command]]`, `[[interlock]]`): every write from the API and MQTT.
+    pub commands: Arc<commands::Commands>,
     /// Runs the components (sources, sinks, services): restarts and ordered shutdown.
     pub(crate) supervisor: component::Supervisor,
 }
@@ -306,6 +309,7 @@ impl Runtime {
         // unacknowledged alarm.
         control::register_alarm_inputs(config, &namespace)?;
         let alarms = alarms::Alarms::open(config, &namespace.read(), data_dir, &events)?;
+        let commands = commands::Commands::open(config, &namespace.read(), data_dir, &events);
         let supervisor = component::Supervisor::new(
             bus.clone(),
             events.clone(),
@@ -322,6 +326,7 @@ impl Runtime {
             historian,
             ingest,
             alarms,
+            commands,
             supervisor,
         })
     }

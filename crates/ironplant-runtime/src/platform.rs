@@ -156,7 +156,7 @@ impl PlatformBuilder {
                 }));
             }
             if crate::control::rules(&self.config, &ns)?.is_some() {
-                let (writer, writes) = crate::control::RuleWriter::new(runtime.events.clone());
+                let (writer, writes) = crate::control::RuleWriter::new(runtime.commands.clone());
                 supervisor.start_service(Arc::new(writer));
                 let (config, live, broker) = (
                     self.config.clone(),
@@ -189,6 +189,12 @@ impl PlatformBuilder {
             }));
         }
         factories.extend(self.processors);
+        let has_commands = !self
+            .config
+            .get::<ironplant_control::command::CommandSettings>()
+            .tags
+            .is_empty();
+        crate::commands::install(&runtime, &mut factories, has_commands);
         if !factories.is_empty() {
             let pipeline = Arc::new(Pipeline::new(runtime.events.clone(), self.policy));
             for f in factories {
@@ -214,6 +220,11 @@ impl PlatformBuilder {
                     runtime.metrics.clone(),
                 )?));
             }
+            supervisor.start_service(Arc::new(crate::commands::MqttCommands::new(
+                runtime.commands.clone(),
+                broker.clone(),
+                &self.config.get::<MqttSettings>().uns_prefix,
+            )));
             supervisor.start_sink(Arc::new(uns::UnsSink::new(
                 broker.clone(),
                 &self.config.get::<MqttSettings>().uns_prefix,

@@ -97,8 +97,8 @@ async fn computed_tags_rules_and_expression_alarms_run_on_the_bus() {
     let names: Vec<String> = p.processors().iter().map(|c| c.name.clone()).collect();
     assert_eq!(
         names,
-        ["computed", "rules", "alarms"],
-        "the pipeline's order"
+        ["computed", "rules", "alarms", "commands"],
+        "the pipeline's order (the command path watches the writable setpoint)"
     );
     let fraction = p
         .runtime
@@ -127,9 +127,34 @@ async fn computed_tags_rules_and_expression_alarms_run_on_the_bus() {
     assert_eq!(current.value, Value::Float(0.5));
     assert_eq!(current.quality, Quality::GOOD);
 
-    // Above 90: the rule fires once (event, MQTT message), its write is refused and reported.
+    // Above 90: the rule fires once (event, MQTT message); its write goes through the command
+    // path as the rule's identity: accepted, then a device error (the setpoint has no device).
     publish(&p, "acme/lyon/utilities/tank/level", Value::Float(95.0)).await;
-    let fired = next(&mut events, "rule_fired").await;
+    // The rule's event comes out with its batch, the write's on the writer's task: in either
+    // order.
+    let mut seen: Vec<ironplant_core::Event> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wanted = ["rule_fired", "accepted", "device_error"];
+    while !wanted.iter().all(|c| seen.iter().any(|e| &*e.code == *c)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let e = tokio::time::timeout(left, events.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "not all of {wanted:?} within 10 s: {:?}",
+                    seen.iter().map(|e| e.code.to_string()).collect::<Vec<_>>()
+                )
+            })
+            .expect("event bus open");
+        seen.push((*e).clone());
+    }
+    let find = |code: &str| {
+        seen.iter()
+            .find(|e| &*e.code == code)
+            .cloned()
+            .expect("seen")
+    };
+    let fired = find("rule_fired");
     assert_eq!(&*fired.message, "tank at 95 %");
     assert_eq!(&*fired.source, "rule:tank-nearly-full");
     let msg = tokio::time::timeout(Duration::from_secs(10), alerts.recv())
@@ -137,12 +162,21 @@ async fn computed_tags_rules_and_expression_alarms_run_on_the_bus() {
         .expect("published within 10 s")
         .expect("open");
     assert_eq!(&msg.payload[..], b"full");
-    let refused = next(&mut events, "rule_write_refused").await;
+    let accepted = find("accepted");
+    assert_eq!(accepted.kind, EventKind::Command);
+    assert_eq!(accepted.actor.as_deref(), Some("rule:tank-nearly-full"));
     assert_eq!(
-        refused.subject.as_ref().map(|s| s.as_str()),
+        accepted.subject.as_ref().map(|s| s.as_str()),
         Some("acme/lyon/utilities/tank/setpoint")
     );
-    assert_eq!(refused.kind, EventKind::Command);
+    assert_eq!(accepted.attribute("new_value"), Some(&Value::Float(80.0)));
+    let failed = find("device_error");
+    assert_eq!(failed.actor.as_deref(), Some("rule:tank-nearly-full"));
+    assert!(
+        failed.message.contains("has no device"),
+        "{}",
+        failed.message
+    );
 
     // The expression alarm: high and filling fast.
     publish(&p, "acme/lyon/utilities/tank/inflow", Value::Float(9.0)).await;

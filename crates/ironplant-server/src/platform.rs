@@ -293,6 +293,26 @@ async fn serve_with(
     let runtime = platform.runtime.clone();
     let sparkplug_state = platform.sparkplug_state.take();
     let _ = namespace_for_policy.set(runtime.namespace.clone());
+    // Every step of every command into the security audit log; the role of MQTT requesters
+    // (the two-person rule needs it) from the user store.
+    let audit = sec.audit.clone();
+    runtime.commands.set_audit_sink(Box::new(move |r| {
+        audit.submit(ironplant_security::AuditEvent::Command {
+            actor: Some(r.actor.clone()),
+            target: r.tag.clone(),
+            value: r.new_value.to_string(),
+            outcome: ironplant_runtime::commands::audit_outcome(r),
+        })
+    }));
+    let users = sec.users.clone();
+    runtime.commands.set_role_resolver(Arc::new(move |name| {
+        let user = users
+            .list_users()
+            .ok()?
+            .into_iter()
+            .find(|u| u.name == name)?;
+        (!user.disabled).then(|| user.role.as_str().parse().ok())?
+    }));
     if let Some(b) = &broker {
         runtime.metrics.attach_broker(b.clone());
     }
