@@ -129,7 +129,20 @@ impl Reserved {
         {
             return true;
         }
+        // Command replies (`<uns_prefix>/_cmd_reply/...`): only the platform answers
+        // commands, so a client can never forge "accepted" or "verified" for someone else's.
         let prefix = self.uns_prefix.trim_end_matches('/');
+        let replies = if prefix.is_empty() {
+            ironplant_control::command::mqtt::REPLY_LEVEL.to_owned()
+        } else {
+            format!("{prefix}/{}", ironplant_control::command::mqtt::REPLY_LEVEL)
+        };
+        if topic
+            .strip_prefix(replies.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        {
+            return true;
+        }
         let path = if prefix.is_empty() {
             Some(topic)
         } else {
@@ -297,7 +310,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_topics_belong_to_the_platform() {
+    fn event_and_command_reply_topics_belong_to_the_platform() {
         for (prefix, root) in [("site1/uns/", "site1/uns/_events"), ("", "_events")] {
             let auth = BlockingAuth {
                 inner: Arc::new(ironplant_mqtt::auth::AllowAll),
@@ -313,10 +326,14 @@ mod tests {
                 roles: Vec::new(),
                 owner: Some(Arc::from("engineer")),
             };
+            let replies = format!("{prefix}_cmd_reply");
             for forged in [
                 format!("{root}/security/_platform"),
                 format!("{root}/alarm/acme/lyon/line1/filler/temp"),
                 root.to_owned(),
+                // Command replies are the platform's too: no forged "verified".
+                format!("{replies}/acme/lyon/line1/filler/speed_setpoint"),
+                replies.clone(),
             ] {
                 assert!(!auth.may_publish(&who, &forged), "{forged}");
                 assert!(!auth.may_inject("bridge", &forged), "{forged}");
@@ -324,6 +341,7 @@ mod tests {
             for free in [
                 format!("{root}x/alarm/a"),
                 format!("{prefix}acme/_events/a"),
+                format!("{prefix}_cmd_replyx/a"),
             ] {
                 assert!(auth.may_publish(&who, &free), "{free}");
             }

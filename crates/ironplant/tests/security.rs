@@ -528,6 +528,7 @@ fn wills_client_ids_takeovers_revocation_and_prefix_limits_over_mqtt() {
     for will in [
         "_events/alarm/acme/lyon/line1/filler/temp",
         "_events/security/_platform",
+        "_cmd_reply/acme/lyon/bottling/line1/filler/plc/speed_setpoint",
     ] {
         let r = paho(&py, &["as", host, port, ca, "", will, "erin", engineer]);
         assert_eq!(connack(&r), "Not authorized", "engineer will on {will}");
