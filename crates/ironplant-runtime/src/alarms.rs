@@ -9,7 +9,7 @@
 //!   the live API).
 //! - [`AlarmProcessor`] feeds each batch to the engine inside the bus's publish path and ticks
 //!   it (on/off delays, shelve expiry) every [`TICK`].
-//! - [`AlarmPersister`] (a service) writes the engine's snapshot atomically to
+//! - `crate::saved::StatePersister` (a service) writes the engine's snapshot atomically to
 //!   `<data-dir>/alarms/alarms.json` at most once a [`SAVE_EVERY`] after a change, and at
 //!   shutdown; [`Alarms::open`] restores it before the first sample, so a restart neither raises
 //!   the standing alarms again nor loses an unacknowledged one.
@@ -30,17 +30,15 @@ use ironplant_control::alarm::{
 };
 use ironplant_core::config::Config;
 use ironplant_core::{
-    BoxFuture, ComponentError, Event, EventBus, EventKind, Namespace, Processor, ProcessorOutput,
-    Sample, Severity, Shutdown, TagId, Timestamp,
+    Event, EventBus, EventKind, Namespace, Processor, ProcessorOutput, Sample, Severity, TagId,
+    Timestamp,
 };
 use parking_lot::Mutex;
-
-use crate::component::Service;
 
 /// How often the processor ticks the engine (delays and shelves end within this).
 pub const TICK: Duration = Duration::from_millis(100);
 /// The longest a changed alarm state waits before it is written to disk.
-pub const SAVE_EVERY: Duration = Duration::from_secs(1);
+pub use crate::saved::SAVE_EVERY;
 /// The snapshot's file name under `<data-dir>/alarms/`.
 pub const FILE: &str = "alarms.json";
 
@@ -276,50 +274,16 @@ impl Processor for AlarmProcessor {
     }
 }
 
-/// Saves the alarm state after changes (at most once a [`SAVE_EVERY`]) and at shutdown.
-pub struct AlarmPersister {
-    pub alarms: Arc<Alarms>,
-}
-
-impl Service for AlarmPersister {
-    fn name(&self) -> String {
-        "alarm-state".to_owned()
+impl crate::saved::SavedState for Alarms {
+    fn what(&self) -> &'static str {
+        "alarm"
     }
 
-    fn run(
-        self: Arc<Self>,
-        mut shutdown: Shutdown,
-    ) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(async move {
-            loop {
-                let stop = tokio::select! {
-                    () = self.alarms.wake.notified() => false,
-                    () = shutdown.requested() => true,
-                };
-                let alarms = self.alarms.clone();
-                let saved = tokio::task::spawn_blocking(move || alarms.save())
-                    .await
-                    .map_err(|e| {
-                        ComponentError::new(format!("the alarm state writer panicked: {e}"))
-                    })?;
-                if let Err(e) = saved {
-                    // Reported and retried: the state stays in memory meanwhile.
-                    tracing::error!(error = %e, "cannot save the alarm state");
-                    if stop {
-                        return Err(ComponentError::new(format!(
-                            "cannot save the alarm state at shutdown: {e}"
-                        )));
-                    }
-                }
-                if stop {
-                    return Ok(());
-                }
-                // Coalesce: one write per period however many transitions happen.
-                tokio::select! {
-                    () = tokio::time::sleep(SAVE_EVERY) => {}
-                    () = shutdown.requested() => {}
-                }
-            }
-        })
+    fn changes(&self) -> &tokio::sync::Notify {
+        &self.wake
+    }
+
+    fn save(&self) -> Result<(), persist::PersistError> {
+        Alarms::save(self)
     }
 }

@@ -17,7 +17,7 @@
 //!   ([`Commands::set_audit_sink`]: the security audit log). An unauthorised change of a tag
 //!   with `on_unauthorised_change = "restore"` is written back by the platform, through the
 //!   same checks. (Raising ISA-18.2 alarms for findings comes later.)
-//! - [`CommandPersister`] writes the path's snapshot atomically to
+//! - `crate::saved::StatePersister` writes the path's snapshot atomically to
 //!   `<data-dir>/commands/commands.json` at most once a [`SAVE_EVERY`] after a change and at
 //!   shutdown; [`Commands::open`] restores it before the first sample.
 //! - [`MqttCommands`] (a service, with a broker) serves the MQTT command convention.
@@ -70,7 +70,7 @@ use crate::Runtime;
 /// How often the processor looks at the path's deadlines.
 pub const TICK: Duration = Duration::from_millis(100);
 /// The longest a changed state waits before it is written to disk.
-pub const SAVE_EVERY: Duration = Duration::from_secs(1);
+pub use crate::saved::SAVE_EVERY;
 /// The snapshot's file name under `<data-dir>/commands/`.
 pub const FILE: &str = "commands.json";
 /// How long [`Commands::submit`] waits for an outcome beyond the tag's verify timeout before
@@ -942,49 +942,17 @@ impl Processor for CommandWatch {
     }
 }
 
-/// Saves the command state after changes (at most once a [`SAVE_EVERY`]) and at shutdown.
-pub struct CommandPersister {
-    pub commands: Arc<Commands>,
-}
-
-impl Service for CommandPersister {
-    fn name(&self) -> String {
-        "command-state".to_owned()
+impl crate::saved::SavedState for Commands {
+    fn what(&self) -> &'static str {
+        "command"
     }
 
-    fn run(
-        self: Arc<Self>,
-        mut shutdown: Shutdown,
-    ) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(async move {
-            loop {
-                let stop = tokio::select! {
-                    () = self.commands.wake.notified() => false,
-                    () = shutdown.requested() => true,
-                };
-                let commands = self.commands.clone();
-                let saved = tokio::task::spawn_blocking(move || commands.save())
-                    .await
-                    .map_err(|e| {
-                        ComponentError::new(format!("the command state writer panicked: {e}"))
-                    })?;
-                if let Err(e) = saved {
-                    tracing::error!(error = %e, "cannot save the command state");
-                    if stop {
-                        return Err(ComponentError::new(format!(
-                            "cannot save the command state at shutdown: {e}"
-                        )));
-                    }
-                }
-                if stop {
-                    return Ok(());
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(SAVE_EVERY) => {}
-                    () = shutdown.requested() => {}
-                }
-            }
-        })
+    fn changes(&self) -> &tokio::sync::Notify {
+        &self.wake
+    }
+
+    fn save(&self) -> Result<(), persist::PersistError> {
+        Commands::save(self)
     }
 }
 
@@ -1007,9 +975,11 @@ pub(crate) fn install(
     }
     // Nothing to keep without a data directory.
     if runtime.commands.file.is_some() {
-        runtime.supervisor.start_service(Arc::new(CommandPersister {
-            commands: runtime.commands.clone(),
-        }));
+        runtime
+            .supervisor
+            .start_service(Arc::new(crate::saved::StatePersister(
+                runtime.commands.clone(),
+            )));
     }
 }
 

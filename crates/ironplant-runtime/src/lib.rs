@@ -16,6 +16,7 @@ pub mod events;
 pub mod metrics;
 pub mod pipeline;
 pub mod platform;
+pub mod saved;
 pub mod sparkplug;
 pub mod uns;
 /// The write path's directory (in core, so connectors register their writers themselves).

@@ -184,9 +184,7 @@ impl PlatformBuilder {
             factories.push(Box::new(move || {
                 Box::new(crate::alarms::AlarmProcessor::new(a.clone())) as Box<dyn Processor>
             }));
-            supervisor.start_service(Arc::new(crate::alarms::AlarmPersister {
-                alarms: alarms.clone(),
-            }));
+            supervisor.start_service(Arc::new(crate::saved::StatePersister(alarms.clone())));
         }
         factories.extend(self.processors);
         let has_commands = !self
