@@ -49,6 +49,54 @@ pub enum AlarmStartError {
     Definitions(Vec<String>),
 }
 
+/// The built-in alarms of every writable tag, on the command path's findings
+/// (`crate::control::finding_paths`): `<tag with . for />:unauthorised_change` (priority 1: the device shows
+/// a value no authorised command explains, e.g. another Modbus master wrote the PLC) and
+/// `<tag>:command_failed` (priority 2: the last command was not read back in time).
+fn finding_alarms(namespace: &Namespace) -> Vec<ironplant_control::alarm::AlarmDef> {
+    use ironplant_control::alarm::{AlarmDef, Condition};
+    let mut defs = Vec::new();
+    for m in namespace.tags().filter(|m| m.writable) {
+        let (unauthorised, failed) = crate::control::finding_paths(&m.path);
+        let (Some(u), Some(f)) = (
+            namespace.lookup(unauthorised.as_str()),
+            namespace.lookup(failed.as_str()),
+        ) else {
+            continue;
+        };
+        let mut a = AlarmDef::new(
+            &format!("{}:unauthorised_change", alarm_key(&m.path)),
+            u.id,
+            m.path.clone(),
+            Condition::Condition,
+        );
+        a.priority = 1;
+        a.message = format!("Unauthorised change of {}", m.path).into();
+        a.consequence =
+            "The process runs on a value nobody authorised: possible tampering or a rogue engineering station".into();
+        a.response = "Check who wrote the device (security events, audit log); restore the commanded value through the platform".into();
+        defs.push(a);
+        let mut a = AlarmDef::new(
+            &format!("{}:command_failed", alarm_key(&m.path)),
+            f.id,
+            m.path.clone(),
+            Condition::Condition,
+        );
+        a.priority = 2;
+        a.message = format!("Command to {} not confirmed by the device", m.path).into();
+        a.consequence = "The device may not run on the commanded value".into();
+        a.response = "Check the device and its connection; command the value again".into();
+        defs.push(a);
+    }
+    defs
+}
+
+/// A tag path as an alarm id prefix without `/` (ids are one URL segment in the API):
+/// `acme/lyon/line1/plc/speed` → `acme.lyon.line1.plc.speed`.
+pub fn alarm_key(tag: &ironplant_core::TagPath) -> String {
+    tag.as_str().replace('/', ".")
+}
+
 /// An operation asked of an alarm by a person.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Operation {
@@ -81,16 +129,18 @@ impl Alarms {
         events: &EventBus,
     ) -> Result<Option<Arc<Alarms>>, AlarmStartError> {
         let configs = config.get::<AlarmConfigs>();
-        if configs.0.is_empty() {
+        let findings = finding_alarms(namespace);
+        if configs.0.is_empty() && findings.is_empty() {
             return Ok(None);
         }
         let settings = config.get::<AlarmSettings>();
         let mut compile = |e: &ExprSource| -> Result<TagId, String> {
             crate::control::alarm_input(config, namespace, e)
         };
-        let defs = configs
+        let mut defs = configs
             .build(namespace, &mut compile)
             .map_err(AlarmStartError::Definitions)?;
+        defs.extend(findings);
         let mut engine = AlarmEngine::new(defs, settings.engine());
         let file = data_dir.map(|d| d.join("alarms").join(FILE));
         let now = Timestamp::now();

@@ -311,6 +311,9 @@ pub struct Commands {
     runtime: OnceLock<Weak<Runtime>>,
     events: EventBus,
     waiters: Mutex<HashMap<CommandId, oneshot::Sender<CommandResult>>>,
+    /// Finding changes for the alarm inputs (tag, unauthorised (else failed), on), from
+    /// outcomes wherever they are resolved; [`CommandWatch`] publishes them.
+    findings: Mutex<Vec<(TagPath, bool, bool)>>,
     /// The last selection of each tag (one session holds a tag at a time) and its session, to
     /// check the `select` id of an operate. Bounded by the tags.
     selections: Mutex<HashMap<TagPath, (String, CommandId)>>,
@@ -364,6 +367,7 @@ impl Commands {
             runtime: OnceLock::new(),
             events: events.clone(),
             waiters: Mutex::new(HashMap::new()),
+            findings: Mutex::new(Vec::new()),
             selections: Mutex::new(HashMap::new()),
             audit_out: Mutex::new(AuditOut {
                 sink: None,
@@ -495,8 +499,22 @@ impl Commands {
         }
     }
 
-    /// Hands a final outcome to the command's waiter.
+    /// Hands a final outcome to the command's waiter, and notes what it means for the
+    /// finding alarms.
     fn resolve(&self, o: &Outcome) {
+        {
+            let mut f = self.findings.lock();
+            match o {
+                Outcome::UnauthorisedChange(c) => f.push((c.tag.clone(), true, true)),
+                Outcome::ChangeReverted { tag, .. } => f.push((tag.clone(), true, false)),
+                Outcome::Verified { tag, .. } => {
+                    f.push((tag.clone(), true, false));
+                    f.push((tag.clone(), false, false));
+                }
+                Outcome::Failed { tag, .. } => f.push((tag.clone(), false, true)),
+                _ => {}
+            }
+        }
         match o {
             Outcome::Verified {
                 id,
@@ -819,6 +837,8 @@ pub struct CommandWatch {
     /// By tag index: a Good sample was seen (the first one may be learned as expected).
     seen: Vec<bool>,
     outcomes: Vec<Outcome>,
+    /// The finding tags start Good `false` (nothing found yet), at the first tick.
+    started: bool,
 }
 
 impl CommandWatch {
@@ -829,6 +849,7 @@ impl CommandWatch {
             paths: Vec::new(),
             seen: Vec::new(),
             outcomes: Vec::new(),
+            started: false,
         };
         w.refresh();
         w
@@ -857,10 +878,41 @@ impl CommandWatch {
         self.paths.extend(added);
     }
 
-    fn finish(&mut self, audit: Vec<AuditRecord>, out: &mut ProcessorOutput) {
+    /// Sets a finding tag (`crate::control::finding_paths`) for the alarm engine after this
+    /// processor: `unauthorised` or `failed` of `tag`.
+    fn finding(&self, tag: &TagPath, unauthorised: bool, on: bool, batch: &mut Vec<Sample>) {
+        let (u, f) = crate::control::finding_paths(tag);
+        let path = if unauthorised { u } else { f };
+        if let Some(meta) = self.namespace.lookup(path.as_str()) {
+            let now = Timestamp::now();
+            batch.push(Sample {
+                tag: meta.id,
+                value: Value::Bool(on),
+                quality: ironplant_core::Quality::GOOD,
+                source_ts: now,
+                server_ts: now,
+            });
+        }
+    }
+
+    /// Publishes the noted finding changes as samples of the finding tags.
+    fn publish_findings(&self, batch: &mut Vec<Sample>) {
+        let noted = std::mem::take(&mut *self.commands.findings.lock());
+        for (tag, unauthorised, on) in noted {
+            self.finding(&tag, unauthorised, on, batch);
+        }
+    }
+
+    fn finish(
+        &mut self,
+        audit: Vec<AuditRecord>,
+        out: &mut ProcessorOutput,
+        batch: &mut Vec<Sample>,
+    ) {
         out.events.extend(audit.iter().map(AuditRecord::to_event));
         self.commands.after_audit(&audit);
         if self.outcomes.is_empty() {
+            self.publish_findings(batch);
             return;
         }
         self.commands.changed();
@@ -888,6 +940,7 @@ impl CommandWatch {
                 _ => {}
             }
         }
+        self.publish_findings(batch);
     }
 }
 
@@ -922,23 +975,36 @@ impl Processor for CommandWatch {
         if first_seen {
             self.commands.changed();
         }
-        self.finish(audit, out);
+        self.finish(audit, out, batch);
     }
 
     fn tick_interval(&self) -> Option<Duration> {
         Some(TICK)
     }
 
-    fn tick(&mut self, now: Timestamp, _batch: &mut Vec<Sample>, out: &mut ProcessorOutput) {
+    fn tick(&mut self, now: Timestamp, batch: &mut Vec<Sample>, out: &mut ProcessorOutput) {
+        if !self.started {
+            self.started = true;
+            for tag in self.paths.iter().flatten() {
+                // A finding already noted (a restored state) follows in the same batch.
+                self.finding(tag, true, false, batch);
+                self.finding(tag, false, false, batch);
+            }
+        }
         let audit = {
             let mut p = self.commands.path.lock();
             if p.next_deadline().is_none_or(|d| d > now) {
-                return;
+                None
+            } else {
+                self.outcomes.extend(p.tick(now));
+                Some(p.drain_audit())
             }
-            self.outcomes.extend(p.tick(now));
-            p.drain_audit()
         };
-        self.finish(audit, out);
+        match audit {
+            Some(audit) => self.finish(audit, out, batch),
+            // Findings of commands resolved off the bus (a read-back by echo).
+            None => self.publish_findings(batch),
+        }
     }
 }
 

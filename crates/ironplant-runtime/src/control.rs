@@ -379,3 +379,62 @@ impl Service for RuleWriter {
         })
     }
 }
+
+/// The first level of the hidden tags that carry the command path's findings.
+pub const COMMAND_FINDINGS: &str = "_commands";
+/// The source of those hidden tags.
+pub const FINDINGS_SOURCE: &str = "command-path";
+
+/// The hidden bool tags of a writable tag's findings: `_commands/<key>/unauthorised` (a value no
+/// authorised command explains) and `_commands/<key>/failed` (the last command was not read
+/// back). `<key>` is a stable hash of the path (a path can be 7 levels deep already).
+pub fn finding_paths(tag: &TagPath) -> (TagPath, TagPath) {
+    // FNV-1a, 64 bits: stable across builds and platforms.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in tag.as_str().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let path = |leaf: &str| {
+        TagPath::parse(&format!("{COMMAND_FINDINGS}/{h:016x}/{leaf}"))
+            .expect("a fixed shape of valid levels")
+    };
+    (path("unauthorised"), path("failed"))
+}
+
+/// Registers the finding tags of every writable tag, before the alarm engine is built.
+pub fn register_finding_inputs(namespace: &LiveNamespace) -> Result<(), LogicStartError> {
+    let writable: Vec<TagPath> = namespace
+        .read()
+        .tags()
+        .filter(|m| m.writable)
+        .map(|m| m.path.clone())
+        .collect();
+    let mut errors = Vec::new();
+    for tag in writable {
+        let (unauthorised, failed) = finding_paths(&tag);
+        for (path, what) in [
+            (unauthorised, "shows a value no authorised command explains"),
+            (failed, "did not show the last commanded value in time"),
+        ] {
+            let meta = TagMeta {
+                id: TagId(0),
+                path: path.clone(),
+                value_type: ValueType::Bool,
+                unit: None,
+                description: format!("{tag} {what}"),
+                range: None,
+                writable: false,
+                device: Some(FINDINGS_SOURCE.to_owned()),
+            };
+            if let Err(e) = namespace.register(meta) {
+                errors.push(format!("{tag}: cannot add {path}: {e}"));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(LogicStartError(errors))
+    }
+}

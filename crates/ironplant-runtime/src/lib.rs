@@ -309,6 +309,7 @@ impl Runtime {
         // Restored before the first sample: a restart re-raises nothing and loses no
         // unacknowledged alarm.
         control::register_alarm_inputs(config, &namespace)?;
+        control::register_finding_inputs(&namespace)?;
         let alarms = alarms::Alarms::open(config, &namespace.read(), data_dir, &events)?;
         let commands = commands::Commands::open(config, &namespace.read(), data_dir, &events);
         let supervisor = component::Supervisor::new(

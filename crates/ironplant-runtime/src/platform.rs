@@ -179,6 +179,13 @@ impl PlatformBuilder {
                 }));
             }
         }
+        // The command path's watch before the alarms: its findings are alarm inputs.
+        let has_commands = !self
+            .config
+            .get::<ironplant_control::command::CommandSettings>()
+            .tags
+            .is_empty();
+        crate::commands::install(&runtime, &mut factories, has_commands);
         if let Some(alarms) = &runtime.alarms {
             let a = alarms.clone();
             factories.push(Box::new(move || {
@@ -187,12 +194,6 @@ impl PlatformBuilder {
             supervisor.start_service(Arc::new(crate::saved::StatePersister(alarms.clone())));
         }
         factories.extend(self.processors);
-        let has_commands = !self
-            .config
-            .get::<ironplant_control::command::CommandSettings>()
-            .tags
-            .is_empty();
-        crate::commands::install(&runtime, &mut factories, has_commands);
         if !factories.is_empty() {
             let pipeline = Arc::new(Pipeline::new(runtime.events.clone(), self.policy));
             for f in factories {

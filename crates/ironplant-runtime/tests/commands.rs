@@ -339,17 +339,45 @@ async fn rogue_scenario(pymodbus: Option<PathBuf>) {
     assert_eq!(change.subject.as_ref().map(|s| s.as_str()), Some(SPEED));
     assert_eq!(change.attribute("new_value"), Some(&Value::Int(520)));
     assert_eq!(change.attribute("old_value"), Some(&Value::Int(450)));
+    // And an ISA-18.2 alarm of priority 1 on the tag (built in for every writable tag).
+    let alarm_id = format!(
+        "{}:unauthorised_change",
+        ironplant_runtime::alarms::alarm_key(&ironplant_core::TagPath::parse(SPEED).expect("path"))
+    );
+    let raised = |e: &Event| {
+        is(e, EventKind::Alarm, "raised")
+            && e.attribute("alarm")
+                .map(|v| v.to_string().trim_matches('"').to_owned())
+                == Some(alarm_id.clone())
+    };
+    let mut before = Vec::new();
+    if !seen.iter().any(raised) {
+        before = until_event(&mut events, raised).await;
+    }
+    let alarms = rt.alarms.clone().expect("built-in alarms");
+    let view = alarms.get(&alarm_id).expect("the alarm");
+    assert_eq!(view.priority, 1);
     let seen = until_event(&mut events, |e| {
         is(e, EventKind::Command, "verified") && e.actor.as_deref() == Some("platform")
     })
     .await;
     assert!(
-        seen.iter().any(
+        before.iter().chain(&seen).any(
             |e| is(e, EventKind::Command, "accepted") && e.actor.as_deref() == Some("platform")
         ),
         "the restore was accepted first"
     );
     wait_value(&rt, SPEED, &Value::Int(450)).await;
+    // Restored: the condition is gone, the alarm waits for an operator's acknowledgement.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alarms.get(&alarm_id).map(|v| v.state) != Some("rtn_unacknowledged") {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            alarms.get(&alarm_id).map(|v| v.state)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     platform.shutdown(Duration::from_secs(5)).await;
     sim.abort();
 }

@@ -97,7 +97,7 @@ async fn computed_tags_rules_and_expression_alarms_run_on_the_bus() {
     let names: Vec<String> = p.processors().iter().map(|c| c.name.clone()).collect();
     assert_eq!(
         names,
-        ["computed", "rules", "alarms", "commands"],
+        ["computed", "rules", "commands", "alarms"],
         "the pipeline's order (the command path watches the writable setpoint)"
     );
     let fraction = p
