@@ -350,9 +350,10 @@ async fn rogue_scenario(pymodbus: Option<PathBuf>) {
                 .map(|v| v.to_string().trim_matches('"').to_owned())
                 == Some(alarm_id.clone())
     };
-    let mut before = Vec::new();
+    // Everything seen so far: the restore's `accepted` may come before or after the alarm.
+    let mut before = seen.clone();
     if !seen.iter().any(raised) {
-        before = until_event(&mut events, raised).await;
+        before.extend(until_event(&mut events, raised).await);
     }
     let alarms = rt.alarms.clone().expect("built-in alarms");
     let view = alarms.get(&alarm_id).expect("the alarm");
@@ -434,12 +435,29 @@ async fn the_expected_value_survives_a_restart() {
         .start()
         .expect("platform starts again");
     let rt = platform.runtime.clone();
-    let mut events = rt.events.subscribe("test", 4096, EventFilter::all());
-    let seen = until_event(&mut events, |e| {
-        is(e, EventKind::Security, "unauthorised_change")
-    })
-    .await;
-    let change = seen.last().expect("the finding");
+    // The first poll may come before a subscription could exist: read the event store, which
+    // keeps every event from the start.
+    let store = rt.historian.as_ref().expect("historian").events().clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let change = loop {
+        let q = ironplant_historian::events::EventQuery {
+            kinds: vec![EventKind::Security],
+            code: Some("unauthorised_change".to_owned()),
+            ..ironplant_historian::events::EventQuery::new(
+                ironplant_core::Timestamp(0),
+                ironplant_core::Timestamp(i64::MAX),
+            )
+        };
+        let page = store.query(&q, &|_| true).expect("query");
+        if let Some(e) = page.events.first() {
+            break e.event.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no unauthorised_change event stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(change.attribute("old_value"), Some(&Value::Int(350)));
     // The audit sink set after the start still gets the records made before it.
     let audited = Arc::new(parking_lot::Mutex::new(Vec::new()));
