@@ -174,7 +174,17 @@ pub(crate) async fn kpi(
             format!("from {from} is not before to {to}"),
         ));
     }
-    let report = alarms(&st)?.kpi(from, to);
+    // The report reads the event store: off the async workers.
+    let a = alarms(&st)?;
+    let report = tokio::task::spawn_blocking(move || a.kpi(from, to))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the alarm report failed: {e}"),
+            )
+        })?;
     let mut v = serde_json::to_value(&report).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

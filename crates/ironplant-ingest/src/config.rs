@@ -216,6 +216,12 @@ impl Section for IngestSettings {
             .collect();
         parse_section(source, &configured, d)
     }
+
+    /// The fixed-path tags of every mapping, so the sections after this one (alarms,
+    /// computed tags, commands) know them.
+    fn tags(&self) -> Vec<ironplant_core::TagMeta> {
+        self.json.iter().flat_map(crate::json::fixed_tags).collect()
+    }
 }
 
 impl IngestSettings {

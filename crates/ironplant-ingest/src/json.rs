@@ -222,15 +222,10 @@ impl JsonIngest {
     /// the namespace before the first payload. Templated paths (`{n}`) are registered at first
     /// sight by [`JsonIngest::resolve`].
     pub fn tags(&self) -> Vec<TagMeta> {
-        let mut out = Vec::new();
-        for m in &self.mappings {
-            for f in &m.cfg.fields {
-                if let PathTemplate::Fixed(p) = &f.path {
-                    out.push(meta(&m.cfg, f, p.clone()));
-                }
-            }
-        }
-        out
+        self.mappings
+            .iter()
+            .flat_map(|m| fixed_tags(&m.cfg))
+            .collect()
     }
 
     /// Registers [`JsonIngest::tags`] in `namespace` (remembering their ids); returns the
@@ -428,6 +423,17 @@ impl JsonIngest {
         }
         s
     }
+}
+
+/// The tags of `m`'s fields with a fixed path (templated ones are born at first sight).
+pub(crate) fn fixed_tags(m: &JsonMapping) -> Vec<TagMeta> {
+    m.fields
+        .iter()
+        .filter_map(|f| match &f.path {
+            PathTemplate::Fixed(p) => Some(meta(m, f, p.clone())),
+            PathTemplate::Template(_) => None,
+        })
+        .collect()
 }
 
 fn meta(m: &JsonMapping, f: &FieldMapping, path: TagPath) -> TagMeta {

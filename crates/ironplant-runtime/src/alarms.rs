@@ -18,12 +18,14 @@
 //! inside a publish, so an operation holding it across a publish could deadlock); the snapshot
 //! on disk is always a whole one (temp file, fsync, rename, fsync of the directory).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ironplant_control::alarm::config::ExprSource;
+pub use ironplant_control::alarm::Operation;
 use ironplant_control::alarm::{
     persist, AlarmConfigs, AlarmEngine, AlarmError, AlarmSettings, AlarmView, KpiOptions,
     KpiReport, Transition,
@@ -33,6 +35,7 @@ use ironplant_core::{
     Event, EventBus, EventKind, Namespace, Processor, ProcessorOutput, Sample, Severity, TagId,
     Timestamp,
 };
+use ironplant_historian::events::{EventOrder, EventQuery, EventStore, MAX_EVENTS};
 use parking_lot::Mutex;
 
 /// How often the processor ticks the engine (delays and shelves end within this).
@@ -97,25 +100,18 @@ pub fn alarm_key(tag: &ironplant_core::TagPath) -> String {
     tag.as_str().replace('/', ".")
 }
 
-/// An operation asked of an alarm by a person.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Operation {
-    Ack,
-    Shelve(Duration),
-    Unshelve,
-    RemoveFromService,
-    ReturnToService,
-    Reset,
-}
-
 /// The platform's alarms; see the module docs.
 pub struct Alarms {
     engine: Mutex<AlarmEngine>,
     events: EventBus,
+    /// The event store, where every transition is kept: read back at restart (transitions
+    /// newer than the snapshot) and for the KPIs.
+    store: Option<EventStore>,
     kpi: KpiOptions,
     file: Option<PathBuf>,
     dirty: AtomicBool,
     wake: tokio::sync::Notify,
+    save_every: Duration,
 }
 
 impl Alarms {
@@ -127,6 +123,7 @@ impl Alarms {
         namespace: &Namespace,
         data_dir: Option<&Path>,
         events: &EventBus,
+        store: Option<&EventStore>,
     ) -> Result<Option<Arc<Alarms>>, AlarmStartError> {
         let configs = config.get::<AlarmConfigs>();
         let findings = finding_alarms(namespace);
@@ -145,7 +142,14 @@ impl Alarms {
         let file = data_dir.map(|d| d.join("alarms").join(FILE));
         let now = Timestamp::now();
         if let Some(path) = &file {
-            match persist::read(path) {
+            let saved = persist::read(path);
+            let saved = match (saved, store) {
+                // The snapshot is written at most once a `save_interval`: transitions after
+                // it (a crash) are in the event store, which commits each batch durably.
+                (Ok(snapshot), Some(store)) => Ok(catch_up(snapshot, store, now, events)),
+                (other, _) => other,
+            };
+            match saved {
                 Ok(None) => {}
                 Ok(Some(snapshot)) => {
                     let report = engine.restore(&snapshot, now);
@@ -193,6 +197,8 @@ impl Alarms {
         Ok(Some(Arc::new(Alarms {
             engine: Mutex::new(engine),
             events: events.clone(),
+            store: store.cloned(),
+            save_every: settings.save_interval,
             kpi: settings.kpi(),
             file,
             dirty: AtomicBool::new(true),
@@ -214,9 +220,30 @@ impl Alarms {
         self.engine.lock().get(id)
     }
 
-    /// The ISA-18.2 performance report over `from..to` (from the transitions kept in memory).
+    /// The ISA-18.2 performance report over `from..to`: from the event store's transitions
+    /// (so across restarts and beyond the history kept in memory) plus those kept in memory
+    /// that the store has not committed yet; without a store, from memory only. Reads the
+    /// store: call it off the async workers.
     pub fn kpi(&self, from: Timestamp, to: Timestamp) -> KpiReport {
-        self.engine.lock().kpi(from, to, &self.kpi)
+        let Some(store) = &self.store else {
+            return self.engine.lock().kpi(from, to, &self.kpi);
+        };
+        // Alarms raised before the span and still standing are seen through the day before.
+        let lookback = Timestamp(from.0.saturating_sub(86_400_000_000));
+        let mut transitions = stored_transitions(store, lookback, to, KPI_MAX_TRANSITIONS);
+        let mut seen: HashSet<(i64, Arc<str>, &'static str)> = transitions
+            .iter()
+            .map(|t| (t.ts.0, t.alarm.clone(), t.cause.as_str()))
+            .collect();
+        let engine = self.engine.lock();
+        let recent: Vec<Transition> = engine
+            .history()
+            .filter(|t| t.ts >= lookback && t.ts < to)
+            .filter(|t| seen.insert((t.ts.0, t.alarm.clone(), t.cause.as_str())))
+            .cloned()
+            .collect();
+        transitions.extend(recent);
+        engine.kpi_over(&transitions, from, to, &self.kpi)
     }
 
     /// Performs an operator's operation; the transition is published as an event and saved.
@@ -228,17 +255,7 @@ impl Alarms {
         comment: &str,
     ) -> Result<Transition, AlarmError> {
         let now = Timestamp::now();
-        let t = {
-            let mut e = self.engine.lock();
-            match op {
-                Operation::Ack => e.ack(id, user, comment, now),
-                Operation::Shelve(d) => e.shelve(id, *d, user, comment, now),
-                Operation::Unshelve => e.unshelve(id, user, comment, now),
-                Operation::RemoveFromService => e.remove_from_service(id, user, comment, now),
-                Operation::ReturnToService => e.return_to_service(id, user, comment, now),
-                Operation::Reset => e.reset(id, user, comment, now),
-            }?
-        };
+        let t = self.engine.lock().operate(id, op, user, comment, now)?;
         self.events.publish(t.to_event());
         self.changed();
         Ok(t)
@@ -324,9 +341,100 @@ impl Processor for AlarmProcessor {
     }
 }
 
+/// The most transitions a KPI report reads from the event store (about 200 MB at worst).
+const KPI_MAX_TRANSITIONS: usize = 1_000_000;
+/// The most transitions replayed over a snapshot at start.
+const REPLAY_MAX: usize = 1_000_000;
+
+/// The alarm transitions the store holds in `[from, to)`, oldest first, at most `max`.
+fn stored_transitions(
+    store: &EventStore,
+    from: Timestamp,
+    to: Timestamp,
+    max: usize,
+) -> Vec<Transition> {
+    let mut q = EventQuery::new(from, to);
+    q.kinds = vec![EventKind::Alarm];
+    q.order = EventOrder::OldestFirst;
+    q.limit = MAX_EVENTS;
+    let mut out = Vec::new();
+    loop {
+        let page = match store.query(&q, &|_| true) {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read alarm transitions from the event store");
+                break;
+            }
+        };
+        out.extend(
+            page.events
+                .iter()
+                .filter_map(|e| Transition::from_event(&e.event)),
+        );
+        match page.next {
+            Some(next) if out.len() < max => q.after = Some(next),
+            Some(_) => {
+                tracing::warn!(
+                    max,
+                    "more alarm transitions than can be read at once; the oldest {max} are used"
+                );
+                break;
+            }
+            None => break,
+        }
+    }
+    out.truncate(max);
+    out
+}
+
+/// The snapshot brought up to date with the transitions the event store holds after it (all
+/// of them when there is no snapshot yet), so a crash between two snapshot writes loses no
+/// alarm state: each transition is committed to the store within milliseconds.
+fn catch_up(
+    snapshot: Option<persist::Snapshot>,
+    store: &EventStore,
+    now: Timestamp,
+    events: &EventBus,
+) -> Option<persist::Snapshot> {
+    let from = snapshot
+        .as_ref()
+        .map_or(0, |s| s.taken_at.saturating_add(1));
+    let newer = stored_transitions(
+        store,
+        Timestamp(from),
+        Timestamp(now.0.saturating_add(1)),
+        REPLAY_MAX,
+    );
+    if newer.is_empty() {
+        return snapshot;
+    }
+    let mut snapshot = snapshot.unwrap_or(persist::Snapshot {
+        version: persist::SNAPSHOT_VERSION,
+        taken_at: 0,
+        alarms: Vec::new(),
+    });
+    let applied = snapshot.replay(&newer);
+    tracing::info!(
+        applied,
+        "alarm transitions after the last snapshot replayed from the event store"
+    );
+    events.publish(Event::new(
+        now,
+        EventKind::System,
+        "alarm_state_replayed",
+        "alarms",
+        format!("{applied} alarm transitions newer than the saved alarm state were replayed from the event store (the platform stopped before it saved them)"),
+    ));
+    Some(snapshot)
+}
+
 impl crate::saved::SavedState for Alarms {
     fn what(&self) -> &'static str {
         "alarm"
+    }
+
+    fn save_every(&self) -> Duration {
+        self.save_every
     }
 
     fn changes(&self) -> &tokio::sync::Notify {

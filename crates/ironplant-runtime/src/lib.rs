@@ -310,7 +310,13 @@ impl Runtime {
         // unacknowledged alarm.
         control::register_alarm_inputs(config, &namespace)?;
         control::register_finding_inputs(&namespace)?;
-        let alarms = alarms::Alarms::open(config, &namespace.read(), data_dir, &events)?;
+        let alarms = alarms::Alarms::open(
+            config,
+            &namespace.read(),
+            data_dir,
+            &events,
+            historian.as_ref().map(|h| h.events()),
+        )?;
         let commands = commands::Commands::open(config, &namespace.read(), data_dir, &events);
         let supervisor = component::Supervisor::new(
             bus.clone(),

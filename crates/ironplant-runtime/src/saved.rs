@@ -22,6 +22,10 @@ pub trait SavedState: Send + Sync + 'static {
     fn changes(&self) -> &Notify;
     /// Writes the snapshot if it changed since the last write (blocking).
     fn save(&self) -> Result<(), PersistError>;
+    /// The longest a change waits before it is written.
+    fn save_every(&self) -> Duration {
+        SAVE_EVERY
+    }
 }
 
 /// The service that saves a [`SavedState`]; see the module docs.
@@ -63,7 +67,7 @@ impl<S: SavedState> Service for StatePersister<S> {
                 }
                 // Coalesce: one write per period however many changes happen.
                 tokio::select! {
-                    () = tokio::time::sleep(SAVE_EVERY) => {}
+                    () = tokio::time::sleep(self.0.save_every()) => {}
                     () = shutdown.requested() => {}
                 }
             }

@@ -50,6 +50,9 @@ pub struct AlarmSettings {
     pub stale_after: Duration,
     /// Transitions kept in memory for the KPIs.
     pub history: usize,
+    /// The longest a changed alarm state waits before its snapshot is written (transitions
+    /// meanwhile are in the event store, replayed over the snapshot after a crash).
+    pub save_interval: Duration,
 }
 
 impl Default for AlarmSettings {
@@ -63,6 +66,7 @@ impl Default for AlarmSettings {
             chatter_window: k.chatter_window,
             stale_after: k.stale_after,
             history: EngineSettings::default().history,
+            save_interval: Duration::from_secs(1),
         }
     }
 }
@@ -303,6 +307,7 @@ struct RawSettings {
     chatter_window: Option<Spanned<String>>,
     stale_after: Option<Spanned<String>>,
     history: Option<Spanned<i64>>,
+    save_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -431,6 +436,7 @@ fn validate_settings(raw: RawSettings, d: &mut Diagnostics) -> AlarmSettings {
         chatter_window: positive(d, &raw.chatter_window, "chatter_window", def.chatter_window),
         stale_after: positive(d, &raw.stale_after, "stale_after", def.stale_after),
         history: int_field(d, &raw.history, "history", 0..=10_000_000, def.history),
+        save_interval: positive(d, &raw.save_interval, "save_interval", def.save_interval),
     }
 }
 

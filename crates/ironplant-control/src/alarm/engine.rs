@@ -29,6 +29,17 @@ use super::{
 /// shortens the window for tags updating faster than window / this).
 const MAX_RATE_POINTS: usize = 1024;
 
+/// An operation asked of an alarm by a person ([`AlarmEngine::operate`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operation {
+    Ack,
+    Shelve(Duration),
+    Unshelve,
+    RemoveFromService,
+    ReturnToService,
+    Reset,
+}
+
 /// How the engine runs, from `[alarms]` ([`super::AlarmSettings::engine`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineSettings {
@@ -579,6 +590,26 @@ impl AlarmEngine {
         t
     }
 
+    /// Performs an operator's [`Operation`] (the one entry point for APIs): the same as the
+    /// method of each operation.
+    pub fn operate(
+        &mut self,
+        id: &str,
+        op: &Operation,
+        user: &str,
+        comment: &str,
+        now: Timestamp,
+    ) -> Result<Transition, AlarmError> {
+        match op {
+            Operation::Ack => self.ack(id, user, comment, now),
+            Operation::Shelve(d) => self.shelve(id, *d, user, comment, now),
+            Operation::Unshelve => self.unshelve(id, user, comment, now),
+            Operation::RemoveFromService => self.remove_from_service(id, user, comment, now),
+            Operation::ReturnToService => self.return_to_service(id, user, comment, now),
+            Operation::Reset => self.reset(id, user, comment, now),
+        }
+    }
+
     /// Acknowledges an unacknowledged alarm (in alarm → acknowledged; returned to normal →
     /// normal).
     pub fn ack(
@@ -831,7 +862,19 @@ impl AlarmEngine {
     /// shelved and out-of-service figures taken from the live state at `to`.
     pub fn kpi(&self, from: Timestamp, to: Timestamp, opts: &KpiOptions) -> KpiReport {
         let (a, b) = self.history.as_slices();
-        let mut report = kpi::report(a.iter().chain(b), from, to, opts);
+        self.kpi_over(a.iter().chain(b), from, to, opts)
+    }
+
+    /// [`AlarmEngine::kpi`] over transitions from elsewhere (e.g. the event store, for spans
+    /// longer than the history kept in memory, or across restarts).
+    pub fn kpi_over<'a>(
+        &self,
+        transitions: impl IntoIterator<Item = &'a Transition>,
+        from: Timestamp,
+        to: Timestamp,
+        opts: &KpiOptions,
+    ) -> KpiReport {
+        let mut report = kpi::report(transitions, from, to, opts);
         let stale_after = micros(opts.stale_after);
         report.standing = self
             .slots
@@ -912,7 +955,7 @@ impl AlarmEngine {
                 continue;
             }
             let s = &mut self.slots[i];
-            if s.def.fingerprint() != a.definition {
+            if !a.definition.is_empty() && s.def.fingerprint() != a.definition {
                 report.changed.push(a.id.clone());
             }
             s.cond = a.condition;

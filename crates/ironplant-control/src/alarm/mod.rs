@@ -24,7 +24,7 @@ use ironplant_core::event::{Event, EventKind, Severity};
 use ironplant_core::{TagId, TagPath, Timestamp, Value};
 
 pub use config::{AlarmConfig, AlarmConfigs, AlarmSettings};
-pub use engine::{AlarmEngine, AlarmView, EngineSettings};
+pub use engine::{AlarmEngine, AlarmView, EngineSettings, Operation};
 pub use kpi::{KpiOptions, KpiReport};
 pub use persist::{RestoreReport, Snapshot};
 

@@ -110,6 +110,90 @@ pub enum PersistError {
 }
 
 impl Snapshot {
+    /// Brings the snapshot up to date with transitions that happened after it was taken
+    /// (read back from the event store after a crash: [`Transition::from_event`]); those at or
+    /// before `taken_at` are skipped, the rest applied in time order. The visible state, the
+    /// acknowledgement and the overlays (shelve, suppression, out of service) follow each
+    /// transition; the condition is the one the state implies, and the first sample after the
+    /// restore reconciles it like after any restore. An alarm the snapshot does not know
+    /// gets an entry with an unknown definition (empty `definition`). Returns how many
+    /// transitions were applied; `taken_at` becomes the last one's time.
+    pub fn replay<'a>(&mut self, transitions: impl IntoIterator<Item = &'a Transition>) -> usize {
+        use super::AlarmState as S;
+        let mut newer: Vec<&Transition> = transitions
+            .into_iter()
+            .filter(|t| t.ts.0 > self.taken_at)
+            .collect();
+        newer.sort_by_key(|t| t.ts);
+        for t in &newer {
+            let i = match self.alarms.iter().position(|a| *a.id == *t.alarm) {
+                Some(i) => i,
+                None => {
+                    self.alarms.push(AlarmSnapshot {
+                        id: t.alarm.to_string(),
+                        definition: String::new(),
+                        state: S::Normal.as_str().to_owned(),
+                        condition: false,
+                        active: false,
+                        acknowledged: true,
+                        since: t.ts.0,
+                        active_since: None,
+                        suppressed: false,
+                        shelved_until: None,
+                        shelved_by: None,
+                        shelve_comment: None,
+                        out_of_service_by: None,
+                        out_of_service_comment: None,
+                    });
+                    self.alarms.len() - 1
+                }
+            };
+            let a = &mut self.alarms[i];
+            let user = t.user.as_deref().map(str::to_owned);
+            let comment = t.comment.as_deref().map(str::to_owned);
+            let annunciated = |a: &mut AlarmSnapshot, active: bool, acked: bool| {
+                if active && !a.active {
+                    a.active_since = Some(t.ts.0);
+                }
+                if !active {
+                    a.active_since = None;
+                }
+                a.active = active;
+                a.condition = active;
+                a.acknowledged = acked;
+                a.suppressed = false;
+                a.shelved_until = None;
+                a.shelved_by = None;
+                a.shelve_comment = None;
+                a.out_of_service_by = None;
+                a.out_of_service_comment = None;
+            };
+            match t.to {
+                S::Normal => annunciated(a, false, true),
+                S::Unacknowledged => annunciated(a, true, false),
+                S::Acknowledged => annunciated(a, true, true),
+                S::ReturnToNormalUnacknowledged => annunciated(a, false, false),
+                S::Shelved => {
+                    a.shelved_until = t.shelved_until.map(|u| u.0);
+                    a.shelved_by = user;
+                    a.shelve_comment = comment;
+                }
+                S::SuppressedByDesign => a.suppressed = true,
+                S::OutOfService => {
+                    a.shelved_until = None;
+                    a.shelved_by = None;
+                    a.shelve_comment = None;
+                    a.out_of_service_by = user;
+                    a.out_of_service_comment = comment;
+                }
+            }
+            a.state = t.to.as_str().to_owned();
+            a.since = t.ts.0;
+            self.taken_at = self.taken_at.max(t.ts.0);
+        }
+        newer.len()
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a snapshot always serialises")
     }

@@ -41,6 +41,12 @@ pub fn api_for(addr: &str, data_dir: &Path, role: ironplant_security::Role) -> A
 
 /// GET over TLS with the token: (status, body), or status 0 when the exchange failed.
 pub fn try_get(api: &Api, path: &str) -> (u16, String) {
+    try_request(api, "GET", path, None)
+}
+
+/// `method` over TLS with the token and an optional JSON body: (status, body), or status 0
+/// when the exchange failed.
+pub fn try_request(api: &Api, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
     let exchange = || -> std::io::Result<Vec<u8>> {
         let s = TcpStream::connect(&api.addr)?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -49,9 +55,16 @@ pub fn try_get(api: &Api, path: &str) -> (u16, String) {
         let conn =
             rustls::ClientConnection::new(api.tls.clone(), name).map_err(std::io::Error::other)?;
         let mut s = rustls::StreamOwned::new(conn, s);
+        let body = match json {
+            Some(j) => format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{j}",
+                j.len()
+            ),
+            None => "\r\n".to_owned(),
+        };
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n{body}",
             api.addr, api.token
         )?;
         let mut raw = Vec::new();
