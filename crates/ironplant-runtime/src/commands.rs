@@ -564,6 +564,24 @@ impl Commands {
     /// resolves with the read-back's verdict. The write and the report run on a task of their
     /// own: dropping this future does not leave the command half done.
     pub async fn complete(self: &Arc<Self>, a: Accepted) -> CommandResult {
+        let r = self.write_and_verify(a).await;
+        if matches!(r, CommandResult::Verified { .. }) {
+            // The new expected value is on disk before the caller hears of it: a crash right
+            // after a verified command cannot turn the device's (commanded) value into an
+            // unauthorised change at the restart.
+            let this = self.clone();
+            let save = move || {
+                this.dirty.store(true, Ordering::Release);
+                this.save()
+            };
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(save).await {
+                tracing::error!(error = %e, "cannot save the command state after a verified command");
+            }
+        }
+        r
+    }
+
+    async fn write_and_verify(self: &Arc<Self>, a: Accepted) -> CommandResult {
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().insert(a.id, tx);
         let this = self.clone();

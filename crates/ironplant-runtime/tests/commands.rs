@@ -411,11 +411,12 @@ async fn the_expected_value_survives_a_restart() {
         CommandResult::Verified { id, .. } => id,
         other => panic!("expected verified, got {other:?}"),
     };
-    platform.shutdown(Duration::from_secs(5)).await;
+    // On disk before the result was handed out (a crash now would not lose it).
     let saved: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(state_file(dir.path())).expect("the state was saved at shutdown"),
+        &std::fs::read(state_file(dir.path())).expect("the state was saved with the result"),
     )
     .expect("JSON");
+    platform.shutdown(Duration::from_secs(5)).await;
     let speed = saved["tags"]
         .as_array()
         .and_then(|t| t.iter().find(|t| t["tag"] == SPEED))
