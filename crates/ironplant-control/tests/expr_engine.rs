@@ -187,7 +187,7 @@ fn bad_inputs_propagate_and_are_explained() {
     assert_eq!(out[0].quality.level, QualityLevel::Bad);
     assert_eq!(
         c.explain(out[0].tag, &name).as_deref(),
-        Some("acme/lyon/bottling/line1/efficiency is Bad(OutOfRange): division by zero in `speed_actual / speed_setpoint`")
+        Some("acme/lyon/bottling/line1/efficiency is Bad(CalculationFailed): division by zero in `speed_actual / speed_setpoint`")
     );
     // The int expression feeds a float tag as a float; no value yet is Bad.
     let out = run(

@@ -206,7 +206,7 @@ fn calculation_errors_are_bad_with_a_reason_never_a_panic() {
     let check = |text: &str, kind: CauseKind, part: &str| {
         let o = eval_with(text, &s, t(2.0));
         assert_eq!(o.quality.level, QualityLevel::Bad, "{text}: {o:?}");
-        assert_eq!(o.quality.reason, QualityReason::OutOfRange, "{text}");
+        assert_eq!(o.quality.reason, QualityReason::CalculationFailed, "{text}");
         let c = o.cause.expect("a cause");
         assert_eq!(c.kind, kind, "{text}");
         assert_eq!(&text[c.span.range()], part, "{text}");

@@ -568,6 +568,12 @@ pub enum QualityReason {
     Stale,
     /// No connection has been established yet.
     NotConnected,
+    /// A computed value could not be calculated (division by zero, a result that is not a
+    /// finite number, an overflow).
+    CalculationFailed,
+    /// A computed value lacks the data it needs: a time function has not seen enough samples,
+    /// its window is not covered, or some inputs of an aggregate are Bad.
+    InsufficientData,
 }
 
 impl QualityReason {
@@ -580,6 +586,8 @@ impl QualityReason {
             QualityReason::ConfigError => "ConfigError",
             QualityReason::Stale => "Stale",
             QualityReason::NotConnected => "NotConnected",
+            QualityReason::CalculationFailed => "CalculationFailed",
+            QualityReason::InsufficientData => "InsufficientData",
         }
     }
 }

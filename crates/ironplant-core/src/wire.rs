@@ -391,6 +391,8 @@ pub fn parse_quality(level: &str, reason: Option<&str>) -> Result<Quality, Strin
         Some("ConfigError") => QualityReason::ConfigError,
         Some("Stale") => QualityReason::Stale,
         Some("NotConnected") => QualityReason::NotConnected,
+        Some("CalculationFailed") => QualityReason::CalculationFailed,
+        Some("InsufficientData") => QualityReason::InsufficientData,
         Some(other) => return Err(format!("unknown quality reason {other:?}")),
     };
     Ok(Quality { level, reason })

@@ -143,6 +143,8 @@ pub fn quality_code(q: Quality) -> u8 {
         QualityReason::ConfigError => 4,
         QualityReason::Stale => 5,
         QualityReason::NotConnected => 6,
+        QualityReason::CalculationFailed => 7,
+        QualityReason::InsufficientData => 8,
     };
     (level << 5) | reason
 }
@@ -162,6 +164,8 @@ pub fn quality_from_code(c: u8) -> Result<Quality, Malformed> {
         4 => QualityReason::ConfigError,
         5 => QualityReason::Stale,
         6 => QualityReason::NotConnected,
+        7 => QualityReason::CalculationFailed,
+        8 => QualityReason::InsufficientData,
         _ => return Err(Malformed("quality reason")),
     };
     Ok(Quality { level, reason })

@@ -676,6 +676,8 @@ fn parse_quality(text: &str) -> Option<Quality> {
             QualityReason::ConfigError,
             QualityReason::Stale,
             QualityReason::NotConnected,
+            QualityReason::CalculationFailed,
+            QualityReason::InsufficientData,
         ]
         .into_iter()
         .find(|r| r.as_str() == name)?

@@ -206,10 +206,13 @@ impl Out {
         if level > self.q.level {
             let reason = match kind {
                 CauseKind::DivByZero | CauseKind::NotFinite | CauseKind::Overflow => {
-                    QualityReason::OutOfRange
+                    QualityReason::CalculationFailed
                 }
                 CauseKind::WrongType => QualityReason::ConfigError,
-                _ => QualityReason::NotConnected,
+                CauseKind::NotEnoughData | CauseKind::PartialWindow | CauseKind::SomeInputsBad => {
+                    QualityReason::InsufficientData
+                }
+                CauseKind::Input | CauseKind::NoValue => QualityReason::NotConnected,
             };
             self.q = Quality { level, reason };
             self.cause = Some(Cause { kind, tag, span });
