@@ -3,7 +3,8 @@
 //! Python side, and a pysparkplug edge node that prints the DCMDs it decoded and reports the
 //! values it applied in DDATA (tests/peers/modbus_server.py, sparkplug_write_edge.py, the
 //! scripts of write_path.rs). A command the edge node never confirms fails by read-back and
-//! raises the tag's built-in `command_failed` alarm.
+//! raises the tag's built-in `command_failed` alarm; the same read-back after a Sparkplug write
+//! timeout is also checked in-process, without a peer.
 //!
 //! The venvs come from the test command (`.ci/test`: IRONPLANT_PYTHON,
 //! IRONPLANT_SPARKPLUG_PYTHON); without them the tests are skipped locally with a message but
@@ -342,7 +343,10 @@ max_step = 300
     assert_eq!(sent[0]["topic"], "spBv1.0/Plant1/DCMD/edge-c/Pump1");
     assert_eq!(sent[0]["metrics"][0]["datatype"], "INT32", "{}", sent[0]);
     assert_eq!(sent[0]["metrics"][0]["value"], -123, "{}", sent[0]);
-    assert_eq!(good(&rt, SETPOINT), Some(Value::Int(-123)), "reported");
+    wait_until("the report on the bus", || {
+        good(&rt, SETPOINT) == Some(Value::Int(-123))
+    })
+    .await;
 
     // A step of 423 from the reported value is over max_step: refused, nothing sent.
     let (code, msg) = refusal(c.submit(request(SETPOINT, Value::Int(300))).await);
@@ -483,6 +487,134 @@ verify = {{ timeout = "1s" }}
         "{}",
         e.message
     );
-    assert_eq!(good(&rt, STUCK), Some(Value::Int(5)));
+    // The processors see a batch before the bus's table holds it.
+    wait_until("the report on the bus", || {
+        good(&rt, STUCK) == Some(Value::Int(5))
+    })
+    .await;
+    platform.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The same read-back after a write's timeout without a third-party peer (runs everywhere):
+/// our edge-node builder on the in-process broker. A report that comes after the Sparkplug
+/// write timeout but within the verify timeout verifies the command; none fails it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparkplug_write_timeout_is_settled_by_read_back_in_process() {
+    use ironplant_mqtt::codec::{MqttString, Publish as MqttPublish};
+    use ironplant_sparkplug::{EdgeNode, MetricValue, Publish};
+    use std::sync::atomic::Ordering;
+
+    fn send(broker: &Broker, p: &Publish) {
+        let topic = MqttString::from_utf8(bytes::Bytes::from(p.topic.clone())).expect("topic");
+        broker.publish(MqttPublish::new(topic, p.payload.clone().into()));
+    }
+    const LATE: &str = "g/n/d/Late";
+    const NEVER: &str = "g/n/d/Never";
+    let broker = Broker::new(BrokerConfig::default());
+    let cfg = ironplant_runtime::config::parse(
+        "sp.toml",
+        &format!(
+            r#"
+[sparkplug]
+host_id = "w"
+write_timeout = "300ms"
+
+[[command]]
+tag = "{LATE}"
+dynamic = true
+verify = {{ timeout = "10s" }}
+
+[[command]]
+tag = "{NEVER}"
+dynamic = true
+verify = {{ timeout = "300ms" }}
+"#
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let platform = Platform::builder(cfg, None)
+        .broker(broker.clone())
+        .start()
+        .expect("platform starts");
+    let rt = platform.runtime.clone();
+    let audited = audit_sink(&rt);
+    let now = ironplant_core::Timestamp::now;
+    let mut edge = EdgeNode::new("g", "n").expect("ids");
+    edge.add_device("d").expect("new");
+    for m in ["Late", "Never"] {
+        edge.add_device_metric("d", m, MetricValue::Int32(1))
+            .expect("new");
+    }
+    for m in edge.birth(now()) {
+        send(&broker, &m);
+    }
+    wait_until("born", || {
+        good(&rt, LATE).is_some() && good(&rt, NEVER).is_some()
+    })
+    .await;
+    let unconfirmed = || {
+        rt.metrics
+            .sparkplug
+            .writes_unconfirmed
+            .load(Ordering::Relaxed)
+    };
+
+    // Reported after the write timed out, within the verify timeout: verified.
+    let late = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.commands.submit(request(LATE, Value::Int(7))).await }
+    });
+    wait_until("the write timed out", || unconfirmed() == 1).await;
+    assert!(!late.is_finished(), "resolved before any report");
+    send(
+        &broker,
+        &edge
+            .device_data("d", &[("Late", MetricValue::Int32(7))], now())
+            .expect("declared"),
+    );
+    match tokio::time::timeout(Duration::from_secs(10), late)
+        .await
+        .expect("resolved")
+        .expect("task")
+    {
+        CommandResult::Verified { value, .. } => assert_eq!(value, Value::Int(7)),
+        other => panic!("expected verified, got {other:?}"),
+    }
+
+    // Never reported: failed by read-back, the alarm raised.
+    match rt.commands.submit(request(NEVER, Value::Int(9))).await {
+        CommandResult::Failed { last_seen, .. } => assert_eq!(last_seen, Some(Value::Int(1))),
+        other => panic!("expected failed, got {other:?}"),
+    }
+    assert_eq!(unconfirmed(), 2);
+    let alarm_id = format!(
+        "{}:command_failed",
+        ironplant_runtime::alarms::alarm_key(&TagPath::parse(NEVER).expect("path"))
+    );
+    let alarms = rt.alarms.clone().expect("the built-in alarms");
+    wait_until("the command_failed alarm active", || {
+        alarms
+            .get(&alarm_id)
+            .is_some_and(|v| v.state == "unacknowledged")
+    })
+    .await;
+    let late_alarm = format!(
+        "{}:command_failed",
+        ironplant_runtime::alarms::alarm_key(&TagPath::parse(LATE).expect("path"))
+    );
+    assert_eq!(
+        alarms.get(&late_alarm).map(|v| v.state),
+        Some("normal"),
+        "the verified command raised nothing"
+    );
+    assert_eq!(
+        steps(&audited.lock()),
+        vec![
+            step("accepted", Value::Int(1), Value::Int(7)),
+            step("verified", Value::Int(1), Value::Int(7)),
+            step("accepted", Value::Int(1), Value::Int(9)),
+            step("failed", Value::Int(1), Value::Int(9)),
+        ]
+    );
     platform.shutdown(Duration::from_secs(5)).await;
 }
