@@ -9,7 +9,9 @@ Every DCMD is printed as a JSON line
 with what pysparkplug decoded. The node then applies each commanded metric and reports it in a
 DDATA with its birth datatype, except Stuck, which it ignores (a device that does not obey).
 Commands read from stdin, one a line:
-  ndeath   publishes an NDEATH carrying the bdSeq of the birth (the node goes offline)
+  ndeath               publishes an NDEATH carrying the bdSeq of the birth (the node goes offline)
+  report METRIC VALUE  reports VALUE (an integer) for METRIC of Pump1 in a DDATA, as if the
+                       device changed it by itself (e.g. applied an ignored command late)
 """
 
 import json
@@ -94,6 +96,9 @@ def main():
             topic = psp.Topic(message_type=psp.MessageType.NDEATH, group_id=group, edge_node_id=node_id)
             payload = psp.NDeath(timestamp=ts(), bd_seq_metric=wills[0])
             node._client.publish(psp.Message(topic=topic, payload=payload, qos=psp.QoS.AT_MOST_ONCE, retain=False))
+        elif words[0] == "report" and len(words) == 3 and words[1] in births:
+            datatype = births[words[1]][0]
+            node.update_device("Pump1", [psp.Metric(timestamp=ts(), name=words[1], datatype=datatype, value=int(words[2]))])
         else:
             say({"event": "error", "why": f"unknown command {words[0]!r}"})
             continue

@@ -52,15 +52,19 @@ pub enum AlarmStartError {
     Definitions(Vec<String>),
 }
 
-/// The built-in alarms of every writable tag, on the command path's findings
+/// The built-in alarms of every writable tag (and `dynamic` `[[command]]` tag:
+/// `crate::control::finding_subjects`), on the command path's findings
 /// (`crate::control::finding_paths`): `<tag with . for />:unauthorised_change` (priority 1: the device shows
 /// a value no authorised command explains, e.g. another Modbus master wrote the PLC) and
 /// `<tag>:command_failed` (priority 2: the last command was not read back in time).
-fn finding_alarms(namespace: &Namespace) -> Vec<ironplant_control::alarm::AlarmDef> {
+fn finding_alarms(
+    config: &Config,
+    namespace: &Namespace,
+) -> Vec<ironplant_control::alarm::AlarmDef> {
     use ironplant_control::alarm::{AlarmDef, Condition};
     let mut defs = Vec::new();
-    for m in namespace.tags().filter(|m| m.writable) {
-        let (unauthorised, failed) = crate::control::finding_paths(&m.path);
+    for path in crate::control::finding_subjects(config, namespace) {
+        let (unauthorised, failed) = crate::control::finding_paths(&path);
         let (Some(u), Some(f)) = (
             namespace.lookup(unauthorised.as_str()),
             namespace.lookup(failed.as_str()),
@@ -68,25 +72,25 @@ fn finding_alarms(namespace: &Namespace) -> Vec<ironplant_control::alarm::AlarmD
             continue;
         };
         let mut a = AlarmDef::new(
-            &format!("{}:unauthorised_change", alarm_key(&m.path)),
+            &format!("{}:unauthorised_change", alarm_key(&path)),
             u.id,
-            m.path.clone(),
+            path.clone(),
             Condition::Condition,
         );
         a.priority = 1;
-        a.message = format!("Unauthorised change of {}", m.path).into();
+        a.message = format!("Unauthorised change of {path}").into();
         a.consequence =
             "The process runs on a value nobody authorised: possible tampering or a rogue engineering station".into();
         a.response = "Check who wrote the device (security events, audit log); restore the commanded value through the platform".into();
         defs.push(a);
         let mut a = AlarmDef::new(
-            &format!("{}:command_failed", alarm_key(&m.path)),
+            &format!("{}:command_failed", alarm_key(&path)),
             f.id,
-            m.path.clone(),
+            path.clone(),
             Condition::Condition,
         );
         a.priority = 2;
-        a.message = format!("Command to {} not confirmed by the device", m.path).into();
+        a.message = format!("Command to {path} not confirmed by the device").into();
         a.consequence = "The device may not run on the commanded value".into();
         a.response = "Check the device and its connection; command the value again".into();
         defs.push(a);
@@ -126,7 +130,7 @@ impl Alarms {
         store: Option<&EventStore>,
     ) -> Result<Option<Arc<Alarms>>, AlarmStartError> {
         let configs = config.get::<AlarmConfigs>();
-        let findings = finding_alarms(namespace);
+        let findings = finding_alarms(config, namespace);
         if configs.0.is_empty() && findings.is_empty() {
             return Ok(None);
         }

@@ -16,7 +16,8 @@
 //!   unauthorised change) and goes to the audit sink the server sets
 //!   ([`Commands::set_audit_sink`]: the security audit log). An unauthorised change of a tag
 //!   with `on_unauthorised_change = "restore"` is written back by the platform, through the
-//!   same checks. (Raising ISA-18.2 alarms for findings comes later.)
+//!   same checks. Findings (an unauthorised change, a failed command) set the tag's hidden
+//!   finding tags, the inputs of its built-in alarms (`crate::alarms`).
 //! - `crate::saved::StatePersister` writes the path's snapshot atomically to
 //!   `<data-dir>/commands/commands.json` at most once a [`SAVE_EVERY`] after a change and at
 //!   shutdown; [`Commands::open`] restores it before the first sample.
@@ -56,8 +57,9 @@ use ironplant_control::command::{
 use ironplant_control::expr::{compile, Expr, NameIndex, NamespaceResolver, Type, Val};
 use ironplant_core::config::Config;
 use ironplant_core::{
-    BoxFuture, ComponentError, Event, EventBus, EventKind, LiveNamespace, Namespace, Processor,
-    ProcessorOutput, Sample, Severity, Shutdown, TagId, TagPath, Timestamp, Value,
+    BoxFuture, ComponentError, DeviceWriteError, Event, EventBus, EventKind, LiveNamespace,
+    Namespace, Processor, ProcessorOutput, Sample, Severity, Shutdown, TagId, TagPath, Timestamp,
+    Value, WriteAck,
 };
 use ironplant_mqtt::codec::{MqttString, Publish, QoS};
 use ironplant_mqtt::Broker;
@@ -65,7 +67,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::component::Service;
-use crate::Runtime;
+use crate::{Runtime, RuntimeWriteError};
 
 /// How often the processor looks at the path's deadlines.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -636,7 +638,25 @@ impl Commands {
                 message: message.to_owned(),
             });
         };
-        let written = rt.write(a.tag.as_str(), a.value.clone()).await;
+        let written = match rt.write(a.tag.as_str(), a.value.clone()).await {
+            // The write went out but its answer did not come in time (for Sparkplug, the edge
+            // node's report of the value is the only answer): the device may have taken it,
+            // so the read-back decides, as after an acknowledgement without echo. A `failed`
+            // command raises the tag's alarm and the platform keeps expecting the commanded
+            // value; a `device_error` would put the old expectation back and report a late
+            // application as an unauthorised change.
+            Err(RuntimeWriteError::Device {
+                source: DeviceWriteError::Timeout(t),
+                ..
+            }) => {
+                tracing::warn!(tag = %a.tag, value = %a.value, timeout = ?t, "no answer to a command's write: verifying it by read-back");
+                Ok(WriteAck {
+                    detail: format!("no answer within {t:?}"),
+                    echoed: None,
+                })
+            }
+            other => other,
+        };
         let now = Timestamp::now();
         match written {
             Ok(ack) => {

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ironplant_control::alarm::config::{AlarmConfigs, ExprSource};
-use ironplant_control::command::{Authorisation, CommandRequest, Origin, Requester};
+use ironplant_control::command::{
+    Authorisation, CommandRequest, CommandSettings, Origin, Requester,
+};
 use ironplant_control::expr::{
     compile, Action, Computed, ComputedDef, ComputedSettings, NameIndex, NamespaceResolver,
     RuleEvent, RuleOutput, RuleSettings, Rules, COMPUTED_SOURCE,
@@ -402,16 +404,37 @@ pub fn finding_paths(tag: &TagPath) -> (TagPath, TagPath) {
     (path("unauthorised"), path("failed"))
 }
 
-/// Registers the finding tags of every writable tag, before the alarm engine is built.
-pub fn register_finding_inputs(namespace: &LiveNamespace) -> Result<(), LogicStartError> {
-    let writable: Vec<TagPath> = namespace
-        .read()
+/// The tags that have findings (and built-in alarms): every writable tag of the namespace and
+/// every `[[command]]` tag with `dynamic = true` (a Sparkplug metric born at run time, whose
+/// command may fail like any other).
+pub fn finding_subjects(config: &Config, namespace: &Namespace) -> Vec<TagPath> {
+    let mut tags: Vec<TagPath> = namespace
         .tags()
         .filter(|m| m.writable)
         .map(|m| m.path.clone())
         .collect();
+    for p in config
+        .get::<CommandSettings>()
+        .tags
+        .iter()
+        .filter(|p| p.dynamic)
+    {
+        if !tags.contains(&p.tag) {
+            tags.push(p.tag.clone());
+        }
+    }
+    tags
+}
+
+/// Registers the finding tags of every [`finding_subjects`] tag, before the alarm engine is
+/// built.
+pub fn register_finding_inputs(
+    config: &Config,
+    namespace: &LiveNamespace,
+) -> Result<(), LogicStartError> {
+    let subjects = finding_subjects(config, &namespace.read());
     let mut errors = Vec::new();
-    for tag in writable {
+    for tag in subjects {
         let (unauthorised, failed) = finding_paths(&tag);
         for (path, what) in [
             (unauthorised, "shows a value no authorised command explains"),

@@ -309,7 +309,7 @@ impl Runtime {
         // Restored before the first sample: a restart re-raises nothing and loses no
         // unacknowledged alarm.
         control::register_alarm_inputs(config, &namespace)?;
-        control::register_finding_inputs(&namespace)?;
+        control::register_finding_inputs(config, &namespace)?;
         let alarms = alarms::Alarms::open(
             config,
             &namespace.read(),

@@ -7,112 +7,16 @@
 //! IRONPLANT_SPARKPLUG_PYTHON. Without them the tests are skipped locally with a message, but
 //! fail under CI=true.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+mod peer;
+
 use std::time::Duration;
 
 use ironplant_core::{DeviceWriteError, QualityLevel, Value};
 use ironplant_mqtt::{Broker, BrokerConfig};
 use ironplant_runtime::{start_platform, Runtime, RuntimeWriteError};
+use peer::{script, Peer};
 use serde_json::Value as Json;
 use tokio::time::Instant;
-
-fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/peers")
-        .join(name)
-}
-
-/// Forwards the lines of a pipe to a channel, from a thread, so reads never block a test.
-fn pump(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// A peer script, killed on drop, talking JSON lines on stdin/stdout.
-struct Peer {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-    errs: mpsc::Receiver<String>,
-    /// Every stdout line seen so far.
-    seen: Vec<String>,
-}
-
-impl Peer {
-    fn start(py: &PathBuf, script: PathBuf, args: &[&str]) -> Peer {
-        let mut child = Command::new(py)
-            .arg(script)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the peer script");
-        let lines = pump(child.stdout.take().expect("piped stdout"));
-        let errs = pump(child.stderr.take().expect("piped stderr"));
-        let stdin = child.stdin.take().expect("piped stdin");
-        Peer {
-            child,
-            stdin,
-            lines,
-            errs,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next stdout line satisfying `pred` (within 20 s), without blocking the runtime.
-    async fn line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match self.lines.try_recv() {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(mpsc::TryRecvError::Empty) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err(_) => {
-                    let errs: Vec<String> = self.errs.try_iter().collect();
-                    panic!(
-                        "no line with {what}; stdout:\n{}\nstderr:\n{}",
-                        self.seen.join("\n"),
-                        errs.join("\n")
-                    );
-                }
-            }
-        }
-    }
-
-    /// Sends one line and returns the JSON answer (the next line).
-    async fn ask(&mut self, question: &str) -> Json {
-        writeln!(self.stdin, "{question}").expect("write to the peer");
-        self.stdin.flush().expect("flush");
-        let line = self.line(question, |_| true).await;
-        let answer: Json = serde_json::from_str(&line).expect("a JSON line");
-        assert!(answer.get("error").is_none(), "{question}: {answer}");
-        answer
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(20);
@@ -408,8 +312,7 @@ async fn sparkplug_writes_are_acknowledged_by_the_edge_nodes_report() {
     );
 
     // An edge node that is offline (after its NDEATH): refused at once, nothing sent.
-    writeln!(edge.stdin, "ndeath").expect("write to the peer");
-    edge.stdin.flush().expect("flush");
+    edge.tell("ndeath");
     edge.line("ndeath done", |l| l.contains("\"done\"")).await;
     wait_until("the node's tags Bad", || {
         good(&rt, &tag("Setpoint")).is_none()
