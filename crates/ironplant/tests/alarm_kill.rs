@@ -9,7 +9,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use common::pump;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -79,18 +80,6 @@ struct Serve {
     _out: mpsc::Receiver<String>,
     _err: mpsc::Receiver<String>,
     api: Api,
-}
-
-fn pump(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 impl Serve {

@@ -3,7 +3,11 @@
 //! command, and clear errors (a taken port, a missing file, a second process on one data
 //! directory, plain MQTT to the TLS port).
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use common::pump;
+
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -19,19 +23,6 @@ struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
     errs: mpsc::Receiver<String>,
-}
-
-/// Forwards the lines of a pipe to a channel, from a thread, so reads never block a test.
-fn pump(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 impl Proc {

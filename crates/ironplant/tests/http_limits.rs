@@ -8,7 +8,8 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Read};
+use common::pump;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -34,18 +35,6 @@ const ATTACKERS: [&str; 5] = [
 ];
 /// A legitimate client that is not on the reserve list.
 const LEGIT: &str = "127.0.0.8";
-
-fn pump(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
 
 struct Proc {
     child: Child,

@@ -6,7 +6,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use common::pump;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -18,18 +19,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_ironplant");
 
 fn python() -> Option<PathBuf> {
     ironplant_testkit::python("paho.mqtt", "paho-mqtt")
-}
-
-fn pump(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// `ironplant serve` on ephemeral ports in `dir/data`; killed on drop.

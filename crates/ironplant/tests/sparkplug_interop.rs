@@ -6,7 +6,7 @@
 //! which exports IRONPLANT_SPARKPLUG_PYTHON. Without it the test is skipped locally with a
 //! message, but fails under CI=true.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 
 mod common;
+
+use common::pump;
 use common::Api;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ironplant");
@@ -26,19 +28,6 @@ fn python() -> Option<PathBuf> {
         "pysparkplug",
         "pysparkplug",
     )
-}
-
-/// Forwards the lines of a pipe to a channel, from a thread, so reads never block a test.
-fn pump(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// A child process, killed on drop, whose stdout lines arrive on a channel.

@@ -3,10 +3,10 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::net::TcpStream;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 /// The platform's HTTPS API as a client sees it.
@@ -94,4 +94,17 @@ pub fn try_request(api: &Api, method: &str, path: &str, json: Option<&str>) -> (
 /// skipped with a note.
 pub fn peer_available(what: &str, present: bool) -> bool {
     ironplant_testkit::peer_available(what, present)
+}
+
+/// Forwards the lines of a pipe to a channel, from a thread, so reads never block a test.
+pub fn pump(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
