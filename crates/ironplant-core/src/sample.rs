@@ -574,6 +574,10 @@ pub enum QualityReason {
     /// A computed value lacks the data it needs: a time function has not seen enough samples,
     /// its window is not covered, or some inputs of an aggregate are Bad.
     InsufficientData,
+    /// Messages from the source were lost or are out of order (e.g. a Sparkplug seq gap):
+    /// the value arrived before the source re-established its state, so it may be out of date
+    /// or not what the source last meant.
+    SequenceGap,
 }
 
 impl QualityReason {
@@ -588,6 +592,7 @@ impl QualityReason {
             QualityReason::NotConnected => "NotConnected",
             QualityReason::CalculationFailed => "CalculationFailed",
             QualityReason::InsufficientData => "InsufficientData",
+            QualityReason::SequenceGap => "SequenceGap",
         }
     }
 }

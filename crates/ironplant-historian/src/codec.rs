@@ -145,6 +145,7 @@ pub fn quality_code(q: Quality) -> u8 {
         QualityReason::NotConnected => 6,
         QualityReason::CalculationFailed => 7,
         QualityReason::InsufficientData => 8,
+        QualityReason::SequenceGap => 9,
     };
     (level << 5) | reason
 }
@@ -166,6 +167,7 @@ pub fn quality_from_code(c: u8) -> Result<Quality, Malformed> {
         6 => QualityReason::NotConnected,
         7 => QualityReason::CalculationFailed,
         8 => QualityReason::InsufficientData,
+        9 => QualityReason::SequenceGap,
         _ => return Err(Malformed("quality reason")),
     };
     Ok(Quality { level, reason })

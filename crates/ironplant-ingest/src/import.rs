@@ -678,6 +678,7 @@ fn parse_quality(text: &str) -> Option<Quality> {
             QualityReason::NotConnected,
             QualityReason::CalculationFailed,
             QualityReason::InsufficientData,
+            QualityReason::SequenceGap,
         ]
         .into_iter()
         .find(|r| r.as_str() == name)?

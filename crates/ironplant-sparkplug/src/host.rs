@@ -34,8 +34,10 @@
 //!   only that device's tags, stamped with the DDEATH's payload timestamp (the spec says to use it).
 //! - When a rebirth is requested from a node that is online, every Good tag of that node and its
 //!   devices that the triggering message did not refresh becomes **Uncertain(Stale)** (last value,
-//!   stamped `now`): a message was lost, so any value may be out of date. Data or the birth make
-//!   them Good again. Metrics that disappear from a new birth, and devices not re-born yet after an
+//!   stamped `now`): a message was lost, so any value may be out of date.
+//! - After a seq gap, data (and DBIRTHs) of the node are **Uncertain(SequenceGap)** until its next
+//!   NBIRTH: lost messages, or a second publisher with its own seq (a forged node), mean nothing
+//!   vouches for them. The NBIRTH makes the node's values Good again. Metrics that disappear from a new birth, and devices not re-born yet after an
 //!   NBIRTH, are also Uncertain(Stale).
 //! - Samples of `is_historical` metrics are flagged [`TagSample::historical`]; they do not change the
 //!   last value the host carries into Bad/Stale samples.
@@ -237,6 +239,11 @@ const STALE: Quality = Quality {
     level: ironplant_core::QualityLevel::Uncertain,
     reason: QualityReason::Stale,
 };
+/// Data after a seq gap, until the node's next NBIRTH.
+const AFTER_GAP: Quality = Quality {
+    level: ironplant_core::QualityLevel::Uncertain,
+    reason: QualityReason::SequenceGap,
+};
 const COMM_FAILURE: Quality = Quality {
     level: ironplant_core::QualityLevel::Bad,
     reason: QualityReason::CommFailure,
@@ -311,6 +318,8 @@ struct NodeState {
     scope: Scope,
     bd_seq: Option<u64>,
     last_seq: Option<u8>,
+    /// A seq gap was seen since the last NBIRTH: data is Uncertain(SequenceGap) until the next.
+    gap: bool,
     rebirth_at: Option<Timestamp>,
     devices: BTreeMap<String, Scope>,
 }
@@ -673,6 +682,7 @@ impl Host {
         }
         out.append(&mut births);
         node.scope = scope;
+        node.gap = false;
         node.bd_seq = bd_seq_of(p);
         node.last_seq = p.seq.and_then(|s| u8::try_from(s).ok());
         node.rebirth_at = None;
@@ -774,6 +784,16 @@ impl Host {
         let Some(node) = self.nodes.get_mut(node_id) else {
             return;
         };
+        if node.gap {
+            // A device born between a gap and the node's rebirth is no more trusted than data.
+            for b in &mut births {
+                if let HostAction::Sample(s) = b {
+                    if s.quality == Quality::GOOD {
+                        s.quality = AFTER_GAP;
+                    }
+                }
+            }
+        }
         let old = node.devices.entry(device_id.clone()).or_default();
         mark_scope(old, Some(&device_id), STALE, now, &touched, out);
         *old = scope;
@@ -847,6 +867,9 @@ impl Host {
             out.push(HostAction::Error(e));
             rebirth = true;
         }
+        // Between a gap and the rebirth nothing says the values are current or the node's own
+        // (lost messages, or a second publisher with its own seq): Uncertain, not Good.
+        let quality = if node.gap { AFTER_GAP } else { Quality::GOOD };
         let scope = match &device_id {
             None => Some(&mut node.scope),
             Some(d) => node.devices.get_mut(d).filter(|s| s.online),
@@ -862,7 +885,7 @@ impl Host {
             Some(scope) => {
                 let base_ts = payload_ts(p).unwrap_or(now);
                 for m in &p.metrics {
-                    match data_metric(scope, topic, m, base_ts, out) {
+                    match data_metric(scope, topic, m, base_ts, quality, out) {
                         Ok(Some(name)) => {
                             touched.insert((device_id.clone(), name));
                         }
@@ -992,7 +1015,7 @@ impl Host {
                 last: None,
             };
             if datatype != DataType::Unknown {
-                apply_value(&mut state, topic, &name, m, base_ts, births);
+                apply_value(&mut state, topic, &name, m, base_ts, Quality::GOOD, births);
             }
             scope.metrics.insert(name, state);
         }
@@ -1032,11 +1055,14 @@ fn check_seq(node: &mut NodeState, seq: Option<u64>, topic: &str) -> Result<(), 
         (Some(e), Some(g)) if e == g => Ok(()),
         // The birth carried no usable seq: nothing to compare with.
         (None, Some(_)) => Ok(()),
-        _ => Err(HostError::SeqGap {
-            topic: topic.to_owned(),
-            expected,
-            got: seq,
-        }),
+        _ => {
+            node.gap = true;
+            Err(HostError::SeqGap {
+                topic: topic.to_owned(),
+                expected,
+                got: seq,
+            })
+        }
     }
 }
 
@@ -1047,6 +1073,7 @@ fn data_metric(
     topic: &str,
     m: &Metric,
     base_ts: Timestamp,
+    quality: Quality,
     out: &mut Vec<HostAction>,
 ) -> Result<Option<String>, ()> {
     let name = match (&m.name, m.alias) {
@@ -1080,17 +1107,19 @@ fn data_metric(
     let Some(state) = scope.metrics.get_mut(&name) else {
         return Err(());
     };
-    apply_value(state, topic, &name, m, base_ts, out);
+    apply_value(state, topic, &name, m, base_ts, quality, out);
     Ok(Some(name))
 }
 
-/// Decodes a metric's value with its birth datatype and records the sample.
+/// Decodes a metric's value with its birth datatype and records the sample, with `quality`
+/// (Good, or Uncertain after a seq gap) when it decodes.
 fn apply_value(
     state: &mut MetricState,
     topic: &str,
     name: &str,
     m: &Metric,
     base_ts: Timestamp,
+    quality: Quality,
     out: &mut Vec<HostAction>,
 ) {
     let ts = m
@@ -1100,7 +1129,7 @@ fn apply_value(
     let historical = m.is_historical == Some(true);
     let decoded = decode_typed(state.datatype, m).and_then(|v| v.map(|v| v.to_value()).transpose());
     match decoded {
-        Ok(Some(Some(value))) => record(state, value, Quality::GOOD, ts, historical, out),
+        Ok(Some(Some(value))) => record(state, value, quality, ts, historical, out),
         // Bytes, File, a template definition: no tag value.
         Ok(Some(None)) => {}
         Ok(None) => record(state, Value::Null, NULL_QUALITY, ts, historical, out),

@@ -251,10 +251,11 @@ fn seq_gap_requests_exactly_one_rebirth() {
             ..
         }
     )));
-    // The new value is Good; everything else that was Good is Uncertain(Stale) until the birth.
+    // The new value is Uncertain(SequenceGap) (nothing vouches for it until the rebirth);
+    // everything else that was Good is Uncertain(Stale) until the birth.
     assert_eq!(
         sample_of(&a, "Plant1/edge-1/Tank/Level/Percent")[0].quality,
-        Quality::GOOD
+        Quality::uncertain(QualityReason::SequenceGap)
     );
     let stale = sample_of(&a, "Plant1/edge-1/Pump1/Speed");
     assert_eq!(stale.len(), 1);
@@ -270,6 +271,11 @@ fn seq_gap_requests_exactly_one_rebirth() {
     let a = host.handle(&more.topic, &more.payload, at(41));
     assert!(rebirth_requests(&a).is_empty());
     assert!(errors(&a).is_empty());
+    // In order now, but still before the rebirth: still Uncertain(SequenceGap).
+    assert_eq!(
+        sample_of(&a, "Plant1/edge-1/_node/Uptime")[0].quality,
+        Quality::uncertain(QualityReason::SequenceGap)
+    );
     let _lost = e.node_data(&[], at(50)).expect("empty update");
     let gap2 = e.node_data(&[], at(60)).expect("empty update");
     let a = host.handle(&gap2.topic, &gap2.payload, at(61));
