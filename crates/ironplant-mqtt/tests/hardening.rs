@@ -716,7 +716,8 @@ async fn an_internal_subscriber_learns_who_published() {
         origin,
         Origin {
             client_id: None,
-            owner: Some("bob".into())
+            owner: Some("bob".into()),
+            peer: None,
         }
     );
 
@@ -736,12 +737,11 @@ async fn an_internal_subscriber_learns_who_published() {
     assert_eq!(&p.payload[..], b"42");
     assert_eq!(p.qos, QoS::AtMostOnce, "in-process delivery");
     assert_eq!(
-        origin,
-        Origin {
-            client_id: Some("alice-laptop".into()),
-            owner: Some("alice".into())
-        }
+        (origin.client_id, origin.owner),
+        (Some("alice-laptop".into()), Some("alice".into()))
     );
+    let peer = origin.peer.expect("the publisher's address");
+    assert!(peer.ip().is_loopback() && peer.port() != 0, "{peer}");
 
     broker.publish(ironplant_mqtt::codec::Publish::new(
         s("cmd/platform"),

@@ -56,6 +56,8 @@ pub struct SparkplugMetrics {
     pub writes_unconfirmed: AtomicU64,
     /// Writes refused before sending (offline, no birth, bad value, too many waiting).
     pub writes_refused: AtomicU64,
+    /// Messages refused because another connection than the node's birth sent them.
+    pub foreign_refused: AtomicU64,
 }
 
 /// All counters of a running platform. The device set is fixed at start-up.
@@ -360,7 +362,7 @@ fn render_broker(w: &mut String, b: &ironplant_mqtt::Broker) {
 }
 
 fn render_sparkplug(w: &mut String, s: &SparkplugMetrics) {
-    let counters: [(&str, &str, &AtomicU64); 10] = [
+    let counters: [(&str, &str, &AtomicU64); 11] = [
         (
             "messages_total",
             "Sparkplug B messages handled by the host application.",
@@ -375,6 +377,11 @@ fn render_sparkplug(w: &mut String, s: &SparkplugMetrics) {
             "seq_gaps_total",
             "Sequence gaps seen (each leads to a rebirth request).",
             &s.seq_gaps,
+        ),
+        (
+            "foreign_publisher_refused_total",
+            "Messages of an edge node refused: another connection than its birth's sent them.",
+            &s.foreign_refused,
         ),
         (
             "errors_total",

@@ -33,14 +33,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ironplant_core::{
-    BoxFuture, ComponentError, DeviceWriteError, DeviceWriter, LiveNamespace, Sample, Shutdown,
-    Source, SourceContext, TagBus, TagId, TagMeta, TagPath, Timestamp, Value, WriteAck,
+    BoxFuture, ComponentError, DeviceWriteError, DeviceWriter, Event, EventBus, EventKind,
+    LiveNamespace, Sample, Severity, Shutdown, Source, SourceContext, TagBus, TagId, TagMeta,
+    TagPath, Timestamp, Value, WriteAck,
 };
 use ironplant_mqtt::codec::{MqttString, Publish as MqttPublish, QoS};
-use ironplant_mqtt::Broker;
+use ironplant_mqtt::{Broker, Origin};
+use ironplant_sparkplug::provenance::{Finding, PublisherWatch, Sender, TimingOptions, Verdict};
 use ironplant_sparkplug::settings::SparkplugSettings;
 use ironplant_sparkplug::{
-    Host, HostAction, HostError, HostOptions, MessageType, PendingWrites, Topic, WriteError,
+    Host, HostAction, HostError, HostOptions, MessageType, NodeId, PendingWrites, Topic, WriteError,
     WriteOutcome, REBIRTH,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -83,7 +85,7 @@ pub struct SparkplugSource {
     writes: tokio::sync::Mutex<mpsc::Receiver<WriteRequest>>,
     /// The first run's subscription, made when the source is built so that nothing published
     /// after the platform started is missed.
-    first: parking_lot::Mutex<Option<mpsc::Receiver<MqttPublish>>>,
+    first: parking_lot::Mutex<Option<mpsc::Receiver<(MqttPublish, Origin)>>>,
 }
 
 impl SparkplugSource {
@@ -153,6 +155,8 @@ impl Source for SparkplugSource {
                 writer: self.writer.clone(),
                 pending: PendingWrites::new(),
                 write_timeout: self.settings.write_timeout,
+                watch: PublisherWatch::new(TimingOptions::default()),
+                events: ctx.events.clone(),
             };
             let mut shutdown = ctx.shutdown.clone();
             let ended = tokio::select! {
@@ -177,9 +181,10 @@ fn new_host(settings: &SparkplugSettings) -> Result<Host, SparkplugError> {
     Ok(Host::with_options(&settings.host_id, options)?)
 }
 
-fn subscribe(broker: &Broker) -> Result<mpsc::Receiver<MqttPublish>, SparkplugError> {
+/// With each message's origin: who published it, for the [`PublisherWatch`].
+fn subscribe(broker: &Broker) -> Result<mpsc::Receiver<(MqttPublish, Origin)>, SparkplugError> {
     broker
-        .subscribe_internal("sparkplug-host", "spBv1.0/#", QUEUE)
+        .subscribe_internal_with_origin("sparkplug-host", "spBv1.0/#", QUEUE)
         .map_err(|e| SparkplugError::Subscribe(e.to_string()))
 }
 
@@ -260,6 +265,9 @@ struct Shell {
     /// Commands sent, waiting for the edge node to report their value.
     pending: PendingWrites<Waiting>,
     write_timeout: Duration,
+    /// Which connection birthed each node, and its message rate (issue 13).
+    watch: PublisherWatch,
+    events: EventBus,
 }
 
 /// A write asked of the host's task.
@@ -304,9 +312,11 @@ impl DeviceWriter for SparkplugWriter {
 impl Shell {
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<MqttPublish>,
+        mut rx: mpsc::Receiver<(MqttPublish, Origin)>,
         writes: &mut mpsc::Receiver<WriteRequest>,
     ) {
+        let mut timing = tokio::time::interval(Duration::from_secs(1));
+        timing.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = self.pending.next_deadline().map(|d| {
                 let left = d.as_micros().saturating_sub(Timestamp::now().as_micros());
@@ -315,9 +325,18 @@ impl Shell {
             });
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(msg) => self.handle(msg.topic.as_str(), &msg.payload).await,
+                    Some((msg, origin)) => {
+                        if self.admit(msg.topic.as_str(), &origin) {
+                            self.handle(msg.topic.as_str(), &msg.payload).await;
+                        }
+                    }
                     None => return,
                 },
+                _ = timing.tick() => {
+                    let mut found = Vec::new();
+                    self.watch.tick(Timestamp::now(), &mut found);
+                    self.report(found);
+                }
                 Some(req) = writes.recv() => self.start_write(req),
                 () = sleep_until(wake) => {
                     for (w, outcome) in self.pending.expire(Timestamp::now()) {
@@ -325,6 +344,60 @@ impl Shell {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether the message's publisher may speak for its edge node ([`PublisherWatch`]);
+    /// findings become `integrity` events.
+    fn admit(&mut self, topic: &str, origin: &Origin) -> bool {
+        let Ok(Topic::Edge {
+            group_id,
+            message_type,
+            edge_node_id,
+            ..
+        }) = Topic::parse(topic)
+        else {
+            return true; // STATE and malformed topics: the host deals with them
+        };
+        let node = NodeId::new(&group_id, &edge_node_id);
+        let sender = Sender {
+            client_id: origin.client_id.as_deref().map(str::to_owned),
+            owner: origin.owner.as_deref().map(str::to_owned),
+            address: origin.peer,
+        };
+        let mut found = Vec::new();
+        let verdict = self
+            .watch
+            .observe(&node, message_type, &sender, Timestamp::now(), &mut found);
+        self.report(found);
+        if verdict == Verdict::Refuse {
+            self.metrics
+                .sparkplug
+                .foreign_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn report(&self, found: Vec<Finding>) {
+        for f in found {
+            let severity = match f {
+                Finding::ForeignPublisher { .. } => Severity::Critical,
+                Finding::PublisherChanged { .. } | Finding::TimingChanged { .. } => {
+                    Severity::Warning
+                }
+                Finding::TimingNormal { .. } => Severity::Info,
+            };
+            let msg = f.message();
+            tracing::warn!(code = f.code(), "{msg}");
+            let node = f.node();
+            self.events.publish(
+                Event::new(Timestamp::now(), EventKind::Integrity, f.code(), "sparkplug", msg)
+                    .with_severity(severity)
+                    .with_attribute("group", Value::String(node.group_id.as_str().into()))
+                    .with_attribute("node", Value::String(node.edge_node_id.as_str().into())),
+            );
         }
     }
 

@@ -9,6 +9,7 @@ pub mod datatype;
 pub mod edge;
 pub mod host;
 pub mod proto;
+pub mod provenance;
 pub mod settings;
 pub mod tagmap;
 pub mod topic;

@@ -348,6 +348,8 @@ pub struct Origin {
     /// The identity that owns the publishing client (`Principal::owner`, e.g. `user:alice`);
     /// `None` for anonymous clients and for the platform.
     pub owner: Option<Arc<str>>,
+    /// The publishing connection's remote address; `None` as for `client_id`.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 #[derive(Default)]
@@ -897,6 +899,7 @@ impl Broker {
             let origin = Origin {
                 client_id: None,
                 owner,
+                peer: None,
             };
             if origin_tx.try_send((p, origin)).is_err() {
                 self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -1257,11 +1260,13 @@ impl Broker {
             };
             let p = prepare(&publish, m);
             if let Some(tx) = &e.origin_tx {
-                let o = origin.get_or_insert_with(|| Origin {
-                    client_id: from
-                        .and_then(|id| r.entries.get(&id))
-                        .map(|f| f.session.client_id.clone()),
-                    owner: owner.cloned(),
+                let o = origin.get_or_insert_with(|| {
+                    let f = from.and_then(|id| r.entries.get(&id));
+                    Origin {
+                        client_id: f.map(|f| f.session.client_id.clone()),
+                        owner: owner.cloned(),
+                        peer: f.and_then(|f| f.conn.as_ref()).map(|c| c.peer),
+                    }
                 });
                 let mut p = p;
                 p.qos = QoS::AtMostOnce;
