@@ -26,6 +26,8 @@ pub struct AttackControl {
 struct State {
     /// The latest `now` passed to `apply`: new attacks start from there.
     now: Duration,
+    /// What the last `apply` showed, so a freeze started now holds exactly that.
+    shown: Option<Readings>,
     attacks: Vec<Injector>,
 }
 
@@ -59,7 +61,10 @@ impl AttackControl {
     /// forgotten).
     pub fn start(&self, scenario: Scenario) -> Result<String, StartError> {
         let mut state = self.inner.lock();
-        let injector = Injector::new(scenario, state.now)?;
+        let mut injector = Injector::new(scenario, state.now)?;
+        if let Some(shown) = &state.shown {
+            injector.prime(shown);
+        }
         let label = injector.scenario().label();
         state.attacks.retain(|a| a.scenario().label() != label);
         if state.attacks.len() >= MAX_ACTIVE {
@@ -111,6 +116,7 @@ impl AttackControl {
         for a in &mut state.attacks {
             a.apply(now, readings);
         }
+        state.shown = Some(readings.clone());
     }
 
     /// The value shown for one signal at `now` when its true value is `actual`: what a proxy
@@ -131,5 +137,93 @@ impl AttackControl {
             .attacks
             .iter()
             .any(|a| a.signals().any(|s| s == signal))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(signal: &str, amount: f64) -> Scenario {
+        Scenario::Step {
+            signal: signal.into(),
+            amount,
+            start_s: 0.0,
+        }
+    }
+
+    #[test]
+    fn attacks_start_replace_list_apply_and_stop_at_run_time() {
+        let control = AttackControl::new();
+        let mut r = Readings {
+            tank_level: 50.0,
+            line_pressure: 2.5,
+            ..Readings::default()
+        };
+        control.apply(Duration::from_secs(100), &mut r);
+        assert_eq!(r.tank_level, 50.0, "nothing running");
+
+        let handle = control.clone();
+        assert_eq!(
+            handle.start(step("tank_level", 5.0)),
+            Ok("step:tank_level".into())
+        );
+        handle
+            .start(Scenario::Freeze {
+                signal: "line_pressure".into(),
+                start_s: 10.0,
+            })
+            .expect("valid");
+        let active = control.active();
+        assert_eq!(active.len(), 2);
+        assert_eq!(
+            active[0].begins_s, 100.0,
+            "starts on the controller's clock"
+        );
+        assert_eq!(active[1].phase, Phase::Waiting);
+
+        let mut r2 = r.clone();
+        control.apply(Duration::from_secs(101), &mut r2);
+        assert_eq!(r2.tank_level, 55.0);
+        // The same label again replaces the running one.
+        handle.start(step("tank_level", -5.0)).expect("valid");
+        assert_eq!(control.active().len(), 2);
+        let mut r3 = r.clone();
+        control.apply(Duration::from_secs(102), &mut r3);
+        assert_eq!(r3.tank_level, 45.0);
+
+        assert!(matches!(
+            control.start(step("speed_setpoint", 1.0)),
+            Err(StartError::Scenario(ScenarioError::UnknownSignal { .. }))
+        ));
+        assert_eq!(control.stop("nothing"), Vec::<String>::new());
+        assert_eq!(control.stop("step"), vec!["step:tank_level".to_owned()]);
+        assert_eq!(control.stop("all"), vec!["freeze:line_pressure".to_owned()]);
+        let mut r4 = r.clone();
+        control.apply(Duration::from_secs(103), &mut r4);
+        assert_eq!(r4, r);
+    }
+
+    #[test]
+    fn the_number_of_running_attacks_is_bounded() {
+        let control = AttackControl::new();
+        let signals: Vec<&str> = crate::attack::scenario::attackable()
+            .map(|d| d.name)
+            .collect();
+        for s in signals.iter().take(MAX_ACTIVE) {
+            control
+                .start(Scenario::Freeze {
+                    signal: (*s).into(),
+                    start_s: 0.0,
+                })
+                .expect("room");
+        }
+        assert_eq!(
+            control.start(Scenario::Freeze {
+                signal: signals[MAX_ACTIVE].into(),
+                start_s: 0.0,
+            }),
+            Err(StartError::TooMany)
+        );
     }
 }

@@ -265,7 +265,11 @@ fn check_amount(def: &PointDef, scenario: &'static str, amount: f64) -> Result<(
             value: amount,
             why: format!(
                 "an offset in {} other than 0, at most half of {}'s range {}..{} ({half_span})",
-                if def.unit.is_empty() { "units" } else { def.unit },
+                if def.unit.is_empty() {
+                    "units"
+                } else {
+                    def.unit
+                },
                 def.name,
                 def.range.0,
                 def.range.1
@@ -364,6 +368,16 @@ impl Injector {
         }
     }
 
+    /// Tells the injector what was shown before it started (a freeze that starts at once holds
+    /// the value shown last, not the next one).
+    pub fn prime(&mut self, shown: &Readings) {
+        for (def, mem) in self.targets.iter().zip(&mut self.memory) {
+            if mem.last.is_none() {
+                mem.last = reading(shown, def.signal);
+            }
+        }
+    }
+
     /// Bends the injector's signals in `readings` (shown at `now`).
     pub fn apply(&mut self, now: Duration, readings: &mut Readings) {
         for i in 0..self.targets.len() {
@@ -448,7 +462,13 @@ pub fn reading(r: &Readings, signal: Signal) -> Option<f64> {
 /// Sets an attackable signal in `r` (counters round to whole units, never below 0).
 pub fn set_reading(r: &mut Readings, signal: Signal, v: f64) {
     use Signal::*;
-    let count = |v: f64| if v.is_finite() { v.round().max(0.0) as u64 } else { 0 };
+    let count = |v: f64| {
+        if v.is_finite() {
+            v.round().max(0.0) as u64
+        } else {
+            0
+        }
+    };
     match signal {
         SpeedActual => r.speed = v,
         MotorCurrent => r.motor_current = v,
@@ -469,5 +489,331 @@ pub fn set_reading(r: &mut Readings, signal: Signal, v: f64) {
         GoodCount => r.good_count = count(v),
         RejectCount => r.reject_count = count(v),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plant::Plant;
+
+    const TICK: Duration = Duration::from_millis(100);
+
+    /// Steps a plant `ticks` times and returns (now, true readings, shown readings) per tick.
+    fn run(
+        seed: u64,
+        injector: &mut Injector,
+        ticks: usize,
+    ) -> Vec<(Duration, Readings, Readings)> {
+        let mut plant = Plant::new(seed);
+        (0..ticks)
+            .map(|_| {
+                plant.step(TICK);
+                let truth = plant.readings().clone();
+                let mut shown = truth.clone();
+                injector.apply(plant.elapsed(), &mut shown);
+                (plant.elapsed(), truth, shown)
+            })
+            .collect()
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_drift_ramps_to_its_amount_keeps_the_noise_and_stays_in_range() {
+        let scenario = Scenario::Drift {
+            signal: "tank_level".into(),
+            amount: 8.0,
+            ramp_s: 600.0,
+            start_s: 60.0,
+        };
+        let mut inj = Injector::new(scenario, Duration::ZERO).expect("valid");
+        let (lo, hi) = crate::map::point_def("tank_level").expect("mapped").range;
+        let trace = run(11, &mut inj, 12_000); // 20 min
+        for (now, truth, shown) in &trace {
+            let offset = shown.tank_level - truth.tank_level;
+            let expected = 8.0 * ((now.as_secs_f64() - 60.0).max(0.0) / 600.0).min(1.0);
+            assert!(
+                (offset - expected).abs() < 1e-9,
+                "at {now:?}: offset {offset}, expected {expected}"
+            );
+            assert!(
+                (lo..=hi).contains(&shown.tank_level),
+                "{}",
+                shown.tank_level
+            );
+            // Nothing else is touched.
+            assert_eq!(shown.inflow, truth.inflow);
+        }
+        // The true level moves with noise; the shown one moves by exactly the same steps, so
+        // its noise is the sensor's own (a flatline or rate check sees nothing new).
+        let changes = trace
+            .windows(2)
+            .filter(|w| w[1].1.tank_level != w[0].1.tank_level)
+            .count();
+        assert!(changes > 11_000, "the true level is noisy: {changes}");
+        // The drift per tick is far below the sensor's own tick-to-tick change (its noise), so
+        // a rate-of-change check cannot see it either.
+        let mut moves: Vec<f64> = trace
+            .windows(2)
+            .map(|w| (w[1].1.tank_level - w[0].1.tank_level).abs())
+            .collect();
+        moves.sort_by(f64::total_cmp);
+        let median_move = moves[moves.len() / 2];
+        let drift_per_tick = 8.0 / 600.0 * TICK.as_secs_f64();
+        assert!(
+            drift_per_tick * 10.0 < median_move,
+            "{drift_per_tick} vs {median_move}"
+        );
+        // A drift toward an end of the range stops there instead of leaving it.
+        let mut down = Injector::new(
+            Scenario::Drift {
+                signal: "tank_level".into(),
+                amount: -50.0,
+                ramp_s: 1.0,
+                start_s: 0.0,
+            },
+            Duration::ZERO,
+        )
+        .expect("valid");
+        let mut r = Readings {
+            tank_level: 20.0,
+            ..Readings::default()
+        };
+        down.apply(secs(5), &mut r);
+        assert_eq!(r.tank_level, 0.0);
+    }
+
+    #[test]
+    fn a_step_adds_its_amount_from_its_start_on() {
+        let mut inj = Injector::new(
+            Scenario::Step {
+                signal: "line_pressure".into(),
+                amount: 0.3,
+                start_s: 30.0,
+            },
+            secs(100), // started at 100 s on the plant's clock: takes effect at 130 s
+        )
+        .expect("valid");
+        assert_eq!(inj.begins(), secs(130));
+        let trace = run(12, &mut inj, 2_000);
+        for (now, truth, shown) in &trace {
+            let offset = shown.line_pressure - truth.line_pressure;
+            if *now < secs(130) {
+                assert_eq!(offset, 0.0, "at {now:?}");
+                assert_eq!(inj.phase(*now), Phase::Waiting);
+            } else {
+                assert!((offset - 0.3).abs() < 1e-12, "at {now:?}: {offset}");
+            }
+        }
+        assert_eq!(inj.phase(secs(130)), Phase::Active);
+    }
+
+    #[test]
+    fn a_freeze_holds_the_last_value_exactly() {
+        let mut inj = Injector::new(
+            Scenario::Freeze {
+                signal: "motor_current".into(),
+                start_s: 10.0,
+            },
+            Duration::ZERO,
+        )
+        .expect("valid");
+        let trace = run(13, &mut inj, 6_000);
+        let before = trace
+            .iter()
+            .rev()
+            .find(|(now, ..)| *now < secs(10))
+            .map(|(_, truth, _)| truth.motor_current)
+            .expect("ticks before the freeze");
+        let frozen: Vec<_> = trace.iter().filter(|(now, ..)| *now >= secs(10)).collect();
+        assert!(frozen
+            .iter()
+            .all(|(_, _, shown)| shown.motor_current.to_bits() == before.to_bits()));
+        // ...while the true current kept moving.
+        assert!(frozen
+            .iter()
+            .any(|(_, truth, _)| truth.motor_current != before));
+    }
+
+    #[test]
+    fn a_replay_plays_the_recording_back_in_a_loop() {
+        let mut inj = Injector::new(
+            Scenario::Replay {
+                signals: vec!["tank_level".into(), "inflow".into()],
+                record_s: 30.0,
+                start_s: 5.0,
+            },
+            Duration::ZERO,
+        )
+        .expect("valid");
+        // 2 min: 5 s waiting, 30 s recording, 85 s replay.
+        let trace = run(14, &mut inj, 1_200);
+        let at = |t: Duration| {
+            trace
+                .iter()
+                .find(|(now, ..)| *now == t)
+                .unwrap_or_else(|| panic!("no tick at {t:?}"))
+        };
+        let mut replayed = 0;
+        for (now, truth, shown) in &trace {
+            if *now < secs(35) {
+                assert_eq!(shown, truth, "recording passes the true values, at {now:?}");
+                continue;
+            }
+            // 5 s + (now - 35 s) mod 30 s: the moment recorded.
+            let ms = u64::try_from(now.as_millis()).expect("small");
+            let recorded = Duration::from_millis(5_000 + (ms - 35_000) % 30_000);
+            let (_, then, _) = at(recorded);
+            assert_eq!(shown.tank_level, then.tank_level, "at {now:?}");
+            assert_eq!(shown.inflow, then.inflow, "at {now:?}");
+            assert_eq!(shown.outflow, truth.outflow, "not replayed");
+            replayed += 1;
+        }
+        assert_eq!(replayed, 851); // ticks at 35.0 s ..= 120.0 s
+                                   // Every attackable signal at once.
+        let all = Injector::new(
+            Scenario::Replay {
+                signals: vec!["all".into()],
+                record_s: 1.0,
+                start_s: 0.0,
+            },
+            Duration::ZERO,
+        )
+        .expect("valid");
+        assert_eq!(all.signals().count(), attackable().count());
+        assert!(all.signals().any(|s| s == "good_count"));
+    }
+
+    #[test]
+    fn a_mitm_scales_the_value() {
+        let mut inj = Injector::new(
+            Scenario::Mitm {
+                signal: "active_power".into(),
+                factor: 0.8,
+                start_s: 0.0,
+            },
+            Duration::ZERO,
+        )
+        .expect("valid");
+        for (_, truth, shown) in run(15, &mut inj, 100) {
+            assert!((shown.active_power - 0.8 * truth.active_power).abs() < 1e-9);
+        }
+        assert_eq!(inj.value("power_factor", secs(1), 0.9), 0.9, "not targeted");
+    }
+
+    #[test]
+    fn bad_scenarios_are_refused_with_what_to_do() {
+        let err = |s: Scenario| Injector::new(s, Duration::ZERO).expect_err("refused");
+        let e = err(Scenario::Freeze {
+            signal: "speed_setpoint".into(),
+            start_s: 0.0,
+        });
+        assert!(
+            matches!(&e, ScenarioError::UnknownSignal { known, .. } if known.contains("tank_level") && !known.contains("speed_setpoint")),
+            "{e}"
+        );
+        let e = err(Scenario::Step {
+            signal: "tank_level".into(),
+            amount: 60.0,
+            start_s: 0.0,
+        });
+        assert!(e.to_string().contains("half of tank_level's range"), "{e}");
+        for bad in [f64::NAN, f64::INFINITY, 0.0] {
+            err(Scenario::Step {
+                signal: "tank_level".into(),
+                amount: bad,
+                start_s: 0.0,
+            });
+        }
+        err(Scenario::Drift {
+            signal: "tank_level".into(),
+            amount: 1.0,
+            ramp_s: 0.0,
+            start_s: 0.0,
+        });
+        err(Scenario::Mitm {
+            signal: "tank_level".into(),
+            factor: 1.0,
+            start_s: 0.0,
+        });
+        err(Scenario::Freeze {
+            signal: "tank_level".into(),
+            start_s: -1.0,
+        });
+        assert_eq!(
+            err(Scenario::Replay {
+                signals: vec![],
+                record_s: 10.0,
+                start_s: 0.0
+            }),
+            ScenarioError::NoSignals
+        );
+        err(Scenario::Replay {
+            signals: vec!["tank_level".into()],
+            record_s: 7200.0,
+            start_s: 0.0,
+        });
+    }
+
+    #[test]
+    fn scenarios_read_and_write_json_with_a_kind_tag() {
+        let s: Scenario = serde_json::from_str(
+            r#"{"kind":"drift","signal":"tank_level","amount":8.0,"ramp_s":600}"#,
+        )
+        .expect("parses");
+        assert_eq!(
+            s,
+            Scenario::Drift {
+                signal: "tank_level".into(),
+                amount: 8.0,
+                ramp_s: 600.0,
+                start_s: 0.0
+            }
+        );
+        assert_eq!(s.label(), "drift:tank_level");
+        let json = serde_json::to_string(&Scenario::Mitm {
+            signal: "active_power".into(),
+            factor: 0.8,
+            start_s: 0.0,
+        })
+        .expect("serialises");
+        assert_eq!(
+            json,
+            r#"{"kind":"mitm","signal":"active_power","factor":0.8,"start_s":0.0}"#
+        );
+        assert!(serde_json::from_str::<Scenario>(
+            r#"{"kind":"freeze","signal":"tank_level","amount":1}"#
+        )
+        .is_err());
+        let names: Vec<_> = Scenario::catalogue().iter().map(Scenario::name).collect();
+        assert_eq!(names, ["drift", "step", "replay", "freeze", "mitm"]);
+        for s in Scenario::catalogue() {
+            s.targets().unwrap_or_else(|e| panic!("{}: {e}", s.label()));
+            let back: Scenario =
+                serde_json::from_str(&serde_json::to_string(&s).expect("ser")).expect("de");
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn every_attackable_signal_reads_and_writes_its_own_field() {
+        let r = Plant::new(1).readings().clone();
+        for def in attackable() {
+            let v = reading(&r, def.signal).unwrap_or_else(|| panic!("{} readable", def.name));
+            let mut changed = r.clone();
+            set_reading(&mut changed, def.signal, v + 1.0);
+            assert_eq!(reading(&changed, def.signal), Some(v + 1.0), "{}", def.name);
+            // Exactly one field changed: the mapped value in the bank shows the change.
+            assert_ne!(changed, r, "{}", def.name);
+            assert_ne!(
+                crate::bank::output_value(def, &changed),
+                crate::bank::output_value(def, &r),
+                "{}",
+                def.name
+            );
+        }
     }
 }
