@@ -357,3 +357,60 @@ async fn a_forged_node_publishes_in_the_real_nodes_name_with_stolen_credentials(
     assert!(matches!(err, ForgeError::Connect { .. }), "{err}");
     broker_task.abort();
 }
+
+/// Interop: a third-party Modbus master (pymodbus) reads through the man in the middle and
+/// decodes the bent value itself; its write through the proxy lands in the PLC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymodbus_reads_the_scaled_value_through_the_mitm_proxy() {
+    let Some(py) = ironplant_testkit::python("pymodbus", "pymodbus") else {
+        return;
+    };
+    // The simulator's bank and Modbus server without physics: the values hold still.
+    let bank = ironplant_sim::new_bank();
+    let plc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let plc_addr = plc.local_addr().expect("addr");
+    let plc_task = tokio::spawn(ironplant_modbus::serve(plc, bank.clone()));
+    let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let proxy_addr = proxy.local_addr().expect("addr");
+    let rule = MitmRule {
+        point: "tank_level".into(),
+        factor: 0.8,
+    };
+    let proxy_task = tokio::spawn(mitm_proxy(proxy, plc_addr, rule));
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/peers/modbus_mitm_read.py");
+    let (proxy_port, plc_port) = (proxy_addr.port().to_string(), plc_addr.port().to_string());
+    let run = tokio::task::spawn_blocking(move || {
+        ironplant_testkit::run_script(
+            &py,
+            &script,
+            &["127.0.0.1", &proxy_port, &plc_port, "333"],
+            DEADLINE,
+            "pymodbus through the MITM proxy",
+        )
+    })
+    .await
+    .expect("script thread");
+    let words: Vec<&str> = run.stdout.split_whitespace().collect();
+    let field = |name: &str| -> &str {
+        let at = words
+            .iter()
+            .position(|w| *w == name)
+            .unwrap_or_else(|| panic!("no {name}\n{}", run.report));
+        words.get(at + 1).copied().unwrap_or_default()
+    };
+    let number = |name: &str| -> f64 {
+        field(name)
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} is not a number\n{}", run.report))
+    };
+    let (direct, bent) = (number("DIRECT"), number("PROXY"));
+    assert!(direct > 40.0, "{}", run.report);
+    // Both sides are f32 on the wire: the proxy's product rounds to the nearest f32.
+    assert_eq!(bent, f64::from((direct * 0.8) as f32), "{}", run.report);
+    assert_eq!(field("OTHERS_EQUAL"), "True", "{}", run.report);
+    assert_eq!(number("SETPOINT"), 333.0, "{}", run.report);
+    assert_eq!(bank.lock().units[&2].holding[0], 333);
+    proxy_task.abort();
+    plc_task.abort();
+}

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use ironplant_core::Timestamp;
-use ironplant_mqtt::client::{Client, ClientOptions, Connector, Event};
+use ironplant_mqtt::client::{Client, ClientOptions, Connector, Event, TcpConnector};
 use ironplant_mqtt::codec::QoS;
 use ironplant_sparkplug::{EdgeError, MetricValue, Payload, Publish, Qos};
 use tokio::sync::mpsc;
@@ -157,6 +157,17 @@ pub async fn forge_sparkplug<C: Connector>(
         client_id,
         messages: sent,
     })
+}
+
+/// [`forge_sparkplug`] over plain TCP to `s.broker` (a broker without TLS).
+pub async fn forge_sparkplug_plain(
+    s: &ForgeSettings,
+    credentials: Option<(String, String)>,
+) -> Result<ForgeReport, ForgeError> {
+    let tcp = TcpConnector {
+        address: s.broker.clone(),
+    };
+    forge_sparkplug(s, tcp, credentials).await
 }
 
 async fn wait_connected(events: &mut mpsc::Receiver<Event>) -> Result<(), String> {
