@@ -12,6 +12,10 @@
 //!   through `ironplant_modbus::codec`, the very codec the connector decodes with.
 //! - [`run`] and [`physics_loop`]: the thin async shell, a 100 ms physics tick next to
 //!   `ironplant_modbus::serve`.
+//! - [`attack`]: attacks for detection to find. Data-level scenarios are pure transforms over
+//!   the readings, switched at run time through an [`AttackControl`] ([`run_attacked`]) between
+//!   the physics and the bank; a Modbus TCP man in the middle, a forged Sparkplug node and a
+//!   rogue Modbus master act on the wire.
 //!
 //! # The plant
 //! **Filler** (unit 1). While running, the speed follows its setpoint through a first-order lag

@@ -246,3 +246,39 @@ fn attack_forge_sparkplug_uses_a_stolen_certificate_on_the_platforms_broker() {
     let _ = sub.kill();
     let _ = sub.wait();
 }
+
+/// Every attack subcommand has `--help` with an example.
+#[test]
+fn every_attack_has_help_with_an_example() {
+    for sub in [
+        "rogue-write",
+        "drift",
+        "step",
+        "replay",
+        "freeze",
+        "mitm",
+        "forge-sparkplug",
+    ] {
+        let out = Command::new(BIN)
+            .args(["attack", sub, "--help"])
+            .output()
+            .expect("run");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{sub}: {help}");
+        assert!(
+            help.contains(&format!("ironplant attack {sub} ")),
+            "{sub} --help has no example:\n{help}"
+        );
+    }
+    let drift = Command::new(BIN)
+        .args(["attack", "drift", "--help"])
+        .output()
+        .expect("run");
+    let help = String::from_utf8_lossy(&drift.stdout);
+    // The signal list comes from the register map.
+    assert!(
+        help.contains("tank_level") && help.contains("water_total"),
+        "{help}"
+    );
+    assert!(!help.contains("speed_setpoint"), "{help}");
+}

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::map::{Kind, PointDef, Signal, REGISTER_MAP};
 use crate::plant::Readings;
 
+/// Longest delay before an attack takes effect.
+pub const MAX_START: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Longest recording a replay keeps: one hour...
 pub const MAX_RECORD: Duration = Duration::from_secs(3600);
 /// ...and at most this many samples per signal (the recording ends early beyond it).
@@ -130,8 +132,15 @@ impl Scenario {
             why: why.to_owned(),
         };
         let start = self.start_s();
-        if !(start.is_finite() && start >= 0.0) {
-            return Err(bad("start_s", start, "a delay in seconds, 0 or more"));
+        if !(start.is_finite() && (0.0..=MAX_START.as_secs_f64()).contains(&start)) {
+            return Err(bad(
+                "start_s",
+                start,
+                &format!(
+                    "a delay in seconds, from 0 to {} (a year)",
+                    MAX_START.as_secs()
+                ),
+            ));
         }
         let targets = match self {
             Scenario::Replay {
@@ -739,10 +748,12 @@ mod tests {
             factor: 1.0,
             start_s: 0.0,
         });
-        err(Scenario::Freeze {
-            signal: "tank_level".into(),
-            start_s: -1.0,
-        });
+        for start_s in [-1.0, 1e300, f64::NAN] {
+            err(Scenario::Freeze {
+                signal: "tank_level".into(),
+                start_s,
+            });
+        }
         assert_eq!(
             err(Scenario::Replay {
                 signals: vec![],
