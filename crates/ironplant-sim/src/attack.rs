@@ -25,7 +25,7 @@ pub mod proxy;
 pub mod scenario;
 
 pub use control::{ActiveAttack, AttackControl, StartError};
-pub use forge::{forge_sparkplug, forge_sparkplug_plain, ForgeReport, ForgeSettings};
+pub use forge::{forge_sparkplug, forge_sparkplug_plain, ForgeReport, ForgeSettings, Forger};
 pub use proxy::{attack_proxy, mitm_proxy, MitmRule};
 pub use scenario::{Injector, Phase, Scenario, ScenarioError};
 
