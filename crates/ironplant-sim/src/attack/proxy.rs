@@ -28,6 +28,8 @@ pub const MAX_FRAME: usize = MBAP + 1 + 253;
 /// Reads a connection may have in flight before the proxy stops tracking new ones (their
 /// answers then pass unchanged).
 const MAX_PENDING: usize = 256;
+/// Client connections relayed at once; more wait until one ends.
+pub const MAX_CONNECTIONS: usize = 64;
 /// How long connecting upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -221,13 +223,18 @@ pub async fn attack_proxy(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, %upstream, attacks = ?attacks.active().iter().map(|a| a.label.clone()).collect::<Vec<_>>(), "modbus attack proxy listening");
     }
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(()); // never closed
+        };
         let (client, peer) = listener.accept().await.map_err(ProxyError::Accept)?;
         let attacks = attacks.clone();
         tokio::spawn(async move {
             if let Err(e) = relay(client, upstream, attacks, origin).await {
                 tracing::info!(%peer, %upstream, error = %e, "modbus attack proxy connection ended");
             }
+            drop(slot);
         });
     }
 }
