@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -30,15 +30,7 @@ impl Proc {
             .stderr(Stdio::null())
             .spawn()
             .expect("start ironplant");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = common::pump(child.stdout.take().expect("piped stdout"));
         Proc { child, lines }
     }
 
@@ -194,15 +186,7 @@ fn attack_forge_sparkplug_uses_a_stolen_certificate_on_the_platforms_broker() {
         .stderr(Stdio::null())
         .spawn()
         .expect("run mosquitto_sub");
-    let (tx, lines) = mpsc::channel();
-    let out = sub.stdout.take().expect("piped stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = common::pump(sub.stdout.take().expect("piped stdout"));
     let next = |what: &str, deadline: Instant| -> String {
         let left = deadline.saturating_duration_since(Instant::now());
         lines
