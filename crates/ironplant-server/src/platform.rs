@@ -708,8 +708,8 @@ fn spawn_edge_node(
 }
 
 /// TLS to `broker` with the enrolled bundle in `dir` (`sim-edge.crt`, `sim-edge.key`,
-/// `ca.crt`).
-fn bundle_connector(dir: &Path, broker: &str) -> anyhow::Result<secure::TlsConnector> {
+/// `ca.crt`). Also what `ironplant attack forge-sparkplug --bundle` presents as stolen.
+pub fn bundle_connector(dir: &Path, broker: &str) -> anyhow::Result<secure::TlsConnector> {
     let read = |name: String| {
         let path = dir.join(&name);
         std::fs::read_to_string(&path).with_context(|| {

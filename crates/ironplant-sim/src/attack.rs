@@ -1,9 +1,33 @@
 //! Attacks on the simulated plant, for showing and testing what the platform detects.
 //!
+//! - Data-level attacks ([`scenario`]): false-data injection as a slow [drift](Scenario::Drift)
+//!   or a [step](Scenario::Step), [replay](Scenario::Replay) of a recorded period, sensor
+//!   [freeze](Scenario::Freeze), and a [man in the middle](Scenario::Mitm) that scales a value.
+//!   Each is a pure transform ([`Injector`]) over the plant's [`Readings`](crate::Readings) or
+//!   single values, given the elapsed time: the live simulator applies them between its physics
+//!   and its register bank through an [`AttackControl`] switched at run time
+//!   ([`crate::run_attacked`]); the detection report applies them to a plant stepped in
+//!   simulated time.
+//! - On the wire: [`proxy::mitm_proxy`], a real Modbus TCP proxy between PLC and platform that
+//!   rewrites a register's value in read answers ([`proxy::attack_proxy`] applies any
+//!   scenario that way).
+//! - [`forge::forge_sparkplug`]: a Sparkplug B node with another node's stolen credentials.
+//! - [`rogue_write`]: a second Modbus master writing a command point, below.
+//!
 //! [`rogue_write`] is a *second* Modbus master: it connects to the simulator's Modbus server on
 //! its own connection (as an engineering laptop or a compromised HMI would), writes one
 //! command point of the register map, and disconnects. The platform never commanded that
 //! value, so its unauthorised-change detection must notice the change at the next poll.
+
+pub mod control;
+pub mod forge;
+pub mod proxy;
+pub mod scenario;
+
+pub use control::{ActiveAttack, AttackControl, StartError};
+pub use forge::{forge_sparkplug, forge_sparkplug_plain, ForgeReport, ForgeSettings, Forger};
+pub use proxy::{attack_proxy, mitm_proxy, MitmRule};
+pub use scenario::{Injector, Phase, Scenario, ScenarioError};
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -11,6 +11,7 @@ use ironplant_modbus::codec::{decode_registers, encode_registers, EncodeError};
 use ironplant_modbus::{RegisterBank, SharedBank, UnitImage};
 use parking_lot::Mutex;
 
+use crate::attack::AttackControl;
 use crate::map::{image_size, Kind, PointDef, Signal, FILLER_UNIT, REGISTER_MAP, UTILITIES_UNIT};
 use crate::plant::{MachineState as State, Plant, Readings};
 
@@ -57,6 +58,22 @@ pub fn tick(bank: &mut RegisterBank, plant: &mut Plant, dt: Duration) {
     write_outputs(plant, bank);
 }
 
+/// [`tick`], with the readings bent by `attacks` (at the plant's elapsed time) before they
+/// reach the bank. Returns the readings as shown.
+pub fn tick_attacked(
+    bank: &mut RegisterBank,
+    plant: &mut Plant,
+    dt: Duration,
+    attacks: &AttackControl,
+) -> Readings {
+    apply_commands(bank, plant);
+    plant.step(dt);
+    let mut shown = plant.readings().clone();
+    attacks.apply(plant.elapsed(), &mut shown);
+    write_readings(&shown, bank);
+    shown
+}
+
 /// Reads every command point (coils and holding registers) and hands it to the plant. A set
 /// fault-reset coil requests a reset; [`write_outputs`] clears it once the plant handled it.
 pub fn apply_commands(bank: &RegisterBank, plant: &mut Plant) {
@@ -86,7 +103,11 @@ pub fn apply_commands(bank: &RegisterBank, plant: &mut Plant) {
 /// Writes every point of the map from the plant's readings, commands included (they read back
 /// as applied).
 pub fn write_outputs(plant: &Plant, bank: &mut RegisterBank) {
-    let readings = plant.readings();
+    write_readings(plant.readings(), bank);
+}
+
+/// Writes every point of the map from `readings` (the plant's, or as an attack shows them).
+pub fn write_readings(readings: &Readings, bank: &mut RegisterBank) {
     for def in REGISTER_MAP {
         let value = output_value(def, readings);
         if let Err(err) = write_point(bank, def, &value) {

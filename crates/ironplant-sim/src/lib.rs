@@ -12,6 +12,10 @@
 //!   through `ironplant_modbus::codec`, the very codec the connector decodes with.
 //! - [`run`] and [`physics_loop`]: the thin async shell, a 100 ms physics tick next to
 //!   `ironplant_modbus::serve`.
+//! - [`attack`]: attacks for detection to find. Data-level scenarios are pure transforms over
+//!   the readings, switched at run time through an [`AttackControl`] ([`run_attacked`]) between
+//!   the physics and the bank; a Modbus TCP man in the middle, a forged Sparkplug node and a
+//!   rogue Modbus master act on the wire.
 //!
 //! # The plant
 //! **Filler** (unit 1). While running, the speed follows its setpoint through a first-order lag
@@ -96,7 +100,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-pub use bank::{apply_commands, new_bank, read_point, tick, write_outputs};
+pub use attack::AttackControl;
+pub use bank::{
+    apply_commands, new_bank, read_point, tick, tick_attacked, write_outputs, write_readings,
+};
 pub use map::{PointDef, Signal, FILLER_UNIT, REGISTER_MAP, UTILITIES_UNIT};
 pub use plant::{FaultCode, MachineState, Plant, Readings};
 
@@ -120,11 +127,24 @@ pub async fn run_with(
     seed: u64,
     readings: Option<watch::Sender<Readings>>,
 ) -> io::Result<()> {
+    run_attacked(listener, seed, readings, AttackControl::new()).await
+}
+
+/// Like [`run_with`], with the data-level attacks of `attacks` applied between the physics and
+/// the register bank (and the readings sent out): keep a clone of the handle to start and stop
+/// attacks while it runs. Its clock is the plant's simulated time.
+pub async fn run_attacked(
+    listener: TcpListener,
+    seed: u64,
+    readings: Option<watch::Sender<Readings>>,
+    attacks: AttackControl,
+) -> io::Result<()> {
     let bank = new_bank();
-    let _physics = AbortOnDrop(tokio::spawn(physics_loop_with(
+    let _physics = AbortOnDrop(tokio::spawn(physics_loop_attacked(
         bank.clone(),
         seed,
         readings,
+        attacks,
     )));
     match listener.local_addr() {
         Ok(addr) => tracing::info!(%addr, seed, "simulated bottling line serving"),
@@ -145,6 +165,17 @@ pub async fn physics_loop_with(
     seed: u64,
     readings: Option<watch::Sender<Readings>>,
 ) {
+    physics_loop_attacked(bank, seed, readings, AttackControl::new()).await;
+}
+
+/// [`physics_loop_with`], showing the readings as the running attacks of `attacks` bend them
+/// (in the bank and in what is sent to `readings`, as a lying sensor would).
+pub async fn physics_loop_attacked(
+    bank: SharedBank,
+    seed: u64,
+    readings: Option<watch::Sender<Readings>>,
+    attacks: AttackControl,
+) {
     let mut plant = Plant::new(seed);
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -155,9 +186,9 @@ pub async fn physics_loop_with(
         let dt = (now - last).min(MAX_DT);
         last = now;
         let (state, fault) = (plant.state(), plant.fault());
-        tick(&mut bank.lock(), &mut plant, dt);
+        let shown = tick_attacked(&mut bank.lock(), &mut plant, dt, &attacks);
         if let Some(tx) = &readings {
-            tx.send_replace(plant.readings().clone());
+            tx.send_replace(shown);
         }
         if (state, fault) != (plant.state(), plant.fault()) {
             tracing::info!(

@@ -2,6 +2,7 @@
 //! into the library crates.
 
 mod admin;
+mod attack;
 mod import;
 mod query;
 
@@ -227,11 +228,11 @@ enum Command {
     },
     /// Attack the simulated plant, to see what the platform detects.
     #[command(
-        after_help = "Examples (against `ironplant simulate`, or the address `ironplant demo` prints):\n  ironplant attack rogue-write speed_setpoint 550\n  ironplant attack rogue-write run_enable false --modbus 127.0.0.1:5020"
+        after_help = "Examples (against `ironplant simulate`, or the address `ironplant demo` prints):\n  ironplant attack rogue-write speed_setpoint 550\n  ironplant attack rogue-write run_enable false --modbus 127.0.0.1:5020\n  ironplant attack drift tank_level --amount 8 --ramp 10m\n  ironplant attack mitm active_power --factor 0.8\n  ironplant attack forge-sparkplug --bundle ironplant-data/demo-edge\n\nrogue-write and forge-sparkplug act once; drift, step, replay, freeze and mitm run as a Modbus TCP proxy between the simulator and the platform (see their --help)."
     )]
     Attack {
         #[command(subcommand)]
-        command: AttackCommand,
+        command: attack::AttackCommand,
     },
     /// List, add and remove MQTT access rules (the running platform applies changes within a
     /// second).
@@ -244,57 +245,6 @@ enum Command {
         #[command(subcommand)]
         command: admin::AclCommand,
     },
-}
-
-#[derive(Subcommand)]
-enum AttackCommand {
-    /// Write a command point of the simulator from a second Modbus connection, as a rogue
-    /// engineering station would: a change no authorised command explains.
-    #[command(
-        after_help = "Example:\n  ironplant attack rogue-write speed_setpoint 550 --modbus 127.0.0.1:5020\n\nPoints: run_enable, fault_reset, speed_setpoint, pump_enable, level_setpoint."
-    )]
-    RogueWrite {
-        /// The command point, by its name in the simulator's register map.
-        point: String,
-        /// The value in engineering units: true/false for a coil, a number for a register.
-        value: String,
-        /// The simulator's Modbus TCP address.
-        #[arg(long, default_value = "127.0.0.1:5020", value_name = "ADDR")]
-        modbus: SocketAddr,
-    },
-}
-
-fn attack(command: AttackCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        AttackCommand::RogueWrite {
-            point,
-            value,
-            modbus,
-        } => {
-            let value = match value.as_str() {
-                "true" | "on" => ironplant_core::Value::Bool(true),
-                "false" | "off" => ironplant_core::Value::Bool(false),
-                v => {
-                    if let Ok(i) = v.parse::<i64>() {
-                        ironplant_core::Value::Int(i)
-                    } else if let Ok(f) = v.parse::<f64>() {
-                        ironplant_core::Value::Float(f)
-                    } else {
-                        anyhow::bail!(
-                            "the value {v:?} is neither a number nor true/false; e.g. `ironplant attack rogue-write speed_setpoint 550`"
-                        );
-                    }
-                }
-            };
-            let done =
-                runtime()?.block_on(ironplant_sim::attack::rogue_write(modbus, &point, value))?;
-            println!(
-                "rogue write from a second Modbus master: {} = {} at {modbus} (reads back {})",
-                done.point, done.value, done.read_back
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -381,7 +331,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token { data, command } => admin::token(command, &data.data_dir),
         Command::Audit { data, command } => admin::audit(command, &data.data_dir),
         Command::Acl { data, command } => admin::acl(command, &data.data_dir),
-        Command::Attack { command } => attack(command),
+        Command::Attack { command } => attack::run(command),
     }
 }
 

@@ -1,0 +1,268 @@
+//! `ironplant attack ...` end to end: the man in the middle between a running simulator and a
+//! Modbus master, a refused scenario, and a forged Sparkplug node presenting the simulator's
+//! stolen certificate to the demo platform's broker.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ironplant");
+
+/// A child process killed on drop, whose stdout lines arrive on a channel.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn start(args: &[&str], dir: &Path) -> Proc {
+        let mut child = Command::new(BIN)
+            .env("IRONPLANT_MQTTS", "127.0.0.1:0")
+            .env("NO_COLOR", "1")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ironplant");
+        let lines = common::pump(child.stdout.take().expect("piped stdout"));
+        Proc { child, lines }
+    }
+
+    /// The first `127.0.0.1:port` in the next stdout line containing `marker`.
+    fn address_after(&self, marker: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no line with {marker:?}"));
+            if !line.contains(marker) {
+                continue;
+            }
+            let word = line
+                .split_whitespace()
+                .find(|w| w.contains("127.0.0.1:"))
+                .unwrap_or_else(|| panic!("no address in {line:?}"));
+            let addr = word.rsplit("://").next().unwrap_or(word);
+            return addr
+                .trim_end_matches([',', ';', ')'])
+                .split('/')
+                .next()
+                .expect("host:port")
+                .to_owned();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads the tank level (unit 2, input registers 0-1, f32 big-endian) with a hand-made Modbus
+/// TCP request, the way any master would.
+fn tank_level(addr: &str) -> f32 {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(&[0, 1, 0, 0, 0, 6, 2, 4, 0, 0, 0, 2])
+        .expect("send");
+    let mut answer = [0u8; 13];
+    s.read_exact(&mut answer).expect("answer");
+    assert_eq!(answer[7..9], [4, 4], "function 4, 4 bytes: {answer:?}");
+    f32::from_be_bytes([answer[9], answer[10], answer[11], answer[12]])
+}
+
+#[test]
+fn attack_mitm_sits_between_the_simulator_and_a_modbus_master() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = Proc::start(
+        &[
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--sparkplug-broker",
+            "off",
+        ],
+        dir.path(),
+    );
+    let sim_addr = sim.address_after("Simulated bottling line listening on");
+    let mitm = Proc::start(
+        &[
+            "attack",
+            "mitm",
+            "tank_level",
+            "--factor",
+            "0.5",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &sim_addr,
+        ],
+        dir.path(),
+    );
+    let proxy_addr = mitm.address_after("Modbus TCP proxy on");
+    for _ in 0..3 {
+        let truth = tank_level(&sim_addr);
+        let shown = tank_level(&proxy_addr);
+        // A tick may fall between the two reads; the level's noise is far below 10 %.
+        let ratio = shown / truth;
+        assert!((0.45..0.55).contains(&ratio), "{shown} / {truth}");
+    }
+
+    // A step too big to be subtle is refused, saying what is allowed.
+    let out = Command::new(BIN)
+        .args(["attack", "step", "tank_level", "--amount", "70"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at most half of tank_level's range"), "{err}");
+}
+
+/// The simulator's Sparkplug certificate, stolen from the demo's data directory, gets a forged
+/// node onto the platform's broker; `mosquitto_sub` (a third-party client, logged in as the
+/// admin) sees the forged birth with the guessed bdSeq.
+#[test]
+fn attack_forge_sparkplug_uses_a_stolen_certificate_on_the_platforms_broker() {
+    let have = Command::new("mosquitto_sub").arg("--help").output().is_ok();
+    if !have {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mosquitto_sub is required under CI=true"
+        );
+        eprintln!("SKIPPED: mosquitto_sub not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let demo = Proc::start(
+        &["demo", "--http", "127.0.0.1:0", "--data-dir", "data"],
+        dir.path(),
+    );
+    let http = demo.address_after("HTTP API:");
+    let mqtt = demo.address_after("MQTT/TLS:");
+    let data = dir.path().join("data");
+    let api = common::api_for(&http, &data, ironplant_security::Role::Admin);
+    let bundle = data.join("demo-edge");
+    // The demo enrols its edge node on start; wait until the bundle is there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !bundle.join("sim-edge.key").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no bundle in {}",
+            bundle.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (host, port) = mqtt.rsplit_once(':').expect("host:port");
+    let cafile = data.join("security/ca/ca.crt");
+    let cafile = cafile.to_str().expect("UTF-8 path");
+    // Debug output (-d) says when the subscription stands; payloads come as hex lines. Line
+    // buffered, or the debug lines wait in the pipe.
+    let mut sub = Command::new("stdbuf")
+        .args([
+            "-oL",
+            "mosquitto_sub",
+            "-h",
+            host,
+            "-p",
+            port,
+            "--cafile",
+            cafile,
+            "-d",
+        ])
+        .args(["-u", "admin", "-P", api.token.as_str()])
+        .args(["-t", "spBv1.0/bottling/NBIRTH/sim-edge", "-F", "%x"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run mosquitto_sub");
+    let lines = common::pump(sub.stdout.take().expect("piped stdout"));
+    let next = |what: &str, deadline: Instant| -> String {
+        let left = deadline.saturating_duration_since(Instant::now());
+        lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("mosquitto_sub: no {what}"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !next("SUBACK", deadline).contains("SUBACK") {}
+
+    let forger = Command::new(BIN)
+        .args(["attack", "forge-sparkplug", "--bundle"])
+        .arg(&bundle)
+        .args(["--broker", &mqtt, "--birth-bd-seq", "200"])
+        .args(["--messages", "3", "--interval", "50ms"])
+        .output()
+        .expect("run the forger");
+    let text = String::from_utf8_lossy(&forger.stdout);
+    assert!(
+        forger.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&forger.stderr)
+    );
+    assert!(
+        text.contains("forged spBv1.0/bottling/DDATA/sim-edge/line1 seq 4"),
+        "{text}"
+    );
+    assert!(text.contains("as client sim-edge-bottling-2"), "{text}");
+
+    // The real node may be asked to rebirth too: the forged birth is the one with bdSeq 200
+    // (the metric "bdSeq", then long_value 200 as a protobuf varint: 58 c8 01).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let line = next("forged NBIRTH", deadline);
+        if line.starts_with("Client ") {
+            continue;
+        }
+        if line.contains("6264536571") && line.contains("58c801") {
+            break;
+        }
+    }
+    let _ = sub.kill();
+    let _ = sub.wait();
+}
+
+/// Every attack subcommand has `--help` with an example.
+#[test]
+fn every_attack_has_help_with_an_example() {
+    for sub in [
+        "rogue-write",
+        "drift",
+        "step",
+        "replay",
+        "freeze",
+        "mitm",
+        "forge-sparkplug",
+    ] {
+        let out = Command::new(BIN)
+            .args(["attack", sub, "--help"])
+            .output()
+            .expect("run");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{sub}: {help}");
+        assert!(
+            help.contains(&format!("ironplant attack {sub} ")),
+            "{sub} --help has no example:\n{help}"
+        );
+    }
+    let drift = Command::new(BIN)
+        .args(["attack", "drift", "--help"])
+        .output()
+        .expect("run");
+    let help = String::from_utf8_lossy(&drift.stdout);
+    // The signal list comes from the register map.
+    assert!(
+        help.contains("tank_level") && help.contains("water_total"),
+        "{help}"
+    );
+    assert!(!help.contains("speed_setpoint"), "{help}");
+}
