@@ -42,8 +42,8 @@ use ironplant_mqtt::{Broker, Origin};
 use ironplant_sparkplug::provenance::{Finding, PublisherWatch, Sender, TimingOptions, Verdict};
 use ironplant_sparkplug::settings::SparkplugSettings;
 use ironplant_sparkplug::{
-    Host, HostAction, HostError, HostOptions, MessageType, NodeId, PendingWrites, Topic, WriteError,
-    WriteOutcome, REBIRTH,
+    Host, HostAction, HostError, HostOptions, MessageType, NodeId, PendingWrites, Topic,
+    WriteError, WriteOutcome, REBIRTH,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -365,10 +365,23 @@ impl Shell {
             owner: origin.owner.as_deref().map(str::to_owned),
             address: origin.peer,
         };
+        // Only an NBIRTH from another connection needs to know if the bound one still lives.
+        let bound_alive = message_type == MessageType::NBirth
+            && self
+                .watch
+                .born_by(&node)
+                .filter(|b| b.client_id != sender.client_id || b.address != sender.address)
+                .and_then(|b| b.client_id.as_deref().map(|id| (id, b.address)))
+                .is_some_and(|(id, at)| at.is_some() && self.broker.connected_from(id) == at);
         let mut found = Vec::new();
-        let verdict = self
-            .watch
-            .observe(&node, message_type, &sender, Timestamp::now(), &mut found);
+        let verdict = self.watch.observe(
+            &node,
+            message_type,
+            &sender,
+            bound_alive,
+            Timestamp::now(),
+            &mut found,
+        );
         self.report(found);
         if verdict == Verdict::Refuse {
             self.metrics
@@ -383,7 +396,9 @@ impl Shell {
     fn report(&self, found: Vec<Finding>) {
         for f in found {
             let severity = match f {
-                Finding::ForeignPublisher { .. } => Severity::Critical,
+                Finding::ForeignPublisher { .. } | Finding::DuplicateBirth { .. } => {
+                    Severity::Critical
+                }
                 Finding::PublisherChanged { .. } | Finding::TimingChanged { .. } => {
                     Severity::Warning
                 }
@@ -393,10 +408,16 @@ impl Shell {
             tracing::warn!(code = f.code(), "{msg}");
             let node = f.node();
             self.events.publish(
-                Event::new(Timestamp::now(), EventKind::Integrity, f.code(), "sparkplug", msg)
-                    .with_severity(severity)
-                    .with_attribute("group", Value::String(node.group_id.as_str().into()))
-                    .with_attribute("node", Value::String(node.edge_node_id.as_str().into())),
+                Event::new(
+                    Timestamp::now(),
+                    EventKind::Integrity,
+                    f.code(),
+                    "sparkplug",
+                    msg,
+                )
+                .with_severity(severity)
+                .with_attribute("group", Value::String(node.group_id.as_str().into()))
+                .with_attribute("node", Value::String(node.edge_node_id.as_str().into())),
             );
         }
     }

@@ -9,6 +9,10 @@
 //!   this is never legitimate: stolen credentials, or a second node configured with the same
 //!   ids. The message is refused ([`Verdict::Refuse`]). Messages the broker publishes itself
 //!   (a will: the NDEATH of a dropped connection) have no client id and are accepted.
+//! - **Duplicate birth**: an NBIRTH from another connection while the connection that birthed
+//!   the node is still connected (the caller says so: `bound_alive`). A node has one
+//!   connection; a second one claiming it is a forger with stolen credentials (or a clone).
+//!   Refused, so the node stays bound to its real connection.
 //! - **Publisher changed**: an NBIRTH from another owner (identity) or IP address than the
 //!   node's previous birth. Legitimate after a re-commissioning, suspicious otherwise: reported
 //!   (the birth is accepted).
@@ -81,6 +85,11 @@ pub enum Finding {
         born_by: Sender,
         sent_by: Sender,
     },
+    DuplicateBirth {
+        node: NodeId,
+        born_by: Sender,
+        sent_by: Sender,
+    },
     PublisherChanged {
         node: NodeId,
         was: Sender,
@@ -106,6 +115,7 @@ impl Finding {
     pub fn code(&self) -> &'static str {
         match self {
             Finding::ForeignPublisher { .. } => "sparkplug_foreign_publisher",
+            Finding::DuplicateBirth { .. } => "sparkplug_duplicate_birth",
             Finding::PublisherChanged { .. } => "sparkplug_publisher_changed",
             Finding::TimingChanged { .. } => "sparkplug_timing_changed",
             Finding::TimingNormal { .. } => "sparkplug_timing_normal",
@@ -115,6 +125,7 @@ impl Finding {
     pub fn node(&self) -> &NodeId {
         match self {
             Finding::ForeignPublisher { node, .. }
+            | Finding::DuplicateBirth { node, .. }
             | Finding::PublisherChanged { node, .. }
             | Finding::TimingChanged { node, .. }
             | Finding::TimingNormal { node, .. } => node,
@@ -130,6 +141,17 @@ impl Finding {
                 sent_by,
             } => format!(
                 "edge node {}/{} published by {} but born by {}: refused (stolen credentials or a duplicate node)",
+                node.group_id,
+                node.edge_node_id,
+                sent_by.describe(),
+                born_by.describe()
+            ),
+            Finding::DuplicateBirth {
+                node,
+                born_by,
+                sent_by,
+            } => format!(
+                "edge node {}/{} born again by {} while {}, which birthed it, is still connected: refused (stolen credentials or a cloned node)",
                 node.group_id,
                 node.edge_node_id,
                 sent_by.describe(),
@@ -197,12 +219,20 @@ impl PublisherWatch {
         }
     }
 
-    /// Checks one message of `node` sent by `sender`; findings go to `out`.
+    /// The connection that birthed `node`, if any.
+    pub fn born_by(&self, node: &NodeId) -> Option<&Sender> {
+        self.nodes.get(node)?.born_by.as_ref()
+    }
+
+    /// Checks one message of `node` sent by `sender`; findings go to `out`. `bound_alive`:
+    /// whether the connection that birthed the node ([`PublisherWatch::born_by`]) is still
+    /// connected (asked of the broker; only looked at for an NBIRTH from another connection).
     pub fn observe(
         &mut self,
         node: &NodeId,
         kind: MessageType,
         sender: &Sender,
+        bound_alive: bool,
         now: Timestamp,
         out: &mut Vec<Finding>,
     ) -> Verdict {
@@ -214,6 +244,15 @@ impl PublisherWatch {
         match kind {
             MessageType::NBirth => {
                 if let Some(was) = &w.born_by {
+                    let other = was.client_id != sender.client_id || was.address != sender.address;
+                    if other && bound_alive {
+                        out.push(Finding::DuplicateBirth {
+                            node: node.clone(),
+                            born_by: was.clone(),
+                            sent_by: sender.clone(),
+                        });
+                        return Verdict::Refuse;
+                    }
                     if was.owner != sender.owner || was.ip() != sender.ip() {
                         out.push(Finding::PublisherChanged {
                             node: node.clone(),
@@ -371,35 +410,136 @@ mod tests {
         let mut out = Vec::new();
         let n = node();
         assert_eq!(
-            w.observe(&n, MessageType::NBirth, &real, Timestamp(0), &mut out),
+            w.observe(
+                &n,
+                MessageType::NBirth,
+                &real,
+                false,
+                Timestamp(0),
+                &mut out
+            ),
             Verdict::Accept
         );
         assert_eq!(
-            w.observe(&n, MessageType::DData, &real, Timestamp(S), &mut out),
+            w.observe(&n, MessageType::DData, &real, false, Timestamp(S), &mut out),
             Verdict::Accept
         );
         assert!(out.is_empty());
         // The same credentials and client id from another machine: another connection.
         let forger = sender("sim-edge-bottling", "device:sim-edge", "10.0.0.66:50000");
         assert_eq!(
-            w.observe(&n, MessageType::NData, &forger, Timestamp(2 * S), &mut out),
+            w.observe(
+                &n,
+                MessageType::NData,
+                &forger,
+                false,
+                Timestamp(2 * S),
+                &mut out
+            ),
             Verdict::Refuse
         );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].code(), "sparkplug_foreign_publisher");
-        assert!(out[0].message().contains("10.0.0.66:50000"), "{}", out[0].message());
+        assert!(
+            out[0].message().contains("10.0.0.66:50000"),
+            "{}",
+            out[0].message()
+        );
         // A will published by the broker for the real node's dropped connection is accepted.
         let will = Sender::default();
         assert_eq!(
-            w.observe(&n, MessageType::NDeath, &will, Timestamp(3 * S), &mut out),
+            w.observe(
+                &n,
+                MessageType::NDeath,
+                &will,
+                false,
+                Timestamp(3 * S),
+                &mut out
+            ),
             Verdict::Accept
         );
         // A node never born: nothing to compare with (the host asks for a rebirth).
         let other = NodeId::new("bottling", "other");
         assert_eq!(
-            w.observe(&other, MessageType::NData, &forger, Timestamp(3 * S), &mut out),
+            w.observe(
+                &other,
+                MessageType::NData,
+                &forger,
+                false,
+                Timestamp(3 * S),
+                &mut out
+            ),
             Verdict::Accept
         );
+    }
+
+    #[test]
+    fn a_second_birth_while_the_first_connection_lives_is_refused() {
+        let mut w = PublisherWatch::default();
+        let mut out = Vec::new();
+        let n = node();
+        let real = sender("sim-edge-bottling", "device:sim-edge", "127.0.0.1:40000");
+        let forger = sender("sim-edge-bottling-2", "device:sim-edge", "127.0.0.1:40001");
+        w.observe(
+            &n,
+            MessageType::NBirth,
+            &real,
+            false,
+            Timestamp(0),
+            &mut out,
+        );
+        assert_eq!(
+            w.observe(
+                &n,
+                MessageType::NBirth,
+                &forger,
+                true,
+                Timestamp(S),
+                &mut out
+            ),
+            Verdict::Refuse
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].code(), "sparkplug_duplicate_birth");
+        assert_eq!(w.born_by(&n), Some(&real), "still bound to the real node");
+        // Its data after the refused birth is foreign too.
+        assert_eq!(
+            w.observe(
+                &n,
+                MessageType::NData,
+                &forger,
+                true,
+                Timestamp(2 * S),
+                &mut out
+            ),
+            Verdict::Refuse
+        );
+        assert_eq!(
+            w.observe(
+                &n,
+                MessageType::NData,
+                &real,
+                true,
+                Timestamp(3 * S),
+                &mut out
+            ),
+            Verdict::Accept
+        );
+        // Once the real connection is gone, a new connection's birth is an ordinary reconnect.
+        out.clear();
+        let back = sender("sim-edge-bottling", "device:sim-edge", "127.0.0.1:40002");
+        assert_eq!(
+            w.observe(
+                &n,
+                MessageType::NBirth,
+                &back,
+                false,
+                Timestamp(4 * S),
+                &mut out
+            ),
+            Verdict::Accept
+        );
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]
@@ -408,19 +548,33 @@ mod tests {
         let mut out = Vec::new();
         let n = node();
         let a = sender("c1", "device:sim-edge", "10.0.0.5:40000");
-        w.observe(&n, MessageType::NBirth, &a, Timestamp(0), &mut out);
+        w.observe(&n, MessageType::NBirth, &a, false, Timestamp(0), &mut out);
         // Reconnecting from the same host (new port, new client id) is ordinary.
         let b = sender("c2", "device:sim-edge", "10.0.0.5:40001");
-        w.observe(&n, MessageType::NBirth, &b, Timestamp(S), &mut out);
+        w.observe(&n, MessageType::NBirth, &b, false, Timestamp(S), &mut out);
         assert!(out.is_empty(), "{out:?}");
         let c = sender("c2", "device:sim-edge", "192.168.1.9:40001");
-        w.observe(&n, MessageType::NBirth, &c, Timestamp(2 * S), &mut out);
+        w.observe(
+            &n,
+            MessageType::NBirth,
+            &c,
+            false,
+            Timestamp(2 * S),
+            &mut out,
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].code(), "sparkplug_publisher_changed");
         // Now bound to the new connection: its data is accepted.
         out.clear();
         assert_eq!(
-            w.observe(&n, MessageType::DData, &c, Timestamp(3 * S), &mut out),
+            w.observe(
+                &n,
+                MessageType::DData,
+                &c,
+                false,
+                Timestamp(3 * S),
+                &mut out
+            ),
             Verdict::Accept
         );
         assert!(out.is_empty());
@@ -432,12 +586,12 @@ mod tests {
         let mut out = Vec::new();
         let n = node();
         let a = sender("c1", "o", "10.0.0.5:1");
-        w.observe(&n, MessageType::NBirth, &a, Timestamp(0), &mut out);
+        w.observe(&n, MessageType::NBirth, &a, false, Timestamp(0), &mut out);
         // 1 message a second with jitter, for 10 learning windows and 10 more.
         let mut t = 0i64;
         for i in 0..600 {
             t = i * S + (i * 7919 % 200_000);
-            w.observe(&n, MessageType::DData, &a, Timestamp(t), &mut out);
+            w.observe(&n, MessageType::DData, &a, false, Timestamp(t), &mut out);
             w.tick(Timestamp(t), &mut out);
         }
         assert!(out.is_empty(), "normal operation: {out:?}");
@@ -445,8 +599,15 @@ mod tests {
         // apart here, e.g. through a compromised edge gateway): twice the rate.
         for i in 600..660 {
             t = i * S;
-            w.observe(&n, MessageType::DData, &a, Timestamp(t), &mut out);
-            w.observe(&n, MessageType::DData, &a, Timestamp(t + S / 2), &mut out);
+            w.observe(&n, MessageType::DData, &a, false, Timestamp(t), &mut out);
+            w.observe(
+                &n,
+                MessageType::DData,
+                &a,
+                false,
+                Timestamp(t + S / 2),
+                &mut out,
+            );
         }
         assert!(
             out.iter().any(|f| f.code() == "sparkplug_timing_changed"),
@@ -455,16 +616,19 @@ mod tests {
         let changes = out.len();
         for i in 660..760 {
             t = i * S;
-            w.observe(&n, MessageType::DData, &a, Timestamp(t), &mut out);
+            w.observe(&n, MessageType::DData, &a, false, Timestamp(t), &mut out);
         }
         assert_eq!(out.len(), changes + 1, "{out:?}");
         assert_eq!(out[changes].code(), "sparkplug_timing_normal");
         // Silence is a change too (seen by the tick).
         w.tick(Timestamp(t + 120 * S), &mut out);
-        assert_eq!(out.last().map(Finding::code), Some("sparkplug_timing_changed"));
+        assert_eq!(
+            out.last().map(Finding::code),
+            Some("sparkplug_timing_changed")
+        );
         // Clock going back: no panic, no finding.
         let before = out.len();
-        w.observe(&n, MessageType::DData, &a, Timestamp(0), &mut out);
+        w.observe(&n, MessageType::DData, &a, false, Timestamp(0), &mut out);
         w.tick(Timestamp(0), &mut out);
         assert_eq!(out.len(), before);
     }

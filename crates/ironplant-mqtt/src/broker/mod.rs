@@ -974,6 +974,13 @@ impl Broker {
         (id, retained)
     }
 
+    /// Whether a client with this id is connected now, and from where.
+    pub fn connected_from(&self, client_id: &str) -> Option<SocketAddr> {
+        let r = self.inner.router.lock();
+        let id = r.by_name.get(client_id)?;
+        r.entries.get(id)?.conn.as_ref().map(|c| c.peer)
+    }
+
     /// Publishes a message from inside the platform (UNS, $SYS, Sparkplug host commands).
     pub fn publish(&self, publish: Publish) {
         self.route(None, None, publish);
