@@ -58,6 +58,8 @@ pub struct SparkplugMetrics {
     pub writes_refused: AtomicU64,
     /// Messages refused because another connection than the node's birth sent them.
     pub foreign_refused: AtomicU64,
+    /// Samples dropped for a timestamp too far from the host's clock.
+    pub timestamps_rejected: AtomicU64,
 }
 
 /// All counters of a running platform. The device set is fixed at start-up.
@@ -362,7 +364,7 @@ fn render_broker(w: &mut String, b: &ironplant_mqtt::Broker) {
 }
 
 fn render_sparkplug(w: &mut String, s: &SparkplugMetrics) {
-    let counters: [(&str, &str, &AtomicU64); 11] = [
+    let counters: [(&str, &str, &AtomicU64); 12] = [
         (
             "messages_total",
             "Sparkplug B messages handled by the host application.",
@@ -382,6 +384,11 @@ fn render_sparkplug(w: &mut String, s: &SparkplugMetrics) {
             "foreign_publisher_refused_total",
             "Messages of an edge node refused: another connection than its birth's sent them.",
             &s.foreign_refused,
+        ),
+        (
+            "timestamps_rejected_total",
+            "Samples dropped: stamped more than 10 min ahead of the host's clock, or (live) a day behind.",
+            &s.timestamps_rejected,
         ),
         (
             "errors_total",

@@ -550,6 +550,12 @@ impl Shell {
                         HostError::Unmappable { .. } => {
                             m.metrics_unmapped.fetch_add(1, Ordering::Relaxed);
                         }
+                        HostError::AbsurdTimestamp { samples, .. } => {
+                            m.timestamps_rejected.fetch_add(
+                                u64::try_from(samples).unwrap_or(u64::MAX),
+                                Ordering::Relaxed,
+                            );
+                        }
                         _ => {}
                     }
                     tracing::warn!(error = %e, "sparkplug");

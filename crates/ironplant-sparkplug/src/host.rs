@@ -72,6 +72,10 @@ pub struct HostOptions {
     pub max_devices_per_node: usize,
     /// Node metrics plus the metrics of all its devices.
     pub max_metrics_per_node: usize,
+    /// Samples stamped further ahead of the host's clock are dropped.
+    pub max_future: Duration,
+    /// Samples (not `is_historical`) stamped further behind are dropped.
+    pub max_past: Duration,
 }
 
 impl Default for HostOptions {
@@ -83,6 +87,8 @@ impl Default for HostOptions {
             max_nodes: 10_000,
             max_devices_per_node: 10_000,
             max_metrics_per_node: 100_000,
+            max_future: Duration::from_secs(600),
+            max_past: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -155,6 +161,13 @@ pub enum HostError {
     AnonymousMetric { topic: String },
     #[error("{topic}: alias {alias} is declared twice; the later metric keeps it")]
     DuplicateAlias { topic: String, alias: u64 },
+    #[error("{topic}: {samples} sample(s) dropped: stamped {ts}, too far from the host's clock ({now}); check the edge node's clock (historical data must set is_historical)")]
+    AbsurdTimestamp {
+        topic: String,
+        samples: usize,
+        ts: Timestamp,
+        now: Timestamp,
+    },
     #[error("{topic}: metric {metric:?}: {error}")]
     BadMetric {
         topic: String,
@@ -342,6 +355,8 @@ pub struct Host {
     max_nodes: usize,
     max_devices_per_node: usize,
     max_metrics_per_node: usize,
+    max_future_us: i64,
+    max_past_us: i64,
     nodes: HashMap<NodeId, NodeState>,
     /// The timestamp of the will registered with the current connection.
     connect_ms: Option<u64>,
@@ -368,6 +383,8 @@ impl Host {
             max_nodes: options.max_nodes,
             max_devices_per_node: options.max_devices_per_node,
             max_metrics_per_node: options.max_metrics_per_node,
+            max_future_us: i64::try_from(options.max_future.as_micros()).unwrap_or(i64::MAX),
+            max_past_us: i64::try_from(options.max_past.as_micros()).unwrap_or(i64::MAX),
             nodes: HashMap::new(),
             connect_ms: None,
         })
@@ -478,7 +495,34 @@ impl Host {
             // above.
             _ => {}
         }
+        self.check_times(topic, now, &mut out);
         out
+    }
+
+    /// Drops samples stamped too far from `now` (a wrong edge node clock, or a replay of old
+    /// messages): more than `max_future` ahead, or, unless `is_historical`, more than
+    /// `max_past` behind. Counted as [`HostError::AbsurdTimestamp`] errors, one per message.
+    fn check_times(&self, topic: &str, now: Timestamp, out: &mut Vec<HostAction>) {
+        let latest = now.0.saturating_add(self.max_future_us);
+        let earliest = now.0.saturating_sub(self.max_past_us);
+        let mut dropped = 0usize;
+        let mut example = None;
+        out.retain(|a| match a {
+            HostAction::Sample(s) if s.ts.0 > latest || (!s.historical && s.ts.0 < earliest) => {
+                dropped += 1;
+                example.get_or_insert(s.ts);
+                false
+            }
+            _ => true,
+        });
+        if let Some(ts) = example {
+            out.push(HostAction::Error(HostError::AbsurdTimestamp {
+                topic: topic.to_owned(),
+                samples: dropped,
+                ts,
+                now,
+            }));
+        }
     }
 
     /// What the latest birth declared about the metric behind `path` (also while its node or

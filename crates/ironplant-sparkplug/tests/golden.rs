@@ -205,8 +205,10 @@ fn samples(actions: &[HostAction]) -> Vec<&TagSample> {
 
 #[test]
 fn host_follows_a_third_party_session() {
-    let now = Timestamp(1_800_000_000_000_000);
     let go_ts = Timestamp(GO_TS_MS as i64 * 1000);
+    // A minute after the Go node stamped its messages (a host drops samples stamped far from
+    // its clock).
+    let now = Timestamp(go_ts.0 + 60_000_000);
     let topic = |t: &str| format!("spBv1.0/UMH/{t}/edge");
     let mut host = Host::new("ironplant").expect("valid id");
 

@@ -1018,3 +1018,47 @@ fn births_of_a_mapped_node_land_under_its_assets_and_writes_find_their_way_back(
         Err(ironplant_sparkplug::WriteError::NotSparkplug { .. })
     ));
 }
+
+/// Samples stamped too far from the host's clock are dropped and reported (a wrong edge node
+/// clock, or old messages replayed); historical ones may be old.
+#[test]
+fn samples_stamped_far_from_the_hosts_clock_are_dropped() {
+    let mut e = edge();
+    let (mut host, _) = born(&mut e);
+    const MIN: i64 = 60_000;
+    // 11 minutes in the future.
+    let ahead = e
+        .device_data(
+            "Pump1",
+            &[("Speed", MetricValue::Double(1.0))],
+            at(11 * MIN),
+        )
+        .expect("declared");
+    let a = host.handle(&ahead.topic, &ahead.payload, at(0));
+    assert!(samples(&a).is_empty(), "{a:?}");
+    assert!(
+        matches!(
+            &errors(&a)[..],
+            [HostError::AbsurdTimestamp { samples: 1, .. }]
+        ),
+        "{a:?}"
+    );
+    // 9 minutes ahead is within the tolerance.
+    let near = e
+        .device_data("Pump1", &[("Speed", MetricValue::Double(2.0))], at(9 * MIN))
+        .expect("declared");
+    let a = host.handle(&near.topic, &near.payload, at(0));
+    assert_eq!(sample_of(&a, "Plant1/edge-1/Pump1/Speed").len(), 1, "{a:?}");
+    // Two days old, live: dropped.
+    let old = e
+        .device_data("Pump1", &[("Speed", MetricValue::Double(3.0))], at(0))
+        .expect("declared");
+    let a = host.handle(&old.topic, &old.payload, at(2 * 24 * 60 * MIN));
+    assert!(
+        sample_of(&a, "Plant1/edge-1/Pump1/Speed").is_empty(),
+        "{a:?}"
+    );
+    assert!(errors(&a)
+        .iter()
+        .any(|e| matches!(e, HostError::AbsurdTimestamp { .. })));
+}
