@@ -34,6 +34,7 @@ pub mod live;
 pub mod mqtt_ws;
 pub mod openapi;
 pub mod settings;
+pub mod simulator;
 
 use auth::Caller;
 use ironplant_security::Permission;

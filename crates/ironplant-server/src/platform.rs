@@ -171,7 +171,32 @@ pub async fn serve(
     // Before anything opens a redb file (historian, broker state, bridge queues).
     let _lock = datadir::lock_process(data_dir, "serve")?;
     let sec = tokio::task::block_in_place(|| open_security(data_dir, &config))?;
-    serve_with(config, bound, listen, sec, data_dir, banner).await
+    serve_with(config, bound, listen, sec, data_dir, banner, None).await
+}
+
+/// The simulator's attacks for the API (`ironplant_api::simulator`).
+struct Attacks(ironplant_sim::attack::AttackControl);
+
+impl ironplant_api::simulator::SimulatorAttacks for Attacks {
+    fn start(&self, scenario: serde_json::Value) -> Result<String, String> {
+        let s: ironplant_sim::attack::Scenario = serde_json::from_value(scenario).map_err(|e| {
+            format!("not a scenario: {e}; GET /api/v1/simulator/attacks shows one of each kind")
+        })?;
+        self.0.start(s).map_err(|e| e.to_string())
+    }
+
+    fn stop(&self, name: &str) -> Vec<String> {
+        self.0.stop(name)
+    }
+
+    fn active(&self) -> serde_json::Value {
+        serde_json::to_value(self.0.active()).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn catalogue(&self) -> serde_json::Value {
+        serde_json::to_value(ironplant_sim::attack::Scenario::catalogue())
+            .unwrap_or(serde_json::Value::Null)
+    }
 }
 
 fn local_addr(l: &TcpListener, what: &str) -> anyhow::Result<SocketAddr> {
@@ -195,6 +220,7 @@ async fn serve_with(
     sec: Arc<Security>,
     data_dir: &Path,
     banner: Option<String>,
+    attacks: Option<ironplant_sim::attack::AttackControl>,
 ) -> anyhow::Result<()> {
     let Bound {
         http: listener,
@@ -472,10 +498,15 @@ async fn serve_with(
         max_body_size = h.max_body_size,
         "HTTP limits ([http] in the config)"
     );
+    // HTTP ingest, and the simulator's attacks when it runs in this process (the demo).
+    let mut routes = ironplant_api::ingest::routes(state.runtime.ingest.clone());
+    if let Some(control) = attacks {
+        routes = routes.merge(ironplant_api::simulator::routes(Arc::new(Attacks(control))));
+    }
     let served = if listen.insecure_http {
         tracing::warn!(http = %local, "plain-text HTTP (--insecure-http): passwords and tokens cross the network in clear; use it only on loopback or behind a TLS proxy");
         tracing::info!(http = %local, data_dir = %data_dir.display(), "platform started");
-        ironplant_api::serve(listener, state, shutdown_signal()).await
+        ironplant_api::serve_with(listener, state, routes, shutdown_signal()).await
     } else {
         let tls = sec
             .https_tls_config(&names, byo.as_ref())
@@ -487,7 +518,7 @@ async fn serve_with(
             listener,
             "https",
             move |tcp| acceptor.accept(tcp),
-            ironplant_api::router(state),
+            ironplant_api::router_with(state, routes),
             conns,
             shutdown_signal(),
         )
@@ -576,8 +607,11 @@ pub async fn demo(
         .local_addr()
         .context("cannot read the simulator's address")?;
     let (readings_tx, readings) = tokio::sync::watch::channel(ironplant_sim::Readings::default());
+    // Switched at run time through the API (`/api/v1/simulator/attacks`).
+    let attacks = ironplant_sim::attack::AttackControl::new();
+    let control = attacks.clone();
     tokio::spawn(async move {
-        if let Err(e) = ironplant_sim::run_with(sim, seed, Some(readings_tx)).await {
+        if let Err(e) = ironplant_sim::run_attacked(sim, seed, Some(readings_tx), control).await {
             tracing::error!(error = %e, "simulator stopped");
         }
     });
@@ -650,7 +684,7 @@ pub async fn demo(
             )
         ));
     }
-    serve_with(config, bound, listen, sec, data_dir, Some(banner)).await
+    serve_with(config, bound, listen, sec, data_dir, Some(banner), Some(attacks)).await
 }
 
 /// `path` absolute (so a line printed for copying works from any directory) and quoted for a
