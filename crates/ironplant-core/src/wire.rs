@@ -394,6 +394,7 @@ pub fn parse_quality(level: &str, reason: Option<&str>) -> Result<Quality, Strin
         Some("CalculationFailed") => QualityReason::CalculationFailed,
         Some("InsufficientData") => QualityReason::InsufficientData,
         Some("SequenceGap") => QualityReason::SequenceGap,
+        Some("Implausible") => QualityReason::Implausible,
         Some(other) => return Err(format!("unknown quality reason {other:?}")),
     };
     Ok(Quality { level, reason })
