@@ -484,8 +484,10 @@ impl Anomaly {
             if m.neg == 0.0 {
                 m.neg_since = now;
             }
-            m.pos = (m.pos + z - s.cusum_k).max(0.0);
-            m.neg = (m.neg - z - s.cusum_k).max(0.0);
+            // Capped at twice the threshold, so a finding clears soon after the cause ends.
+            let cap = 2.0 * s.cusum_h;
+            m.pos = (m.pos + z - s.cusum_k).clamp(0.0, cap);
+            m.neg = (m.neg - z - s.cusum_k).clamp(0.0, cap);
             m.ewma = 0.9 * m.ewma + 0.1 * z;
             evaluate(g, s, now, out);
         }
@@ -643,22 +645,22 @@ mod tests {
         assert!((fit.beta[0] - 0.5).abs() < 0.01, "{fit:?}");
         // uniform ±0.05 noise: σ ≈ 0.029.
         assert!((fit.sigma_u - 0.0289).abs() < 0.005, "{fit:?}");
-        // A step of 0.1 (3.5σ) at t = 7250 (between two state changes).
-        for t in 7200..7250 {
+        // A step of 0.1 (3.5σ) at t = 7300, after the settle time of the change at 7200.
+        for t in 7200..7300 {
             step(&mut a, t, 0.0, Quality::GOOD, &mut out);
         }
-        for t in 7250..7300 {
+        for t in 7300..7350 {
             step(&mut a, t, 0.1, Quality::GOOD, &mut out);
         }
         assert_eq!(out.len(), 1, "{out:?}");
         let f = &out[0];
         assert_eq!((f.detector, f.change), (Detector::Anomaly, Change::Raised));
-        assert!(f.at.0 - 7250 * S <= 10 * S, "detected in {} s", (f.at.0 - 7250 * S) / S);
+        assert!(f.at.0 - 7300 * S <= 10 * S, "detected in {} s", (f.at.0 - 7300 * S) / S);
         assert!(f.explanation.contains("a/l/y reads") && f.explanation.contains("above"), "{}", f.explanation);
         assert_eq!(f.tags, vec![TagId(0)]);
         let score = a.scores().next().map(|s| s.1).unwrap_or(0.0);
         assert!(score >= 1.0);
-        for t in 7300..7500 {
+        for t in 7350..7490 {
             step(&mut a, t, 0.0, Quality::GOOD, &mut out);
         }
         assert_eq!(out.len(), 2);
