@@ -4,7 +4,7 @@
 //! measurement of a group the training window fits, by ridge least squares, a linear model
 //! of its value on the current values of the group's other tags (measurements, states,
 //! setpoints), with AR(1) errors: `e_t = y_t − μ_y − β·(z_t − μ)`, `u_t = e_t − φ·e_{t−1}`.
-//! Only sums are kept while learning (`Σw`, `Σwwᵀ`, `Σw_t w_{t−1}ᵀ`), so training allocates
+//! Only sums are kept while learning (`Σw`, `Σwwᵀ` and the lag-1 moments of consecutive pairs), so training allocates
 //! nothing per sample and the fit is closed-form. After the window the model is frozen: an
 //! attacker cannot slowly teach it a new normal. Restarts restore it from a snapshot.
 //!
@@ -50,10 +50,10 @@ pub struct AnomalySettings {
 impl Default for AnomalySettings {
     fn default() -> AnomalySettings {
         AnomalySettings {
-            cusum_k: 0.5,
-            cusum_h: 15.0,
+            cusum_k: 1.0,
+            cusum_h: 20.0,
             z_clip: 4.0,
-            settle: Duration::from_secs(90),
+            settle: Duration::from_secs(180),
             ridge: 1e-3,
             min_samples: 600,
             clear_score: 0.5,
@@ -92,20 +92,83 @@ pub struct Fit {
     pub n: u64,
 }
 
+/// Training sums of one model, over w = [y, z...] shifted by the first sample seen (so the
+/// raw moments do not cancel catastrophically for values far from zero, e.g. 400 V ± 0.3).
+#[derive(Debug, Default)]
+struct Sums {
+    origin: Vec<f64>,
+    n: u64,
+    sum: Vec<f64>,
+    /// Σ w wᵀ over all samples (upper triangle).
+    s0: Vec<f64>,
+    /// Over consecutive pairs: count, Σ w_t, Σ w_{t−1}, Σ w_t w_tᵀ, Σ w_{t−1} w_{t−1}ᵀ, Σ w_t w_{t−1}ᵀ.
+    n1: u64,
+    sum_c: Vec<f64>,
+    sum_p: Vec<f64>,
+    s_cc: Vec<f64>,
+    s_pp: Vec<f64>,
+    s_cp: Vec<f64>,
+    prev: Vec<f64>,
+    has_prev: bool,
+}
+
+impl Sums {
+    fn new(d: usize) -> Sums {
+        Sums {
+            origin: Vec::new(),
+            n: 0,
+            sum: vec![0.0; d],
+            s0: vec![0.0; d * d],
+            n1: 0,
+            sum_c: vec![0.0; d],
+            sum_p: vec![0.0; d],
+            s_cc: vec![0.0; d * d],
+            s_pp: vec![0.0; d * d],
+            s_cp: vec![0.0; d * d],
+            prev: vec![0.0; d],
+            has_prev: false,
+        }
+    }
+
+    fn add(&mut self, w: &mut [f64]) {
+        let d = w.len();
+        if self.origin.is_empty() {
+            self.origin = w.to_vec();
+        }
+        for (x, o) in w.iter_mut().zip(&self.origin) {
+            *x -= o;
+        }
+        self.n += 1;
+        for a in 0..d {
+            self.sum[a] += w[a];
+            for b in a..d {
+                self.s0[a * d + b] += w[a] * w[b];
+            }
+        }
+        if self.has_prev {
+            self.n1 += 1;
+            for a in 0..d {
+                self.sum_c[a] += w[a];
+                self.sum_p[a] += self.prev[a];
+                for b in 0..d {
+                    self.s_cc[a * d + b] += w[a] * w[b];
+                    self.s_pp[a * d + b] += self.prev[a] * self.prev[b];
+                    self.s_cp[a * d + b] += w[a] * self.prev[b];
+                }
+            }
+        }
+        self.prev.copy_from_slice(w);
+        self.has_prev = true;
+    }
+}
+
 #[derive(Debug)]
 struct Model {
     target: usize,
     /// Local indices of its regressors (every other tag of the group).
     regs: Vec<usize>,
-    // Training sums over w = [y, z...].
-    n: u64,
-    sum: Vec<f64>,
-    s0: Vec<f64>,
-    n1: u64,
-    s1: Vec<f64>,
-    prev_w: Vec<f64>,
+    sums: Sums,
     w: Vec<f64>,
-    has_prev: bool,
     // Frozen.
     fit: Option<Fit>,
     /// Local regressor indices in the fit's order.
@@ -126,14 +189,8 @@ impl Model {
         Model {
             target,
             regs,
-            n: 0,
-            sum: vec![0.0; d],
-            s0: vec![0.0; d * d],
-            n1: 0,
-            s1: vec![0.0; d * d],
-            prev_w: vec![0.0; d],
+            sums: Sums::new(d),
             w: vec![0.0; d],
-            has_prev: false,
             fit: None,
             fit_regs: Vec::new(),
             prev_e: None,
@@ -158,43 +215,24 @@ impl Model {
     }
 
     fn learn(&mut self, values: &[f64]) {
-        let d = self.w.len();
         self.w[0] = values[self.target];
         for (k, &r) in self.regs.iter().enumerate() {
             self.w[k + 1] = values[r];
         }
-        self.n += 1;
-        for a in 0..d {
-            self.sum[a] += self.w[a];
-            let wa = self.w[a];
-            for b in a..d {
-                self.s0[a * d + b] += wa * self.w[b];
-            }
-        }
-        if self.has_prev {
-            self.n1 += 1;
-            for a in 0..d {
-                let wa = self.w[a];
-                for b in 0..d {
-                    self.s1[a * d + b] += wa * self.prev_w[b];
-                }
-            }
-        }
-        self.prev_w.copy_from_slice(&self.w);
-        self.has_prev = true;
+        self.sums.add(&mut self.w);
+    }
+
+    /// Breaks the chain of consecutive samples (a gap, a settle time).
+    fn gap(&mut self) {
+        self.sums.has_prev = false;
     }
 
     /// Fits the model from the training sums and drops them; false if it cannot be fitted.
     fn freeze(&mut self, s: &AnomalySettings, paths: &[Arc<str>]) -> bool {
-        let d = self.w.len();
-        let ok = self.n >= s.min_samples.max(2) && self.n1 >= 2;
+        let ok = self.sums.n >= s.min_samples.max(2) && self.sums.n1 >= 2;
         let fit = if ok { self.solve(s, paths) } else { None };
         // The sums are not needed any more.
-        self.s0 = Vec::new();
-        self.s1 = Vec::new();
-        self.sum = Vec::new();
-        self.prev_w = Vec::new();
-        let _ = d;
+        self.sums = Sums::default();
         match fit {
             Some(f) => {
                 self.fit_regs = f
@@ -210,21 +248,22 @@ impl Model {
     }
 
     fn solve(&self, s: &AnomalySettings, paths: &[Arc<str>]) -> Option<Fit> {
+        let t = &self.sums;
         let d = self.w.len();
-        let n = self.n as f64;
-        let mu: Vec<f64> = self.sum.iter().map(|x| x / n).collect();
+        let n = t.n as f64;
+        let mu: Vec<f64> = t.sum.iter().map(|x| x / n).collect();
         let cov = |a: usize, b: usize| {
             let (i, j) = if a <= b { (a, b) } else { (b, a) };
-            self.s0[i * d + j] / n - mu[i] * mu[j]
+            t.s0[i * d + j] / n - mu[i] * mu[j]
         };
+        let origin = |a: usize| t.origin.get(a).copied().unwrap_or(0.0);
+        let scale = |a: usize| 1.0 + (mu[a] + origin(a)).powi(2);
         let var_y = cov(0, 0);
-        if var_y <= 1e-12 * (1.0 + mu[0] * mu[0]) {
+        if var_y <= 1e-12 * scale(0) {
             return None;
         }
         // Regressors that varied in training.
-        let used: Vec<usize> = (1..d)
-            .filter(|&a| cov(a, a) > 1e-12 * (1.0 + mu[a] * mu[a]))
-            .collect();
+        let used: Vec<usize> = (1..d).filter(|&a| cov(a, a) > 1e-12 * scale(a)).collect();
         let m = used.len();
         let sd: Vec<f64> = used.iter().map(|&a| cov(a, a).sqrt()).collect();
         let sd_y = var_y.sqrt();
@@ -240,37 +279,48 @@ impl Model {
             return None;
         }
         let beta: Vec<f64> = (0..m).map(|i| rhs[i] * sd_y / sd[i]).collect();
-        // c = [1, −β] over w − μ: e = c·(w − μ).
+        // c = [1, −β]: e = c·(w − μ).
         let mut c = vec![0.0; d];
         c[0] = 1.0;
         for (i, &a) in used.iter().enumerate() {
             c[a] = -beta[i];
         }
-        let n1 = self.n1 as f64;
-        let mut var_e = 0.0;
-        let mut cov1 = 0.0;
+        // Over the consecutive pairs: Var(e_t), Var(e_{t−1}), Cov(e_t, e_{t−1}).
+        let n1 = t.n1 as f64;
+        let (mc, mp): (Vec<f64>, Vec<f64>) = (
+            t.sum_c.iter().map(|x| x / n1).collect(),
+            t.sum_p.iter().map(|x| x / n1).collect(),
+        );
+        let (mut vc, mut vp, mut cp) = (0.0, 0.0, 0.0);
         for a in 0..d {
             for b in 0..d {
-                var_e += c[a] * c[b] * cov(a, b);
-                cov1 += c[a] * c[b] * (self.s1[a * d + b] / n1 - mu[a] * mu[b]);
+                let k = c[a] * c[b];
+                if k == 0.0 {
+                    continue;
+                }
+                vc += k * (t.s_cc[a * d + b] / n1 - mc[a] * mc[b]);
+                vp += k * (t.s_pp[a * d + b] / n1 - mp[a] * mp[b]);
+                cp += k * (t.s_cp[a * d + b] / n1 - mc[a] * mp[b]);
             }
         }
-        if !(var_e.is_finite() && cov1.is_finite()) {
+        if !(vc.is_finite() && vp.is_finite() && cp.is_finite()) || vc <= 0.0 || vp <= 0.0 {
             return None;
         }
-        let var_e = var_e.max(1e-12 * var_y);
-        let phi = (cov1 / var_e).clamp(0.0, 0.995);
-        let sigma_u = (var_e * (1.0 - phi * phi)).sqrt().max(1e-9 * (1.0 + mu[0].abs()));
+        let phi = (cp / (vc * vp).sqrt()).clamp(0.0, 0.995);
+        // The innovation's variance as observed, Var(e_t − φ e_{t−1}): right even when the
+        // errors are not a pure AR(1) (a slow wander plus white noise) or φ was clamped.
+        let var_u = vc + phi * phi * vp - 2.0 * phi * cp;
+        let sigma_u = var_u.max(1e-6 * vc).sqrt();
         let name = |a: usize| paths[self.regs[a - 1]].to_string();
         Some(Fit {
             target: paths[self.target].to_string(),
             regressors: used.iter().map(|&a| name(a)).collect(),
-            mu_y: mu[0],
-            mu: used.iter().map(|&a| mu[a]).collect(),
+            mu_y: mu[0] + origin(0),
+            mu: used.iter().map(|&a| mu[a] + origin(a)).collect(),
             beta,
             phi,
             sigma_u,
-            n: self.n,
+            n: t.n,
         })
     }
 }
@@ -392,8 +442,7 @@ impl Anomaly {
                 }
                 m.fit = Some(f.clone());
                 m.fit_regs = regs;
-                m.s0 = Vec::new();
-                m.s1 = Vec::new();
+                m.sums = Sums::default();
                 n += 1;
             }
         }
@@ -435,7 +484,7 @@ impl Anomaly {
             if changed && g.settle_on.contains(&li) {
                 g.settle_until = Some(Timestamp(now.0.saturating_add(s.settle.as_micros() as i64)));
                 for m in &mut g.models {
-                    m.has_prev = false;
+                    m.gap();
                     m.prev_e = None;
                 }
             }
@@ -444,11 +493,9 @@ impl Anomaly {
                 .settle_until
                 .is_some_and(|u| now < u && secs(now, u) <= s.settle.as_secs_f64());
             let Some(mi) = g.model_of[li] else { continue };
-            if settling {
-                continue;
-            }
             let max_age = s.max_age.as_secs_f64();
             let fresh = |g: &Group, i: usize| g.seen[i].is_some_and(|t| secs(t, now) <= max_age);
+            // Transients are learnt (the model must know how the plant recovers) but not scored.
             if learning {
                 let m = &g.models[mi];
                 let all_good = g.good[li] && m.regs.iter().all(|&r| fresh(g, r) && g.good[r]);
@@ -456,8 +503,11 @@ impl Anomaly {
                 if all_good {
                     m.learn(&g.values);
                 } else {
-                    m.has_prev = false;
+                    m.gap();
                 }
+                continue;
+            }
+            if settling {
                 continue;
             }
             let Some(fit) = &g.models[mi].fit else { continue };
