@@ -482,7 +482,9 @@ impl Anomaly {
 
     /// The frozen models (for a snapshot).
     pub fn fits(&self) -> impl Iterator<Item = &Fit> {
-        self.groups.iter().flat_map(|g| g.models.iter().filter_map(|m| m.fit.as_ref()))
+        self.groups
+            .iter()
+            .flat_map(|g| g.models.iter().filter_map(|m| m.fit.as_ref()))
     }
 
     /// Installs frozen models from a snapshot and stops learning. Returns how many were
@@ -500,7 +502,10 @@ impl Anomaly {
                     .iter()
                     .filter_map(|p| g.paths.iter().position(|q| **q == **p))
                     .collect();
-                if regs.len() != f.regressors.len() || f.beta.len() != regs.len() || f.mu.len() != regs.len() {
+                if regs.len() != f.regressors.len()
+                    || f.beta.len() != regs.len()
+                    || f.mu.len() != regs.len()
+                {
                     continue;
                 }
                 m.fit = Some(f.clone());
@@ -548,7 +553,9 @@ impl Anomaly {
         let s = &self.settings;
         let x = sample.value.as_f64().filter(|x| x.is_finite());
         for &(gi, li) in routes {
-            let Some(g) = self.groups.get_mut(gi) else { continue };
+            let Some(g) = self.groups.get_mut(gi) else {
+                continue;
+            };
             let usable = sample.quality.level != QualityLevel::Bad;
             let Some(x) = x.filter(|_| usable) else {
                 g.seen[li] = None;
@@ -587,7 +594,9 @@ impl Anomaly {
             if settling {
                 continue;
             }
-            let Some(fit) = &g.models[mi].fit else { continue };
+            let Some(fit) = &g.models[mi].fit else {
+                continue;
+            };
             if !g.models[mi].fit_regs.iter().all(|&r| fresh(g, r)) {
                 g.models[mi].prev_e = None;
                 continue;
@@ -599,7 +608,9 @@ impl Anomaly {
             let (phi, sigma_u, inflation) = (fit.phi, fit.sigma_u, fit.inflation.max(1.0));
             let m = &mut g.models[mi];
             let z = match m.prev_e {
-                Some((t, pe)) if secs(t, now) > 0.0 && secs(t, now) <= max_age => (e - phi * pe) / sigma_u,
+                Some((t, pe)) if secs(t, now) > 0.0 && secs(t, now) <= max_age => {
+                    (e - phi * pe) / sigma_u
+                }
                 // No previous innovation: the stationary deviation of e.
                 _ => e * (1.0 - phi * phi).sqrt() / sigma_u,
             };
@@ -642,7 +653,11 @@ impl Anomaly {
         self.groups
             .iter()
             .filter(|g| g.asset == *asset)
-            .flat_map(|g| g.models.iter().map(move |m| (g.ids[m.target], m.score(h), m.ewma)))
+            .flat_map(|g| {
+                g.models
+                    .iter()
+                    .map(move |m| (g.ids[m.target], m.score(h), m.ewma))
+            })
             .collect()
     }
 
@@ -717,7 +732,14 @@ fn explain(g: &Group, h: f64, score: f64, now: Timestamp) -> String {
     )
 }
 
-fn finding(g: &Group, change: Change, score: f64, since: Timestamp, at: Timestamp, explanation: String) -> Finding {
+fn finding(
+    g: &Group,
+    change: Change,
+    score: f64,
+    since: Timestamp,
+    at: Timestamp,
+    explanation: String,
+) -> Finding {
     Finding {
         id: g.name.clone(),
         detector: Detector::Anomaly,
@@ -749,15 +771,34 @@ mod tests {
     }
 
     fn noise(i: i64) -> f64 {
-        let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+        let h = (i as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
         (h >> 11) as f64 / (1u64 << 53) as f64 - 0.5
     }
 
     /// y = 2 + 0.5·x + noise; x wanders; state 0/1 switches every 300 s.
     fn group() -> Anomaly {
-        let tags = vec![(TagId(0), p("a/l/y")), (TagId(1), p("a/l/x")), (TagId(2), p("a/l/state"))];
-        let settings = AnomalySettings { min_samples: 100, settle: Duration::from_secs(90), ..AnomalySettings::default() };
-        Anomaly::new(settings, Duration::from_secs(1800), vec![GroupDef { asset: p("a/l"), tags, targets: vec![0], settle_on: vec![2] }])
+        let tags = vec![
+            (TagId(0), p("a/l/y")),
+            (TagId(1), p("a/l/x")),
+            (TagId(2), p("a/l/state")),
+        ];
+        let settings = AnomalySettings {
+            min_samples: 100,
+            settle: Duration::from_secs(90),
+            ..AnomalySettings::default()
+        };
+        Anomaly::new(
+            settings,
+            Duration::from_secs(1800),
+            vec![GroupDef {
+                asset: p("a/l"),
+                tags,
+                targets: vec![0],
+                settle_on: vec![2],
+            }],
+        )
     }
 
     fn step(a: &mut Anomaly, t: i64, bias: f64, q: Quality, out: &mut Vec<Finding>) {
@@ -765,7 +806,13 @@ mod tests {
         let state = ((t / 300) % 2) as f64;
         let y = 2.0 + 0.5 * x + 0.1 * noise(t) + bias;
         for (id, v) in [(1, x), (2, state), (0, y)] {
-            let s = Sample { tag: TagId(id), value: Value::Float(v), quality: if id == 0 { q } else { Quality::GOOD }, source_ts: Timestamp(t * S), server_ts: Timestamp(t * S) };
+            let s = Sample {
+                tag: TagId(id),
+                value: Value::Float(v),
+                quality: if id == 0 { q } else { Quality::GOOD },
+                source_ts: Timestamp(t * S),
+                server_ts: Timestamp(t * S),
+            };
             a.observe(&s, Timestamp(t * S), out);
         }
     }
@@ -780,7 +827,10 @@ mod tests {
         assert!(a.is_frozen());
         assert!(out.is_empty(), "{out:?}");
         let fit = a.fits().next().cloned().expect("fitted");
-        assert_eq!(fit.regressors, vec!["a/l/x".to_owned(), "a/l/state".to_owned()]);
+        assert_eq!(
+            fit.regressors,
+            vec!["a/l/x".to_owned(), "a/l/state".to_owned()]
+        );
         assert!((fit.beta[0] - 0.5).abs() < 0.01, "{fit:?}");
         // uniform ±0.05 noise: σ ≈ 0.029.
         assert!((fit.sigma_u - 0.0289).abs() < 0.005, "{fit:?}");
@@ -794,8 +844,16 @@ mod tests {
         assert_eq!(out.len(), 1, "{out:?}");
         let f = &out[0];
         assert_eq!((f.detector, f.change), (Detector::Anomaly, Change::Raised));
-        assert!(f.at.0 - 7300 * S <= 10 * S, "detected in {} s", (f.at.0 - 7300 * S) / S);
-        assert!(f.explanation.contains("a/l/y reads") && f.explanation.contains("above"), "{}", f.explanation);
+        assert!(
+            f.at.0 - 7300 * S <= 10 * S,
+            "detected in {} s",
+            (f.at.0 - 7300 * S) / S
+        );
+        assert!(
+            f.explanation.contains("a/l/y reads") && f.explanation.contains("above"),
+            "{}",
+            f.explanation
+        );
         assert_eq!(f.tags, vec![TagId(0)]);
         let score = a.scores().next().map(|s| s.1).unwrap_or(0.0);
         assert!(score >= 1.0);
@@ -816,7 +874,13 @@ mod tests {
         // A drift that would be absorbed by an adaptive model: +0.0005 per second.
         let mut detected = None;
         for t in 1800..5400 {
-            step(&mut a, t, 0.0005 * (t - 1800) as f64, Quality::GOOD, &mut out);
+            step(
+                &mut a,
+                t,
+                0.0005 * (t - 1800) as f64,
+                Quality::GOOD,
+                &mut out,
+            );
             if detected.is_none() && !out.is_empty() {
                 detected = Some(t - 1800);
             }
@@ -832,7 +896,13 @@ mod tests {
         let mut out = Vec::new();
         // Bad-quality training data with a huge offset: never learnt.
         for t in 0..300 {
-            step(&mut a, t, 50.0, Quality::bad(QualityReason::CommFailure), &mut out);
+            step(
+                &mut a,
+                t,
+                50.0,
+                Quality::bad(QualityReason::CommFailure),
+                &mut out,
+            );
         }
         for t in 300..=1800 {
             step(&mut a, t, 0.0, Quality::GOOD, &mut out);
@@ -840,7 +910,11 @@ mod tests {
         assert!(a.is_frozen());
         let fits: Vec<Fit> = a.fits().cloned().collect();
         assert_eq!(fits.len(), 1);
-        assert!((fits[0].mu_y - 7.0).abs() < 3.0, "the +50 of the Bad samples is not in: {:?}", fits[0]);
+        assert!(
+            (fits[0].mu_y - 7.0).abs() < 3.0,
+            "the +50 of the Bad samples is not in: {:?}",
+            fits[0]
+        );
         // Restart: a fresh detector restored from the snapshot is frozen at once...
         let mut b = group();
         assert_eq!(b.restore(&fits), 1);
@@ -874,8 +948,18 @@ mod tests {
         for t in 0..1800 {
             step(&mut a, t, 0.0, Quality::GOOD, &mut out);
         }
-        for (t, v) in [(1800, f64::NAN), (1801, f64::INFINITY), (1802, f64::NEG_INFINITY)] {
-            let s = Sample { tag: TagId(0), value: Value::Float(v), quality: Quality::GOOD, source_ts: Timestamp(t * S), server_ts: Timestamp(t * S) };
+        for (t, v) in [
+            (1800, f64::NAN),
+            (1801, f64::INFINITY),
+            (1802, f64::NEG_INFINITY),
+        ] {
+            let s = Sample {
+                tag: TagId(0),
+                value: Value::Float(v),
+                quality: Quality::GOOD,
+                source_ts: Timestamp(t * S),
+                server_ts: Timestamp(t * S),
+            };
             a.observe(&s, Timestamp(t * S), &mut out);
         }
         // Back a day, then forward three hours.

@@ -221,7 +221,11 @@ impl Known {
     fn of(plant: &Config) -> Known {
         let mut k = Known {
             tags: HashMap::new(),
-            assets: plant.assets.iter().map(|a| a.path.as_str().to_owned()).collect(),
+            assets: plant
+                .assets
+                .iter()
+                .map(|a| a.path.as_str().to_owned())
+                .collect(),
         };
         let mut add = |p: &TagPath, t: ValueType| {
             let mut cur = p.parent();
@@ -251,7 +255,9 @@ impl Known {
                 );
                 None
             }
-            Some(t) if numeric && !matches!(t, ValueType::Int | ValueType::Float | ValueType::Bool) => {
+            Some(t)
+                if numeric && !matches!(t, ValueType::Int | ValueType::Float | ValueType::Bool) =>
+            {
                 d.err(
                     raw.span(),
                     format!("tag {p} is {}, not a number", t.as_str()),
@@ -264,17 +270,31 @@ impl Known {
     }
 }
 
-fn duration(d: &mut Diagnostics, raw: &Option<Spanned<String>>, field: &str, default: Duration) -> Duration {
+fn duration(
+    d: &mut Diagnostics,
+    raw: &Option<Spanned<String>>,
+    field: &str,
+    default: Duration,
+) -> Duration {
     config::parse_duration(d, raw, field, default)
 }
 
 /// A delay that may be zero (`for = "0s"`).
-fn delay(d: &mut Diagnostics, raw: &Option<Spanned<String>>, field: &str, default: Duration) -> Duration {
+fn delay(
+    d: &mut Diagnostics,
+    raw: &Option<Spanned<String>>,
+    field: &str,
+    default: Duration,
+) -> Duration {
     let Some(raw) = raw else { return default };
     match humantime::parse_duration(raw.get_ref().trim()) {
         Ok(v) if v <= Duration::from_secs(24 * 3600) => v,
         Ok(_) => {
-            d.err(raw.span(), format!("{field} {:?} is longer than a day", raw.get_ref()), None);
+            d.err(
+                raw.span(),
+                format!("{field} {:?} is longer than a day", raw.get_ref()),
+                None,
+            );
             default
         }
         Err(e) => {
@@ -289,7 +309,14 @@ fn delay(d: &mut Diagnostics, raw: &Option<Spanned<String>>, field: &str, defaul
 }
 
 /// A finite number, optionally > 0 or ≥ 0.
-fn number(d: &mut Diagnostics, raw: &Option<Spanned<f64>>, field: &str, min: f64, strict: bool, default: f64) -> f64 {
+fn number(
+    d: &mut Diagnostics,
+    raw: &Option<Spanned<f64>>,
+    field: &str,
+    min: f64,
+    strict: bool,
+    default: f64,
+) -> f64 {
     let Some(v) = raw else { return default };
     let x = *v.get_ref();
     let ok = x.is_finite() && if strict { x > min } else { x >= min };
@@ -298,15 +325,26 @@ fn number(d: &mut Diagnostics, raw: &Option<Spanned<f64>>, field: &str, min: f64
     } else {
         d.err(
             v.span(),
-            format!("{field} {x} must be a finite number {} {min}", if strict { "above" } else { "of at least" }),
+            format!(
+                "{field} {x} must be a finite number {} {min}",
+                if strict { "above" } else { "of at least" }
+            ),
             None,
         );
         default
     }
 }
 
-fn opt_number(d: &mut Diagnostics, raw: &Option<Spanned<f64>>, field: &str, min: f64, strict: bool) -> Option<f64> {
-    raw.as_ref().map(|_| number(d, raw, field, min, strict, f64::NAN)).filter(|x| !x.is_nan())
+fn opt_number(
+    d: &mut Diagnostics,
+    raw: &Option<Spanned<f64>>,
+    field: &str,
+    min: f64,
+    strict: bool,
+) -> Option<f64> {
+    raw.as_ref()
+        .map(|_| number(d, raw, field, min, strict, f64::NAN))
+        .filter(|x| !x.is_nan())
 }
 
 fn validate(raw: RawIntegrity, plant: &Config, d: &mut Diagnostics) -> IntegrityConfig {
@@ -314,28 +352,68 @@ fn validate(raw: RawIntegrity, plant: &Config, d: &mut Diagnostics) -> Integrity
     let (dv, da) = (&def.validation, &def.anomaly);
     let known = Known::of(plant);
     let training = duration(d, &raw.training, "training", def.training);
-    let flatline_min = config::int_in(d, &raw.flatline_min, "flatline_min", 2..=100_000, dv.flatline_min as usize) as u32;
-    let flatline_max = config::int_in(d, &raw.flatline_max, "flatline_max", 2..=1_000_000, dv.flatline_max as usize) as u32;
+    let flatline_min = config::int_in(
+        d,
+        &raw.flatline_min,
+        "flatline_min",
+        2..=100_000,
+        dv.flatline_min as usize,
+    ) as u32;
+    let flatline_max = config::int_in(
+        d,
+        &raw.flatline_max,
+        "flatline_max",
+        2..=1_000_000,
+        dv.flatline_max as usize,
+    ) as u32;
     if flatline_max < flatline_min {
         if let Some(r) = &raw.flatline_max {
-            d.err(r.span(), format!("flatline_max {flatline_max} is below flatline_min {flatline_min}"), None);
+            d.err(
+                r.span(),
+                format!("flatline_max {flatline_max} is below flatline_min {flatline_min}"),
+                None,
+            );
         }
     }
-    let p = number(d, &raw.flatline_probability, "flatline_probability", 0.0, true, dv.flatline_probability);
+    let p = number(
+        d,
+        &raw.flatline_probability,
+        "flatline_probability",
+        0.0,
+        true,
+        dv.flatline_probability,
+    );
     if p >= 1.0 {
         if let Some(r) = &raw.flatline_probability {
-            d.err(r.span(), "flatline_probability must be below 1", Some("e.g. 1e-9".to_owned()));
+            d.err(
+                r.span(),
+                "flatline_probability must be below 1",
+                Some("e.g. 1e-9".to_owned()),
+            );
         }
     }
     let validation = ValidationSettings {
-        stale_factor: number(d, &raw.stale_factor, "stale_factor", 1.0, false, dv.stale_factor),
+        stale_factor: number(
+            d,
+            &raw.stale_factor,
+            "stale_factor",
+            1.0,
+            false,
+            dv.stale_factor,
+        ),
         min_stale: duration(d, &raw.min_stale, "min_stale", dv.min_stale),
         rate_span_time: duration(d, &raw.rate_span_time, "rate_span_time", dv.rate_span_time),
         flatline_probability: p.min(0.5),
         flatline_min,
         flatline_max: flatline_max.max(flatline_min),
         flatline_run_factor: dv.flatline_run_factor,
-        spike_window: config::int_in(d, &raw.spike_window, "spike_window", 3..=MAX_SPIKE_WINDOW as i64, dv.spike_window),
+        spike_window: config::int_in(
+            d,
+            &raw.spike_window,
+            "spike_window",
+            3..=MAX_SPIKE_WINDOW as i64,
+            dv.spike_window,
+        ),
         spike_k: number(d, &raw.spike_k, "spike_k", 1.0, false, dv.spike_k),
         clock_jump: duration(d, &raw.clock_jump, "clock_jump", dv.clock_jump),
     };
@@ -351,9 +429,15 @@ fn validate(raw: RawIntegrity, plant: &Config, d: &mut Diagnostics) -> Integrity
     for t in raw.tag {
         let span = t.span();
         let t = t.into_inner();
-        let Some(path) = known.tag(d, &t.tag, true) else { continue };
+        let Some(path) = known.tag(d, &t.tag, true) else {
+            continue;
+        };
         if !seen.insert(path.as_str().to_owned()) {
-            d.err(t.tag.span(), format!("tag {path} has two [[integrity.tag]] entries"), Some("merge them into one".to_owned()));
+            d.err(
+                t.tag.span(),
+                format!("tag {path} has two [[integrity.tag]] entries"),
+                Some("merge them into one".to_owned()),
+            );
             continue;
         }
         let kind = t.kind.as_ref().and_then(|k| {
@@ -371,7 +455,11 @@ fn validate(raw: RawIntegrity, plant: &Config, d: &mut Diagnostics) -> Integrity
         let max = opt_number(d, &t.max, "max", f64::NEG_INFINITY, true);
         if let (Some(lo), Some(hi)) = (min, max) {
             if lo >= hi {
-                d.err(span.clone(), format!("min {lo} is not below max {hi}"), None);
+                d.err(
+                    span.clone(),
+                    format!("min {lo} is not below max {hi}"),
+                    None,
+                );
             }
         }
         let flatline_samples = t.flatline_samples.as_ref().map(|_| {
@@ -384,7 +472,10 @@ fn validate(raw: RawIntegrity, plant: &Config, d: &mut Diagnostics) -> Integrity
                 min,
                 max,
                 max_rate: opt_number(d, &t.max_rate, "max_rate", 0.0, true),
-                stale_after: t.stale_after.as_ref().map(|_| duration(d, &t.stale_after, "stale_after", Duration::from_secs(1))),
+                stale_after: t
+                    .stale_after
+                    .as_ref()
+                    .map(|_| duration(d, &t.stale_after, "stale_after", Duration::from_secs(1))),
                 flatline_samples,
                 noise_band: opt_number(d, &t.noise_band, "noise_band", 0.0, false),
                 spike: t.spike,
@@ -396,12 +487,24 @@ fn validate(raw: RawIntegrity, plant: &Config, d: &mut Diagnostics) -> Integrity
     let mut ids: HashSet<String> = HashSet::new();
     let mut check_id = |d: &mut Diagnostics, id: &Spanned<String>, what: &str| -> bool {
         let s = id.get_ref();
-        if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
-            d.err(id.span(), format!("{what} id {s:?} must be letters, digits, '_', '-' or '.'"), None);
+        if s.is_empty()
+            || !s
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        {
+            d.err(
+                id.span(),
+                format!("{what} id {s:?} must be letters, digits, '_', '-' or '.'"),
+                None,
+            );
             return false;
         }
         if !ids.insert(format!("{what}:{s}")) {
-            d.err(id.span(), format!("{what} id {s:?} is used twice"), Some("give each its own id".to_owned()));
+            d.err(
+                id.span(),
+                format!("{what} id {s:?} is used twice"),
+                Some("give each its own id".to_owned()),
+            );
             return false;
         }
         true
@@ -412,13 +515,22 @@ fn validate(raw: RawIntegrity, plant: &Config, d: &mut Diagnostics) -> Integrity
         let r = r.into_inner();
         let ok = check_id(d, &r.id, "redundant");
         let list_span = r.tags.span();
-        let paths: Vec<TagPath> = r.tags.into_inner().iter().filter_map(|t| known.tag(d, t, true)).collect();
+        let paths: Vec<TagPath> = r
+            .tags
+            .into_inner()
+            .iter()
+            .filter_map(|t| known.tag(d, t, true))
+            .collect();
         if paths.len() < 2 {
             d.err(list_span, "a redundant group needs at least two tags", None);
             continue;
         }
         if r.abs.is_none() && r.rel.is_none() {
-            d.err(r.id.span(), format!("redundant group {:?} needs a tolerance", r.id.get_ref()), Some("give abs = ... (in the tags' unit) and/or rel = ... (a fraction)".to_owned()));
+            d.err(
+                r.id.span(),
+                format!("redundant group {:?} needs a tolerance", r.id.get_ref()),
+                Some("give abs = ... (in the tags' unit) and/or rel = ... (a fraction)".to_owned()),
+            );
         }
         let cfg = RedundantConfig {
             id: r.id.get_ref().clone(),
@@ -437,12 +549,17 @@ fn validate(raw: RawIntegrity, plant: &Config, d: &mut Diagnostics) -> Integrity
     for b in raw.balance {
         let b = b.into_inner();
         let ok = check_id(d, &b.id, "balance");
-        let side = |d: &mut Diagnostics, terms: Spanned<Vec<Spanned<RawTerm>>>, which: &str| -> Vec<TermConfig> {
+        let side = |d: &mut Diagnostics,
+                    terms: Spanned<Vec<Spanned<RawTerm>>>,
+                    which: &str|
+         -> Vec<TermConfig> {
             let span = terms.span();
             let mut out = Vec::new();
             for t in terms.into_inner() {
                 let t = t.into_inner();
-                let Some(tag) = known.tag(d, &t.tag, true) else { continue };
+                let Some(tag) = known.tag(d, &t.tag, true) else {
+                    continue;
+                };
                 let integral = match t.op.get_ref().as_str() {
                     "integral" => true,
                     "delta" => false,
@@ -454,7 +571,11 @@ fn validate(raw: RawIntegrity, plant: &Config, d: &mut Diagnostics) -> Integrity
                 let gain = t.gain.as_ref().map_or(1.0, |g| {
                     let x = *g.get_ref();
                     if !x.is_finite() || x == 0.0 {
-                        d.err(g.span(), format!("gain {x} must be a finite number other than 0"), None);
+                        d.err(
+                            g.span(),
+                            format!("gain {x} must be a finite number other than 0"),
+                            None,
+                        );
                     }
                     x
                 });
@@ -463,17 +584,33 @@ fn validate(raw: RawIntegrity, plant: &Config, d: &mut Diagnostics) -> Integrity
                         d.err(w.span(), "wrap applies to delta terms only", None);
                     }
                 }
-                out.push(TermConfig { tag, integral, gain, wrap: opt_number(d, &t.wrap, "wrap", 1.0, false) });
+                out.push(TermConfig {
+                    tag,
+                    integral,
+                    gain,
+                    wrap: opt_number(d, &t.wrap, "wrap", 1.0, false),
+                });
             }
             if out.is_empty() {
-                d.err(span, format!("{which} needs at least one term"), Some("e.g. [{ tag = \"...\", op = \"delta\" }]".to_owned()));
+                d.err(
+                    span,
+                    format!("{which} needs at least one term"),
+                    Some("e.g. [{ tag = \"...\", op = \"delta\" }]".to_owned()),
+                );
             }
             out
         };
         let lhs = side(d, b.lhs, "lhs");
         let rhs = side(d, b.rhs, "rhs");
         if b.abs.is_none() && b.rel.is_none() {
-            d.err(b.id.span(), format!("balance {:?} needs a tolerance", b.id.get_ref()), Some("give abs = ... (in the relation's unit) and/or rel = ... (a fraction)".to_owned()));
+            d.err(
+                b.id.span(),
+                format!("balance {:?} needs a tolerance", b.id.get_ref()),
+                Some(
+                    "give abs = ... (in the relation's unit) and/or rel = ... (a fraction)"
+                        .to_owned(),
+                ),
+            );
         }
         let cfg = BalanceConfig {
             id: b.id.get_ref().clone(),
@@ -494,13 +631,23 @@ fn validate(raw: RawIntegrity, plant: &Config, d: &mut Diagnostics) -> Integrity
     let mut model_assets: HashSet<String> = HashSet::new();
     for m in raw.model {
         let m = m.into_inner();
-        let Some(asset) = config::parse_path(d, &m.asset, "asset") else { continue };
+        let Some(asset) = config::parse_path(d, &m.asset, "asset") else {
+            continue;
+        };
         if !known.assets.contains(asset.as_str()) {
-            d.err(m.asset.span(), format!("asset {asset} has no tags"), Some("name an asset of this file, e.g. the line".to_owned()));
+            d.err(
+                m.asset.span(),
+                format!("asset {asset} has no tags"),
+                Some("name an asset of this file, e.g. the line".to_owned()),
+            );
             continue;
         }
         if !model_assets.insert(asset.as_str().to_owned()) {
-            d.err(m.asset.span(), format!("asset {asset} has two [[integrity.model]] entries"), None);
+            d.err(
+                m.asset.span(),
+                format!("asset {asset} has two [[integrity.model]] entries"),
+                None,
+            );
             continue;
         }
         let under = |d: &mut Diagnostics, list: &[Spanned<String>]| -> Vec<TagPath> {
@@ -508,7 +655,11 @@ fn validate(raw: RawIntegrity, plant: &Config, d: &mut Diagnostics) -> Integrity
                 .filter_map(|t| {
                     let p = known.tag(d, t, true)?;
                     if !p.is_under(&asset) {
-                        d.err(t.span(), format!("tag {p} is not under asset {asset}"), None);
+                        d.err(
+                            t.span(),
+                            format!("tag {p} is not under asset {asset}"),
+                            None,
+                        );
                         return None;
                     }
                     Some(p)
@@ -518,7 +669,12 @@ fn validate(raw: RawIntegrity, plant: &Config, d: &mut Diagnostics) -> Integrity
         let tags = m.tags.as_deref().map(|l| under(d, l));
         let exclude = under(d, &m.exclude);
         let settle_on = m.settle_on.as_deref().map(|l| under(d, l));
-        models.push(ModelConfig { asset, tags, exclude, settle_on });
+        models.push(ModelConfig {
+            asset,
+            tags,
+            exclude,
+            settle_on,
+        });
     }
 
     IntegrityConfig {
@@ -560,9 +716,13 @@ unit = "°C"
 
     fn parse(extra: &str) -> Result<IntegrityConfig, String> {
         let src = format!("{PLANT}\n{extra}");
-        config::parse_with("plant.toml", &src, &Registry::new().with::<IntegrityConfig>())
-            .map(|c| (*c.get::<IntegrityConfig>()).clone())
-            .map_err(|e| e.to_string())
+        config::parse_with(
+            "plant.toml",
+            &src,
+            &Registry::new().with::<IntegrityConfig>(),
+        )
+        .map(|c| (*c.get::<IntegrityConfig>()).clone())
+        .map_err(|e| e.to_string())
     }
 
     #[test]

@@ -200,13 +200,22 @@ impl Consistency {
         let usable = sample.quality.level != QualityLevel::Bad;
         for &(is_balance, i, j) in routes {
             if is_balance {
-                let Some(b) = self.balances.get_mut(i) else { continue };
-                let (op, gain) = match b.def.lhs.get(j).or_else(|| b.def.rhs.get(j - b.def.lhs.len())) {
+                let Some(b) = self.balances.get_mut(i) else {
+                    continue;
+                };
+                let (op, gain) = match b
+                    .def
+                    .lhs
+                    .get(j)
+                    .or_else(|| b.def.rhs.get(j - b.def.lhs.len()))
+                {
                     Some(t) => (t.op, t.gain),
                     None => continue,
                 };
                 let max_gap = b.def.max_gap.as_secs_f64();
-                let Some(ts) = b.terms.get_mut(j) else { continue };
+                let Some(ts) = b.terms.get_mut(j) else {
+                    continue;
+                };
                 match (x, usable) {
                     (Some(x), true) => {
                         let t = sample.source_ts;
@@ -239,7 +248,9 @@ impl Consistency {
                     }
                 }
             } else {
-                let Some(g) = self.redundant.get_mut(i) else { continue };
+                let Some(g) = self.redundant.get_mut(i) else {
+                    continue;
+                };
                 if let Some(slot) = g.last.get_mut(j) {
                     *slot = match (x, usable) {
                         (Some(x), true) => Some((now, x)),
@@ -265,7 +276,10 @@ impl Consistency {
                 b.checkpoints.clear();
                 b.gap_at = Some(now);
             }
-            if b.checkpoints.back().is_none_or(|c| secs(c.0, now) >= b.step) {
+            if b.checkpoints
+                .back()
+                .is_none_or(|c| secs(c.0, now) >= b.step)
+            {
                 if b.checkpoints.len() == CHECKPOINTS {
                     b.checkpoints.pop_front();
                 }
@@ -311,7 +325,12 @@ impl Consistency {
             } else {
                 b.pending = None;
                 if let Some(since) = b.episode.leave() {
-                    let text = format!("{} holds again (disagreement {}, tolerance {})", b.def.id, num(diff), num(tol));
+                    let text = format!(
+                        "{} holds again (disagreement {}, tolerance {})",
+                        b.def.id,
+                        num(diff),
+                        num(tol)
+                    );
                     out.push(b.finding(Change::Cleared, diff, tol, since, now, text));
                 }
             }
@@ -360,13 +379,27 @@ fn side(terms: &[Term]) -> String {
 }
 
 impl BalanceState {
-    fn finding(&self, change: Change, value: f64, limit: f64, since: Timestamp, at: Timestamp, explanation: String) -> Finding {
+    fn finding(
+        &self,
+        change: Change,
+        value: f64,
+        limit: f64,
+        since: Timestamp,
+        at: Timestamp,
+        explanation: String,
+    ) -> Finding {
         Finding {
             id: self.name.clone(),
             detector: Detector::Balance,
             change,
             subject: self.subject.clone(),
-            tags: self.def.lhs.iter().chain(&self.def.rhs).map(|t| t.tag).collect(),
+            tags: self
+                .def
+                .lhs
+                .iter()
+                .chain(&self.def.rhs)
+                .map(|t| t.tag)
+                .collect(),
             value,
             limit,
             since,
@@ -392,7 +425,9 @@ fn evaluate_redundant(g: &mut RedundantState, now: Timestamp, out: &mut Vec<Find
     let (lo, hi) = g
         .values
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(*v), b.max(*v))
+        });
     let spread = hi - lo;
     let tol = g.def.abs + g.def.rel * med.abs();
     if spread > tol {
@@ -415,7 +450,13 @@ fn evaluate_redundant(g: &mut RedundantState, now: Timestamp, out: &mut Vec<Find
                     .tags
                     .iter()
                     .zip(&g.last)
-                    .map(|((_, p), v)| format!("{} = {}", p.as_str(), v.map_or_else(|| "?".into(), |v| num(v.1))))
+                    .map(|((_, p), v)| {
+                        format!(
+                            "{} = {}",
+                            p.as_str(),
+                            v.map_or_else(|| "?".into(), |v| num(v.1))
+                        )
+                    })
                     .collect();
                 let odd = outlier
                     .and_then(|i| g.def.tags.get(i))
@@ -435,14 +476,27 @@ fn evaluate_redundant(g: &mut RedundantState, now: Timestamp, out: &mut Vec<Find
         g.pending = None;
         g.outlier = None;
         if let Some(since) = g.episode.leave() {
-            let text = format!("redundant sensors {} agree again (spread {}, tolerance {})", g.def.id, num(spread), num(tol));
+            let text = format!(
+                "redundant sensors {} agree again (spread {}, tolerance {})",
+                g.def.id,
+                num(spread),
+                num(tol)
+            );
             out.push(g.finding(Change::Cleared, spread, tol, since, now, text));
         }
     }
 }
 
 impl RedundantState {
-    fn finding(&self, change: Change, value: f64, limit: f64, since: Timestamp, at: Timestamp, explanation: String) -> Finding {
+    fn finding(
+        &self,
+        change: Change,
+        value: f64,
+        limit: f64,
+        since: Timestamp,
+        at: Timestamp,
+        explanation: String,
+    ) -> Finding {
         Finding {
             id: self.name.clone(),
             detector: Detector::Redundancy,
@@ -483,7 +537,9 @@ mod tests {
         Consistency::new(
             vec![RedundantDef {
                 id: "tt".into(),
-                tags: (0..3).map(|i| (TagId(i), p(&format!("a/tank/t{i}")))).collect(),
+                tags: (0..3)
+                    .map(|i| (TagId(i), p(&format!("a/tank/t{i}"))))
+                    .collect(),
                 abs: 0.5,
                 rel: 0.0,
                 hold: Duration::from_secs(5),
@@ -500,7 +556,11 @@ mod tests {
         let mut quality = Vec::new();
         for t in 0..20 {
             for i in 0..3 {
-                let x = if i == 2 && t >= 5 { 21.0 } else { 20.0 + 0.1 * f64::from(i) };
+                let x = if i == 2 && t >= 5 {
+                    21.0
+                } else {
+                    20.0 + 0.1 * f64::from(i)
+                };
                 let mut s = sample(i, t, Value::Float(x));
                 c.observe(&mut s, Timestamp(t * S), &mut out);
                 if i == 2 {
@@ -510,14 +570,24 @@ mod tests {
         }
         assert_eq!(out.len(), 1, "{out:?}");
         let f = &out[0];
-        assert_eq!((f.detector, f.change), (Detector::Redundancy, Change::Raised));
+        assert_eq!(
+            (f.detector, f.change),
+            (Detector::Redundancy, Change::Raised)
+        );
         assert_eq!(f.since, Timestamp(5 * S));
         assert_eq!(f.at, Timestamp(10 * S));
         assert!((f.value - 1.0).abs() < 1e-9);
-        assert!(f.explanation.contains("a/tank/t2 is the odd one out"), "{}", f.explanation);
+        assert!(
+            f.explanation.contains("a/tank/t2 is the odd one out"),
+            "{}",
+            f.explanation
+        );
         assert_eq!(f.subject, Some(p("a/tank")));
         // The odd sensor's samples are Uncertain once the finding stands.
-        assert!(quality[9].is_good() && !quality[10].is_good(), "{quality:?}");
+        assert!(
+            quality[9].is_good() && !quality[10].is_good(),
+            "{quality:?}"
+        );
         // Back in line: cleared once.
         for t in 20..25 {
             for i in 0..3 {
@@ -542,7 +612,15 @@ mod tests {
         // One sensor Bad (or NaN) from now on: no verdict.
         for t in 4..30 {
             for i in 0..3 {
-                let mut s = sample(i, t, Value::Float(if i == 0 { f64::NAN } else { 20.0 + f64::from(i) }));
+                let mut s = sample(
+                    i,
+                    t,
+                    Value::Float(if i == 0 {
+                        f64::NAN
+                    } else {
+                        20.0 + f64::from(i)
+                    }),
+                );
                 c.observe(&mut s, Timestamp(t * S), &mut out);
             }
         }
@@ -551,7 +629,12 @@ mod tests {
 
     fn tank() -> Consistency {
         // Δlevel [%] × 100 L/% ≈ ∫(inflow − outflow) [L/min] dt / 60.
-        let term = |id, name: &str, op, gain| Term { tag: TagId(id), path: p(&format!("a/tank/{name}")), op, gain };
+        let term = |id, name: &str, op, gain| Term {
+            tag: TagId(id),
+            path: p(&format!("a/tank/{name}")),
+            op,
+            gain,
+        };
         Consistency::new(
             vec![],
             vec![BalanceDef {
@@ -571,7 +654,14 @@ mod tests {
     }
 
     /// Runs the tank for `secs` from `t0` with `level_bias(t)` added to the level reading.
-    fn run_tank(c: &mut Consistency, t0: i64, secs: i64, level: &mut f64, bias: impl Fn(i64) -> f64, out: &mut Vec<Finding>) {
+    fn run_tank(
+        c: &mut Consistency,
+        t0: i64,
+        secs: i64,
+        level: &mut f64,
+        bias: impl Fn(i64) -> f64,
+        out: &mut Vec<Finding>,
+    ) {
         for t in t0..t0 + secs {
             let (inflow, outflow) = (360.0, 300.0);
             *level += (inflow - outflow) / 60.0 / 100.0;
@@ -591,12 +681,23 @@ mod tests {
         run_tank(&mut c, 0, 600, &mut level, |_| 0.0, &mut out);
         assert!(out.is_empty(), "{out:?}");
         // The level reading drifts 0.01 %/s (1 L/s) from t = 600.
-        run_tank(&mut c, 600, 600, &mut level, |t| 0.01 * (t - 600) as f64, &mut out);
+        run_tank(
+            &mut c,
+            600,
+            600,
+            &mut level,
+            |t| 0.01 * (t - 600) as f64,
+            &mut out,
+        );
         assert_eq!(out.len(), 1, "{out:?}");
         let f = &out[0];
         assert_eq!(f.detector, Detector::Balance);
         assert!(f.explanation.contains("100·Δlevel"), "{}", f.explanation);
-        assert!(f.explanation.contains("1/60") || f.explanation.contains("0.01667·∫inflow dt"), "{}", f.explanation);
+        assert!(
+            f.explanation.contains("1/60") || f.explanation.contains("0.01667·∫inflow dt"),
+            "{}",
+            f.explanation
+        );
         assert_eq!(f.subject, Some(p("a/tank")));
         assert_eq!(f.tags, vec![TagId(0), TagId(1), TagId(2)]);
         // The drift is 120 L per 2 min window at full speed; tolerance 20 + 5 % of ~120.
@@ -621,12 +722,24 @@ mod tests {
 
     #[test]
     fn counter_deltas_roll_over() {
-        let term = |id, name: &str, op, gain| Term { tag: TagId(id), path: p(&format!("a/f/{name}")), op, gain };
+        let term = |id, name: &str, op, gain| Term {
+            tag: TagId(id),
+            path: p(&format!("a/f/{name}")),
+            op,
+            gain,
+        };
         let mut c = Consistency::new(
             vec![],
             vec![BalanceDef {
                 id: "bottles".into(),
-                lhs: vec![term(0, "count", TermOp::Delta { wrap: Some(4_294_967_296.0) }, 1.0)],
+                lhs: vec![term(
+                    0,
+                    "count",
+                    TermOp::Delta {
+                        wrap: Some(4_294_967_296.0),
+                    },
+                    1.0,
+                )],
                 rhs: vec![term(1, "speed", TermOp::Integral, 1.0 / 60.0)],
                 window: Duration::from_secs(60),
                 abs: 5.0,
@@ -645,6 +758,9 @@ mod tests {
             }
             c.tick(Timestamp(t * S), &mut out);
         }
-        assert!(out.is_empty(), "the wrap at t≈30 is +10, not −4294967286: {out:?}");
+        assert!(
+            out.is_empty(),
+            "the wrap at t≈30 is +10, not −4294967286: {out:?}"
+        );
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::anomaly::{Anomaly, Fit, GroupDef};
 use crate::config::IntegrityConfig;
 use crate::consistency::{BalanceDef, Consistency, RedundantDef, Term, TermOp};
-use crate::validate::{Learnt, TagKind, TagRule, Validator};
+use crate::validate::{default_wrap, Learnt, TagKind, TagRule, Validator};
 use crate::Finding;
 
 /// Version of [`Snapshot`]; a snapshot of another version is refused (training starts over).
@@ -66,16 +66,6 @@ fn numeric(t: ValueType) -> bool {
     matches!(t, ValueType::Bool | ValueType::Int | ValueType::Float)
 }
 
-/// A counter's roll-over modulus from its range.
-fn default_wrap(meta: &TagMeta) -> Option<f64> {
-    match meta.range {
-        Some((_, hi)) if hi == 65_535.0 => Some(65_536.0),
-        Some((_, hi)) if hi == 4_294_967_295.0 => Some(4_294_967_296.0),
-        Some((_, hi)) if hi >= 1.8e19 => Some(18_446_744_073_709_551_616.0),
-        _ => None,
-    }
-}
-
 impl Integrity {
     /// Builds the detectors for `ns`; every reference of `cfg` that is not in `ns` is an error.
     pub fn new(ns: &Namespace, cfg: &IntegrityConfig) -> Result<Integrity, Vec<String>> {
@@ -90,12 +80,15 @@ impl Integrity {
         let rules: HashMap<TagId, TagRule> = cfg
             .tags
             .iter()
-            .filter_map(|o| lookup(&o.tag, &mut errors, "[[integrity.tag]]").map(|m| (m.id, o.rule.clone())))
+            .filter_map(|o| {
+                lookup(&o.tag, &mut errors, "[[integrity.tag]]").map(|m| (m.id, o.rule.clone()))
+            })
             .collect();
         let validator = Validator::new(
             cfg.validation.clone(),
             cfg.training,
-            ns.tags().map(|m| (m, rules.get(&m.id).cloned().unwrap_or_default())),
+            ns.tags()
+                .map(|m| (m, rules.get(&m.id).cloned().unwrap_or_default())),
         );
 
         let mut redundant = Vec::new();
@@ -118,20 +111,28 @@ impl Integrity {
         let mut balances = Vec::new();
         for b in &cfg.balances {
             let what = format!("balance {:?}", b.id);
-            let side = |terms: &[crate::config::TermConfig], errors: &mut Vec<String>| -> Vec<Term> {
-                terms
-                    .iter()
-                    .filter_map(|t| {
-                        let m = lookup(&t.tag, errors, &what)?;
-                        let op = if t.integral {
-                            TermOp::Integral
-                        } else {
-                            TermOp::Delta { wrap: t.wrap.or_else(|| default_wrap(m)) }
-                        };
-                        Some(Term { tag: m.id, path: m.path.clone(), op, gain: t.gain })
-                    })
-                    .collect()
-            };
+            let side =
+                |terms: &[crate::config::TermConfig], errors: &mut Vec<String>| -> Vec<Term> {
+                    terms
+                        .iter()
+                        .filter_map(|t| {
+                            let m = lookup(&t.tag, errors, &what)?;
+                            let op = if t.integral {
+                                TermOp::Integral
+                            } else {
+                                TermOp::Delta {
+                                    wrap: t.wrap.or_else(|| default_wrap(m.range)),
+                                }
+                            };
+                            Some(Term {
+                                tag: m.id,
+                                path: m.path.clone(),
+                                op,
+                                gain: t.gain,
+                            })
+                        })
+                        .collect()
+                };
             let lhs = side(&b.lhs, &mut errors);
             let rhs = side(&b.rhs, &mut errors);
             balances.push(BalanceDef {
@@ -149,13 +150,25 @@ impl Integrity {
 
         // Model groups: the configured ones, then one per line for the measurements left.
         let kind = |m: &TagMeta| validator.kind(m.id).unwrap_or(TagKind::Ignored);
-        let member = |m: &TagMeta| numeric(m.value_type) && matches!(kind(m), TagKind::Measurement | TagKind::Status | TagKind::Setpoint);
-        let settles = |m: &TagMeta| (kind(m) == TagKind::Status && m.value_type == ValueType::Int) || kind(m) == TagKind::Setpoint;
+        let member = |m: &TagMeta| {
+            numeric(m.value_type)
+                && matches!(
+                    kind(m),
+                    TagKind::Measurement | TagKind::Status | TagKind::Setpoint
+                )
+        };
+        let settles = |m: &TagMeta| {
+            (kind(m) == TagKind::Status && m.value_type == ValueType::Int)
+                || kind(m) == TagKind::Setpoint
+        };
         let mut groups: Vec<GroupDef> = Vec::new();
         let mut modelled: Vec<bool> = vec![false; ns.len()];
         for mc in &cfg.models {
-            let excluded = |m: &TagMeta| mc.exclude.iter().any(|e| *e == m.path);
-            let tags: Vec<&TagMeta> = ns.tags().filter(|m| m.path.is_under(&mc.asset) && member(m) && !excluded(m)).collect();
+            let excluded = |m: &TagMeta| mc.exclude.contains(&m.path);
+            let tags: Vec<&TagMeta> = ns
+                .tags()
+                .filter(|m| m.path.is_under(&mc.asset) && member(m) && !excluded(m))
+                .collect();
             let targets: Vec<usize> = tags
                 .iter()
                 .enumerate()
@@ -189,7 +202,9 @@ impl Integrity {
         if cfg.default_models {
             let mut lines: Vec<TagPath> = Vec::new();
             for m in ns.tags() {
-                if kind(m) == TagKind::Measurement && !modelled.get(m.id.index()).copied().unwrap_or(true) {
+                if kind(m) == TagKind::Measurement
+                    && !modelled.get(m.id.index()).copied().unwrap_or(true)
+                {
                     if let Some(a) = default_asset(&m.path) {
                         if !lines.contains(&a) && !cfg.models.iter().any(|mc| mc.asset == a) {
                             lines.push(a);
@@ -203,7 +218,9 @@ impl Integrity {
                     .filter(|m| default_asset(&m.path).as_ref() == Some(&asset) && member(m))
                     .collect();
                 let targets = (0..tags.len())
-                    .filter(|&i| kind(tags[i]) == TagKind::Measurement && !modelled[tags[i].id.index()])
+                    .filter(|&i| {
+                        kind(tags[i]) == TagKind::Measurement && !modelled[tags[i].id.index()]
+                    })
                     .collect();
                 let settle_on = (0..tags.len()).filter(|&i| settles(tags[i])).collect();
                 groups.push(GroupDef {
@@ -216,7 +233,11 @@ impl Integrity {
         }
         let anomaly = Anomaly::new(cfg.anomaly.clone(), cfg.training, groups);
         if errors.is_empty() {
-            Ok(Integrity { validator, consistency, anomaly })
+            Ok(Integrity {
+                validator,
+                consistency,
+                anomaly,
+            })
         } else {
             Err(errors)
         }
@@ -272,7 +293,11 @@ impl Integrity {
         }
         Some(Snapshot {
             version: SNAPSHOT_VERSION,
-            validation: self.validator.learnt().map(|(p, l)| (p.as_str().to_owned(), l.clone())).collect(),
+            validation: self
+                .validator
+                .learnt()
+                .map(|(p, l)| (p.as_str().to_owned(), l.clone()))
+                .collect(),
             models: self.anomaly.fits().cloned().collect(),
         })
     }
@@ -292,6 +317,10 @@ impl Integrity {
             .collect();
         let tags = self.validator.restore(&learnt);
         let models = self.anomaly.restore(&snap.models);
-        Ok(RestoreReport { tags, models, dropped_models: snap.models.len().saturating_sub(models) })
+        Ok(RestoreReport {
+            tags,
+            models,
+            dropped_models: snap.models.len().saturating_sub(models),
+        })
     }
 }

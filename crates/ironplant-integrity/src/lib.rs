@@ -265,7 +265,10 @@ mod tests {
         assert_eq!(e.kind, EventKind::Integrity);
         assert_eq!(&*e.code, "raised");
         assert_eq!(e.severity, Severity::Warning);
-        assert_eq!(e.attribute("detector"), Some(&Value::String("flatline".into())));
+        assert_eq!(
+            e.attribute("detector"),
+            Some(&Value::String("flatline".into()))
+        );
         assert_eq!(e.attribute("since"), Some(&Value::Int(1_000_000)));
         assert_eq!(e.subject.as_ref().map(|p| p.as_str()), Some("a/b"));
     }

@@ -94,8 +94,8 @@ impl TagKind {
 
 /// Units of accumulated quantities (a counter's unit).
 const TOTAL_UNITS: [&str; 20] = [
-    "kWh", "Wh", "MWh", "GWh", "kvarh", "J", "kJ", "MJ", "GJ", "L", "l", "m3", "m³", "Nm3",
-    "Nm³", "bottles", "pcs", "count", "counts", "units",
+    "kWh", "Wh", "MWh", "GWh", "kvarh", "J", "kJ", "MJ", "GJ", "L", "l", "m3", "m³", "Nm3", "Nm³",
+    "bottles", "pcs", "count", "counts", "units",
 ];
 
 /// Validation settings of the whole plant (`[integrity]`).
@@ -262,7 +262,10 @@ impl TagState {
     /// Limits before or after training (`frozen`: the learnt parts apply).
     fn derive(&mut self, s: &ValidationSettings, frozen: bool) {
         let r = &self.rule;
-        let range = match (r.min.or(self.meta_range.map(|m| m.0)), r.max.or(self.meta_range.map(|m| m.1))) {
+        let range = match (
+            r.min.or(self.meta_range.map(|m| m.0)),
+            r.max.or(self.meta_range.map(|m| m.1)),
+        ) {
             (Some(lo), Some(hi)) if lo < hi => Some((lo, hi)),
             _ => None,
         };
@@ -305,11 +308,10 @@ impl TagState {
         };
         let spike = r.spike.unwrap_or(measurement);
         let max_step = (spike && frozen && l.steps >= 100).then_some(l.max_step);
-        let wrap = r.wrap.or_else(|| match (self.kind, range) {
-            (TagKind::Counter, Some((_, hi))) if hi == 65_535.0 => Some(65_536.0),
-            (TagKind::Counter, Some((_, hi))) if hi == 4_294_967_295.0 => Some(4_294_967_296.0),
-            (TagKind::Counter, Some((_, hi))) if hi >= 1.8e19 => Some(18_446_744_073_709_551_616.0),
-            _ => None,
+        let wrap = r.wrap.or(if self.kind == TagKind::Counter {
+            default_wrap(range)
+        } else {
+            None
         });
         self.limits = Limits {
             range,
@@ -323,6 +325,7 @@ impl TagState {
         };
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn finding(
         &self,
         detector: Detector,
@@ -347,6 +350,7 @@ impl TagState {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn raise(
         &mut self,
         d: Detector,
@@ -388,6 +392,20 @@ impl TagState {
             let eps = 1e-9 * (hi - lo);
             (x - lo).abs() <= eps || (x - hi).abs() <= eps
         })
+    }
+}
+
+/// A counter's roll-over modulus from the top of its range: 2¹⁶, 2³² or 2⁶⁴.
+pub(crate) fn default_wrap(range: Option<(f64, f64)>) -> Option<f64> {
+    let (_, hi) = range?;
+    if hi == 65_535.0 {
+        Some(65_536.0)
+    } else if hi == 4_294_967_295.0 {
+        Some(4_294_967_296.0)
+    } else if hi >= 1.8e19 {
+        Some(2f64.powi(64))
+    } else {
+        None
     }
 }
 
@@ -526,10 +544,19 @@ impl Validator {
         };
         let ts = sample.source_ts;
         if !x.is_finite() {
-            t.raise(Detector::NotFinite, ts, now, x, f64::NAN, |t| {
-                format!("{} reported {x}, not a finite number", t.name)
-            }, out);
-            lower(&mut sample.quality, Quality::bad(QualityReason::Implausible));
+            t.raise(
+                Detector::NotFinite,
+                ts,
+                now,
+                x,
+                f64::NAN,
+                |t| format!("{} reported {x}, not a finite number", t.name),
+                out,
+            );
+            lower(
+                &mut sample.quality,
+                Quality::bad(QualityReason::Implausible),
+            );
             return;
         }
         t.clear(Detector::NotFinite, now, x, out);
@@ -540,17 +567,28 @@ impl Validator {
             let eps = 1e-9 * (hi - lo);
             if x < lo - eps || x > hi + eps {
                 let limit = if x < lo { lo } else { hi };
-                t.raise(Detector::OutOfRange, ts, now, x, limit, |t| {
-                    format!(
-                        "{} = {}{} is outside its range {}..{}",
-                        t.name,
-                        num(x),
-                        t.unit_suffix(),
-                        num(lo),
-                        num(hi)
-                    )
-                }, out);
-                lower(&mut sample.quality, Quality::uncertain(QualityReason::OutOfRange));
+                t.raise(
+                    Detector::OutOfRange,
+                    ts,
+                    now,
+                    x,
+                    limit,
+                    |t| {
+                        format!(
+                            "{} = {}{} is outside its range {}..{}",
+                            t.name,
+                            num(x),
+                            t.unit_suffix(),
+                            num(lo),
+                            num(hi)
+                        )
+                    },
+                    out,
+                );
+                lower(
+                    &mut sample.quality,
+                    Quality::uncertain(QualityReason::OutOfRange),
+                );
             } else {
                 t.clear(Detector::OutOfRange, now, x, out);
             }
@@ -575,15 +613,23 @@ impl Validator {
                         match t.limits.wrap {
                             Some(m) if -d > 0.5 * m => d += m,
                             _ => {
-                                t.raise(Detector::CounterBackwards, ts, now, x, p, |t| {
-                                    format!(
-                                        "counter {} went back from {} to {}{}; not a roll-over",
-                                        t.name,
-                                        num(p),
-                                        num(x),
-                                        t.unit_suffix()
-                                    )
-                                }, out);
+                                t.raise(
+                                    Detector::CounterBackwards,
+                                    ts,
+                                    now,
+                                    x,
+                                    p,
+                                    |t| {
+                                        format!(
+                                            "counter {} went back from {} to {}{}; not a roll-over",
+                                            t.name,
+                                            num(p),
+                                            num(x),
+                                            t.unit_suffix()
+                                        )
+                                    },
+                                    out,
+                                );
                                 lower(
                                     &mut sample.quality,
                                     Quality::uncertain(QualityReason::Implausible),
@@ -647,15 +693,23 @@ impl Validator {
             let age = secs(seen, now);
             if age > limit {
                 let interval = t.limits.interval;
-                t.raise(Detector::Stale, seen, now, age, limit, |t| {
-                    format!(
-                        "{} has not been updated for {} (usual interval {}, limit {})",
-                        t.name,
-                        words(age),
-                        interval.map_or_else(|| "not learnt".to_owned(), words),
-                        words(limit)
-                    )
-                }, out);
+                t.raise(
+                    Detector::Stale,
+                    seen,
+                    now,
+                    age,
+                    limit,
+                    |t| {
+                        format!(
+                            "{} has not been updated for {} (usual interval {}, limit {})",
+                            t.name,
+                            words(age),
+                            interval.map_or_else(|| "not learnt".to_owned(), words),
+                            words(limit)
+                        )
+                    },
+                    out,
+                );
             }
         }
     }
@@ -711,18 +765,29 @@ fn rate_check(
     out: &mut Vec<Finding>,
 ) {
     if rate > max {
-        t.raise(Detector::RateOfChange, ts, now, rate, max, |t| {
-            format!(
-                "{} changed by {}{} in {} ({}/s), more than the physically possible {}/s",
-                t.name,
-                num(d),
-                t.unit_suffix(),
-                words(dt),
-                num(rate),
-                num(max)
-            )
-        }, out);
-        lower(&mut sample.quality, Quality::uncertain(QualityReason::Implausible));
+        t.raise(
+            Detector::RateOfChange,
+            ts,
+            now,
+            rate,
+            max,
+            |t| {
+                format!(
+                    "{} changed by {}{} in {} ({}/s), more than the physically possible {}/s",
+                    t.name,
+                    num(d),
+                    t.unit_suffix(),
+                    words(dt),
+                    num(rate),
+                    num(max)
+                )
+            },
+            out,
+        );
+        lower(
+            &mut sample.quality,
+            Quality::uncertain(QualityReason::Implausible),
+        );
     } else {
         t.clear(Detector::RateOfChange, now, x, out);
     }
@@ -763,7 +828,10 @@ fn flatline(
                 words(secs(since, ts)),
             )
         }, out);
-        lower(&mut sample.quality, Quality::uncertain(QualityReason::Implausible));
+        lower(
+            &mut sample.quality,
+            Quality::uncertain(QualityReason::Implausible),
+        );
     }
 }
 
@@ -817,10 +885,16 @@ fn spike(
         let mad = stats::median(&scratch[..n], &mut tmp).unwrap_or(0.0);
         let sigma = (1.4826 * mad).max(t.limits.band).max(t.learnt.quantum);
         let band = s.spike_k * sigma;
-        let prev_step = t.window.get((t.win_pos + cap - 1) % cap).map_or(0.0, |p| (x - p).abs());
+        let prev_step = t
+            .window
+            .get((t.win_pos + cap - 1) % cap)
+            .map_or(0.0, |p| (x - p).abs());
         if sigma > 0.0 && (x - med).abs() > band && prev_step > 1.5 * max_step {
             t.candidate = Some((ts, x, med, band));
-            lower(&mut sample.quality, Quality::uncertain(QualityReason::Implausible));
+            lower(
+                &mut sample.quality,
+                Quality::uncertain(QualityReason::Implausible),
+            );
             return;
         }
     }
@@ -862,7 +936,13 @@ mod tests {
 
     const S: i64 = 1_000_000;
 
-    fn meta(id: u32, name: &str, vt: ValueType, unit: Option<&str>, range: Option<(f64, f64)>) -> TagMeta {
+    fn meta(
+        id: u32,
+        name: &str,
+        vt: ValueType,
+        unit: Option<&str>,
+        range: Option<(f64, f64)>,
+    ) -> TagMeta {
         TagMeta {
             id: TagId(id),
             path: TagPath::parse(&format!("p/{name}")).expect("valid path"),
@@ -893,13 +973,25 @@ mod tests {
 
     /// A deterministic noise in -0.5..0.5 (no RNG crate needed).
     fn noise(i: i64) -> f64 {
-        let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+        let h = (i as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(17);
         (h >> 11) as f64 / (1u64 << 53) as f64 - 0.5
     }
 
     fn pressure() -> (Validator, TagMeta) {
-        let m = meta(0, "pressure", ValueType::Float, Some("bar"), Some((0.0, 6.0)));
-        let v = Validator::new(ValidationSettings::default(), Duration::from_secs(600), [(&m, TagRule::default())]);
+        let m = meta(
+            0,
+            "pressure",
+            ValueType::Float,
+            Some("bar"),
+            Some((0.0, 6.0)),
+        );
+        let v = Validator::new(
+            ValidationSettings::default(),
+            Duration::from_secs(600),
+            [(&m, TagRule::default())],
+        );
         (v, m)
     }
 
@@ -919,14 +1011,39 @@ mod tests {
     #[test]
     fn kinds_are_inferred_from_metadata() {
         let m = |vt, unit, range| meta(0, "x", vt, unit, range);
-        assert_eq!(TagKind::infer(&m(ValueType::Float, Some("bar"), Some((0.0, 6.0)))), TagKind::Measurement);
-        assert_eq!(TagKind::infer(&m(ValueType::Int, Some("bottles"), Some((0.0, 4294967295.0)))), TagKind::Counter);
-        assert_eq!(TagKind::infer(&m(ValueType::Float, Some("kWh"), Some((0.0, 1e12)))), TagKind::Counter);
+        assert_eq!(
+            TagKind::infer(&m(ValueType::Float, Some("bar"), Some((0.0, 6.0)))),
+            TagKind::Measurement
+        );
+        assert_eq!(
+            TagKind::infer(&m(
+                ValueType::Int,
+                Some("bottles"),
+                Some((0.0, 4294967295.0))
+            )),
+            TagKind::Counter
+        );
+        assert_eq!(
+            TagKind::infer(&m(ValueType::Float, Some("kWh"), Some((0.0, 1e12)))),
+            TagKind::Counter
+        );
         // A tank volume in litres is a measurement, not a total.
-        assert_eq!(TagKind::infer(&m(ValueType::Float, Some("L"), Some((0.0, 10000.0)))), TagKind::Measurement);
-        assert_eq!(TagKind::infer(&m(ValueType::Int, None, Some((0.0, 2.0)))), TagKind::Status);
-        assert_eq!(TagKind::infer(&m(ValueType::Bool, None, None)), TagKind::Status);
-        assert_eq!(TagKind::infer(&m(ValueType::String, None, None)), TagKind::Ignored);
+        assert_eq!(
+            TagKind::infer(&m(ValueType::Float, Some("L"), Some((0.0, 10000.0)))),
+            TagKind::Measurement
+        );
+        assert_eq!(
+            TagKind::infer(&m(ValueType::Int, None, Some((0.0, 2.0)))),
+            TagKind::Status
+        );
+        assert_eq!(
+            TagKind::infer(&m(ValueType::Bool, None, None)),
+            TagKind::Status
+        );
+        assert_eq!(
+            TagKind::infer(&m(ValueType::String, None, None)),
+            TagKind::Ignored
+        );
         let mut w = m(ValueType::Int, Some("bpm"), Some((0.0, 600.0)));
         w.writable = true;
         assert_eq!(TagKind::infer(&w), TagKind::Setpoint);
@@ -936,15 +1053,30 @@ mod tests {
     fn nan_and_infinities_are_bad_once_per_episode() {
         let (mut v, _) = pressure();
         let mut out = Vec::new();
-        assert_eq!(feed(&mut v, 0, 0, f64::NAN, &mut out), Quality::bad(QualityReason::Implausible));
-        assert_eq!(feed(&mut v, 0, 1, f64::INFINITY, &mut out).level, QualityLevel::Bad);
-        assert_eq!(feed(&mut v, 0, 2, f64::NEG_INFINITY, &mut out).level, QualityLevel::Bad);
+        assert_eq!(
+            feed(&mut v, 0, 0, f64::NAN, &mut out),
+            Quality::bad(QualityReason::Implausible)
+        );
+        assert_eq!(
+            feed(&mut v, 0, 1, f64::INFINITY, &mut out).level,
+            QualityLevel::Bad
+        );
+        assert_eq!(
+            feed(&mut v, 0, 2, f64::NEG_INFINITY, &mut out).level,
+            QualityLevel::Bad
+        );
         assert_eq!(out.len(), 1, "{out:?}");
-        assert_eq!((out[0].detector, out[0].change), (Detector::NotFinite, Change::Raised));
+        assert_eq!(
+            (out[0].detector, out[0].change),
+            (Detector::NotFinite, Change::Raised)
+        );
         assert!(out[0].explanation.contains("NaN"), "{}", out[0].explanation);
         assert!(feed(&mut v, 0, 3, 2.5, &mut out).is_good());
         assert_eq!(out.len(), 2);
-        assert_eq!((out[1].detector, out[1].change), (Detector::NotFinite, Change::Cleared));
+        assert_eq!(
+            (out[1].detector, out[1].change),
+            (Detector::NotFinite, Change::Cleared)
+        );
         assert_eq!(out[1].since, Timestamp(0));
     }
 
@@ -958,7 +1090,11 @@ mod tests {
         feed(&mut v, 0, 20, 6.4, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].limit, 6.0);
-        assert!(out[0].explanation.contains("outside its range 0..6"), "{}", out[0].explanation);
+        assert!(
+            out[0].explanation.contains("outside its range 0..6"),
+            "{}",
+            out[0].explanation
+        );
         feed(&mut v, 0, 30, 5.5, &mut out);
         assert_eq!(out.last().map(|f| f.change), Some(Change::Cleared));
     }
@@ -1064,7 +1200,10 @@ mod tests {
             t += 1;
         }
         // 2.5 → 3.5 → 2.5: a spike, seen when the value comes back.
-        assert_eq!(feed(&mut v, 0, t, 3.5, &mut out), Quality::uncertain(QualityReason::Implausible));
+        assert_eq!(
+            feed(&mut v, 0, t, 3.5, &mut out),
+            Quality::uncertain(QualityReason::Implausible)
+        );
         assert!(out.is_empty());
         t += 1;
         assert!(feed(&mut v, 0, t, 2.5, &mut out).is_good());
@@ -1086,10 +1225,20 @@ mod tests {
 
     #[test]
     fn counters_roll_over_but_never_go_back() {
-        let m = meta(0, "count", ValueType::Int, Some("bottles"), Some((0.0, 4294967295.0)));
-        let mut v = Validator::new(ValidationSettings::default(), Duration::ZERO, [(&m, TagRule::default())]);
+        let m = meta(
+            0,
+            "count",
+            ValueType::Int,
+            Some("bottles"),
+            Some((0.0, 4294967295.0)),
+        );
+        let mut v = Validator::new(
+            ValidationSettings::default(),
+            Duration::ZERO,
+            [(&m, TagRule::default())],
+        );
         let mut out = Vec::new();
-        let mut feed_i = |v: &mut Validator, t: i64, x: i64, out: &mut Vec<Finding>| {
+        let feed_i = |v: &mut Validator, t: i64, x: i64, out: &mut Vec<Finding>| {
             let mut s = sample(0, t, Value::Int(x));
             v.check(&mut s, Timestamp(t * S), out);
             s.quality
@@ -1099,10 +1248,17 @@ mod tests {
         assert!(feed_i(&mut v, 1, 3, &mut out).is_good());
         assert!(out.is_empty(), "{out:?}");
         // 3 → 1 is backwards.
-        assert_eq!(feed_i(&mut v, 2, 1, &mut out), Quality::uncertain(QualityReason::Implausible));
+        assert_eq!(
+            feed_i(&mut v, 2, 1, &mut out),
+            Quality::uncertain(QualityReason::Implausible)
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].detector, Detector::CounterBackwards);
-        assert!(out[0].explanation.contains("from 3 to 1"), "{}", out[0].explanation);
+        assert!(
+            out[0].explanation.contains("from 3 to 1"),
+            "{}",
+            out[0].explanation
+        );
         assert!(feed_i(&mut v, 3, 5, &mut out).is_good());
         assert_eq!(out[1].change, Change::Cleared);
     }
@@ -1121,14 +1277,18 @@ mod tests {
         assert_eq!(out.len(), 1, "only the range check: {out:?}");
         // Nothing learnt from the Bad constant: no flatline, no spike gate.
         let d = v.describe(m.id).unwrap_or_default();
-        assert!(d.contains("flatline None") && d.contains("spike gate None"), "{d}");
+        assert!(
+            d.contains("flatline None") && d.contains("spike gate None"),
+            "{d}"
+        );
     }
 
     #[test]
     fn a_restored_validator_uses_the_learnt_limits_at_once() {
         let (mut v, _) = pressure();
         trained(&mut v);
-        let learnt: Vec<(TagPath, Learnt)> = v.learnt().map(|(p, l)| (p.clone(), l.clone())).collect();
+        let learnt: Vec<(TagPath, Learnt)> =
+            v.learnt().map(|(p, l)| (p.clone(), l.clone())).collect();
         let (mut fresh, m) = pressure();
         assert_eq!(fresh.restore(&learnt), 1);
         assert!(fresh.is_frozen());
