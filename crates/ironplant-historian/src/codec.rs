@@ -534,6 +534,7 @@ mod tests {
             Quality::GOOD,
             Quality::bad(QualityReason::CommFailure),
             Quality::uncertain(QualityReason::OutOfRange),
+            Quality::uncertain(QualityReason::Implausible),
         ] {
             assert_eq!(quality_from_code(quality_code(q)), Ok(q));
         }
