@@ -270,7 +270,7 @@ fn trained(seed: u64) -> Snapshot {
     line.integrity.snapshot().expect("trained after the window")
 }
 
-const ATTACKS: [(&str, Attack); 4] = [
+const ATTACKS: [(&str, Attack); 6] = [
     (
         "drift +0.5 %/min on line_pressure",
         Attack::Drift {
@@ -293,6 +293,17 @@ const ATTACKS: [(&str, Attack); 4] = [
         },
     ),
     ("frozen tank_level", Attack::Freeze { tag: "tank_level" }),
+    (
+        "drift +0.5 %/min on tank_level",
+        Attack::Drift {
+            tag: "tank_level",
+            per_min: 0.005,
+        },
+    ),
+    (
+        "frozen good_count (a counter)",
+        Attack::Freeze { tag: "good_count" },
+    ),
 ];
 
 fn attacks(seed: u64) -> Vec<(String, Detection)> {
