@@ -8,7 +8,11 @@
 //! nothing per sample and the fit is closed-form. After the window the model is frozen: an
 //! attacker cannot slowly teach it a new normal. Restarts restore it from a snapshot.
 //!
-//! Scoring: the standardised innovation `u/σ_u`, clipped to ±`z_clip`, feeds a two-sided
+//! The models are fitted at 75 % of the training window; the rest of it calibrates each
+//! model's long-run inflation of σ (the variance of 60-sample means of its innovation, 1 for
+//! white noise), so slowly correlated misfits do not pile up in the CUSUM.
+//!
+//! Scoring: the standardised innovation `u/(σ_u × inflation)`, clipped to ±`z_clip`, feeds a two-sided
 //! CUSUM per tag (slack `k`, threshold `h`). A tag's score is `max(S⁺, S⁻)/h`, an asset's the
 //! largest of its tags'; at 1 the asset raises one finding that says which tags deviate, by how
 //! many σ (the EWMA of their innovations) and since when; it clears below `clear_score`.

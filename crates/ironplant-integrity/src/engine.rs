@@ -243,6 +243,12 @@ impl Integrity {
         }
     }
 
+    /// Validates a tag that appeared at run time (a Sparkplug birth) with the default rules;
+    /// it joins no model group (models are built from the configured namespace).
+    pub fn add_tag(&mut self, meta: &TagMeta) {
+        self.validator.add_tag(meta, TagRule::default());
+    }
+
     /// Checks a batch in place (qualities lowered where a check fails) and pushes findings.
     pub fn process(&mut self, batch: &mut [Sample], now: Timestamp, out: &mut Vec<Finding>) {
         for s in batch.iter_mut() {
@@ -322,5 +328,155 @@ impl Integrity {
             models,
             dropped_models: snap.models.len().saturating_sub(models),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Change, Detector};
+    use ironplant_core::config::{parse_with, Registry};
+    use ironplant_core::{Quality, QualityReason, Value};
+
+    const PLANT: &str = r#"
+[[tag]]
+path = "a/s/r/l1/tank/plc/level"
+unit = "%"
+min = 0.0
+max = 100.0
+[[tag]]
+path = "a/s/r/l1/tank/plc/temp"
+unit = "°C"
+min = -20.0
+max = 60.0
+[[tag]]
+path = "a/s/r/l1/tank/plc/count"
+unit = "L"
+min = 0.0
+max = 4294967295.0
+
+[integrity]
+training = "10m"
+
+[[integrity.tag]]
+tag = "a/s/r/l1/tank/plc/temp"
+max_rate = 0.5
+"#;
+
+    fn build() -> (Namespace, Integrity) {
+        let config = parse_with("t.toml", PLANT, &Registry::new().with::<IntegrityConfig>())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ns = config.namespace();
+        let i = Integrity::new(&ns, &config.get::<IntegrityConfig>()).expect("valid");
+        (ns, i)
+    }
+
+    fn batch(ns: &Namespace, t: i64) -> Vec<Sample> {
+        let ts = Timestamp(t * 1_000_000);
+        let wobble = ((t * 7919) % 13) as f64 / 13.0;
+        [
+            ("level", 50.0 + wobble),
+            ("temp", 20.0 + 0.1 * wobble),
+            ("count", (t * 10) as f64),
+        ]
+        .into_iter()
+        .filter_map(|(name, x)| {
+            let m = ns.lookup(&format!("a/s/r/l1/tank/plc/{name}"))?;
+            Some(Sample {
+                tag: m.id,
+                value: Value::Float(x),
+                quality: Quality::GOOD,
+                source_ts: ts,
+                server_ts: ts,
+            })
+        })
+        .collect()
+    }
+
+    #[test]
+    fn groups_kinds_and_overrides_come_from_metadata_and_config() {
+        let (ns, i) = build();
+        let id = |n: &str| ns.lookup(&format!("a/s/r/l1/tank/plc/{n}")).map(|m| m.id);
+        let kind = |n: &str| id(n).and_then(|t| i.validator().kind(t));
+        assert_eq!(kind("level"), Some(TagKind::Measurement));
+        assert_eq!(kind("count"), Some(TagKind::Counter));
+        let temp = id("temp")
+            .and_then(|t| i.validator().describe(t))
+            .unwrap_or_default();
+        assert!(temp.contains("max_rate Some(0.5)"), "{temp}");
+        let groups: Vec<_> = i
+            .anomaly()
+            .groups()
+            .map(|(a, t, _)| (a.to_string(), t.len()))
+            .collect();
+        assert_eq!(groups, vec![("a/s/r/l1".to_owned(), 2)]);
+    }
+
+    #[test]
+    fn snapshots_exist_once_trained_and_restore_into_a_fresh_engine() {
+        let (ns, mut i) = build();
+        let mut out = Vec::new();
+        assert!(
+            i.snapshot().is_none(),
+            "nothing to keep before training ends"
+        );
+        for t in 0..=600 {
+            let mut b = batch(&ns, t);
+            i.process(&mut b, Timestamp(t * 1_000_000), &mut out);
+            i.tick(Timestamp(t * 1_000_000), &mut out);
+        }
+        assert!(i.is_trained());
+        let snap = i.snapshot().expect("trained");
+        assert_eq!(snap.validation.len(), 3);
+        let back = Snapshot::from_json(&snap.to_json()).expect("round trip");
+        assert_eq!(back, snap);
+
+        let (_, mut fresh) = build();
+        let report = fresh.restore(&back).expect("same version");
+        assert_eq!(report.tags, 3);
+        assert_eq!(report.models, snap.models.len());
+        assert!(fresh.is_trained());
+        // The restored engine checks at once: temp jumps 5 °C in a second (limit 0.5/s).
+        let mut b = batch(&ns, 700);
+        fresh.process(&mut b, Timestamp(700_000_000), &mut out);
+        let mut b = batch(&ns, 701);
+        if let Some(s) = b
+            .iter_mut()
+            .find(|s| Some(s.tag) == ns.lookup("a/s/r/l1/tank/plc/temp").map(|m| m.id))
+        {
+            s.value = Value::Float(25.0);
+        }
+        fresh.process(&mut b, Timestamp(701_000_000), &mut out);
+        assert!(
+            out.iter()
+                .any(|f| f.detector == Detector::RateOfChange && f.change == Change::Raised),
+            "{out:?}"
+        );
+        assert!(b
+            .iter()
+            .any(|s| s.quality == Quality::uncertain(QualityReason::Implausible)));
+
+        let mut old = snap.clone();
+        old.version = 0;
+        let err = fresh.restore(&old).expect_err("another version");
+        assert!(err.contains("delete it to train again"), "{err}");
+        assert!(Snapshot::from_json("{").is_err());
+    }
+
+    #[test]
+    fn unknown_tags_in_the_config_are_errors_naming_them() {
+        let (ns, _) = build();
+        let mut cfg = IntegrityConfig::default();
+        cfg.tags.push(crate::config::TagOverride {
+            tag: TagPath::parse("a/s/r/l1/tank/plc/nope").expect("path"),
+            rule: TagRule::default(),
+        });
+        let err = Integrity::new(&ns, &cfg).expect_err("unknown tag");
+        assert_eq!(
+            err,
+            vec![
+                "[[integrity.tag]]: tag a/s/r/l1/tank/plc/nope is not in the namespace".to_owned()
+            ]
+        );
     }
 }
