@@ -619,12 +619,11 @@ impl Anomaly {
                 _ => e * (1.0 - phi * phi).sqrt() / sigma_u,
             };
             m.prev_e = Some((now, e));
-            let z = z.clamp(-s.z_clip, s.z_clip);
             if phase == Phase::Calibrating {
-                m.calibrate(z);
+                m.calibrate(z.clamp(-s.z_clip, s.z_clip));
                 continue;
             }
-            let z = z / inflation;
+            let z = (z / inflation).clamp(-s.z_clip, s.z_clip);
             if m.pos == 0.0 {
                 m.pos_since = now;
             }

@@ -89,6 +89,11 @@ enum Attack {
     Freeze {
         tag: &'static str,
     },
+    /// One sample off by `by`, then back.
+    Spike {
+        tag: &'static str,
+        by: f64,
+    },
 }
 
 fn config() -> (Namespace, IntegrityConfig, Vec<(String, ModbusPoint)>) {
@@ -183,6 +188,8 @@ impl Line {
                         Attack::Freeze { .. } => {
                             held.get_or_insert_with(|| s.value.clone()).clone()
                         }
+                        Attack::Spike { by, .. } if self.t == since => Value::Float(x + by),
+                        Attack::Spike { .. } => s.value.clone(),
                     };
                 }
             }
@@ -228,9 +235,10 @@ fn detect(seed: u64, snap: &Snapshot, attack: Attack, limit: i64) -> Detection {
     let mut line = Line::new(seed);
     line.integrity.restore(snap).expect("restore");
     let tag = match attack {
-        Attack::Drift { tag, .. } | Attack::Step { tag, .. } | Attack::Freeze { tag } => {
-            line.id(tag)
-        }
+        Attack::Drift { tag, .. }
+        | Attack::Step { tag, .. }
+        | Attack::Freeze { tag }
+        | Attack::Spike { tag, .. } => line.id(tag),
         Attack::None => TagId(u32::MAX),
     };
     let mut out = Vec::new();
@@ -270,7 +278,7 @@ fn trained(seed: u64) -> Snapshot {
     line.integrity.snapshot().expect("trained after the window")
 }
 
-const ATTACKS: [(&str, Attack); 6] = [
+const ATTACKS: [(&str, Attack); 7] = [
     (
         "drift +0.5 %/min on line_pressure",
         Attack::Drift {
@@ -303,6 +311,13 @@ const ATTACKS: [(&str, Attack); 6] = [
     (
         "frozen good_count (a counter)",
         Attack::Freeze { tag: "good_count" },
+    ),
+    (
+        "one-sample spike +0.5 bar on line_pressure",
+        Attack::Spike {
+            tag: "line_pressure",
+            by: 0.5,
+        },
     ),
 ];
 
