@@ -63,10 +63,16 @@ fn witness(st: &ApiState, caller: &Caller, code: &str, message: String, label: &
         .as_ref()
         .map_or_else(|| "anonymous".to_owned(), |i| i.user.clone());
     st.runtime.events.publish(
-        Event::new(Timestamp::now(), EventKind::System, code, "simulator", message)
-            .with_severity(Severity::Warning)
-            .with_actor(user.as_str())
-            .with_attribute("attack", Value::String(label.into())),
+        Event::new(
+            Timestamp::now(),
+            EventKind::System,
+            code,
+            "simulator",
+            message,
+        )
+        .with_severity(Severity::Warning)
+        .with_actor(user.as_str())
+        .with_attribute("attack", Value::String(label.into())),
     );
 }
 

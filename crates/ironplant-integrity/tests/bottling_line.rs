@@ -10,7 +10,8 @@ use std::time::Duration;
 use ironplant_core::config::{parse_with, ModbusPoint, Registry};
 use ironplant_core::{Namespace, Quality, Sample, TagId, Timestamp, Value};
 use ironplant_integrity::{Change, Detector, Finding, Integrity, IntegrityConfig, Snapshot};
-use ironplant_sim::{new_bank, read_point, tick, Plant};
+use ironplant_sim::attack::{Injector, Scenario};
+use ironplant_sim::{apply_commands, new_bank, read_point, tick, write_readings, Plant};
 
 const LINE: &str = "acme/lyon/bottling/line1";
 
@@ -158,7 +159,27 @@ impl Line {
         attacked: Option<(TagId, i64, &mut Option<Value>)>,
         out: &mut Vec<Finding>,
     ) {
-        tick(&mut self.bank, &mut self.plant, Duration::from_secs(1));
+        self.step_injected(None, attack, attacked, out);
+    }
+
+    /// [`Line::step`], with the simulator's own attack injector bending the PLC's readings.
+    fn step_injected(
+        &mut self,
+        injector: Option<&mut Injector>,
+        attack: Attack,
+        attacked: Option<(TagId, i64, &mut Option<Value>)>,
+        out: &mut Vec<Finding>,
+    ) {
+        match injector {
+            None => tick(&mut self.bank, &mut self.plant, Duration::from_secs(1)),
+            Some(inj) => {
+                apply_commands(&self.bank, &mut self.plant);
+                self.plant.step(Duration::from_secs(1));
+                let mut shown = self.plant.readings().clone();
+                inj.apply(self.plant.elapsed(), &mut shown);
+                write_readings(&shown, &mut self.bank);
+            }
+        }
         self.t += 1;
         let now = self.now();
         self.batch.clear();
@@ -325,9 +346,53 @@ fn attacks(seed: u64) -> Vec<(String, Detection)> {
     let snap = trained(seed);
     // The snapshot survives its JSON form (a restart reads it back from disk).
     let snap = Snapshot::from_json(&snap.to_json()).expect("round trip");
-    ATTACKS
+    let mut results: Vec<(String, Detection)> = ATTACKS
         .iter()
         .map(|(name, a)| (name.to_string(), detect(seed, &snap, *a, 1800)))
+        .collect();
+    results.extend(catalogue(seed, &snap));
+    results
+}
+
+/// The simulator's own attack catalogue (what the detection report runs), injected at the PLC:
+/// the first finding after the attack starts, whatever its detector.
+fn catalogue(seed: u64, snap: &Snapshot) -> Vec<(String, Detection)> {
+    Scenario::catalogue()
+        .into_iter()
+        .map(|scenario| {
+            let mut line = Line::new(seed);
+            line.integrity.restore(snap).expect("restore");
+            let mut out = Vec::new();
+            for _ in 0..600 {
+                line.step(Attack::None, None, &mut out);
+            }
+            let before = out.len();
+            let label = scenario.label();
+            let mut inj =
+                Injector::new(scenario, line.plant.elapsed()).expect("catalogue scenario");
+            inj.prime(line.plant.readings());
+            let begins = inj.begins();
+            let mut found = None;
+            for _ in 0..1800 {
+                let n = out.len();
+                line.step_injected(Some(&mut inj), Attack::None, None, &mut out);
+                if let Some(f) = out[n..].iter().find(|f| f.change == Change::Raised) {
+                    let after = line.plant.elapsed().saturating_sub(begins).as_secs() as i64;
+                    found = Some(Detection {
+                        detector: Some(f.detector),
+                        after: Some(after),
+                        explanation: f.explanation.clone(),
+                    });
+                    break;
+                }
+            }
+            let d = found.unwrap_or(Detection {
+                detector: None,
+                after: None,
+                explanation: format!("{before} findings before the attack"),
+            });
+            (format!("catalogue: {label}"), d)
+        })
         .collect()
 }
 

@@ -684,7 +684,16 @@ pub async fn demo(
             )
         ));
     }
-    serve_with(config, bound, listen, sec, data_dir, Some(banner), Some(attacks)).await
+    serve_with(
+        config,
+        bound,
+        listen,
+        sec,
+        data_dir,
+        Some(banner),
+        Some(attacks),
+    )
+    .await
 }
 
 /// `path` absolute (so a line printed for copying works from any directory) and quoted for a
