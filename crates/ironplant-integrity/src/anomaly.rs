@@ -57,7 +57,7 @@ impl Default for AnomalySettings {
             cusum_k: 1.0,
             cusum_h: 20.0,
             z_clip: 4.0,
-            settle: Duration::from_secs(180),
+            settle: Duration::from_secs(60),
             ridge: 1e-3,
             min_samples: 600,
             clear_score: 0.5,
@@ -390,6 +390,8 @@ struct Group {
     model_of: Vec<Option<usize>>,
     models: Vec<Model>,
     episode: Episode,
+    /// The tags named by the raised finding (its clear names the same).
+    named: Vec<TagId>,
 }
 
 /// The anomaly detector: groups routed by tag through a flat index.
@@ -448,6 +450,7 @@ impl Anomaly {
                 model_of,
                 models,
                 episode: Episode::default(),
+                named: Vec::new(),
             });
         }
         a
@@ -696,6 +699,7 @@ fn evaluate(g: &mut Group, s: &AnomalySettings, now: Timestamp, out: &mut Vec<Fi
             .unwrap_or(now);
         g.episode.enter(since);
         let text = explain(g, h, score, now);
+        g.named = deviating(g, h).iter().map(|m| g.ids[m.target]).collect();
         out.push(finding(g, Change::Raised, score, since, now, text));
     } else if score < s.clear_score && g.episode.active {
         if let Some(since) = g.episode.leave() {
@@ -710,10 +714,15 @@ fn evaluate(g: &mut Group, s: &AnomalySettings, now: Timestamp, out: &mut Vec<Fi
     }
 }
 
+/// The models whose score is at least 0.3, highest first: the tags a finding names.
+fn deviating(g: &Group, h: f64) -> Vec<&Model> {
+    let mut d: Vec<&Model> = g.models.iter().filter(|m| m.score(h) >= 0.3).collect();
+    d.sort_by(|a, b| b.score(h).total_cmp(&a.score(h)));
+    d
+}
+
 fn explain(g: &Group, h: f64, score: f64, now: Timestamp) -> String {
-    let mut deviating: Vec<&Model> = g.models.iter().filter(|m| m.score(h) >= 0.3).collect();
-    deviating.sort_by(|a, b| b.score(h).total_cmp(&a.score(h)));
-    let parts: Vec<String> = deviating
+    let parts: Vec<String> = deviating(g, h)
         .iter()
         .take(5)
         .map(|m| {
@@ -748,12 +757,7 @@ fn finding(
         detector: Detector::Anomaly,
         change,
         subject: Some(g.asset.clone()),
-        tags: g
-            .models
-            .iter()
-            .filter(|m| m.score(1.0) > 0.0 || change == Change::Cleared)
-            .map(|m| g.ids[m.target])
-            .collect(),
+        tags: g.named.clone(),
         value: score,
         limit: 1.0,
         since,

@@ -102,7 +102,12 @@ fn config() -> (Namespace, IntegrityConfig, Vec<(String, ModbusPoint)>) {
     let plant = example
         .rsplit_once("\n[[sparkplug.asset]]")
         .map_or(example, |(plant, _)| plant);
-    let text = format!("{plant}\n{INTEGRITY}");
+    // Exploration only: extra `[integrity]` keys from the environment (e.g. `settle = "120s"`).
+    let extra = std::env::var("INTEGRITY_EXTRA").unwrap_or_default();
+    let text = format!(
+        "{plant}\n{}",
+        INTEGRITY.replace("training = \"2h\"", &format!("training = \"2h\"\n{extra}"))
+    );
     let registry = Registry::new().with::<IntegrityConfig>();
     let config = parse_with("bottling.toml", &text, &registry).unwrap_or_else(|e| panic!("{e}"));
     let points = config
