@@ -578,6 +578,9 @@ pub enum QualityReason {
     /// the value arrived before the source re-established its state, so it may be out of date
     /// or not what the source last meant.
     SequenceGap,
+    /// The value failed a plausibility check of data validation (rate of change, flatline,
+    /// spike, disagreement with redundant sensors): the integrity finding says which.
+    Implausible,
 }
 
 impl QualityReason {
@@ -593,6 +596,7 @@ impl QualityReason {
             QualityReason::CalculationFailed => "CalculationFailed",
             QualityReason::InsufficientData => "InsufficientData",
             QualityReason::SequenceGap => "SequenceGap",
+            QualityReason::Implausible => "Implausible",
         }
     }
 }

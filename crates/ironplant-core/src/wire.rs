@@ -394,6 +394,7 @@ pub fn parse_quality(level: &str, reason: Option<&str>) -> Result<Quality, Strin
         Some("CalculationFailed") => QualityReason::CalculationFailed,
         Some("InsufficientData") => QualityReason::InsufficientData,
         Some("SequenceGap") => QualityReason::SequenceGap,
+        Some("Implausible") => QualityReason::Implausible,
         Some(other) => return Err(format!("unknown quality reason {other:?}")),
     };
     Ok(Quality { level, reason })
@@ -558,6 +559,11 @@ mod tests {
             assert_eq!(got.0, v, "{json}");
         }
         assert!(parse_quality("Fine", None).is_err());
+        let implausible = Quality::uncertain(QualityReason::Implausible);
+        assert_eq!(
+            parse_quality("Uncertain", Some(implausible.reason.as_str())),
+            Ok(implausible)
+        );
         assert!(parse_ts("yesterday").is_err());
 
         let e = Event::new(Timestamp(5), EventKind::Command, "write", "api", "set")

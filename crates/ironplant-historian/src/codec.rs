@@ -146,6 +146,7 @@ pub fn quality_code(q: Quality) -> u8 {
         QualityReason::CalculationFailed => 7,
         QualityReason::InsufficientData => 8,
         QualityReason::SequenceGap => 9,
+        QualityReason::Implausible => 10,
     };
     (level << 5) | reason
 }
@@ -168,6 +169,7 @@ pub fn quality_from_code(c: u8) -> Result<Quality, Malformed> {
         7 => QualityReason::CalculationFailed,
         8 => QualityReason::InsufficientData,
         9 => QualityReason::SequenceGap,
+        10 => QualityReason::Implausible,
         _ => return Err(Malformed("quality reason")),
     };
     Ok(Quality { level, reason })
@@ -532,6 +534,7 @@ mod tests {
             Quality::GOOD,
             Quality::bad(QualityReason::CommFailure),
             Quality::uncertain(QualityReason::OutOfRange),
+            Quality::uncertain(QualityReason::Implausible),
         ] {
             assert_eq!(quality_from_code(quality_code(q)), Ok(q));
         }

@@ -679,6 +679,7 @@ fn parse_quality(text: &str) -> Option<Quality> {
             QualityReason::CalculationFailed,
             QualityReason::InsufficientData,
             QualityReason::SequenceGap,
+            QualityReason::Implausible,
         ]
         .into_iter()
         .find(|r| r.as_str() == name)?
