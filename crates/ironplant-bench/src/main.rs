@@ -4,6 +4,7 @@
 //! (hidden subcommands), built from the library crates.
 
 mod bench;
+
 mod bench_mix;
 mod bench_mqtt;
 mod bench_pg;
@@ -109,6 +110,7 @@ mod tests {
             [
                 "ironplant-bench modbus",
                 "ironplant-bench rules",
+                "ironplant-bench detection",
                 "ironplant-bench bus",
                 "ironplant-bench historian",
                 "ironplant-bench mqtt"
@@ -120,6 +122,7 @@ mod tests {
                 "ironplant-bench modbus" | "ironplant-bench bus" => &["seconds", "tags"],
                 "ironplant-bench historian" => &["tags", "seconds", "no-postgres"],
                 "ironplant-bench rules" => &["rules", "alarms", "rate", "seconds"],
+                "ironplant-bench detection" => &["seeds", "hours", "limit"],
                 "ironplant-bench mqtt" => &["seconds", "idle", "policy"],
                 // Hidden: the peers this binary starts as its own child processes.
                 "ironplant-bench mqtt-server" => &["listen", "policy-dir"],

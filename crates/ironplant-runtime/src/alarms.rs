@@ -128,9 +128,11 @@ impl Alarms {
         data_dir: Option<&Path>,
         events: &EventBus,
         store: Option<&EventStore>,
+        builtin: Vec<ironplant_control::alarm::AlarmDef>,
     ) -> Result<Option<Arc<Alarms>>, AlarmStartError> {
         let configs = config.get::<AlarmConfigs>();
-        let findings = finding_alarms(config, namespace);
+        let mut findings = finding_alarms(config, namespace);
+        findings.extend(builtin);
         if configs.0.is_empty() && findings.is_empty() {
             return Ok(None);
         }

@@ -22,7 +22,9 @@ pub fn registry() -> Registry {
         .with::<ironplant_control::expr::RuleSettings>()
         // The command path's sections (after the tags, before the alarms).
         .with::<CommandSettings>()
-        .with::<InterlockSettings>();
+        .with::<InterlockSettings>()
+        // After every section that defines tags (its relations name them).
+        .with::<ironplant_integrity::IntegrityConfig>();
     // After the sections that define tags, so alarms on them pass the unknown-tag check.
     ironplant_control::alarm::config::register(r)
 }

@@ -13,6 +13,7 @@ pub mod component;
 pub mod config;
 pub mod control;
 pub mod events;
+pub mod integrity;
 pub mod metrics;
 pub mod pipeline;
 pub mod platform;
@@ -79,6 +80,8 @@ pub struct Runtime {
     pub alarms: Option<Arc<alarms::Alarms>>,
     /// The command path (`[[command]]`, `[[interlock]]`): every write from the API and MQTT.
     pub commands: Arc<commands::Commands>,
+    /// The data integrity checks (`[integrity]`, on by default).
+    pub integrity: Arc<integrity::Integrity>,
     /// Runs the components (sources, sinks, services): restarts and ordered shutdown.
     pub(crate) supervisor: component::Supervisor,
 }
@@ -94,6 +97,8 @@ pub enum StartError {
     Alarms(#[from] alarms::AlarmStartError),
     #[error(transparent)]
     Logic(#[from] control::LogicStartError),
+    #[error(transparent)]
+    Integrity(#[from] integrity::IntegrityStartError),
 }
 
 /// The platform with its standard components: [`Platform::builder`] with `broker` when there is
@@ -310,12 +315,14 @@ impl Runtime {
         // unacknowledged alarm.
         control::register_alarm_inputs(config, &namespace)?;
         control::register_finding_inputs(config, &namespace)?;
+        let integrity = integrity::Integrity::open(config, &namespace, data_dir, &events)?;
         let alarms = alarms::Alarms::open(
             config,
             &namespace.read(),
             data_dir,
             &events,
             historian.as_ref().map(|h| h.events()),
+            integrity.alarm_defs(),
         )?;
         let commands = commands::Commands::open(config, &namespace.read(), data_dir, &events);
         let supervisor = component::Supervisor::new(
@@ -335,6 +342,7 @@ impl Runtime {
             ingest,
             alarms,
             commands,
+            integrity,
             supervisor,
         })
     }

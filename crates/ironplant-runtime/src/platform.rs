@@ -140,6 +140,19 @@ impl PlatformBuilder {
         // rules (they see them), alarms (on tags and computed tags alike); then the
         // registered processors. Each factory builds from the config again after a panic.
         let mut factories: Vec<ProcessorFactory> = Vec::new();
+        // Integrity first: computed tags, rules and alarms see the qualities it lowered, and
+        // its findings alarm in the batch that raised them.
+        {
+            let i = runtime.integrity.clone();
+            factories.push(Box::new(move || {
+                Box::new(crate::integrity::IntegrityProcessor::new(i.clone())) as Box<dyn Processor>
+            }));
+            if self.data_dir.is_some() {
+                supervisor.start_service(Arc::new(crate::saved::StatePersister(
+                    runtime.integrity.clone(),
+                )));
+            }
+        }
         {
             let ns = runtime.namespace.read();
             if crate::control::computed(&self.config, &ns)?.is_some() {

@@ -314,6 +314,8 @@ async fn serve_with(
             e @ ironplant_runtime::StartError::Logic(_) => anyhow::Error::new(e).context(
                 "cannot start the local logic; check the [[computed]], [[rule]] and [[alarm]] sections",
             ),
+            e @ ironplant_runtime::StartError::Integrity(_) => anyhow::Error::new(e)
+                .context("cannot start the integrity checks; check [integrity] in the config"),
         })?;
     let mut platform = started;
     let runtime = platform.runtime.clone();
