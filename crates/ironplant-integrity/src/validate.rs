@@ -279,11 +279,14 @@ impl TagState {
             }
         });
         let interval = (frozen && l.intervals >= 20).then(|| l.interval_sum / l.intervals as f64);
+        // Only a tag that updated regularly in training has a usual interval to miss (a polled
+        // tag); one reported by exception (a Sparkplug state) may rightly stay silent for hours.
+        let regular = interval.filter(|i| l.max_gap <= 5.0 * i);
         let stale_after = r.stale_after.map(|d| d.as_secs_f64()).or_else(|| {
             if matches!(self.kind, TagKind::Ignored) {
                 return None;
             }
-            interval.map(|i| {
+            regular.map(|i| {
                 (s.stale_factor * i)
                     .max(2.0 * l.max_gap)
                     .max(s.min_stale.as_secs_f64())
@@ -1188,6 +1191,24 @@ mod tests {
         // ...and back a day: not stale either.
         v.tick(Timestamp((t - 86_400) * S), &mut out);
         assert_eq!(out.len(), 2, "{out:?}");
+    }
+
+    #[test]
+    fn a_tag_reported_by_exception_is_never_stale_by_default() {
+        let (mut v, _) = pressure();
+        let mut out = Vec::new();
+        // Updates every 1 to 60 s in training (irregular): no learnt staleness.
+        let mut t = 0;
+        for i in 0..=200 {
+            feed(&mut v, 0, t, 2.5 + 0.1 * noise(i), &mut out);
+            t += if i % 10 == 0 { 60 } else { 1 };
+        }
+        assert!(v.is_frozen());
+        for _ in 0..3600 {
+            t += 1;
+            v.tick(Timestamp(t * S), &mut out);
+        }
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]
