@@ -21,6 +21,10 @@ impl TagId {
     }
 }
 
+/// The `device` of tags the platform computes from other tags (computed tags): their inputs
+/// are what a detector or a connector looks at, not them.
+pub const COMPUTED_SOURCE: &str = "computed";
+
 /// What is known about a tag besides its values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TagMeta {

@@ -69,8 +69,12 @@ impl TagKind {
     /// The kind a tag's metadata suggests: writable tags are setpoints; bools and unit-less
     /// integers are states; a number in a unit of totals (kWh, L, m³, bottles...) whose range
     /// reaches 10⁶ (or is not given) is a counter; other numbers are measurements. Override it
-    /// with `kind` in `[[integrity.tag]]`.
+    /// with `kind` in `[[integrity.tag]]`. Computed tags are ignored: their inputs are
+    /// checked, and as regressors they would only repeat them.
     pub fn infer(meta: &TagMeta) -> TagKind {
+        if meta.device.as_deref() == Some(ironplant_core::namespace::COMPUTED_SOURCE) {
+            return TagKind::Ignored;
+        }
         if meta.writable {
             return TagKind::Setpoint;
         }

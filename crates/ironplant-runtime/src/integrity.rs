@@ -42,6 +42,29 @@ pub const FILE: &str = "models.json";
 /// How often the processor ticks the engine (staleness, windows).
 pub const TICK: Duration = Duration::from_secs(1);
 
+/// Where the platform keeps its learnt models under `data_dir`.
+pub fn models_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("integrity").join(FILE)
+}
+
+/// Installs models learnt elsewhere (e.g. the demo's, learnt on the simulator in simulated
+/// time) where the next start restores them; atomic, so a crash leaves the old file or the new.
+pub fn install_models(data_dir: &Path, snapshot: &Snapshot) -> Result<PathBuf, PersistError> {
+    let path = models_path(data_dir);
+    write_models(&path, snapshot)?;
+    Ok(path)
+}
+
+fn write_models(path: &Path, snapshot: &Snapshot) -> Result<(), PersistError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| PersistError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    persist::write_atomic(path, snapshot.to_json().as_bytes())
+}
+
 /// Why integrity cannot start.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start the integrity checks:\n  {}", .0.join("\n  "))]
@@ -100,7 +123,11 @@ impl Integrity {
             ironplant_integrity::Integrity::new(&ns, &cfg).map_err(IntegrityStartError)?;
         let mut subjects: Vec<TagPath> = ns
             .tags()
-            .filter(|m| !m.path.as_str().starts_with('_') && is_numeric(m.value_type))
+            .filter(|m| {
+                !m.path.as_str().starts_with('_')
+                    && is_numeric(m.value_type)
+                    && m.device.as_deref() != Some(ironplant_core::namespace::COMPUTED_SOURCE)
+            })
             .map(|m| m.path.clone())
             .collect();
         subjects.extend(ns.assets().map(|a| a.path.clone()));
@@ -149,7 +176,7 @@ impl Integrity {
         if !errors.is_empty() {
             return Err(IntegrityStartError(errors));
         }
-        let file = data_dir.map(|d| d.join("integrity").join(FILE));
+        let file = data_dir.map(models_path);
         let mut trained = false;
         if let Some(f) = &file {
             match std::fs::read_to_string(f) {
@@ -293,16 +320,7 @@ impl Integrity {
         let Some(snapshot) = self.engine.lock().snapshot() else {
             return Ok(());
         };
-        let written = path
-            .parent()
-            .map_or(Ok(()), |dir| {
-                std::fs::create_dir_all(dir).map_err(|source| PersistError::Io {
-                    path: dir.to_owned(),
-                    source,
-                })
-            })
-            .and_then(|()| persist::write_atomic(path, snapshot.to_json().as_bytes()));
-        match written {
+        match write_models(path, &snapshot) {
             Ok(()) => {
                 self.saved_trained.store(true, Ordering::Release);
                 tracing::info!(file = %path.display(), "integrity models learnt and saved; they stay frozen");

@@ -41,6 +41,9 @@ pub struct Options {
     pub limit: Duration,
 }
 
+/// Physics steps of [`ironplant_sim::TICK`] per polled second, as the demo runs them.
+const PHYSICS_STEPS: u32 = (1000 / ironplant_sim::TICK.as_millis()) as u32;
+
 /// Where the simulated clock starts: 2026-12-07T00:00:00Z.
 const T0: i64 = 1_796_601_600;
 
@@ -215,13 +218,18 @@ impl Line {
         forger: Option<&mut Forger>,
         out: &mut Vec<Found>,
     ) {
-        apply_commands(&self.bank, &mut self.plant);
-        self.plant.step(Duration::from_secs(1));
+        // The physics at the demo's period, the connector's poll once a second.
+        let mut injector = injector;
         let mut shown = self.plant.readings().clone();
-        if let Some(inj) = injector {
-            inj.apply(self.plant.elapsed(), &mut shown);
+        for _ in 0..PHYSICS_STEPS {
+            apply_commands(&self.bank, &mut self.plant);
+            self.plant.step(ironplant_sim::TICK);
+            shown.clone_from(self.plant.readings());
+            if let Some(inj) = injector.as_deref_mut() {
+                inj.apply(self.plant.elapsed(), &mut shown);
+            }
+            write_readings(&shown, &mut self.bank);
         }
-        write_readings(&shown, &mut self.bank);
         self.t += 1;
         let now = self.now();
         self.batch.clear();
@@ -386,6 +394,11 @@ fn run_attack(seed: u64, snap: &Snapshot, attack: &Attack, limit: Duration) -> a
     for _ in 0..600 {
         line.step(None, None, &mut out);
     }
+    if std::env::var_os("DETECTION_DEBUG").is_some() {
+        for f in &out {
+            eprintln!("warm-up: {} {}", f.detector, f.explanation);
+        }
+    }
     out.clear();
     let (targets, node): (Vec<TagPath>, bool) = match attack {
         Attack::Injected(s) => {
@@ -478,6 +491,13 @@ fn train(seed: u64) -> anyhow::Result<(Line, Snapshot)> {
         .snapshot()
         .context("no snapshot after training")?;
     Ok((line, snap))
+}
+
+/// The demo's integrity models: its plant (`seed`) through the register map for the
+/// `[integrity] training` window of simulated time (a few seconds), so its detectors work from
+/// the first minute instead of after two hours of learning. Blocking.
+pub fn demo_models(seed: u64) -> anyhow::Result<Snapshot> {
+    train(seed).map(|(_, snapshot)| snapshot)
 }
 
 fn clip(s: &str, n: usize) -> String {

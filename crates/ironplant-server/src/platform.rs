@@ -623,6 +623,7 @@ pub async fn demo(
     prepare_data_dir(data_dir)?;
     // Before anything opens a redb file (historian, broker state, bridge queues).
     let _lock = datadir::lock_process(data_dir, "demo")?;
+    learn_demo_models(data_dir, seed).await?;
     let saved = data_dir.join("demo.toml");
     std::fs::write(&saved, &text).with_context(|| format!("cannot write {}", saved.display()))?;
     let mut banner = format!(
@@ -696,6 +697,38 @@ pub async fn demo(
         Some(attacks),
     )
     .await
+}
+
+/// At the demo's first start, learns its integrity models on the simulator in simulated time
+/// (`detection::demo_models`), so the detectors judge from the first minute; later starts
+/// restore what is saved (and never learn again from data an attack may be bending).
+async fn learn_demo_models(data_dir: &Path, seed: u64) -> anyhow::Result<()> {
+    let path = ironplant_runtime::integrity::models_path(data_dir);
+    if path.exists() {
+        return Ok(());
+    }
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(
+        "learning the integrity models on 2 simulated hours of the bottling line",
+    );
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let started = std::time::Instant::now();
+    let snapshot = tokio::task::spawn_blocking(move || crate::detection::demo_models(seed))
+        .await
+        .context("the integrity models' training stopped")??;
+    let dir = data_dir.to_owned();
+    let saved = tokio::task::spawn_blocking(move || {
+        ironplant_runtime::integrity::install_models(&dir, &snapshot)
+    })
+    .await
+    .context("saving the integrity models stopped")?
+    .with_context(|| format!("cannot save the integrity models in {}", path.display()))?;
+    spinner.finish_and_clear();
+    tracing::info!(
+        file = %saved.display(),
+        seconds = started.elapsed().as_secs_f64(),
+        "integrity models learnt on the simulator in simulated time"
+    );
+    Ok(())
 }
 
 /// `path` absolute (so a line printed for copying works from any directory) and quoted for a

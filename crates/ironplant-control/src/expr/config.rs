@@ -22,7 +22,7 @@ use super::{
 };
 
 /// The source recorded on computed tags (`TagMeta::device`).
-pub const COMPUTED_SOURCE: &str = "computed";
+pub use ironplant_core::namespace::COMPUTED_SOURCE;
 
 /// An expression (or template) as written in the file: its text and where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
