@@ -199,13 +199,21 @@ impl Integrity {
                         );
                         tracing::error!("{msg}");
                         events.publish(
-                            Event::new(now, EventKind::System, "integrity_models_lost", SOURCE, msg)
-                                .with_severity(Severity::Warning),
+                            Event::new(
+                                now,
+                                EventKind::System,
+                                "integrity_models_lost",
+                                SOURCE,
+                                msg,
+                            )
+                            .with_severity(Severity::Warning),
                         );
                     }
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::error!(file = %f.display(), error = %e, "cannot read the integrity models; learning them again"),
+                Err(e) => {
+                    tracing::error!(file = %f.display(), error = %e, "cannot read the integrity models; learning them again")
+                }
             }
         }
         Ok(Arc::new(Integrity {
@@ -249,7 +257,13 @@ impl Integrity {
     }
 
     /// Applies findings: events, and the `suspect` tags whose state changed (as samples).
-    fn apply(&self, found: &[Finding], now: Timestamp, batch: &mut Vec<Sample>, out: &mut ProcessorOutput) {
+    fn apply(
+        &self,
+        found: &[Finding],
+        now: Timestamp,
+        batch: &mut Vec<Sample>,
+        out: &mut ProcessorOutput,
+    ) {
         if found.is_empty() {
             return;
         }

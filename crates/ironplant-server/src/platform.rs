@@ -707,9 +707,8 @@ async fn learn_demo_models(data_dir: &Path, seed: u64) -> anyhow::Result<()> {
     if path.exists() {
         return Ok(());
     }
-    let spinner = indicatif::ProgressBar::new_spinner().with_message(
-        "learning the integrity models on 2 simulated hours of the bottling line",
-    );
+    let spinner = indicatif::ProgressBar::new_spinner()
+        .with_message("learning the integrity models on 2 simulated hours of the bottling line");
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let started = std::time::Instant::now();
     let snapshot = tokio::task::spawn_blocking(move || crate::detection::demo_models(seed))

@@ -231,6 +231,161 @@ fn attack_forge_sparkplug_uses_a_stolen_certificate_on_the_platforms_broker() {
     let _ = sub.wait();
 }
 
+/// The live API over the demo's HTTPS listener, authenticated as a non-browser client does
+/// (a bearer token on the upgrade request).
+fn live(
+    api: &common::Api,
+) -> tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let tcp = TcpStream::connect(&api.addr).expect("connect to the live API");
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("server name");
+    let conn = rustls::ClientConnection::new(api.tls.clone(), name).expect("TLS client");
+    let tls = rustls::StreamOwned::new(conn, tcp);
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "wss://{}/api/v1/live",
+        api.addr
+    ))
+    .expect("request");
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", api.token).parse().expect("header"),
+    );
+    let (ws, _) = tungstenite::client(request, tls).expect("WebSocket handshake");
+    ws
+}
+
+/// The demo learns its integrity models on the simulator at its first start, so its detectors
+/// judge at once: a step on the line pressure, switched on through the API as an operator
+/// would, raises the line's integrity alarm with evidence naming the bent sensor, on the
+/// live API and in `GET /api/v1/alarms` and `/api/v1/events`; stopping it clears the finding.
+#[test]
+fn the_demo_detects_an_attack_switched_on_through_its_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let demo = Proc::start(
+        &["demo", "--http", "127.0.0.1:0", "--data-dir", "data"],
+        dir.path(),
+    );
+    let http = demo.address_after("HTTP API:");
+    let data = dir.path().join("data");
+    // Learnt before the platform starts (the banner comes after it).
+    let models = data.join("integrity/models.json");
+    let text = std::fs::read_to_string(&models).expect("the demo's integrity models");
+    assert!(
+        text.contains("line_pressure"),
+        "{}",
+        &text[..text.len().min(400)]
+    );
+    let api = common::api_for(&http, &data, ironplant_security::Role::Admin);
+
+    let mut ws = live(&api);
+    ws.send(tungstenite::Message::text(
+        r#"{"op":"subscribe","id":1,"events":["integrity","alarm"]}"#,
+    ))
+    .expect("subscribe");
+    // Collects events until `want` holds for one of them, or the deadline.
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let mut wait_for = |ws: &mut tungstenite::WebSocket<_>,
+                        what: &str,
+                        secs: u64,
+                        want: &dyn Fn(&serde_json::Value) -> bool|
+     -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            let msg = match ws.read() {
+                Ok(m) => m,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => panic!("live API: {e}"),
+            };
+            let Ok(text) = msg.to_text() else { continue };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+                continue;
+            };
+            if v["type"] == "event" {
+                let e = v["event"].clone();
+                seen.push(e.clone());
+                if want(&e) {
+                    return e;
+                }
+            }
+        }
+        panic!("no {what} in {secs} s; events seen: {seen:#?}");
+    };
+    // Subscribed (events only: no snapshot), then the attack, as an operator switches it.
+    let (status, body) = common::try_request(
+        &api,
+        "POST",
+        "/api/v1/simulator/attacks",
+        Some(r#"{"kind":"step","signal":"line_pressure","amount":0.3}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let attacked = Instant::now();
+    let alarm_id = "acme.lyon.bottling.line1:integrity";
+    let finding = wait_for(&mut ws, "integrity finding on line_pressure", 180, &|e| {
+        e["kind"] == "integrity"
+            && e["code"] == "raised"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("line_pressure"))
+    });
+    eprintln!(
+        "detected {:.1} s after the attack started: {}",
+        attacked.elapsed().as_secs_f64(),
+        finding["message"]
+    );
+    assert_eq!(
+        finding["subject"], "acme/lyon/bottling/line1",
+        "{finding:#}"
+    );
+    assert_eq!(finding["attributes"]["detector"], "anomaly", "{finding:#}");
+    wait_for(&mut ws, "the line's integrity alarm", 30, &|e| {
+        e["kind"] == "alarm" && e["attributes"]["alarm"] == alarm_id
+    });
+
+    let (status, body) = common::try_get(&api, "/api/v1/alarms");
+    assert_eq!(status, 200, "{body}");
+    let alarms: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let alarm = alarms["alarms"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["id"] == alarm_id))
+        .unwrap_or_else(|| panic!("{alarm_id} not active: {body}"));
+    assert_eq!(alarm["priority"], 2, "{alarm:#}");
+    let (status, body) = common::try_get(&api, "/api/v1/events?kind=integrity");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("line_pressure"), "{body}");
+    // Nothing else was found: the models learnt in simulated time hold on the real-time line.
+    let events: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let raised: Vec<&serde_json::Value> = events["events"]
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["code"] == "raised").collect())
+        .unwrap_or_default();
+    assert!(!raised.is_empty(), "{body}");
+    for e in raised {
+        let m = e["message"].as_str().unwrap_or("");
+        assert!(m.contains("line_pressure"), "a false finding: {e:#}");
+    }
+
+    let (status, body) = common::try_request(
+        &api,
+        "DELETE",
+        "/api/v1/simulator/attacks/step:line_pressure",
+        None,
+    );
+    assert!((200..300).contains(&status), "{status} {body}");
+    wait_for(&mut ws, "the finding cleared", 180, &|e| {
+        e["kind"] == "integrity"
+            && e["code"] == "cleared"
+            && e["subject"] == "acme/lyon/bottling/line1"
+    });
+}
+
 /// Every attack subcommand has `--help` with an example.
 #[test]
 fn every_attack_has_help_with_an_example() {
