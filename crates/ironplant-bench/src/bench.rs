@@ -51,9 +51,10 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
-    /// Manipulation detection: every attack scenario on the simulated line (simulated time,
-    /// deterministic seeds): detected or not, time to detect, detector; and false alarms per
-    /// simulated day of normal operation. Fails if a scenario goes undetected.
+    /// Manipulation detection: models trained on each seed's simulated line (simulated time),
+    /// then every attack scenario three times on lines of other seeds: detected or not, time
+    /// to detect, detector; and false alarms per simulated day of normal operation. Fails if
+    /// an attack run goes undetected.
     #[command(
         after_help = "Examples:\n  ironplant-bench detection                       # seeds 1-3 (tuned on), 24 simulated hours each\n  ironplant-bench detection --seeds 11,12,13      # seeds never tuned on\n  ironplant-bench detection --hours 4 --seeds 1"
     )]

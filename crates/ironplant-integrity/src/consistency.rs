@@ -337,6 +337,13 @@ impl Consistency {
         }
     }
 
+    /// The assets the groups' findings name (the deepest asset holding all their tags).
+    pub fn subjects(&self) -> impl Iterator<Item = &TagPath> + '_ {
+        let r = self.redundant.iter().filter_map(|g| g.subject.as_ref());
+        let b = self.balances.iter().filter_map(|g| g.subject.as_ref());
+        r.chain(b)
+    }
+
     /// Active consistency episodes: (id, since).
     pub fn active(&self) -> impl Iterator<Item = (&str, Timestamp)> + '_ {
         let r = self

@@ -275,6 +275,24 @@ impl Integrity {
         self.anomaly.freeze();
     }
 
+    /// Everything a finding can name as its subject, once each: the checked tags (not the
+    /// ignored ones), the assets of the consistency groups and of the anomaly models.
+    pub fn subjects(&self, ns: &Namespace) -> Vec<TagPath> {
+        let mut seen = std::collections::BTreeSet::new();
+        for m in ns.tags() {
+            if self
+                .validator
+                .kind(m.id)
+                .is_some_and(|k| k != TagKind::Ignored)
+            {
+                seen.insert(m.path.clone());
+            }
+        }
+        seen.extend(self.consistency.subjects().cloned());
+        seen.extend(self.anomaly.groups().map(|(a, ..)| a.clone()));
+        seen.into_iter().collect()
+    }
+
     /// Anomaly score per asset (1 = alarm threshold), for publishing as tags.
     pub fn scores(&self) -> impl Iterator<Item = (&TagPath, f64)> {
         self.anomaly.scores()

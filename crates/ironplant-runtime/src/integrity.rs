@@ -8,8 +8,9 @@
 //!   of each modelled asset as `<asset>/_integrity/anomaly_score`, and restores
 //!   `<data-dir>/integrity/models.json` (so a restart does not learn again from data an
 //!   attacker may be bending).
-//! - Subjects: every numeric tag (validation) and every asset (consistency and anomaly
-//!   findings name the asset that holds the tags involved). Each gets the built-in alarm
+//! - Subjects: every checked tag (validation; computed tags are not checked, their inputs
+//!   are) and the assets consistency and anomaly findings name (the deepest asset holding the
+//!   tags involved, the asset of each model group). Each gets the built-in alarm
 //!   `<subject with . for />:integrity` (priority 2) on its `suspect` tag
 //!   ([`Integrity::alarm_defs`]), true while any episode on the subject is open.
 //! - [`IntegrityProcessor`] runs before the computed tags (so they see the lowered qualities)
@@ -121,16 +122,8 @@ impl Integrity {
         let ns = namespace.read();
         let mut engine =
             ironplant_integrity::Integrity::new(&ns, &cfg).map_err(IntegrityStartError)?;
-        let mut subjects: Vec<TagPath> = ns
-            .tags()
-            .filter(|m| {
-                !m.path.as_str().starts_with('_')
-                    && is_numeric(m.value_type)
-                    && m.device.as_deref() != Some(ironplant_core::namespace::COMPUTED_SOURCE)
-            })
-            .map(|m| m.path.clone())
-            .collect();
-        subjects.extend(ns.assets().map(|a| a.path.clone()));
+        // Only what a finding can name: no alarm that could never raise.
+        let subjects = engine.subjects(&ns);
         let modelled: Vec<TagPath> = engine.anomaly().groups().map(|(a, ..)| a.clone()).collect();
         drop(ns);
         let mut errors = Vec::new();
@@ -346,10 +339,6 @@ impl Integrity {
             }
         }
     }
-}
-
-fn is_numeric(t: ValueType) -> bool {
-    matches!(t, ValueType::Float | ValueType::Int)
 }
 
 fn flag_sample(tag: TagId, on: bool, now: Timestamp) -> Sample {

@@ -140,6 +140,7 @@ impl Serve {
     }
 
     /// Every configured alarm's state, by id.
+    /// The configured alarms' states (not the built-in integrity alarms of every tag).
     fn states(&self) -> Vec<(String, String)> {
         let (status, text) = try_get(&self.api, "/api/v1/alarms?all=true");
         assert_eq!(status, 200, "{text}");
@@ -148,6 +149,7 @@ impl Serve {
             .as_array()
             .expect("alarms")
             .iter()
+            .filter(|a| !a["id"].as_str().unwrap_or_default().ends_with(":integrity"))
             .map(|a| {
                 (
                     a["id"].as_str().unwrap_or_default().to_owned(),
@@ -169,6 +171,12 @@ impl Serve {
             .as_array()
             .into_iter()
             .flatten()
+            .filter(|e| {
+                !e["attributes"]["alarm"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .ends_with(":integrity")
+            })
             .map(|e| {
                 (
                     e["attributes"]["alarm"]
