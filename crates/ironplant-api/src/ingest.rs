@@ -162,6 +162,40 @@ async fn post_ingest(
             ))
         }
     };
+    // The message-level checks, with the caller as the publisher of the mapping's "topic".
+    let from = ironplant_ingest::guard::Provenance {
+        identity: caller
+            .identity
+            .as_ref()
+            .map(|i| Arc::from(format!("user:{}", i.user))),
+        address: Some(std::net::SocketAddr::new(caller.source, 0)),
+    };
+    let mut noticed = Vec::new();
+    let admitted = ingest.admit(
+        index,
+        &format!("http:{name}"),
+        &mapped,
+        &from,
+        now,
+        &mut noticed,
+    );
+    for f in &noticed {
+        st.runtime
+            .events
+            .publish(ironplant_ingest::json::guard_event(f, now));
+    }
+    if let Err(refused) = admitted {
+        if refused.report {
+            st.runtime
+                .events
+                .publish(ironplant_ingest::json::guard_event(&refused.finding, now));
+        }
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "replayed",
+            refused.finding.message(),
+        ));
+    }
     let samples = ingest.resolve(index, &st.runtime.namespace, &mut mapped, now);
     let accepted = samples.len();
     st.runtime.bus.publish(samples).await;

@@ -466,7 +466,8 @@ async fn bench_modbus(duration: Duration, tags: usize) -> anyhow::Result<()> {
         &text,
         &ironplant_control::register(
             ironplant_core::config::Registry::new()
-                .with::<ironplant_sparkplug::settings::SparkplugSettings>(),
+                .with::<ironplant_sparkplug::settings::SparkplugSettings>()
+                .with::<ironplant_integrity::IntegrityConfig>(),
         ),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -31,6 +31,15 @@ use parking_lot::Mutex;
 use serde_json::Value as Json;
 
 use crate::config::{FieldMapping, IngestSettings, JsonMapping, PathTemplate, TimeFormat};
+use crate::guard::{Finding as GuardFinding, Guard, Provenance};
+
+/// The `integrity` event of a guard finding (source `ingest`, subject-less: it names a topic).
+pub fn guard_event(f: &GuardFinding, now: Timestamp) -> ironplant_core::Event {
+    use ironplant_core::{Event, EventKind, Severity};
+    Event::new(now, EventKind::Integrity, f.code(), "ingest", f.message())
+        .with_severity(Severity::Warning)
+        .with_attribute("topic", Value::String(Arc::from(f.topic())))
+}
 
 /// How far ahead of `now` a payload's timestamp may be (device clocks drift; a wrong time zone
 /// is an hour or more off and is refused with a hint).
@@ -53,10 +62,12 @@ pub enum Reason {
     TagRefused,
     /// The mapping created `max_tags` tags already.
     TagLimit,
+    /// Stamped no later than the last payload accepted on its topic ([`crate::guard`]).
+    Replayed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::TooLarge,
         Reason::NotJson,
         Reason::BadTimestamp,
@@ -66,6 +77,7 @@ impl Reason {
         Reason::BadTopicLevel,
         Reason::TagRefused,
         Reason::TagLimit,
+        Reason::Replayed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +91,7 @@ impl Reason {
             Reason::BadTopicLevel => "bad_topic_level",
             Reason::TagRefused => "tag_refused",
             Reason::TagLimit => "tag_limit",
+            Reason::Replayed => "replayed",
         }
     }
 
@@ -137,7 +150,7 @@ pub struct IngestStats {
     /// Samples put on the bus.
     pub samples: AtomicU64,
     /// Payloads rejected whole, or fields left out, by [`Reason`].
-    rejected: [AtomicU64; 9],
+    rejected: [AtomicU64; Reason::ALL.len()],
     /// Tags created at run time by templated paths.
     pub tags_born: AtomicU64,
     last_error: Mutex<Option<LastError>>,
@@ -175,11 +188,25 @@ struct Mapping {
     /// Path → id (or `None`: refused, reported once). Bounded by the fixed fields plus
     /// `max_tags`.
     ids: Mutex<HashMap<TagPath, Option<TagId>>>,
+    /// When the last replay event of this mapping was raised.
+    replay_event: Mutex<Option<Timestamp>>,
+}
+
+/// At most one replay event per mapping this often.
+pub const REPLAY_EVENT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A payload [`JsonIngest::admit`] refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    pub finding: GuardFinding,
+    /// Whether to raise its event (the first of a flood).
+    pub report: bool,
 }
 
 /// Every `[[ingest.json]]` mapping, shared (`Arc`) by the MQTT shell and the HTTP handler.
 pub struct JsonIngest {
     mappings: Vec<Mapping>,
+    guard: Mutex<Guard>,
 }
 
 impl JsonIngest {
@@ -192,8 +219,50 @@ impl JsonIngest {
                     cfg,
                     stats: Arc::default(),
                     ids: Mutex::default(),
+                    replay_event: Mutex::default(),
                 })
                 .collect(),
+            guard: Mutex::default(),
+        }
+    }
+
+    /// The message-level checks ([`crate::guard`]) of a mapped payload of mapping `index`
+    /// received on `topic` (the mapping's name for HTTP) from `from`: `Err` (counted as
+    /// `replayed`) if it must be refused; what was noticed goes to `out`, for the caller to
+    /// raise as `integrity` events ([`guard_event`]).
+    pub fn admit(
+        &self,
+        index: usize,
+        topic: &str,
+        mapped: &Mapped,
+        from: &Provenance,
+        now: Timestamp,
+        out: &mut Vec<GuardFinding>,
+    ) -> Result<(), Refused> {
+        let Some(m) = self.mappings.get(index) else {
+            return Ok(());
+        };
+        // Only a device's own clock makes a replay recognisable.
+        let ts = match m.cfg.timestamp {
+            Some(_) => mapped.readings.first().map(|r| r.ts),
+            None => None,
+        };
+        let verdict = self.guard.lock().check(index, topic, ts, from, out);
+        match verdict {
+            Ok(()) => Ok(()),
+            Err(f) => {
+                m.stats.count(Reason::Replayed, &f.message(), now);
+                // A flood of replays is one event per mapping per `REPLAY_EVENT_EVERY`; the
+                // rest are counted.
+                let mut last = m.replay_event.lock();
+                let report = last.is_none_or(|t| {
+                    now.as_micros() - t.as_micros() >= REPLAY_EVENT_EVERY.as_micros() as i64
+                });
+                if report {
+                    *last = Some(now);
+                }
+                Err(Refused { finding: f, report })
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 //! [`IngestStats`]); the MQTT shell and the HTTP handler (`ironplant_api::ingest`) are thin.
 
 pub mod config;
+pub mod guard;
 pub mod import;
 pub mod json;
 pub mod mqtt;

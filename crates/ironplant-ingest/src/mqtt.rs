@@ -7,6 +7,10 @@
 //! supervisor if a subscription ends); each run is [`serve`]. [`attach`] runs the same loop on
 //! its own task, for embedders and tests.
 //!
+//! Each message passes the message-level checks ([`crate::guard`]: replays refused, a new
+//! publisher or address of a topic reported) with the publisher the broker authenticated;
+//! what they notice is an `integrity` event.
+//!
 //! If a subscription's queue ([`QUEUE`] messages) overflows while the bus applies
 //! back-pressure, the broker drops and counts messages; ingest never blocks the broker.
 
@@ -15,10 +19,13 @@ use std::sync::Arc;
 use std::future::Future;
 
 use ironplant_core::{
-    BoxFuture, ComponentError, LiveNamespace, Source, SourceContext, TagBus, Timestamp,
+    BoxFuture, ComponentError, EventBus, LiveNamespace, Source, SourceContext, TagBus, Timestamp,
 };
+use ironplant_mqtt::broker::Origin;
 use ironplant_mqtt::codec::Publish;
 use ironplant_mqtt::Broker;
+
+use crate::guard::Provenance;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -62,6 +69,7 @@ impl Source for MqttIngest {
             serve(
                 &self.broker,
                 ctx.bus,
+                ctx.events,
                 ctx.namespace,
                 self.ingest.clone(),
                 async move { shutdown.requested().await },
@@ -80,6 +88,7 @@ impl Source for MqttIngest {
 pub async fn serve(
     broker: &Broker,
     bus: TagBus,
+    events: EventBus,
     namespace: Arc<LiveNamespace>,
     ingest: Arc<JsonIngest>,
     shutdown: impl Future<Output = ()> + Send,
@@ -90,7 +99,7 @@ pub async fn serve(
         shutdown.await;
         return Ok(());
     }
-    run(receivers, bus, namespace, ingest, shutdown).await
+    run(receivers, bus, events, namespace, ingest, shutdown).await
 }
 
 /// [`serve`] on its own task, without a supervisor (embedders and tests): subscribes now
@@ -99,16 +108,25 @@ pub async fn serve(
 pub fn attach(
     broker: &Broker,
     bus: TagBus,
+    events: EventBus,
     namespace: Arc<LiveNamespace>,
     ingest: Arc<JsonIngest>,
 ) -> Result<JoinHandle<()>, AttachError> {
     let receivers = subscribe(broker, &namespace, &ingest)?;
     Ok(tokio::spawn(async move {
-        let _ = run(receivers, bus, namespace, ingest, std::future::pending()).await;
+        let _ = run(
+            receivers,
+            bus,
+            events,
+            namespace,
+            ingest,
+            std::future::pending(),
+        )
+        .await;
     }))
 }
 
-type Receivers = Vec<(usize, mpsc::Receiver<Publish>)>;
+type Receivers = Vec<(usize, mpsc::Receiver<(Publish, Origin)>)>;
 
 fn subscribe(
     broker: &Broker,
@@ -122,7 +140,7 @@ fn subscribe(
     for (i, m) in ingest.mappings().enumerate() {
         let Some(topic) = &m.topic else { continue };
         let rx = broker
-            .subscribe_internal(&format!("ingest-{}", m.name), topic, QUEUE)
+            .subscribe_internal_with_origin(&format!("ingest-{}", m.name), topic, QUEUE)
             .map_err(|e| AttachError {
                 mapping: m.name.clone(),
                 topic: topic.clone(),
@@ -138,6 +156,7 @@ fn subscribe(
 async fn run(
     receivers: Receivers,
     bus: TagBus,
+    events: EventBus,
     namespace: Arc<LiveNamespace>,
     ingest: Arc<JsonIngest>,
     shutdown: impl Future<Output = ()> + Send,
@@ -146,9 +165,15 @@ async fn run(
     // per-mapping tasks, which drops their subscriptions.
     let mut set = JoinSet::new();
     for (i, mut rx) in receivers {
-        let (bus, namespace, ingest) = (bus.clone(), namespace.clone(), ingest.clone());
+        let (bus, events, namespace, ingest) = (
+            bus.clone(),
+            events.clone(),
+            namespace.clone(),
+            ingest.clone(),
+        );
         set.spawn(async move {
-            while let Some(msg) = rx.recv().await {
+            let mut noticed = Vec::new();
+            while let Some((msg, origin)) = rx.recv().await {
                 let now = Timestamp::now();
                 let Some(filter) = ingest.mapping(i).and_then(|m| m.topic.as_deref()) else {
                     break;
@@ -159,6 +184,22 @@ async fn run(
                 let Ok(mut mapped) = ingest.handle_mapping(i, &levels, &msg.payload, now) else {
                     continue; // counted and logged by the mapper
                 };
+                let from = Provenance {
+                    identity: origin.owner.clone(),
+                    address: origin.peer,
+                };
+                noticed.clear();
+                let admitted =
+                    ingest.admit(i, msg.topic.as_str(), &mapped, &from, now, &mut noticed);
+                for f in &noticed {
+                    events.publish(crate::json::guard_event(f, now));
+                }
+                if let Err(refused) = admitted {
+                    if refused.report {
+                        events.publish(crate::json::guard_event(&refused.finding, now));
+                    }
+                    continue;
+                }
                 let samples = ingest.resolve(i, &namespace, &mut mapped, now);
                 if !samples.is_empty() {
                     bus.publish(samples).await;

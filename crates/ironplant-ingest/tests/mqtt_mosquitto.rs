@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ironplant_core::{
-    LiveNamespace, Namespace, Overflow, Quality, Sample, Subscription, TagBus, Timestamp, Value,
-    ValueType,
+    EventBus, EventFilter, EventKind, LiveNamespace, Namespace, Overflow, Quality, Sample,
+    Subscription, TagBus, Timestamp, Value, ValueType,
 };
 use ironplant_ingest::{IngestSettings, JsonIngest, Reason};
 use ironplant_mqtt::{Broker, BrokerConfig};
@@ -46,6 +46,9 @@ path = "acme/lyon/kitchen/{1}/power"
 type = "int"
 unit = "W"
 "#;
+
+/// A Tasmota SENSOR message (local time, no offset).
+const TASMOTA: &str = r#"{"Time":"2026-01-15T08:30:00","ENERGY":{"TotalStartTime":"2025-11-02T10:12:41","Total":153.442,"Yesterday":1.201,"Today":0.774,"Power":42,"ApparentPower":58,"ReactivePower":40,"Factor":0.72,"Voltage":231,"Current":0.252}}"#;
 
 fn have_mosquitto_pub() -> bool {
     ironplant_testkit::peer_available(
@@ -103,9 +106,19 @@ async fn mosquitto_pub_payloads_reach_the_bus_typed_and_timestamped() {
     let bus = TagBus::new(0);
     let mut sub = bus.subscribe("test", 64, Overflow::Block);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let events = EventBus::new();
+    let mut integrity = events.subscribe(
+        "test",
+        16,
+        EventFilter {
+            kinds: vec![EventKind::Integrity],
+            subjects: Vec::new(),
+        },
+    );
     let serve = ironplant_ingest::mqtt::serve(
         &broker,
         bus.clone(),
+        events.clone(),
         namespace.clone(),
         ingest.clone(),
         async move {
@@ -159,11 +172,7 @@ async fn mosquitto_pub_payloads_reach_the_bus_typed_and_timestamped() {
         }
 
         // A Tasmota SENSOR message carries the device's local time.
-        publish(
-        port,
-        "tele/tasmota_fridge/SENSOR",
-        r#"{"Time":"2026-01-15T08:30:00","ENERGY":{"TotalStartTime":"2025-11-02T10:12:41","Total":153.442,"Yesterday":1.201,"Today":0.774,"Power":42,"ApparentPower":58,"ReactivePower":40,"Factor":0.72,"Voltage":231,"Current":0.252}}"#,
-    ).await;
+        publish(port, "tele/tasmota_fridge/SENSOR", TASMOTA).await;
         let batch = next(&mut sub).await;
         let fridge = namespace
             .lookup("acme/lyon/kitchen/tasmota_fridge/power")
@@ -177,6 +186,34 @@ async fn mosquitto_pub_payloads_reach_the_bus_typed_and_timestamped() {
         assert_eq!(
             batch[0].source_ts.to_rfc3339(),
             "2026-01-15T07:30:00.000000Z"
+        );
+
+        // The same message again (recorded and replayed): refused whole, counted, reported;
+        // the device's next message is mapped.
+        publish(port, "tele/tasmota_fridge/SENSOR", TASMOTA).await;
+        publish(
+            port,
+            "tele/tasmota_fridge/SENSOR",
+            r#"{"Time":"2026-01-15T08:30:10","ENERGY":{"Power":43}}"#,
+        )
+        .await;
+        let batch = next(&mut sub).await;
+        assert_eq!(batch.len(), 1, "{batch:?}");
+        assert_eq!(batch[0].value, Value::Int(43), "the replay reached the bus");
+        assert_eq!(
+            ingest.stats(1).expect("tasmota").rejected(Reason::Replayed),
+            1
+        );
+        let event = tokio::time::timeout(Duration::from_secs(5), integrity.recv())
+            .await
+            .expect("an integrity event")
+            .expect("bus open");
+        assert_eq!(event.code.as_ref() as &str, "ingest_replay", "{event:?}");
+        assert!(
+            event.message.contains("tele/tasmota_fridge/SENSOR")
+                && event.message.contains("2026-01-15T07:30:00"),
+            "{}",
+            event.message
         );
 
         // A bad payload is counted and the next good one is still mapped.

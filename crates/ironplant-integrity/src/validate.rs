@@ -69,10 +69,13 @@ impl TagKind {
     /// The kind a tag's metadata suggests: writable tags are setpoints; bools and unit-less
     /// integers are states; a number in a unit of totals (kWh, L, m³, bottles...) whose range
     /// reaches 10⁶ (or is not given) is a counter; other numbers are measurements. Override it
-    /// with `kind` in `[[integrity.tag]]`. Computed tags are ignored: their inputs are
-    /// checked, and as regressors they would only repeat them.
+    /// with `kind` in `[[integrity.tag]]`. Computed tags are ignored (their inputs are
+    /// checked, and as regressors they would only repeat them), and so are the platform's own
+    /// hidden tags (`_alarms/...`, `_commands/...`).
     pub fn infer(meta: &TagMeta) -> TagKind {
-        if meta.device.as_deref() == Some(ironplant_core::namespace::COMPUTED_SOURCE) {
+        if meta.device.as_deref() == Some(ironplant_core::namespace::COMPUTED_SOURCE)
+            || meta.path.as_str().starts_with('_')
+        {
             return TagKind::Ignored;
         }
         if meta.writable {

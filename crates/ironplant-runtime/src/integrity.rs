@@ -96,6 +96,8 @@ pub fn score_path(asset: &TagPath) -> Option<TagPath> {
 
 /// The platform's integrity checks; see the module docs.
 pub struct Integrity {
+    /// Enabled, with something to check (else no processor runs).
+    active: bool,
     engine: Mutex<ironplant_integrity::Integrity>,
     /// Subject → its `suspect` tag.
     flags: HashMap<TagPath, TagId>,
@@ -123,8 +125,17 @@ impl Integrity {
         let mut engine =
             ironplant_integrity::Integrity::new(&ns, &cfg).map_err(IntegrityStartError)?;
         // Only what a finding can name: no alarm that could never raise.
-        let subjects = engine.subjects(&ns);
-        let modelled: Vec<TagPath> = engine.anomaly().groups().map(|(a, ..)| a.clone()).collect();
+        let subjects = if cfg.enabled {
+            engine.subjects(&ns)
+        } else {
+            Vec::new()
+        };
+        let active = !subjects.is_empty();
+        let modelled: Vec<TagPath> = if active {
+            engine.anomaly().groups().map(|(a, ..)| a.clone()).collect()
+        } else {
+            Vec::new()
+        };
         drop(ns);
         let mut errors = Vec::new();
         let mut flags = HashMap::new();
@@ -171,7 +182,7 @@ impl Integrity {
         }
         let file = data_dir.map(models_path);
         let mut trained = false;
-        if let Some(f) = &file {
+        if let Some(f) = file.as_ref().filter(|_| active) {
             match std::fs::read_to_string(f) {
                 Ok(text) => match Snapshot::from_json(&text).and_then(|s| engine.restore(&s)) {
                     Ok(_) => {
@@ -210,6 +221,7 @@ impl Integrity {
             }
         }
         Ok(Arc::new(Integrity {
+            active,
             engine: Mutex::new(engine),
             flags,
             open: Mutex::new(HashMap::new()),
@@ -242,6 +254,11 @@ impl Integrity {
             .collect();
         defs.sort_by(|a, b| a.id.cmp(&b.id));
         defs
+    }
+
+    /// Whether the checks run: `[integrity] enabled` (the default) and something to check.
+    pub fn is_active(&self) -> bool {
+        self.active
     }
 
     /// Whether the models have been learnt (training ended, or restored).

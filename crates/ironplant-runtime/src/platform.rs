@@ -142,7 +142,7 @@ impl PlatformBuilder {
         let mut factories: Vec<ProcessorFactory> = Vec::new();
         // Integrity first: computed tags, rules and alarms see the qualities it lowered, and
         // its findings alarm in the batch that raised them.
-        {
+        if runtime.integrity.is_active() {
             let i = runtime.integrity.clone();
             factories.push(Box::new(move || {
                 Box::new(crate::integrity::IntegrityProcessor::new(i.clone())) as Box<dyn Processor>

@@ -97,8 +97,8 @@ async fn computed_tags_rules_and_expression_alarms_run_on_the_bus() {
     let names: Vec<String> = p.processors().iter().map(|c| c.name.clone()).collect();
     assert_eq!(
         names,
-        ["computed", "rules", "commands", "alarms"],
-        "the pipeline's order (the command path watches the writable setpoint)"
+        ["integrity", "computed", "rules", "commands", "alarms"],
+        "the pipeline's order (integrity first: the others see the qualities it lowered; the command path watches the writable setpoint)"
     );
     let fraction = p
         .runtime

@@ -59,8 +59,11 @@ struct Found {
     explanation: String,
 }
 
-fn config() -> anyhow::Result<(Namespace, IntegrityConfig, Vec<(String, ModbusPoint)>)> {
-    let registry = ironplant_runtime::config::registry().with::<IntegrityConfig>();
+/// The demo's namespace, integrity settings and Modbus points (path, point).
+type DemoPlant = (Namespace, IntegrityConfig, Vec<(String, ModbusPoint)>);
+
+fn config() -> anyhow::Result<DemoPlant> {
+    let registry = ironplant_runtime::config::registry();
     let config = parse_with("examples/bottling.toml", BOTTLING, &registry)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let points = config

@@ -18,7 +18,13 @@ use tokio_modbus::prelude::*;
 fn example_config() -> Config {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/bottling.toml");
     let text = std::fs::read_to_string(file).expect("examples/bottling.toml is readable");
-    // The plant and the Sparkplug section (the other sections are the platform's).
+    // The plant and the Sparkplug section (the other sections are the platform's; the
+    // `[integrity]` section closes the file).
+    let text = text
+        .split("\n[integrity]")
+        .next()
+        .unwrap_or(&text)
+        .to_owned();
     let sections = ironplant_control::register(config::Registry::new().with::<SparkplugSettings>());
     config::parse_with("examples/bottling.toml", &text, &sections)
         .unwrap_or_else(|errors| panic!("{errors}"))

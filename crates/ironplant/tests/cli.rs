@@ -231,9 +231,12 @@ fn demo_serves_live_good_changing_values() {
         );
         // Modbus tags sit at the bottom of the ISA-95 tree; Sparkplug tags are named by
         // group/node/device/metric; computed tags live where the config puts them.
-        let modbus = !t["device"]
-            .as_str()
-            .is_some_and(|d| d.starts_with("sparkplug:") || d == "computed" || d == "command-path");
+        let modbus = !t["device"].as_str().is_some_and(|d| {
+            d.starts_with("sparkplug:")
+                || d == "computed"
+                || d == "command-path"
+                || d == "integrity"
+        });
         assert!(
             !modbus
                 || t["path"]
@@ -378,11 +381,12 @@ fn killing_the_simulator_makes_tags_bad_until_it_returns() {
     );
     let addr = platform.api(&dir.path().join("ironplant-data"));
     // The tags fed by the devices (directly or computed from them); the command path's
-    // finding tags stay Good `false` whatever the devices do.
+    // finding tags and the integrity checks' flags and scores (they judge the devices' data)
+    // stay Good whatever the devices do.
     let all_quality = |q: &str| {
         let t: Vec<Json> = tags(&addr, "")
             .into_iter()
-            .filter(|t| t["device"] != "command-path")
+            .filter(|t| t["device"] != "command-path" && t["device"] != "integrity")
             .collect();
         (!t.is_empty() && t.iter().all(|t| t["quality"] == q)).then_some(t)
     };

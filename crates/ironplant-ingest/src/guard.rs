@@ -1,0 +1,337 @@
+//! Message-level protection of JSON ingest (issue 13), sans-IO: per mapping and topic (or
+//! HTTP mapping), what was last accepted from whom.
+//!
+//! - **Replay**: for mappings whose payloads carry a timestamp, a payload stamped at or before
+//!   the last one accepted on the same topic is refused whole (`replayed`): a recorded message
+//!   sent again, or an old one delayed by someone in the middle. (A device that resends after
+//!   a reconnect sends a duplicate: refusing it keeps history exact too.) Without a timestamp
+//!   in the payload a repeat cannot be told from a sensor whose value did not change: map the
+//!   device's timestamp (`timestamp = { pointer = ... }`) to get replay protection.
+//! - **Provenance**: the identity (the authenticated owner, e.g. `device:plug-7`) and the
+//!   address that publish on a topic are remembered; a change of either is reported (stolen
+//!   credentials used from elsewhere, another device writing a topic that was not its own).
+//!   Both are reported, never refused: the ACL decides who may publish.
+//!
+//! Memory: one entry per (mapping, topic) seen, at most [`MAX_TOPICS`]; the oldest entry is
+//! forgotten beyond (so a flood of topics cannot grow it).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ironplant_core::Timestamp;
+
+/// Topics remembered per platform.
+pub const MAX_TOPICS: usize = 100_000;
+
+/// Who sent a payload, as the broker or the API saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// The authenticated identity (`device:plug-7`, `user:alice`); `None`: anonymous or the
+    /// platform itself (e.g. a retained message replayed at subscription).
+    pub identity: Option<Arc<str>>,
+    pub address: Option<SocketAddr>,
+}
+
+/// Something the guard noticed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finding {
+    /// A payload stamped no later than the last accepted one on its topic: refused.
+    Replay {
+        topic: String,
+        identity: Option<Arc<str>>,
+        got: Timestamp,
+        last: Timestamp,
+    },
+    /// Another identity publishes on the topic.
+    PublisherChanged {
+        topic: String,
+        from: Arc<str>,
+        to: Arc<str>,
+    },
+    /// The same identity publishes from another address.
+    AddressChanged {
+        topic: String,
+        identity: Option<Arc<str>>,
+        from: IpAddr,
+        to: IpAddr,
+    },
+}
+
+impl Finding {
+    /// The event code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Finding::Replay { .. } => "ingest_replay",
+            Finding::PublisherChanged { .. } => "ingest_publisher_changed",
+            Finding::AddressChanged { .. } => "ingest_address_changed",
+        }
+    }
+
+    /// The topic (or HTTP mapping) concerned.
+    pub fn topic(&self) -> &str {
+        match self {
+            Finding::Replay { topic, .. }
+            | Finding::PublisherChanged { topic, .. }
+            | Finding::AddressChanged { topic, .. } => topic,
+        }
+    }
+
+    /// A sentence for people.
+    pub fn message(&self) -> String {
+        let who = |i: &Option<Arc<str>>| i.as_deref().unwrap_or("an anonymous client").to_owned();
+        match self {
+            Finding::Replay {
+                topic,
+                identity,
+                got,
+                last,
+            } => format!(
+                "payload on {topic} from {} refused as a replay: stamped {}, not after the last accepted one ({}); a recorded message sent again, or a duplicate",
+                who(identity),
+                got.to_rfc3339(),
+                last.to_rfc3339()
+            ),
+            Finding::PublisherChanged { topic, from, to } => format!(
+                "{topic} is now published by {to}, before by {from}: check that {to} should write it (stolen credentials, a misconfigured device)"
+            ),
+            Finding::AddressChanged {
+                topic,
+                identity,
+                from,
+                to,
+            } => format!(
+                "{} publishes {topic} from {to}, before from {from}: a moved device, or its credentials used elsewhere",
+                who(identity)
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    last_ts: Option<Timestamp>,
+    identity: Option<Arc<str>>,
+    address: Option<IpAddr>,
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct Guard {
+    seen: HashMap<(usize, String), Seen>,
+    /// Keys in the order they were first seen, for forgetting the oldest in O(1).
+    order: VecDeque<(usize, String)>,
+}
+
+impl Guard {
+    pub fn new() -> Guard {
+        Guard::default()
+    }
+
+    /// Judges a payload of mapping `mapping` on `topic`, stamped `ts` (`None`: the mapping has
+    /// no timestamp), sent by `from`. `Err` if it must be refused (a replay); findings go to
+    /// `out`. A refused payload changes nothing remembered.
+    pub fn check(
+        &mut self,
+        mapping: usize,
+        topic: &str,
+        ts: Option<Timestamp>,
+        from: &Provenance,
+        out: &mut Vec<Finding>,
+    ) -> Result<(), Finding> {
+        let key = (mapping, topic.to_owned());
+        let address = from.address.map(|a| a.ip());
+        let Some(seen) = self.seen.get_mut(&key) else {
+            if self.seen.len() >= MAX_TOPICS {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.seen.remove(&oldest);
+                }
+            }
+            self.order.push_back(key.clone());
+            self.seen.insert(
+                key,
+                Seen {
+                    last_ts: ts,
+                    identity: from.identity.clone(),
+                    address,
+                },
+            );
+            return Ok(());
+        };
+        if let (Some(got), Some(last)) = (ts, seen.last_ts) {
+            if got <= last {
+                return Err(Finding::Replay {
+                    topic: topic.to_owned(),
+                    identity: from.identity.clone(),
+                    got,
+                    last,
+                });
+            }
+        }
+        // The platform's own messages (no identity, no address) say nothing about who
+        // publishes the topic.
+        if from.identity.is_some() || from.address.is_some() {
+            match (&seen.identity, &from.identity) {
+                (Some(before), Some(now)) if before != now => {
+                    out.push(Finding::PublisherChanged {
+                        topic: topic.to_owned(),
+                        from: before.clone(),
+                        to: now.clone(),
+                    });
+                }
+                _ => {
+                    if let (Some(before), Some(now)) = (seen.address, address) {
+                        if before != now {
+                            out.push(Finding::AddressChanged {
+                                topic: topic.to_owned(),
+                                identity: from.identity.clone(),
+                                from: before,
+                                to: now,
+                            });
+                        }
+                    }
+                }
+            }
+            if from.identity.is_some() {
+                seen.identity.clone_from(&from.identity);
+            }
+            if address.is_some() {
+                seen.address = address;
+            }
+        }
+        if ts.is_some() {
+            seen.last_ts = ts;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(identity: &str, addr: &str) -> Provenance {
+        Provenance {
+            identity: Some(Arc::from(identity)),
+            address: addr.parse().ok(),
+        }
+    }
+
+    fn t(s: i64) -> Option<Timestamp> {
+        Some(Timestamp(s * 1_000_000))
+    }
+
+    #[test]
+    fn a_payload_not_newer_than_the_last_accepted_is_a_replay() {
+        let mut g = Guard::new();
+        let mut out = Vec::new();
+        let plug = from("device:plug-7", "10.0.0.7:5000");
+        assert!(g.check(0, "plugs/7", t(100), &plug, &mut out).is_ok());
+        assert!(g.check(0, "plugs/7", t(101), &plug, &mut out).is_ok());
+        // The same message again, and an older one.
+        let again = g.check(0, "plugs/7", t(101), &plug, &mut out);
+        assert!(matches!(again, Err(Finding::Replay { .. })), "{again:?}");
+        let older = g
+            .check(0, "plugs/7", t(50), &plug, &mut out)
+            .expect_err("a replay");
+        assert_eq!(older.code(), "ingest_replay");
+        assert!(
+            older.message().contains("device:plug-7"),
+            "{}",
+            older.message()
+        );
+        // A refused payload does not move the mark; other topics and mappings are separate.
+        assert!(g.check(0, "plugs/7", t(102), &plug, &mut out).is_ok());
+        assert!(g.check(0, "plugs/8", t(1), &plug, &mut out).is_ok());
+        assert!(g.check(1, "plugs/7", t(1), &plug, &mut out).is_ok());
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn without_timestamps_repeats_pass() {
+        let mut g = Guard::new();
+        let mut out = Vec::new();
+        let plug = from("device:plug-7", "10.0.0.7:5000");
+        for _ in 0..3 {
+            assert!(g.check(0, "plugs/7", None, &plug, &mut out).is_ok());
+        }
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn another_publisher_or_address_is_reported_not_refused() {
+        let mut g = Guard::new();
+        let mut out = Vec::new();
+        let plug = from("device:plug-7", "10.0.0.7:5000");
+        g.check(0, "plugs/7", t(1), &plug, &mut out)
+            .expect("accepted");
+        // A new source port is the same device reconnecting: nothing.
+        g.check(
+            0,
+            "plugs/7",
+            t(2),
+            &from("device:plug-7", "10.0.0.7:6000"),
+            &mut out,
+        )
+        .expect("accepted");
+        assert!(out.is_empty(), "{out:?}");
+        g.check(
+            0,
+            "plugs/7",
+            t(3),
+            &from("device:plug-7", "10.9.9.9:6000"),
+            &mut out,
+        )
+        .expect("accepted");
+        assert!(
+            matches!(&out[..], [Finding::AddressChanged { from, to, .. }] if from.to_string() == "10.0.0.7" && to.to_string() == "10.9.9.9"),
+            "{out:?}"
+        );
+        out.clear();
+        g.check(
+            0,
+            "plugs/7",
+            t(4),
+            &from("device:plug-8", "10.9.9.9:6000"),
+            &mut out,
+        )
+        .expect("accepted");
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].code(), "ingest_publisher_changed");
+        assert!(
+            out[0].message().contains("device:plug-8"),
+            "{}",
+            out[0].message()
+        );
+        // The platform's own (retained at subscription) says nothing about the publisher.
+        out.clear();
+        g.check(0, "plugs/7", t(5), &Provenance::default(), &mut out)
+            .expect("accepted");
+        g.check(
+            0,
+            "plugs/7",
+            t(6),
+            &from("device:plug-8", "10.9.9.9:6000"),
+            &mut out,
+        )
+        .expect("accepted");
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut g = Guard::new();
+        let mut out = Vec::new();
+        let p = Provenance::default();
+        for i in 0..(MAX_TOPICS + 10) {
+            g.check(0, &format!("t/{i}"), t(1), &p, &mut out)
+                .expect("accepted");
+        }
+        assert_eq!(g.seen.len(), MAX_TOPICS);
+        // The oldest were forgotten, the newest are remembered.
+        assert!(!g.seen.contains_key(&(0, "t/0".to_owned())));
+        assert!(g
+            .check(0, &format!("t/{}", MAX_TOPICS + 9), t(1), &p, &mut out)
+            .is_err());
+    }
+}
