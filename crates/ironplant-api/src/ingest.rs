@@ -173,9 +173,12 @@ async fn post_ingest(
     let mut noticed = Vec::new();
     let admitted = ingest.admit(
         index,
-        &format!("http:{name}"),
+        ironplant_ingest::guard::Received {
+            topic: &format!("http:{name}"),
+            payload: &body.0,
+            from: &from,
+        },
         &mapped,
-        &from,
         now,
         &mut noticed,
     );

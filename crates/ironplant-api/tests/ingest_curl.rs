@@ -199,7 +199,7 @@ async fn curl_posts_json_that_lands_on_the_bus_under_the_write_policy() {
 
     // A partial payload: what is there is accepted, the rest listed.
     let partial = format!(r#"{{"ts":{ts_ms},"d":{{"temp":"21.5"}}}}"#);
-    let (code, body) = call("gateway", gateway.token.clone(), json, partial)
+    let (code, body) = call("gateway", gateway.token.clone(), json, partial.clone())
         .await
         .expect("curl");
     assert_eq!(code, 202, "{body}");
@@ -210,6 +210,12 @@ async fn curl_posts_json_that_lands_on_the_bus_under_the_write_policy() {
     );
     assert_eq!(body["errors"][0]["pointer"], "/d/fw");
     assert_eq!(body["errors"][0]["reason"], "missing_field");
+    // The same payload again (recorded and replayed): refused whole.
+    let (code, body) = call("gateway", gateway.token.clone(), json, partial)
+        .await
+        .expect("curl");
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["error"]["code"], "replayed", "{body}");
 
     // Payloads rejected whole.
     for (payload, needle) in [
@@ -232,7 +238,9 @@ async fn curl_posts_json_that_lands_on_the_bus_under_the_write_policy() {
     assert_eq!(st.rejected(Reason::NotJson), 1);
     assert_eq!(st.rejected(Reason::BadTimestamp), 1);
     assert_eq!(st.rejected(Reason::AbsurdTimestamp), 1);
-    assert_eq!(st.rejected(Reason::MissingField), 1);
+    // The replay is mapped before it is judged: its missing field is counted as well.
+    assert_eq!(st.rejected(Reason::MissingField), 2);
+    assert_eq!(st.rejected(Reason::Replayed), 1);
 
     // Who may post: the write policy of the API.
     let (code, body) = call("nope", gateway.token.clone(), json, good.clone())
@@ -276,8 +284,8 @@ async fn curl_posts_json_that_lands_on_the_bus_under_the_write_policy() {
     );
     assert_eq!(
         st.messages.load(std::sync::atomic::Ordering::Relaxed),
-        5,
-        "refused requests are not mapped"
+        6,
+        "requests refused by the API are not mapped (the replay was: 6 payloads)"
     );
 
     // Diagnostics: counters by reason and the last error, for those who configure devices.
@@ -293,10 +301,11 @@ async fn curl_posts_json_that_lands_on_the_bus_under_the_write_policy() {
             m["messages"].as_u64(),
             m["samples"].as_u64()
         ),
-        (Some("gateway"), Some(5), Some(3)),
+        (Some("gateway"), Some(6), Some(3)),
         "{body}"
     );
     assert_eq!(m["rejected"]["not_json"], 1, "{body}");
+    assert_eq!(m["rejected"]["replayed"], 1, "{body}");
     assert_eq!(m["last_error"]["reason"], "absurd_timestamp", "{body}");
     let token = gateway.token.clone();
     let (code, _) = tokio::task::spawn_blocking(move || curl_get(port, "/api/v1/ingest", &token))

@@ -1,10 +1,12 @@
 //! Message-level protection of JSON ingest (issue 13), sans-IO: per mapping and topic (or
 //! HTTP mapping), what was last accepted from whom.
 //!
-//! - **Replay**: for mappings whose payloads carry a timestamp, a payload stamped at or before
-//!   the last one accepted on the same topic is refused whole (`replayed`): a recorded message
-//!   sent again, or an old one delayed by someone in the middle. (A device that resends after
-//!   a reconnect sends a duplicate: refusing it keeps history exact too.) Without a timestamp
+//! - **Replay**: for mappings whose payloads carry a timestamp, a payload stamped before the
+//!   last one accepted on the same topic, or stamped the same and identical to one accepted
+//!   at that time, is refused whole (`replayed`): a recorded message sent again, or an old one
+//!   delayed by someone in the middle. (A device that resends after a reconnect sends a
+//!   duplicate: refusing it keeps history exact too. Different payloads with one timestamp,
+//!   a gateway splitting a reading, pass.) Without a timestamp
 //!   in the payload a repeat cannot be told from a sensor whose value did not change: map the
 //!   device's timestamp (`timestamp = { pointer = ... }`) to get replay protection.
 //! - **Provenance**: the identity (the authenticated owner, e.g. `device:plug-7`) and the
@@ -23,6 +25,8 @@ use ironplant_core::Timestamp;
 
 /// Topics remembered per platform.
 pub const MAX_TOPICS: usize = 100_000;
+/// Distinct payloads remembered per topic at its latest timestamp.
+pub const SAME_TIME: usize = 8;
 
 /// Who sent a payload, as the broker or the API saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,6 +35,14 @@ pub struct Provenance {
     /// platform itself (e.g. a retained message replayed at subscription).
     pub identity: Option<Arc<str>>,
     pub address: Option<SocketAddr>,
+}
+
+/// A payload as it arrived: on which topic (`http:<mapping>` over HTTP), its bytes, from whom.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub from: &'a Provenance,
 }
 
 /// Something the guard noticed.
@@ -111,6 +123,8 @@ impl Finding {
 #[derive(Debug, Clone)]
 struct Seen {
     last_ts: Option<Timestamp>,
+    /// Digests of the payloads accepted at `last_ts` (at most [`SAME_TIME`]).
+    at_last: Vec<u64>,
     identity: Option<Arc<str>>,
     address: Option<IpAddr>,
 }
@@ -129,13 +143,14 @@ impl Guard {
     }
 
     /// Judges a payload of mapping `mapping` on `topic`, stamped `ts` (`None`: the mapping has
-    /// no timestamp), sent by `from`. `Err` if it must be refused (a replay); findings go to
-    /// `out`. A refused payload changes nothing remembered.
+    /// no timestamp), whose bytes hash to `digest`, sent by `from`. `Err` if it must be refused
+    /// (a replay); findings go to `out`. A refused payload changes nothing remembered.
     pub fn check(
         &mut self,
         mapping: usize,
         topic: &str,
         ts: Option<Timestamp>,
+        digest: u64,
         from: &Provenance,
         out: &mut Vec<Finding>,
     ) -> Result<(), Finding> {
@@ -152,6 +167,7 @@ impl Guard {
                 key,
                 Seen {
                     last_ts: ts,
+                    at_last: vec![digest],
                     identity: from.identity.clone(),
                     address,
                 },
@@ -159,7 +175,7 @@ impl Guard {
             return Ok(());
         };
         if let (Some(got), Some(last)) = (ts, seen.last_ts) {
-            if got <= last {
+            if got < last || (got == last && seen.at_last.contains(&digest)) {
                 return Err(Finding::Replay {
                     topic: topic.to_owned(),
                     identity: from.identity.clone(),
@@ -199,8 +215,17 @@ impl Guard {
                 seen.address = address;
             }
         }
-        if ts.is_some() {
-            seen.last_ts = ts;
+        if let Some(got) = ts {
+            if seen.last_ts == Some(got) {
+                if seen.at_last.len() >= SAME_TIME {
+                    seen.at_last.remove(0);
+                }
+                seen.at_last.push(digest);
+            } else {
+                seen.last_ts = Some(got);
+                seen.at_last.clear();
+                seen.at_last.push(digest);
+            }
         }
         Ok(())
     }
@@ -226,13 +251,13 @@ mod tests {
         let mut g = Guard::new();
         let mut out = Vec::new();
         let plug = from("device:plug-7", "10.0.0.7:5000");
-        assert!(g.check(0, "plugs/7", t(100), &plug, &mut out).is_ok());
-        assert!(g.check(0, "plugs/7", t(101), &plug, &mut out).is_ok());
+        assert!(g.check(0, "plugs/7", t(100), 1, &plug, &mut out).is_ok());
+        assert!(g.check(0, "plugs/7", t(101), 1, &plug, &mut out).is_ok());
         // The same message again, and an older one.
-        let again = g.check(0, "plugs/7", t(101), &plug, &mut out);
+        let again = g.check(0, "plugs/7", t(101), 1, &plug, &mut out);
         assert!(matches!(again, Err(Finding::Replay { .. })), "{again:?}");
         let older = g
-            .check(0, "plugs/7", t(50), &plug, &mut out)
+            .check(0, "plugs/7", t(50), 1, &plug, &mut out)
             .expect_err("a replay");
         assert_eq!(older.code(), "ingest_replay");
         assert!(
@@ -241,10 +266,24 @@ mod tests {
             older.message()
         );
         // A refused payload does not move the mark; other topics and mappings are separate.
-        assert!(g.check(0, "plugs/7", t(102), &plug, &mut out).is_ok());
-        assert!(g.check(0, "plugs/8", t(1), &plug, &mut out).is_ok());
-        assert!(g.check(1, "plugs/7", t(1), &plug, &mut out).is_ok());
+        assert!(g.check(0, "plugs/7", t(102), 1, &plug, &mut out).is_ok());
+        assert!(g.check(0, "plugs/8", t(1), 1, &plug, &mut out).is_ok());
+        assert!(g.check(1, "plugs/7", t(1), 1, &plug, &mut out).is_ok());
         assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn different_payloads_with_one_timestamp_pass_the_same_one_again_does_not() {
+        let mut g = Guard::new();
+        let mut out = Vec::new();
+        let gw = from("user:gateway", "10.0.0.9:5000");
+        assert!(g.check(0, "http:gw", t(100), 1, &gw, &mut out).is_ok());
+        assert!(g.check(0, "http:gw", t(100), 2, &gw, &mut out).is_ok());
+        assert!(g.check(0, "http:gw", t(100), 1, &gw, &mut out).is_err());
+        assert!(g.check(0, "http:gw", t(100), 2, &gw, &mut out).is_err());
+        // A newer time forgets the older payloads.
+        assert!(g.check(0, "http:gw", t(101), 1, &gw, &mut out).is_ok());
+        assert!(g.check(0, "http:gw", t(100), 3, &gw, &mut out).is_err());
     }
 
     #[test]
@@ -253,7 +292,7 @@ mod tests {
         let mut out = Vec::new();
         let plug = from("device:plug-7", "10.0.0.7:5000");
         for _ in 0..3 {
-            assert!(g.check(0, "plugs/7", None, &plug, &mut out).is_ok());
+            assert!(g.check(0, "plugs/7", None, 1, &plug, &mut out).is_ok());
         }
         assert!(out.is_empty());
     }
@@ -263,13 +302,14 @@ mod tests {
         let mut g = Guard::new();
         let mut out = Vec::new();
         let plug = from("device:plug-7", "10.0.0.7:5000");
-        g.check(0, "plugs/7", t(1), &plug, &mut out)
+        g.check(0, "plugs/7", t(1), 1, &plug, &mut out)
             .expect("accepted");
         // A new source port is the same device reconnecting: nothing.
         g.check(
             0,
             "plugs/7",
             t(2),
+            1,
             &from("device:plug-7", "10.0.0.7:6000"),
             &mut out,
         )
@@ -279,6 +319,7 @@ mod tests {
             0,
             "plugs/7",
             t(3),
+            1,
             &from("device:plug-7", "10.9.9.9:6000"),
             &mut out,
         )
@@ -292,6 +333,7 @@ mod tests {
             0,
             "plugs/7",
             t(4),
+            1,
             &from("device:plug-8", "10.9.9.9:6000"),
             &mut out,
         )
@@ -305,12 +347,13 @@ mod tests {
         );
         // The platform's own (retained at subscription) says nothing about the publisher.
         out.clear();
-        g.check(0, "plugs/7", t(5), &Provenance::default(), &mut out)
+        g.check(0, "plugs/7", t(5), 1, &Provenance::default(), &mut out)
             .expect("accepted");
         g.check(
             0,
             "plugs/7",
             t(6),
+            1,
             &from("device:plug-8", "10.9.9.9:6000"),
             &mut out,
         )
@@ -324,14 +367,14 @@ mod tests {
         let mut out = Vec::new();
         let p = Provenance::default();
         for i in 0..(MAX_TOPICS + 10) {
-            g.check(0, &format!("t/{i}"), t(1), &p, &mut out)
+            g.check(0, &format!("t/{i}"), t(1), 1, &p, &mut out)
                 .expect("accepted");
         }
         assert_eq!(g.seen.len(), MAX_TOPICS);
         // The oldest were forgotten, the newest are remembered.
         assert!(!g.seen.contains_key(&(0, "t/0".to_owned())));
         assert!(g
-            .check(0, &format!("t/{}", MAX_TOPICS + 9), t(1), &p, &mut out)
+            .check(0, &format!("t/{}", MAX_TOPICS + 9), t(1), 1, &p, &mut out)
             .is_err());
     }
 }

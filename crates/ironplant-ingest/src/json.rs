@@ -31,7 +31,7 @@ use parking_lot::Mutex;
 use serde_json::Value as Json;
 
 use crate::config::{FieldMapping, IngestSettings, JsonMapping, PathTemplate, TimeFormat};
-use crate::guard::{Finding as GuardFinding, Guard, Provenance};
+use crate::guard::{Finding as GuardFinding, Guard, Received};
 
 /// The `integrity` event of a guard finding (source `ingest`, subject-less: it names a topic).
 pub fn guard_event(f: &GuardFinding, now: Timestamp) -> ironplant_core::Event {
@@ -227,15 +227,14 @@ impl JsonIngest {
     }
 
     /// The message-level checks ([`crate::guard`]) of a mapped payload of mapping `index`
-    /// received on `topic` (the mapping's name for HTTP) from `from`: `Err` (counted as
+    /// received on `topic` (`http:<mapping>` for HTTP) as `payload` from `from`: `Err` (counted as
     /// `replayed`) if it must be refused; what was noticed goes to `out`, for the caller to
     /// raise as `integrity` events ([`guard_event`]).
     pub fn admit(
         &self,
         index: usize,
-        topic: &str,
+        msg: Received<'_>,
         mapped: &Mapped,
-        from: &Provenance,
         now: Timestamp,
         out: &mut Vec<GuardFinding>,
     ) -> Result<(), Refused> {
@@ -247,7 +246,16 @@ impl JsonIngest {
             Some(_) => mapped.readings.first().map(|r| r.ts),
             None => None,
         };
-        let verdict = self.guard.lock().check(index, topic, ts, from, out);
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            msg.payload.hash(&mut h);
+            h.finish()
+        };
+        let verdict = self
+            .guard
+            .lock()
+            .check(index, msg.topic, ts, digest, msg.from, out);
         match verdict {
             Ok(()) => Ok(()),
             Err(f) => {

@@ -25,7 +25,7 @@ use ironplant_mqtt::broker::Origin;
 use ironplant_mqtt::codec::Publish;
 use ironplant_mqtt::Broker;
 
-use crate::guard::Provenance;
+use crate::guard::{Provenance, Received};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -189,8 +189,17 @@ async fn run(
                     address: origin.peer,
                 };
                 noticed.clear();
-                let admitted =
-                    ingest.admit(i, msg.topic.as_str(), &mapped, &from, now, &mut noticed);
+                let admitted = ingest.admit(
+                    i,
+                    Received {
+                        topic: msg.topic.as_str(),
+                        payload: &msg.payload,
+                        from: &from,
+                    },
+                    &mapped,
+                    now,
+                    &mut noticed,
+                );
                 for f in &noticed {
                     events.publish(crate::json::guard_event(f, now));
                 }
