@@ -145,7 +145,39 @@ async fn post_ingest(
         }
     }
     let now = Timestamp::now();
-    let mut mapped = match ingest.handle_mapping(index, &[], &body.0, now) {
+    // The message-level checks, with the caller as the publisher of the mapping's "topic".
+    let from = ironplant_ingest::guard::Provenance {
+        identity: caller
+            .identity
+            .as_ref()
+            .map(|i| Arc::from(format!("user:{}", i.user))),
+        address: Some(std::net::SocketAddr::new(caller.source, 0)),
+    };
+    let topic = format!("http:{name}");
+    let received = ironplant_ingest::guard::Received {
+        topic: &topic,
+        payload: &body.0,
+        from: &from,
+    };
+    let opened = match ingest.open_signed(index, received, now) {
+        Ok(opened) => opened,
+        Err(refused) => {
+            if refused.report {
+                st.runtime
+                    .events
+                    .publish(ironplant_ingest::json::signature_event(
+                        &topic, &refused, now,
+                    ));
+            }
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                refused.reason.as_str(),
+                refused.message,
+            ));
+        }
+    };
+    let payload: &[u8] = opened.as_ref().map_or(&body.0[..], |(_, p)| p);
+    let mut mapped = match ingest.handle_mapping(index, &[], payload, now) {
         Ok(m) => m,
         Err(e) if e.reason == Reason::TooLarge => {
             return Err(ApiError::new(
@@ -162,21 +194,12 @@ async fn post_ingest(
             ))
         }
     };
-    // The message-level checks, with the caller as the publisher of the mapping's "topic".
-    let from = ironplant_ingest::guard::Provenance {
-        identity: caller
-            .identity
-            .as_ref()
-            .map(|i| Arc::from(format!("user:{}", i.user))),
-        address: Some(std::net::SocketAddr::new(caller.source, 0)),
-    };
     let mut noticed = Vec::new();
     let admitted = ingest.admit(
         index,
         ironplant_ingest::guard::Received {
-            topic: &format!("http:{name}"),
-            payload: &body.0,
-            from: &from,
+            payload,
+            ..received
         },
         &mapped,
         now,

@@ -35,6 +35,19 @@ pub struct JsonMapping {
     pub max_tags: usize,
     pub timestamp: Option<TimestampField>,
     pub fields: Vec<FieldMapping>,
+    /// Signed payloads (`ironplant_mqtt::signed`): always verified when they come; with
+    /// `Required`, unsigned ones are refused.
+    pub signed: SignedPolicy,
+}
+
+/// `signed = "optional" | "required"` of a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignedPolicy {
+    /// Envelopes are verified (a bad one refused); plain payloads pass.
+    #[default]
+    Optional,
+    /// Only payloads signed by an enrolled device's key are accepted.
+    Required,
 }
 
 impl JsonMapping {
@@ -155,6 +168,7 @@ struct RawJson {
     max_payload: Option<Spanned<RawSize>>,
     max_tags: Option<Spanned<i64>>,
     timestamp: Option<Spanned<RawTimestamp>>,
+    signed: Option<Spanned<String>>,
     #[serde(default, rename = "field")]
     fields: Vec<Spanned<RawField>>,
 }
@@ -365,6 +379,18 @@ fn validate(
             },
         };
         let timestamp = m.timestamp.as_ref().and_then(|t| validate_timestamp(d, t));
+        let signed = match m.signed.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+            None | Some(("optional", _)) => SignedPolicy::Optional,
+            Some(("required", _)) => SignedPolicy::Required,
+            Some((other, span)) => {
+                d.err(
+                    span,
+                    format!("signed = {other:?} is not a policy"),
+                    Some("use \"optional\" (verify envelopes when they come, the default) or \"required\" (only payloads signed by an enrolled device)".to_owned()),
+                );
+                SignedPolicy::Optional
+            }
+        };
         if m.fields.is_empty() {
             d.err(
                 span.clone(),
@@ -414,6 +440,7 @@ fn validate(
             max_tags,
             timestamp,
             fields,
+            signed,
         });
     }
     IngestSettings { json: out }

@@ -30,8 +30,25 @@ use ironplant_core::{
 use parking_lot::Mutex;
 use serde_json::Value as Json;
 
+use crate::config::SignedPolicy;
 use crate::config::{FieldMapping, IngestSettings, JsonMapping, PathTemplate, TimeFormat};
-use crate::guard::{Finding as GuardFinding, Guard, Received};
+use crate::guard::{Finding as GuardFinding, Guard, Provenance, Received};
+use ironplant_mqtt::signed::{self, SignedError};
+
+/// The `integrity` event of a refused signature.
+pub fn signature_event(topic: &str, r: &SignatureRefused, now: Timestamp) -> ironplant_core::Event {
+    use ironplant_core::{Event, EventKind, Severity};
+    Event::new(
+        now,
+        EventKind::Integrity,
+        "ingest_signature_refused",
+        "ingest",
+        r.message.as_str(),
+    )
+    .with_severity(Severity::Warning)
+    .with_attribute("topic", Value::String(Arc::from(topic)))
+    .with_attribute("reason", Value::String(Arc::from(r.reason.as_str())))
+}
 
 /// The `integrity` event of a guard finding (source `ingest`, subject-less: it names a topic).
 pub fn guard_event(f: &GuardFinding, now: Timestamp) -> ironplant_core::Event {
@@ -64,10 +81,14 @@ pub enum Reason {
     TagLimit,
     /// Stamped no later than the last payload accepted on its topic ([`crate::guard`]).
     Replayed,
+    /// Not signed, on a mapping with `signed = "required"`.
+    Unsigned,
+    /// A signed envelope that is malformed, from an unknown signer, or does not verify.
+    BadSignature,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 12] = [
         Reason::TooLarge,
         Reason::NotJson,
         Reason::BadTimestamp,
@@ -78,6 +99,8 @@ impl Reason {
         Reason::TagRefused,
         Reason::TagLimit,
         Reason::Replayed,
+        Reason::Unsigned,
+        Reason::BadSignature,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +115,8 @@ impl Reason {
             Reason::TagRefused => "tag_refused",
             Reason::TagLimit => "tag_limit",
             Reason::Replayed => "replayed",
+            Reason::Unsigned => "unsigned",
+            Reason::BadSignature => "bad_signature",
         }
     }
 
@@ -188,12 +213,27 @@ struct Mapping {
     /// Path → id (or `None`: refused, reported once). Bounded by the fixed fields plus
     /// `max_tags`.
     ids: Mutex<HashMap<TagPath, Option<TagId>>>,
-    /// When the last replay event of this mapping was raised.
-    replay_event: Mutex<Option<Timestamp>>,
+    /// When the last refusal event (replay, signature) of this mapping was raised.
+    refusal_event: Mutex<Option<Timestamp>>,
 }
 
-/// At most one replay event per mapping this often.
-pub const REPLAY_EVENT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+impl Mapping {
+    /// Whether to raise the event of a refusal now: a flood is one event per mapping per
+    /// [`REFUSAL_EVENT_EVERY`]; the rest are counted.
+    fn event_gate(&self, now: Timestamp) -> bool {
+        let mut last = self.refusal_event.lock();
+        let report = last.is_none_or(|t| {
+            now.as_micros() - t.as_micros() >= REFUSAL_EVENT_EVERY.as_micros() as i64
+        });
+        if report {
+            *last = Some(now);
+        }
+        report
+    }
+}
+
+/// At most one refusal event (replay, signature) per mapping this often.
+pub const REFUSAL_EVENT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A payload [`JsonIngest::admit`] refused.
 #[derive(Debug, Clone, PartialEq)]
@@ -207,6 +247,27 @@ pub struct Refused {
 pub struct JsonIngest {
     mappings: Vec<Mapping>,
     guard: Mutex<Guard>,
+    signers: parking_lot::RwLock<Option<Arc<dyn SignerKeys>>>,
+}
+
+/// Where signed payloads' public keys come from (the enrolled devices; the server gives the
+/// security state), and who hears of refused signatures (the audit log).
+pub trait SignerKeys: Send + Sync {
+    /// The Ed25519 public key (32 bytes) of the active device `signer`.
+    fn public_key(&self, signer: &str) -> Option<Vec<u8>>;
+    /// A signed payload was refused (recorded in the audit log).
+    fn refused(&self, topic: &str, signer: &str, why: &SignedError, from: &Provenance);
+}
+
+/// A payload refused before mapping: unsigned where a signature is required, or a signature
+/// that does not hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignatureRefused {
+    pub reason: Reason,
+    pub signer: Option<String>,
+    pub message: String,
+    /// Whether to raise its event (the first of a flood).
+    pub report: bool,
 }
 
 impl JsonIngest {
@@ -219,10 +280,80 @@ impl JsonIngest {
                     cfg,
                     stats: Arc::default(),
                     ids: Mutex::default(),
-                    replay_event: Mutex::default(),
+                    refusal_event: Mutex::default(),
                 })
                 .collect(),
             guard: Mutex::default(),
+            signers: parking_lot::RwLock::new(None),
+        }
+    }
+
+    /// Gives the keys of signed payloads (until then, every envelope is from an unknown
+    /// signer and refused).
+    pub fn set_signers(&self, keys: Arc<dyn SignerKeys>) {
+        *self.signers.write() = Some(keys);
+    }
+
+    /// Opens a signed envelope (`ironplant_mqtt::signed`) of mapping `index`: `Ok(None)` for a
+    /// plain payload the mapping accepts, `Ok(Some((signer, payload)))` for a verified one (map
+    /// `payload`), `Err` (counted, audited through [`SignerKeys::refused`]) otherwise.
+    pub fn open_signed(
+        &self,
+        index: usize,
+        msg: Received<'_>,
+        now: Timestamp,
+    ) -> Result<Option<(String, Vec<u8>)>, SignatureRefused> {
+        let Some(m) = self.mappings.get(index) else {
+            return Ok(None);
+        };
+        let refuse = |reason: Reason, signer: Option<&str>, message: String| {
+            m.stats.messages.fetch_add(1, Ordering::Relaxed);
+            m.stats.count(reason, &message, now);
+            SignatureRefused {
+                reason,
+                signer: signer.map(str::to_owned),
+                message,
+                report: m.event_gate(now),
+            }
+        };
+        let keys = self.signers.read().clone();
+        let audit = |signer: &str, why: &SignedError| {
+            if let Some(k) = &keys {
+                k.refused(msg.topic, signer, why, msg.from);
+            }
+        };
+        match signed::open(msg.payload) {
+            Ok(None) if m.cfg.signed == SignedPolicy::Required => Err(refuse(
+                Reason::Unsigned,
+                None,
+                format!(
+                    "payload on {} is not signed and mapping {:?} requires signed = \"required\": wrap it in a signed envelope with the device's key (docs/integrity.md)",
+                    msg.topic, m.cfg.name
+                ),
+            )),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                audit("?", &e);
+                Err(refuse(Reason::BadSignature, None, format!("payload on {}: {e}", msg.topic)))
+            }
+            Ok(Some(env)) => {
+                let key = keys.as_ref().and_then(|k| k.public_key(&env.signer));
+                let verdict = match key {
+                    None => Err(SignedError::UnknownSigner(env.signer.clone())),
+                    Some(k) => env.verify(msg.topic, &k),
+                };
+                match verdict {
+                    Ok(()) => Ok(Some((env.signer, env.payload))),
+                    Err(e) => {
+                        audit(&env.signer, &e);
+                        Err(refuse(
+                            Reason::BadSignature,
+                            Some(&env.signer),
+                            format!("payload on {} refused: {e}", msg.topic),
+                        ))
+                    }
+                }
+            }
         }
     }
 
@@ -260,16 +391,10 @@ impl JsonIngest {
             Ok(()) => Ok(()),
             Err(f) => {
                 m.stats.count(Reason::Replayed, &f.message(), now);
-                // A flood of replays is one event per mapping per `REPLAY_EVENT_EVERY`; the
-                // rest are counted.
-                let mut last = m.replay_event.lock();
-                let report = last.is_none_or(|t| {
-                    now.as_micros() - t.as_micros() >= REPLAY_EVENT_EVERY.as_micros() as i64
-                });
-                if report {
-                    *last = Some(now);
-                }
-                Err(Refused { finding: f, report })
+                Err(Refused {
+                    finding: f,
+                    report: m.event_gate(now),
+                })
             }
         }
     }

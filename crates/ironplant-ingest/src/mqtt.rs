@@ -181,20 +181,35 @@ async fn run(
                 let Some(levels) = crate::json::captures(filter, msg.topic.as_str()) else {
                     continue;
                 };
-                let Ok(mut mapped) = ingest.handle_mapping(i, &levels, &msg.payload, now) else {
-                    continue; // counted and logged by the mapper
-                };
                 let from = Provenance {
                     identity: origin.owner.clone(),
                     address: origin.peer,
+                };
+                let topic = msg.topic.as_str();
+                let received = Received {
+                    topic,
+                    payload: &msg.payload,
+                    from: &from,
+                };
+                let opened = match ingest.open_signed(i, received, now) {
+                    Ok(opened) => opened,
+                    Err(refused) => {
+                        if refused.report {
+                            events.publish(crate::json::signature_event(topic, &refused, now));
+                        }
+                        continue;
+                    }
+                };
+                let payload: &[u8] = opened.as_ref().map_or(&msg.payload[..], |(_, p)| p);
+                let Ok(mut mapped) = ingest.handle_mapping(i, &levels, payload, now) else {
+                    continue; // counted and logged by the mapper
                 };
                 noticed.clear();
                 let admitted = ingest.admit(
                     i,
                     Received {
-                        topic: msg.topic.as_str(),
-                        payload: &msg.payload,
-                        from: &from,
+                        payload,
+                        ..received
                     },
                     &mapped,
                     now,

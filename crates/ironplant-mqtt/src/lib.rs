@@ -41,6 +41,7 @@ pub mod private_fs;
 pub mod retained;
 pub mod session;
 pub mod settings;
+pub mod signed;
 pub mod topic;
 pub mod transport;
 pub mod tree;

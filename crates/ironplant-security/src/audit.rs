@@ -139,6 +139,18 @@ pub enum AuditEvent {
         action: String,
         topic: String,
     },
+    /// A signed payload refused: malformed, from an unknown or revoked signer, or a signature
+    /// that does not verify (`ironplant_mqtt::signed`).
+    SignatureRefused {
+        /// The signer it claimed (`?` when the envelope did not say).
+        signer: String,
+        /// The topic (`http:<mapping>` over HTTP) it came on.
+        topic: String,
+        /// Who delivered it (`device:...`, `user:...`) and from where.
+        principal: Option<String>,
+        source: Option<String>,
+        reason: String,
+    },
     /// A new log was started where an earlier one had existed (its directory was removed).
     LogRestarted {
         reason: String,
@@ -170,6 +182,7 @@ impl AuditEvent {
             AuditEvent::ConfigChanged { .. } => "config_changed",
             AuditEvent::Command { .. } => "command",
             AuditEvent::AclDenied { .. } => "acl_denied",
+            AuditEvent::SignatureRefused { .. } => "signature_refused",
             AuditEvent::AuditDropped { .. } => "audit_dropped",
             AuditEvent::LogRestarted { .. } => "log_restarted",
             AuditEvent::Checkpoint { .. } => "checkpoint",

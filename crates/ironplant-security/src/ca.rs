@@ -92,6 +92,10 @@ pub struct DeviceRecord {
     pub enrolled: u64,
     pub not_after: u64,
     pub revoked: Option<u64>,
+    /// The device's Ed25519 public key for signed payloads, hex (`ironplant_mqtt::signed`);
+    /// absent on records enrolled before signing existed (enrol again to get one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +123,9 @@ pub struct DeviceBundle {
     pub private_key_pem: String,
     pub ca_pem: String,
     pub fingerprint: String,
+    /// The device's Ed25519 key for signed payloads (PKCS#8), and its public key (hex).
+    pub signing_pkcs8: Vec<u8>,
+    pub signing_public: String,
 }
 
 impl std::fmt::Debug for DeviceBundle {
@@ -132,16 +139,25 @@ impl std::fmt::Debug for DeviceBundle {
 }
 
 impl DeviceBundle {
-    /// Writes `<name>.crt` (0644), `<name>.key` (0600) and `ca.crt` (0644) into `dir`.
+    /// Writes `<name>.crt` (0644), `<name>.key` (0600), `ca.crt` (0644), and the signing key
+    /// pair `<name>.sign.key` (PKCS#8, 0600) and `<name>.sign.pub` (hex, 0644) into `dir`.
     pub fn write_to(&self, dir: &Path) -> Result<Vec<PathBuf>> {
         fsutil::ensure_private_dir(dir)?;
         let crt = dir.join(format!("{}.crt", self.name));
         let key = dir.join(format!("{}.key", self.name));
         let ca = dir.join("ca.crt");
+        let sign = dir.join(format!("{}.sign.key", self.name));
+        let sign_pub = dir.join(format!("{}.sign.pub", self.name));
         fsutil::write_atomic(&crt, self.certificate_pem.as_bytes(), PUBLIC)?;
         fsutil::write_atomic(&key, self.private_key_pem.as_bytes(), PRIVATE)?;
         fsutil::write_atomic(&ca, self.ca_pem.as_bytes(), PUBLIC)?;
-        Ok(vec![crt, key, ca])
+        fsutil::write_atomic(&sign, &self.signing_pkcs8, PRIVATE)?;
+        fsutil::write_atomic(
+            &sign_pub,
+            format!("{}\n", self.signing_public).as_bytes(),
+            PUBLIC,
+        )?;
+        Ok(vec![crt, key, ca, sign, sign_pub])
     }
 }
 
@@ -205,6 +221,13 @@ impl DeviceRegistry {
     /// True unless `cert_der` is the certificate of an active enrolled device.
     pub fn is_revoked(&self, cert_der: &[u8]) -> bool {
         !matches!(self.status(cert_der), CertStatus::Active(_))
+    }
+
+    /// The Ed25519 public key (32 bytes) of the active device `name`, for signed payloads;
+    /// `None` if there is no such device, it was revoked, or it has no signing key.
+    pub fn signing_key(&self, name: &str) -> Option<Vec<u8>> {
+        let d = self.active(name)?;
+        ironplant_mqtt::signed::unhex(d.signing_key.as_deref()?).filter(|k| k.len() == 32)
     }
 
     /// The active device of that name.
@@ -482,6 +505,9 @@ impl CertificateAuthority {
             .map_err(|e| cert_err("issue the device certificate", e))?;
         let fingerprint = hex(&sha256(cert.der()));
         let serial = hex(&serial.to_bytes());
+        let (signer, signing_pkcs8) = ironplant_mqtt::signed::Signer::generate(name)
+            .map_err(|_| Error::Crypto("could not generate the device's signing key"))?;
+        let signing_public = signer.public_key_hex();
         let record = DeviceRecord {
             name: name.into(),
             role,
@@ -490,6 +516,7 @@ impl CertificateAuthority {
             enrolled: unix_secs(now),
             not_after: unix_secs(not_after),
             revoked: None,
+            signing_key: Some(signing_public.clone()),
         };
         self.devices.file.update(|f| {
             if f.devices
@@ -515,6 +542,8 @@ impl CertificateAuthority {
             private_key_pem: key.serialize_pem(),
             ca_pem: self.ca_pem.clone(),
             fingerprint,
+            signing_pkcs8,
+            signing_public,
         })
     }
 

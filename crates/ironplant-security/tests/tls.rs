@@ -256,6 +256,27 @@ fn ca_files_have_private_keys_0600_and_certificates_0644() {
     assert_eq!(mode(&files[0]), 0o644);
     assert_eq!(mode(&files[1]), 0o600);
     assert!(!format!("{bundle:?}").contains("PRIVATE KEY"));
+    // The signing key pair: private 0600, public 0644, the public one kept by the platform
+    // until the device is revoked.
+    assert!(files[3].ends_with("hmi-1.sign.key"), "{files:?}");
+    assert_eq!(mode(&files[3]), 0o600);
+    assert_eq!(mode(&files[4]), 0o644);
+    let stored = sec
+        .ca
+        .devices()
+        .signing_key("hmi-1")
+        .expect("a signing key");
+    let signer = ironplant_mqtt::signed::Signer::from_pkcs8(
+        "hmi-1",
+        &std::fs::read(&files[3]).expect("key"),
+    )
+    .expect("PKCS#8");
+    assert_eq!(
+        ironplant_mqtt::signed::hex(&stored),
+        signer.public_key_hex()
+    );
+    sec.ca.revoke("hmi-1", None).expect("revoke");
+    assert_eq!(sec.ca.devices().signing_key("hmi-1"), None);
 
     // The fingerprint is the SHA-256 of the CA certificate, stable across reopening.
     let fp = sec.ca.fingerprint();

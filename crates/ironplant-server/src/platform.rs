@@ -318,6 +318,10 @@ async fn serve_with(
                 .context("cannot start the integrity checks; check [integrity] in the config"),
         })?;
     let mut platform = started;
+    platform
+        .runtime
+        .ingest
+        .set_signers(Arc::new(secure::SignerKeys(sec.clone())));
     let runtime = platform.runtime.clone();
     let sparkplug_state = platform.sparkplug_state.take();
     let _ = namespace_for_policy.set(runtime.namespace.clone());

@@ -305,6 +305,34 @@ pub fn audit_config(sec: &Security, data_dir: &Path, config: &Config) -> anyhow:
     Ok(true)
 }
 
+/// The keys of signed ingest payloads: the enrolled devices' signing keys (a revoked device's
+/// are gone), and refusals recorded in the audit log.
+pub struct SignerKeys(pub Arc<Security>);
+
+impl ironplant_ingest::json::SignerKeys for SignerKeys {
+    fn public_key(&self, signer: &str) -> Option<Vec<u8>> {
+        self.0.ca.devices().signing_key(signer)
+    }
+
+    fn refused(
+        &self,
+        topic: &str,
+        signer: &str,
+        why: &ironplant_mqtt::signed::SignedError,
+        from: &ironplant_ingest::guard::Provenance,
+    ) {
+        self.0
+            .audit
+            .submit(ironplant_security::AuditEvent::SignatureRefused {
+                signer: ironplant_security::audit::bounded(signer),
+                topic: ironplant_security::audit::bounded(topic),
+                principal: from.identity.as_deref().map(str::to_owned),
+                source: from.address.map(|a| a.ip().to_string()),
+                reason: why.to_string(),
+            });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
