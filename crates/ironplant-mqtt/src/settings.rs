@@ -77,6 +77,17 @@ pub struct BridgeConfig {
     pub out: Vec<BridgeOut>,
     pub inbound: Vec<BridgeIn>,
     pub queue: BridgeQueue,
+    /// Sign what leaves the site (`crate::signed`): every outgoing message wrapped in an
+    /// envelope signed for its remote topic.
+    pub sign: Option<BridgeSign>,
+}
+
+/// `sign_key` (an enrolled device's `<name>.sign.key`, e.g. the central tier enrolled this
+/// site as a device) and `sign_as` (the signer name, by default the file's `<name>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeSign {
+    pub key: std::path::PathBuf,
+    pub signer: String,
 }
 
 /// Local topics (an MQTT filter) sent to the remote as `remote_prefix + topic`.
@@ -223,6 +234,8 @@ struct RawBridge {
     #[serde(default, rename = "in")]
     inbound: Vec<RawBridgeIn>,
     queue: Option<RawBridgeQueue>,
+    sign_key: Option<Spanned<String>>,
+    sign_as: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -454,6 +467,45 @@ fn check_topic_prefix(p: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn bridge_sign(
+    c: &mut Diagnostics,
+    key: Option<&Spanned<String>>,
+    name: Option<&Spanned<String>>,
+) -> Option<BridgeSign> {
+    let Some(key) = key else {
+        if let Some(n) = name {
+            c.err(
+                n.span(),
+                "sign_as without sign_key".to_owned(),
+                Some("add sign_key = \"site-lyon.sign.key\" (the key of the device the central tier enrolled for this site)".to_owned()),
+            );
+        }
+        return None;
+    };
+    let path = std::path::PathBuf::from(key.get_ref());
+    let signer = match name {
+        Some(n) => n.get_ref().clone(),
+        None => path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .and_then(|f| f.strip_suffix(".sign.key"))
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    if signer.is_empty() {
+        c.err(
+            key.span(),
+            format!("cannot tell the signer's name from {:?}", key.get_ref()),
+            Some(
+                "name the key <device>.sign.key as the bundle does, or add sign_as = \"<device>\""
+                    .to_owned(),
+            ),
+        );
+        return None;
+    }
+    Some(BridgeSign { key: path, signer })
+}
+
 fn validate_bridges(c: &mut Diagnostics, raw: Vec<RawBridge>) -> Vec<BridgeConfig> {
     let mut out = Vec::new();
     let mut names = HashSet::new();
@@ -649,6 +701,7 @@ fn validate_bridges(c: &mut Diagnostics, raw: Vec<RawBridge>) -> Vec<BridgeConfi
             out: outs,
             inbound: ins,
             queue,
+            sign: bridge_sign(c, b.sign_key.as_ref(), b.sign_as.as_ref()),
             name,
         });
     }

@@ -43,6 +43,7 @@ fn settings(remote: &str, dir: &std::path::Path, version: ProtocolVersion) -> Br
         queue_dir: dir.to_owned(),
         local_capacity: 65_536,
         window: 32,
+        signer: None,
     }
 }
 
@@ -91,6 +92,48 @@ async fn connected(stats: &ironplant_mqtt::bridge::BridgeStats) {
         stats.connected.load(Ordering::Relaxed) == 1
     })
     .await;
+}
+
+/// A signing bridge: what reaches the remote (Mosquitto) is an envelope signed for its remote
+/// topic, which verifies with the site's public key there and nowhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_leaves_the_site_is_signed() {
+    use ironplant_mqtt::signed::{open, unhex, Signer};
+    if !mosquitto_available() {
+        return;
+    }
+    let m = Mosquitto::start();
+    let (broker, _local_addr) = our_broker().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_w, mut remote) = remote_watcher(&m.addr(), "site1/#").await;
+    let (site, _) = Signer::generate("site-lyon").expect("key");
+    let public = unhex(&site.public_key_hex()).expect("hex");
+    let mut s = settings(&m.addr(), dir.path(), ProtocolVersion::V311);
+    s.signer = Some(std::sync::Arc::new(site));
+    let bridge = Bridge::start(broker.clone(), s)
+        .await
+        .expect("bridge starts");
+    connected(bridge.stats()).await;
+    local_publish(&broker, "acme/line1/speed", r#"{"v":12.5}"#);
+    local_publish(&broker, "acme/line1/raw", Bytes::from_static(&[0x08, 0xff]));
+    let got = collect(&mut remote, 2, 10).await;
+    let by_topic = |t: &str| {
+        got.iter()
+            .find(|p| p.topic == t)
+            .unwrap_or_else(|| panic!("no {t} in {got:?}"))
+    };
+    let speed = by_topic("site1/acme/line1/speed");
+    let env = open(&speed.payload).expect("well formed").expect("signed");
+    assert_eq!(env.signer, "site-lyon");
+    assert_eq!(env.payload, br#"{"v":12.5}"#);
+    env.verify("site1/acme/line1/speed", &public)
+        .expect("verifies on its topic");
+    assert!(env.verify("site1/acme/line2/speed", &public).is_err());
+    let raw = by_topic("site1/acme/line1/raw");
+    let env = open(&raw.payload).expect("well formed").expect("signed");
+    assert_eq!(env.payload, [0x08, 0xff]);
+    env.verify("site1/acme/line1/raw", &public)
+        .expect("verifies");
 }
 
 /// Both directions, with prefixes, and nothing loops back.

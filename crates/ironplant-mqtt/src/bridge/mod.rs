@@ -94,6 +94,9 @@ pub struct BridgeSettings {
     pub queue_dir: PathBuf,
     /// Capacity of each local subscription's channel.
     pub local_capacity: usize,
+    /// Signs every outgoing message for its remote topic (`crate::signed`), before it is
+    /// queued: what leaves the site carries its provenance.
+    pub signer: Option<Arc<crate::signed::Signer>>,
     /// Messages in flight to the remote at once.
     pub window: usize,
 }
@@ -142,6 +145,12 @@ pub enum BridgeError {
     Filter {
         bridge: String,
         filter: String,
+        reason: String,
+    },
+    #[error("bridge {bridge}: cannot use the signing key {path}: {reason}; give sign_key the <device>.sign.key of the bundle `ironplant device enroll` wrote")]
+    SigningKey {
+        bridge: String,
+        path: String,
         reason: String,
     },
 }
@@ -397,6 +406,9 @@ async fn ingest(
                 tracing::warn!(bridge = %s.name, topic = %remote, "remote topic is not a valid MQTT topic; message not forwarded");
                 continue;
             };
+            if let Some(signer) = &s.signer {
+                p.payload = bytes::Bytes::from(signer.seal(&remote, &p.payload));
+            }
             p.topic = t;
             p.dup = false;
             p.packet_id = None;
