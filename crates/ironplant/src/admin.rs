@@ -46,6 +46,57 @@ pub enum DeviceCommand {
     /// List enrolled devices, active and revoked.
     #[command(after_help = "Example:\n  ironplant device list")]
     List,
+    /// Wrap a payload in a signed envelope with a device's signing key (`<NAME>.sign.key` of
+    /// its bundle) and print it, for a payload published on TOPIC (for scripts, tests and
+    /// gateways without an Ed25519 library; the format is in docs/integrity.md).
+    #[command(
+        after_help = "Example:\n  P='{\"ts\":1796601600000,\"apower\":12.3}'\n  mosquitto_pub -h plant.local -p 8883 --cafile plug-7/ca.crt \\\n      --cert plug-7/plug-7.crt --key plug-7/plug-7.key -t plugs/plug-7/status \\\n      -m \"$(ironplant device sign --key plug-7/plug-7.sign.key \\\n             --topic plugs/plug-7/status \"$P\")\""
+    )]
+    Sign {
+        /// The device's signing key (`<NAME>.sign.key`, PKCS#8).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The topic the envelope is published on (`http:<mapping>` for HTTP ingest).
+        #[arg(long)]
+        topic: String,
+        /// The signer's name (default: the key file's `<NAME>`).
+        #[arg(long)]
+        signer: Option<String>,
+        /// The payload (the exact bytes are signed); `-` reads it from standard input.
+        payload: String,
+    },
+}
+
+/// `ironplant device sign`: needs no data directory, only the key.
+fn sign(key: &Path, topic: &str, signer: Option<String>, payload: &str) -> anyhow::Result<()> {
+    let name = match signer {
+        Some(n) => n,
+        None => key
+            .file_name()
+            .and_then(|f| f.to_str())
+            .and_then(|f| f.strip_suffix(".sign.key"))
+            .map(str::to_owned)
+            .with_context(|| {
+                format!(
+                    "cannot tell the signer from {}: name it <device>.sign.key or pass --signer",
+                    key.display()
+                )
+            })?,
+    };
+    let pkcs8 = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+    let signer = ironplant_mqtt::signed::Signer::from_pkcs8(&name, &pkcs8)
+        .with_context(|| format!("{} is not a signing key", key.display()))?;
+    let bytes = if payload == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+            .context("cannot read the payload from standard input")?;
+        b
+    } else {
+        payload.as_bytes().to_vec()
+    };
+    let sealed = signer.seal(topic, &bytes);
+    println!("{}", String::from_utf8_lossy(&sealed));
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -190,8 +241,20 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 pub fn device(cmd: DeviceCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    if let DeviceCommand::Sign {
+        key,
+        topic,
+        signer,
+        payload,
+    } = &cmd
+    {
+        sign(key, topic, signer.clone(), payload)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let sec = open(data_dir)?;
     match cmd {
+        // Answered above, without the data directory.
+        DeviceCommand::Sign { .. } => {}
         DeviceCommand::Enroll { name, role, out } => {
             let bundle = sec
                 .ca

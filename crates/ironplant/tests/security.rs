@@ -38,7 +38,11 @@ impl Platform {
     }
 
     fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Platform {
-        std::fs::write(dir.join("p.toml"), "[sparkplug]\nhost_id = \"sec\"\n").expect("config");
+        Self::start_config(dir, "[sparkplug]\nhost_id = \"sec\"\n", extra, env)
+    }
+
+    fn start_config(dir: &Path, config: &str, extra: &[&str], env: &[(&str, &Path)]) -> Platform {
+        std::fs::write(dir.join("p.toml"), config).expect("config");
         let mut child = Command::new(BIN)
             .args(["serve", "--config", "p.toml", "--http", "127.0.0.1:0"])
             .args(["--mqtts", "127.0.0.1:0", "--data-dir", "data"])
@@ -812,4 +816,112 @@ fn acl_rules_are_added_listed_and_removed_from_the_cli() {
     let log = std::fs::read_to_string(d.join("data/security/audit/audit.log")).expect("log");
     assert!(log.contains("acl add: role:viewer deny subscribe acme/lyon/recipes/#"));
     assert!(log.contains("acl remove: role:viewer deny subscribe acme/lyon/recipes/#"));
+}
+
+const SIGNED_INGEST: &str = r#"
+[sparkplug]
+host_id = "sec"
+
+[[ingest.json]]
+name = "telemetry"
+topic = "devices/+/telemetry"
+signed = "required"
+timestamp = { pointer = "/ts", format = "unix_ms" }
+
+[[ingest.json.field]]
+pointer = "/apower"
+path = "acme/lyon/office/{1}/power"
+unit = "W"
+"#;
+
+/// Signed provenance end to end: an enrolled device's bundle has a signing key; a payload
+/// signed with it (`ironplant device sign`) and published by Debian's `mosquitto_pub` over TLS
+/// with the device's certificate is mapped; the same envelope with its value changed on the way
+/// is refused and recorded in the audit log (`signature_refused`).
+#[test]
+fn a_devices_signed_payload_is_verified_and_a_forged_one_is_audited() {
+    let have = Command::new("mosquitto_pub").arg("--help").output().is_ok();
+    if !common::peer_available("mosquitto_pub (Debian mosquitto-clients)", have) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let platform = Platform::start_config(d, SIGNED_INGEST, &[], &[]);
+    let http = platform.address_after("HTTP API:");
+    let mqtt = platform.address_after("MQTT/TLS:");
+    let (host, port) = mqtt.rsplit_once(':').expect("host:port");
+    cli_ok(d, &["device", "enroll", "plug-7", "--out", "plug-7"]);
+    let api = common::api_for(&http, &d.join("data"), ironplant_security::Role::Viewer);
+    let topic = "devices/plug-7/telemetry";
+    let sign = |ts: i64, w: f64| -> String {
+        let out = cli_ok(
+            d,
+            &[
+                "device",
+                "sign",
+                "--key",
+                "plug-7/plug-7.sign.key",
+                "--topic",
+                topic,
+                &format!(r#"{{"ts":{ts},"apower":{w}}}"#),
+            ],
+        );
+        out.trim().to_owned()
+    };
+    let publish = |payload: &str| {
+        let out = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                host,
+                "-p",
+                port,
+                "--cafile",
+                "data/security/ca/ca.crt",
+            ])
+            .args(["--cert", "plug-7/plug-7.crt", "--key", "plug-7/plug-7.key"])
+            .args(["-i", "plug-7", "-q", "1", "-t", topic, "-m", payload])
+            .current_dir(d)
+            .output()
+            .expect("run mosquitto_pub");
+        assert!(
+            out.status.success(),
+            "mosquitto_pub: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let power = |want: f64| {
+        wait_for(&format!("power = {want}"), || {
+            let (status, body) =
+                common::try_get(&api, "/api/v1/tags/acme/lyon/office/plug-7/power");
+            let v: Json = serde_json::from_str(&body).ok()?;
+            (status == 200 && v["value"].as_f64() == Some(want)).then_some(())
+        })
+    };
+    // Stamped now: the platform refuses times far from its clock.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis() as i64;
+    publish(&sign(now_ms, 12.5));
+    power(12.5);
+
+    // Changed on the way: refused and audited; the next genuine one is mapped.
+    let forged = sign(now_ms + 1000, 13.0)
+        .replace("13.0", "93.0")
+        .replace(":13", ":93");
+    assert!(forged.contains("93"), "{forged}");
+    publish(&forged);
+    publish(&sign(now_ms + 2000, 14.0));
+    power(14.0);
+    let log = d.join("data/security/audit/audit.log");
+    let record = wait_for("the refused signature in the audit log", || {
+        std::fs::read_to_string(&log).ok()?.lines().find_map(|l| {
+            let r: Json = serde_json::from_str(l).ok()?;
+            (r["kind"] == "signature_refused").then_some(r)
+        })
+    });
+    assert_eq!(record["signer"], "plug-7", "{record}");
+    assert_eq!(record["topic"], topic, "{record}");
+    assert_eq!(record["principal"], "device:plug-7", "{record}");
+    drop(platform);
 }
