@@ -71,10 +71,14 @@ impl TagKind {
     /// reaches 10⁶ (or is not given) is a counter; other numbers are measurements. Override it
     /// with `kind` in `[[integrity.tag]]`. Computed tags are ignored (their inputs are
     /// checked, and as regressors they would only repeat them), and so are the platform's own
-    /// hidden tags (`_alarms/...`, `_commands/...`).
+    /// tags under a `_` level (`_alarms/...`, `<asset>/_integrity/anomaly_score`).
     pub fn infer(meta: &TagMeta) -> TagKind {
         if meta.device.as_deref() == Some(ironplant_core::namespace::COMPUTED_SOURCE)
-            || meta.path.as_str().starts_with('_')
+            || meta
+                .path
+                .as_str()
+                .split('/')
+                .any(|level| level.starts_with('_'))
         {
             return TagKind::Ignored;
         }

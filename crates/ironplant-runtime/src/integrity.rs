@@ -98,6 +98,12 @@ pub fn score_path(asset: &TagPath) -> Option<TagPath> {
 pub struct Integrity {
     /// Enabled, with something to check (else no processor runs).
     active: bool,
+    /// For tags born at run time (Sparkplug births, templated ingest paths).
+    namespace: Arc<LiveNamespace>,
+    /// Ids below this were known when the engine was built; above, each is looked up once.
+    known_below: usize,
+    /// By tag id: looked up already (a flat table: this is on every batch's path).
+    looked_up: Mutex<Vec<bool>>,
     engine: Mutex<ironplant_integrity::Integrity>,
     /// Subject → its `suspect` tag.
     flags: HashMap<TagPath, TagId>,
@@ -116,12 +122,13 @@ impl Integrity {
     /// Builds the checks, registers their tags in `namespace` and restores the saved models.
     pub fn open(
         config: &Config,
-        namespace: &LiveNamespace,
+        namespace: &Arc<LiveNamespace>,
         data_dir: Option<&Path>,
         events: &EventBus,
     ) -> Result<Arc<Integrity>, IntegrityStartError> {
         let cfg = config.get::<IntegrityConfig>();
         let ns = namespace.read();
+        let known_below = ns.len();
         let mut engine =
             ironplant_integrity::Integrity::new(&ns, &cfg).map_err(IntegrityStartError)?;
         // Only what a finding can name: no alarm that could never raise.
@@ -222,6 +229,9 @@ impl Integrity {
         }
         Ok(Arc::new(Integrity {
             active,
+            namespace: namespace.clone(),
+            known_below,
+            looked_up: Mutex::new(Vec::new()),
             engine: Mutex::new(engine),
             flags,
             open: Mutex::new(HashMap::new()),
@@ -264,6 +274,39 @@ impl Integrity {
     /// Whether the models have been learnt (training ended, or restored).
     pub fn is_trained(&self) -> bool {
         self.engine.lock().is_trained()
+    }
+
+    /// Validates tags born since the engine was built with the default rules (they join no
+    /// model group, and have no built-in alarm: their findings are events).
+    fn adopt_new_tags(&self, batch: &[Sample]) {
+        let mut fresh = Vec::new();
+        {
+            let mut seen = self.looked_up.lock();
+            for s in batch {
+                let i = s.tag.index();
+                if i < self.known_below {
+                    continue;
+                }
+                if seen.len() <= i {
+                    seen.resize(i + 1, false);
+                }
+                if !seen[i] {
+                    seen[i] = true;
+                    fresh.push(s.tag);
+                }
+            }
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        let metas: Vec<TagMeta> = fresh
+            .iter()
+            .filter_map(|id| self.namespace.tag(*id))
+            .collect();
+        let mut engine = self.engine.lock();
+        for m in &metas {
+            engine.add_tag(m);
+        }
     }
 
     /// Applies findings: events, and the `suspect` tags whose state changed (as samples).
@@ -406,6 +449,7 @@ impl Processor for IntegrityProcessor {
     }
 
     fn process(&mut self, batch: &mut Vec<Sample>, now: Timestamp, out: &mut ProcessorOutput) {
+        self.integrity.adopt_new_tags(batch);
         self.found.clear();
         self.integrity
             .engine
