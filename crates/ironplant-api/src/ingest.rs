@@ -159,23 +159,15 @@ async fn post_ingest(
         payload: &body.0,
         from: &from,
     };
-    let opened = match ingest.open_signed(index, received, now) {
-        Ok(opened) => opened,
-        Err(refused) => {
-            if refused.report {
-                st.runtime
-                    .events
-                    .publish(ironplant_ingest::json::signature_event(
-                        &topic, &refused, now,
-                    ));
-            }
-            return Err(ApiError::new(
+    let opened = ingest
+        .open_signed(index, received, now, &st.runtime.events)
+        .map_err(|refused| {
+            ApiError::new(
                 StatusCode::FORBIDDEN,
                 refused.reason.as_str(),
                 refused.message,
-            ));
-        }
-    };
+            )
+        })?;
     let payload: &[u8] = opened.as_ref().map_or(&body.0[..], |(_, p)| p);
     let mut mapped = match ingest.handle_mapping(index, &[], payload, now) {
         Ok(m) => m,
@@ -194,7 +186,6 @@ async fn post_ingest(
             ))
         }
     };
-    let mut noticed = Vec::new();
     let admitted = ingest.admit(
         index,
         ironplant_ingest::guard::Received {
@@ -203,19 +194,9 @@ async fn post_ingest(
         },
         &mapped,
         now,
-        &mut noticed,
+        &st.runtime.events,
     );
-    for f in &noticed {
-        st.runtime
-            .events
-            .publish(ironplant_ingest::json::guard_event(f, now));
-    }
     if let Err(refused) = admitted {
-        if refused.report {
-            st.runtime
-                .events
-                .publish(ironplant_ingest::json::guard_event(&refused.finding, now));
-        }
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "replayed",

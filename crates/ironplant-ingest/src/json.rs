@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ironplant_core::{
-    LiveNamespace, Quality, QualityReason, RegisterError, Sample, TagId, TagMeta, TagPath,
-    Timestamp, Value, ValueType,
+    EventBus, LiveNamespace, Quality, QualityReason, RegisterError, Sample, TagId, TagMeta,
+    TagPath, Timestamp, Value, ValueType,
 };
 use parking_lot::Mutex;
 use serde_json::Value as Json;
@@ -296,12 +296,14 @@ impl JsonIngest {
 
     /// Opens a signed envelope (`ironplant_mqtt::signed`) of mapping `index`: `Ok(None)` for a
     /// plain payload the mapping accepts, `Ok(Some((signer, payload)))` for a verified one (map
-    /// `payload`), `Err` (counted, audited through [`SignerKeys::refused`]) otherwise.
+    /// `payload`), `Err` (counted, audited through [`SignerKeys::refused`], an `integrity`
+    /// event on `events` as for [`JsonIngest::admit`]) otherwise.
     pub fn open_signed(
         &self,
         index: usize,
         msg: Received<'_>,
         now: Timestamp,
+        events: &EventBus,
     ) -> Result<Option<(String, Vec<u8>)>, SignatureRefused> {
         let Some(m) = self.mappings.get(index) else {
             return Ok(None);
@@ -309,12 +311,16 @@ impl JsonIngest {
         let refuse = |reason: Reason, signer: Option<&str>, message: String| {
             m.stats.messages.fetch_add(1, Ordering::Relaxed);
             m.stats.count(reason, &message, now);
-            SignatureRefused {
+            let r = SignatureRefused {
                 reason,
                 signer: signer.map(str::to_owned),
                 message,
                 report: m.event_gate(now),
+            };
+            if r.report {
+                events.publish(signature_event(msg.topic, &r, now));
             }
+            r
         };
         let keys = self.signers.read().clone();
         let audit = |signer: &str, why: &SignedError| {
@@ -358,16 +364,16 @@ impl JsonIngest {
     }
 
     /// The message-level checks ([`crate::guard`]) of a mapped payload of mapping `index`
-    /// received on `topic` (`http:<mapping>` for HTTP) as `payload` from `from`: `Err` (counted as
-    /// `replayed`) if it must be refused; what was noticed goes to `out`, for the caller to
-    /// raise as `integrity` events ([`guard_event`]).
+    /// received on `msg.topic` (`http:<mapping>` for HTTP): `Err` (counted as `replayed`) if it
+    /// must be refused. What was noticed is an `integrity` event on `events` ([`guard_event`];
+    /// a flood of refusals is one event per mapping per [`REFUSAL_EVENT_EVERY`]).
     pub fn admit(
         &self,
         index: usize,
         msg: Received<'_>,
         mapped: &Mapped,
         now: Timestamp,
-        out: &mut Vec<GuardFinding>,
+        events: &EventBus,
     ) -> Result<(), Refused> {
         let Some(m) = self.mappings.get(index) else {
             return Ok(());
@@ -383,18 +389,23 @@ impl JsonIngest {
             msg.payload.hash(&mut h);
             h.finish()
         };
+        let mut noticed = Vec::new();
         let verdict = self
             .guard
             .lock()
-            .check(index, msg.topic, ts, digest, msg.from, out);
+            .check(index, msg.topic, ts, digest, msg.from, &mut noticed);
+        for f in &noticed {
+            events.publish(guard_event(f, now));
+        }
         match verdict {
             Ok(()) => Ok(()),
             Err(f) => {
                 m.stats.count(Reason::Replayed, &f.message(), now);
-                Err(Refused {
-                    finding: f,
-                    report: m.event_gate(now),
-                })
+                let report = m.event_gate(now);
+                if report {
+                    events.publish(guard_event(&f, now));
+                }
+                Err(Refused { finding: f, report })
             }
         }
     }

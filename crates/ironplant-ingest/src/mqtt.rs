@@ -172,7 +172,6 @@ async fn run(
             ingest.clone(),
         );
         set.spawn(async move {
-            let mut noticed = Vec::new();
             while let Some((msg, origin)) = rx.recv().await {
                 let now = Timestamp::now();
                 let Some(filter) = ingest.mapping(i).and_then(|m| m.topic.as_deref()) else {
@@ -191,38 +190,19 @@ async fn run(
                     payload: &msg.payload,
                     from: &from,
                 };
-                let opened = match ingest.open_signed(i, received, now) {
-                    Ok(opened) => opened,
-                    Err(refused) => {
-                        if refused.report {
-                            events.publish(crate::json::signature_event(topic, &refused, now));
-                        }
-                        continue;
-                    }
+                let Ok(opened) = ingest.open_signed(i, received, now, &events) else {
+                    continue; // counted, reported and audited
                 };
                 let payload: &[u8] = opened.as_ref().map_or(&msg.payload[..], |(_, p)| p);
                 let Ok(mut mapped) = ingest.handle_mapping(i, &levels, payload, now) else {
                     continue; // counted and logged by the mapper
                 };
-                noticed.clear();
-                let admitted = ingest.admit(
-                    i,
-                    Received {
-                        payload,
-                        ..received
-                    },
-                    &mapped,
-                    now,
-                    &mut noticed,
-                );
-                for f in &noticed {
-                    events.publish(crate::json::guard_event(f, now));
-                }
-                if let Err(refused) = admitted {
-                    if refused.report {
-                        events.publish(crate::json::guard_event(&refused.finding, now));
-                    }
-                    continue;
+                let received = Received {
+                    payload,
+                    ..received
+                };
+                if ingest.admit(i, received, &mapped, now, &events).is_err() {
+                    continue; // a replay: counted and reported
                 }
                 let samples = ingest.resolve(i, &namespace, &mut mapped, now);
                 if !samples.is_empty() {

@@ -78,6 +78,52 @@ fn publish_blocking(port: u16, topic: &str, payload: &str) {
     );
 }
 
+/// Ingest of `config` on our broker (an ephemeral port), the bus and the events it feeds.
+struct Rig {
+    ingest: Arc<JsonIngest>,
+    port: u16,
+    broker: Broker,
+    namespace: Arc<LiveNamespace>,
+    bus: TagBus,
+    sub: Subscription,
+    events: EventBus,
+    /// The integrity events.
+    integrity: ironplant_core::EventSubscription,
+}
+
+async fn rig(config: &str) -> Rig {
+    let (settings, errors) = IngestSettings::from_source(config);
+    assert!(errors.is_empty(), "{errors:?}");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind an ephemeral port");
+    let port = listener.local_addr().expect("address").port();
+    let broker = Broker::new(BrokerConfig::default());
+    let serving = broker.clone();
+    tokio::spawn(async move { serving.serve(listener).await });
+    let bus = TagBus::new(0);
+    let sub = bus.subscribe("test", 64, Overflow::Block);
+    let events = EventBus::new();
+    let integrity = events.subscribe(
+        "test",
+        16,
+        EventFilter {
+            kinds: vec![EventKind::Integrity],
+            subjects: Vec::new(),
+        },
+    );
+    Rig {
+        ingest: Arc::new(JsonIngest::new(settings)),
+        port,
+        broker,
+        namespace: Arc::new(LiveNamespace::new(Namespace::new())),
+        bus,
+        sub,
+        events,
+        integrity,
+    }
+}
+
 /// The next batch on the bus, within a deadline.
 async fn next(sub: &mut Subscription) -> Vec<Sample> {
     tokio::time::timeout(Duration::from_secs(10), sub.recv())
@@ -92,29 +138,17 @@ async fn mosquitto_pub_payloads_reach_the_bus_typed_and_timestamped() {
     if !have_mosquitto_pub() {
         return;
     }
-    let (settings, errors) = IngestSettings::from_source(CONFIG);
-    assert!(errors.is_empty(), "{errors:?}");
-    let ingest = Arc::new(JsonIngest::new(settings));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind an ephemeral port");
-    let port = listener.local_addr().expect("address").port();
-    let broker = Broker::new(BrokerConfig::default());
-    let serving = broker.clone();
-    tokio::spawn(async move { serving.serve(listener).await });
-    let namespace = Arc::new(LiveNamespace::new(Namespace::new()));
-    let bus = TagBus::new(0);
-    let mut sub = bus.subscribe("test", 64, Overflow::Block);
+    let Rig {
+        ingest,
+        port,
+        broker,
+        namespace,
+        bus,
+        mut sub,
+        events,
+        mut integrity,
+    } = rig(CONFIG).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let events = EventBus::new();
-    let mut integrity = events.subscribe(
-        "test",
-        16,
-        EventFilter {
-            kinds: vec![EventKind::Integrity],
-            subjects: Vec::new(),
-        },
-    );
     let serve = ironplant_ingest::mqtt::serve(
         &broker,
         bus.clone(),
@@ -306,9 +340,16 @@ async fn signed_payloads_from_mosquitto_pub_are_verified() {
     if !have_mosquitto_pub() {
         return;
     }
-    let (settings, errors) = IngestSettings::from_source(SIGNED);
-    assert!(errors.is_empty(), "{errors:?}");
-    let ingest = Arc::new(JsonIngest::new(settings));
+    let Rig {
+        ingest,
+        port,
+        broker,
+        namespace,
+        bus,
+        mut sub,
+        events,
+        mut integrity,
+    } = rig(SIGNED).await;
     let (plug7, _) = Signer::generate("plug-7").expect("key");
     let (stranger, _) = Signer::generate("plug-9").expect("key");
     let mut keys = Keys::default();
@@ -318,25 +359,6 @@ async fn signed_payloads_from_mosquitto_pub_are_verified() {
     );
     let keys = Arc::new(keys);
     ingest.set_signers(keys.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind an ephemeral port");
-    let port = listener.local_addr().expect("address").port();
-    let broker = Broker::new(BrokerConfig::default());
-    let serving = broker.clone();
-    tokio::spawn(async move { serving.serve(listener).await });
-    let namespace = Arc::new(LiveNamespace::new(Namespace::new()));
-    let bus = TagBus::new(0);
-    let mut sub = bus.subscribe("test", 64, Overflow::Block);
-    let events = EventBus::new();
-    let mut integrity = events.subscribe(
-        "test",
-        16,
-        EventFilter {
-            kinds: vec![EventKind::Integrity],
-            subjects: Vec::new(),
-        },
-    );
     let serve =
         ironplant_ingest::mqtt::attach(&broker, bus.clone(), events, namespace, ingest.clone())
             .expect("subscribed");

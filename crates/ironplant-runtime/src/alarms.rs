@@ -183,14 +183,9 @@ impl Alarms {
                     );
                 }
                 Err(e) => {
-                    let aside = path.with_extension(format!("corrupt-{}", now.as_micros()));
-                    let moved = std::fs::rename(path, &aside);
                     let msg = format!(
                         "the saved alarm state cannot be read ({e}); alarms start from normal. The file was {}",
-                        match moved {
-                            Ok(()) => format!("moved to {}", aside.display()),
-                            Err(m) => format!("left in place (cannot move it: {m})"),
-                        }
+                        crate::saved::set_aside(path, now)
                     );
                     tracing::error!("{msg}");
                     events.publish(

@@ -843,15 +843,10 @@ fn restore(path: &mut CommandPath, file: &Path, events: &EventBus) {
 }
 
 fn lost(file: &Path, why: &str, events: &EventBus, now: Timestamp) {
-    let aside = file.with_extension(format!("corrupt-{}", now.as_micros()));
-    let moved = std::fs::rename(file, &aside);
     let msg = format!(
         "the saved command state {} cannot be used ({why}); expected values are learned again. The file was {}",
         file.display(),
-        match moved {
-            Ok(()) => format!("moved to {}", aside.display()),
-            Err(m) => format!("left in place (cannot move it: {m})"),
-        }
+        crate::saved::set_aside(file, now)
     );
     tracing::error!("{msg}");
     events.publish(

@@ -198,15 +198,9 @@ impl Integrity {
                     }
                     Err(e) => {
                         let now = Timestamp::now();
-                        let aside = f.with_extension(format!("corrupt-{}", now.as_micros()));
-                        let moved = std::fs::rename(f, &aside);
                         let msg = format!(
-                            "the saved integrity models cannot be used ({e}); they are learnt again from the next {} of data. The file was {}",
-                            "training window",
-                            match moved {
-                                Ok(()) => format!("moved to {}", aside.display()),
-                                Err(m) => format!("left in place (cannot move it: {m})"),
-                            }
+                            "the saved integrity models cannot be used ({e}); they are learnt again from the next training window of data. The file was {}",
+                            crate::saved::set_aside(f, now)
                         );
                         tracing::error!("{msg}");
                         events.publish(

@@ -11,6 +11,17 @@ use tokio::sync::Notify;
 
 use crate::component::Service;
 
+/// Moves a saved state that cannot be used out of the way (`<file>.corrupt-<µs>`, kept for a
+/// post-mortem, never overwritten by the next save) and says where it went, for the event that
+/// reports the loss.
+pub fn set_aside(file: &std::path::Path, now: ironplant_core::Timestamp) -> String {
+    let aside = file.with_extension(format!("corrupt-{}", now.as_micros()));
+    match std::fs::rename(file, &aside) {
+        Ok(()) => format!("moved to {}", aside.display()),
+        Err(m) => format!("left in place (cannot move it: {m})"),
+    }
+}
+
 /// The longest a changed state waits before it is written to disk.
 pub const SAVE_EVERY: Duration = Duration::from_secs(1);
 
