@@ -13,6 +13,11 @@
 //!   address that publish on a topic are remembered; a change of either is reported (stolen
 //!   credentials used from elsewhere, another device writing a topic that was not its own).
 //!   Both are reported, never refused: the ACL decides who may publish.
+//! - **Timing**: the payloads accepted per [`RATE_WINDOW`] on a topic, against the median of
+//!   its first [`RATE_LEARN`] windows (then frozen, so a slow change cannot teach it): more
+//!   than [`RATE_FACTOR`] × that + [`RATE_SLACK`], or fewer than it / [`RATE_FACTOR`] −
+//!   [`RATE_SLACK`], is reported once (a second publisher beside the device, a flood, a device
+//!   that lost most of its messages), and again when the rate is back to normal.
 //!
 //! Memory: one entry per (mapping, topic) seen, at most [`MAX_TOPICS`]; the oldest entry is
 //! forgotten beyond (so a flood of topics cannot grow it).
@@ -27,6 +32,13 @@ use ironplant_core::Timestamp;
 pub const MAX_TOPICS: usize = 100_000;
 /// Distinct payloads remembered per topic at its latest timestamp.
 pub const SAME_TIME: usize = 8;
+/// The window payloads are counted in, per topic.
+pub const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Windows learnt before a topic's rate is frozen.
+pub const RATE_LEARN: usize = 10;
+/// A window outside `baseline × RATE_FACTOR + RATE_SLACK` (or the reverse) is a change.
+pub const RATE_FACTOR: f64 = 2.0;
+pub const RATE_SLACK: f64 = 3.0;
 
 /// Who sent a payload, as the broker or the API saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,6 +80,13 @@ pub enum Finding {
         from: IpAddr,
         to: IpAddr,
     },
+    /// The payloads per [`RATE_WINDOW`] left (or came back to) the learnt rate.
+    TimingChanged {
+        topic: String,
+        expected: f64,
+        got: u32,
+        normal: bool,
+    },
 }
 
 impl Finding {
@@ -77,6 +96,8 @@ impl Finding {
             Finding::Replay { .. } => "ingest_replay",
             Finding::PublisherChanged { .. } => "ingest_publisher_changed",
             Finding::AddressChanged { .. } => "ingest_address_changed",
+            Finding::TimingChanged { normal: false, .. } => "ingest_timing_changed",
+            Finding::TimingChanged { normal: true, .. } => "ingest_timing_normal",
         }
     }
 
@@ -85,7 +106,8 @@ impl Finding {
         match self {
             Finding::Replay { topic, .. }
             | Finding::PublisherChanged { topic, .. }
-            | Finding::AddressChanged { topic, .. } => topic,
+            | Finding::AddressChanged { topic, .. }
+            | Finding::TimingChanged { topic, .. } => topic,
         }
     }
 
@@ -116,6 +138,24 @@ impl Finding {
                 "{} publishes {topic} from {to}, before from {from}: a moved device, or its credentials used elsewhere",
                 who(identity)
             ),
+            Finding::TimingChanged {
+                topic,
+                expected,
+                got,
+                normal: false,
+            } => format!(
+                "{topic} received {got} payloads in {} s where {expected:.1} were learnt: a second publisher beside the device, a flood, or a device losing messages",
+                RATE_WINDOW.as_secs()
+            ),
+            Finding::TimingChanged {
+                topic,
+                expected,
+                got,
+                normal: true,
+            } => format!(
+                "{topic} is back to its learnt rate ({got} payloads in {} s, {expected:.1} learnt)",
+                RATE_WINDOW.as_secs()
+            ),
         }
     }
 }
@@ -127,6 +167,73 @@ struct Seen {
     at_last: Vec<u64>,
     identity: Option<Arc<str>>,
     address: Option<IpAddr>,
+    rate: Rate,
+}
+
+/// Payloads per window of one topic.
+#[derive(Debug, Clone, Default)]
+struct Rate {
+    start: Option<Timestamp>,
+    count: u32,
+    learnt: Vec<u32>,
+    baseline: Option<f64>,
+    changed: bool,
+}
+
+impl Rate {
+    /// One accepted payload at `now` (the receive time).
+    fn observe(&mut self, topic: &str, now: Timestamp, out: &mut Vec<Finding>) {
+        let window = RATE_WINDOW.as_micros() as i64;
+        let Some(start) = self.start else {
+            self.start = Some(now);
+            self.count = 1;
+            return;
+        };
+        if now.as_micros() < start.as_micros() {
+            // The clock went back: start again, nothing judged.
+            self.start = Some(now);
+            self.count = 1;
+            return;
+        }
+        let elapsed = (now.as_micros() - start.as_micros()) / window;
+        if elapsed > 0 {
+            self.close(topic, out);
+            // Windows without any payload in between count as empty ones (a long silence is
+            // one judgement, not hundreds: staleness is the validators' business).
+            for _ in 1..elapsed.min(3) {
+                self.count = 0;
+                self.close(topic, out);
+            }
+            self.start = Some(Timestamp(start.as_micros() + elapsed * window));
+            self.count = 0;
+        }
+        self.count += 1;
+    }
+
+    fn close(&mut self, topic: &str, out: &mut Vec<Finding>) {
+        let got = self.count;
+        let Some(b) = self.baseline else {
+            self.learnt.push(got);
+            if self.learnt.len() >= RATE_LEARN {
+                let mut v = self.learnt.clone();
+                v.sort_unstable();
+                self.baseline = Some(f64::from(v[v.len() / 2]));
+                self.learnt = Vec::new();
+            }
+            return;
+        };
+        let g = f64::from(got);
+        let off = g > b * RATE_FACTOR + RATE_SLACK || g < b / RATE_FACTOR - RATE_SLACK;
+        if off != self.changed {
+            self.changed = off;
+            out.push(Finding::TimingChanged {
+                topic: topic.to_owned(),
+                expected: b,
+                got,
+                normal: !off,
+            });
+        }
+    }
 }
 
 /// See the module docs.
@@ -170,6 +277,7 @@ impl Guard {
                     at_last: vec![digest],
                     identity: from.identity.clone(),
                     address,
+                    rate: Rate::default(),
                 },
             );
             return Ok(());
@@ -228,6 +336,14 @@ impl Guard {
             }
         }
         Ok(())
+    }
+
+    /// Counts an accepted payload of `topic` received at `now` towards its rate (after
+    /// [`Guard::check`] accepted it); a change of rate goes to `out`.
+    pub fn count(&mut self, mapping: usize, topic: &str, now: Timestamp, out: &mut Vec<Finding>) {
+        if let Some(seen) = self.seen.get_mut(&(mapping, topic.to_owned())) {
+            seen.rate.observe(topic, now, out);
+        }
     }
 }
 
@@ -359,6 +475,40 @@ mod tests {
         )
         .expect("accepted");
         assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_rate_far_from_the_learnt_one_is_reported_once_and_its_return_too() {
+        let mut g = Guard::new();
+        let mut out = Vec::new();
+        let plug = from("device:plug-7", "10.0.0.7:5000");
+        // One payload every 10 s (6 a minute) with some jitter, for 15 minutes.
+        let mut t = 0_i64;
+        let mut send = |g: &mut Guard, t: i64, out: &mut Vec<Finding>| {
+            g.check(0, "plugs/7", None, 1, &plug, out)
+                .expect("accepted");
+            g.count(0, "plugs/7", Timestamp(t * 1_000), out);
+        };
+        for i in 0..90 {
+            t += 10_000 + (i % 3) * 400 - 400;
+            send(&mut g, t, &mut out);
+        }
+        assert!(out.is_empty(), "{out:?}");
+        // A second publisher beside it: 4 × the rate for 3 minutes.
+        for _ in 0..72 {
+            t += 2_500;
+            send(&mut g, t, &mut out);
+        }
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].code(), "ingest_timing_changed");
+        assert!(out[0].message().contains("plugs/7"), "{}", out[0].message());
+        // Back to normal: reported once more.
+        for _ in 0..30 {
+            t += 10_000;
+            send(&mut g, t, &mut out);
+        }
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[1].code(), "ingest_timing_normal");
     }
 
     #[test]

@@ -390,10 +390,14 @@ impl JsonIngest {
             h.finish()
         };
         let mut noticed = Vec::new();
-        let verdict = self
-            .guard
-            .lock()
-            .check(index, msg.topic, ts, digest, msg.from, &mut noticed);
+        let verdict = {
+            let mut guard = self.guard.lock();
+            let v = guard.check(index, msg.topic, ts, digest, msg.from, &mut noticed);
+            if v.is_ok() {
+                guard.count(index, msg.topic, now, &mut noticed);
+            }
+            v
+        };
         for f in &noticed {
             events.publish(guard_event(f, now));
         }
