@@ -484,7 +484,7 @@ mod tests {
         let plug = from("device:plug-7", "10.0.0.7:5000");
         // One payload every 10 s (6 a minute) with some jitter, for 15 minutes.
         let mut t = 0_i64;
-        let mut send = |g: &mut Guard, t: i64, out: &mut Vec<Finding>| {
+        let send = |g: &mut Guard, t: i64, out: &mut Vec<Finding>| {
             g.check(0, "plugs/7", None, 1, &plug, out)
                 .expect("accepted");
             g.count(0, "plugs/7", Timestamp(t * 1_000), out);
