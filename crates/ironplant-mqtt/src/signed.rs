@@ -78,7 +78,7 @@ struct WireOut<'a> {
 }
 
 /// Opens `bytes` if it is an envelope: `Ok(None)` for any other payload (a plain JSON reading),
-/// `Err` for an object that has `sig` but is not a well-formed envelope.
+/// `Err` for an object with `signer` and `sig` that is not a well-formed envelope.
 pub fn open(bytes: &[u8]) -> Result<Option<Envelope>, SignedError> {
     // Cheap test first: most payloads are plain.
     let looks = bytes.windows(5).any(|w| w == b"\"sig\"");
@@ -88,7 +88,9 @@ pub fn open(bytes: &[u8]) -> Result<Option<Envelope>, SignedError> {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
         return Ok(None);
     };
-    if value.get("sig").is_none() {
+    // An envelope names its signer and its signature; a plain reading may well have a field
+    // called `sig` (a radio's signal strength) and is not one.
+    if value.get("sig").is_none() || value.get("signer").is_none() {
         return Ok(None);
     }
     let w: Wire =
@@ -265,6 +267,11 @@ mod tests {
         assert_eq!(open(br#"{"apower":12.3}"#), Ok(None));
         assert_eq!(open(b"not json \"sig\""), Ok(None));
         assert_eq!(open(b"\xff\xfe"), Ok(None));
+        assert_eq!(
+            open(br#"{"sig":-71,"temp":21.5}"#),
+            Ok(None),
+            "a radio's signal strength"
+        );
         let short = open(br#"{"signer":"a","sig":"abcd","payload":"{}"}"#);
         assert!(
             matches!(short, Err(SignedError::Malformed(ref m)) if m.contains("128 hex")),
