@@ -6,6 +6,7 @@
 //! device's connection, and [`server`] serves a shared register image.
 
 pub mod codec;
+pub mod ident;
 pub mod plan;
 pub mod poller;
 pub mod server;

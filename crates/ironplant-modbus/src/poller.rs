@@ -46,6 +46,9 @@ pub trait PollObserver: Send + Sync + 'static {
     /// Connecting failed or a connection was dropped, for `why` (e.g. "no answer within 1s",
     /// "connection refused by 10.0.0.5:502", "the device closed the connection").
     fn comm_failure(&self, _device: &str, _why: &str) {}
+    /// The device identified itself on a new connection (function 43/14): a change between
+    /// connections is another PLC answering at its address.
+    fn identity(&self, _device: &str, _identity: &crate::ident::DeviceIdentity) {}
 }
 
 /// A no-op observer, for tests and tools.
@@ -229,6 +232,11 @@ struct State {
     last: Vec<(Value, Option<Quality>)>,
     /// Whether the last connection attempt failed (to log a failure once, not every retry).
     down_logged: bool,
+    /// Whether the device answers device identification (`None`: not asked yet). A device
+    /// that does not is never asked again.
+    identifies: Option<bool>,
+    /// A new connection whose device is to identify itself before the next reads.
+    identify_pending: bool,
 }
 
 impl DevicePoller {
@@ -269,6 +277,8 @@ impl DevicePoller {
             retry_at: Instant::now(),
             last: vec![(Value::Null, None); n],
             down_logged: false,
+            identifies: None,
+            identify_pending: false,
         }
     }
 }
@@ -348,6 +358,7 @@ impl State {
                 self.conn = Some(ctx);
                 self.link = link;
                 self.answered = false;
+                self.identify_pending = self.identifies != Some(false);
                 true
             }
             Ok(Err(why)) => {
@@ -436,6 +447,15 @@ impl State {
             self.mark_all(Quality::bad(QualityReason::CommFailure), &mut samples);
             self.bus.publish(samples).await;
             return;
+        }
+        if self.identify_pending {
+            self.identify_pending = false;
+            self.identify().await;
+            if self.conn.is_none() {
+                self.mark_all(Quality::bad(QualityReason::CommFailure), &mut samples);
+                self.bus.publish(samples).await;
+                return;
+            }
         }
         for r in 0..self.plan.len() {
             let req = self.plan[r].clone();
@@ -696,6 +716,42 @@ impl State {
             }
             Ok(other) => (None, format!("read-back answered {other:?}")),
             Err(e) => (None, format!("read-back failed: {e}")),
+        }
+    }
+
+    /// Asks the device who it is (function 43/14) on a new connection. An exception or an
+    /// answer that is not one means it does not identify itself: never asked again. No answer
+    /// at all drops the connection once (a late answer would confuse the next read) and is not
+    /// asked again either.
+    async fn identify(&mut self) {
+        let t = self.cfg.timeout;
+        let Some(ctx) = self.conn.as_mut() else {
+            return;
+        };
+        match timeout(t, ctx.call(crate::ident::request())).await {
+            Ok(Ok(Ok(Response::ReadDeviceIdentification(r)))) => {
+                self.answered();
+                let id = crate::ident::from_response(&r);
+                self.identifies = Some(true);
+                tracing::debug!(device = %self.cfg.id, identity = %id, "device identified itself");
+                self.observer.identity(&self.cfg.id, &id);
+            }
+            Ok(Ok(_)) => {
+                self.answered();
+                self.identifies = Some(false);
+            }
+            Ok(Err(e)) => {
+                // A device that drops the connection when asked is not asked again.
+                self.identifies = Some(false);
+                let why = self.request_error(&e);
+                self.disconnect(&why);
+            }
+            Err(_) => {
+                self.identifies = Some(false);
+                self.disconnect(&format!(
+                    "no answer to device identification within {t:?} (not asked again)"
+                ));
+            }
         }
     }
 

@@ -18,6 +18,9 @@ pub struct UnitImage {
     pub discrete_inputs: Vec<bool>,
     pub holding: Vec<u16>,
     pub input: Vec<u16>,
+    /// What the unit answers to "Read Device Identification" (function 43/14); `None`:
+    /// Illegal Function, as many PLCs answer.
+    pub identity: Option<crate::ident::DeviceIdentity>,
 }
 
 impl UnitImage {
@@ -28,6 +31,7 @@ impl UnitImage {
             discrete_inputs: vec![false; size],
             holding: vec![0; size],
             input: vec![0; size],
+            identity: None,
         }
     }
 }
@@ -92,6 +96,13 @@ fn handle(bank: &mut RegisterBank, req: SlaveRequest<'_>) -> Result<Response, Ex
         Request::WriteMultipleRegisters(a, vs) => {
             store(&mut unit.holding, a, &vs)?;
             Response::WriteMultipleRegisters(a, vs.len() as u16)
+        }
+        Request::ReadDeviceIdentification(_, _) => {
+            let identity = unit
+                .identity
+                .as_ref()
+                .ok_or(ExceptionCode::IllegalFunction)?;
+            Response::ReadDeviceIdentification(crate::ident::to_response(identity))
         }
         _ => return Err(ExceptionCode::IllegalFunction),
     })

@@ -75,6 +75,10 @@ pub struct Metrics {
         Option<ironplant_historian::events::EventStore>,
     )>,
     pub sparkplug: SparkplugMetrics,
+    /// The last identity each Modbus device reported (function 43/14), for the platform's life.
+    identities: parking_lot::Mutex<
+        std::collections::HashMap<String, ironplant_modbus::ident::DeviceIdentity>,
+    >,
 }
 
 impl Metrics {
@@ -88,6 +92,7 @@ impl Metrics {
             bridges: std::sync::OnceLock::new(),
             events: std::sync::OnceLock::new(),
             sparkplug: SparkplugMetrics::default(),
+            identities: parking_lot::Mutex::default(),
         }
     }
 
@@ -574,6 +579,41 @@ impl PollObserver for Metrics {
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
     }
 
+    fn identity(&self, device: &str, identity: &ironplant_modbus::ident::DeviceIdentity) {
+        let previous = self
+            .identities
+            .lock()
+            .insert(device.to_owned(), identity.clone());
+        match previous {
+            None => {
+                tracing::info!(device, identity = %identity, "Modbus device identified itself");
+            }
+            Some(before) if before != *identity => {
+                let msg = format!(
+                    "Modbus device {device} now identifies as \"{identity}\", before as \"{before}\": another PLC answers at its address (swapped, or impersonated)"
+                );
+                tracing::warn!("{msg}");
+                if let Some((bus, _)) = self.events.get() {
+                    bus.publish(
+                        ironplant_core::Event::new(
+                            ironplant_core::Timestamp::now(),
+                            ironplant_core::EventKind::Integrity,
+                            "modbus_identity_changed",
+                            "modbus",
+                            msg,
+                        )
+                        .with_severity(ironplant_core::Severity::Warning)
+                        .with_attribute(
+                            "device",
+                            ironplant_core::Value::String(std::sync::Arc::from(device)),
+                        ),
+                    );
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
     fn connection(&self, device: &str, up: bool) {
         let Some(d) = self.devices.get(device) else {
             return;
@@ -688,6 +728,32 @@ fn render_bridges(w: &mut String, bridges: &[(String, Arc<ironplant_mqtt::bridge
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plc_that_identifies_differently_is_an_integrity_event() {
+        let m = Metrics::new(["plc".to_owned()]);
+        let events = ironplant_core::EventBus::new();
+        let mut sub = events.subscribe("test", 8, ironplant_core::EventFilter::all());
+        m.attach_events(events, None);
+        let id = |product: &str| ironplant_modbus::ident::DeviceIdentity {
+            vendor: "Acme".into(),
+            product_code: product.into(),
+            revision: "1.0".into(),
+        };
+        // The first identity, and the same one at a reconnect: nothing to report.
+        m.identity("plc", &id("PLC-9"));
+        m.identity("plc", &id("PLC-9"));
+        assert!(sub.try_recv().is_none());
+        m.identity("plc", &id("PLC-1"));
+        let e = sub.try_recv().expect("an event");
+        assert_eq!(e.kind, ironplant_core::EventKind::Integrity);
+        assert_eq!(&*e.code, "modbus_identity_changed");
+        assert!(
+            e.message.contains("Acme PLC-1 1.0") && e.message.contains("Acme PLC-9 1.0"),
+            "{}",
+            e.message
+        );
+    }
 
     #[test]
     fn renders_prometheus_text_with_histogram() {

@@ -41,8 +41,18 @@ impl std::error::Error for BankError {}
 /// so a client that connects before the first tick reads the default setpoints, not zeros.
 pub fn new_bank() -> SharedBank {
     let mut bank = RegisterBank::default();
-    for unit in [FILLER_UNIT, UTILITIES_UNIT] {
-        bank.units.insert(unit, UnitImage::new(image_size(unit)));
+    for (unit, product) in [
+        (FILLER_UNIT, "SIM-FILLER"),
+        (UTILITIES_UNIT, "SIM-UTILITIES"),
+    ] {
+        let mut image = UnitImage::new(image_size(unit));
+        // What the PLC says it is (function 43/14): the connector reports a change.
+        image.identity = Some(ironplant_modbus::ident::DeviceIdentity {
+            vendor: "Ironplant".into(),
+            product_code: product.into(),
+            revision: env!("CARGO_PKG_VERSION").into(),
+        });
+        bank.units.insert(unit, image);
     }
     // The initial state does not depend on the seed.
     write_outputs(&Plant::new(0), &mut bank);
