@@ -357,9 +357,17 @@ fn the_demo_detects_an_attack_switched_on_through_its_api() {
         .and_then(|a| a.iter().find(|a| a["id"] == alarm_id))
         .unwrap_or_else(|| panic!("{alarm_id} not active: {body}"));
     assert_eq!(alarm["priority"], 2, "{alarm:#}");
-    let (status, body) = common::try_get(&api, "/api/v1/events?kind=integrity");
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains("line_pressure"), "{body}");
+    // The event store commits a few milliseconds after the live API has shown the event.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = common::try_get(&api, "/api/v1/events?kind=integrity");
+        assert_eq!(status, 200, "{body}");
+        if body.contains("line_pressure") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "not stored: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     // Nothing else was found: the models learnt in simulated time hold on the real-time line.
     let events: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     let raised: Vec<&serde_json::Value> = events["events"]
