@@ -1,7 +1,8 @@
 //! `ironplant attack ...`: attacks on the simulated plant, to see what the platform detects.
 //! Each runs stand-alone against a running `ironplant simulate` (or the simulator `ironplant
 //! demo` starts): a rogue Modbus write, a Modbus TCP proxy that bends values on the wire
-//! between the simulator and the platform, or a forged Sparkplug B node.
+//! between the simulator and the platform, or a forged Sparkplug B node; `--demo` switches a
+//! data-level attack inside a running `ironplant demo` through its API, `attack stop` ends it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use ironplant_server::platform;
 use ironplant_sim::attack::{AttackControl, ForgeSettings, Scenario};
 
 /// How the proxy attacks sit between the simulator and the platform.
-const PROXY_HELP: &str = "The attack runs as a Modbus TCP proxy between the simulator and the platform (a man in the middle), so the platform must poll the proxy. examples/bottling.toml polls 127.0.0.1:5020: move the simulator to 127.0.0.1:5021 and the proxy takes its place (the defaults of --listen and --upstream):\n  ironplant simulate --listen 127.0.0.1:5021 &\n  ironplant serve --config examples/bottling.toml &\n  ironplant attack ...\nThe attack's clock starts with the proxy, which runs until Ctrl-C.";
+const PROXY_HELP: &str = "The attack runs as a Modbus TCP proxy between the simulator and the platform (a man in the middle), so the platform must poll the proxy. examples/bottling.toml polls 127.0.0.1:5020: move the simulator to 127.0.0.1:5021 and the proxy takes its place (the defaults of --listen and --upstream):\n  ironplant simulate --listen 127.0.0.1:5021 &\n  ironplant serve --config examples/bottling.toml &\n  ironplant attack ...\nThe attack's clock starts with the proxy, which runs until Ctrl-C.\n\nWith --demo the attack is switched on inside a running `ironplant demo` through its API instead (no proxy; an engineer or admin token in IRONPLANT_TOKEN), until `ironplant attack stop`:\n  IRONPLANT_TOKEN=$(ironplant token create --user admin --role admin --expires 1h) \\\n      ironplant attack drift tank_level --amount 8 --demo";
 
 #[derive(Subcommand)]
 pub enum AttackCommand {
@@ -90,6 +91,17 @@ pub enum AttackCommand {
         #[command(flatten)]
         common: ProxyArgs,
     },
+    /// Stop an attack running inside `ironplant demo` (by its label, e.g. `step:line_pressure`,
+    /// by its kind, e.g. `step`, or `all`), through its API.
+    #[command(
+        after_help = "Example:\n  IRONPLANT_TOKEN=$(ironplant token create --user admin --role admin --expires 1h)\n  ironplant attack step line_pressure --amount 0.3 --demo\n  ironplant attack stop step:line_pressure"
+    )]
+    Stop {
+        /// The attack's label, its kind, or `all`.
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// A forged Sparkplug B node: connect to the broker with another node's stolen credentials
     /// and publish data in its name (its group, node and device) with plausible values but a
     /// fresh seq (and, with --birth-bd-seq, a forged birth with a guessed bdSeq).
@@ -157,6 +169,63 @@ pub struct ProxyArgs {
     /// Delay before the attack takes effect (a replay starts recording then).
     #[arg(long, default_value = "0s")]
     start: humantime::Duration,
+    /// Switch the attack on inside a running `ironplant demo` instead, through its API (its
+    /// simulator bends the values; no proxy): needs an engineer or admin token.
+    #[arg(long)]
+    demo: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// How `--demo` and `attack stop` reach the demo's API.
+#[derive(Args)]
+pub struct ApiArgs {
+    /// The demo's API address (HOST:PORT, or an http:// / https:// URL).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    http: String,
+    /// An engineer or admin API token (`ironplant token create --user admin --role admin`).
+    #[arg(
+        long,
+        env = "IRONPLANT_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// The demo's data directory (its CA certificate, to verify the API's).
+    #[arg(long, default_value = "ironplant-data", value_name = "DIR")]
+    data_dir: PathBuf,
+}
+
+impl ApiArgs {
+    /// `method` on the demo's attacks API: the answer's JSON, or an error saying why.
+    fn call(
+        &self,
+        method: &str,
+        target: &str,
+        json: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let (addr, host, plain) = crate::query::api_address(&self.http, false)?;
+        let token = self.token.clone().context(
+            "no API token: create one with `ironplant token create --user admin --role admin` and pass it in IRONPLANT_TOKEN",
+        )?;
+        let client = crate::query::ApiClient::with(None, Some(token), plain, &self.data_dir)?;
+        let (status, body) =
+            crate::query::http_request(addr, &host, &client, method, target, json)?;
+        let value: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+        if !(200..300).contains(&status) {
+            let why = value["error"]["message"].as_str().unwrap_or(body.as_str());
+            anyhow::bail!(
+                "the demo at {host} refused ({status}): {why}{}",
+                if status == 404 {
+                    " (only `ironplant demo` has a simulator to switch; against `simulate` + `serve` use the proxy, without --demo)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Ok(value)
+    }
 }
 
 pub fn run(command: AttackCommand) -> anyhow::Result<ExitCode> {
@@ -167,6 +236,15 @@ pub fn run(command: AttackCommand) -> anyhow::Result<ExitCode> {
             value,
             modbus,
         } => return rogue_write(point, value, modbus),
+        AttackCommand::Stop { name, api } => {
+            let v = api.call(
+                "DELETE",
+                &format!("/api/v1/simulator/attacks/{}", encode_segment(&name)),
+                None,
+            )?;
+            println!("stopped in the demo: {}", v);
+            return Ok(ExitCode::SUCCESS);
+        }
         AttackCommand::ForgeSparkplug {
             broker,
             bundle,
@@ -254,7 +332,32 @@ pub fn run(command: AttackCommand) -> anyhow::Result<ExitCode> {
             common,
         ),
     };
+    if common.demo {
+        let json = serde_json::to_string(&scenario).context("the scenario as JSON")?;
+        let v = common
+            .api
+            .call("POST", "/api/v1/simulator/attacks", Some(&json))?;
+        println!(
+            "attack {} switched on in the demo's simulator (stop it with `ironplant attack stop {}`)",
+            v["label"].as_str().unwrap_or("?"),
+            v["label"].as_str().unwrap_or("all")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     proxy(scenario, &common)
+}
+
+/// A path segment with the characters a URL cannot carry as such percent-encoded.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn rogue_write(point: String, value: String, modbus: SocketAddr) -> anyhow::Result<ExitCode> {

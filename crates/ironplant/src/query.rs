@@ -141,20 +141,27 @@ enum Source {
 
 /// How requests reach the API: TLS (unless the platform runs with --insecure-http) and the
 /// token, if any.
-struct ApiClient {
+pub(crate) struct ApiClient {
     tls: Option<Arc<rustls::ClientConfig>>,
     token: Option<String>,
 }
 
 impl ApiClient {
     fn new(args: &QueryArgs, plain: bool, data_dir: &Path) -> anyhow::Result<ApiClient> {
+        ApiClient::with(args.ca.clone(), token(args)?, plain, data_dir)
+    }
+
+    /// TLS trusting `ca` (default: the built-in CA of `data_dir`) unless `plain`, and `token`.
+    pub(crate) fn with(
+        ca: Option<PathBuf>,
+        token: Option<String>,
+        plain: bool,
+        data_dir: &Path,
+    ) -> anyhow::Result<ApiClient> {
         let tls = if plain {
             None
         } else {
-            let ca = args
-                .ca
-                .clone()
-                .unwrap_or_else(|| data_dir.join("security").join("ca").join("ca.crt"));
+            let ca = ca.unwrap_or_else(|| data_dir.join("security").join("ca").join("ca.crt"));
             let pem = std::fs::read_to_string(&ca).with_context(|| {
                 format!(
                     "cannot read the CA certificate {} to verify the platform's HTTPS certificate; give it with --ca FILE (or --data-dir of the platform)",
@@ -165,11 +172,34 @@ impl ApiClient {
                 .with_context(|| format!("{} is not a usable CA certificate", ca.display()))?;
             Some(Arc::new(config))
         };
-        Ok(ApiClient {
-            tls,
-            token: token(args)?,
-        })
+        Ok(ApiClient { tls, token })
     }
+}
+
+/// The API's address from `--http` (HOST:PORT or an http:// / https:// URL): (address, host,
+/// plain text).
+pub(crate) fn api_address(
+    http: &str,
+    insecure_http: bool,
+) -> anyhow::Result<(SocketAddr, String, bool)> {
+    let plain = insecure_http || http.starts_with("http://");
+    let host = http
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_owned();
+    let addr = host
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve --http {http}; give HOST:PORT"))?
+        .next()
+        .with_context(|| format!("--http {http} resolves to no address; give HOST:PORT"))?;
+    // A listen address such as 0.0.0.0:8080 is reached on loopback.
+    let addr = if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    Ok((addr, host, plain))
 }
 
 /// The token from --token, IRONPLANT_TOKEN or --token-file.
@@ -280,23 +310,7 @@ fn pick_source(
     data_dir: &Path,
 ) -> anyhow::Result<Source> {
     // HTTPS unless the address says http:// or the platform was started with --insecure-http.
-    let plain = insecure_http || http.starts_with("http://");
-    let host = http
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .to_owned();
-    let addr = host
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve --http {http}; give HOST:PORT"))?
-        .next()
-        .with_context(|| format!("--http {http} resolves to no address; give HOST:PORT"))?;
-    // A listen address such as 0.0.0.0:8080 is reached on loopback.
-    let addr = if addr.ip().is_unspecified() {
-        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
-    } else {
-        addr
-    };
+    let (addr, host, plain) = api_address(http, insecure_http)?;
     let why = if addr.port() == 0 {
         "port 0".to_owned()
     } else {
@@ -902,6 +916,18 @@ fn http_get(
     client: &ApiClient,
     target: &str,
 ) -> anyhow::Result<(u16, String)> {
+    http_request(addr, host, client, "GET", target, None)
+}
+
+/// `method` `target` with an optional JSON body and `Connection: close`: (status, body).
+pub(crate) fn http_request(
+    addr: SocketAddr,
+    host: &str,
+    client: &ApiClient,
+    method: &str,
+    target: &str,
+    json: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let ctx = || format!("cannot query the platform at {host}");
     let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).with_context(ctx)?;
     s.set_read_timeout(Some(READ_TIMEOUT)).with_context(ctx)?;
@@ -911,9 +937,16 @@ fn http_get(
         .as_ref()
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    let body = json.map_or(String::new(), |j| {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{j}",
+            j.len()
+        )
+    });
     let request = format!(
-        "GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nUser-Agent: ironplant/{}\r\n{auth}Connection: close\r\n\r\n",
-        env!("CARGO_PKG_VERSION")
+        "{method} {target} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nUser-Agent: ironplant/{}\r\n{auth}Connection: close\r\n{}",
+        env!("CARGO_PKG_VERSION"),
+        if json.is_some() { body } else { "\r\n".to_owned() }
     );
     let mut raw = Vec::new();
     match &client.tls {

@@ -318,15 +318,31 @@ fn the_demo_detects_an_attack_switched_on_through_its_api() {
         }
         panic!("no {what} in {secs} s; events seen: {seen:#?}");
     };
-    // Subscribed (events only: no snapshot), then the attack, as an operator switches it.
-    let (status, body) = common::try_request(
-        &api,
-        "POST",
-        "/api/v1/simulator/attacks",
-        Some(r#"{"kind":"step","signal":"line_pressure","amount":0.3}"#),
-    );
-    assert_eq!(status, 201, "{body}");
+    // Subscribed (events only: no snapshot), then the attack, switched on from the command
+    // line (which goes through the API).
+    let attack = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["attack"])
+            .args(args)
+            .args(["--http", &http, "--data-dir", "data"])
+            .env("IRONPLANT_TOKEN", &api.token)
+            .current_dir(dir.path())
+            .output()
+            .expect("run ironplant attack");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let on = attack(&["step", "line_pressure", "--amount", "0.3", "--demo"]);
+    assert!(on.contains("step:line_pressure"), "{on}");
     let attacked = Instant::now();
+    let (status, body) = common::try_get(&api, "/api/v1/simulator/attacks");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("step:line_pressure"), "{body}");
     let alarm_id = "acme.lyon.bottling.line1:integrity";
     let finding = wait_for(&mut ws, "integrity finding on line_pressure", 180, &|e| {
         e["kind"] == "integrity"
@@ -380,13 +396,8 @@ fn the_demo_detects_an_attack_switched_on_through_its_api() {
         assert!(m.contains("line_pressure"), "a false finding: {e:#}");
     }
 
-    let (status, body) = common::try_request(
-        &api,
-        "DELETE",
-        "/api/v1/simulator/attacks/step:line_pressure",
-        None,
-    );
-    assert!((200..300).contains(&status), "{status} {body}");
+    let off = attack(&["stop", "step:line_pressure"]);
+    assert!(off.contains("stopped"), "{off}");
     wait_for(&mut ws, "the finding cleared", 180, &|e| {
         e["kind"] == "integrity"
             && e["code"] == "cleared"
