@@ -2,16 +2,16 @@
 //! reported to the observer, one that answers Illegal Function is polled as before and never
 //! asked again.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use ironplant_core::config::{
-    ByteOrder, DeviceConfig, ModbusDataType, ModbusPoint, ModbusTable, Protocol, WordOrder,
-};
-use ironplant_core::{TagBus, TagId, Value};
+use ironplant_core::{TagBus, Value};
 use ironplant_modbus::ident::DeviceIdentity;
-use ironplant_modbus::{DevicePoller, PollObserver, PollPoint, RegisterBank, UnitImage};
+use ironplant_modbus::{DevicePoller, PollObserver, RegisterBank, UnitImage};
 use parking_lot::Mutex;
+use support::{device, one_point};
 use tokio::net::TcpListener;
 
 #[derive(Default)]
@@ -41,33 +41,12 @@ async fn poll_one(identity: Option<DeviceIdentity>) -> (Arc<Seen>, Value) {
     let mut sub = bus.subscribe("test", 64, ironplant_core::Overflow::DropNewest);
     let seen = Arc::new(Seen::default());
     let _handle = DevicePoller {
-        config: DeviceConfig {
-            id: "plc".into(),
-            protocol: Protocol::ModbusTcp,
-            address: addr.to_string(),
-            unit_id: 1,
-            poll_interval: Duration::from_millis(50),
-            timeout: Duration::from_secs(1),
-            reconnect_max: Duration::from_secs(1),
-            max_gap: 0,
-            description: String::new(),
-        },
-        points: vec![PollPoint {
-            tag: TagId(0),
-            point: ModbusPoint {
-                unit_id: 1,
-                table: ModbusTable::Holding,
-                address: 0,
-                data_type: ModbusDataType::U16,
-                word_order: WordOrder::BigEndian,
-                byte_order: ByteOrder::BigEndian,
-                bit: None,
-                scale: 1.0,
-                offset: 0.0,
-                count: 1,
-            },
-            range: None,
-        }],
+        config: device(
+            addr.to_string(),
+            Duration::from_millis(50),
+            Duration::from_secs(1),
+        ),
+        points: one_point(),
         bus: bus.clone(),
         observer: seen.clone(),
     }

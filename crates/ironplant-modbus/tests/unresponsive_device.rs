@@ -2,16 +2,16 @@
 //! its TCP stack lives on). Real PLCs have a handful of connection slots: the poller must never
 //! hold more than one connection to it, must back off while it stays silent, and must say why.
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ironplant_core::config::{
-    ByteOrder, DeviceConfig, ModbusDataType, ModbusPoint, ModbusTable, Protocol, WordOrder,
-};
-use ironplant_core::{QualityReason, TagBus, TagId};
-use ironplant_modbus::{DevicePoller, PollObserver, PollPoint};
+use ironplant_core::{QualityReason, TagBus};
+use ironplant_modbus::{DevicePoller, PollObserver};
 use parking_lot::Mutex;
+use support::{device, one_point};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -58,39 +58,6 @@ impl PollObserver for Reasons {
     fn comm_failure(&self, _: &str, why: &str) {
         self.0.lock().push(why.to_owned());
     }
-}
-
-fn device(address: String, poll: Duration, timeout: Duration) -> DeviceConfig {
-    DeviceConfig {
-        id: "plc".into(),
-        protocol: Protocol::ModbusTcp,
-        address,
-        unit_id: 1,
-        poll_interval: poll,
-        timeout,
-        reconnect_max: Duration::from_secs(2),
-        max_gap: 0,
-        description: String::new(),
-    }
-}
-
-fn one_point() -> Vec<PollPoint> {
-    vec![PollPoint {
-        tag: TagId(0),
-        point: ModbusPoint {
-            unit_id: 1,
-            table: ModbusTable::Holding,
-            address: 0,
-            data_type: ModbusDataType::U16,
-            word_order: WordOrder::BigEndian,
-            byte_order: ByteOrder::BigEndian,
-            bit: None,
-            scale: 1.0,
-            offset: 0.0,
-            count: 1,
-        },
-        range: None,
-    }]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
