@@ -183,6 +183,9 @@ pub struct ApiArgs {
     /// The demo's API address (HOST:PORT, or an http:// / https:// URL).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     http: String,
+    /// The demo serves plain HTTP (started with --insecure-http).
+    #[arg(long)]
+    insecure_http: bool,
     /// An engineer or admin API token (`ironplant token create --user admin --role admin`).
     #[arg(
         long,
@@ -204,7 +207,7 @@ impl ApiArgs {
         target: &str,
         json: Option<&str>,
     ) -> anyhow::Result<serde_json::Value> {
-        let (addr, host, plain) = crate::query::api_address(&self.http, false)?;
+        let (addr, host, plain) = crate::query::api_address(&self.http, self.insecure_http)?;
         let token = self.token.clone().context(
             "no API token: create one with `ironplant token create --user admin --role admin` and pass it in IRONPLANT_TOKEN",
         )?;

@@ -398,6 +398,13 @@ mod tests {
         }
     }
 
+    /// The attacks that can be switched inside a running demo through its API (`--demo`,
+    /// `attack stop`): API clients, with the demo's address and data directory.
+    fn demo_attack(path: &str) -> bool {
+        path.strip_prefix("ironplant attack ")
+            .is_some_and(|a| matches!(a, "drift" | "step" | "replay" | "freeze" | "mitm" | "stop"))
+    }
+
     fn long_flags(cmd: &clap::Command) -> Vec<String> {
         cmd.get_arguments()
             .filter_map(|a| a.get_long().map(str::to_owned))
@@ -427,7 +434,7 @@ mod tests {
             );
             let flags = long_flags(cmd);
             let server = path == "ironplant serve" || path == "ironplant demo";
-            let client = server || path == "ironplant query";
+            let client = server || path == "ironplant query" || demo_attack(path);
             for (f, owners) in [
                 ("mqtts", server),
                 ("mqtt", server),
@@ -466,6 +473,7 @@ mod tests {
                     | "audit"
                     | "acl"
             );
+            let uses = uses || demo_attack(path);
             if !path.split(' ').any(|w| w == "help") && !cmd.has_subcommands() {
                 assert_eq!(has, uses, "{path}: --data-dir");
             }
