@@ -59,16 +59,25 @@ impl Proc {
 
     /// The next stdout line satisfying `pred` (within 20 s).
     fn line(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        self.try_line(pred).unwrap_or_else(|skipped| {
+            let errs: Vec<String> = self.errs.try_iter().collect();
+            panic!(
+                "no line with {what}; other lines: {skipped:?}; stderr:\n{}",
+                errs.join("\n")
+            )
+        })
+    }
+
+    /// The next stdout line satisfying `pred` within 20 s, or the lines seen instead.
+    fn try_line(&self, pred: impl Fn(&str) -> bool) -> Result<String, Vec<String>> {
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut skipped = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if pred(&line) => return line,
-                Ok(_) => {}
-                Err(_) => {
-                    let errs: Vec<String> = self.errs.try_iter().collect();
-                    panic!("no line with {what}; stderr:\n{}", errs.join("\n"));
-                }
+                Ok(line) if pred(&line) => return Ok(line),
+                Ok(line) => skipped.push(line),
+                Err(_) => return Err(skipped),
             }
         }
     }
@@ -261,7 +270,19 @@ fn pysparkplug_edge_nodes_become_tags_and_follow_data_gaps_and_deaths() {
 
     // A seq gap: we publish a rebirth NCMD, which pysparkplug receives and decodes.
     edge.command("gap 1600.75");
-    let ncmd = edge.line("the rebirth NCMD", |l| l.contains("\"ncmd\""));
+    let ncmd = edge
+        .try_line(|l| l.contains("\"ncmd\""))
+        .unwrap_or_else(|skipped| {
+            // Seen once in CI, never reproduced: say what the host saw.
+            let counters: Vec<String> = get(&api, "/metrics")
+                .lines()
+                .filter(|l| l.starts_with("ironplant_sparkplug"))
+                .map(str::to_owned)
+                .collect();
+            panic!(
+                "no rebirth NCMD; the edge printed {skipped:?}; the host's counters: {counters:#?}"
+            )
+        });
     let ncmd: Json = serde_json::from_str(&ncmd).expect("JSON line");
     assert_eq!(ncmd["topic"], "spBv1.0/Plant1/NCMD/edge-py");
     assert_eq!(ncmd["metrics"][0]["name"], "Node Control/Rebirth");
