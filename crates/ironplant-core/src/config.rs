@@ -864,6 +864,40 @@ pub fn parse_duration(
     }
 }
 
+/// A delay such as "5s" or "0s" (zero allowed, unlike [`parse_duration`]), at most `max`.
+pub fn parse_delay(
+    d: &mut Diagnostics,
+    raw: &Option<Spanned<String>>,
+    field: &str,
+    default: Duration,
+    max: Duration,
+) -> Duration {
+    let Some(raw) = raw else { return default };
+    match humantime::parse_duration(raw.get_ref().trim()) {
+        Ok(v) if v <= max => v,
+        Ok(_) => {
+            d.err(
+                raw.span(),
+                format!(
+                    "{field} {:?} is longer than {}",
+                    raw.get_ref(),
+                    humantime::format_duration(max)
+                ),
+                Some(format!("use at most {}", humantime::format_duration(max))),
+            );
+            default
+        }
+        Err(e) => {
+            d.err(
+                raw.span(),
+                format!("{field} {:?} is not a duration: {e}", raw.get_ref()),
+                Some("write a number with a unit, e.g. \"0s\", \"5s\", \"2m\"".to_owned()),
+            );
+            default
+        }
+    }
+}
+
 /// A small integer 0-255, or an error at its span.
 pub fn parse_u8(c: &mut Diagnostics, raw: &Spanned<i64>, field: &str) -> u8 {
     u8::try_from(*raw.get_ref()).unwrap_or_else(|_| {

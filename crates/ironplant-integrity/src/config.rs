@@ -279,33 +279,14 @@ fn duration(
     config::parse_duration(d, raw, field, default)
 }
 
-/// A delay that may be zero (`for = "0s"`).
+/// A delay that may be zero (`for = "0s"`), at most a day.
 fn delay(
     d: &mut Diagnostics,
     raw: &Option<Spanned<String>>,
     field: &str,
     default: Duration,
 ) -> Duration {
-    let Some(raw) = raw else { return default };
-    match humantime::parse_duration(raw.get_ref().trim()) {
-        Ok(v) if v <= Duration::from_secs(24 * 3600) => v,
-        Ok(_) => {
-            d.err(
-                raw.span(),
-                format!("{field} {:?} is longer than a day", raw.get_ref()),
-                None,
-            );
-            default
-        }
-        Err(e) => {
-            d.err(
-                raw.span(),
-                format!("{field} {:?} is not a duration: {e}", raw.get_ref()),
-                Some("write a number with a unit, e.g. \"0s\", \"30s\", \"5m\"".to_owned()),
-            );
-            default
-        }
-    }
+    config::parse_delay(d, raw, field, default, Duration::from_secs(24 * 3600))
 }
 
 /// A finite number, optionally > 0 or ≥ 0.

@@ -485,10 +485,7 @@ fn bridge_sign(
     let path = std::path::PathBuf::from(key.get_ref());
     let signer = match name {
         Some(n) => n.get_ref().clone(),
-        None => path
-            .file_name()
-            .and_then(|f| f.to_str())
-            .and_then(|f| f.strip_suffix(".sign.key"))
+        None => crate::signed::signer_of(&path)
             .unwrap_or_default()
             .to_owned(),
     };

@@ -199,6 +199,14 @@ impl Signer {
     }
 }
 
+/// The signer a key file names, as bundles write them: `<name>.sign.key` → `name`.
+pub fn signer_of(key: &std::path::Path) -> Option<&str> {
+    key.file_name()?
+        .to_str()?
+        .strip_suffix(".sign.key")
+        .filter(|n| !n.is_empty())
+}
+
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

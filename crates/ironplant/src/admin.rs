@@ -71,10 +71,7 @@ pub enum DeviceCommand {
 fn sign(key: &Path, topic: &str, signer: Option<String>, payload: &str) -> anyhow::Result<()> {
     let name = match signer {
         Some(n) => n,
-        None => key
-            .file_name()
-            .and_then(|f| f.to_str())
-            .and_then(|f| f.strip_suffix(".sign.key"))
+        None => ironplant_mqtt::signed::signer_of(key)
             .map(str::to_owned)
             .with_context(|| {
                 format!(

@@ -358,40 +358,6 @@ enum RawState {
 
 // ---- validation --------------------------------------------------------------------------------
 
-/// A delay such as "5s" or "0s" (zero allowed, unlike core's durations), at most `max`.
-fn parse_delay(
-    d: &mut Diagnostics,
-    raw: &Option<Spanned<String>>,
-    field: &str,
-    default: Duration,
-    max: Duration,
-) -> Duration {
-    let Some(raw) = raw else { return default };
-    match humantime::parse_duration(raw.get_ref().trim()) {
-        Ok(v) if v <= max => v,
-        Ok(_) => {
-            d.err(
-                raw.span(),
-                format!(
-                    "{field} {:?} is longer than {}",
-                    raw.get_ref(),
-                    humantime::format_duration(max)
-                ),
-                Some(format!("use at most {}", humantime::format_duration(max))),
-            );
-            default
-        }
-        Err(e) => {
-            d.err(
-                raw.span(),
-                format!("{field} {:?} is not a duration: {e}", raw.get_ref()),
-                Some("write a number with a unit, e.g. \"0s\", \"5s\", \"2m\"".to_owned()),
-            );
-            default
-        }
-    }
-}
-
 fn int_field(
     d: &mut Diagnostics,
     raw: &Option<Spanned<i64>>,
@@ -798,8 +764,8 @@ fn validate_alarm(
         }
         None => 0.0,
     };
-    let on_delay = parse_delay(d, &a.on_delay, "on_delay", Duration::ZERO, MAX_DELAY);
-    let off_delay = parse_delay(d, &a.off_delay, "off_delay", Duration::ZERO, MAX_DELAY);
+    let on_delay = config::parse_delay(d, &a.on_delay, "on_delay", Duration::ZERO, MAX_DELAY);
+    let off_delay = config::parse_delay(d, &a.off_delay, "off_delay", Duration::ZERO, MAX_DELAY);
     let priority = match &a.priority {
         None => 3,
         Some(p) => match u8::try_from(*p.get_ref()) {
