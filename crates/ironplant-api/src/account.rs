@@ -100,15 +100,15 @@ fn query_error(e: QueryRejection) -> ApiError {
     )
 }
 
-fn rfc3339_secs(secs: u64) -> String {
+pub(crate) fn rfc3339_secs(secs: u64) -> String {
     Timestamp::from_system_time(UNIX_EPOCH + Duration::from_secs(secs)).to_rfc3339()
 }
 
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     Timestamp::from_system_time(t).to_rfc3339()
 }
 
-fn no_store(status: StatusCode, body: impl Serialize) -> Response {
+pub(crate) fn no_store(status: StatusCode, body: impl Serialize) -> Response {
     (status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
 
@@ -153,9 +153,33 @@ pub(crate) async fn login(
     Extension(ClientAddr(source)): Extension<ClientAddr>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let sec = security(&st)?;
-    let b: LoginBody = json_body(&body, r#"{"user": "...", "password": "..."}"#)?;
-    let token = blocking(move || {
+    let (user, t) = start_session(&st, source, &body).await?;
+    Ok(no_store(
+        StatusCode::OK,
+        NewTokenJson {
+            id: t.id,
+            token: t.token,
+            user,
+            role: t.role,
+            label: "session".into(),
+            expires: rfc3339(t.expires),
+            read_prefixes: None,
+            write_prefixes: None,
+        },
+    ))
+}
+
+/// Checks `{"user","password"}` (throttled, lockout, audited by the library) and makes a
+/// session token of the user's role valid for [`SESSION_TTL`]: the one login of the API and
+/// the HMI ([`crate::session`]).
+pub(crate) async fn start_session(
+    st: &ApiState,
+    source: std::net::IpAddr,
+    body: &Bytes,
+) -> Result<(String, ironplant_security::users::NewToken), ApiError> {
+    let sec = security(st)?;
+    let b: LoginBody = json_body(body, r#"{"user": "...", "password": "..."}"#)?;
+    blocking(move || {
         let id = sec
             .users
             .login(&b.user, b.password.as_bytes(), source, "api")
@@ -172,21 +196,7 @@ pub(crate) async fn login(
             .map(|t| (id.user, t))
             .map_err(store_error)
     })
-    .await?;
-    let (user, t) = token;
-    Ok(no_store(
-        StatusCode::OK,
-        NewTokenJson {
-            id: t.id,
-            token: t.token,
-            user,
-            role: t.role,
-            label: "session".into(),
-            expires: rfc3339(t.expires),
-            read_prefixes: None,
-            write_prefixes: None,
-        },
-    ))
+    .await
 }
 
 // ---- tokens ----------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// its first message carries the token; credentials sent in the header are checked here as for
 /// any route, see [`crate::live`]).
 pub fn is_public(path: &str) -> bool {
-    path == "/healthz"
+    crate::hmi::is_asset(path)
+        || path == "/healthz"
         || path == "/api/v1/login"
         || path == crate::openapi::PATH
         || path == crate::mqtt_ws::PATH
@@ -371,7 +372,10 @@ pub(crate) async fn authenticate(
     // (and on the live API they authenticate the upgrade itself).
     let health_with_credentials = (path == "/healthz" || path == crate::live::PATH)
         && req.headers().contains_key(header::AUTHORIZATION);
-    if is_public(&path) && !health_with_credentials {
+    // The HMI's login sets the cookie; it is public like `/api/v1/login` (GET and DELETE of
+    // the session need one).
+    let hmi_login = method == Method::POST && path == crate::session::PATH;
+    if (is_public(&path) || hmi_login) && !health_with_credentials {
         return next.run(req).await;
     }
     let unauthenticated = |message: &str| {
@@ -386,15 +390,35 @@ pub(crate) async fn authenticate(
         );
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message).into_response()
     };
-    let creds =
-        match Credentials::parse(req.headers()) {
-            Ok(Some(c)) => c,
-            Ok(None) => return unauthenticated(
+    let cookie = crate::session::cookie_token(req.headers());
+    let creds = match Credentials::parse(req.headers()) {
+        Ok(Some(c)) => c,
+        // The HMI's session cookie, only without an Authorization header, and only for a
+        // request that shows it comes from the HMI (its origin, the CSRF token).
+        Ok(None) if cookie.is_some() => {
+            let token = cookie.unwrap_or_default();
+            if let Err(why) = crate::session::check_cookie_request(&method, req.headers(), &token) {
+                record_denial(
+                    &sec,
+                    None,
+                    "http-api".into(),
+                    source,
+                    "csrf",
+                    &method,
+                    &path,
+                );
+                return ApiError::new(StatusCode::FORBIDDEN, "csrf", why).into_response();
+            }
+            Credentials::Bearer(token)
+        }
+        Ok(None) => {
+            return unauthenticated(
                 "authentication required: send `Authorization: Bearer <token>` (an API token, or \
                  a session token from POST /api/v1/login) or HTTP Basic credentials",
-            ),
-            Err(why) => return unauthenticated(why),
-        };
+            )
+        }
+        Err(why) => return unauthenticated(why),
+    };
     let s = sec.clone();
     let resolved = tokio::task::spawn_blocking(move || resolve(&s, creds, source)).await;
     let (identity, access, token_rule) = match resolved {

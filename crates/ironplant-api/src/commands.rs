@@ -378,3 +378,66 @@ pub(crate) async fn decide(
         )),
     }
 }
+
+fn seconds(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// `GET /api/v1/commands/points`: every writable tag the caller may read, with its current
+/// value (the tag's JSON) and what a write to it is subject to: the operating envelope, each
+/// interlock's state now (with the values it depends on), select-before-operate, the
+/// two-person rule, and whether this caller may write it at all. What the HMI shows before
+/// anyone operates.
+pub(crate) async fn points(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    caller.require(Permission::ReadTags)?;
+    let rt = &st.runtime;
+    let metas: Vec<ironplant_core::TagMeta> = rt
+        .namespace
+        .read()
+        .tags()
+        .filter(|m| m.writable && caller.access.can_read(m.path.as_str()))
+        .cloned()
+        .collect();
+    let now = ironplant_core::Timestamp::now();
+    let mut out = Vec::with_capacity(metas.len());
+    for meta in &metas {
+        let sample = rt.bus.current(meta.id);
+        let mut point =
+            serde_json::to_value(ironplant_core::wire::TagJson::new(meta, sample.as_ref()))
+                .unwrap_or_else(|_| json!({}));
+        let (policy, interlocks) = rt.commands.point(&meta.path, now);
+        let e = &policy.envelope;
+        let extra = json!({
+            "envelope": {
+                "min": e.min,
+                "max": e.max,
+                "max_step": e.max_step,
+                "max_rate": e.max_rate,
+                "min_interval": e.min_interval.map(seconds),
+            },
+            "interlocks": interlocks.iter().map(|i| json!({
+                "name": i.name,
+                "state": match i.state {
+                    ironplant_control::command::InterlockState::Holds => "holds",
+                    ironplant_control::command::InterlockState::Violated => "violated",
+                    ironplant_control::command::InterlockState::BadInput => "bad_input",
+                },
+                "detail": i.detail,
+            })).collect::<Vec<_>>(),
+            "select_before_operate": policy.select_before_operate.map(seconds),
+            "two_person": policy.two_person.as_ref().map(|t| json!({
+                "role": t.role.to_string(),
+                "timeout": seconds(t.timeout),
+            })),
+            "can_write": matches!(verdict(&caller, meta.path.as_str()), Authorisation::Allowed),
+        });
+        if let (Some(p), serde_json::Value::Object(x)) = (point.as_object_mut(), extra) {
+            p.extend(x);
+        }
+        out.push(point);
+    }
+    Ok(Json(json!({ "points": out })).into_response())
+}

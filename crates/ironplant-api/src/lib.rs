@@ -28,13 +28,16 @@ pub mod auth;
 pub mod commands;
 pub mod events;
 pub mod history;
+pub mod hmi;
 pub mod ingest;
 pub mod listen;
 pub mod live;
 pub mod mqtt_ws;
 pub mod openapi;
+pub mod session;
 pub mod settings;
 pub mod simulator;
+pub mod system;
 
 use auth::Caller;
 use ironplant_security::Permission;
@@ -85,6 +88,16 @@ pub fn router_with(state: Arc<ApiState>, extra: Router<Arc<ApiState>>) -> Router
         .route(mqtt_ws::PATH, get(mqtt_ws::upgrade_api))
         .route(live::PATH, get(live::upgrade))
         .route("/api/v1/login", post(account::login))
+        .route(
+            session::PATH,
+            post(session::login)
+                .get(session::get)
+                .delete(session::logout),
+        )
+        .route("/", get(hmi::index))
+        .route("/hmi/{*file}", get(hmi::file))
+        .route("/api/v1/system", get(system::get_system))
+        .route("/api/v1/commands/points", get(commands::points))
         .route(
             "/api/v1/tokens",
             get(account::list_tokens).post(account::create_token),

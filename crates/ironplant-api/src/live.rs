@@ -295,6 +295,9 @@ struct Request {
     events: Option<Vec<String>>,
     #[serde(default)]
     token: Option<String>,
+    /// The HMI's CSRF token: authenticates with the session cookie of the upgrade request.
+    #[serde(default)]
+    csrf: Option<String>,
 }
 
 const EXAMPLE: &str = r#"{"op":"subscribe","id":1,"tags":["acme/lyon/line1"],"events":["alarm"]}"#;
@@ -1155,6 +1158,12 @@ pub(crate) async fn upgrade(
     });
     let rt = st.runtime.clone();
     let security = st.security.clone();
+    // The HMI's session cookie, for an in-band `{"op":"auth","csrf":…}`: only from a page of
+    // this origin (browsers always send `Origin` on a WebSocket) and without a header token.
+    let cookie = (!headers.contains_key(axum::http::header::AUTHORIZATION)
+        && crate::session::same_origin(&headers))
+    .then(|| crate::session::cookie_token(&headers))
+    .flatten();
     ws.protocols([SUBPROTOCOL])
         .max_message_size(settings.max_message_size)
         .max_frame_size(settings.max_message_size)
@@ -1165,8 +1174,16 @@ pub(crate) async fn upgrade(
                 Some(a) => a,
                 None => {
                     let Some(sec) = security else { return };
-                    match auth_in_band(&mut socket, &sec, &settings, &shared.counters, source).await
-                    {
+                    let auth = auth_in_band(
+                        &mut socket,
+                        &sec,
+                        &settings,
+                        &shared.counters,
+                        source,
+                        cookie,
+                    )
+                    .await;
+                    match auth {
                         Some(a) => a,
                         None => return,
                     }
@@ -1215,6 +1232,7 @@ async fn auth_in_band(
     settings: &LiveSettings,
     counters: &Counters,
     source: IpAddr,
+    cookie: Option<String>,
 ) -> Option<Auth> {
     let refuse = |code: &'static str| {
         counters
@@ -1262,8 +1280,23 @@ async fn auth_in_band(
             op,
             id,
             token: Some(token),
+            csrf: None,
             ..
         }) if op == "auth" => (id, token),
+        // The HMI: the session cookie of the upgrade, unlocked by its CSRF token.
+        Ok(Request {
+            op,
+            id,
+            token: None,
+            csrf: Some(csrf),
+            ..
+        }) if op == "auth"
+            && cookie
+                .as_deref()
+                .is_some_and(|c| crate::session::csrf_matches(c, &csrf)) =>
+        {
+            (id, cookie.unwrap_or_default())
+        }
         _ => {
             refuse("unauthenticated");
             send_text(
@@ -1272,7 +1305,8 @@ async fn auth_in_band(
                     None,
                     "unauthenticated",
                     "the first message must be {\"op\":\"auth\",\"token\":\"...\"} with an API \
-                     token or a session token from POST /api/v1/login",
+                     token or a session token from POST /api/v1/login (or, from the HMI's own \
+                     page with its session cookie, {\"op\":\"auth\",\"csrf\":\"...\"})",
                 ),
                 settings.write_timeout,
             )

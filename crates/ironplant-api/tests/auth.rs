@@ -991,6 +991,182 @@ async fn a_cookie_never_authenticates() {
     assert!(r.headers.get("set-cookie").is_none(), "{:?}", r.headers);
 }
 
+/// The HMI's session: a cookie the page cannot read (HttpOnly, Secure, SameSite=Strict), that
+/// authenticates reads, and state changes only with the session's CSRF token and from this
+/// origin; logout revokes it. Every refusal is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hmi_session_cookie_needs_its_csrf_token_and_this_origin() {
+    let fx = fixture().await;
+    fx.add_user("olga", "operator-password-1", "operator").await;
+    let host = ("host", "plant.example:8080");
+    let json_ct = ("content-type", "application/json");
+    let login = json!({"user": "olga", "password": "operator-password-1"}).to_string();
+    // A login posted by another origin's page (login CSRF) is refused.
+    let r = fx
+        .call_raw(
+            "POST",
+            "/api/v1/session",
+            &[host, json_ct, ("origin", "https://evil.example")],
+            login.clone(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::FORBIDDEN, "csrf"),
+        "{}",
+        r.text
+    );
+    let r = fx
+        .call_raw(
+            "POST",
+            "/api/v1/session",
+            &[host, json_ct, ("origin", "https://plant.example:8080")],
+            login,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["user"], "olga");
+    assert_eq!(r.json["role"], "operator");
+    let perms = r.json["permissions"].as_array().expect("permissions");
+    assert!(perms.contains(&json!("write_setpoints")) && !perms.contains(&json!("manage_users")));
+    let csrf = r.json["csrf"].as_str().expect("csrf").to_owned();
+    let set = r.headers["set-cookie"].to_str().expect("ascii").to_owned();
+    for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    assert!(
+        !r.text.contains("ipt_"),
+        "the token is only in the cookie: {}",
+        r.text
+    );
+    let token = set
+        .strip_prefix("ironplant_session=")
+        .and_then(|s| s.split(';').next())
+        .expect("cookie value")
+        .to_owned();
+    let cookie = format!("ironplant_session={token}");
+    let cookie = ("cookie", cookie.as_str());
+
+    // Reads with the cookie alone; the session answers with the same CSRF token.
+    let r = fx
+        .call_raw("GET", "/api/v1/tags", &[host, cookie], "")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = fx
+        .call_raw("GET", "/api/v1/session", &[host, cookie], "")
+        .await;
+    assert_eq!(
+        (r.status, r.json["csrf"].as_str()),
+        (StatusCode::OK, Some(csrf.as_str()))
+    );
+
+    // A state change without the token, with another session's, or from another origin even
+    // with the right one: 403 csrf before any handler runs.
+    let ack = json!({"comment": "x"}).to_string();
+    let other = ironplant_api::session::csrf_for("ipt_someone_else");
+    for (what, headers) in [
+        ("no token", vec![host, cookie, json_ct]),
+        (
+            "another session's token",
+            vec![host, cookie, json_ct, ("x-csrf-token", other.as_str())],
+        ),
+        (
+            "another origin",
+            vec![
+                host,
+                cookie,
+                json_ct,
+                ("x-csrf-token", csrf.as_str()),
+                ("origin", "https://evil.example"),
+            ],
+        ),
+        (
+            "a sandboxed page",
+            vec![
+                host,
+                cookie,
+                json_ct,
+                ("x-csrf-token", csrf.as_str()),
+                ("origin", "null"),
+            ],
+        ),
+    ] {
+        let r = fx
+            .call_raw("POST", "/api/v1/alarms/any/ack", &headers, ack.clone())
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::FORBIDDEN, "csrf"),
+            "{what}: {}",
+            r.text
+        );
+    }
+    // With the token from this origin the request reaches its handler (no alarms configured).
+    let r = fx
+        .call_raw(
+            "POST",
+            "/api/v1/alarms/any/ack",
+            &[
+                host,
+                cookie,
+                json_ct,
+                ("x-csrf-token", csrf.as_str()),
+                ("origin", "https://plant.example:8080"),
+            ],
+            ack.clone(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let denied = fx.audit("kind=acl_denied").await;
+    assert!(
+        denied
+            .iter()
+            .filter(|d| d.to_string().contains("api:csrf"))
+            .count()
+            >= 5,
+        "{denied:#?}"
+    );
+
+    // Logout revokes the session: the cookie is cleared and no longer works.
+    let r = fx
+        .call_raw(
+            "DELETE",
+            "/api/v1/session",
+            &[host, cookie, ("x-csrf-token", csrf.as_str())],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(r.headers["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .contains("Max-Age=0"));
+    let r = fx
+        .call_raw("GET", "/api/v1/tags", &[host, cookie], "")
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+
+    // The HMI's files are public, with a strict content policy; unknown ones are 404.
+    let r = fx.call_raw("GET", "/", &[host], "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let csp = r.headers["content-security-policy"]
+        .to_str()
+        .expect("ascii");
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(
+        r.text.contains("<html"),
+        "{}",
+        &r.text[..r.text.len().min(200)]
+    );
+    let r = fx.call_raw("GET", "/hmi/app.js", &[host], "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = fx.call_raw("GET", "/hmi/nope.js", &[host], "").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_shows_device_names_only_to_authenticated_callers() {
     let fx = fixture_with(

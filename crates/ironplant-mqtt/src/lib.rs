@@ -47,4 +47,4 @@ pub mod transport;
 pub mod tree;
 pub mod ws;
 
-pub use broker::{Broker, BrokerConfig, BrokerStats, Origin, Overflow, Transport};
+pub use broker::{Broker, BrokerConfig, BrokerStats, ClientInfo, Origin, Overflow, Transport};

@@ -52,7 +52,7 @@ use ironplant_control::command::mqtt::{
 use ironplant_control::command::{
     Accepted, AuditRecord, AuditResult, Authorisation, CommandId, CommandPath, CommandRequest,
     CommandSettings, CommandSnapshot, Decision, InterlockSettings, InterlockState, InterlockStatus,
-    Origin, Outcome, Pending, Refusal, Requester, Role, SelectToken, TagInfo,
+    Origin, Outcome, Pending, Refusal, Requester, Role, SelectToken, TagInfo, TagPolicy,
 };
 use ironplant_control::expr::{compile, Expr, NameIndex, NamespaceResolver, Type, Val};
 use ironplant_core::config::Config;
@@ -413,6 +413,20 @@ impl Commands {
     /// The role of the user `name`, if a resolver knows it.
     pub fn role_of(&self, name: &str) -> Option<Role> {
         self.roles.read().as_ref().and_then(|f| f(name))
+    }
+
+    /// What a writable tag's commands are subject to: its policy (envelope, interlocks,
+    /// select-before-operate, two-person rule) and each interlock's state on the current
+    /// values, `now` (for the HMI, before anyone writes).
+    pub fn point(&self, tag: &TagPath, now: Timestamp) -> (TagPolicy, Vec<InterlockStatus>) {
+        let policy = self.path.lock().policy(tag);
+        let rt = self.runtime();
+        let interlocks = policy
+            .interlocks
+            .iter()
+            .map(|name| self.interlocks.status(name, rt.as_deref(), now))
+            .collect();
+        (policy, interlocks)
     }
 
     fn runtime(&self) -> Option<Arc<Runtime>> {

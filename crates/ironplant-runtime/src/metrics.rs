@@ -119,6 +119,16 @@ impl Metrics {
         let _ = self.broker.set(broker);
     }
 
+    /// The MQTT bridges' counters, by bridge name (empty before they start or without any).
+    pub fn bridges(&self) -> &[(String, Arc<ironplant_mqtt::bridge::BridgeStats>)] {
+        self.bridges.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// The event store's counters, when the historian runs.
+    pub fn event_store(&self) -> Option<ironplant_historian::events::EventStoreStats> {
+        self.events.get()?.1.as_ref().map(|s| s.stats())
+    }
+
     /// Whether the device's connection is up.
     pub fn device_connected(&self, device: &str) -> Option<bool> {
         self.devices

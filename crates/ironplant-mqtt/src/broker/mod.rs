@@ -182,6 +182,18 @@ pub struct BrokerStats {
     pub accept_errors: AtomicU64,
 }
 
+/// A connected client, as [`Broker::clients`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub client_id: String,
+    /// The authenticated user or device (`None`: anonymous).
+    pub user: Option<String>,
+    pub peer: SocketAddr,
+    pub subscriptions: usize,
+    /// The session outlives the connection (session expiry > 0).
+    pub persistent: bool,
+}
+
 /// Sizes of the broker's state, for `$SYS` and `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BrokerCounts {
@@ -972,6 +984,30 @@ impl Broker {
             })
             .collect();
         (id, retained)
+    }
+
+    /// The connected clients (not the platform's own), by client id: who and from where, with
+    /// their subscription count. For the HMI's system page; bounded by `max_connections`.
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        let r = self.inner.router.lock();
+        let mut out: Vec<ClientInfo> = r
+            .entries
+            .values()
+            .filter(|e| !e.internal)
+            .filter_map(|e| {
+                let c = e.conn.as_ref()?;
+                let p = c.principal.as_ref()?;
+                Some(ClientInfo {
+                    client_id: p.client_id.to_string(),
+                    user: p.user.as_deref().map(str::to_owned),
+                    peer: c.peer,
+                    subscriptions: e.subs.len(),
+                    persistent: e.expiry > 0,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        out
     }
 
     /// Whether a client with this id is connected now, and from where.
