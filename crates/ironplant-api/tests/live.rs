@@ -649,6 +649,72 @@ async fn authentication_is_required_and_checked() {
     );
 }
 
+/// A WebSocket to the live API with exactly these extra upgrade headers (a browser's cookie
+/// and origin).
+async fn connect_with(addr: SocketAddr, headers: &[(&'static str, String)]) -> Ws {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("ws://{addr}/api/v1/live")
+        .into_client_request()
+        .expect("valid URL");
+    for (k, v) in headers {
+        req.headers_mut().insert(*k, v.parse().expect("header"));
+    }
+    tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("upgrade")
+        .0
+}
+
+/// The HMI's page authenticates its live socket with the session cookie the browser sends on
+/// the upgrade, unlocked by the CSRF token in its first message; from another origin, with
+/// another session's token, or with a token and no cookie, it is refused (1008).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hmi_cookie_authenticates_only_with_its_csrf_token_from_this_origin() {
+    let fx = fixture(LiveSettings::default(), 2).await;
+    let (_, session) = fx.user_token("olga", Role::Operator, None);
+    let csrf = ironplant_api::session::csrf_for(&session);
+    let cookie = format!("ironplant_session={session}");
+    let here = format!("http://{}", fx.addr);
+    let refused = [
+        (
+            "another origin",
+            vec![
+                ("cookie", cookie.clone()),
+                ("origin", "https://evil.example".to_owned()),
+            ],
+            csrf.clone(),
+        ),
+        (
+            "another session's token",
+            vec![("cookie", cookie.clone()), ("origin", here.clone())],
+            ironplant_api::session::csrf_for("ipt_other"),
+        ),
+        ("no cookie", vec![("origin", here.clone())], csrf.clone()),
+    ];
+    for (what, headers, token) in refused {
+        let mut ws = connect_with(fx.addr, &headers).await;
+        send(&mut ws, json!({"op": "auth", "csrf": token})).await;
+        let m = next(&mut ws).await;
+        assert_eq!(m["code"], "unauthenticated", "{what}: {m}");
+        assert_eq!(next(&mut ws).await["close"], 1008, "{what}");
+    }
+    let mut ws = connect_with(fx.addr, &[("cookie", cookie), ("origin", here)]).await;
+    send(&mut ws, json!({"op": "auth", "csrf": csrf})).await;
+    let ready = next(&mut ws).await;
+    assert_eq!(
+        (ready["type"].clone(), ready["user"].clone()),
+        (json!("ready"), json!("olga")),
+        "{ready}"
+    );
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "id": 1, "tags": ["acme/lyon/line1"]}),
+    )
+    .await;
+    let (snap, _) = until(&mut ws, is("snapshot")).await;
+    assert_eq!(snap["tags"].as_array().map(Vec::len), Some(2), "{snap}");
+}
+
 async fn wait_for_file(path: &std::path::Path, needle: &str) -> bool {
     let deadline = Instant::now() + WAIT;
     while Instant::now() < deadline {

@@ -360,6 +360,40 @@ async fn every_response_matches_the_published_document() {
         assert!(ids.contains(&id), "{id} in {ids:?}");
     }
     fx.call("GET", al, al, a, None).await;
+
+    // The HMI's reads: writable points (the filler speed's envelope), the system page, the
+    // session of a header-authenticated caller (no CSRF token: it needs none).
+    let pts = "/api/v1/commands/points";
+    let (s, points) = fx.call("GET", pts, pts, a, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let speed_point = points["points"]
+        .as_array()
+        .and_then(|p| {
+            p.iter()
+                .find(|x| x["path"] == "acme/lyon/bottling/line1/filler/plc/speed_setpoint")
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(speed_point["envelope"]["max"], 600.0, "{points}");
+    assert_eq!(speed_point["can_write"], true, "{speed_point}");
+    let sys = "/api/v1/system";
+    let (s, system) = fx.call("GET", sys, sys, a, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        !system["components"].as_array().map_or(true, Vec::is_empty),
+        "{system}"
+    );
+    assert!(
+        !system["devices"].as_array().map_or(true, Vec::is_empty),
+        "{system}"
+    );
+    let ses = "/api/v1/session";
+    let (s, session) = fx.call("GET", ses, ses, a, None).await;
+    assert_eq!(
+        (s, session["csrf"].is_null()),
+        (StatusCode::OK, true),
+        "{session}"
+    );
     let (s, _) = fx
         .call(
             "GET",
