@@ -372,6 +372,7 @@ async fn serve_with(
     } else {
         "https"
     };
+    println!("  Web HMI:   {scheme}://{local}/  (log in with a user of the platform)");
     println!("  HTTP API:  {scheme}://{local}/api/v1/tags");
     println!("  Assets:    {scheme}://{local}/api/v1/assets");
     println!("  Metrics:   {scheme}://{local}/metrics");
