@@ -261,3 +261,48 @@ fn a_configured_expected_value_is_the_baseline_before_any_sample() {
     assert_eq!(c.expected, Value::Bool(true));
     assert_eq!(c.restore, Some(Value::Bool(true)));
 }
+
+/// A tag writable only because its protocol lets any value be commanded (a Sparkplug metric
+/// without a `[[command]]`: a counter, a measurement) changes by itself: its changes are no
+/// finding, but a command to it is still verified by read-back. Watching it as a setpoint
+/// later (`watch`) turns detection on; a read-back watch never turns it off.
+#[test]
+fn a_tag_watched_for_read_back_only_is_verified_but_its_changes_are_no_finding() {
+    let mut cp = bottling();
+    let pump = path(PUMP);
+    cp.watch_read_back(pump.clone());
+    for (i, v) in [true, false, true, false].into_iter().enumerate() {
+        assert!(
+            cp.observe(&pump, &Value::Bool(v), Quality::GOOD, t(i as f64))
+                .is_empty(),
+            "sample {i}"
+        );
+    }
+    let id = cp
+        .submit(
+            req(PUMP, Value::Bool(true), alice(), Some(Value::Bool(false))),
+            &none(),
+            t(5.0),
+        )
+        .accepted()
+        .map(|a| a.id)
+        .expect("accepted");
+    let ack = WriteAck {
+        detail: String::new(),
+        echoed: None,
+    };
+    cp.device_acknowledged(id, &ack, t(5.1));
+    assert!(matches!(
+        cp.observe(&pump, &Value::Bool(true), Quality::GOOD, t(5.5))
+            .as_slice(),
+        [Outcome::Verified { .. }]
+    ));
+    assert!(cp
+        .observe(&pump, &Value::Bool(false), Quality::GOOD, t(6.0))
+        .is_empty());
+    // Declared a setpoint: detection from now on, against the last commanded value.
+    cp.watch(pump.clone());
+    cp.watch_read_back(pump.clone());
+    let out = cp.observe(&pump, &Value::Bool(false), Quality::GOOD, t(7.0));
+    assert_eq!(change(&out).expected, Value::Bool(true));
+}

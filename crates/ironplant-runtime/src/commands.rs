@@ -340,8 +340,21 @@ impl Commands {
             &config.get::<CommandSettings>(),
             &config.get::<InterlockSettings>(),
         );
+        // Setpoints declared by configuration are watched for unauthorised changes; tags
+        // writable only by their protocol (Sparkplug metrics restored from a saved namespace)
+        // for read-back only (`CommandPath::watch_read_back`).
+        let declared: std::collections::HashSet<&TagPath> = config
+            .tags
+            .iter()
+            .filter(|t| t.writable)
+            .map(|t| &t.path)
+            .collect();
         for m in namespace.tags().filter(|m| m.writable) {
-            path.watch(m.path.clone());
+            if declared.contains(&m.path) {
+                path.watch(m.path.clone());
+            } else {
+                path.watch_read_back(m.path.clone());
+            }
         }
         let file = data_dir.map(|d| d.join("commands").join(FILE));
         if let Some(f) = &file {
@@ -903,7 +916,8 @@ impl CommandWatch {
     }
 
     /// Learns the tags added to the namespace since (a Sparkplug metric's birth); writable
-    /// ones are watched.
+    /// ones are watched for read-back (and for unauthorised changes only if a `[[command]]`
+    /// names them: a metric's datatype makes it commandable, not a setpoint).
     fn refresh(&mut self) {
         let added: Vec<Option<TagPath>> = self
             .namespace
@@ -918,7 +932,7 @@ impl CommandWatch {
         {
             let mut p = self.commands.path.lock();
             for t in added.iter().flatten() {
-                p.watch(t.clone());
+                p.watch_read_back(t.clone());
             }
         }
         self.seen.extend(added.iter().map(|_| false));

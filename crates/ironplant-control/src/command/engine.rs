@@ -110,6 +110,11 @@ struct Baseline {
 
 #[derive(Debug, Default)]
 struct TagState {
+    /// Unauthorised changes are detected: the tag is a setpoint by configuration (a `[[tag]]`
+    /// declared writable, or a `[[command]]`). A tag writable only because its protocol lets
+    /// every value be commanded (a Sparkplug metric) is watched for read-back only: its value
+    /// changes by itself (a counter, a measurement), so a change is not a finding.
+    detect: bool,
     /// The last accepted command's value (as a number) and time, for max_rate and min_interval.
     last_write: Option<(Option<f64>, Timestamp)>,
     selection: Option<SelectToken>,
@@ -188,6 +193,7 @@ impl CommandPath {
         let mut tags = HashMap::new();
         for p in &settings.tags {
             let st: &mut TagState = tags.entry(p.tag.clone()).or_default();
+            st.detect = true;
             if let Some(v) = &p.expected {
                 st.baseline = Some(Baseline {
                     value: v.clone(),
@@ -217,6 +223,14 @@ impl CommandPath {
     /// Watches a writable tag without a `[[command]]` for unauthorised changes (its first Good
     /// value is learned as the baseline). Call it for every writable tag of the namespace.
     pub fn watch(&mut self, tag: TagPath) {
+        self.tags.entry(tag).or_default().detect = true;
+    }
+
+    /// Watches a tag that is writable only because its protocol allows commanding any value
+    /// (a Sparkplug metric without a `[[command]]`): commands to it are verified by read-back,
+    /// but its changes are not unauthorised changes (it may be a measurement). A tag already
+    /// watched ([`CommandPath::watch`], a `[[command]]`) keeps its detection.
+    pub fn watch_read_back(&mut self, tag: TagPath) {
         self.tags.entry(tag).or_default();
     }
 
@@ -757,6 +771,9 @@ impl CommandPath {
                     }
                 }
             }
+            return out;
+        }
+        if !st.detect {
             return out;
         }
         let Some(base) = &st.baseline else {
