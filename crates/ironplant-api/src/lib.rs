@@ -118,6 +118,9 @@ pub fn router_with(state: Arc<ApiState>, extra: Router<Arc<ApiState>>) -> Router
             state.clone(),
             auth::authenticate,
         ))
+        .layer(axum::middleware::from_fn(
+            session::no_basic_prompt_for_scripts,
+        ))
         // Outermost: a body announced too large is refused before authentication (a Basic
         // login costs an argon2 hash); one sent chunked is cut by the extractors' limit.
         .layer(axum::middleware::from_fn_with_state(

@@ -183,6 +183,37 @@ fn cookie(value: &str, max_age: u64) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("ironplant_session=; Max-Age=0"))
 }
 
+/// Leaves only the Bearer challenge on a 401 answered to a script in a browser (a `fetch` sends
+/// `Sec-Fetch-Mode` other than `navigate`) or to a request with the session cookie: a Basic
+/// challenge makes browsers open their own password prompt even for a script's request (and
+/// a headless one wait for it), which would stand in front of the HMI's login form and hang
+/// its calls. Other clients (curl, scripts) keep both challenges.
+pub(crate) async fn no_basic_prompt_for_scripts(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let h = req.headers();
+    let script = h
+        .get("sec-fetch-mode")
+        .is_some_and(|m| m.as_bytes() != b"navigate")
+        || cookie_token(h).is_some();
+    let mut res = next.run(req).await;
+    if script && res.status() == StatusCode::UNAUTHORIZED {
+        let h = res.headers_mut();
+        let bearer: Vec<HeaderValue> = h
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter(|v| !v.as_bytes().starts_with(b"Basic"))
+            .cloned()
+            .collect();
+        h.remove(header::WWW_AUTHENTICATE);
+        for v in bearer {
+            h.append(header::WWW_AUTHENTICATE, v);
+        }
+    }
+    res
+}
+
 /// `POST /api/v1/session` `{"user","password"}`.
 pub(crate) async fn login(
     State(st): State<Arc<ApiState>>,

@@ -1146,6 +1146,28 @@ async fn the_hmi_session_cookie_needs_its_csrf_token_and_this_origin() {
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
 
+    // A script's 401 (fetch: Sec-Fetch-Mode) carries no Basic challenge, which would open the
+    // browser's own password prompt in front of the HMI; curl still gets both.
+    let challenges = |r: &Resp| -> Vec<String> {
+        r.headers
+            .get_all("www-authenticate")
+            .iter()
+            .map(|v| v.to_str().expect("ascii").to_owned())
+            .collect()
+    };
+    let r = fx
+        .call_raw(
+            "GET",
+            "/api/v1/session",
+            &[host, ("sec-fetch-mode", "cors")],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(challenges(&r), [r#"Bearer realm="ironplant""#]);
+    let r = fx.call_raw("GET", "/api/v1/session", &[host], "").await;
+    assert_eq!(challenges(&r).len(), 2, "{:?}", challenges(&r));
+
     // The HMI's files are public, with a strict content policy; unknown ones are 404.
     let r = fx.call_raw("GET", "/", &[host], "").await;
     assert_eq!(r.status, StatusCode::OK);
