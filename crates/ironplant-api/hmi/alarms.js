@@ -27,8 +27,7 @@ export async function mount(el, ctx, params) {
     h("h1", {}, "Alarms"),
     h("nav", { "aria-label": "Alarm views", class: "toolbar" },
       Object.entries(VIEWS).map(([k, label]) => h("a", {
-        href: `#/alarms?view=${k}`, class: "btn", "aria-current": k === view ? "page" : null,
-        style: k === view ? "background:#3a3a3a;color:#fff;text-decoration:none" : "text-decoration:none",
+        href: `#/alarms?view=${k}`, class: "btn tab", "aria-current": k === view ? "page" : null,
       }, label))),
     result);
   const body = h("div", {});
@@ -112,12 +111,13 @@ function alarmRow(a, ops, reload) {
         a.response ? h("p", {}, h("strong", {}, "Response: "), a.response) : null) : null,
       a.comment ? h("div", { class: "muted" }, `Comment: ${a.comment}`) : null,
       a.shelved_until ? h("div", { class: "muted" }, `Shelved until ${fmtTime(a.shelved_until)}${a.shelved_by ? ` by ${a.shelved_by}` : ""}`) : null),
-    h("td", {}, h("span", { class: "mono" }, a.tag), h("div", {}, "Value ", h("span", { class: "val" }, fmtValue(a.value)),
-      a.limit !== null && a.limit !== undefined ? ` (limit ${fmtValue(a.limit)})` : "")),
+    h("td", {}, h("span", { class: "val" }, fmtValue(a.value)),
+      a.limit !== null && a.limit !== undefined ? h("div", { class: "muted" }, `limit ${fmtValue(a.limit)}`) : null,
+      h("div", { class: "mono muted" }, a.tag)),
     h("td", {}, actions(a, ops, reload)));
 }
 
-const HEADERS = ["Priority", "State", "Since", "Alarm", "Tag and value", "Actions"];
+const HEADERS = ["Priority", "State", "Since", "Alarm", "Value and tag", "Actions"];
 
 function active(el, ops) {
   const holder = h("div", {});

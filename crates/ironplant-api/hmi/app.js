@@ -57,7 +57,8 @@ export function announce(text) {
 
 /** A table with a caption (for screen readers), header cells and rows of cells. */
 export function table(caption, headers, rows, { captionVisible = false, cls = "" } = {}) {
-  return h("div", { class: "scroll" },
+  // Focusable, so a keyboard user can scroll a wide table sideways (at tablet width).
+  return h("div", { class: "scroll", tabindex: "0", role: "region", "aria-label": caption },
     h("table", { class: cls },
       h("caption", { class: captionVisible ? "" : "sr-only" }, caption),
       h("thead", {}, h("tr", {}, headers.map((x) => h("th", { scope: "col", class: x.startsWith("#") ? "num" : "" }, x.replace(/^#/, ""))))),
@@ -69,7 +70,7 @@ export function kvTable(caption, obj) {
   const rows = Object.entries(obj || {}).map(([k, v]) =>
     h("tr", {}, h("th", { scope: "row" }, k.replaceAll("_", " ")),
       h("td", { class: typeof v === "number" ? "num" : "" }, fmtAny(v, k))));
-  return h("div", { class: "scroll" }, h("table", { class: "kv" }, h("caption", { class: "sr-only" }, caption), h("tbody", {}, rows)));
+  return h("div", { class: "scroll", tabindex: "0", role: "region", "aria-label": caption }, h("table", { class: "kv" }, h("caption", { class: "sr-only" }, caption), h("tbody", {}, rows)));
 }
 
 // ---- Formatting -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ export async function mount(el, ctx) {
   const recentEl = h("div", { id: "recent-commands" });
   el.append(
     h("h1", {}, "Commands"),
-    canWrite ? null : msg("info", `Your role (${ctx.session.role}) may not write: values and limits are shown read-only.`),
+    canWrite ? "" : msg("info", `Your role (${ctx.session.role}) may not write: values and limits are shown read-only.`),
     h("section", { "aria-labelledby": "pending-title", class: "panel" }, h("h2", { id: "pending-title" }, "Waiting for a second person"), pendingEl),
     h("section", { "aria-labelledby": "points-title" }, h("h2", { id: "points-title" }, "Writable tags"), pointsEl),
     h("section", { "aria-labelledby": "recent-title", class: "panel" }, h("h2", { id: "recent-title" }, "Recent commands"), recentEl));

@@ -64,6 +64,16 @@ export async function mount(el, ctx) {
   }
 
   let trendsDrawn = 0;
+  // The small trends follow the page's width (a tablet turned, a window resized).
+  const plots = [];
+  const onResize = () => {
+    for (const p of plots) {
+      if (!p.holder.isConnected) continue;
+      p.u.setSize({ width: Math.max(280, Math.min(p.holder.clientWidth, 900)), height: 170 });
+      p.place();
+    }
+  };
+  window.addEventListener("resize", onResize);
   function finding(e) {
     const at = e.attributes || {};
     const tags = tagsOf(e);
@@ -107,7 +117,11 @@ export async function mount(el, ctx) {
           ` · ${fmtTime(new Date(from))} – ${fmtTime(new Date(to))}`));
       const u = new uPlot(opts, data, box);
       // Mark the moment of the finding on the time axis.
-      u.over.append(h("div", { "aria-hidden": "true", style: `position:absolute;top:0;bottom:0;width:0;border-left:2px dashed #b00020;left:${u.valToPos(t / 1000, "x")}px` }));
+      const mark = h("div", { "aria-hidden": "true", style: "position:absolute;top:0;bottom:0;width:0;border-left:2px dashed #b00020" });
+      u.over.append(mark);
+      const place = () => { mark.style.left = `${u.valToPos(t / 1000, "x")}px`; };
+      place();
+      plots.push({ u, holder, place });
     } catch (err) {
       holder.replaceChildren(msg("error", `No trend: ${err.message}`));
     }
@@ -146,6 +160,6 @@ export async function mount(el, ctx) {
       announce(`Integrity ${m.event.code}: ${m.event.message}`);
     }
   });
-  return unwatch;
+  return () => { unwatch(); window.removeEventListener("resize", onResize); };
 }
 

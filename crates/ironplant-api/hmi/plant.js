@@ -7,8 +7,8 @@ import { h, s, fmtValue, fmtAge, setQuality, msg, announce } from "./app.js";
 import { covers } from "./live.js";
 
 /** Older than this, a value is marked stale (the demo polls every second). */
-const STALE_MS = 30000;
-const BOX_W = 112, BOX_H = 42;
+const STALE_MS = 60000;
+const BOX_W = 150, BOX_H = 46;
 
 export async function mount(el, ctx) {
   const [assetsBody, tagsBody] = await Promise.all([get("/api/v1/assets"), get("/api/v1/tags")]);
@@ -67,7 +67,8 @@ export async function mount(el, ctx) {
   const search = h("input", { id: "plant-search", type: "search", placeholder: "tag, asset or description", autocomplete: "off" });
   const found = h("span", { class: "muted", "aria-live": "polite" });
   const tree = h("div", { class: "tree" }, roots.map(assetNode),
-    unplaced.length ? h("details", { open: true }, h("summary", {}, "Other tags"), tagTable(unplaced)) : null);
+    // Tags outside the asset tree (e.g. the platform's own): closed, they are rarely what one looks for.
+    unplaced.length ? h("details", {}, h("summary", {}, `Other tags (${unplaced.length})`), tagTable(unplaced)) : null);
 
   // ---- The floor plan ----
   const zones = new Map();
@@ -109,14 +110,15 @@ export async function mount(el, ctx) {
         if (tries === 6) x = Math.min(x + BOX_W + 6, W - BOX_W - 2);
       }
       placedBoxes.push({ x, y });
-      const label = s("text", { x: x + 6, y: y + 16 }, a.name || a.path.split("/").pop());
-      const status = s("text", { x: x + 6, y: y + 32 }, "");
-      const title = s("title", {}, a.path);
-      const g = s("g", { class: "asset", tabindex: "0", role: "button", "aria-label": a.name, "data-asset": a.path },
-        title, s("rect", { x, y, width: BOX_W, height: BOX_H, rx: 4 }), label, status);
+      const label = s("text", { x: x + 7, y: y + 18, class: "name" }, a.name || a.path.split("/").pop());
+      const status = s("text", { x: x + 7, y: y + 36 }, "");
+      // Named by its visible text (name and state), so what is read is what is seen.
+      const g = s("g", { class: "asset", tabindex: "0", role: "button", "data-asset": a.path },
+        s("rect", { x, y, width: BOX_W, height: BOX_H, rx: 4 }), label, status);
       const open = () => reveal(a.path);
       g.addEventListener("click", open);
       g.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); open(); } });
+      svg.append(g);
       planBoxes.set(a.path, { g, status, name: a.name || a.path });
     }
     return svg;
@@ -158,8 +160,7 @@ export async function mount(el, ctx) {
       const parts = [];
       if (alarm) parts.push(`⚠ P${alarm.priority} alarm`);
       if (run) parts.push(run);
-      b.status.textContent = parts.join(" · ") || "—";
-      b.g.setAttribute("aria-label", `${b.name}: ${parts.join(", ") || "no state"}`);
+      b.status.textContent = parts.join(" · ") || "no state";
     }
   }
   function updateTreeAlarms() {
@@ -253,7 +254,7 @@ export async function mount(el, ctx) {
         h("div", { class: "row" },
           h("div", { class: "field" }, h("label", { for: "plant-search" }, "Search"), search), found),
         tree),
-      h("section", { class: "panel", "aria-labelledby": "plan-title" },
+      h("section", { class: "panel plan", "aria-labelledby": "plan-title" },
         h("h2", { id: "plan-title" }, "Floor plan"),
         zoneNames.length
           ? [h("div", { class: "toolbar zone-tabs", role: "group", "aria-label": "Zone" }, zoneButtons), planHolder,

@@ -25,7 +25,7 @@ export async function mount(el, ctx) {
       overview.replaceChildren(msg("error", e.message));
       return;
     }
-    overview.replaceChildren(
+    overview.replaceChildren(h("div", {},
       h("div", { class: "cards" },
         card("Version", s.version),
         card("Up for", fmtUptime(s.uptime_s)),
@@ -57,7 +57,7 @@ export async function mount(el, ctx) {
         : h("p", { class: "muted" }, "No bridge configured.")),
       // Anything a later version adds, shown rather than hidden.
       Object.entries(s).filter(([k, v]) => !KNOWN.has(k) && v && typeof v === "object").map(([k, v]) =>
-        section(k.replaceAll("_", " "), Array.isArray(v) ? objects(k, v) : kvTable(k, v))));
+        section(k.replaceAll("_", " "), Array.isArray(v) ? objects(k, v) : kvTable(k, v)))));
     document.body.dataset.ready = "system";
   }
 
@@ -77,7 +77,7 @@ export async function mount(el, ctx) {
           h("td", {}, a.actor || a.user || "—"),
           h("td", {}, rest(a, [...keys, "prev", "sig", "rsig"])))))
           : h("p", { class: "muted" }, "No record."),
-        next ? h("button", { type: "button", onclick: () => loadAudit(true) }, "Load more") : null);
+        next ? h("button", { type: "button", onclick: () => loadAudit(true) }, "Load more") : "");
     } catch (e) {
       auditEl.replaceChildren(msg("error", e.message));
     }

@@ -100,9 +100,9 @@ export async function mount(el, ctx, params) {
   const error = h("div", {});
   const plotEl = h("div", { class: "plot", id: "trend-plot", role: "img", "aria-label": "Trend plot" });
   const legendBody = h("tbody", {});
-  const legend = h("div", { class: "scroll" }, h("table", { class: "legend" },
+  const legend = h("div", { class: "scroll", tabindex: "0", role: "region", "aria-label": "Legend" }, h("table", { class: "legend" },
     h("caption", { class: "sr-only" }, "Tags on the trend, their units and values"),
-    h("thead", {}, h("tr", {}, ["Tag", "Unit", "At cursor (avg, min–max)", "Latest", ""].map((x) => h("th", { scope: "col" }, x)))),
+    h("thead", {}, h("tr", {}, ["Tag", "Unit", "At cursor (avg, min–max)", "Latest"].map((x) => h("th", { scope: "col" }, x)), h("th", { scope: "col" }, h("span", { class: "sr-only" }, "Links")))),
     legendBody));
 
   // Tag picker: a text field with the numeric tags as suggestions.
@@ -125,7 +125,8 @@ export async function mount(el, ctx, params) {
 
   const rangeButtons = Object.keys(RANGES).map((r) => h("button", {
     type: "button", "aria-pressed": String(r === rangeName), "data-range": r,
-    onclick: () => { rangeName = r; win = null; changed(); },
+    // A preset is "the last N up to now": it follows the live values again.
+    onclick: () => { rangeName = r; win = null; live = true; liveBox.checked = true; changed(); },
   }, r));
   const liveBox = h("input", { type: "checkbox", id: "trend-live", checked: live ? true : null });
   liveBox.addEventListener("change", () => { live = liveBox.checked; if (live) win = null; changed(); });
@@ -147,12 +148,12 @@ export async function mount(el, ctx, params) {
     h("h1", {}, "Trends"),
     h("section", { class: "panel", "aria-label": "Trend settings" },
       h("div", { class: "row" },
-        h("div", { class: "field" }, h("label", { for: "trend-tag" }, "Tag"), pick), addBtn, pickErr, options),
+        h("div", { class: "field" }, h("label", { for: "trend-tag" }, "Add a tag"), pick), addBtn, pickErr, options),
       chips,
       h("div", { class: "toolbar" },
         h("div", { class: "group", role: "group", "aria-label": "Time range" }, rangeButtons),
         earlier, later, reset,
-        h("label", {}, liveBox, " Live"),
+        h("label", { class: "check" }, liveBox, " Live"),
         csv)),
     error, plotEl, status,
     h("p", { class: "muted" }, "Drag across the plot to zoom in; each line is the average per interval, the band its minimum and maximum."),
@@ -201,10 +202,12 @@ export async function mount(el, ctx, params) {
       plotEl.replaceChildren(h("p", { class: "muted", style: "padding:1rem" }, "Choose a tag above to draw its trend."));
       status.textContent = "";
       renderLegend(null);
+      document.body.dataset.ready = "trends";
       return;
     }
     const t0 = performance.now();
     status.textContent = "Loading…";
+    for (const k of ["renderMs", "fetchMs", "points", "range"]) delete status.dataset[k];
     const uPlot = await loadUplot();
     const w = currentWindow();
     // Room for one axis per unit; the rest of the width are the points we may ask for.
@@ -212,8 +215,10 @@ export async function mount(el, ctx, params) {
     const width = Math.max(300, plotEl.clientWidth - 2);
     const plotWidth = Math.max(100, width - 60 * units.size);
     let fetched;
+    const f0 = performance.now();
     try {
       fetched = await fetchAggregates(tags, w.from, w.to, plotWidth);
+      status.dataset.fetchMs = String(Math.round(performance.now() - f0));
     } catch (e) {
       if (seq !== loadSeq) return;
       error.replaceChildren(msg("error", e.message));
