@@ -380,7 +380,9 @@ async fn every_response_matches_the_published_document() {
     let (s, system) = fx.call("GET", sys, sys, a, None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(
-        system["components"].as_array().is_some_and(|v| !v.is_empty()),
+        system["components"]
+            .as_array()
+            .is_some_and(|v| !v.is_empty()),
         "{system}"
     );
     assert!(
