@@ -26,6 +26,7 @@ const cred = (name) => {
   return { user: v.slice(0, i), password: v.slice(i + 1) };
 };
 const SPEED = "acme/lyon/bottling/line1/filler/plc/speed_setpoint";
+const PUMP = "acme/lyon/bottling/line1/tank/plc/pump_enable";
 const LIVE_TAG = "acme/lyon/bottling/line1/filler/plc/motor_current";
 const TREND_TAG = "acme/lyon/bottling/line1/filler/plc/speed_actual";
 const ALARM = "filler_motor_overcurrent";
@@ -111,6 +112,17 @@ function pageFetch(page, url, { method = "GET", body, csrf = false } = {}) {
   }, [url, method, body, csrf]);
 }
 
+/** The tag's value once it equals `want`, or its last value after 15 s. */
+async function valueBecomes(page, tag, want) {
+  const end = Date.now() + 15000;
+  let v = await tagValue(page, tag);
+  while (v !== want && Date.now() < end) {
+    await page.waitForTimeout(200);
+    v = await tagValue(page, tag);
+  }
+  return v;
+}
+
 async function tagValue(page, tag) {
   const r = await pageFetch(page, "/api/v1/tags/" + tag);
   return r.json && r.json.value;
@@ -122,6 +134,7 @@ async function main() {
   const operator = cred("IRONPLANT_HMI_OPERATOR");
   const viewer = cred("IRONPLANT_HMI_VIEWER");
   const admin = cred("IRONPLANT_HMI_ADMIN");
+  const engineer = cred("IRONPLANT_HMI_ENGINEER");
   const browser = await chromium.launch({
     executablePath: process.env.IRONPLANT_CHROMIUM || "/usr/bin/chromium",
     // The demo's certificate comes from its own CA, which this browser does not know; the
@@ -268,6 +281,55 @@ async function main() {
       await page.keyboard.press("Escape");
       await page.waitForSelector("dialog", { state: "detached", timeout: 5000 });
       return { message, on_card: onCard, warning, value_after: await tagValue(page, SPEED) };
+    });
+    // Two-person rule (the demo's infeed pump): the operator's write waits; an engineer, in
+    // another browser, sees it pending and confirms it; the device then reads it back. The
+    // pump is switched on again the same way (the engineer asks, the admin confirms).
+    await step("two_person", async () => {
+      const card = `article[data-path="${PUMP}"]`;
+      const before = await tagValue(page, PUMP);
+      const target = !before;
+      await page.click(`${card} button[data-action=write]`);
+      await page.selectOption("#cmd-value", String(target));
+      await page.fill("#cmd-reason", "browser test: pump maintenance");
+      await page.click("#cmd-select");
+      await page.waitForSelector("#cmd-operate", { timeout: 10000 });
+      await page.click("#cmd-operate");
+      await page.waitForSelector("#cmd-result", { timeout: 20000 });
+      const requested = await page.textContent("#cmd-result");
+      await page.click("#cmd-close");
+      const ectx = await newContext();
+      const epage = await ectx.newPage();
+      try {
+        await login(epage, engineer);
+        await go(epage, "#/commands", "commands");
+        await epage.waitForSelector("#pending tr[data-command]", { timeout: 10000 });
+        const row = await epage.textContent("#pending tr[data-command]");
+        await epage.click("#pending tr[data-command] button:has-text('Confirm')");
+        await epage.fill("#decide-reason", "browser test: checked on site");
+        await epage.click("dialog button[type=submit]");
+        await epage.waitForFunction(() => !document.querySelector("dialog"), null, { timeout: 20000 });
+        await epage.waitForFunction(() => /confirmed|rejected|refused|failed/.test(document.querySelector("#pending").textContent), null, { timeout: 20000 });
+        const confirmed = await epage.textContent("#pending");
+        // The read-back verified the write; the tag's current value follows at the device's
+        // next poll.
+        const after = await valueBecomes(epage, PUMP, target);
+        // Back as it was: the engineer asks through the API, the admin confirms.
+        const back = await pageFetch(epage, `/api/v1/tags/${PUMP}/write`, { method: "POST", body: { value: before, reason: "browser test: restore" }, csrf: true });
+        const id = back.json && back.json.command && back.json.command.id;
+        const actx2 = await newContext();
+        const apage2 = await actx2.newPage();
+        await login(apage2, admin);
+        const restored = await pageFetch(apage2, `/api/v1/commands/${id}/confirm`, { method: "POST", body: { reason: "browser test: restore" }, csrf: true });
+        await actx2.close();
+        return {
+          before, target, requested, pending_row: row, confirmed, after,
+          restore: { requested: back.status, confirmed: restored.status, result: restored.json && restored.json.command && restored.json.command.result },
+          value_restored: await valueBecomes(epage, PUMP, before),
+        };
+      } finally {
+        await ectx.close();
+      }
     });
     await step("commands_capture", async () => { await capture(page, "commands"); return {}; });
 

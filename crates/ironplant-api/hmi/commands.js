@@ -257,8 +257,11 @@ export async function mount(el, ctx) {
             ? `Command ${x.id} confirmed and verified after ${cmd.after_ms} ms.`
             : `Command ${x.id}: ${cmd.result}${cmd.message ? `: ${cmd.message}` : ""}.`;
           announce(text);
-          pendingEl.prepend(msg("ok", text));
           close();
+          // The list without the decided command, then the outcome above it.
+          await loadPending();
+          pendingEl.prepend(msg("ok", text));
+          return;
         } catch (e) {
           err.replaceChildren(msg("error", e.message));
         }

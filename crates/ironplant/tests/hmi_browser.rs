@@ -141,6 +141,7 @@ fn the_web_hmi_works_in_a_real_browser() {
         ("hmi-operator", "op-Vq7dT2mXk9pL4wZs", Role::Operator),
         ("hmi-viewer", "view-Hs3nB8rYc6jQ1fGe", Role::Viewer),
         ("hmi-admin", "adm-Lw5pK0tUe2nR7xDa", Role::Admin),
+        ("hmi-engineer", "eng-Rk4vB9sYw1mQ6tLh", Role::Engineer),
     ];
     for (name, password, role) in users {
         sec.users
@@ -171,6 +172,7 @@ fn the_web_hmi_works_in_a_real_browser() {
         .env("IRONPLANT_HMI_OPERATOR", cred(0))
         .env("IRONPLANT_HMI_VIEWER", cred(1))
         .env("IRONPLANT_HMI_ADMIN", cred(2))
+        .env("IRONPLANT_HMI_ENGINEER", cred(3))
         .env("IRONPLANT_HMI_SCREENSHOTS", &shots)
         .env("IRONPLANT_HMI_LONG_TAG", LONG_TAG)
         .stdout(Stdio::piped())
@@ -279,6 +281,32 @@ fn the_web_hmi_works_in_a_real_browser() {
         "{report}"
     );
     assert_eq!(got["refused"]["value_after"], target, "{report}");
+
+    // Two-person rule: the operator's write waits, the engineer confirms it in another
+    // browser, the pump reads the new value back; then it is put back (engineer + admin).
+    let two = &got["two_person"];
+    assert!(
+        two["requested"]
+            .as_str()
+            .is_some_and(|r| r.contains("waits for a second person (engineer or above)")),
+        "{report}"
+    );
+    assert!(
+        two["pending_row"]
+            .as_str()
+            .is_some_and(|r| r.contains("hmi-operator")),
+        "{report}"
+    );
+    assert!(
+        two["confirmed"]
+            .as_str()
+            .is_some_and(|r| r.contains("confirmed and verified")),
+        "{report}"
+    );
+    assert_eq!(two["after"], two["target"], "{report}");
+    assert_eq!(two["restore"]["requested"], 202, "{report}");
+    assert_eq!(two["restore"]["result"], "verified", "{report}");
+    assert_eq!(two["value_restored"], two["before"], "{report}");
 
     // The alarm the simulator raised (the motor draws more at the higher speed), flashing
     // until acknowledged from the console with a comment.
