@@ -45,16 +45,6 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Where the session endpoints live.
 pub const PATH: &str = "/api/v1/session";
 
-const ALL_PERMISSIONS: [Permission; 7] = [
-    Permission::ReadTags,
-    Permission::AckAlarms,
-    Permission::WriteSetpoints,
-    Permission::ChangeConfig,
-    Permission::ManageUsers,
-    Permission::ManageDevices,
-    Permission::ReadAudit,
-];
-
 fn key() -> &'static ring::hmac::Key {
     static KEY: OnceLock<ring::hmac::Key> = OnceLock::new();
     KEY.get_or_init(|| {
@@ -168,7 +158,7 @@ struct SessionJson {
 }
 
 fn permissions(role: Role) -> Vec<&'static str> {
-    ALL_PERMISSIONS
+    Permission::ALL
         .iter()
         .filter(|p| role.allows(**p))
         .map(|p| permission_name(*p))

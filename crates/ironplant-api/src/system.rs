@@ -6,7 +6,7 @@
 //! the whole plant, like events without a subject). The broker's client list (client ids,
 //! users, addresses) also needs change_config; others see the counts only.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -19,6 +19,11 @@ use serde_json::json;
 
 use crate::auth::Caller;
 use crate::{ApiError, ApiState};
+
+/// A counter's value now.
+fn g(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
 
 pub(crate) async fn get_system(
     State(st): State<Arc<ApiState>>,
@@ -67,7 +72,6 @@ pub(crate) async fn get_system(
         .bridges()
         .iter()
         .map(|(name, b)| {
-            let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
             json!({
                 "name": name,
                 "connected": g(&b.connected) == 1,
@@ -84,7 +88,6 @@ pub(crate) async fn get_system(
     let broker = st.mqtt.as_ref().map(|b| {
         let s = b.stats();
         let c = b.counts();
-        let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let clients: Vec<_> = b.clients();
         let listed = caller.allows(Permission::ChangeConfig);
         json!({
