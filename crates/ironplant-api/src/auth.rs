@@ -411,6 +411,16 @@ pub(crate) async fn authenticate(
             }
             Credentials::Bearer(token)
         }
+        // The HMI asking "is anyone logged in?" when its page loads: no credentials at all is
+        // the login screen, not a refused access; not recorded (a wrong credential is).
+        Ok(None) if method == Method::GET && path == crate::session::PATH => {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "not logged in: POST /api/v1/session with a user and password",
+            )
+            .into_response();
+        }
         Ok(None) => {
             return unauthenticated(
                 "authentication required: send `Authorization: Bearer <token>` (an API token, or \

@@ -54,11 +54,21 @@ static ASSETS: &[Asset] = assets! {
     "vendor/uPlot.iife.min.js" => "text/javascript; charset=utf-8",
     "vendor/uPlot.min.css" => "text/css; charset=utf-8",
     "vendor/uPlot.LICENSE" => "text/plain; charset=utf-8",
+    "favicon.svg" => "image/svg+xml",
 };
 
 /// Whether `path` is one of the HMI's public paths (the page or a file under [`PREFIX`]).
 pub fn is_asset(path: &str) -> bool {
-    path == "/" || path.starts_with(PREFIX)
+    path == "/" || path == FAVICON || path.starts_with(PREFIX)
+}
+
+/// Where browsers look for an icon by themselves (the page names `/hmi/favicon.svg`; older
+/// ones ask here anyway): public, so it never lands in the audit log as a refused request.
+pub const FAVICON: &str = "/favicon.ico";
+
+/// `GET /favicon.ico`: the HMI's icon.
+pub(crate) async fn favicon(headers: HeaderMap) -> Response {
+    serve("favicon.svg", &headers)
 }
 
 /// The ETag of each asset, in [`ASSETS`] order: a hash of its bytes, computed once.

@@ -96,6 +96,7 @@ pub fn router_with(state: Arc<ApiState>, extra: Router<Arc<ApiState>>) -> Router
         )
         .route("/", get(hmi::index))
         .route("/hmi/{*file}", get(hmi::file))
+        .route(hmi::FAVICON, get(hmi::favicon))
         .route("/api/v1/system", get(system::get_system))
         .route("/api/v1/commands/points", get(commands::points))
         .route(

@@ -1167,6 +1167,26 @@ async fn the_hmi_session_cookie_needs_its_csrf_token_and_this_origin() {
     assert_eq!(challenges(&r), [r#"Bearer realm="ironplant""#]);
     let r = fx.call_raw("GET", "/api/v1/session", &[host], "").await;
     assert_eq!(challenges(&r).len(), 2, "{:?}", challenges(&r));
+    // The login screen asking whether anyone is logged in is no refused access (a wrong
+    // credential there is); nor is the browser's own request for an icon.
+    let r = fx
+        .call_raw(
+            "GET",
+            "/api/v1/session",
+            &[host, ("cookie", "ironplant_session=ipt_forged")],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = fx.call_raw("GET", "/favicon.ico", &[host], "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let denied = fx.audit("kind=acl_denied").await;
+    let session_denials = denied
+        .iter()
+        .filter(|d| d.to_string().contains("GET /api/v1/session"))
+        .count();
+    assert_eq!(session_denials, 1, "only the forged cookie: {denied:#?}");
+    assert!(!denied.iter().any(|d| d.to_string().contains("favicon")));
 
     // The HMI's files are public, with a strict content policy; unknown ones are 404.
     let r = fx.call_raw("GET", "/", &[host], "").await;
