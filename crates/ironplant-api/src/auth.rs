@@ -10,7 +10,8 @@
 //! Invariants:
 //! - With security on, nothing but [`is_public`] paths reaches a handler without an identity.
 //! - Every 401 and 403 leaves an audit record (password failures are recorded by the library's
-//!   `login`; the rest here through the non-blocking `submit`).
+//!   `login`; the rest here through the non-blocking `submit`), except `GET /api/v1/session`
+//!   sent with no credential at all: the HMI's login screen asking whether anyone is logged in.
 //! - No credential is logged, echoed in an error, or put in an audit record.
 //! - A tag is reachable only if *every* prefix rule of the caller (its user's, its token's)
 //!   allows it; prefixes match whole levels (`a/b` covers `a/b` and `a/b/c`, not `a/bc`).
