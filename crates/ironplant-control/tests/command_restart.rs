@@ -11,6 +11,9 @@ fn restart(cp: &CommandPath) -> CommandPath {
     let text = serde_json::to_string(&cp.snapshot()).expect("serialisable");
     let snap: CommandSnapshot = serde_json::from_str(&text).expect("readable");
     let mut fresh = bottling();
+    // As the platform does at every start: its declared setpoints are watched (detection is
+    // configuration, not state: it is not in the snapshot).
+    fresh.watch(path(PUMP));
     fresh.restore(&snap).expect("usable");
     fresh
 }

@@ -938,7 +938,9 @@ impl CommandPath {
 
     /// Takes back a [`CommandPath::snapshot`] at start, before any sample or command. A
     /// configured `expected` value wins over a kept `configured` one (the file may have
-    /// changed); kept tags are watched. Nothing is applied if the snapshot is unusable.
+    /// changed); kept tags are watched for read-back. Whether a tag's changes are judged is
+    /// configuration, not state: the platform [`watch`](Self::watch)es its declared setpoints
+    /// at every start. Nothing is applied if the snapshot is unusable.
     pub fn restore(&mut self, snap: &CommandSnapshot) -> Result<usize, SnapshotError> {
         if snap.version != 1 {
             return Err(SnapshotError::Version(snap.version));
