@@ -350,12 +350,40 @@ async fn oversized_message_is_closed_with_1009() {
     let mut c = Client::connect(Conn::Ws(Box::new(ws)), "big", ProtocolVersion::V5).await;
     wait_connected(&p.broker, 1).await;
     let too_big = vec![0u8; ironplant_api::mqtt_ws::MAX_MESSAGE + 1];
-    c.send_raw(&too_big).await;
     let Conn::Ws(ws) = &mut c.conn else {
         unreachable!("a WebSocket client")
     };
-    let close = next_close(ws).await;
-    assert_eq!(close.code, CloseCode::Size);
+    // The server refuses the message from its frame header, sends 1009 and closes while the
+    // client may still be writing the megabyte: the kernel then resets the connection, and
+    // the client's write (or its read of the close frame) can fail with a reset instead. Seen
+    // on a loaded 2-core CI machine. Either way the message never reaches the broker and the
+    // connection ends; when the close frame does arrive, its code must be 1009.
+    let is_reset = |e: &tokio_tungstenite::tungstenite::Error| {
+        matches!(e, tokio_tungstenite::tungstenite::Error::Io(io)
+            if matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe))
+    };
+    match ws.send(Message::Binary(Bytes::from(too_big))).await {
+        Ok(()) => {
+            let frame = tokio::time::timeout(WAIT, async {
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Close(frame))) => break frame.map(|f| f.code),
+                        Some(Ok(Message::Binary(_))) => {}
+                        Some(Ok(other)) => panic!("expected a close frame, got {other:?}"),
+                        Some(Err(e)) if is_reset(&e) => break None,
+                        Some(Err(e)) => panic!("expected a close frame, got {e}"),
+                        None => panic!("closed without a close frame"),
+                    }
+                }
+            })
+            .await
+            .expect("a close frame (or a reset) within the deadline");
+            if let Some(code) = frame {
+                assert_eq!(code, CloseCode::Size);
+            }
+        }
+        Err(e) => assert!(is_reset(&e), "send: {e}"),
+    }
     wait_connected(&p.broker, 0).await;
 }
 
