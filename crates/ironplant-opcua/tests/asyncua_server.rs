@@ -1,0 +1,123 @@
+//! The OPC UA client against a third-party server: asyncua (PyPI), `tests/peers/opcua_server.py`
+//! (Basic256Sha256 and the two RSA-OAEP/PSS policies, user/password, 100 variables). An
+//! unknown server certificate is refused and put in `rejected/`; trusted by its thumbprint,
+//! the session opens with SignAndEncrypt and browses the server's address space.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use ironplant_opcua::client::{connect, ClientError, ClientSettings, Identity, Policy};
+use ironplant_opcua::pki::Pki;
+use opcua::types::{NodeId, ObjectId};
+
+struct Server {
+    child: Child,
+    url: String,
+    thumbprint: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(dir: &std::path::Path) -> Option<Server> {
+    let py = ironplant_testkit::python("asyncua", "asyncua (PyPI)")?;
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/opcua_server.py");
+    let mut child = Command::new(py)
+        .arg(script)
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the asyncua server");
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("the server's first line");
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    Some(Server {
+        child,
+        url: v["url"].as_str().expect("url").to_owned(),
+        thumbprint: v["thumbprint"].as_str().expect("thumbprint").to_owned(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_server_is_refused_then_trusted_browsed_with_sign_and_encrypt() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(server) = start_server(&dir.path().join("server")) else {
+        return;
+    };
+    let pki = Pki::open_or_create(&dir.path().join("pki"), SystemTime::now()).expect("pki");
+    let uri = "urn:ironplant:test";
+    pki.application_certificate(uri, &["localhost".to_owned()], SystemTime::now())
+        .expect("our certificate");
+    let settings = ClientSettings {
+        url: server.url.clone(),
+        policy: Policy::Basic256Sha256,
+        encrypt: true,
+        identity: Identity::User {
+            name: "op".into(),
+            password: "op-password".into(),
+        },
+        application_uri: uri.into(),
+        request_timeout: Duration::from_secs(10),
+    };
+    // Unknown server: refused, its certificate kept for the administrator to judge.
+    let err = connect(&pki, &settings).await.err().expect("refused");
+    let rejected = pki.rejected().expect("rejected list");
+    assert_eq!(
+        rejected.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
+        [server.thumbprint.as_str()],
+        "{err}"
+    );
+    pki.trust(&server.thumbprint[..10]).expect("trust it");
+
+    // A wrong password is refused.
+    let wrong = ClientSettings {
+        identity: Identity::User {
+            name: "op".into(),
+            password: "nope".into(),
+        },
+        ..settings.clone()
+    };
+    assert!(matches!(
+        connect(&pki, &wrong).await,
+        Err(ClientError::Server { .. } | ClientError::NotConnected { .. })
+    ));
+
+    for policy in [
+        Policy::Basic256Sha256,
+        Policy::Aes128Sha256RsaOaep,
+        Policy::Aes256Sha256RsaPss,
+    ] {
+        let s = ClientSettings {
+            policy,
+            ..settings.clone()
+        };
+        let conn = connect(&pki, &s)
+            .await
+            .unwrap_or_else(|e| panic!("{policy:?}: {e}"));
+        let objects = conn
+            .browse(&NodeId::from(ObjectId::ObjectsFolder))
+            .await
+            .expect("browse Objects");
+        let line = objects
+            .iter()
+            .find(|e| e.display_name == "Line1")
+            .unwrap_or_else(|| panic!("Line1 in {objects:?}"));
+        let vars = conn.browse(&line.node_id).await.expect("browse Line1");
+        let names: Vec<&str> = vars.iter().map(|v| v.display_name.as_str()).collect();
+        assert_eq!(names.len(), 100, "{names:?}");
+        assert!(names.contains(&"v0") && names.contains(&"v99"), "{names:?}");
+        conn.close().await;
+    }
+}
