@@ -8,10 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opcua::client::{ClientBuilder, IdentityToken, Password, Session};
+use opcua::client::{ClientBuilder, DataChangeCallback, IdentityToken, Password, Session};
 use opcua::types::{
-    BrowseDescription, BrowseDirection, BrowseResultMask, MessageSecurityMode, NodeClass, NodeId,
-    ReferenceTypeId, StatusCode, UserTokenPolicy,
+    BrowseDescription, BrowseDirection, BrowseResultMask, DataChangeFilter, DataChangeTrigger,
+    DataValue, DeadbandType, ExtensionObject, MessageSecurityMode, MonitoredItemCreateRequest,
+    NodeClass, NodeId, ReferenceTypeId, StatusCode, TimestampsToReturn, UserTokenPolicy,
 };
 
 use crate::pki::Pki;
@@ -86,6 +87,30 @@ pub struct Connection {
     pub session: Arc<Session>,
     driver: tokio::task::JoinHandle<StatusCode>,
     url: String,
+}
+
+/// A node to monitor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Monitor {
+    pub node: NodeId,
+    pub sampling: Duration,
+    pub queue_size: u32,
+    pub deadband: Deadband,
+}
+
+/// A data-change filter's deadband (percent of the node's EURange).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Deadband {
+    None,
+    Absolute(f64),
+    Percent(f64),
+}
+
+/// A notification: the node's new value, status and timestamps.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub node: NodeId,
+    pub value: DataValue,
 }
 
 /// One reference found by [`Connection::browse`].
@@ -209,6 +234,63 @@ impl Connection {
                 .map_err(|e| err("browse next", e.status()))?;
         }
         Ok(out)
+    }
+
+    /// Subscribes to `items` with one subscription publishing every `publishing` (the server
+    /// sends only changes, sampled at each item's interval, filtered by its deadband). Every
+    /// notification arrives on the returned channel with the node it is about.
+    pub async fn subscribe(
+        &self,
+        publishing: Duration,
+        items: &[Monitor],
+    ) -> Result<(u32, tokio::sync::mpsc::UnboundedReceiver<Change>), ClientError> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let callback = DataChangeCallback::new(move |value, item| {
+            let _ = tx.send(Change {
+                node: item.item_to_monitor().node_id.clone(),
+                value,
+            });
+        });
+        let err = |what, status| ClientError::Server {
+            url: self.url.clone(),
+            what,
+            status,
+        };
+        // Lifetime and keep-alive counts as the specification suggests (lifetime ≥ 3 × keep-alive).
+        let id = self
+            .session
+            .create_subscription(publishing, 30, 10, 0, 0, true, callback)
+            .await
+            .map_err(|e| err("create subscription", e.status()))?;
+        let requests: Vec<MonitoredItemCreateRequest> = items
+            .iter()
+            .map(|m| {
+                let mut r = MonitoredItemCreateRequest::from(m.node.clone());
+                r.requested_parameters.sampling_interval = m.sampling.as_secs_f64() * 1000.0;
+                r.requested_parameters.queue_size = m.queue_size;
+                r.requested_parameters.discard_oldest = true;
+                let (kind, value) = match m.deadband {
+                    Deadband::None => (DeadbandType::None, 0.0),
+                    Deadband::Absolute(v) => (DeadbandType::Absolute, v),
+                    Deadband::Percent(v) => (DeadbandType::Percent, v),
+                };
+                r.requested_parameters.filter = ExtensionObject::from_message(DataChangeFilter {
+                    trigger: DataChangeTrigger::StatusValue,
+                    deadband_type: kind as u32,
+                    deadband_value: value,
+                });
+                r
+            })
+            .collect();
+        let created = self
+            .session
+            .create_monitored_items(id, TimestampsToReturn::Both, requests)
+            .await
+            .map_err(|e| err("create monitored items", e.status()))?;
+        if let Some(bad) = created.iter().find(|c| c.result.status_code.is_bad()) {
+            return Err(err("create a monitored item", bad.result.status_code));
+        }
+        Ok((id, rx))
     }
 
     /// Closes the session and stops its driver.
