@@ -2,4 +2,5 @@
 //! the command path) and a server of the Unified Namespace. Work in progress.
 
 pub mod client;
+pub mod map;
 pub mod pki;

@@ -1,0 +1,177 @@
+//! OPC UA values to Ironplant's: `Variant` → [`Value`], `StatusCode` → [`Quality`] with its
+//! reason, `DateTime` → [`Timestamp`]. Pure functions (sans-IO), used by the connector on every
+//! notification.
+
+use ironplant_core::{Array, Quality, QualityReason, Timestamp, Value};
+use opcua::types::{DateTime, StatusCode, SubStatusCode, Variant};
+
+/// A value Ironplant has no form for (e.g. a structure, a node id, a matrix).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "an OPC UA {0} value has no Ironplant form (bool, integer, float, string or an array of them)"
+)]
+pub struct Unsupported(pub String);
+
+/// The value of a variant. Integers stay exact (a UInt64 above i64::MAX is [`Value::U64`]),
+/// Float widens to f64, DateTime becomes its RFC 3339 text, arrays of one scalar type are
+/// [`Value::Array`]; Empty is [`Value::Null`].
+pub fn value(v: &Variant) -> Result<Value, Unsupported> {
+    Ok(match v {
+        Variant::Empty => Value::Null,
+        Variant::Boolean(b) => Value::Bool(*b),
+        Variant::SByte(x) => Value::Int(i64::from(*x)),
+        Variant::Byte(x) => Value::Int(i64::from(*x)),
+        Variant::Int16(x) => Value::Int(i64::from(*x)),
+        Variant::UInt16(x) => Value::Int(i64::from(*x)),
+        Variant::Int32(x) => Value::Int(i64::from(*x)),
+        Variant::UInt32(x) => Value::Int(i64::from(*x)),
+        Variant::Int64(x) => Value::Int(*x),
+        Variant::UInt64(x) => Value::from_u64(*x),
+        Variant::Float(x) => Value::Float(f64::from(*x)),
+        Variant::Double(x) => Value::Float(*x),
+        Variant::String(s) => Value::String(s.as_ref().into()),
+        Variant::DateTime(d) => Value::String(timestamp(d).to_rfc3339().into()),
+        Variant::Array(a) => {
+            let scalars: Vec<Value> = a.values.iter().map(value).collect::<Result<_, _>>()?;
+            let bad = || Unsupported("array".into());
+            let array = if scalars.iter().all(|x| matches!(x, Value::Bool(_))) {
+                Array::from_bools(
+                    scalars
+                        .iter()
+                        .filter_map(|x| match x {
+                            Value::Bool(b) => Some(*b),
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            } else if scalars.iter().all(|x| matches!(x, Value::Int(_))) {
+                Array::from_ints(
+                    scalars
+                        .iter()
+                        .filter_map(|x| match x {
+                            Value::Int(i) => Some(*i),
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            } else if scalars.iter().all(|x| matches!(x, Value::Float(_))) {
+                Array::from_floats(scalars.iter().filter_map(Value::as_f64).collect())
+            } else if scalars.iter().all(|x| matches!(x, Value::String(_))) {
+                Array::from_strings(
+                    scalars
+                        .iter()
+                        .filter_map(|x| match x {
+                            Value::String(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            } else {
+                return Err(bad());
+            };
+            Value::Array(std::sync::Arc::new(array.map_err(|_| bad())?))
+        }
+        other => return Err(Unsupported(format!("{:?}", other.type_id()))),
+    })
+}
+
+/// The quality of a status code: Good is Good; Uncertain and Bad keep a reason from their
+/// sub-code (communication, device, configuration, range, staleness); a sub-code without a
+/// closer match is a device's own judgement (`DeviceFailure`).
+pub fn quality(s: StatusCode) -> Quality {
+    use SubStatusCode as S;
+    if s.is_good() {
+        return Quality::GOOD;
+    }
+    let reason = match s.sub_code() {
+        S::BadCommunicationError
+        | S::BadNotConnected
+        | S::BadServerNotConnected
+        | S::BadNoCommunication
+        | S::BadTimeout
+        | S::BadConnectionClosed
+        | S::BadSecureChannelClosed
+        | S::BadSessionClosed => QualityReason::CommFailure,
+        S::BadWaitingForInitialData => QualityReason::NotConnected,
+        S::BadNodeIdUnknown
+        | S::BadNodeIdInvalid
+        | S::BadAttributeIdInvalid
+        | S::BadTypeMismatch
+        | S::BadConfigurationError
+        | S::BadUserAccessDenied
+        | S::BadNotReadable => QualityReason::ConfigError,
+        S::BadOutOfRange | S::UncertainEngineeringUnitsExceeded => QualityReason::OutOfRange,
+        S::UncertainLastUsableValue | S::BadNoDataAvailable => QualityReason::Stale,
+        S::UncertainSubNormal => QualityReason::InsufficientData,
+        _ => QualityReason::DeviceFailure,
+    };
+    if s.is_uncertain() {
+        Quality::uncertain(reason)
+    } else {
+        Quality::bad(reason)
+    }
+}
+
+/// 100 ns ticks since 1601-01-01 (OPC UA) to µs since the Unix epoch.
+pub fn timestamp(d: &DateTime) -> Timestamp {
+    const UNIX_EPOCH_TICKS: i64 = 116_444_736_000_000_000;
+    Timestamp(d.ticks().saturating_sub(UNIX_EPOCH_TICKS) / 10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_stay_exact_and_arrays_keep_their_type() {
+        assert_eq!(value(&Variant::UInt64(u64::MAX)), Ok(Value::U64(u64::MAX)));
+        assert_eq!(value(&Variant::UInt64(7)), Ok(Value::Int(7)));
+        assert_eq!(value(&Variant::Int64(i64::MIN)), Ok(Value::Int(i64::MIN)));
+        assert_eq!(value(&Variant::Float(0.5)), Ok(Value::Float(0.5)));
+        assert_eq!(value(&Variant::Empty), Ok(Value::Null));
+        assert_eq!(
+            value(&Variant::from("run")),
+            Ok(Value::String("run".into()))
+        );
+        let a = value(&Variant::from(vec![1.5f64, 2.5])).expect("an array");
+        assert_eq!(a.value_type().map(|t| t.as_str()), Some("array<float>"));
+        assert!(value(&Variant::from(opcua::types::NodeId::new(1, 5))).is_err());
+    }
+
+    #[test]
+    fn status_codes_map_to_quality_with_a_reason() {
+        assert_eq!(quality(StatusCode::Good), Quality::GOOD);
+        assert_eq!(
+            quality(StatusCode::BadCommunicationError),
+            Quality::bad(QualityReason::CommFailure)
+        );
+        assert_eq!(
+            quality(StatusCode::BadWaitingForInitialData),
+            Quality::bad(QualityReason::NotConnected)
+        );
+        assert_eq!(
+            quality(StatusCode::UncertainLastUsableValue),
+            Quality::uncertain(QualityReason::Stale)
+        );
+        assert_eq!(
+            quality(StatusCode::UncertainEngineeringUnitsExceeded),
+            Quality::uncertain(QualityReason::OutOfRange)
+        );
+        assert_eq!(
+            quality(StatusCode::BadSensorFailure),
+            Quality::bad(QualityReason::DeviceFailure)
+        );
+    }
+
+    #[test]
+    fn timestamps_convert_between_epochs() {
+        let t = Timestamp(1_765_000_000_123_456);
+        let d = DateTime::from(ticks_of(t.0));
+        assert_eq!(timestamp(&d), t);
+    }
+
+    /// The OPC UA ticks (100 ns since 1601) of µs since the Unix epoch.
+    fn ticks_of(us: i64) -> i64 {
+        us * 10 + 116_444_736_000_000_000
+    }
+}
