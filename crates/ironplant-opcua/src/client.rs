@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use opcua::client::{ClientBuilder, DataChangeCallback, IdentityToken, Password, Session};
 use opcua::types::{
-    BrowseDescription, BrowseDirection, BrowseResultMask, DataChangeFilter, DataChangeTrigger,
-    DataValue, DeadbandType, ExtensionObject, MessageSecurityMode, MonitoredItemCreateRequest,
-    NodeClass, NodeId, ReferenceTypeId, StatusCode, TimestampsToReturn, UserTokenPolicy,
+    AttributeId, BrowseDescription, BrowseDirection, BrowseResultMask, DataChangeFilter,
+    DataChangeTrigger, DataValue, DeadbandType, ExtensionObject, MessageSecurityMode,
+    MonitoredItemCreateRequest, NodeClass, NodeId, ReadValueId, ReferenceTypeId, StatusCode,
+    TimestampsToReturn, UserTokenPolicy, Variant,
 };
 
 use crate::pki::Pki;
@@ -234,6 +235,37 @@ impl Connection {
                 .map_err(|e| err("browse next", e.status()))?;
         }
         Ok(out)
+    }
+
+    /// The DataType attribute of each node (`None` for a node that has none, e.g. an object).
+    pub async fn data_types(&self, nodes: &[NodeId]) -> Result<Vec<Option<NodeId>>, ClientError> {
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<ReadValueId> = nodes
+            .iter()
+            .map(|n| ReadValueId {
+                node_id: n.clone(),
+                attribute_id: AttributeId::DataType as u32,
+                ..Default::default()
+            })
+            .collect();
+        let values = self
+            .session
+            .read(&ids, TimestampsToReturn::Neither, 0.0)
+            .await
+            .map_err(|e| ClientError::Server {
+                url: self.url.clone(),
+                what: "read data types",
+                status: e.status(),
+            })?;
+        Ok(values
+            .into_iter()
+            .map(|dv| match dv.value {
+                Some(Variant::NodeId(id)) => Some(*id),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Subscribes to `items` with one subscription publishing every `publishing` (the server

@@ -4,3 +4,6 @@
 pub mod client;
 pub mod map;
 pub mod pki;
+
+/// The OPC UA stack (async-opcua), for the types of this crate's API (NodeId, Variant...).
+pub use opcua;

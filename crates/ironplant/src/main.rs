@@ -4,6 +4,7 @@
 mod admin;
 mod attack;
 mod import;
+mod opcua;
 mod query;
 
 use std::net::SocketAddr;
@@ -198,6 +199,16 @@ enum Command {
         #[command(subcommand)]
         command: admin::DeviceCommand,
     },
+    /// Browse OPC UA servers and decide which server certificates to trust.
+    #[command(
+        after_help = "Examples:\n  ironplant opcua browse opc.tcp://plc-7:4840/\n  ironplant opcua certificates\n  ironplant opcua trust 5246F240"
+    )]
+    Opcua {
+        #[command(flatten)]
+        data: AdminDataDir,
+        #[command(subcommand)]
+        command: opcua::OpcuaCommand,
+    },
     /// Add users, set their passwords, list them.
     #[command(
         after_help = "Examples:\n  ironplant user add alice --role operator\n  ironplant user passwd alice\n  ironplant user list"
@@ -332,6 +343,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit { data, command } => admin::audit(command, &data.data_dir),
         Command::Acl { data, command } => admin::acl(command, &data.data_dir),
         Command::Attack { command } => attack::run(command),
+        Command::Opcua { data, command } => opcua::run(command, &data.data_dir),
     }
 }
 
@@ -472,6 +484,7 @@ mod tests {
                     | "token"
                     | "audit"
                     | "acl"
+                    | "opcua"
             );
             let uses = uses || demo_attack(path);
             if !path.split(' ').any(|w| w == "help") && !cmd.has_subcommands() {

@@ -1,0 +1,207 @@
+//! `ironplant opcua browse|trust|certificates`: look into an OPC UA server before mapping its
+//! nodes to tags, and decide which server certificates the platform trusts. The platform's OPC
+//! UA certificates live in `<data-dir>/opcua/pki` (made at the first use).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context as _};
+use clap::{Subcommand, ValueEnum};
+use ironplant_opcua::client::{self, ClientSettings, Identity, Policy};
+use ironplant_opcua::opcua;
+use ironplant_opcua::pki::Pki;
+
+/// The application URI the platform presents (the first SAN entry of its certificate).
+pub const APPLICATION_URI: &str = "urn:ironplant";
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PolicyArg {
+    /// No security (labs only).
+    None,
+    Basic256Sha256,
+    Aes128Sha256RsaOaep,
+    Aes256Sha256RsaPss,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OpcuaCommand {
+    /// Browse a server's address space: a tree of NodeIds, browse names, node classes and
+    /// data types. An unknown server certificate is refused; its thumbprint is printed for
+    /// `ironplant opcua trust`.
+    #[command(
+        after_help = "Examples:\n  ironplant opcua browse opc.tcp://plc-7:4840/ --user ironplant\n  IRONPLANT_OPCUA_PASSWORD=... ironplant opcua browse opc.tcp://plc-7:4840/ 'ns=2;s=Line1' --depth 3"
+    )]
+    Browse {
+        /// The server's endpoint URL.
+        url: String,
+        /// The node to start from (default: the Objects folder, i=85).
+        node: Option<String>,
+        /// How many levels to show.
+        #[arg(long, default_value_t = 2)]
+        depth: u32,
+        #[arg(long, value_enum, default_value = "basic256-sha256")]
+        policy: PolicyArg,
+        /// Sign only, without encryption (the default signs and encrypts).
+        #[arg(long)]
+        sign_only: bool,
+        /// User name on the server; its password comes from IRONPLANT_OPCUA_PASSWORD.
+        /// Without it: anonymous.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Trust a server certificate that was refused (give its thumbprint, or its first 8+ hex
+    /// digits, as `browse` or `certificates` print them).
+    #[command(after_help = "Example:\n  ironplant opcua trust 5246F240")]
+    Trust { thumbprint: String },
+    /// List the server certificates refused so far and the trusted ones.
+    #[command(after_help = "Example:\n  ironplant opcua certificates")]
+    Certificates,
+}
+
+fn pki_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("opcua").join("pki")
+}
+
+pub fn run(command: OpcuaCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let pki = Pki::open_or_create(&pki_dir(data_dir), SystemTime::now())
+        .context("open the OPC UA certificates")?;
+    match command {
+        OpcuaCommand::Trust { thumbprint } => {
+            let full = pki.trust(&thumbprint)?;
+            println!("Trusted the server certificate {full}.");
+        }
+        OpcuaCommand::Certificates => {
+            for (what, list) in [("rejected", pki.rejected()?), ("trusted", pki.trusted()?)] {
+                println!("{what}:");
+                if list.is_empty() {
+                    println!("  (none)");
+                }
+                for (thumb, path) in list {
+                    println!("  {thumb}  {}", path.display());
+                }
+            }
+        }
+        OpcuaCommand::Browse {
+            url,
+            node,
+            depth,
+            policy,
+            sign_only,
+            user,
+        } => {
+            let identity = match user {
+                None => Identity::Anonymous,
+                Some(name) => Identity::User {
+                    name,
+                    password: std::env::var("IRONPLANT_OPCUA_PASSWORD").context(
+                        "--user needs the password in IRONPLANT_OPCUA_PASSWORD (not on the \
+                         command line, where `ps` shows it)",
+                    )?,
+                },
+            };
+            let policy = match policy {
+                PolicyArg::None => Policy::None,
+                PolicyArg::Basic256Sha256 => Policy::Basic256Sha256,
+                PolicyArg::Aes128Sha256RsaOaep => Policy::Aes128Sha256RsaOaep,
+                PolicyArg::Aes256Sha256RsaPss => Policy::Aes256Sha256RsaPss,
+            };
+            let start = match node {
+                None => opcua::types::NodeId::from(opcua::types::ObjectId::ObjectsFolder),
+                Some(text) => text.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "{text:?} is not a NodeId (e.g. i=85, ns=2;s=Line1, ns=3;i=1001)"
+                    )
+                })?,
+            };
+            pki.application_certificate(
+                APPLICATION_URI,
+                &["localhost".to_owned()],
+                SystemTime::now(),
+            )?;
+            let settings = ClientSettings {
+                url: url.clone(),
+                policy,
+                encrypt: !sign_only,
+                identity,
+                application_uri: APPLICATION_URI.into(),
+                request_timeout: Duration::from_secs(10),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start the async runtime")?;
+            rt.block_on(browse(&pki, &settings, start, depth))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn browse(
+    pki: &Pki,
+    settings: &ClientSettings,
+    start: opcua::types::NodeId,
+    depth: u32,
+) -> anyhow::Result<()> {
+    let before = pki.rejected()?;
+    let conn = match client::connect(pki, settings).await {
+        Ok(c) => c,
+        Err(e) => {
+            let new: Vec<_> = pki
+                .rejected()?
+                .into_iter()
+                .filter(|r| !before.contains(r))
+                .collect();
+            if let Some((thumb, _)) = new.first() {
+                bail!(
+                    "{}: the server's certificate is not trusted (thumbprint {thumb}). Check \
+                     the thumbprint with the server's administrator, then run `ironplant opcua \
+                     trust {}` and browse again",
+                    settings.url,
+                    &thumb[..16]
+                );
+            }
+            return Err(e.into());
+        }
+    };
+    // Depth-first: each node printed under its parent, in browse order.
+    let mut stack = vec![(start.clone(), 0u32, start.to_string())];
+    while let Some((node, level, line)) = stack.pop() {
+        println!("{line}");
+        if level >= depth {
+            continue;
+        }
+        let children = conn.browse(&node).await?;
+        let ids: Vec<_> = children.iter().map(|c| c.node_id.clone()).collect();
+        let types = conn.data_types(&ids).await?;
+        for (c, t) in children.iter().zip(types).rev() {
+            let ty = t
+                .map(|t| format!("  {}", data_type_name(&t)))
+                .unwrap_or_default();
+            let line = format!(
+                "{}{}  {}  {:?}{ty}",
+                "  ".repeat(level as usize + 1),
+                c.node_id,
+                c.browse_name,
+                c.node_class
+            );
+            stack.push((c.node_id.clone(), level + 1, line));
+        }
+    }
+    conn.close().await;
+    Ok(())
+}
+
+/// The built-in data types by name; others as their NodeId.
+fn data_type_name(id: &opcua::types::NodeId) -> String {
+    const NAMES: [&str; 13] = [
+        "Boolean", "SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64",
+        "Float", "Double", "String", "DateTime",
+    ];
+    match (&id.identifier, id.namespace) {
+        (opcua::types::Identifier::Numeric(n), 0) if (1..=13).contains(n) => {
+            NAMES[*n as usize - 1].to_owned()
+        }
+        _ => id.to_string(),
+    }
+}
