@@ -66,6 +66,9 @@ pub struct ClientSettings {
     pub identity: Identity,
     pub application_uri: String,
     pub request_timeout: Duration,
+    /// Connection attempts after the first failure before giving up (the connector retries
+    /// for ever, with back-off; a command gives up at once).
+    pub retries: i32,
 }
 
 /// Why a session could not be opened or a request failed.
@@ -136,7 +139,7 @@ pub async fn connect(pki: &Pki, settings: &ClientSettings) -> Result<Connection,
         .create_sample_keypair(false)
         .trust_server_certs(false)
         .verify_server_certs(true)
-        .session_retry_limit(3)
+        .session_retry_limit(settings.retries)
         .request_timeout(settings.request_timeout)
         .max_failed_keep_alive_count(3)
         .client()

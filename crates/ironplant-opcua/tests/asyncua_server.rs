@@ -70,6 +70,7 @@ async fn an_untrusted_server_is_refused_then_trusted_browsed_with_sign_and_encry
         },
         application_uri: uri.into(),
         request_timeout: Duration::from_secs(10),
+        retries: 0,
     };
     // Unknown server: refused, its certificate kept for the administrator to judge.
     let err = connect(&pki, &settings).await.err().expect("refused");

@@ -260,7 +260,11 @@ enum Command {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The OPC UA stack logs every refused certificate and retry at warn/error; Ironplant
+    // reports those itself, in one line that says what to do.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,opcua_client=off,opcua_crypto=off,opcua_core=off")
+    });
     // Colours only for a person at a terminal; never in files, pipes or under NO_COLOR.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();

@@ -126,6 +126,7 @@ pub fn run(command: OpcuaCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
                 identity,
                 application_uri: APPLICATION_URI.into(),
                 request_timeout: Duration::from_secs(10),
+                retries: 0,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
