@@ -86,6 +86,16 @@ pub enum ClientError {
     NotConnected { url: String, status: StatusCode },
 }
 
+impl ClientError {
+    fn server(url: &str, what: &'static str, status: StatusCode) -> ClientError {
+        ClientError::Server {
+            url: url.to_owned(),
+            what,
+            status,
+        }
+    }
+}
+
 /// An open session and the task that drives it (reconnects included).
 pub struct Connection {
     pub session: Arc<Session>,
@@ -168,11 +178,7 @@ pub async fn connect(pki: &Pki, settings: &ClientSettings) -> Result<Connection,
     let (session, event_loop) = client
         .connect_to_matching_endpoint(endpoint, token)
         .await
-        .map_err(|e| ClientError::Server {
-            url: settings.url.clone(),
-            what: "connect",
-            status: e.status(),
-        })?;
+        .map_err(|e| ClientError::server(&settings.url, "connect", e.status()))?;
     let driver = event_loop.spawn();
     let connected =
         tokio::time::timeout(settings.request_timeout, session.wait_for_connection()).await;
@@ -205,11 +211,7 @@ impl Connection {
             node_class_mask: 0,
             result_mask: BrowseResultMask::All as u32,
         };
-        let err = |what, status| ClientError::Server {
-            url: self.url.clone(),
-            what,
-            status,
-        };
+        let err = |what, status| ClientError::server(&self.url, what, status);
         let mut results = self
             .session
             .browse(&[desc], 1000, None)
@@ -257,11 +259,7 @@ impl Connection {
             .session
             .read(&ids, TimestampsToReturn::Neither, 0.0)
             .await
-            .map_err(|e| ClientError::Server {
-                url: self.url.clone(),
-                what: "read data types",
-                status: e.status(),
-            })?;
+            .map_err(|e| ClientError::server(&self.url, "read data types", e.status()))?;
         Ok(values
             .into_iter()
             .map(|dv| match dv.value {
@@ -286,11 +284,7 @@ impl Connection {
                 value,
             });
         });
-        let err = |what, status| ClientError::Server {
-            url: self.url.clone(),
-            what,
-            status,
-        };
+        let err = |what, status| ClientError::server(&self.url, what, status);
         // Lifetime and keep-alive counts as the specification suggests (lifetime ≥ 3 × keep-alive).
         let id = self
             .session

@@ -2,8 +2,8 @@
 //! reason, `DateTime` → [`Timestamp`]. Pure functions (sans-IO), used by the connector on every
 //! notification.
 
-use ironplant_core::{Array, Quality, QualityReason, Timestamp, Value};
-use opcua::types::{DateTime, StatusCode, SubStatusCode, Variant};
+use ironplant_core::{Array, Quality, QualityReason, ScalarType, Timestamp, Value};
+use opcua::types::{DateTime, StatusCode, SubStatusCode, Variant, VariantScalarTypeId};
 
 /// A value Ironplant has no form for (e.g. a structure, a node id, a matrix).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,43 +33,16 @@ pub fn value(v: &Variant) -> Result<Value, Unsupported> {
         Variant::DateTime(d) => Value::String(timestamp(d).to_rfc3339().into()),
         Variant::Array(a) => {
             let scalars: Vec<Value> = a.values.iter().map(value).collect::<Result<_, _>>()?;
-            let bad = || Unsupported("array".into());
-            let array = if scalars.iter().all(|x| matches!(x, Value::Bool(_))) {
-                Array::from_bools(
-                    scalars
-                        .iter()
-                        .filter_map(|x| match x {
-                            Value::Bool(b) => Some(*b),
-                            _ => None,
-                        })
-                        .collect(),
-                )
-            } else if scalars.iter().all(|x| matches!(x, Value::Int(_))) {
-                Array::from_ints(
-                    scalars
-                        .iter()
-                        .filter_map(|x| match x {
-                            Value::Int(i) => Some(*i),
-                            _ => None,
-                        })
-                        .collect(),
-                )
-            } else if scalars.iter().all(|x| matches!(x, Value::Float(_))) {
-                Array::from_floats(scalars.iter().filter_map(Value::as_f64).collect())
-            } else if scalars.iter().all(|x| matches!(x, Value::String(_))) {
-                Array::from_strings(
-                    scalars
-                        .iter()
-                        .filter_map(|x| match x {
-                            Value::String(s) => Some(s.clone()),
-                            _ => None,
-                        })
-                        .collect(),
-                )
-            } else {
-                return Err(bad());
+            let empty_as = match a.value_type {
+                VariantScalarTypeId::Boolean => ScalarType::Bool,
+                VariantScalarTypeId::Float | VariantScalarTypeId::Double => ScalarType::Float,
+                VariantScalarTypeId::String | VariantScalarTypeId::DateTime => ScalarType::String,
+                _ => ScalarType::Int,
             };
-            Value::Array(std::sync::Arc::new(array.map_err(|_| bad())?))
+            match Array::from_values(&scalars, empty_as) {
+                Ok(Some(array)) => Value::Array(std::sync::Arc::new(array)),
+                _ => return Err(Unsupported("array".into())),
+            }
         }
         other => return Err(Unsupported(format!("{:?}", other.type_id()))),
     })
@@ -135,6 +108,10 @@ mod tests {
         );
         let a = value(&Variant::from(vec![1.5f64, 2.5])).expect("an array");
         assert_eq!(a.value_type().map(|t| t.as_str()), Some("array<float>"));
+        let big = value(&Variant::from(vec![u64::MAX, 1])).expect("a u64 array");
+        assert_eq!(big.value_type().map(|t| t.as_str()), Some("array<int>"));
+        let empty = value(&Variant::from(Vec::<f64>::new())).expect("an empty array");
+        assert_eq!(empty.value_type().map(|t| t.as_str()), Some("array<float>"));
         assert!(value(&Variant::from(opcua::types::NodeId::new(1, 5))).is_err());
     }
 
