@@ -399,16 +399,8 @@ pub(crate) async fn authenticate(
         Ok(None) if cookie.is_some() => {
             let token = cookie.unwrap_or_default();
             if let Err(why) = crate::session::check_cookie_request(&method, req.headers(), &token) {
-                record_denial(
-                    &sec,
-                    None,
-                    "http-api".into(),
-                    source,
-                    "csrf",
-                    &method,
-                    &path,
-                );
-                return ApiError::new(StatusCode::FORBIDDEN, "csrf", why).into_response();
+                return crate::session::refused(Some(&sec), source, &method, &path, why)
+                    .into_response();
             }
             Credentials::Bearer(token)
         }

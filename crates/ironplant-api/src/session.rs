@@ -213,10 +213,11 @@ pub(crate) async fn login(
 ) -> Result<Response, ApiError> {
     if !same_origin(&headers) {
         return Err(refused(
-            &st,
+            st.security.as_deref(),
             source,
-            "POST",
-            "a login from another origin's page",
+            &Method::POST,
+            PATH,
+            "refused: a login from another origin's page; log in from the HMI itself".into(),
         ));
     }
     let (user, t) = start_session(&st, source, &body).await?;
@@ -313,24 +314,19 @@ pub(crate) async fn logout(
     Ok(res)
 }
 
-/// A 403 `csrf`, recorded in the audit log.
-pub(crate) fn refused(st: &ApiState, source: IpAddr, method: &str, why: &str) -> ApiError {
-    if let Some(sec) = &st.security {
-        crate::auth::record_denial(
-            sec,
-            None,
-            "http-api".into(),
-            source,
-            "csrf",
-            &method.parse().unwrap_or(Method::POST),
-            PATH,
-        );
+/// A 403 `csrf` saying `why`, recorded in the audit log (`api:csrf`, `<METHOD> <path>`): the
+/// one answer to a request with the session cookie that does not come from the HMI.
+pub(crate) fn refused(
+    sec: Option<&ironplant_security::Security>,
+    source: IpAddr,
+    method: &Method,
+    path: &str,
+    why: String,
+) -> ApiError {
+    if let Some(sec) = sec {
+        crate::auth::record_denial(sec, None, "http-api".into(), source, "csrf", method, path);
     }
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "csrf",
-        format!("refused: {why}; log in from the HMI itself"),
-    )
+    ApiError::new(StatusCode::FORBIDDEN, "csrf", why)
 }
 
 #[cfg(test)]
