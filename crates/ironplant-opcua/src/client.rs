@@ -101,6 +101,7 @@ pub struct Connection {
     pub session: Arc<Session>,
     driver: tokio::task::JoinHandle<StatusCode>,
     url: String,
+    events: Option<tokio::sync::mpsc::UnboundedReceiver<SessionEvent>>,
 }
 
 /// A node to monitor.
@@ -138,6 +139,55 @@ pub struct BrowseEntry {
 
 /// Opens a session as `settings` says, with the application instance certificate of `pki`.
 pub async fn connect(pki: &Pki, settings: &ClientSettings) -> Result<Connection, ClientError> {
+    connect_with(pki, settings, &Tuning::default()).await
+}
+
+/// How a long-lived session (the connector's) watches and recovers its connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tuning {
+    /// How often the session reads the server's state to know it is alive.
+    pub keep_alive: Duration,
+    /// Failed keep-alives in a row before the connection is dropped and re-opened.
+    pub max_failed_keep_alives: u64,
+    /// How long a publish request may wait for the server (long-polled).
+    pub publish_timeout: Duration,
+    /// Reconnection back-off: from 500 ms doubling up to this.
+    pub reconnect_max: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning {
+            keep_alive: Duration::from_secs(10),
+            max_failed_keep_alives: 3,
+            publish_timeout: Duration::from_secs(60),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What happened to a session's connection (from the stack's event loop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The connection broke (the stack reconnects by itself).
+    Lost(StatusCode),
+    /// A reconnection attempt failed (another follows after the back-off).
+    ReconnectFailed(StatusCode),
+    /// Connected again: the old session re-activated (`new_session == false`, subscriptions
+    /// intact) or a new one created (subscriptions transferred or re-created by the stack).
+    Reconnected { new_session: bool },
+    /// The server did not answer a keep-alive read (or said it is not running).
+    KeepAliveFailed(StatusCode),
+}
+
+/// Like [`connect`], with the keep-alive, timeouts and reconnection of `tuning`; the session
+/// reconnects by itself for ever (re-activating the session, else transferring or re-creating
+/// its subscriptions), reporting on [`Connection::take_events`].
+pub async fn connect_with(
+    pki: &Pki,
+    settings: &ClientSettings,
+    tuning: &Tuning,
+) -> Result<Connection, ClientError> {
     let dir = pki.dir();
     let mut client = ClientBuilder::new()
         .application_name("Ironplant")
@@ -150,8 +200,13 @@ pub async fn connect(pki: &Pki, settings: &ClientSettings) -> Result<Connection,
         .trust_server_certs(false)
         .verify_server_certs(true)
         .session_retry_limit(settings.retries)
+        .session_retry_initial(Duration::from_millis(500))
+        .session_retry_max(tuning.reconnect_max)
         .request_timeout(settings.request_timeout)
-        .max_failed_keep_alive_count(3)
+        .keep_alive_interval(tuning.keep_alive)
+        .max_failed_keep_alive_count(tuning.max_failed_keep_alives)
+        .publish_timeout(tuning.publish_timeout)
+        .recreate_subscriptions(true)
         .client()
         .map_err(|e| ClientError::Config(e.join("; ")))?;
     let mode = match (settings.policy, settings.encrypt) {
@@ -179,14 +234,26 @@ pub async fn connect(pki: &Pki, settings: &ClientSettings) -> Result<Connection,
         .connect_to_matching_endpoint(endpoint, token)
         .await
         .map_err(|e| ClientError::server(&settings.url, "connect", e.status()))?;
-    let driver = event_loop.spawn();
-    let connected =
-        tokio::time::timeout(settings.request_timeout, session.wait_for_connection()).await;
-    if connected != Ok(true) {
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(drive(event_loop, events_tx));
+    // The first attempt decides: connected, or why not (the caller retries with its back-off;
+    // the stack's own retries are for a connection that was up).
+    let first = tokio::time::timeout(settings.request_timeout * 2, events_rx.recv()).await;
+    let status = match first {
+        Ok(Some(SessionEvent::Reconnected { .. })) => None,
+        Ok(Some(
+            SessionEvent::ReconnectFailed(s)
+            | SessionEvent::Lost(s)
+            | SessionEvent::KeepAliveFailed(s),
+        )) => Some(s),
+        Ok(None) => Some(StatusCode::BadConnectionClosed),
+        Err(_) => Some(StatusCode::BadTimeout),
+    };
+    if let Some(status) = status {
         driver.abort();
         let status = match driver.await {
-            Ok(s) => s,
-            Err(_) => StatusCode::BadTimeout,
+            Ok(s) if s.is_bad() => s,
+            _ => status,
         };
         return Err(ClientError::NotConnected {
             url: settings.url.clone(),
@@ -197,10 +264,59 @@ pub async fn connect(pki: &Pki, settings: &ClientSettings) -> Result<Connection,
         session,
         driver,
         url: settings.url.clone(),
+        events: Some(events_rx),
     })
 }
 
+/// Runs the stack's event loop, passing on what a connector acts on; returns how it ended.
+async fn drive<T>(
+    event_loop: opcua::client::SessionEventLoop<T>,
+    events: tokio::sync::mpsc::UnboundedSender<SessionEvent>,
+) -> StatusCode
+where
+    T: opcua::client::transport::Connector + Send + Sync + 'static,
+{
+    use futures_util::StreamExt as _;
+    use opcua::client::{SessionActivity, SessionConnectMode, SessionPollResult};
+    let stream = event_loop.enter();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(next) = stream.next().await {
+        let event = match next {
+            Err(status) => return status,
+            Ok(SessionPollResult::ConnectionLost(s)) => Some(SessionEvent::Lost(s)),
+            Ok(SessionPollResult::ReconnectFailed(s)) => Some(SessionEvent::ReconnectFailed(s)),
+            Ok(SessionPollResult::Reconnected(mode)) => Some(SessionEvent::Reconnected {
+                new_session: matches!(mode, SessionConnectMode::NewSession(_)),
+            }),
+            Ok(SessionPollResult::SessionActivity(SessionActivity::KeepAliveFailed(s))) => {
+                Some(SessionEvent::KeepAliveFailed(s))
+            }
+            Ok(_) => None,
+        };
+        if let Some(e) = event {
+            // Nobody listening (a browse from the CLI) is fine.
+            let _ = events.send(e);
+        }
+    }
+    StatusCode::Good
+}
+
 impl Connection {
+    /// The session's connection events (once; `None` after the first call).
+    pub fn take_events(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<SessionEvent>> {
+        self.events.take()
+    }
+
+    /// The server's endpoint URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether the stack's event loop has ended (closed, or gave up reconnecting).
+    pub fn is_finished(&self) -> bool {
+        self.driver.is_finished()
+    }
+
     /// The nodes `node` organises (hierarchical references, forward), all pages.
     pub async fn browse(&self, node: &NodeId) -> Result<Vec<BrowseEntry>, ClientError> {
         let desc = BrowseDescription {

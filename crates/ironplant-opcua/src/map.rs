@@ -85,6 +85,75 @@ pub fn quality(s: StatusCode) -> Quality {
     }
 }
 
+/// The variant to write `v` as, typed to the node's data type `to`: integers to any integer
+/// type they fit, to Float or Double; floats to Float or Double (to an integer type only when
+/// whole and in range); bool to Boolean; text to String. Anything lossy or out of range is
+/// refused with why, never cast.
+pub fn to_variant(v: &Value, to: VariantScalarTypeId) -> Result<Variant, String> {
+    use VariantScalarTypeId as T;
+    let range = |what: &str| format!("{v} is out of the range of {what}");
+    let int = |i: i128| -> Result<Variant, String> {
+        let fit = |ok: bool, what: &str| if ok { Ok(()) } else { Err(range(what)) };
+        Ok(match to {
+            T::SByte => fit(i8::try_from(i).is_ok(), "SByte").map(|_| Variant::SByte(i as i8))?,
+            T::Byte => fit(u8::try_from(i).is_ok(), "Byte").map(|_| Variant::Byte(i as u8))?,
+            T::Int16 => fit(i16::try_from(i).is_ok(), "Int16").map(|_| Variant::Int16(i as i16))?,
+            T::UInt16 => {
+                fit(u16::try_from(i).is_ok(), "UInt16").map(|_| Variant::UInt16(i as u16))?
+            }
+            T::Int32 => fit(i32::try_from(i).is_ok(), "Int32").map(|_| Variant::Int32(i as i32))?,
+            T::UInt32 => {
+                fit(u32::try_from(i).is_ok(), "UInt32").map(|_| Variant::UInt32(i as u32))?
+            }
+            T::Int64 => fit(i64::try_from(i).is_ok(), "Int64").map(|_| Variant::Int64(i as i64))?,
+            T::UInt64 => {
+                fit(u64::try_from(i).is_ok(), "UInt64").map(|_| Variant::UInt64(i as u64))?
+            }
+            T::Float => Variant::Float(i as f32),
+            T::Double => Variant::Double(i as f64),
+            other => return Err(format!("an integer cannot be written to a {other:?} node")),
+        })
+    };
+    match (v, to) {
+        (Value::Bool(b), T::Boolean) => Ok(Variant::Boolean(*b)),
+        (Value::Int(i), _) => int(i128::from(*i)),
+        (Value::U64(u), _) => int(i128::from(*u)),
+        (Value::Float(f), T::Double) => Ok(Variant::Double(*f)),
+        (Value::Float(f), T::Float) => {
+            if f.is_finite() && f.abs() > f64::from(f32::MAX) {
+                Err(range("Float"))
+            } else {
+                Ok(Variant::Float(*f as f32))
+            }
+        }
+        (Value::Float(f), _) if f.fract() == 0.0 && f.is_finite() && f.abs() < 1e38 => {
+            int(*f as i128)
+        }
+        (Value::String(s), T::String) => Ok(Variant::String(s.as_ref().into())),
+        (v, to) => Err(format!(
+            "a {} value cannot be written to a {to:?} node",
+            v.kind()
+        )),
+    }
+}
+
+/// `v` as a tag of type `t` wants it: an integer widens to a float tag; anything else must
+/// already be of the tag's type.
+pub fn coerce(v: Value, t: ironplant_core::ValueType) -> Result<Value, String> {
+    use ironplant_core::ValueType as V;
+    match (v, t) {
+        (Value::Int(i), V::Float) => Ok(Value::Float(i as f64)),
+        (Value::U64(u), V::Float) => Ok(Value::Float(u as f64)),
+        (v @ Value::Null, _) => Ok(v),
+        (v, t) if v.value_type() == Some(t) => Ok(v),
+        (v, t) => Err(format!(
+            "the node sends {} values, the tag is {}",
+            v.kind(),
+            t.as_str()
+        )),
+    }
+}
+
 /// 100 ns ticks since 1601-01-01 (OPC UA) to µs since the Unix epoch.
 pub fn timestamp(d: &DateTime) -> Timestamp {
     const UNIX_EPOCH_TICKS: i64 = 116_444_736_000_000_000;

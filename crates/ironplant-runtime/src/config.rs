@@ -18,6 +18,8 @@ pub fn registry() -> Registry {
         .with::<Bridges>()
         .with::<SparkplugSettings>()
         .with::<IngestSettings>()
+        // OPC UA connections define tags (their nodes): before the sections that name tags.
+        .with::<ironplant_opcua::settings::OpcuaSettings>()
         .with::<ironplant_control::expr::ComputedSettings>()
         .with::<ironplant_control::expr::RuleSettings>()
         // The command path's sections (after the tags, before the alarms).

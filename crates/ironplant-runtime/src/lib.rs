@@ -99,6 +99,8 @@ pub enum StartError {
     Logic(#[from] control::LogicStartError),
     #[error(transparent)]
     Integrity(#[from] integrity::IntegrityStartError),
+    #[error("cannot start the OPC UA connectors: {0}")]
+    Opcua(String),
 }
 
 /// The platform with its standard components: [`Platform::builder`] with `broker` when there is

@@ -129,6 +129,8 @@ impl PlatformBuilder {
 
     /// Starts the platform on the current tokio runtime, in the order of the module docs.
     pub fn start(self) -> Result<Platform, StartError> {
+        // Checked before anything starts.
+        let opcua = opcua_sources(&self.config, self.data_dir.as_deref())?;
         let runtime = Arc::new(Runtime::build_with(
             &self.config,
             self.data_dir.as_deref(),
@@ -275,6 +277,9 @@ impl PlatformBuilder {
         for source in runtime.device_sources(&self.config) {
             supervisor.start_source(source);
         }
+        for source in opcua {
+            supervisor.start_source(source);
+        }
         if let Some(broker) = &self.broker {
             if !runtime.ingest.is_empty() {
                 supervisor.start_source(Arc::new(ironplant_ingest::mqtt::MqttIngest::new(
@@ -293,4 +298,44 @@ impl PlatformBuilder {
             subscribers_at_start,
         })
     }
+}
+
+/// One OPC UA connector per `[[opcua.connection]]`, with the platform's OPC UA certificates in
+/// `<data-dir>/opcua/pki`.
+fn opcua_sources(
+    config: &Config,
+    data_dir: Option<&Path>,
+) -> Result<Vec<Arc<dyn Source>>, StartError> {
+    let settings = config.get::<ironplant_opcua::settings::OpcuaSettings>();
+    if settings.connections.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(dir) = data_dir else {
+        return Err(StartError::Opcua(
+            "OPC UA connections need a data directory for the platform's certificates (start \
+             with --data-dir)"
+                .to_owned(),
+        ));
+    };
+    let pki = dir.join("opcua").join("pki");
+    Ok(settings
+        .connections
+        .iter()
+        .map(|c| {
+            if c.policy == ironplant_opcua::client::Policy::None {
+                tracing::warn!(
+                    connection = %c.id,
+                    "OPC UA connection {} uses no security (policy None): anyone on the network \
+                     can read and change its traffic; labs only",
+                    c.id
+                );
+            }
+            let nodes = settings.nodes_of(&c.id).cloned().collect();
+            Arc::new(ironplant_opcua::source::OpcuaSource::new(
+                c.clone(),
+                nodes,
+                pki.clone(),
+            )) as Arc<dyn Source>
+        })
+        .collect())
 }
