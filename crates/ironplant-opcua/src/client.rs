@@ -153,6 +153,9 @@ pub struct Tuning {
     pub publish_timeout: Duration,
     /// Reconnection back-off: from 500 ms doubling up to this.
     pub reconnect_max: Duration,
+    /// After a new session, let the stack transfer or re-create the subscriptions (`false`: the
+    /// caller re-creates its own, e.g. to re-resolve namespace indexes first).
+    pub recreate_subscriptions: bool,
 }
 
 impl Default for Tuning {
@@ -162,6 +165,7 @@ impl Default for Tuning {
             max_failed_keep_alives: 3,
             publish_timeout: Duration::from_secs(60),
             reconnect_max: Duration::from_secs(30),
+            recreate_subscriptions: true,
         }
     }
 }
@@ -206,7 +210,7 @@ pub async fn connect_with(
         .keep_alive_interval(tuning.keep_alive)
         .max_failed_keep_alive_count(tuning.max_failed_keep_alives)
         .publish_timeout(tuning.publish_timeout)
-        .recreate_subscriptions(true)
+        .recreate_subscriptions(tuning.recreate_subscriptions)
         .client()
         .map_err(|e| ClientError::Config(e.join("; ")))?;
     let mode = match (settings.policy, settings.encrypt) {

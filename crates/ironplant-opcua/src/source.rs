@@ -229,6 +229,9 @@ impl OpcuaSource {
                 .request_timeout
                 .max(self.cfg.publishing_interval * 4),
             reconnect_max: self.cfg.reconnect_max,
+            // A new session means a restarted server (or an expired session): the subscription
+            // is made again here, after resolving the namespaces again.
+            recreate_subscriptions: false,
         };
         let mut conn = match client::connect_with(&pki, &settings, &tuning).await {
             Ok(c) => c,
@@ -285,24 +288,16 @@ impl OpcuaSource {
                     Some(SessionEvent::Reconnected { new_session }) => {
                         tracing::info!(connection = %self.cfg.id, new_session, "OPC UA session back");
                         if new_session {
-                            // Transferred or re-created with the old NodeIds by the stack: check
-                            // the server did not renumber its namespaces meanwhile.
-                            let live = self.shared.live.lock().clone();
-                            let resolved = self.resolve(&conn.session).await;
-                            let moved = match (&live, &resolved) {
-                                (Some(l), Ok(ids)) => l.nodes.iter().map(|n| &n.0).ne(ids.iter()),
-                                _ => true,
-                            };
-                            if moved {
-                                tracing::warn!(connection = %self.cfg.id, "the server's namespaces changed: subscribing again");
-                                let _ = conn.session.delete_subscription(sub).await;
-                                let ids;
-                                (sub, changes, ids) = self
-                                    .setup(ctx, &conn, tags)
-                                    .await
-                                    .map_err(|e| fail("subscribe again", e))?;
-                                state.index(&ids);
-                            }
+                            // The server lost our session (restarted, or it expired): the old
+                            // subscription is gone with it. Resolve the namespaces again (a
+                            // restarted server may number them differently) and subscribe.
+                            let _ = conn.session.delete_subscription(sub).await;
+                            let ids;
+                            (sub, changes, ids) = self
+                                .setup(ctx, &conn, tags)
+                                .await
+                                .map_err(|e| fail("subscribe again", e))?;
+                            state.index(&ids);
                         }
                     }
                     Some(SessionEvent::ReconnectFailed(status)) => {
