@@ -73,6 +73,10 @@ pub async fn variables(
                 .rsplit_once(':')
                 .map_or(child.browse_name.as_str(), |(_, n)| n)
                 .to_owned();
+            // The standard namespace (the Server object, types) is not process data.
+            if child.node_id.namespace == 0 {
+                continue;
+            }
             let mut path = names.clone();
             path.push(name);
             match child.node_class {

@@ -316,6 +316,8 @@ async fn serve_with(
             ),
             e @ ironplant_runtime::StartError::Integrity(_) => anyhow::Error::new(e)
                 .context("cannot start the integrity checks; check [integrity] in the config"),
+            e @ ironplant_runtime::StartError::Opcua(_) => anyhow::Error::new(e)
+                .context("cannot start OPC UA; check [opcua] in the config"),
         })?;
     let mut platform = started;
     platform
