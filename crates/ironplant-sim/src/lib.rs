@@ -87,6 +87,7 @@
 
 pub mod attack;
 pub mod bank;
+pub mod labeller;
 pub mod map;
 pub mod plant;
 pub mod sparkplug;
