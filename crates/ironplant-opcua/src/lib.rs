@@ -1,12 +1,10 @@
 //! OPC UA for Ironplant (issue 15): a client connector (browse, subscriptions, writes through
-//! the command path) and a server of the Unified Namespace. Work in progress.
+//! the command path) and a server of the Unified Namespace.
 
 pub mod browse;
 pub mod client;
 pub mod map;
 pub mod pki;
-/// The OPC UA server of the Unified Namespace (being built behind the `wip-server` feature).
-#[cfg(feature = "wip-server")]
 pub mod server;
 pub mod settings;
 pub mod source;

@@ -57,6 +57,13 @@ pub fn quality(s: StatusCode) -> Quality {
         return Quality::GOOD;
     }
     let reason = match s.sub_code() {
+        S::Uncertain | S::Bad => QualityReason::None,
+        S::UncertainNoCommunicationLastUsableValue => QualityReason::CommFailure,
+        S::UncertainConfigurationError => QualityReason::ConfigError,
+        S::UncertainInitialValue => QualityReason::NotConnected,
+        S::BadAggregateInvalidInputs => QualityReason::InsufficientData,
+        S::BadDataLost => QualityReason::SequenceGap,
+        S::UncertainSensorCalibration => QualityReason::Implausible,
         S::BadCommunicationError
         | S::BadNotConnected
         | S::BadServerNotConnected

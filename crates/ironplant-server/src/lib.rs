@@ -7,6 +7,7 @@
 pub mod audit_witness;
 pub mod datadir;
 pub mod detection;
+pub mod opcua;
 pub mod platform;
 pub mod private_dir;
 pub mod secure;

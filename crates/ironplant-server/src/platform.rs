@@ -421,6 +421,23 @@ async fn serve_with(
             "[[bridge]] sections are ignored: the MQTT broker is off (no MQTT listener)"
         );
     }
+    // The Unified Namespace over OPC UA, when `[opcua.server]` asks for it.
+    let opcua_server = match &config
+        .get::<ironplant_opcua::settings::OpcuaSettings>()
+        .server
+    {
+        Some(cfg) => {
+            let s = crate::opcua::start(cfg, runtime.clone(), sec.clone(), data_dir).await?;
+            println!(
+                "  OPC UA:    {} (SignAndEncrypt, users of the platform; client certificates to trust in {}){}",
+                s.url(),
+                crate::opcua::pki_dir(data_dir).join("rejected").display(),
+                if cfg.writes { ", writes through the command path" } else { ", read-only" }
+            );
+            Some(s)
+        }
+        None => None,
+    };
     // The signed audit head, for witnesses outside this host (rollback and wipe detection).
     let audit_head = crate::audit_witness::start(
         sec.audit.clone(),
@@ -534,6 +551,9 @@ async fn serve_with(
         .await
     };
     audit_head.stop().await;
+    if let Some(s) = opcua_server {
+        s.stop().await;
+    }
     for b in bridges {
         b.shutdown().await;
     }

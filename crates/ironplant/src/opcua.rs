@@ -60,12 +60,26 @@ pub enum OpcuaCommand {
         prefix: Option<String>,
     },
     /// Trust a server certificate that was refused (give its thumbprint, or its first 8+ hex
-    /// digits, as `browse` or `certificates` print them).
-    #[command(after_help = "Example:\n  ironplant opcua trust 5246F240")]
-    Trust { thumbprint: String },
-    /// List the server certificates refused so far and the trusted ones.
-    #[command(after_help = "Example:\n  ironplant opcua certificates")]
-    Certificates,
+    /// digits, as `browse` or `certificates` print them); with --server, a client application
+    /// certificate refused by the platform's own OPC UA server.
+    #[command(
+        after_help = "Examples:\n  ironplant opcua trust 5246F240\n  ironplant opcua trust --server 9A0C11D2"
+    )]
+    Trust {
+        thumbprint: String,
+        /// A client of the platform's OPC UA server ([opcua.server]), not a server it connects to.
+        #[arg(long)]
+        server: bool,
+    },
+    /// List the certificates refused so far and the trusted ones: of the servers the platform
+    /// connects to, or with --server of the clients of its own OPC UA server.
+    #[command(
+        after_help = "Examples:\n  ironplant opcua certificates\n  ironplant opcua certificates --server"
+    )]
+    Certificates {
+        #[arg(long)]
+        server: bool,
+    },
 }
 
 fn pki_dir(data_dir: &Path) -> PathBuf {
@@ -73,14 +87,24 @@ fn pki_dir(data_dir: &Path) -> PathBuf {
 }
 
 pub fn run(command: OpcuaCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let pki = Pki::open_or_create(&pki_dir(data_dir), SystemTime::now())
-        .context("open the OPC UA certificates")?;
+    let server_side = matches!(
+        command,
+        OpcuaCommand::Trust { server: true, .. } | OpcuaCommand::Certificates { server: true }
+    );
+    let dir = if server_side {
+        ironplant_server::opcua::pki_dir(data_dir)
+    } else {
+        pki_dir(data_dir)
+    };
+    let pki =
+        Pki::open_or_create(&dir, SystemTime::now()).context("open the OPC UA certificates")?;
     match command {
-        OpcuaCommand::Trust { thumbprint } => {
+        OpcuaCommand::Trust { thumbprint, server } => {
             let full = pki.trust(&thumbprint)?;
-            println!("Trusted the server certificate {full}.");
+            let what = if server { "client" } else { "server" };
+            println!("Trusted the {what} certificate {full}.");
         }
-        OpcuaCommand::Certificates => {
+        OpcuaCommand::Certificates { .. } => {
             for (what, list) in [("rejected", pki.rejected()?), ("trusted", pki.trusted()?)] {
                 println!("{what}:");
                 if list.is_empty() {

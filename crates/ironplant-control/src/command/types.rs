@@ -200,6 +200,8 @@ pub enum Origin {
     Mqtt,
     Rule,
     Hmi,
+    /// A client of the platform's OPC UA server.
+    Opcua,
     /// The platform's own commands (restores).
     Platform,
 }
@@ -211,6 +213,7 @@ impl Origin {
             Origin::Mqtt => "mqtt",
             Origin::Rule => "rule",
             Origin::Hmi => "hmi",
+            Origin::Opcua => "opcua",
             Origin::Platform => "platform",
         }
     }
@@ -224,9 +227,10 @@ impl FromStr for Origin {
             "mqtt" => Ok(Origin::Mqtt),
             "rule" => Ok(Origin::Rule),
             "hmi" => Ok(Origin::Hmi),
+            "opcua" => Ok(Origin::Opcua),
             "platform" => Ok(Origin::Platform),
             other => Err(format!(
-                "unknown origin {other:?}; expected rest, mqtt, rule, hmi or platform"
+                "unknown origin {other:?}; expected rest, mqtt, rule, hmi, opcua or platform"
             )),
         }
     }

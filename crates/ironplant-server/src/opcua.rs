@@ -1,0 +1,267 @@
+//! The platform's OPC UA server (`[opcua.server]`): the Unified Namespace, or the parts of it
+//! under `paths`, served by `ironplant_opcua::server::UnsServer` with the platform's users
+//! (password logins through the user store, with its throttling, lockout and audit) and, when
+//! `writes = true`, writes through the command path as the logged-in user (role, per-tag write
+//! rules, envelope, interlocks, two-person rule, audit, device read-back).
+//!
+//! Values follow the tag bus: every tag's current value at start, then every batch; tags born
+//! at run time (Sparkplug births) are added to the address space as they first appear.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use ironplant_control::command::{Authorisation, CommandRequest, Denial, Origin, Requester, Role};
+use ironplant_core::{BoxFuture, Overflow, TagId, TagMeta, TagPath, Value};
+use ironplant_opcua::pki::Pki;
+use ironplant_opcua::server::{
+    Backend, ServerSettings, ServerTag, ServerUser, UnsServer, WriteRefusal,
+};
+use ironplant_opcua::settings::ServerConfig;
+use ironplant_runtime::commands::CommandResult;
+use ironplant_runtime::Runtime;
+use ironplant_security::{Permission, Security, TagAccess};
+use parking_lot::Mutex;
+
+/// The namespace URI of the served tags.
+pub const NAMESPACE_URI: &str = "urn:ironplant:uns";
+
+/// The server's application URI (its certificate's first SAN).
+pub const APPLICATION_URI: &str = "urn:ironplant:server";
+
+/// The running server and the task that feeds it.
+pub struct OpcuaServer {
+    server: Arc<UnsServer>,
+    feeder: tokio::task::JoinHandle<()>,
+}
+
+impl OpcuaServer {
+    /// `opc.tcp://host:port/`.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    pub async fn stop(self) {
+        self.feeder.abort();
+        if let Ok(server) = Arc::try_unwrap(self.server) {
+            server.stop().await;
+        }
+    }
+}
+
+/// Where the server's certificates live: `<data-dir>/opcua/server` (its own application
+/// instance certificate, and the client certificates it trusts in `trusted/`).
+pub fn pki_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("opcua").join("server")
+}
+
+/// Starts the server of `cfg` on `runtime`, users from `security`.
+pub async fn start(
+    cfg: &ServerConfig,
+    runtime: Arc<Runtime>,
+    security: Arc<Security>,
+    data_dir: &Path,
+) -> anyhow::Result<OpcuaServer> {
+    let pki = Pki::open_or_create(&pki_dir(data_dir), SystemTime::now())
+        .context("open the OPC UA server's certificates")?;
+    if cfg.allow_none {
+        tracing::warn!(
+            "the OPC UA server offers an endpoint without security (allow_none): anyone on the \
+             network can read its traffic; labs only"
+        );
+    }
+    let served =
+        |path: &TagPath| cfg.paths.is_empty() || cfg.paths.iter().any(|p| path.is_under(p));
+    let tags: Vec<ServerTag> = runtime
+        .namespace
+        .read()
+        .tags()
+        .filter(|t| served(&t.path) && !t.path.as_str().split('/').any(|l| l.starts_with('_')))
+        .map(ServerTag::from)
+        .collect();
+    let backend = Arc::new(PlatformBackend {
+        runtime: runtime.clone(),
+        security,
+        users: Arc::default(),
+    });
+    let settings = ServerSettings {
+        host: cfg.host.clone(),
+        port: cfg.port,
+        hostnames: cfg.hostnames.clone(),
+        application_uri: APPLICATION_URI.to_owned(),
+        namespace_uri: NAMESPACE_URI.to_owned(),
+        root: "Ironplant".to_owned(),
+        allow_none: cfg.allow_none,
+        sign_only: cfg.sign_only,
+        writes: cfg.writes,
+        max_sessions: cfg.max_sessions,
+    };
+    let server = Arc::new(
+        UnsServer::start(&pki, settings, tags, backend)
+            .await
+            .context("start the OPC UA server")?,
+    );
+    let mut sub = runtime
+        .bus
+        .subscribe("opcua-server", 1024, Overflow::DropNewest);
+    let feed = server.clone();
+    let rt = runtime.clone();
+    let paths = cfg.paths.clone();
+    let feeder = tokio::spawn(async move {
+        let served = |path: &TagPath| {
+            (paths.is_empty() || paths.iter().any(|p| path.is_under(p)))
+                && !path.as_str().split('/').any(|l| l.starts_with('_'))
+        };
+        // Path and whether served, by tag id (tags are never removed, ids never reused).
+        let mut known: HashMap<TagId, Option<Arc<str>>> = HashMap::new();
+        let mut lookup = |id: TagId| -> Option<Arc<str>> {
+            known
+                .entry(id)
+                .or_insert_with(|| {
+                    let meta: TagMeta = rt.namespace.tag(id)?;
+                    if !served(&meta.path) {
+                        return None;
+                    }
+                    feed.add_tags(&[ServerTag::from(&meta)]);
+                    Some(Arc::from(meta.path.as_str()))
+                })
+                .clone()
+        };
+        let mut current = Vec::new();
+        rt.bus.for_each_current(|s| current.push(s.clone()));
+        let first: Vec<_> = current
+            .iter()
+            .filter_map(|s| Some((lookup(s.tag)?, s)))
+            .collect();
+        feed.publish(
+            first
+                .iter()
+                .map(|(p, s)| (&**p, &s.value, s.quality, s.source_ts)),
+        );
+        while let Some(batch) = sub.recv().await {
+            let items: Vec<_> = batch
+                .iter()
+                .filter_map(|s| Some((lookup(s.tag)?, s)))
+                .collect();
+            feed.publish(
+                items
+                    .iter()
+                    .map(|(p, s)| (&**p, &s.value, s.quality, s.source_ts)),
+            );
+        }
+    });
+    Ok(OpcuaServer { server, feeder })
+}
+
+/// The platform's side of the server: its users and its command path.
+struct PlatformBackend {
+    runtime: Arc<Runtime>,
+    security: Arc<Security>,
+    /// What each logged-in user may write (their role and per-tag write rules), by name.
+    users: Arc<Mutex<HashMap<String, (Role, TagAccess, bool)>>>,
+}
+
+impl Backend for PlatformBackend {
+    fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> BoxFuture<'static, Result<ServerUser, String>> {
+        let sec = self.security.clone();
+        let (user, password) = (user.to_owned(), password.to_owned());
+        let cache = self.users.clone();
+        Box::pin(async move {
+            let checked = tokio::task::spawn_blocking(move || {
+                // OPC UA gives the stack's session no peer address here: lockouts count per
+                // user (and for the unspecified address).
+                let identity = sec
+                    .users
+                    .login(
+                        &user,
+                        password.as_bytes(),
+                        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                        "opcua",
+                    )
+                    .map_err(|e| e.to_string())?;
+                let scopes = sec.mqtt.tag_scopes().map_err(|e| e.to_string())?;
+                let (access, _) = scopes.access_for(&identity);
+                Ok::<_, String>((identity, access))
+            })
+            .await
+            .map_err(|e| format!("authentication task failed: {e}"))??;
+            let (identity, access) = checked;
+            let can_write = identity.role.allows(Permission::WriteSetpoints);
+            let role = identity
+                .role
+                .as_str()
+                .parse::<Role>()
+                .unwrap_or(Role::Viewer);
+            cache
+                .lock()
+                .insert(identity.user.clone(), (role, access, can_write));
+            Ok(ServerUser {
+                name: identity.user,
+                can_write,
+            })
+        })
+    }
+
+    fn write(
+        &self,
+        user: &ServerUser,
+        tag: &str,
+        value: Value,
+    ) -> BoxFuture<'static, Result<(), WriteRefusal>> {
+        let runtime = self.runtime.clone();
+        let known = self.users.lock().get(&user.name).cloned();
+        let name = user.name.clone();
+        let tag = tag.to_owned();
+        Box::pin(async move {
+            let path =
+                TagPath::parse(&tag).map_err(|e| WriteRefusal::Refused(format!("{tag}: {e}")))?;
+            let (role, access, can_write) = known
+                .ok_or_else(|| WriteRefusal::NotAuthorised(format!("{name} is not logged in")))?;
+            let authorisation = if !can_write {
+                Authorisation::Denied(Denial::Role {
+                    role: role.as_str().to_owned(),
+                    permission: "write_setpoints".to_owned(),
+                })
+            } else if !access.can_write(&tag) {
+                Authorisation::Denied(Denial::Other(
+                    "the tag is outside the tag prefixes you may write".to_owned(),
+                ))
+            } else {
+                Authorisation::Allowed
+            };
+            let result = runtime
+                .commands
+                .submit(CommandRequest {
+                    tag: path,
+                    info: None,
+                    value,
+                    requester: Requester::user(&name, role, &format!("opcua:{name}")),
+                    authorisation,
+                    reason: "OPC UA write".to_owned(),
+                    origin: Origin::Opcua,
+                })
+                .await;
+            match result {
+                CommandResult::Verified { .. } => Ok(()),
+                CommandResult::Refused(r) => Err(match r.code() {
+                    "not_authorised" => WriteRefusal::NotAuthorised(r.to_string()),
+                    c if c.starts_with("envelope_") => WriteRefusal::OutOfRange(r.to_string()),
+                    _ => WriteRefusal::Refused(r.to_string()),
+                }),
+                CommandResult::Pending(p) => Err(WriteRefusal::Refused(format!(
+                    "two-person rule: command {} waits for a second person's confirmation \
+                     (HMI or API)",
+                    p.id.0
+                ))),
+                other => Err(WriteRefusal::DeviceFailed(format!("{other:?}"))),
+            }
+        })
+    }
+}
