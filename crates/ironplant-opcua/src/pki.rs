@@ -43,7 +43,7 @@ pub enum PkiError {
     #[error("OPC UA certificate: {0}")]
     Certificate(String),
     #[error(
-        "no rejected certificate has the thumbprint {0:?}; `ironplant opcua rejected` lists them"
+        "no rejected certificate has the thumbprint {0:?}; `ironplant opcua certificates` lists them"
     )]
     UnknownThumbprint(String),
 }
@@ -298,6 +298,22 @@ impl Pki {
         let to = self.dir.join("trusted").join(name);
         std::fs::rename(path, &to).map_err(io("move", path))?;
         Ok(thumb.clone())
+    }
+
+    /// Trusts the certificate `der` directly (for a peer the platform itself runs, e.g. the
+    /// demo's simulated machine): written to `trusted/` under the stack's file name, and any
+    /// copy in `rejected/` removed. Returns its thumbprint.
+    pub fn trust_der(&self, der: &[u8]) -> Result<String, PkiError> {
+        let cert = opcua::crypto::X509::from_der(der)
+            .map_err(|e| PkiError::Certificate(format!("not an X.509 certificate: {e}")))?;
+        let name = opcua::crypto::CertificateStore::cert_file_name(&cert);
+        let rejected = self.dir.join("rejected").join(&name);
+        if rejected.exists() {
+            std::fs::remove_file(&rejected).map_err(io("remove", &rejected))?;
+        }
+        let to = self.dir.join("trusted").join(&name);
+        std::fs::write(&to, der).map_err(io("write", &to))?;
+        Ok(thumbprint(der))
     }
 
     pub fn dir(&self) -> &Path {

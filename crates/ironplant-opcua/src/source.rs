@@ -52,6 +52,9 @@ pub fn client_names() -> Vec<String> {
     vec!["localhost".to_owned()]
 }
 
+/// How long a write's read-back waits for the node to show the written value.
+const READ_BACK_WINDOW: Duration = Duration::from_secs(2);
+
 /// One `[[opcua.connection]]` with its nodes: a source and the writer of its tags.
 pub struct OpcuaSource {
     cfg: ConnectionConfig,
@@ -733,27 +736,38 @@ impl DeviceWriter for OpcuaWriter {
                 return Err(DeviceWriteError::Refused(format!("{node}: {status}")));
             }
             let written_ms = started.elapsed().as_millis();
-            let read = tokio::time::timeout(
-                timeout,
-                live.session.read(
-                    &[ReadValueId::from(node.clone())],
-                    TimestampsToReturn::Neither,
-                    0.0,
-                ),
-            )
-            .await
-            .map_err(|_| DeviceWriteError::Timeout(timeout))?
-            .map_err(|e| DeviceWriteError::Comm(format!("read back: {e}")))?;
-            let echoed = read
-                .first()
-                .and_then(|dv| dv.value.as_ref())
-                .and_then(|v| map::value(v).ok());
+            // Read back until the node shows the written value: a server may apply a write
+            // after answering it (a PLC at its next scan, a gateway at its next poll).
+            let expected = map::value(&variant).ok();
+            let deadline = Instant::now() + READ_BACK_WINDOW.min(timeout);
+            let echoed = loop {
+                let read = tokio::time::timeout(
+                    timeout,
+                    live.session.read(
+                        &[ReadValueId::from(node.clone())],
+                        TimestampsToReturn::Neither,
+                        0.0,
+                    ),
+                )
+                .await
+                .map_err(|_| DeviceWriteError::Timeout(timeout))?
+                .map_err(|e| DeviceWriteError::Comm(format!("read back: {e}")))?;
+                let echoed = read
+                    .first()
+                    .and_then(|dv| dv.value.as_ref())
+                    .and_then(|v| map::value(v).ok());
+                if echoed == expected || Instant::now() >= deadline {
+                    break echoed;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
             let shown = echoed
                 .as_ref()
                 .map_or("nothing".to_owned(), Value::to_string);
+            let read_ms = started.elapsed().as_millis();
             Ok(WriteAck {
                 detail: format!(
-                    "OPC UA Write {node} = {value} as {data_type:?} answered Good in {written_ms}                      ms; read back {shown}"
+                    "OPC UA Write {node} = {value} as {data_type:?} answered Good in {written_ms} ms; read back {shown} after {read_ms} ms"
                 ),
                 echoed,
             })

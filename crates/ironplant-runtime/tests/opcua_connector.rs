@@ -64,7 +64,8 @@ fn start(peer: Peer, dir: &Path, port: u16) -> Option<Server> {
             c
         }
         Peer::NodeOpcua => {
-            let (node, modules) = node_opcua()?;
+            let (node, modules) =
+                ironplant_testkit::node_module("opcua-node", "node-opcua", "node-opcua (npm)")?;
             let mut c = Command::new(node);
             c.env("NODE_PATH", modules)
                 .arg(peers.join("opcua_node_server.js"));
@@ -91,15 +92,6 @@ fn start(peer: Peer, dir: &Path, port: u16) -> Option<Server> {
         url: v["url"].as_str().expect("url").to_owned(),
         thumbprint: v["thumbprint"].as_str().expect("thumbprint").to_owned(),
     })
-}
-
-/// node-opcua as `.ci/test` installs it (target/opcua-node); under CI=true it must be there.
-fn node_opcua() -> Option<(PathBuf, PathBuf)> {
-    let modules =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/opcua-node/node_modules");
-    let present = modules.join("node-opcua").is_dir();
-    ironplant_testkit::peer_available("node-opcua (npm, target/opcua-node)", present)
-        .then(|| (PathBuf::from("node"), modules))
 }
 
 async fn until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {

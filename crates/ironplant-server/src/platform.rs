@@ -644,7 +644,12 @@ pub async fn demo(
             tracing::error!(error = %e, "simulator stopped");
         }
     });
-    let text = BOTTLING_CONFIG.replace("127.0.0.1:5020", &sim_addr.to_string());
+    let mut text = BOTTLING_CONFIG.replace("127.0.0.1:5020", &sim_addr.to_string());
+    // The labeller speaks OPC UA: the simulator's own server, which the platform connects to
+    // like any machine's (its certificate trusted here, as an engineer would on site).
+    let labeller = start_demo_labeller(data_dir, seed, readings.clone()).await?;
+    text.push_str(&labeller.1);
+    let labeller = labeller.0;
     let config = ironplant_api::settings::parse("examples/bottling.toml (bundled)", &text)
         .map_err(|e| anyhow::anyhow!("the bundled demo config is invalid:\n{e}"))?;
     prepare_data_dir(data_dir)?;
@@ -654,7 +659,8 @@ pub async fn demo(
     let saved = data_dir.join("demo.toml");
     std::fs::write(&saved, &text).with_context(|| format!("cannot write {}", saved.display()))?;
     let mut banner = format!(
-        "Simulated bottling line (Modbus TCP) on {sim_addr}; its config is saved in {}",
+        "Simulated bottling line (Modbus TCP) on {sim_addr}, its labeller (OPC UA) on {}; its config is saved in {}",
+        labeller.url(),
         saved.display()
     );
     let bound = bind_all(listen, true).await?;
@@ -724,6 +730,61 @@ pub async fn demo(
         Some(attacks),
     )
     .await
+}
+
+/// The demo's labeller: the simulator's OPC UA server with its own certificates in
+/// `<data-dir>/opcua/sim-labeller`, a user `ironplant` with a password made at each start, the
+/// platform's client certificate trusted by it and its certificate trusted by the platform.
+/// Returns it and the `[opcua]` config that maps it.
+async fn start_demo_labeller(
+    data_dir: &Path,
+    seed: u64,
+    readings: tokio::sync::watch::Receiver<ironplant_sim::Readings>,
+) -> anyhow::Result<(ironplant_sim::opcua::LabellerServer, String)> {
+    use ring::rand::SecureRandom as _;
+    let mut secret = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut secret)
+        .map_err(|_| anyhow::anyhow!("no system randomness for the labeller's password"))?;
+    let password: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let machine_pki = data_dir.join("opcua").join("sim-labeller");
+    let labeller = ironplant_sim::opcua::start(
+        ironplant_sim::opcua::LabellerSettings {
+            pki_dir: machine_pki.clone(),
+            host: "127.0.0.1".to_owned(),
+            port: 0,
+            user: "ironplant".to_owned(),
+            password: password.clone(),
+            seed,
+        },
+        readings,
+    )
+    .await
+    .context("cannot start the simulated labeller's OPC UA server")?;
+    let now = std::time::SystemTime::now();
+    let platform_pki =
+        ironplant_opcua::pki::Pki::open_or_create(&data_dir.join("opcua").join("pki"), now)
+            .context("cannot open the platform's OPC UA certificates")?;
+    platform_pki
+        .trust_der(&labeller.certificate)
+        .context("cannot trust the simulated labeller's certificate")?;
+    let client = platform_pki
+        .application_certificate(
+            ironplant_opcua::source::APPLICATION_URI,
+            &ironplant_opcua::source::client_names(),
+            now,
+        )
+        .context("cannot make the platform's OPC UA client certificate")?;
+    ironplant_opcua::pki::Pki::open_or_create(&machine_pki, now)
+        .and_then(|p| p.trust_der(&client.der))
+        .context("cannot make the simulated labeller trust the platform")?;
+    let config = ironplant_sim::opcua::demo_config(
+        &labeller.url(),
+        "ironplant",
+        &password,
+        "acme/lyon/bottling/line1/labeller",
+    );
+    Ok((labeller, config))
 }
 
 /// At the demo's first start, learns its integrity models on the simulator in simulated time

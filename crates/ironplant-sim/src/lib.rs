@@ -89,6 +89,7 @@ pub mod attack;
 pub mod bank;
 pub mod labeller;
 pub mod map;
+pub mod opcua;
 pub mod plant;
 pub mod sparkplug;
 

@@ -123,6 +123,34 @@ pub fn browser() -> Option<(PathBuf, PathBuf)> {
     peer_available("chromium, node and playwright-core", present).then_some((modules, chromium))
 }
 
+/// A node.js peer: the `node` binary (found on the `PATH`) and the `node_modules` directory that
+/// `.ci/test` installs `module` into, `<workspace>/target/<dir>/node_modules` (e.g.
+/// `node_module("opcua-node", "node-opcua", "node-opcua")`). Run the peer script with
+/// `NODE_PATH` set to that directory. `None` (after [`peer_available`]'s message, which names
+/// `what`) when node or the module is missing.
+pub fn node_module(dir: &str, module: &str, what: &str) -> Option<(PathBuf, PathBuf)> {
+    let modules = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target")
+        .join(dir)
+        .join("node_modules");
+    let node = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("node"))
+            .find(|p| p.is_file())
+    });
+    let present = modules.join(module).join("package.json").is_file()
+        && node.as_ref().is_some_and(|node| {
+            Command::new(node)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if !peer_available(&format!("node and {what}"), present) {
+        return None;
+    }
+    node.map(|node| (node, modules))
+}
+
 /// An HTTP `Authorization` value for Basic authentication (test-side encoder; the server's
 /// decoder is checked against RFC 7617 vectors separately).
 pub fn basic_auth(user: &str, password: &str) -> String {
