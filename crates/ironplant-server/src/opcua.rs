@@ -161,8 +161,11 @@ struct PlatformBackend {
     runtime: Arc<Runtime>,
     security: Arc<Security>,
     /// What each logged-in user may write (their role and per-tag write rules), by name.
-    users: Arc<Mutex<HashMap<String, (Role, TagAccess, bool)>>>,
+    users: Arc<Mutex<HashMap<String, Grant>>>,
 }
+
+/// A logged-in user's role, per-tag write rules and whether the role may write at all.
+type Grant = (Role, TagAccess, bool);
 
 impl Backend for PlatformBackend {
     fn authenticate(

@@ -628,6 +628,7 @@ fn demo_edge_bundle(sec: &Security, data_dir: &Path) -> anyhow::Result<(String, 
 pub async fn demo(
     sim_listen: SocketAddr,
     seed: u64,
+    opcua: Option<&str>,
     listen: &Listen<'_>,
     data_dir: &Path,
 ) -> anyhow::Result<()> {
@@ -650,6 +651,12 @@ pub async fn demo(
     let labeller = start_demo_labeller(data_dir, seed, readings.clone()).await?;
     text.push_str(&labeller.1);
     let labeller = labeller.0;
+    if let Some(addr) = opcua {
+        // The Unified Namespace over OPC UA, writable through the command path.
+        text.push_str(&format!(
+            "\n# The Unified Namespace served over OPC UA (users of the platform).\n[opcua.server]\nlisten = \"{addr}\"\nwrites = true\n"
+        ));
+    }
     let config = ironplant_api::settings::parse("examples/bottling.toml (bundled)", &text)
         .map_err(|e| anyhow::anyhow!("the bundled demo config is invalid:\n{e}"))?;
     prepare_data_dir(data_dir)?;

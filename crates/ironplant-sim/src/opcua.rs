@@ -25,8 +25,17 @@ pub const NAMESPACE_URI: &str = "urn:ironplant-sim:labeller";
 /// The labeller server's application URI.
 pub const APPLICATION_URI: &str = "urn:ironplant-sim:labeller:server";
 
-/// The labeller's variables: name, type, unit, range, writable.
-pub const VARIABLES: [(&str, ValueType, Option<&str>, Option<(f64, f64)>, bool); 6] = [
+/// One of the labeller's variables: name, type, unit, range, writable.
+pub type Variable = (
+    &'static str,
+    ValueType,
+    Option<&'static str>,
+    Option<(f64, f64)>,
+    bool,
+);
+
+/// The labeller's variables.
+pub const VARIABLES: [Variable; 6] = [
     (
         "Speed",
         ValueType::Float,

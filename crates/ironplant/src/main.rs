@@ -132,6 +132,16 @@ enum Command {
         /// Random seed of the simulated plant.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Address of the platform's OPC UA server: the Unified Namespace over OPC UA
+        /// (SignAndEncrypt, users of the platform, writes through the command path). `off`
+        /// disables it; port 0 picks a free port.
+        #[arg(
+            long,
+            default_value = "127.0.0.1:4840",
+            value_name = "ADDR",
+            env = "IRONPLANT_OPCUA"
+        )]
+        opcua: String,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -311,12 +321,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo {
             sim_listen,
             seed,
+            opcua,
             server,
         } => {
             let listen = listen(&server);
+            let opcua = (opcua != "off").then_some(opcua);
             runtime()?.block_on(platform::demo(
                 sim_listen,
                 seed,
+                opcua.as_deref(),
                 &listen,
                 &server.data.data_dir,
             ))?;

@@ -29,6 +29,7 @@ impl Proc {
     fn start(args: &[&str], dir: &Path) -> Proc {
         let mut child = Command::new(BIN)
             .env("IRONPLANT_MQTTS", "127.0.0.1:0")
+            .env("IRONPLANT_OPCUA", "127.0.0.1:0")
             .args(args)
             .current_dir(dir)
             .env("NO_COLOR", "1")
@@ -180,6 +181,7 @@ fn tags(addr: &Api, query: &str) -> Vec<Json> {
 fn run(args: &[&str], dir: &Path) -> Output {
     Command::new(BIN)
         .env("IRONPLANT_MQTTS", "127.0.0.1:0")
+        .env("IRONPLANT_OPCUA", "127.0.0.1:0")
         .args(args)
         .current_dir(dir)
         .output()

@@ -35,6 +35,7 @@ impl Demo {
     fn start(dir: &Path) -> Demo {
         let mut child = Command::new(BIN)
             .env("IRONPLANT_MQTTS", "127.0.0.1:0")
+            .env("IRONPLANT_OPCUA", "127.0.0.1:0")
             .env("NO_COLOR", "1")
             .args(["demo", "--http", "127.0.0.1:0", "--data-dir", "data"])
             .current_dir(dir)

@@ -30,6 +30,7 @@ impl Demo {
     fn start(data: &Path) -> Demo {
         let mut child = Command::new(BIN)
             .env("IRONPLANT_MQTTS", "127.0.0.1:0")
+            .env("IRONPLANT_OPCUA", "127.0.0.1:0")
             .args(["demo", "--http", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .env("NO_COLOR", "1")
@@ -137,6 +138,7 @@ fn dead_http() -> String {
 fn query(http: &str, data: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
         .env("IRONPLANT_MQTTS", "127.0.0.1:0")
+        .env("IRONPLANT_OPCUA", "127.0.0.1:0")
         .args(["query", "--http", http, "--data-dir"])
         .arg(data)
         .args(args)
@@ -344,6 +346,7 @@ fn offline_table_csv_json_paging_aggregates_and_at() {
     assert!(!out.status.success(), "--output needs a file");
     let (_, stderr) = ok(&Command::new(BIN)
         .env("IRONPLANT_MQTTS", "127.0.0.1:0")
+        .env("IRONPLANT_OPCUA", "127.0.0.1:0")
         .args(["query", "--http", &http, "--data-dir"])
         .arg(&data)
         .args(["--tag", SPEED, "--format", "csv", "--output"])
@@ -386,6 +389,7 @@ fn offline_parquet_export_reads_back() {
     let file = dir.path().join("h.parquet");
     let out = Command::new(BIN)
         .env("IRONPLANT_MQTTS", "127.0.0.1:0")
+        .env("IRONPLANT_OPCUA", "127.0.0.1:0")
         .args(["query", "--http", &http, "--data-dir"])
         .arg(&data)
         .args([
@@ -437,6 +441,7 @@ fn offline_parquet_export_reads_back() {
     let file = dir.path().join("agg.parquet");
     let out = Command::new(BIN)
         .env("IRONPLANT_MQTTS", "127.0.0.1:0")
+        .env("IRONPLANT_OPCUA", "127.0.0.1:0")
         .args(["query", "--http", &http, "--data-dir"])
         .arg(&data)
         .args([
