@@ -33,6 +33,7 @@ pub mod ingest;
 pub mod listen;
 pub mod live;
 pub mod mqtt_ws;
+pub mod opcua;
 pub mod openapi;
 pub mod session;
 pub mod settings;
@@ -98,6 +99,8 @@ pub fn router_with(state: Arc<ApiState>, extra: Router<Arc<ApiState>>) -> Router
         .route("/hmi/{*file}", get(hmi::file))
         .route(hmi::FAVICON, get(hmi::favicon))
         .route("/api/v1/system", get(system::get_system))
+        .route("/api/v1/opcua/browse", post(opcua::post_browse))
+        .route("/api/v1/opcua/trust", post(opcua::post_trust))
         .route("/api/v1/commands/points", get(commands::points))
         .route(
             "/api/v1/tokens",
