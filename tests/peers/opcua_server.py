@@ -31,6 +31,7 @@ from asyncua.common.callback import CallbackType
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.server.user_managers import UserManager
 from asyncua.crypto.permission_rules import User, UserRole
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 APP_URI = "urn:ironplant-test:asyncua"
@@ -45,9 +46,20 @@ PERCENT = ua.EUInformation(
 
 
 class Users(UserManager):
+    """op/op-password, or the X.509 user certificate given with --user-cert (by SHA-1)."""
+
+    def __init__(self, cert_sha1=None):
+        super().__init__()
+        self.cert_sha1 = cert_sha1
+
     def get_user(self, iserver, username=None, password=None, certificate=None):
         if username == "op" and password == "op-password":
             return User(role=UserRole.User)
+        if certificate is not None and self.cert_sha1 is not None:
+            der = certificate if isinstance(certificate, (bytes, bytearray)) else \
+                certificate.public_bytes(serialization.Encoding.DER)
+            if hashlib.sha1(der).hexdigest() == self.cert_sha1:
+                return User(role=UserRole.User)
         return None
 
 
@@ -63,6 +75,7 @@ async def main():
     ap.add_argument("--policies", default="secure", choices=["none", "secure"])
     ap.add_argument("--count", type=int, default=100)
     ap.add_argument("--port", type=int, default=0, help="listen port (default: a free one)")
+    ap.add_argument("--user-cert", help="a DER user certificate accepted as an X.509 identity token")
     args = ap.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     cert = Path(args.dir) / "server.der"
@@ -72,7 +85,11 @@ async def main():
         [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
         {"countryName": "FR", "organizationName": "Ironplant tests", "commonName": "asyncua"},
     )
-    server = Server(user_manager=Users())
+    cert_sha1 = None
+    if args.user_cert:
+        with open(args.user_cert, "rb") as f:
+            cert_sha1 = hashlib.sha1(f.read()).hexdigest()
+    server = Server(user_manager=Users(cert_sha1))
     await server.init()
     await server.set_application_uri(APP_URI)
     port = args.port or free_port()
@@ -87,7 +104,10 @@ async def main():
             ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
             ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
         ])
-    server.set_identity_tokens([ua.UserNameIdentityToken])
+    if args.user_cert:
+        server.set_identity_tokens([ua.UserNameIdentityToken, ua.X509IdentityToken])
+    else:
+        server.set_identity_tokens([ua.UserNameIdentityToken])
     await server.load_certificate(cert)
     await server.load_private_key(key)
     idx = await server.register_namespace(NAMESPACE)

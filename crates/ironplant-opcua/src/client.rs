@@ -44,7 +44,16 @@ impl Policy {
 #[derive(Clone)]
 pub enum Identity {
     Anonymous,
-    User { name: String, password: String },
+    User {
+        name: String,
+        password: String,
+    },
+    /// An X.509 user certificate (DER or PEM, by extension) and its private key (PEM): the
+    /// session proves it holds the key by signing the server's nonce.
+    Certificate {
+        certificate: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
 }
 
 impl std::fmt::Debug for Identity {
@@ -52,6 +61,9 @@ impl std::fmt::Debug for Identity {
         match self {
             Identity::Anonymous => f.write_str("Anonymous"),
             Identity::User { name, .. } => write!(f, "User({name})"),
+            Identity::Certificate { certificate, .. } => {
+                write!(f, "Certificate({})", certificate.display())
+            }
         }
     }
 }
@@ -224,6 +236,19 @@ pub async fn connect_with(
             IdentityToken::UserName(name.clone(), Password::new(password.clone())),
             UserTokenPolicy {
                 token_type: opcua::types::UserTokenType::UserName,
+                ..UserTokenPolicy::anonymous()
+            },
+        ),
+        Identity::Certificate { certificate, key } => (
+            IdentityToken::new_x509_path(certificate, key).map_err(|e| {
+                ClientError::Config(format!(
+                    "the user certificate {} or its key {}: {e}",
+                    certificate.display(),
+                    key.display()
+                ))
+            })?,
+            UserTokenPolicy {
+                token_type: opcua::types::UserTokenType::Certificate,
                 ..UserTokenPolicy::anonymous()
             },
         ),

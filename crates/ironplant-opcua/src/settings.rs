@@ -77,8 +77,10 @@ pub struct ConnectionConfig {
     pub policy: Policy,
     /// SignAndEncrypt (the default) or Sign only.
     pub encrypt: bool,
-    /// `None`: anonymous.
+    /// `None`: anonymous (unless `user_certificate`).
     pub user: Option<(String, Secret)>,
+    /// An X.509 user token instead: the certificate (DER or PEM) and its private key (PEM).
+    pub user_certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// How often the server sends the changes of a subscription.
     pub publishing_interval: Duration,
     /// Default sampling interval of the monitored items.
@@ -236,6 +238,8 @@ struct RawConnection {
     user: Option<Spanned<String>>,
     password: Option<Spanned<String>>,
     password_env: Option<Spanned<String>>,
+    user_certificate: Option<Spanned<String>>,
+    user_key: Option<Spanned<String>>,
     publishing_interval: Option<Spanned<String>>,
     sampling_interval: Option<Spanned<String>>,
     queue_size: Option<Spanned<i64>>,
@@ -568,6 +572,27 @@ fn validate_connection(
         }
         (None, None) => None,
     };
+    let user_certificate = match (&c.user_certificate, &c.user_key) {
+        (Some(cert), Some(key)) => {
+            if user.is_some() {
+                d.err(
+                    cert.span(),
+                    "give a user (with its password) or a user certificate, not both",
+                    Some("the session has one identity".to_owned()),
+                );
+            }
+            Some((cert.get_ref().into(), key.get_ref().into()))
+        }
+        (Some(x), None) | (None, Some(x)) => {
+            d.err(
+                x.span(),
+                "user_certificate and user_key go together",
+                Some("give the user certificate (DER or PEM) and its private key (PEM)".to_owned()),
+            );
+            None
+        }
+        (None, None) => None,
+    };
     if user.is_some() && policy == Policy::None {
         d.err(
             c.user.as_ref().map(Spanned::span).unwrap_or(c.id.span()),
@@ -607,6 +632,7 @@ fn validate_connection(
         policy,
         encrypt,
         user,
+        user_certificate,
         publishing_interval,
         sampling_interval,
         queue_size: queue_size(d, &c.queue_size, 10),

@@ -175,7 +175,13 @@ impl OpcuaSource {
 
     fn client_settings(&self) -> Result<ClientSettings, Failure> {
         let identity = match &self.cfg.user {
-            None => Identity::Anonymous,
+            None => match &self.cfg.user_certificate {
+                Some((certificate, key)) => Identity::Certificate {
+                    certificate: certificate.clone(),
+                    key: key.clone(),
+                },
+                None => Identity::Anonymous,
+            },
             Some((name, secret)) => Identity::User {
                 name: name.clone(),
                 password: match secret {

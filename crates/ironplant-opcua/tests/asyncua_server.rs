@@ -26,12 +26,17 @@ impl Drop for Server {
 }
 
 fn start_server(dir: &std::path::Path) -> Option<Server> {
+    start_server_with(dir, &[])
+}
+
+fn start_server_with(dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Option<Server> {
     let py = ironplant_testkit::python("asyncua", "asyncua (PyPI)")?;
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/opcua_server.py");
     let mut child = Command::new(py)
         .arg(script)
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -172,5 +177,75 @@ async fn subscribe_to_all(
         created.as_millis(),
         t0.elapsed().as_millis() - created.as_millis(),
         t0.elapsed().as_millis()
+    );
+}
+
+/// An X.509 user token: the session signs the server's nonce with the user's key; the server
+/// (asyncua, told which certificate to accept) lets that user in and no other certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_certificate_is_an_identity() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let now = SystemTime::now();
+    // Two user certificates (from a PKI of their own): alice's is the one the server accepts.
+    let user = |name: &str| {
+        let p = Pki::open_or_create(&dir.path().join(name), now).expect("user pki");
+        p.application_certificate(
+            &format!("urn:ironplant:user:{name}"),
+            &[name.to_owned()],
+            now,
+        )
+        .expect("user certificate");
+        (
+            p.dir().join("own/cert.der"),
+            p.dir().join("private/private.pem"),
+        )
+    };
+    let (alice_cert, alice_key) = user("alice");
+    let (mallory_cert, mallory_key) = user("mallory");
+    let Some(server) = start_server_with(
+        &dir.path().join("server"),
+        &[
+            "--count".as_ref(),
+            "3".as_ref(),
+            "--user-cert".as_ref(),
+            alice_cert.as_os_str(),
+        ],
+    ) else {
+        return;
+    };
+    let pki = Pki::open_or_create(&dir.path().join("pki"), now).expect("pki");
+    let uri = "urn:ironplant:test";
+    pki.application_certificate(uri, &["localhost".to_owned()], now)
+        .expect("our certificate");
+    let settings = |certificate: &std::path::Path, key: &std::path::Path| ClientSettings {
+        url: server.url.clone(),
+        policy: Policy::Basic256Sha256,
+        encrypt: true,
+        identity: Identity::Certificate {
+            certificate: certificate.to_owned(),
+            key: key.to_owned(),
+        },
+        application_uri: uri.into(),
+        request_timeout: Duration::from_secs(10),
+        retries: 0,
+    };
+    assert!(connect(&pki, &settings(&alice_cert, &alice_key))
+        .await
+        .is_err());
+    pki.trust(&server.thumbprint).expect("trust");
+    let conn = connect(&pki, &settings(&alice_cert, &alice_key))
+        .await
+        .expect("alice's certificate is accepted");
+    let objects = conn
+        .browse(&NodeId::from(ObjectId::ObjectsFolder))
+        .await
+        .expect("browse");
+    assert!(objects.iter().any(|e| e.display_name == "Line1"));
+    conn.close().await;
+    assert!(
+        connect(&pki, &settings(&mallory_cert, &mallory_key))
+            .await
+            .is_err(),
+        "another certificate is refused"
     );
 }

@@ -47,8 +47,14 @@ pub enum OpcuaCommand {
         sign_only: bool,
         /// User name on the server; its password comes from IRONPLANT_OPCUA_PASSWORD.
         /// Without it: anonymous.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "user_cert")]
         user: Option<String>,
+        /// An X.509 user certificate (DER or PEM) as the identity, with --user-key.
+        #[arg(long, value_name = "FILE", requires = "user_key")]
+        user_cert: Option<PathBuf>,
+        /// The private key (PEM) of --user-cert.
+        #[arg(long, value_name = "FILE", requires = "user_cert")]
+        user_key: Option<PathBuf>,
         /// Instead of the tree, print the `[[opcua.node]]` config mapping every variable
         /// under NODE (down to --depth levels) to tags, for the connection with this id
         /// (NodeIds with their namespace URI, type from DataType, unit from
@@ -122,11 +128,16 @@ pub fn run(command: OpcuaCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
             policy,
             sign_only,
             user,
+            user_cert,
+            user_key,
             config,
             prefix,
         } => {
             let identity = match user {
-                None => Identity::Anonymous,
+                None => match (user_cert, user_key) {
+                    (Some(certificate), Some(key)) => Identity::Certificate { certificate, key },
+                    _ => Identity::Anonymous,
+                },
                 Some(name) => Identity::User {
                     name,
                     password: std::env::var("IRONPLANT_OPCUA_PASSWORD").context(
