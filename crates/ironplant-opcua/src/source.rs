@@ -265,6 +265,17 @@ impl OpcuaSource {
             .map_err(|e| fail("set up", e))?;
         state.index(&ids);
         tracing::info!(connection = %self.cfg.id, url = %self.cfg.url, nodes = self.nodes.len(), "OPC UA session open");
+        self.event(
+            ctx,
+            "opcua_connected",
+            Severity::Info,
+            format!(
+                "OPC UA connection {} to {}: session open, {} nodes subscribed",
+                self.cfg.id,
+                self.cfg.url,
+                self.nodes.len()
+            ),
+        );
         let result = loop {
             tokio::select! {
                 change = changes.recv() => {
@@ -290,12 +301,37 @@ impl OpcuaSource {
                     }),
                     Some(SessionEvent::Lost(status)) => {
                         tracing::warn!(connection = %self.cfg.id, %status, "OPC UA connection lost; reconnecting");
+                        self.event(
+                            ctx,
+                            "opcua_connection_lost",
+                            Severity::Warning,
+                            format!(
+                                "OPC UA connection {} to {} lost ({status}); its tags are Bad \
+                                 (CommFailure) until it is back",
+                                self.cfg.id, self.cfg.url
+                            ),
+                        );
                         let mut out = Vec::new();
                         state.mark_all(Quality::bad(QualityReason::CommFailure), &mut out);
                         ctx.bus.publish(out).await;
                     }
                     Some(SessionEvent::Reconnected { new_session }) => {
                         tracing::info!(connection = %self.cfg.id, new_session, "OPC UA session back");
+                        self.event(
+                            ctx,
+                            "opcua_reconnected",
+                            Severity::Info,
+                            format!(
+                                "OPC UA connection {} to {} is back ({})",
+                                self.cfg.id,
+                                self.cfg.url,
+                                if new_session {
+                                    "a new session: subscribed again"
+                                } else {
+                                    "the session re-activated: its subscription carries on"
+                                }
+                            ),
+                        );
                         if new_session {
                             // The server lost our session (restarted, or it expired): the old
                             // subscription is gone with it. Resolve the namespaces again (a
@@ -320,6 +356,21 @@ impl OpcuaSource {
         };
         conn.close().await;
         result
+    }
+
+    /// A system event about this connection.
+    fn event(&self, ctx: &SourceContext, code: &str, severity: Severity, message: String) {
+        ctx.events.publish(
+            Event::new(
+                Timestamp::now(),
+                EventKind::System,
+                code,
+                &source_name(&self.cfg.id),
+                message,
+            )
+            .with_severity(severity)
+            .with_attribute("url", Value::String(self.cfg.url.as_str().into())),
+        );
     }
 
     /// Why the session did not open, in words an engineer can act on.
