@@ -173,16 +173,13 @@ pub(crate) async fn post_browse(
         request_timeout: Duration::from_secs(10),
         retries: 0,
     };
-    let before = pki.rejected().unwrap_or_default();
     let conn = match client::connect(&pki, &settings).await {
         Ok(c) => c,
         Err(e) => {
-            let new = pki
-                .rejected()
-                .unwrap_or_default()
-                .into_iter()
-                .find(|r| !before.contains(r));
-            if let Some((thumb, _)) = new {
+            if let Some(thumb) =
+                client::untrusted_thumbprint(&pki, &settings.url, settings.request_timeout, &e)
+                    .await
+            {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "opcua_untrusted",
@@ -260,7 +257,7 @@ pub(crate) async fn post_trust(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     caller.require(Permission::ChangeConfig)?;
-    let b: TrustBody = parse(&body, r#"{"thumbprint": "5246F240..."}"#)?;
+    let b: TrustBody = parse(&body, r#"{"thumbprint": "5246F240C1D2E3F4..."}"#)?;
     let pki = Pki::open_or_create(&pki_dir(&st, b.server)?, SystemTime::now())
         .map_err(|e| internal(format!("the OPC UA certificates: {e}")))?;
     let full = pki

@@ -115,7 +115,7 @@ async fn engineers_browse_a_server_trust_it_and_get_its_config() {
         &app,
         "/api/v1/opcua/trust",
         &auth("erin"),
-        json!({"thumbprint": &thumbprint[..12]}),
+        json!({"thumbprint": &thumbprint[..16]}),
     )
     .await;
     assert_eq!(

@@ -202,10 +202,20 @@ pub fn config(
             _ => v.node.to_string(),
         };
         let Some(value_type) = v.value_type else {
+            // Browse names come from the server: one comment line, whatever they hold.
+            let names: String = v
+                .names
+                .join("/")
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            let node: String = node
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
             let _ = writeln!(
                 out,
-                "# {node} ({}): data type {} has no Ironplant form; not mapped\n",
-                v.names.join("/"),
+                "# {node} ({names}): data type {} has no Ironplant form; not mapped\n",
                 v.data_type
                     .as_ref()
                     .map_or("unknown".into(), ToString::to_string)

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opcua::client::{ClientBuilder, DataChangeCallback, IdentityToken, Password, Session};
+use opcua::client::{ClientBuilder, IdentityToken, Password, Session, SubscriptionCallbacks};
 use opcua::types::{
     AttributeId, BrowseDescription, BrowseDirection, BrowseResultMask, DataChangeFilter,
     DataChangeTrigger, DataValue, DeadbandType, ExtensionObject, MessageSecurityMode,
@@ -17,6 +17,9 @@ use opcua::types::{
 };
 
 use crate::pki::Pki;
+
+/// Most references one browse of a node collects (a server paging without end is cut off).
+pub const MAX_REFERENCES: usize = 100_000;
 
 /// The security policies Ironplant offers (never the deprecated Basic128Rsa15 nor Basic256,
 /// which use PKCS#1 v1.5: see SECURITY.md on RUSTSEC-2023-0071).
@@ -114,6 +117,25 @@ pub struct Connection {
     driver: tokio::task::JoinHandle<StatusCode>,
     url: String,
     events: Option<tokio::sync::mpsc::UnboundedReceiver<SessionEvent>>,
+    events_tx: tokio::sync::mpsc::UnboundedSender<SessionEvent>,
+    closed: bool,
+}
+
+impl Drop for Connection {
+    /// A connection dropped without [`Connection::close`] (an error path, a cancelled task)
+    /// still ends its session on the server and stops reconnecting.
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.driver.abort();
+        let session = self.session.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), session.disconnect()).await;
+            });
+        }
+    }
 }
 
 /// A node to monitor.
@@ -152,6 +174,72 @@ pub struct BrowseEntry {
 /// Opens a session as `settings` says, with the application instance certificate of `pki`.
 pub async fn connect(pki: &Pki, settings: &ClientSettings) -> Result<Connection, ClientError> {
     connect_with(pki, settings, &Tuning::default()).await
+}
+
+/// The SHA-1 thumbprints of the certificates the server at `url` presents on its endpoints
+/// (asked over an unsecured GetEndpoints, which every server answers): what a refused
+/// connection was refused for.
+pub async fn server_thumbprints(
+    pki: &Pki,
+    url: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, ClientError> {
+    let dir = pki.dir();
+    let client = ClientBuilder::new()
+        .application_name("Ironplant")
+        .application_uri(crate::source::APPLICATION_URI)
+        .product_uri("urn:ironplant")
+        .pki_dir(dir)
+        .certificate_path("own/cert.der")
+        .private_key_path("private/private.pem")
+        .create_sample_keypair(false)
+        .trust_server_certs(false)
+        .session_retry_limit(0)
+        .request_timeout(timeout)
+        .client()
+        .map_err(|e| ClientError::Config(e.join("; ")))?;
+    let endpoints = tokio::time::timeout(timeout, client.get_server_endpoints_from_url(url))
+        .await
+        .map_err(|_| ClientError::server(url, "get endpoints", StatusCode::BadTimeout))?
+        .map_err(|e| ClientError::server(url, "get endpoints", e.status()))?;
+    let mut out: Vec<String> = endpoints
+        .iter()
+        .filter(|e| !e.server_certificate.is_null_or_empty())
+        .map(|e| crate::pki::thumbprint(e.server_certificate.as_ref()))
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// When `e` is the refusal of the server's certificate, the thumbprint of the (not trusted)
+/// certificate the server at `url` presents: what to show the engineer who must judge it.
+pub async fn untrusted_thumbprint(
+    pki: &Pki,
+    url: &str,
+    timeout: Duration,
+    e: &ClientError,
+) -> Option<String> {
+    let status = match e {
+        ClientError::Server { status, .. } | ClientError::NotConnected { status, .. } => *status,
+        ClientError::Config(_) => return None,
+    };
+    if status != StatusCode::BadCertificateUntrusted
+        && status != StatusCode::BadSecurityChecksFailed
+    {
+        return None;
+    }
+    let trusted: Vec<String> = pki
+        .trusted()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    server_thumbprints(pki, url, timeout)
+        .await
+        .ok()?
+        .into_iter()
+        .find(|t| !trusted.contains(t))
 }
 
 /// How a long-lived session (the connector's) watches and recovers its connection.
@@ -194,6 +282,8 @@ pub enum SessionEvent {
     Reconnected { new_session: bool },
     /// The server did not answer a keep-alive read (or said it is not running).
     KeepAliveFailed(StatusCode),
+    /// The server reported a subscription gone (e.g. BadTimeout: its lifetime expired).
+    SubscriptionLost(StatusCode),
 }
 
 /// Like [`connect`], with the keep-alive, timeouts and reconnection of `tuning`; the session
@@ -264,25 +354,43 @@ pub async fn connect_with(
         .await
         .map_err(|e| ClientError::server(&settings.url, "connect", e.status()))?;
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let driver = tokio::spawn(drive(event_loop, events_tx));
+    let driver = tokio::spawn(drive(event_loop, events_tx.clone()));
     // The first attempt decides: connected, or why not (the caller retries with its back-off;
     // the stack's own retries are for a connection that was up).
-    let first = tokio::time::timeout(settings.request_timeout * 2, events_rx.recv()).await;
-    let status = match first {
-        Ok(Some(SessionEvent::Reconnected { .. })) => None,
-        Ok(Some(
-            SessionEvent::ReconnectFailed(s)
-            | SessionEvent::Lost(s)
-            | SessionEvent::KeepAliveFailed(s),
-        )) => Some(s),
-        Ok(None) => Some(StatusCode::BadConnectionClosed),
+    let mut driver = driver;
+    let first = tokio::time::timeout(settings.request_timeout.saturating_mul(2), async {
+        tokio::select! {
+            e = events_rx.recv() => (e, None),
+            // The stack gave up (no retries left): how it ended.
+            ended = &mut driver => (None, Some(ended.unwrap_or(StatusCode::BadUnexpectedError))),
+        }
+    })
+    .await;
+    let status = match &first {
+        Ok((Some(SessionEvent::Reconnected { .. }), _)) => None,
+        Ok((
+            Some(
+                SessionEvent::ReconnectFailed(s)
+                | SessionEvent::Lost(s)
+                | SessionEvent::KeepAliveFailed(s)
+                | SessionEvent::SubscriptionLost(s),
+            ),
+            _,
+        )) => Some(*s),
+        Ok((None, Some(ended))) if ended.is_bad() => Some(*ended),
+        Ok((None, _)) => Some(StatusCode::BadConnectionClosed),
         Err(_) => Some(StatusCode::BadTimeout),
     };
     if let Some(status) = status {
-        driver.abort();
-        let status = match driver.await {
-            Ok(s) if s.is_bad() => s,
-            _ => status,
+        let ended = matches!(first, Ok((None, Some(_))));
+        let status = if ended {
+            status
+        } else {
+            driver.abort();
+            match driver.await {
+                Ok(s) if s.is_bad() => s,
+                _ => status,
+            }
         };
         return Err(ClientError::NotConnected {
             url: settings.url.clone(),
@@ -294,6 +402,8 @@ pub async fn connect_with(
         driver,
         url: settings.url.clone(),
         events: Some(events_rx),
+        events_tx,
+        closed: false,
     })
 }
 
@@ -375,7 +485,7 @@ impl Connection {
                     node_class: rd.node_class,
                 });
             }
-            if r.continuation_point.is_null_or_empty() {
+            if r.continuation_point.is_null_or_empty() || out.len() >= MAX_REFERENCES {
                 break;
             }
             results = self
@@ -416,24 +526,63 @@ impl Connection {
 
     /// Subscribes to `items` with one subscription publishing every `publishing` (the server
     /// sends only changes, sampled at each item's interval, filtered by its deadband). Every
-    /// notification arrives on the returned channel with the node it is about.
+    /// notification arrives on the returned channel with the node it is about. Fails if any
+    /// item is refused (see [`Connection::subscribe_items`] to go on without it).
     pub async fn subscribe(
         &self,
         publishing: Duration,
         items: &[Monitor],
     ) -> Result<(u32, tokio::sync::mpsc::UnboundedReceiver<Change>), ClientError> {
+        let (id, rx, statuses) = self.subscribe_items(publishing, items).await?;
+        if let Some(bad) = statuses.iter().find(|s| s.is_bad()) {
+            return Err(ClientError::server(
+                &self.url,
+                "create a monitored item",
+                *bad,
+            ));
+        }
+        Ok((id, rx))
+    }
+
+    /// Like [`Connection::subscribe`], with each item's own result (an item the server
+    /// refuses, e.g. an unknown node, does not stop the others). When the server reports the
+    /// subscription itself gone (its lifetime expired), [`SessionEvent::SubscriptionLost`]
+    /// comes on the session's events.
+    pub async fn subscribe_items(
+        &self,
+        publishing: Duration,
+        items: &[Monitor],
+    ) -> Result<
+        (
+            u32,
+            tokio::sync::mpsc::UnboundedReceiver<Change>,
+            Vec<StatusCode>,
+        ),
+        ClientError,
+    > {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let callback = DataChangeCallback::new(move |value, item| {
-            let _ = tx.send(Change {
-                node: item.item_to_monitor().node_id.clone(),
-                value,
-            });
-        });
+        let events = self.events_tx.clone();
+        let callback = SubscriptionCallbacks::new(
+            move |n: opcua::types::StatusChangeNotification| {
+                if n.status.is_bad() {
+                    let _ = events.send(SessionEvent::SubscriptionLost(n.status));
+                }
+            },
+            move |value, item: &opcua::client::MonitoredItem| {
+                let _ = tx.send(Change {
+                    node: item.item_to_monitor().node_id.clone(),
+                    value,
+                });
+            },
+            |_, _: &opcua::client::MonitoredItem| {},
+        );
         let err = |what, status| ClientError::server(&self.url, what, status);
-        // Lifetime and keep-alive counts as the specification suggests (lifetime ≥ 3 × keep-alive).
+        // Lifetime and keep-alive counts as the specification suggests (lifetime ≥ 3 × keep-alive),
+        // with room for a reconnection: the server keeps the subscription 60 publishing
+        // intervals without a publish request.
         let id = self
             .session
-            .create_subscription(publishing, 30, 10, 0, 0, true, callback)
+            .create_subscription(publishing, 60, 10, 0, 0, true, callback)
             .await
             .map_err(|e| err("create subscription", e.status()))?;
         let requests: Vec<MonitoredItemCreateRequest> = items
@@ -461,14 +610,14 @@ impl Connection {
             .create_monitored_items(id, TimestampsToReturn::Both, requests)
             .await
             .map_err(|e| err("create monitored items", e.status()))?;
-        if let Some(bad) = created.iter().find(|c| c.result.status_code.is_bad()) {
-            return Err(err("create a monitored item", bad.result.status_code));
-        }
-        Ok((id, rx))
+        let mut statuses: Vec<StatusCode> = created.iter().map(|c| c.result.status_code).collect();
+        statuses.resize(items.len(), StatusCode::BadUnexpectedError);
+        Ok((id, rx, statuses))
     }
 
     /// Closes the session and stops its driver.
-    pub async fn close(self) {
+    pub async fn close(mut self) {
+        self.closed = true;
         let _ = self.session.disconnect().await;
         self.driver.abort();
     }

@@ -116,18 +116,24 @@ pub fn to_variant(v: &Value, to: VariantScalarTypeId) -> Result<Variant, String>
             T::UInt64 => {
                 fit(u64::try_from(i).is_ok(), "UInt64").map(|_| Variant::UInt64(i as u64))?
             }
-            T::Float => Variant::Float(i as f32),
-            T::Double => Variant::Double(i as f64),
+            T::Float if (i as f32) as i128 == i => Variant::Float(i as f32),
+            T::Double if (i as f64) as i128 == i => Variant::Double(i as f64),
+            T::Float | T::Double => {
+                return Err(format!("{v} has no exact {to:?} form (too many digits)"))
+            }
             other => return Err(format!("an integer cannot be written to a {other:?} node")),
         })
     };
+    if matches!(v, Value::Float(f) if !f.is_finite()) {
+        return Err(format!("{v} is not a finite number"));
+    }
     match (v, to) {
         (Value::Bool(b), T::Boolean) => Ok(Variant::Boolean(*b)),
         (Value::Int(i), _) => int(i128::from(*i)),
         (Value::U64(u), _) => int(i128::from(*u)),
         (Value::Float(f), T::Double) => Ok(Variant::Double(*f)),
         (Value::Float(f), T::Float) => {
-            if f.is_finite() && f.abs() > f64::from(f32::MAX) {
+            if f.abs() > f64::from(f32::MAX) {
                 Err(range("Float"))
             } else {
                 Ok(Variant::Float(*f as f32))
@@ -170,6 +176,42 @@ pub fn timestamp(d: &DateTime) -> Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_are_typed_exactly_or_refused() {
+        use VariantScalarTypeId as T;
+        assert_eq!(
+            to_variant(&Value::Int(300), T::Int16),
+            Ok(Variant::Int16(300))
+        );
+        assert!(to_variant(&Value::Int(70_000), T::Int16).is_err());
+        assert!(to_variant(&Value::Int(-1), T::UInt32).is_err());
+        assert_eq!(
+            to_variant(&Value::Float(21.5), T::Float),
+            Ok(Variant::Float(21.5))
+        );
+        assert_eq!(
+            to_variant(&Value::Float(42.0), T::Int32),
+            Ok(Variant::Int32(42))
+        );
+        assert!(to_variant(&Value::Float(42.5), T::Int32).is_err());
+        assert!(to_variant(&Value::Float(f64::NAN), T::Double).is_err());
+        assert!(to_variant(&Value::Float(f64::INFINITY), T::Float).is_err());
+        assert!(to_variant(&Value::Float(1e39), T::Float).is_err());
+        assert!(
+            to_variant(&Value::Int(16_777_217), T::Float).is_err(),
+            "not exact in f32"
+        );
+        assert_eq!(
+            to_variant(&Value::Int(16_777_216), T::Float),
+            Ok(Variant::Float(16_777_216.0))
+        );
+        assert_eq!(
+            to_variant(&Value::U64(u64::MAX), T::UInt64),
+            Ok(Variant::UInt64(u64::MAX))
+        );
+        assert!(to_variant(&Value::String("x".into()), T::Double).is_err());
+    }
 
     #[test]
     fn integers_stay_exact_and_arrays_keep_their_type() {

@@ -43,7 +43,7 @@ pub enum PkiError {
     #[error("OPC UA certificate: {0}")]
     Certificate(String),
     #[error(
-        "no rejected certificate has the thumbprint {0:?}; `ironplant opcua certificates` lists them"
+        "no rejected certificate has the thumbprint {0:?} (give at least its first 16 hex digits); `ironplant opcua certificates` lists them"
     )]
     UnknownThumbprint(String),
 }
@@ -131,6 +131,9 @@ impl Pki {
     /// Opens `dir` (created with its sub-directories when missing) and the RSA CA in `ca/`
     /// (created at the first call).
     pub fn open_or_create(dir: &Path, now: SystemTime) -> Result<Pki, PkiError> {
+        // Absolute: the stack joins our certificate paths onto its PKI directory, so a relative
+        // one (a relative --data-dir) would be doubled.
+        let dir = &std::path::absolute(dir).map_err(io("resolve", dir))?;
         for sub in ["ca", "own", "private", "trusted", "rejected"] {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(io("create", &p))?;
@@ -278,12 +281,12 @@ impl Pki {
         Ok(out)
     }
 
-    /// Trusts the rejected certificate whose thumbprint starts with `prefix` (at least 8 hex
-    /// digits, any case): moved to `trusted/` (the stack checks `rejected/` first, so a copy
+    /// Trusts the rejected certificate whose thumbprint starts with `prefix` (at least 16 hex
+    /// digits, any case: a short prefix is cheap to forge): moved to `trusted/` (the stack checks `rejected/` first, so a copy
     /// would not do). Returns its full thumbprint.
     pub fn trust(&self, prefix: &str) -> Result<String, PkiError> {
         let prefix = prefix.trim().to_ascii_uppercase().replace(':', "");
-        if prefix.len() < 8 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+        if prefix.len() < 16 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(PkiError::UnknownThumbprint(prefix));
         }
         let found: Vec<_> = self
@@ -396,7 +399,14 @@ mod tests {
             pki.trust("0000"),
             Err(PkiError::UnknownThumbprint(_))
         ));
-        let lower = cert.thumbprint[..12].to_ascii_lowercase();
+        assert!(
+            matches!(
+                pki.trust(&cert.thumbprint[..12]),
+                Err(PkiError::UnknownThumbprint(_))
+            ),
+            "a 12-digit prefix is too easy to forge"
+        );
+        let lower = cert.thumbprint[..16].to_ascii_lowercase();
         assert_eq!(pki.trust(&lower).expect("trusted"), cert.thumbprint);
         assert!(pki.rejected().expect("list").is_empty());
         assert_eq!(pki.trusted().expect("list")[0].0, cert.thumbprint);

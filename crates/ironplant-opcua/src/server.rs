@@ -220,6 +220,19 @@ pub trait Backend: Send + Sync + 'static {
         tag: &str,
         value: Value,
     ) -> BoxFuture<'static, Result<(), WriteRefusal>>;
+
+    /// A write the server refused itself because `user` may not write (a viewer): for the
+    /// platform's audit. Nothing by default.
+    fn write_refused(&self, user: &ServerUser, tag: &str, value: Value) {
+        let _ = (user, tag, value);
+    }
+
+    /// Whether `user` may read `tag` (browse it, read and subscribe to its value). The
+    /// platform answers from the user's read rules; everything by default.
+    fn can_read(&self, user: &ServerUser, tag: &str) -> bool {
+        let _ = (user, tag);
+        true
+    }
 }
 
 /// Why the server could not start.
@@ -915,6 +928,10 @@ fn scalar_written(v: &Variant, t: ScalarType) -> Result<Value, StatusCode> {
         return Err(StatusCode::BadTypeMismatch);
     }
     let value = crate::map::value(v).map_err(|_| StatusCode::BadTypeMismatch)?;
+    if matches!(value, Value::Float(f) if !f.is_finite()) {
+        // NaN or an infinity is no setpoint.
+        return Err(StatusCode::BadOutOfRange);
+    }
     Ok(match (t, value) {
         (ScalarType::Float, Value::Int(i)) => Value::Float(i as f64),
         (ScalarType::Float, Value::U64(u)) => Value::Float(u as f64),
@@ -978,13 +995,28 @@ impl AuthManager for Authenticator {
         &self,
         token: &UserToken,
         user_access_level: AccessLevel,
-        _node_id: &NodeId,
+        node_id: &NodeId,
     ) -> AccessLevel {
-        if self.shared.user(token).is_some_and(|u| u.can_write) {
-            user_access_level
-        } else {
-            user_access_level - AccessLevel::CURRENT_WRITE
+        let Some(user) = self.shared.user(token) else {
+            return AccessLevel::empty();
+        };
+        let mut level = user_access_level;
+        if !user.can_write {
+            level -= AccessLevel::CURRENT_WRITE;
         }
+        // A tag (or one of its properties, `s=<path>#EURange`) outside the user's read rules:
+        // nothing to read or subscribe to.
+        if let Identifier::String(id) = &node_id.identifier {
+            let path = id.as_ref().split('#').next().unwrap_or_default();
+            if self.shared.tags.read().contains_key(path)
+                && !self.shared.backend.can_read(&user, path)
+            {
+                level -= AccessLevel::CURRENT_READ
+                    | AccessLevel::CURRENT_WRITE
+                    | AccessLevel::HISTORY_READ;
+            }
+        }
+        level
     }
 
     fn user_token_policies(&self, endpoint: &ServerEndpoint) -> Vec<UserTokenPolicy> {
@@ -1052,15 +1084,17 @@ impl UnsNodes {
         if !tag.writable {
             return Err(StatusCode::BadNotWritable);
         }
-        if !user_access_level(context, node).contains(AccessLevel::CURRENT_WRITE) {
-            return Err(StatusCode::BadUserAccessDenied);
-        }
         let user = self
             .shared
             .user(&context.token)
             .ok_or(StatusCode::BadUserAccessDenied)?;
         let variant = w.value.value.as_ref().ok_or(StatusCode::BadTypeMismatch)?;
         let value = written_value(variant, tag.value_type)?;
+        if !user_access_level(context, node).contains(AccessLevel::CURRENT_WRITE) {
+            // Refused here, but the platform hears of it (its audit records refused commands).
+            self.shared.backend.write_refused(&user, &path, value);
+            return Err(StatusCode::BadUserAccessDenied);
+        }
         Ok((user, path, value))
     }
 }
@@ -1121,13 +1155,25 @@ impl InMemoryNodeManagerImpl for UnsNodes {
             // the request.
             let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
             for p in pending {
-                let submitted = self.shared.backend.write(&p.user, &p.path, p.value);
+                // Past the deadline nothing more is submitted; a command already submitted
+                // runs to its end (audited, verified) even when the client is told BadTimeout.
+                if tokio::time::Instant::now() >= deadline {
+                    if let Some(write) = nodes_to_write.get_mut(p.index) {
+                        write.set_status(StatusCode::BadTimeout);
+                    }
+                    continue;
+                }
+                let submitted = tokio::spawn(self.shared.backend.write(&p.user, &p.path, p.value));
                 let status = match tokio::time::timeout_at(deadline, submitted).await {
-                    Ok(Ok(())) => {
+                    Ok(Err(joined)) => {
+                        warn!(user = %p.user.name, tag = %p.path, "OPC UA write task failed: {joined}");
+                        StatusCode::BadInternalError
+                    }
+                    Ok(Ok(Ok(()))) => {
                         debug!(user = %p.user.name, tag = %p.path, "OPC UA write done");
                         StatusCode::Good
                     }
-                    Ok(Err(refusal)) => {
+                    Ok(Ok(Err(refusal))) => {
                         info!(user = %p.user.name, tag = %p.path, "OPC UA write refused: {refusal}");
                         refusal.status_code()
                     }

@@ -136,7 +136,11 @@ impl NodeRef {
                 return Err(format!("{t:?} gives both a namespace URI and an index"));
             }
             return Ok(NodeRef {
-                namespace_uri: Some(uri.replace("%3b", ";").replace("%25", "%")),
+                namespace_uri: Some(
+                    uri.replace("%3b", ";")
+                        .replace("%3B", ";")
+                        .replace("%25", "%"),
+                ),
                 node,
                 text: t.to_owned(),
             });
@@ -171,7 +175,7 @@ pub struct NodeConfig {
 /// `[opcua.server]`: the Unified Namespace served over OPC UA.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
-    /// Address to listen on.
+    /// Address to listen on (default 127.0.0.1).
     pub host: String,
     pub port: u16,
     /// Host names and addresses clients use to reach it (in its certificate).
@@ -444,6 +448,17 @@ fn validate(d: &mut Diagnostics, raw: RawOpcua, plant: &Config) -> OpcuaSettings
             "sampling_interval",
             conn.sampling_interval,
         );
+        if let Some(r) = &n.sampling_interval {
+            if sampling_interval < Duration::from_millis(10)
+                || sampling_interval > Duration::from_secs(3600)
+            {
+                d.err(
+                    r.span(),
+                    format!("{} is out of range", r.get_ref()),
+                    Some("use 10ms to 1h".to_owned()),
+                );
+            }
+        }
         let queue_size = queue_size(d, &n.queue_size, conn.queue_size);
         if let (Some(node), Some(tag), Some(value_type)) = (node, tag, value_type) {
             nodes.push(NodeConfig {
@@ -626,6 +641,41 @@ fn validate_connection(
             }
         }
     }
+    let keep_alive = parse_duration(d, &c.keep_alive, "keep_alive", Duration::from_secs(5));
+    let request_timeout = parse_duration(
+        d,
+        &c.request_timeout,
+        "request_timeout",
+        Duration::from_secs(10),
+    );
+    let reconnect_max = parse_duration(
+        d,
+        &c.reconnect_max,
+        "reconnect_max",
+        Duration::from_secs(10),
+    );
+    for (raw, value, lo, hi, hint) in [
+        (&c.keep_alive, keep_alive, 1, 600, "use 1s to 10m"),
+        (&c.request_timeout, request_timeout, 1, 300, "use 1s to 5m"),
+        (&c.reconnect_max, reconnect_max, 1, 600, "use 1s to 10m"),
+    ] {
+        if let Some(r) = raw {
+            if value < Duration::from_secs(lo) || value > Duration::from_secs(hi) {
+                d.err(
+                    r.span(),
+                    format!("{} is out of range", r.get_ref()),
+                    Some(hint.to_owned()),
+                );
+            }
+        }
+    }
+    if user_certificate.is_some() && policy == Policy::None {
+        d.err(
+            c.id.span(),
+            "a user certificate needs a secure policy (the session signs with it)",
+            Some(format!("use {POLICIES}")),
+        );
+    }
     let conn = ConnectionConfig {
         id,
         url,
@@ -636,19 +686,9 @@ fn validate_connection(
         publishing_interval,
         sampling_interval,
         queue_size: queue_size(d, &c.queue_size, 10),
-        keep_alive: parse_duration(d, &c.keep_alive, "keep_alive", Duration::from_secs(5)),
-        request_timeout: parse_duration(
-            d,
-            &c.request_timeout,
-            "request_timeout",
-            Duration::from_secs(10),
-        ),
-        reconnect_max: parse_duration(
-            d,
-            &c.reconnect_max,
-            "reconnect_max",
-            Duration::from_secs(10),
-        ),
+        keep_alive,
+        request_timeout,
+        reconnect_max,
     };
     Some(conn)
 }
@@ -658,7 +698,8 @@ fn validate_server(d: &mut Diagnostics, s: RawServer) -> Option<ServerConfig> {
         return None;
     }
     let (host, port) = match &s.listen {
-        None => ("0.0.0.0".to_owned(), 4840),
+        // Loopback unless asked: an OPC UA server on the plant network is a decision.
+        None => ("127.0.0.1".to_owned(), 4840),
         Some(l) => match l.get_ref().rsplit_once(':') {
             Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => (
                 h.trim_matches(['[', ']']).to_owned(),
@@ -670,7 +711,7 @@ fn validate_server(d: &mut Diagnostics, s: RawServer) -> Option<ServerConfig> {
                     format!("listen {:?} is not HOST:PORT", l.get_ref()),
                     Some("e.g. \"0.0.0.0:4840\" or \"127.0.0.1:4840\"".to_owned()),
                 );
-                ("0.0.0.0".to_owned(), 4840)
+                ("127.0.0.1".to_owned(), 4840)
             }
         },
     };
@@ -692,12 +733,20 @@ fn validate_server(d: &mut Diagnostics, s: RawServer) -> Option<ServerConfig> {
             50
         }
     };
+    let hostnames = s
+        .hostnames
+        .unwrap_or_else(|| vec!["localhost".to_owned(), "127.0.0.1".to_owned()]);
+    if hostnames.is_empty() || hostnames.iter().any(|h| h.trim().is_empty()) {
+        d.err(
+            s.listen.as_ref().map_or(0..0, Spanned::span),
+            "[opcua.server] hostnames must name how clients reach the server",
+            Some("e.g. hostnames = [\"plant-gw.example\", \"10.0.0.5\"] (they go into its certificate)".to_owned()),
+        );
+    }
     Some(ServerConfig {
         host,
         port,
-        hostnames: s
-            .hostnames
-            .unwrap_or_else(|| vec!["localhost".to_owned(), "127.0.0.1".to_owned()]),
+        hostnames,
         paths,
         writes: s.writes.unwrap_or(false),
         allow_none: s.allow_none.unwrap_or(false),

@@ -71,12 +71,23 @@ struct Shared {
     live: Mutex<Option<Arc<Live>>>,
 }
 
+/// What [`OpcuaSource::setup`] made.
+struct Setup {
+    sub: u32,
+    changes: UnboundedReceiver<client::Change>,
+    /// Monitored node → config index.
+    index: HashMap<NodeId, usize>,
+    /// Config index and why, of the nodes not monitored.
+    broken: Vec<(usize, String)>,
+}
+
 /// An open session's view of the nodes.
 struct Live {
     session: Arc<Session>,
     url: String,
-    /// Per configured node: its id on this session (namespace index resolved) and data type.
-    nodes: Vec<(NodeId, Option<VariantScalarTypeId>)>,
+    /// Per configured node: its id on this session (namespace index resolved) and data type;
+    /// `None` for a node that could not be resolved.
+    nodes: Vec<Option<(NodeId, Option<VariantScalarTypeId>)>>,
     by_tag: HashMap<TagId, usize>,
     request_timeout: Duration,
 }
@@ -229,7 +240,6 @@ impl OpcuaSource {
                 message: format!("OPC UA connection {}: {e}", self.cfg.id),
                 security: false,
             })?;
-        let before = pki.rejected().unwrap_or_default();
         let tuning = Tuning {
             keep_alive: self.cfg.keep_alive,
             max_failed_keep_alives: 3,
@@ -244,7 +254,7 @@ impl OpcuaSource {
         };
         let mut conn = match client::connect_with(&pki, &settings, &tuning).await {
             Ok(c) => c,
-            Err(e) => return Err(self.explain(&pki, &before, e)),
+            Err(e) => return Err(self.explain(&pki, e).await),
         };
         let mut events = conn.take_events().ok_or_else(|| Failure {
             code: "opcua_session",
@@ -259,26 +269,30 @@ impl OpcuaSource {
             ),
             security: false,
         };
-        let (mut sub, mut changes, ids) = self
+        let mut setup = self
             .setup(ctx, &conn, tags)
             .await
             .map_err(|e| fail("set up", e))?;
-        state.index(&ids);
+        self.adopt(ctx, state, &mut setup).await;
         tracing::info!(connection = %self.cfg.id, url = %self.cfg.url, nodes = self.nodes.len(), "OPC UA session open");
         self.event(
             ctx,
             "opcua_connected",
             Severity::Info,
             format!(
-                "OPC UA connection {} to {}: session open, {} nodes subscribed",
+                "OPC UA connection {} to {}: session open, {} of {} nodes subscribed",
                 self.cfg.id,
                 self.cfg.url,
+                setup.index.len(),
                 self.nodes.len()
             ),
         );
         let result = loop {
             tokio::select! {
-                change = changes.recv() => {
+                // Notifications first: those received before a connection loss are published
+                // before the tags are marked Bad, never after.
+                biased;
+                change = setup.changes.recv() => {
                     let Some(first) = change else {
                         break Err(fail("subscription", ClientError::Config("the notification channel closed".into())));
                     };
@@ -286,7 +300,7 @@ impl OpcuaSource {
                     state.push(first, &mut out);
                     // A publish response delivers its notifications together: one batch.
                     while out.len() < 10_000 {
-                        match changes.try_recv() {
+                        match setup.changes.try_recv() {
                             Ok(c) => state.push(c, &mut out),
                             Err(_) => break,
                         }
@@ -312,6 +326,9 @@ impl OpcuaSource {
                             ),
                         );
                         let mut out = Vec::new();
+                        while let Ok(c) = setup.changes.try_recv() {
+                            state.push(c, &mut out);
+                        }
                         state.mark_all(Quality::bad(QualityReason::CommFailure), &mut out);
                         ctx.bus.publish(out).await;
                     }
@@ -336,14 +353,26 @@ impl OpcuaSource {
                             // The server lost our session (restarted, or it expired): the old
                             // subscription is gone with it. Resolve the namespaces again (a
                             // restarted server may number them differently) and subscribe.
-                            let _ = conn.session.delete_subscription(sub).await;
-                            let ids;
-                            (sub, changes, ids) = self
+                            let _ = conn.session.delete_subscriptions(&[setup.sub]).await;
+                            setup = self
                                 .setup(ctx, &conn, tags)
                                 .await
                                 .map_err(|e| fail("subscribe again", e))?;
-                            state.index(&ids);
+                            self.adopt(ctx, state, &mut setup).await;
+                        } else {
+                            // The subscription carries on, but sends only changes: values
+                            // that did not change while the tags were Bad are read once.
+                            self.refresh(ctx, &conn, state).await;
                         }
+                    }
+                    Some(SessionEvent::SubscriptionLost(status)) => {
+                        tracing::warn!(connection = %self.cfg.id, %status, "the server dropped the subscription: subscribing again");
+                        let _ = conn.session.delete_subscriptions(&[setup.sub]).await;
+                        setup = self
+                            .setup(ctx, &conn, tags)
+                            .await
+                            .map_err(|e| fail("subscribe again", e))?;
+                        self.adopt(ctx, state, &mut setup).await;
                     }
                     Some(SessionEvent::ReconnectFailed(status)) => {
                         tracing::debug!(connection = %self.cfg.id, %status, "OPC UA reconnection failed; retrying");
@@ -356,6 +385,62 @@ impl OpcuaSource {
         };
         conn.close().await;
         result
+    }
+
+    /// Takes a new subscription's node index, and reports (once per setup) and marks Bad the
+    /// nodes it could not monitor.
+    async fn adopt(&self, ctx: &SourceContext, state: &mut TagState, setup: &mut Setup) {
+        state.index = std::mem::take(&mut setup.index);
+        if setup.broken.is_empty() {
+            return;
+        }
+        let mut out = Vec::new();
+        for (i, why) in &setup.broken {
+            tracing::warn!(connection = %self.cfg.id, "{why}");
+            state.mark_one(*i, Quality::bad(QualityReason::ConfigError), &mut out);
+            self.event(
+                ctx,
+                "opcua_node_unavailable",
+                Severity::Warning,
+                format!(
+                    "OPC UA connection {}: {why}; {} stays Bad (ConfigError)",
+                    self.cfg.id, self.nodes[*i].tag
+                ),
+            );
+        }
+        ctx.bus.publish(out).await;
+    }
+
+    /// Reads every monitored node once and publishes what it shows (after a re-activated
+    /// session, whose subscription sends only later changes).
+    async fn refresh(&self, ctx: &SourceContext, conn: &Connection, state: &mut TagState) {
+        let nodes: Vec<NodeId> = state.index.keys().cloned().collect();
+        let mut out = Vec::new();
+        for chunk in nodes.chunks(500) {
+            let reads: Vec<ReadValueId> = chunk.iter().cloned().map(ReadValueId::from).collect();
+            match conn
+                .session
+                .read(&reads, TimestampsToReturn::Both, 0.0)
+                .await
+            {
+                Ok(values) => {
+                    for (node, value) in chunk.iter().zip(values) {
+                        state.push(
+                            client::Change {
+                                node: node.clone(),
+                                value,
+                            },
+                            &mut out,
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(connection = %self.cfg.id, "reading the values after reconnecting failed: {e}");
+                    break;
+                }
+            }
+        }
+        ctx.bus.publish(out).await;
     }
 
     /// A system event about this connection.
@@ -374,13 +459,7 @@ impl OpcuaSource {
     }
 
     /// Why the session did not open, in words an engineer can act on.
-    fn explain(&self, pki: &Pki, before: &[(String, PathBuf)], e: ClientError) -> Failure {
-        let new_rejected = pki
-            .rejected()
-            .unwrap_or_default()
-            .into_iter()
-            .find(|r| !before.contains(r))
-            .or_else(|| pki.rejected().ok().and_then(|r| r.into_iter().next()));
+    async fn explain(&self, pki: &Pki, e: ClientError) -> Failure {
         let status = match &e {
             ClientError::Server { status, .. } | ClientError::NotConnected { status, .. } => {
                 Some(*status)
@@ -392,19 +471,27 @@ impl OpcuaSource {
             Some(s) if s == StatusCode::BadCertificateUntrusted
                 || s == StatusCode::BadSecurityChecksFailed
         );
-        if let (true, Some((thumb, _))) = (untrusted, new_rejected) {
-            return Failure {
-                code: "opcua_untrusted_server",
-                message: format!(
-                    "OPC UA connection {}: the server {} presented a certificate that is not \
-                     trusted (thumbprint {thumb}); check it with the server's administrator, \
-                     then run `ironplant opcua trust {}` (the connection retries by itself)",
-                    self.cfg.id,
-                    self.cfg.url,
-                    &thumb[..16.min(thumb.len())]
-                ),
-                security: true,
-            };
+        if untrusted {
+            // The certificate this server presents (not merely one found in rejected/): the
+            // one an engineer must check before trusting.
+            let presented =
+                client::untrusted_thumbprint(pki, &self.cfg.url, self.cfg.request_timeout, &e)
+                    .await;
+            if let Some(thumb) = presented {
+                return Failure {
+                    code: "opcua_untrusted_server",
+                    message: format!(
+                        "OPC UA connection {}: the server {} presented a certificate that is \
+                         not trusted (thumbprint {thumb}); check it with the server's \
+                         administrator, then run `ironplant opcua trust {}` (the connection \
+                         retries by itself)",
+                        self.cfg.id,
+                        self.cfg.url,
+                        thumb.get(..16).unwrap_or(&thumb)
+                    ),
+                    security: true,
+                };
+            }
         }
         let denied = matches!(
             status,
@@ -430,8 +517,9 @@ impl OpcuaSource {
         }
     }
 
-    /// The configured nodes' ids on this session (`nsu=` resolved).
-    async fn resolve(&self, session: &Session) -> Result<Vec<NodeId>, ClientError> {
+    /// The configured nodes' ids on this session (`nsu=` resolved); a node whose namespace
+    /// the server does not have is an `Err` with why.
+    async fn resolve(&self, session: &Session) -> Result<Vec<Result<NodeId, String>>, ClientError> {
         let needs_ns = self.nodes.iter().any(|n| n.node.namespace_uri.is_some());
         let namespaces = if needs_ns {
             Some(
@@ -447,40 +535,73 @@ impl OpcuaSource {
         } else {
             None
         };
-        let mut out = Vec::with_capacity(self.nodes.len());
-        for n in &self.nodes {
+        let mut out: Vec<Result<NodeId, String>> = Vec::with_capacity(self.nodes.len());
+        let mut seen: HashMap<NodeId, usize> = HashMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
             let mut id = n.node.node.clone();
             if let (Some(uri), Some(map)) = (&n.node.namespace_uri, &namespaces) {
-                id.namespace = map.get_index(uri).ok_or_else(|| {
-                    ClientError::Config(format!(
-                        "node {}: the server has no namespace {uri:?}",
-                        n.node.text
-                    ))
-                })?;
+                match map.get_index(uri) {
+                    Some(ns) => id.namespace = ns,
+                    None => {
+                        out.push(Err(format!(
+                            "node {}: the server has no namespace {uri:?}",
+                            n.node.text
+                        )));
+                        continue;
+                    }
+                }
             }
-            out.push(id);
+            // Two config entries naming one node (`nsu=` and `ns=` forms): the first keeps it.
+            if let Some(&first) = seen.get(&id) {
+                out.push(Err(format!(
+                    "node {} is the same node as {} (mapped to {}); map each node once",
+                    n.node.text, self.nodes[first].node.text, self.nodes[first].tag
+                )));
+                continue;
+            }
+            seen.insert(id.clone(), i);
+            out.push(Ok(id));
         }
         Ok(out)
     }
 
     /// Resolves the nodes, reads their data types (and units and ranges the config leaves
-    /// out), publishes the session for writes and subscribes.
+    /// out), publishes the session for writes and subscribes. A node that cannot be resolved
+    /// or monitored is reported in `broken` (its tag goes Bad, ConfigError); the others go on.
     async fn setup(
         &self,
         ctx: &SourceContext,
         conn: &Connection,
         tags: &[Option<TagMeta>],
-    ) -> Result<(u32, UnboundedReceiver<client::Change>, Vec<NodeId>), ClientError> {
-        let ids = self.resolve(&conn.session).await?;
-        let types = conn.data_types(&ids).await?;
-        let types: Vec<Option<VariantScalarTypeId>> = types
+    ) -> Result<Setup, ClientError> {
+        let resolved = self.resolve(&conn.session).await?;
+        let mut broken: Vec<(usize, String)> = Vec::new();
+        let mut live_nodes: Vec<Option<(NodeId, Option<VariantScalarTypeId>)>> =
+            vec![None; self.nodes.len()];
+        let ok: Vec<usize> = resolved
             .iter()
-            .map(|t| {
-                t.as_ref()
-                    .and_then(|t| VariantScalarTypeId::try_from(t).ok())
+            .enumerate()
+            .filter_map(|(i, r)| match r {
+                Ok(_) => Some(i),
+                Err(why) => {
+                    broken.push((i, why.clone()));
+                    None
+                }
             })
             .collect();
-        self.adopt_units(ctx, conn, &ids, tags).await;
+        let ids: Vec<NodeId> = ok
+            .iter()
+            .filter_map(|&i| resolved[i].as_ref().ok().cloned())
+            .collect();
+        let types = conn.data_types(&ids).await?;
+        for (k, &i) in ok.iter().enumerate() {
+            let t = types
+                .get(k)
+                .and_then(|t| t.as_ref())
+                .and_then(|t| VariantScalarTypeId::try_from(t).ok());
+            live_nodes[i] = Some((ids[k].clone(), t));
+        }
+        self.adopt_units(ctx, conn, &ok, &ids, tags).await;
         let by_tag = tags
             .iter()
             .enumerate()
@@ -489,29 +610,50 @@ impl OpcuaSource {
         *self.shared.live.lock() = Some(Arc::new(Live {
             session: conn.session.clone(),
             url: self.cfg.url.clone(),
-            nodes: ids.iter().cloned().zip(types).collect(),
+            nodes: live_nodes,
             by_tag,
             request_timeout: self.cfg.request_timeout,
         }));
-        let monitors: Vec<Monitor> = self
-            .nodes
+        let monitors: Vec<Monitor> = ok
             .iter()
             .zip(&ids)
-            .map(|(n, id)| Monitor {
-                node: id.clone(),
-                sampling: n.sampling_interval,
-                queue_size: n.queue_size,
-                deadband: match n.deadband {
-                    DeadbandConfig::None => Deadband::None,
-                    DeadbandConfig::Absolute(v) => Deadband::Absolute(v),
-                    DeadbandConfig::Percent(v) => Deadband::Percent(v),
-                },
+            .map(|(&i, id)| {
+                let n = &self.nodes[i];
+                Monitor {
+                    node: id.clone(),
+                    sampling: n.sampling_interval,
+                    queue_size: n.queue_size,
+                    deadband: match n.deadband {
+                        DeadbandConfig::None => Deadband::None,
+                        DeadbandConfig::Absolute(v) => Deadband::Absolute(v),
+                        DeadbandConfig::Percent(v) => Deadband::Percent(v),
+                    },
+                }
             })
             .collect();
-        let (sub, rx) = conn
-            .subscribe(self.cfg.publishing_interval, &monitors)
+        let (sub, rx, statuses) = conn
+            .subscribe_items(self.cfg.publishing_interval, &monitors)
             .await?;
-        Ok((sub, rx, ids))
+        let mut index = HashMap::new();
+        for ((&i, id), status) in ok.iter().zip(&ids).zip(&statuses) {
+            if status.is_bad() {
+                broken.push((
+                    i,
+                    format!(
+                        "node {} cannot be monitored: {status}",
+                        self.nodes[i].node.text
+                    ),
+                ));
+            } else {
+                index.insert(id.clone(), i);
+            }
+        }
+        Ok(Setup {
+            sub,
+            changes: rx,
+            index,
+            broken,
+        })
     }
 
     /// Units and ranges from the server's EngineeringUnits and EURange properties, for the
@@ -520,26 +662,31 @@ impl OpcuaSource {
         &self,
         ctx: &SourceContext,
         conn: &Connection,
+        ok: &[usize],
         ids: &[NodeId],
         tags: &[Option<TagMeta>],
     ) {
-        let wanted: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| {
+        // (config index, position in `ids`)
+        let wanted: Vec<(usize, usize)> = ok
+            .iter()
+            .enumerate()
+            .filter(|&(_, &i)| {
                 matches!(self.nodes[i].value_type, ValueType::Int | ValueType::Float)
                     && (self.nodes[i].unit.is_none() || self.nodes[i].range.is_none())
             })
+            .map(|(k, &i)| (i, k))
             .collect();
         if wanted.is_empty() {
             return;
         }
-        let found = match read_eu(&conn.session, wanted.iter().map(|&i| &ids[i])).await {
+        let found = match read_eu(&conn.session, wanted.iter().map(|&(_, k)| &ids[k])).await {
             Ok(f) => f,
             Err(status) => {
                 tracing::debug!(connection = %self.cfg.id, %status, "no engineering units read");
                 return;
             }
         };
-        for (&i, (unit, range)) in wanted.iter().zip(found) {
+        for (&(i, _), (unit, range)) in wanted.iter().zip(found) {
             let Some(meta) = tags[i].as_ref() else {
                 continue;
             };
@@ -595,7 +742,7 @@ pub async fn read_eu<'a>(
         .map_err(|e| e.status())?;
     let mut reads = Vec::new();
     let mut at = Vec::new();
-    for (k, r) in results.iter().enumerate() {
+    for (k, r) in results.iter().enumerate().take(paths.len()) {
         let target = r
             .targets
             .as_ref()
@@ -618,16 +765,26 @@ pub async fn read_eu<'a>(
             continue;
         };
         let (node, is_range) = (k / 2, k % 2 == 1);
+        let Some(slot) = out.get_mut(node) else {
+            continue;
+        };
         if is_range {
             if let Some(r) = eo.inner_as::<Range>() {
-                if r.low < r.high {
-                    out[node].1 = Some((r.low, r.high));
+                if r.low < r.high && r.low.is_finite() && r.high.is_finite() {
+                    slot.1 = Some((r.low, r.high));
                 }
             }
         } else if let Some(eu) = eo.inner_as::<EUInformation>() {
-            let name = eu.display_name.text.as_ref().trim().to_owned();
-            if !name.is_empty() {
-                out[node].0 = Some(name);
+            let name: String = eu
+                .display_name
+                .text
+                .as_ref()
+                .trim()
+                .chars()
+                .take(32)
+                .collect();
+            if !name.is_empty() && !name.chars().any(char::is_control) {
+                slot.0 = Some(name);
             }
         }
     }
@@ -652,16 +809,6 @@ impl TagState {
             last: vec![(Value::Null, None); tags.len()],
             index: HashMap::new(),
         }
-    }
-
-    /// The node ids of this session, in config order.
-    fn index(&mut self, ids: &[NodeId]) {
-        self.index = ids
-            .iter()
-            .cloned()
-            .enumerate()
-            .map(|(i, id)| (id, i))
-            .collect();
     }
 
     fn push(&mut self, c: client::Change, out: &mut Vec<Sample>) {
@@ -699,16 +846,42 @@ impl TagState {
             *last_value = v;
         }
         *last_quality = Some(quality);
+        // A missing, null (1601) or far-future timestamp is not a time: the server's, else now.
+        let plausible = |d: &&opcua::types::DateTime| {
+            let t = map::timestamp(d);
+            t.0 > 0 && t.0 < now.0.saturating_add(86_400_000_000)
+        };
         let source_ts = dv
             .source_timestamp
             .as_ref()
-            .or(dv.server_timestamp.as_ref())
+            .filter(plausible)
+            .or(dv.server_timestamp.as_ref().filter(plausible))
             .map_or(now, map::timestamp);
         out.push(Sample {
             tag,
             value: last_value.clone(),
             quality,
             source_ts,
+            server_ts: now,
+        });
+    }
+
+    /// Tag `i` at `quality` (a node that cannot be monitored), once.
+    fn mark_one(&mut self, i: usize, quality: Quality, out: &mut Vec<Sample>) {
+        let Some(Some((tag, _))) = self.tags.get(i) else {
+            return;
+        };
+        let (value, last) = &mut self.last[i];
+        if *last == Some(quality) {
+            return;
+        }
+        *last = Some(quality);
+        let now = Timestamp::now();
+        out.push(Sample {
+            tag: *tag,
+            value: value.clone(),
+            quality,
+            source_ts: now,
             server_ts: now,
         });
     }
@@ -758,7 +931,12 @@ impl DeviceWriter for OpcuaWriter {
             let &i = live.by_tag.get(&tag_id).ok_or_else(|| {
                 DeviceWriteError::UnknownTag(format!("connection {id} maps no node to {path}"))
             })?;
-            let (node, data_type) = &live.nodes[i];
+            let (node, data_type) = live.nodes.get(i).cloned().flatten().ok_or_else(|| {
+                DeviceWriteError::UnknownTag(format!(
+                    "connection {id}: the node of {path} is not known on the server"
+                ))
+            })?;
+            let node = &node;
             let data_type = data_type.ok_or_else(|| {
                 DeviceWriteError::Refused(format!(
                     "node {node} has no built-in data type Ironplant can write"
@@ -809,8 +987,11 @@ impl DeviceWriter for OpcuaWriter {
                 .await
                 .map_err(|_| DeviceWriteError::Timeout(timeout))?
                 .map_err(|e| DeviceWriteError::Comm(format!("read back: {e}")))?;
+                // Only a Good read-back counts: a gateway answering Bad with its cached
+                // value has not shown that the device took it.
                 let echoed = read
                     .first()
+                    .filter(|dv| dv.status.is_none_or(|s| s.is_good()))
                     .and_then(|dv| dv.value.as_ref())
                     .and_then(|v| map::value(v).ok());
                 if echoed == expected || Instant::now() >= deadline {

@@ -85,7 +85,7 @@ async fn an_untrusted_server_is_refused_then_trusted_browsed_with_sign_and_encry
         [server.thumbprint.as_str()],
         "{err}"
     );
-    pki.trust(&server.thumbprint[..10]).expect("trust it");
+    pki.trust(&server.thumbprint[..16]).expect("trust it");
 
     // A wrong password is refused.
     let wrong = ClientSettings {

@@ -658,7 +658,7 @@ async fn unknown_applications_and_users_are_refused() {
         .collect();
     assert_eq!(rejected, std::slice::from_ref(&client_thumb), "{err}");
     assert_eq!(
-        f.server_pki.trust(&client_thumb[..10]).expect("trusted"),
+        f.server_pki.trust(&client_thumb[..16]).expect("trusted"),
         client_thumb
     );
     // The client, in turn, refuses the server until it trusts it.
@@ -1100,4 +1100,264 @@ async fn asyncua_browses_reads_subscribes_and_writes() {
 
 fn peer_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/opcua_client.py")
+}
+
+// ---- node-opcua, a second third-party client ----------------------------------------------
+
+/// The node-opcua client script (`tests/peers/opcua_node_client.js`, same command line and
+/// output as the asyncua one) against our server.
+struct NodePeer {
+    node: PathBuf,
+    modules: PathBuf,
+    url: String,
+}
+
+impl NodePeer {
+    /// Runs the script with `pki` and `args`, at most 60 s.
+    async fn run(&self, pki: &Path, args: &[&str]) -> PeerRun {
+        self.spawn(pki, args).await.expect("the peer runner")
+    }
+
+    /// The same in the background. `env` sets `NODE_PATH` (node-opcua's modules) for node, so
+    /// that the runner of the asyncua client serves as it is.
+    fn spawn(&self, pki: &Path, args: &[&str]) -> tokio::task::JoinHandle<PeerRun> {
+        let mut argv = vec![
+            format!("NODE_PATH={}", self.modules.display()),
+            self.node.display().to_string(),
+            node_script().display().to_string(),
+            self.url.clone(),
+            "--pki".into(),
+            pki.display().to_string(),
+        ];
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        tokio::task::spawn_blocking(move || {
+            run_blocking(Path::new("env"), &argv, Duration::from_secs(60))
+        })
+    }
+}
+
+/// node-opcua browses the asset tree, reads values with their quality and timestamps,
+/// receives published changes, writes typed as op (not as viewer, not out of the envelope),
+/// and is refused with a wrong password and with an untrusted certificate. (node-opcua does
+/// not even try an anonymous session when no endpoint offers one: asyncua covers that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_opcua_browses_reads_subscribes_and_writes() {
+    let Some((node, modules)) =
+        ironplant_testkit::node_module("opcua-node", "node-opcua", "node-opcua (npm)")
+    else {
+        return;
+    };
+    let f = start(settings(), true).await;
+    let peer = NodePeer {
+        node,
+        modules,
+        url: f.server.url(),
+    };
+    let pki = f.dir.path().join("node-opcua");
+    let cert = peer.run(&pki, &["cert"]).await;
+    let cert = cert.ok();
+    trust(
+        &f.server_pki,
+        Path::new(cert["certificate"].as_str().expect("a path")),
+    );
+    let ns = f.server.namespace_index();
+    let id = |path: &str| format!("ns={ns};s={path}");
+    let viewer = ["--user", "viewer", "--password", "viewer-password"];
+
+    // The asset tree, with the data types and the ns=0 properties.
+    let root = format!("ns={ns};i=1");
+    let browse = peer
+        .run(
+            &pki,
+            &[&viewer[..], &["browse", root.as_str(), "--depth", "6"]].concat(),
+        )
+        .await;
+    let nodes = browse.ok()["nodes"].as_array().expect("nodes").clone();
+    let node = |id: &str| {
+        nodes
+            .iter()
+            .find(|n| n["node_id"] == id)
+            .unwrap_or_else(|| panic!("{id} in {}", browse.report))
+    };
+    let mut parent = root.clone();
+    for (path, name) in [
+        ("acme", "acme"),
+        ("acme/plant1", "plant1"),
+        ("acme/plant1/line1", "line1"),
+        ("acme/plant1/line1/filler", "filler"),
+        (SPEED, "speed"),
+    ] {
+        let n = node(&id(path));
+        assert_eq!(n["parent"], parent.as_str(), "{n}");
+        assert_eq!(n["browse_name"], name, "{n}");
+        assert_eq!(n["browse_ns"], ns, "{n}");
+        parent = id(path);
+    }
+    assert_eq!(node(&id(SPEED))["data_type"], "i=11", "Double");
+    assert_eq!(node(&id(SPEED))["node_class"], "Variable");
+    assert_eq!(node(&id(RUNNING))["data_type"], "i=1", "Boolean");
+    assert_eq!(node(&id(COUNT))["data_type"], "i=8", "Int64");
+    assert_eq!(node(&id("acme/plant1"))["node_class"], "Object");
+    let units = node(&format!("{}#EngineeringUnits", id(SPEED)));
+    assert_eq!(
+        (&units["browse_name"], &units["browse_ns"]),
+        (&"EngineeringUnits".into(), &0.into())
+    );
+
+    // Values, quality and timestamps.
+    let t0 = Timestamp(Timestamp::now().0 - 2_000_000);
+    f.server.publish([
+        (SPEED, &Value::Float(120.5), Quality::GOOD, t0),
+        (
+            RUNNING,
+            &Value::Bool(true),
+            Quality::uncertain(QualityReason::Stale),
+            t0,
+        ),
+    ]);
+    let (speed_id, running_id, count_id) = (id(SPEED), id(RUNNING), id(COUNT));
+    let read = peer
+        .run(
+            &pki,
+            &[&viewer[..], &["read", &speed_id, &running_id, &count_id]].concat(),
+        )
+        .await;
+    let values = read.ok()["values"].as_array().expect("values").clone();
+    assert_eq!(values[0]["value"], 120.5, "{}", read.report);
+    assert_eq!(values[0]["status"], "Good");
+    assert_eq!(values[0]["status_code"], 0);
+    let source = values[0]["source_timestamp"]
+        .as_str()
+        .expect("a source time");
+    assert!(
+        source.starts_with(&t0.to_rfc3339()[..19]),
+        "{source} vs {t0}"
+    );
+    let server = values[0]["server_timestamp"]
+        .as_str()
+        .expect("a server time");
+    assert!(server > source, "{server} after {source}");
+    assert_eq!(values[1]["value"], true);
+    assert_eq!(values[1]["status"], "UncertainLastUsableValue");
+    assert_eq!(values[2]["status"], "BadWaitingForInitialData");
+
+    // A subscription receives what is published meanwhile (every 300 ms, one in two
+    // uncertain), until the client has listened for 4 s.
+    let listen = peer.spawn(
+        &pki,
+        &[
+            &viewer[..],
+            &[
+                "subscribe",
+                &speed_id,
+                "--interval",
+                "100",
+                "--seconds",
+                "4",
+            ],
+        ]
+        .concat(),
+    );
+    let mut i = 0u32;
+    while !listen.is_finished() {
+        let q = if i.is_multiple_of(2) {
+            Quality::GOOD
+        } else {
+            Quality::uncertain(QualityReason::OutOfRange)
+        };
+        f.server.publish([(
+            SPEED,
+            &Value::Float(200.0 + f64::from(i)),
+            q,
+            Timestamp::now(),
+        )]);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let sub = listen.await.expect("the subscriber");
+    let done = sub.ok();
+    assert_eq!(done["done"], true, "{}", sub.report);
+    let changes = &sub.lines[..sub.lines.len() - 1];
+    assert_eq!(done["count"].as_u64(), Some(changes.len() as u64));
+    let published = |status: &str| {
+        changes.iter().any(|c| {
+            c["node_id"] == speed_id.as_str()
+                && c["status"] == status
+                && c["value"].as_f64().is_some_and(|v| v >= 200.0)
+        })
+    };
+    assert!(published("Good"), "{}", sub.report);
+    assert!(
+        published("UncertainEngineeringUnitsExceeded"),
+        "{}",
+        sub.report
+    );
+
+    // Writes: op through the backend, typed as the node's data type; refusals by status.
+    let op = ["--user", "op", "--password", "op-password"];
+    for (who, node, value, ty, expected) in [
+        (&op, &speed_id, "42", "Int32", "Good"),
+        (&op, &count_id, "9", "UInt16", "Good"),
+        (&op, &speed_id, "420", "Double", "BadOutOfRange"),
+        (&op, &count_id, "1.5", "Double", "BadTypeMismatch"),
+        (&op, &running_id, "false", "Boolean", "BadNotWritable"),
+        (&viewer, &speed_id, "42", "Double", "BadUserAccessDenied"),
+    ] {
+        let w = peer
+            .run(
+                &pki,
+                &[&who[..], &["write", node, value, "--type", ty]].concat(),
+            )
+            .await;
+        assert_eq!(w.ok()["status"], expected, "{}", w.report);
+    }
+    assert_eq!(
+        f.backend.writes(),
+        [
+            ("op".to_owned(), SPEED.to_owned(), Value::Float(42.0)),
+            ("op".to_owned(), COUNT.to_owned(), Value::Int(9)),
+        ],
+        "typed as the nodes' data types; refusals never reach the backend"
+    );
+
+    // Refused: with a wrong password, with an unknown certificate.
+    let wrong = peer
+        .run(
+            &pki,
+            &["--user", "op", "--password", "nope", "read", &speed_id],
+        )
+        .await;
+    assert_eq!(
+        wrong.refused()["status"],
+        "BadUserAccessDenied",
+        "{}",
+        wrong.report
+    );
+    let stranger = f.dir.path().join("stranger");
+    let thumb = peer.run(&stranger, &["cert"]).await.ok()["thumbprint"]
+        .as_str()
+        .expect("thumbprint")
+        .to_owned();
+    let refused = peer
+        .run(&stranger, &[&viewer[..], &["read", &speed_id]].concat())
+        .await;
+    assert_eq!(
+        refused.refused()["status"],
+        "BadCertificateUntrusted",
+        "{}",
+        refused.report
+    );
+    let rejected: Vec<String> = f
+        .server_pki
+        .rejected()
+        .expect("rejected")
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(rejected, [thumb]);
+    f.server.stop().await;
+}
+
+fn node_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/opcua_node_client.js")
 }

@@ -142,6 +142,11 @@ async fn generated_config(pki: &Pki, server: &Server) -> String {
         nodes.contains("node = \"nsu="),
         "NodeIds with namespace URIs:\n{nodes}"
     );
+    // Two nodes the server does not have (an unknown namespace, an unknown id): their tags go
+    // Bad (ConfigError), the other 100 are not held back.
+    let nodes = format!(
+        "{nodes}[[opcua.node]]\nconnection = \"line1\"\nnode = \"nsu=urn:nowhere;s=x\"\ntag = \"{PREFIX}/ghost_ns\"\ntype = \"float\"\n\n[[opcua.node]]\nconnection = \"line1\"\nnode = \"ns=0;s=no-such-node\"\ntag = \"{PREFIX}/ghost_id\"\ntype = \"float\"\n"
+    );
     format!(
         "[[opcua.connection]]\nid = \"line1\"\nurl = \"{}\"\nuser = \"op\"\npassword = \"op-password\"\npublishing_interval = \"500ms\"\nsampling_interval = \"100ms\"\nreconnect_max = \"2s\"\nkeep_alive = \"2s\"\n\n{nodes}",
         server.url
@@ -239,6 +244,23 @@ async fn connector_against(peer: Peer) {
         "100 monitored items: every tag Good {:?} after the trust",
         trusted_at.elapsed()
     );
+    for ghost in ["ghost_ns", "ghost_id"] {
+        let t = rt
+            .namespace
+            .lookup(&format!("{PREFIX}/{ghost}"))
+            .expect("ghost tag");
+        until(
+            &format!("{ghost} Bad (ConfigError)"),
+            Duration::from_secs(10),
+            || {
+                rt.bus.current(t.id).filter(|s| {
+                    s.quality.level == QualityLevel::Bad
+                        && s.quality.reason == QualityReason::ConfigError
+                })
+            },
+        )
+        .await;
+    }
     // Units and ranges adopted from EngineeringUnits / EURange (not in the generated config's
     // tag when the server has none; these servers give both).
     let v0 = rt.namespace.lookup(&format!("{PREFIX}/v0")).expect("v0");

@@ -46,6 +46,8 @@ impl OpcuaServer {
 
     pub async fn stop(self) {
         self.feeder.abort();
+        // The feeder holds the other reference to the server.
+        let _ = self.feeder.await;
         if let Ok(server) = Arc::try_unwrap(self.server) {
             server.stop().await;
         }
@@ -141,7 +143,23 @@ pub async fn start(
                 .iter()
                 .map(|(p, s)| (&**p, &s.value, s.quality, s.source_ts)),
         );
+        let mut dropped = sub.dropped();
         while let Some(batch) = sub.recv().await {
+            if sub.dropped() != dropped {
+                // Batches were dropped while the server was behind: every tag's current value
+                // again, so no client keeps an old value as Good.
+                dropped = sub.dropped();
+                let mut current = Vec::new();
+                rt.bus.for_each_current(|s| current.push(s.clone()));
+                let all: Vec<_> = current
+                    .iter()
+                    .filter_map(|s| Some((lookup(s.tag)?, s)))
+                    .collect();
+                feed.publish(
+                    all.iter()
+                        .map(|(p, s)| (&**p, &s.value, s.quality, s.source_ts)),
+                );
+            }
             let items: Vec<_> = batch
                 .iter()
                 .filter_map(|s| Some((lookup(s.tag)?, s)))
@@ -160,7 +178,8 @@ pub async fn start(
 struct PlatformBackend {
     runtime: Arc<Runtime>,
     security: Arc<Security>,
-    /// What each logged-in user may write (their role and per-tag write rules), by name.
+    /// What each logged-in user may read, as of their last login, by name (writes look the user
+    /// up again each time).
     users: Arc<Mutex<HashMap<String, Grant>>>,
 }
 
@@ -212,6 +231,46 @@ impl Backend for PlatformBackend {
         })
     }
 
+    fn write_refused(&self, user: &ServerUser, tag: &str, value: Value) {
+        // Through the command path with the refusal, so it is audited like any refused write.
+        let Ok(path) = TagPath::parse(tag) else {
+            return;
+        };
+        let role = self
+            .users
+            .lock()
+            .get(&user.name)
+            .map_or(Role::Viewer, |(role, _, _)| *role);
+        let runtime = self.runtime.clone();
+        let name = user.name.clone();
+        tokio::spawn(async move {
+            let _ = runtime
+                .commands
+                .submit(CommandRequest {
+                    tag: path,
+                    info: None,
+                    value,
+                    requester: Requester::user(&name, role, &format!("opcua:{name}")),
+                    authorisation: Authorisation::Denied(Denial::Role {
+                        role: role.as_str().to_owned(),
+                        permission: "write_setpoints".to_owned(),
+                    }),
+                    reason: "OPC UA write".to_owned(),
+                    origin: Origin::Opcua,
+                })
+                .await;
+        });
+    }
+
+    fn can_read(&self, user: &ServerUser, tag: &str) -> bool {
+        // The read rules as of the user's login (browsing is frequent; a rule change reaches
+        // a session at its next login).
+        self.users
+            .lock()
+            .get(&user.name)
+            .is_some_and(|(_, access, _)| access.can_read(tag))
+    }
+
     fn write(
         &self,
         user: &ServerUser,
@@ -219,14 +278,38 @@ impl Backend for PlatformBackend {
         value: Value,
     ) -> BoxFuture<'static, Result<(), WriteRefusal>> {
         let runtime = self.runtime.clone();
-        let known = self.users.lock().get(&user.name).cloned();
+        let sec = self.security.clone();
         let name = user.name.clone();
         let tag = tag.to_owned();
         Box::pin(async move {
             let path =
                 TagPath::parse(&tag).map_err(|e| WriteRefusal::Refused(format!("{tag}: {e}")))?;
-            let (role, access, can_write) = known
-                .ok_or_else(|| WriteRefusal::NotAuthorised(format!("{name} is not logged in")))?;
+            // Who the user is *now*: a user disabled, deleted or given another role since the
+            // session's login writes with what they are now (or not at all).
+            let who = name.clone();
+            let current = tokio::task::spawn_blocking(move || {
+                let user = sec
+                    .users
+                    .list_users()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .find(|u| u.name == who && !u.disabled)
+                    .ok_or_else(|| format!("{who} is no longer an active user"))?;
+                let identity = ironplant_security::users::Identity {
+                    user: user.name.clone(),
+                    role: user.role,
+                    via: ironplant_security::users::AuthMethod::Password,
+                };
+                let scopes = sec.mqtt.tag_scopes().map_err(|e| e.to_string())?;
+                let (access, _) = scopes.access_for(&identity);
+                Ok::<_, String>((user.role, access))
+            })
+            .await
+            .map_err(|e| WriteRefusal::Refused(format!("authorisation task failed: {e}")))?
+            .map_err(WriteRefusal::NotAuthorised)?;
+            let (sec_role, access) = current;
+            let can_write = sec_role.allows(Permission::WriteSetpoints);
+            let role = sec_role.as_str().parse::<Role>().unwrap_or(Role::Viewer);
             let authorisation = if !can_write {
                 Authorisation::Denied(Denial::Role {
                     role: role.as_str().to_owned(),

@@ -211,7 +211,7 @@ enum Command {
     },
     /// Browse OPC UA servers and decide which server certificates to trust.
     #[command(
-        after_help = "Examples:\n  ironplant opcua browse opc.tcp://plc-7:4840/\n  ironplant opcua certificates\n  ironplant opcua trust 5246F240"
+        after_help = "Examples:\n  ironplant opcua browse opc.tcp://plc-7:4840/\n  ironplant opcua certificates\n  ironplant opcua trust 5246F240C1D2E3F4"
     )]
     Opcua {
         #[command(flatten)]

@@ -65,11 +65,11 @@ pub enum OpcuaCommand {
         #[arg(long, value_name = "ASSET_PATH")]
         prefix: Option<String>,
     },
-    /// Trust a server certificate that was refused (give its thumbprint, or its first 8+ hex
+    /// Trust a server certificate that was refused (give its thumbprint, or its first 16+ hex
     /// digits, as `browse` or `certificates` print them); with --server, a client application
     /// certificate refused by the platform's own OPC UA server.
     #[command(
-        after_help = "Examples:\n  ironplant opcua trust 5246F240\n  ironplant opcua trust --server 9A0C11D2"
+        after_help = "Examples:\n  ironplant opcua trust 5246F240C1D2E3F4\n  ironplant opcua trust --server 9A0C11D27B3E8F01"
     )]
     Trust {
         thumbprint: String,
@@ -203,22 +203,18 @@ async fn browse(
     depth: u32,
     generate: Option<(String, ironplant_core::TagPath)>,
 ) -> anyhow::Result<()> {
-    let before = pki.rejected()?;
     let conn = match client::connect(pki, settings).await {
         Ok(c) => c,
         Err(e) => {
-            let new: Vec<_> = pki
-                .rejected()?
-                .into_iter()
-                .filter(|r| !before.contains(r))
-                .collect();
-            if let Some((thumb, _)) = new.first() {
+            if let Some(thumb) =
+                client::untrusted_thumbprint(pki, &settings.url, settings.request_timeout, &e).await
+            {
                 bail!(
                     "{}: the server's certificate is not trusted (thumbprint {thumb}). Check \
                      the thumbprint with the server's administrator, then run `ironplant opcua \
                      trust {}` and browse again",
                     settings.url,
-                    &thumb[..16]
+                    &thumb[..16.min(thumb.len())]
                 );
             }
             return Err(e.into());

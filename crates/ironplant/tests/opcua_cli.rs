@@ -58,7 +58,7 @@ fn browse_refuses_an_unknown_server_until_it_is_trusted() {
     );
     let (ok, out, err) = ironplant(&["opcua", "certificates"]);
     assert!(ok && out.contains(&thumb), "{out}{err}");
-    let (ok, out, err) = ironplant(&["opcua", "trust", &thumb[..10]]);
+    let (ok, out, err) = ironplant(&["opcua", "trust", &thumb[..16]]);
     assert!(ok && out.contains(&thumb), "{out}{err}");
     let (ok, out, err) = ironplant(&browse);
     let _ = server.kill();
