@@ -1,4 +1,4 @@
-//! `ironplant-bench modbus|bus|historian|mqtt`: performance figures printed as tables.
+//! `ironplant-bench modbus|bus|historian|mqtt|opcua`: performance figures printed as tables.
 //!
 //! Servers run in child processes (this same binary, through its hidden subcommands), so the
 //! CPU figures count the platform's side only.
@@ -113,6 +113,52 @@ pub enum BenchCommand {
         #[arg(long)]
         policy: bool,
     },
+    /// OPC UA client: notifications/s one connection sustains and CPU per 1,000 monitored
+    /// items, ours and asyncua's (the reference) against our server in the same run.
+    #[command(
+        after_help = "Examples:\n  ironplant-bench opcua                              # 500, 1,000 and 3,000 items, each changing every 100 ms\n  ironplant-bench opcua --seconds 2 --items 100\n  ironplant-bench opcua --items 2000 --period 1000 --publishing 1000\n\nThe asyncua reference needs target/venv (`.ci/test` installs it) or IRONPLANT_PYTHON."
+    )]
+    Opcua {
+        /// Monitored items of each scenario, comma-separated (all in one subscription).
+        #[arg(long, value_delimiter = ',', default_value = "500,1000,3000")]
+        items: Vec<usize>,
+        /// Every item changes once per period (ms); also the sampling interval. At least 100.
+        #[arg(long, default_value_t = 100)]
+        period: u64,
+        /// The subscription's publishing interval (ms); the queue holds publishing / period + 1.
+        #[arg(long, default_value_t = 100)]
+        publishing: u64,
+        /// Seconds each client counts notifications.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Skip the asyncua reference.
+        #[arg(long)]
+        no_asyncua: bool,
+    },
+    /// Ironplant's OPC UA client counting notifications, with the command line and output of
+    /// `tests/peers/opcua_client.py count`, for `opcua` (internal).
+    #[command(hide = true)]
+    OpcuaClient {
+        url: String,
+        #[arg(long)]
+        pki: std::path::PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password: String,
+        /// Publishing interval, ms.
+        #[arg(long, default_value_t = 100.0)]
+        interval: f64,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Sampling interval, ms (default: --interval).
+        #[arg(long)]
+        sampling: Option<f64>,
+        #[arg(long, default_value_t = 1)]
+        queue: u32,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Our MQTT broker alone, for the benchmarks (internal).
     #[command(hide = true)]
     MqttServer {
@@ -152,6 +198,46 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             idle,
             policy,
         } => crate::bench_mqtt::run(seconds, idle, policy).await,
+        BenchCommand::Opcua {
+            items,
+            period,
+            publishing,
+            seconds,
+            no_asyncua,
+        } => {
+            crate::bench_opcua::run(crate::bench_opcua::Options {
+                items,
+                period: Duration::from_millis(period),
+                publishing: Duration::from_millis(publishing),
+                seconds,
+                asyncua: !no_asyncua,
+            })
+            .await
+        }
+        BenchCommand::OpcuaClient {
+            url,
+            pki,
+            user,
+            password,
+            interval,
+            seconds,
+            sampling,
+            queue,
+            nodes,
+        } => {
+            crate::bench_opcua::client(crate::bench_opcua::ClientArgs {
+                url,
+                pki,
+                user,
+                password,
+                interval,
+                seconds,
+                sampling,
+                queue,
+                nodes,
+            })
+            .await
+        }
         BenchCommand::MqttServer { listen, policy_dir } => {
             crate::bench_mqtt::server(listen, policy_dir.as_deref()).await
         }

@@ -1,12 +1,14 @@
 //! `ironplant-bench`: the benchmarks of Ironplant (Modbus connector, tag bus, historian against
-//! PostgreSQL, MQTT broker against Mosquitto), in their own binary so the product does not
-//! ship the harness. The servers they measure run in child processes of this same binary
-//! (hidden subcommands), built from the library crates.
+//! PostgreSQL, MQTT broker against Mosquitto, OPC UA client against asyncua), in their own
+//! binary so the product does not ship the harness. The servers they measure (and the OPC UA
+//! clients) run in child processes of this same binary (hidden subcommands), built from the
+//! library crates.
 
 mod bench;
 
 mod bench_mix;
 mod bench_mqtt;
+mod bench_opcua;
 mod bench_pg;
 mod bench_rules;
 
@@ -22,7 +24,7 @@ use clap::{Parser, ValueEnum};
     version,
     about,
     long_about = None,
-    after_help = "Examples:\n  ironplant-bench modbus --seconds 10\n  ironplant-bench bus\n  ironplant-bench historian --no-postgres --tags 1000\n  ironplant-bench mqtt --seconds 5\n\nBuild it with --release for figures worth comparing (`cargo run --release -p ironplant-bench -- mqtt`).\n`ironplant-bench COMMAND --help` shows a command's own flags and an example."
+    after_help = "Examples:\n  ironplant-bench modbus --seconds 10\n  ironplant-bench bus\n  ironplant-bench historian --no-postgres --tags 1000\n  ironplant-bench mqtt --seconds 5\n  ironplant-bench opcua --seconds 5\n\nBuild it with --release for figures worth comparing (`cargo run --release -p ironplant-bench -- mqtt`).\n`ironplant-bench COMMAND --help` shows a command's own flags and an example."
 )]
 struct Cli {
     /// Log output format (logs go to stderr; RUST_LOG sets the level, default info).
@@ -40,7 +42,10 @@ enum LogFormat {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The OPC UA stack (in process for `opcua`) logs every connection and endpoint at info.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,opcua_server=warn,opcua_client=warn,opcua_core=warn")
+    });
     // Colours only for a person at a terminal; never in files, pipes or under NO_COLOR.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
@@ -113,7 +118,8 @@ mod tests {
                 "ironplant-bench detection",
                 "ironplant-bench bus",
                 "ironplant-bench historian",
-                "ironplant-bench mqtt"
+                "ironplant-bench mqtt",
+                "ironplant-bench opcua"
             ]
         );
         // The commands' own flags (besides `--log-format` and clap's `--help`).
@@ -124,10 +130,16 @@ mod tests {
                 "ironplant-bench rules" => &["rules", "alarms", "rate", "seconds"],
                 "ironplant-bench detection" => &["seeds", "hours", "limit"],
                 "ironplant-bench mqtt" => &["seconds", "idle", "policy"],
+                "ironplant-bench opcua" => {
+                    &["items", "period", "publishing", "seconds", "no-asyncua"]
+                }
                 // Hidden: the peers this binary starts as its own child processes.
                 "ironplant-bench mqtt-server" => &["listen", "policy-dir"],
                 "ironplant-bench register-server" => &["listen"],
                 "ironplant-bench sim-server" => &["listen", "seed"],
+                "ironplant-bench opcua-client" => &[
+                    "pki", "user", "password", "interval", "seconds", "sampling", "queue",
+                ],
                 _ => &[],
             }
         };

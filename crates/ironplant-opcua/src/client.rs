@@ -18,6 +18,18 @@ use opcua::types::{
 
 use crate::pki::Pki;
 
+/// Message limits of both sides (the stack's defaults, 1,000 array elements and 320 KiB a
+/// message, cut off a publish of more than 1,000 notifications or a request for more than
+/// 1,000 monitored items with BadDecodingError).
+pub const MAX_ARRAY_LENGTH: usize = 100_000;
+/// See [`MAX_ARRAY_LENGTH`].
+pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+/// See [`MAX_ARRAY_LENGTH`]: enough 64 KiB chunks for a [`MAX_MESSAGE_SIZE`] message.
+pub const MAX_CHUNK_COUNT: usize = 128;
+/// Most notifications the server puts in one publish (bounded messages, however many items
+/// change at once).
+pub const MAX_NOTIFICATIONS_PER_PUBLISH: u32 = 10_000;
+
 /// Most references one browse of a node collects (a server paging without end is cut off).
 pub const MAX_REFERENCES: usize = 100_000;
 
@@ -306,6 +318,9 @@ pub async fn connect_with(
         .trust_server_certs(false)
         .verify_server_certs(true)
         .session_retry_limit(settings.retries)
+        .max_array_length(MAX_ARRAY_LENGTH)
+        .max_message_size(MAX_MESSAGE_SIZE)
+        .max_chunk_count(MAX_CHUNK_COUNT)
         .session_retry_initial(Duration::from_millis(500))
         .session_retry_max(tuning.reconnect_max)
         .request_timeout(settings.request_timeout)
@@ -582,7 +597,15 @@ impl Connection {
         // intervals without a publish request.
         let id = self
             .session
-            .create_subscription(publishing, 60, 10, 0, 0, true, callback)
+            .create_subscription(
+                publishing,
+                60,
+                10,
+                MAX_NOTIFICATIONS_PER_PUBLISH,
+                0,
+                true,
+                callback,
+            )
             .await
             .map_err(|e| err("create subscription", e.status()))?;
         let requests: Vec<MonitoredItemCreateRequest> = items

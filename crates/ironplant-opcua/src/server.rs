@@ -332,6 +332,9 @@ impl UnsServer {
         let first_host = settings.hostnames[0].clone();
         let dir = pki.dir();
         let mut builder = ServerBuilder::new()
+            .max_array_length(crate::client::MAX_ARRAY_LENGTH)
+            .max_message_size(crate::client::MAX_MESSAGE_SIZE)
+            .max_chunk_count(crate::client::MAX_CHUNK_COUNT)
             .application_name("Ironplant UNS")
             .application_uri(settings.application_uri.clone())
             .product_uri("urn:ironplant")

@@ -232,9 +232,10 @@ fn demo_serves_live_good_changing_values() {
             "{t}"
         );
         // Modbus tags sit at the bottom of the ISA-95 tree; Sparkplug tags are named by
-        // group/node/device/metric; computed tags live where the config puts them.
+        // group/node/device/metric; OPC UA and computed tags live where the config puts them.
         let modbus = !t["device"].as_str().is_some_and(|d| {
             d.starts_with("sparkplug:")
+                || d.starts_with("opcua:")
                 || d == "computed"
                 || d == "command-path"
                 || d == "integrity"
