@@ -132,35 +132,9 @@ pub async fn start(
                 })
                 .clone()
         };
-        let mut current = Vec::new();
-        rt.bus.for_each_current(|s| current.push(s.clone()));
-        let first: Vec<_> = current
-            .iter()
-            .filter_map(|s| Some((lookup(s.tag)?, s)))
-            .collect();
-        feed.publish(
-            first
-                .iter()
-                .map(|(p, s)| (&**p, &s.value, s.quality, s.source_ts)),
-        );
-        let mut dropped = sub.dropped();
-        while let Some(batch) = sub.recv().await {
-            if sub.dropped() != dropped {
-                // Batches were dropped while the server was behind: every tag's current value
-                // again, so no client keeps an old value as Good.
-                dropped = sub.dropped();
-                let mut current = Vec::new();
-                rt.bus.for_each_current(|s| current.push(s.clone()));
-                let all: Vec<_> = current
-                    .iter()
-                    .filter_map(|s| Some((lookup(s.tag)?, s)))
-                    .collect();
-                feed.publish(
-                    all.iter()
-                        .map(|(p, s)| (&**p, &s.value, s.quality, s.source_ts)),
-                );
-            }
-            let items: Vec<_> = batch
+        // One batch of samples to the server (the tags it serves).
+        let mut send = |samples: &[ironplant_core::Sample]| {
+            let items: Vec<_> = samples
                 .iter()
                 .filter_map(|s| Some((lookup(s.tag)?, s)))
                 .collect();
@@ -169,6 +143,22 @@ pub async fn start(
                     .iter()
                     .map(|(p, s)| (&**p, &s.value, s.quality, s.source_ts)),
             );
+        };
+        let current = || {
+            let mut all = Vec::new();
+            rt.bus.for_each_current(|s| all.push(s.clone()));
+            all
+        };
+        send(&current());
+        let mut dropped = sub.dropped();
+        while let Some(batch) = sub.recv().await {
+            if sub.dropped() != dropped {
+                // Batches were dropped while the server was behind: every tag's current value
+                // again, so no client keeps an old value as Good.
+                dropped = sub.dropped();
+                send(&current());
+            }
+            send(&batch);
         }
     });
     Ok(OpcuaServer { server, feeder })
