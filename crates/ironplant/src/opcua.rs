@@ -108,6 +108,20 @@ pub fn run(command: OpcuaCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
         OpcuaCommand::Trust { thumbprint, server } => {
             let full = pki.trust(&thumbprint)?;
             let what = if server { "client" } else { "server" };
+            // Into the audit log, like every security change from the CLI (when the platform's
+            // security exists in this data directory).
+            if data_dir.join("security").is_dir() {
+                let sec = ironplant_server::secure::open(data_dir)?;
+                sec.audit
+                    .record(ironplant_security::AuditEvent::ConfigChanged {
+                        actor: Some(format!(
+                            "cli:{}",
+                            std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+                        )),
+                        what: format!("OPC UA: trusted {what} certificate {full}"),
+                    })
+                    .context("cannot write the change to the audit log")?;
+            }
             println!("Trusted the {what} certificate {full}.");
         }
         OpcuaCommand::Certificates { .. } => {

@@ -306,6 +306,12 @@ fn exercise(plant: &Plant, peer: &Peer, glue: f64) {
     let listed = plant.cli(&["opcua", "certificates", "--server"]);
     let (_, trusted) = listed.split_once("trusted:").expect("two sections");
     assert!(trusted.contains(&thumb), "{thumb} not trusted: {listed}");
+    let audit = std::fs::read_to_string(plant.data.join("security/audit/audit.log"))
+        .expect("the audit log");
+    assert!(
+        audit.contains(&format!("OPC UA: trusted client certificate {thumb}")),
+        "the trust is audited"
+    );
 
     // The namespace of the UNS, and its root folder under Objects.
     let run = peer.run(viewer, &["read", "i=2255"]);
