@@ -1018,12 +1018,13 @@ mod tests {
         let other = std::thread::spawn(spin);
         spin();
         other.join().expect("spun");
-        // The other thread exited before this reading: what it ran since the previous one is
-        // lost (hence a reading every 100 ms in the benchmark).
+        // Other tests of this binary run in the same process meanwhile, so only lower bounds
+        // hold: the main thread's 0.2 s at least (the exited thread's share since the previous
+        // reading is lost, hence a reading every 100 ms in the benchmark).
         let spent = clock.read().expect("readable");
         assert!(
-            (0.2..0.3).contains(&spent),
-            "{spent} s of CPU: the main thread's 0.2 s, the exited thread not"
+            spent >= 0.2,
+            "{spent} s of CPU: at least the main thread's 0.2 s"
         );
         let mut clock = CpuClock::new().expect("readable");
         let other = std::thread::spawn(|| {
@@ -1035,8 +1036,8 @@ mod tests {
         let spent = clock.read().expect("readable");
         other.join().expect("spun");
         assert!(
-            (0.4..0.6).contains(&spent),
-            "{spent} s of CPU for two threads that each ran 0.2 s"
+            spent >= 0.4,
+            "{spent} s of CPU: both live threads' 0.2 s are counted"
         );
     }
 
