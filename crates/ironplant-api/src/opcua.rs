@@ -79,23 +79,20 @@ fn pki_dir(st: &ApiState, server: bool) -> Result<PathBuf, ApiError> {
         )
     })?;
     let data = sec.dir().parent().map(PathBuf::from).unwrap_or_default();
-    Ok(data
-        .join("opcua")
-        .join(if server { "server" } else { "pki" }))
+    Ok(if server {
+        ironplant_opcua::pki::server_dir(&data)
+    } else {
+        ironplant_opcua::pki::client_dir(&data)
+    })
 }
 
 fn policy(text: Option<&str>) -> Result<Policy, ApiError> {
-    Ok(match text.unwrap_or("Basic256Sha256") {
-        "Basic256Sha256" => Policy::Basic256Sha256,
-        "Aes128_Sha256_RsaOaep" => Policy::Aes128Sha256RsaOaep,
-        "Aes256_Sha256_RsaPss" => Policy::Aes256Sha256RsaPss,
-        "None" => Policy::None,
-        other => {
-            return Err(bad(format!(
-                "unknown policy {other:?}: use Basic256Sha256, Aes128_Sha256_RsaOaep, \
-                 Aes256_Sha256_RsaPss or None"
-            )))
-        }
+    let text = text.unwrap_or("Basic256Sha256");
+    ironplant_opcua::settings::parse_policy(text).ok_or_else(|| {
+        bad(format!(
+            "unknown policy {text:?}: use {}",
+            ironplant_opcua::settings::POLICIES
+        ))
     })
 }
 

@@ -107,6 +107,17 @@ fn serial() -> Result<rcgen::SerialNumber, PkiError> {
     Ok(rcgen::SerialNumber::from_slice(&b))
 }
 
+/// The platform's client certificates and the servers it trusts: `<data-dir>/opcua/pki`.
+pub fn client_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("opcua").join("pki")
+}
+
+/// The platform's OPC UA server's certificates and the clients it trusts:
+/// `<data-dir>/opcua/server`.
+pub fn server_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("opcua").join("server")
+}
+
 /// The SHA-1 thumbprint of a DER certificate, upper-case hex (as OPC UA tools show it).
 pub fn thumbprint(der: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der);

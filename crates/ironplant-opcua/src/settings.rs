@@ -286,10 +286,12 @@ struct RawServer {
     max_sessions: Option<Spanned<i64>>,
 }
 
-const POLICIES: &str =
+/// The policies a connection may name, for messages.
+pub const POLICIES: &str =
     "\"Basic256Sha256\" (the default), \"Aes128_Sha256_RsaOaep\", \"Aes256_Sha256_RsaPss\" or \"None\" (labs only)";
 
-fn parse_policy(s: &str) -> Option<Policy> {
+/// A security policy by its name (the OPC UA spelling, or the stack's with dashes).
+pub fn parse_policy(s: &str) -> Option<Policy> {
     Some(match s {
         "Basic256Sha256" => Policy::Basic256Sha256,
         "Aes128_Sha256_RsaOaep" | "Aes128-Sha256-RsaOaep" => Policy::Aes128Sha256RsaOaep,
@@ -297,6 +299,34 @@ fn parse_policy(s: &str) -> Option<Policy> {
         "None" => Policy::None,
         _ => return None,
     })
+}
+
+/// Bounds of sampling and publishing intervals.
+const INTERVALS: (Duration, Duration, &str) = (
+    Duration::from_millis(10),
+    Duration::from_secs(3600),
+    "use 10ms to 1h",
+);
+
+/// A duration field (`parse_duration`) that must also lie in `(low, high, hint)`.
+fn duration_in(
+    d: &mut Diagnostics,
+    raw: &Option<Spanned<String>>,
+    field: &str,
+    default: Duration,
+    (low, high, hint): (Duration, Duration, &str),
+) -> Duration {
+    let value = parse_duration(d, raw, field, default);
+    if let Some(r) = raw {
+        if value < low || value > high {
+            d.err(
+                r.span(),
+                format!("{field} {} is out of range", r.get_ref()),
+                Some(hint.to_owned()),
+            );
+        }
+    }
+    value
 }
 
 fn queue_size(d: &mut Diagnostics, raw: &Option<Spanned<i64>>, default: u32) -> u32 {
@@ -442,23 +472,13 @@ fn validate(d: &mut Diagnostics, raw: RawOpcua, plant: &Config) -> OpcuaSettings
                 Some("remove the deadband".to_owned()),
             );
         }
-        let sampling_interval = parse_duration(
+        let sampling_interval = duration_in(
             d,
             &n.sampling_interval,
             "sampling_interval",
             conn.sampling_interval,
+            INTERVALS,
         );
-        if let Some(r) = &n.sampling_interval {
-            if sampling_interval < Duration::from_millis(10)
-                || sampling_interval > Duration::from_secs(3600)
-            {
-                d.err(
-                    r.span(),
-                    format!("{} is out of range", r.get_ref()),
-                    Some("use 10ms to 1h".to_owned()),
-                );
-            }
-        }
         let queue_size = queue_size(d, &n.queue_size, conn.queue_size);
         if let (Some(node), Some(tag), Some(value_type)) = (node, tag, value_type) {
             nodes.push(NodeConfig {
@@ -615,60 +635,42 @@ fn validate_connection(
             Some(format!("use a secure policy: {POLICIES}")),
         );
     }
-    let publishing_interval = parse_duration(
+    let publishing_interval = duration_in(
         d,
         &c.publishing_interval,
         "publishing_interval",
         Duration::from_millis(500),
+        INTERVALS,
     );
-    let sampling_interval = parse_duration(
+    let sampling_interval = duration_in(
         d,
         &c.sampling_interval,
         "sampling_interval",
         Duration::from_millis(250),
+        INTERVALS,
     );
-    for (raw, value) in [
-        (&c.publishing_interval, publishing_interval),
-        (&c.sampling_interval, sampling_interval),
-    ] {
-        if let Some(r) = raw {
-            if value < Duration::from_millis(10) || value > Duration::from_secs(3600) {
-                d.err(
-                    r.span(),
-                    format!("{} is out of range", r.get_ref()),
-                    Some("use 10ms to 1h".to_owned()),
-                );
-            }
-        }
-    }
-    let keep_alive = parse_duration(d, &c.keep_alive, "keep_alive", Duration::from_secs(5));
-    let request_timeout = parse_duration(
+    let minutes = |m: u64| Duration::from_secs(60 * m);
+    let keep_alive = duration_in(
+        d,
+        &c.keep_alive,
+        "keep_alive",
+        Duration::from_secs(5),
+        (Duration::from_secs(1), minutes(10), "use 1s to 10m"),
+    );
+    let request_timeout = duration_in(
         d,
         &c.request_timeout,
         "request_timeout",
         Duration::from_secs(10),
+        (Duration::from_secs(1), minutes(5), "use 1s to 5m"),
     );
-    let reconnect_max = parse_duration(
+    let reconnect_max = duration_in(
         d,
         &c.reconnect_max,
         "reconnect_max",
         Duration::from_secs(10),
+        (Duration::from_secs(1), minutes(10), "use 1s to 10m"),
     );
-    for (raw, value, lo, hi, hint) in [
-        (&c.keep_alive, keep_alive, 1, 600, "use 1s to 10m"),
-        (&c.request_timeout, request_timeout, 1, 300, "use 1s to 5m"),
-        (&c.reconnect_max, reconnect_max, 1, 600, "use 1s to 10m"),
-    ] {
-        if let Some(r) = raw {
-            if value < Duration::from_secs(lo) || value > Duration::from_secs(hi) {
-                d.err(
-                    r.span(),
-                    format!("{} is out of range", r.get_ref()),
-                    Some(hint.to_owned()),
-                );
-            }
-        }
-    }
     if user_certificate.is_some() && policy == Policy::None {
         d.err(
             c.id.span(),

@@ -888,21 +888,8 @@ impl TagState {
 
     /// Every tag at `quality` (a lost connection), once: tags already at it are left alone.
     fn mark_all(&mut self, quality: Quality, out: &mut Vec<Sample>) {
-        let now = Timestamp::now();
-        for (i, t) in self.tags.iter().enumerate() {
-            let Some((tag, _)) = t else { continue };
-            let (value, last) = &mut self.last[i];
-            if *last == Some(quality) {
-                continue;
-            }
-            *last = Some(quality);
-            out.push(Sample {
-                tag: *tag,
-                value: value.clone(),
-                quality,
-                source_ts: now,
-                server_ts: now,
-            });
+        for i in 0..self.tags.len() {
+            self.mark_one(i, quality, out);
         }
     }
 }

@@ -317,7 +317,7 @@ fn opcua_sources(
                 .to_owned(),
         ));
     };
-    let pki = dir.join("opcua").join("pki");
+    let pki = ironplant_opcua::pki::client_dir(dir);
     Ok(settings
         .connections
         .iter()

@@ -54,12 +54,6 @@ impl OpcuaServer {
     }
 }
 
-/// Where the server's certificates live: `<data-dir>/opcua/server` (its own application
-/// instance certificate, and the client certificates it trusts in `trusted/`).
-pub fn pki_dir(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("opcua").join("server")
-}
-
 /// Starts the server of `cfg` on `runtime`, users from `security`.
 pub async fn start(
     cfg: &ServerConfig,
@@ -67,21 +61,22 @@ pub async fn start(
     security: Arc<Security>,
     data_dir: &Path,
 ) -> anyhow::Result<OpcuaServer> {
-    let pki = Pki::open_or_create(&pki_dir(data_dir), SystemTime::now())
-        .context("open the OPC UA server's certificates")?;
+    let pki = Pki::open_or_create(
+        &ironplant_opcua::pki::server_dir(data_dir),
+        SystemTime::now(),
+    )
+    .context("open the OPC UA server's certificates")?;
     if cfg.allow_none {
         tracing::warn!(
             "the OPC UA server offers an endpoint without security (allow_none): anyone on the \
              network can read its traffic; labs only"
         );
     }
-    let served =
-        |path: &TagPath| cfg.paths.is_empty() || cfg.paths.iter().any(|p| path.is_under(p));
     let tags: Vec<ServerTag> = runtime
         .namespace
         .read()
         .tags()
-        .filter(|t| served(&t.path) && !t.path.as_str().split('/').any(|l| l.starts_with('_')))
+        .filter(|t| served(&cfg.paths, &t.path))
         .map(ServerTag::from)
         .collect();
     let backend = Arc::new(PlatformBackend {
@@ -113,10 +108,6 @@ pub async fn start(
     let rt = runtime.clone();
     let paths = cfg.paths.clone();
     let feeder = tokio::spawn(async move {
-        let served = |path: &TagPath| {
-            (paths.is_empty() || paths.iter().any(|p| path.is_under(p)))
-                && !path.as_str().split('/').any(|l| l.starts_with('_'))
-        };
         // Path and whether served, by tag id (tags are never removed, ids never reused).
         let mut known: HashMap<TagId, Option<Arc<str>>> = HashMap::new();
         let mut lookup = |id: TagId| -> Option<Arc<str>> {
@@ -124,7 +115,7 @@ pub async fn start(
                 .entry(id)
                 .or_insert_with(|| {
                     let meta: TagMeta = rt.namespace.tag(id)?;
-                    if !served(&meta.path) {
+                    if !served(&paths, &meta.path) {
                         return None;
                     }
                     feed.add_tags(&[ServerTag::from(&meta)]);
@@ -164,6 +155,32 @@ pub async fn start(
     Ok(OpcuaServer { server, feeder })
 }
 
+/// Whether the server serves `path`: under one of `paths` (all when none), and not a
+/// platform-internal tag (a level starting with `_`).
+fn served(paths: &[TagPath], path: &TagPath) -> bool {
+    (paths.is_empty() || paths.iter().any(|p| path.is_under(p)))
+        && !path.levels().any(|l| l.starts_with('_'))
+}
+
+/// A command from an OPC UA client's user.
+fn request(
+    path: TagPath,
+    value: Value,
+    name: &str,
+    role: Role,
+    authorisation: Authorisation,
+) -> CommandRequest {
+    CommandRequest {
+        tag: path,
+        info: None,
+        value,
+        requester: Requester::user(name, role, &format!("opcua:{name}")),
+        authorisation,
+        reason: "OPC UA write".to_owned(),
+        origin: Origin::Opcua,
+    }
+}
+
 /// The platform's side of the server: its users and its command path.
 struct PlatformBackend {
     runtime: Arc<Runtime>,
@@ -173,8 +190,8 @@ struct PlatformBackend {
     users: Arc<Mutex<HashMap<String, Grant>>>,
 }
 
-/// A logged-in user's role, per-tag write rules and whether the role may write at all.
-type Grant = (Role, TagAccess, bool);
+/// A logged-in user's role and tag rules, as of their login.
+type Grant = (Role, TagAccess);
 
 impl Backend for PlatformBackend {
     fn authenticate(
@@ -211,9 +228,7 @@ impl Backend for PlatformBackend {
                 .as_str()
                 .parse::<Role>()
                 .unwrap_or(Role::Viewer);
-            cache
-                .lock()
-                .insert(identity.user.clone(), (role, access, can_write));
+            cache.lock().insert(identity.user.clone(), (role, access));
             Ok(ServerUser {
                 name: identity.user,
                 can_write,
@@ -230,24 +245,22 @@ impl Backend for PlatformBackend {
             .users
             .lock()
             .get(&user.name)
-            .map_or(Role::Viewer, |(role, _, _)| *role);
+            .map_or(Role::Viewer, |(role, _)| *role);
         let runtime = self.runtime.clone();
         let name = user.name.clone();
         tokio::spawn(async move {
             let _ = runtime
                 .commands
-                .submit(CommandRequest {
-                    tag: path,
-                    info: None,
+                .submit(request(
+                    path,
                     value,
-                    requester: Requester::user(&name, role, &format!("opcua:{name}")),
-                    authorisation: Authorisation::Denied(Denial::Role {
+                    &name,
+                    role,
+                    Authorisation::Denied(Denial::Role {
                         role: role.as_str().to_owned(),
                         permission: "write_setpoints".to_owned(),
                     }),
-                    reason: "OPC UA write".to_owned(),
-                    origin: Origin::Opcua,
-                })
+                ))
                 .await;
         });
     }
@@ -258,7 +271,7 @@ impl Backend for PlatformBackend {
         self.users
             .lock()
             .get(&user.name)
-            .is_some_and(|(_, access, _)| access.can_read(tag))
+            .is_some_and(|(_, access)| access.can_read(tag))
     }
 
     fn write(
@@ -314,15 +327,7 @@ impl Backend for PlatformBackend {
             };
             let result = runtime
                 .commands
-                .submit(CommandRequest {
-                    tag: path,
-                    info: None,
-                    value,
-                    requester: Requester::user(&name, role, &format!("opcua:{name}")),
-                    authorisation,
-                    reason: "OPC UA write".to_owned(),
-                    origin: Origin::Opcua,
-                })
+                .submit(request(path, value, &name, role, authorisation))
                 .await;
             match result {
                 CommandResult::Verified { .. } => Ok(()),

@@ -431,7 +431,7 @@ async fn serve_with(
             println!(
                 "  OPC UA:    {} (SignAndEncrypt, users of the platform; client certificates to trust in {}){}",
                 s.url(),
-                crate::opcua::pki_dir(data_dir).join("rejected").display(),
+                ironplant_opcua::pki::server_dir(data_dir).join("rejected").display(),
                 if cfg.writes { ", writes through the command path" } else { ", read-only" }
             );
             Some(s)
@@ -770,7 +770,7 @@ async fn start_demo_labeller(
     .context("cannot start the simulated labeller's OPC UA server")?;
     let now = std::time::SystemTime::now();
     let platform_pki =
-        ironplant_opcua::pki::Pki::open_or_create(&data_dir.join("opcua").join("pki"), now)
+        ironplant_opcua::pki::Pki::open_or_create(&ironplant_opcua::pki::client_dir(data_dir), now)
             .context("cannot open the platform's OPC UA certificates")?;
     platform_pki
         .trust_der(&labeller.certificate)

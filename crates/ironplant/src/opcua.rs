@@ -88,19 +88,15 @@ pub enum OpcuaCommand {
     },
 }
 
-fn pki_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("opcua").join("pki")
-}
-
 pub fn run(command: OpcuaCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let server_side = matches!(
         command,
         OpcuaCommand::Trust { server: true, .. } | OpcuaCommand::Certificates { server: true }
     );
     let dir = if server_side {
-        ironplant_server::opcua::pki_dir(data_dir)
+        ironplant_opcua::pki::server_dir(data_dir)
     } else {
-        pki_dir(data_dir)
+        ironplant_opcua::pki::client_dir(data_dir)
     };
     let pki =
         Pki::open_or_create(&dir, SystemTime::now()).context("open the OPC UA certificates")?;
