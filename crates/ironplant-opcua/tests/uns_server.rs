@@ -25,11 +25,13 @@ const RUNNING: &str = "acme/plant1/line1/filler/running";
 const COUNT: &str = "acme/plant1/line1/labeller/count";
 const CLIENT_URI: &str = "urn:ironplant:test:client";
 
-/// The platform, faked: users op (may write) and viewer (may not); writes recorded and
-/// accepted, except values above 100 (out of the envelope).
+/// The platform, faked: users op (may write), viewer (may not) and guest (may not, and may
+/// not read the labeller); writes recorded and accepted, except values above 100 (out of the
+/// envelope); writes the server refused itself recorded apart.
 #[derive(Default)]
 struct FakeBackend {
     writes: Mutex<Vec<(String, String, Value)>>,
+    refused: Mutex<Vec<(String, String, Value)>>,
 }
 
 impl FakeBackend {
@@ -49,6 +51,10 @@ impl Backend for FakeBackend {
                 name: "op".into(),
                 can_write: true,
             }),
+            ("guest", "guest-password") => Ok(ServerUser {
+                name: "guest".into(),
+                can_write: false,
+            }),
             ("viewer", "viewer-password") => Ok(ServerUser {
                 name: "viewer".into(),
                 can_write: false,
@@ -56,6 +62,17 @@ impl Backend for FakeBackend {
             _ => Err("wrong user name or password".into()),
         };
         Box::pin(async move { r })
+    }
+
+    fn write_refused(&self, user: &ServerUser, tag: &str, value: Value) {
+        self.refused
+            .lock()
+            .expect("not poisoned")
+            .push((user.name.clone(), tag.to_owned(), value));
+    }
+
+    fn can_read(&self, user: &ServerUser, tag: &str) -> bool {
+        !(user.name == "guest" && tag == COUNT)
     }
 
     fn write(
@@ -625,7 +642,50 @@ async fn writes_reach_the_backend_as_the_user() {
         StatusCode::BadUserAccessDenied
     );
     assert_eq!(f.backend.writes().len(), 3);
+    assert_eq!(
+        *f.backend.refused.lock().expect("not poisoned"),
+        [("viewer".to_owned(), SPEED.to_owned(), Value::Float(10.0))],
+        "the viewer's refused write is told to the platform (its audit)"
+    );
     viewer.close().await;
+
+    // A user outside a tag's read rules reads no value of it (the others as usual).
+    f.server.publish([
+        (COUNT, &Value::Int(7), Quality::GOOD, Timestamp::now()),
+        (SPEED, &Value::Float(12.5), Quality::GOOD, Timestamp::now()),
+    ]);
+    let guest = connect(
+        &f.client_pki,
+        &client(
+            &f,
+            Policy::Basic256Sha256,
+            true,
+            Some(("guest", "guest-password")),
+        ),
+    )
+    .await
+    .expect("guest connects");
+    let count = f.server.node_id(COUNT);
+    let values = read(&guest, &[&count, &speed], AttributeId::Value).await;
+    assert!(
+        matches!(
+            values[0].status,
+            Some(s) if s == StatusCode::BadUserAccessDenied || s == StatusCode::BadNotReadable
+        ) && values[0].value != Some(Variant::Int64(7)),
+        "no value of a tag outside the read rules: {:?}",
+        values[0]
+    );
+    assert_eq!(
+        values[1].value,
+        Some(Variant::Double(12.5)),
+        "{:?}",
+        values[1]
+    );
+    guest.close().await;
+    let conn = op(&f).await;
+    let values = read(&conn, &[&count], AttributeId::Value).await;
+    assert_eq!(values[0].value, Some(Variant::Int64(7)), "op reads it");
+    conn.close().await;
     f.server.stop().await;
 }
 
