@@ -311,6 +311,22 @@ async fn connector_against(peer: Peer) {
         "server restart recovered {:?} after it was back",
         restarted.elapsed()
     );
+    // And the subscription lives again: every value changes once more (not one read only).
+    let after: Vec<_> = tags
+        .iter()
+        .map(|t| rt.bus.current(t.id).map(|s| s.source_ts))
+        .collect();
+    until(
+        "every tag updated after the restart",
+        Duration::from_secs(10),
+        || {
+            tags.iter()
+                .zip(&after)
+                .all(|(t, b)| rt.bus.current(t.id).map(|s| s.source_ts) != *b)
+                .then_some(())
+        },
+    )
+    .await;
 
     // A write through the command path, typed to Double, read back. The peers' own loops
     // rewrite v0..v98; v99 is left alone by them once written (see the peer scripts).
