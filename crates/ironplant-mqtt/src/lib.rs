@@ -42,6 +42,7 @@ pub mod retained;
 pub mod session;
 pub mod settings;
 pub mod signed;
+pub mod spill;
 pub mod topic;
 pub mod transport;
 pub mod tree;

@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Buf, BufMut, Bytes};
 
 use crate::codec::{self, Packet, ProtocolVersion, Publish, QoS};
+use crate::spill::Spill;
 use crate::tree::SubOptions;
 
 /// Milliseconds since the Unix epoch (wall clock: message expiry and session expiry must hold
@@ -104,6 +105,9 @@ pub struct SessionState {
     pub max_pending: usize,
     /// Set on every change; cleared by the persistence store when it saved the session.
     pub dirty: bool,
+    /// Messages beyond `max_pending`, on disk (persistent sessions of a broker with a state
+    /// directory): newer than everything in `pending`.
+    spill: Option<Box<Spill>>,
 }
 
 impl SessionState {
@@ -117,6 +121,40 @@ impl SessionState {
             window: window.max(1),
             max_pending,
             dirty: false,
+            spill: None,
+        }
+    }
+
+    /// Keeps messages beyond `max_pending` in `spill` rather than dropping them.
+    pub fn set_spill(&mut self, spill: Spill) {
+        if let Some(old) = self.spill.replace(Box::new(spill)) {
+            drop(old);
+        }
+    }
+
+    /// Whether messages beyond the memory bound go to disk.
+    pub fn spills(&self) -> bool {
+        self.spill.is_some()
+    }
+
+    /// Messages waiting on disk.
+    pub fn spilled_len(&self) -> u64 {
+        self.spill.as_ref().map_or(0, |s| s.len())
+    }
+
+    /// Writes buffered spilled messages to their file (at each save of the broker's state).
+    pub fn flush_spill(&mut self) {
+        if let Some(s) = self.spill.as_mut() {
+            if let Err(e) = s.flush() {
+                tracing::warn!(error = %e, "cannot write a session's spill file");
+            }
+        }
+    }
+
+    /// The session ended: its spill file goes.
+    pub fn remove_spill(&mut self) {
+        if let Some(s) = self.spill.take() {
+            s.remove();
         }
     }
 
@@ -130,10 +168,26 @@ impl SessionState {
     pub fn retain_pending(&mut self, mut keep: impl FnMut(&str) -> bool) -> usize {
         let before = self.pending.len();
         self.pending.retain(|q| keep(q.publish.topic.as_str()));
-        before - self.pending.len()
+        let mut gone = before - self.pending.len();
+        if let Some(s) = self.spill.as_mut() {
+            match s.retain(&mut keep) {
+                Ok(n) => gone += usize::try_from(n).unwrap_or(usize::MAX),
+                Err(e) => tracing::warn!(error = %e, "cannot filter a session's spill file"),
+            }
+        }
+        if gone > 0 {
+            self.dirty = true;
+        }
+        gone
     }
 
+    /// Messages waiting (in memory and on disk).
     pub fn pending_len(&self) -> usize {
+        self.pending.len() + usize::try_from(self.spilled_len()).unwrap_or(usize::MAX)
+    }
+
+    /// Messages waiting in memory (the writer stops taking new ones at `max_pending`).
+    pub fn pending_in_memory(&self) -> usize {
         self.pending.len()
     }
 
@@ -155,7 +209,7 @@ impl SessionState {
         if q.expired(now_ms) {
             return Admit::Expired;
         }
-        if self.pending.is_empty() && self.inflight.len() < self.window {
+        if self.pending_len() == 0 && self.inflight.len() < self.window {
             if let Some(p) = self.start(q, now_ms) {
                 return Admit::Send(p);
             }
@@ -167,29 +221,79 @@ impl SessionState {
     /// Keeps a message that arrived while the connection's queue was full and the connection is
     /// being closed for it: it goes behind whatever that queue still holds ([`Self::absorb`]).
     pub fn enqueue_overflow(&mut self, q: Queued) -> Admit {
-        if self.pending.len() + self.overflow.len() >= self.max_pending {
+        // In memory only until the connection detaches (moments): with a spill behind, the
+        // bound is the overflow's own.
+        let held = if self.spill.is_some() {
+            self.overflow.len()
+        } else {
+            self.pending.len() + self.overflow.len()
+        };
+        if held >= self.max_pending {
             return Admit::Overflow;
         }
         self.overflow.push_back(q);
         Admit::Queued
     }
 
-    /// After the connection's leftovers were queued: the overflow follows them.
-    pub fn absorb_overflow(&mut self) {
+    /// After the connection's leftovers were queued: the overflow follows them. Returns how
+    /// many could not be kept.
+    pub fn absorb_overflow(&mut self) -> u64 {
+        let mut dropped = 0;
         while let Some(q) = self.overflow.pop_front() {
+            if let Admit::Overflow = self.enqueue(q) {
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Keeps a message for later (the client is away or its window is full): in memory up to
+    /// `max_pending`, then in the spill file if the session has one.
+    pub fn enqueue(&mut self, q: Queued) -> Admit {
+        let spilling = self.spill.as_ref().is_some_and(|s| !s.is_empty());
+        if !spilling && self.pending.len() < self.max_pending {
             self.pending.push_back(q);
             self.dirty = true;
+            return Admit::Queued;
+        }
+        let Some(s) = self.spill.as_mut() else {
+            return Admit::Overflow;
+        };
+        match s.push(&q) {
+            Ok(true) => {
+                self.dirty = true;
+                Admit::Queued
+            }
+            Ok(false) => Admit::Overflow,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write a session's spill file; message dropped");
+                Admit::Overflow
+            }
         }
     }
 
-    /// Keeps a message for later (the client is away or its window is full).
-    pub fn enqueue(&mut self, q: Queued) -> Admit {
-        if self.pending.len() >= self.max_pending {
-            return Admit::Overflow;
+    /// Brings spilled messages back into memory when fewer than half the bound wait there.
+    fn refill(&mut self) {
+        let room = self.max_pending.saturating_sub(self.pending.len());
+        if room < self.max_pending.div_ceil(2) && !self.pending.is_empty() {
+            return;
         }
-        self.pending.push_back(q);
-        self.dirty = true;
-        Admit::Queued
+        let Some(s) = self.spill.as_mut().filter(|s| !s.is_empty()) else {
+            return;
+        };
+        match s.take(room.max(1)) {
+            Ok((back, damaged)) => {
+                if damaged > 0 {
+                    tracing::warn!(
+                        damaged,
+                        "unreadable messages in a session's spill file; skipped"
+                    );
+                }
+                self.pending.extend(back);
+                self.dirty = true;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read a session's spill file"),
+        }
     }
 
     fn start(&mut self, q: Queued, now_ms: u64) -> Option<Publish> {
@@ -207,6 +311,9 @@ impl SessionState {
     pub fn release(&mut self, now_ms: u64, expired: &mut u64) -> Vec<Publish> {
         let mut out = Vec::new();
         while self.inflight.len() < self.window {
+            if self.pending.is_empty() {
+                self.refill();
+            }
             let Some(q) = self.pending.pop_front() else {
                 break;
             };

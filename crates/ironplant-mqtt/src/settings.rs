@@ -141,8 +141,13 @@ pub struct MqttSettings {
     pub max_packet_size: usize,
     /// Messages queued for a connection before the overflow policy applies.
     pub max_queue: usize,
-    /// QoS 1/2 messages a session keeps while its client is away.
+    /// QoS 1/2 messages a session keeps in memory while its client is away or slow (a
+    /// persistent session keeps more on disk, up to `max_session_disk` bytes).
     pub max_session_queue: usize,
+    pub max_session_disk: u64,
+    /// How long publishers wait for room in a slow subscriber's queue before it is
+    /// disconnected.
+    pub slow_consumer_timeout: Duration,
     /// `true`: disconnect a client whose queue is full (its session keeps QoS 1/2 messages);
     /// `false`: drop new messages for it.
     pub disconnect_slow_clients: bool,
@@ -174,6 +179,8 @@ impl Default for MqttSettings {
             max_packet_size: 1 << 20,
             max_queue: 10_000,
             max_session_queue: 10_000,
+            max_session_disk: 256 << 20,
+            slow_consumer_timeout: Duration::from_secs(5),
             disconnect_slow_clients: false,
             max_inflight: 1_000,
             max_session_expiry: Duration::from_secs(7 * 24 * 3600),
@@ -200,6 +207,8 @@ struct RawMqtt {
     max_packet_size: Option<Spanned<i64>>,
     max_queue: Option<Spanned<i64>>,
     max_session_queue: Option<Spanned<i64>>,
+    max_session_disk: Option<Spanned<RawSize>>,
+    slow_consumer_timeout: Option<Spanned<String>>,
     overflow: Option<Spanned<String>>,
     max_inflight: Option<Spanned<i64>>,
     max_session_expiry: Option<Spanned<String>>,
@@ -333,6 +342,42 @@ fn validate_mqtt(c: &mut Diagnostics, raw: Option<RawMqtt>) -> MqttSettings {
             0..=10_000_000,
             d.max_session_queue,
         ),
+        max_session_disk: match &m.max_session_disk {
+            None => d.max_session_disk,
+            Some(v) => {
+                let n = match v.get_ref() {
+                    RawSize::Bytes(n) => u64::try_from(*n).ok(),
+                    RawSize::Text(t) => parse_size(t),
+                };
+                n.unwrap_or_else(|| {
+                    c.err(
+                        v.span(),
+                        "max_session_disk must be a size",
+                        Some("a number of bytes or a string like \"256MiB\"; 0 keeps nothing on disk".to_owned()),
+                    );
+                    d.max_session_disk
+                })
+            }
+        },
+        slow_consumer_timeout: {
+            let t = parse_duration(
+                c,
+                &m.slow_consumer_timeout,
+                "slow_consumer_timeout",
+                d.slow_consumer_timeout,
+            );
+            if let (Some(v), false) = (
+                &m.slow_consumer_timeout,
+                (Duration::from_millis(10)..=Duration::from_secs(600)).contains(&t),
+            ) {
+                c.err(
+                    v.span(),
+                    format!("slow_consumer_timeout {:?} is out of range", v.get_ref()),
+                    Some("between \"10ms\" and \"10min\", e.g. \"5s\"".to_owned()),
+                );
+            }
+            t.clamp(Duration::from_millis(10), Duration::from_secs(600))
+        },
         disconnect_slow_clients,
         max_inflight: u16::try_from(int_in(
             c,
@@ -729,6 +774,8 @@ max_queue = 500
 overflow = "disconnect"
 max_session_expiry = "1day"
 sys_interval = "off"
+slow_consumer_timeout = "2s"
+max_session_disk = "1GiB"
 "#,
         )
         .expect("valid [mqtt]");
@@ -739,17 +786,21 @@ sys_interval = "off"
         assert_eq!(m.max_session_expiry, Duration::from_secs(86_400));
         assert_eq!(m.sys_interval, None);
         assert_eq!(m.max_inflight, 1_000);
+        assert_eq!(m.slow_consumer_timeout, Duration::from_secs(2));
+        assert_eq!(m.max_session_disk, 1 << 30);
         let errs = parse(
             "m.toml",
-            "[mqtt]\nuns_prefix = \"a/#\"\nmax_queue = 0\noverflow = \"block\"\nmax_inflight = 70000\n",
+            "[mqtt]\nuns_prefix = \"a/#\"\nmax_queue = 0\noverflow = \"block\"\nmax_inflight = 70000\nslow_consumer_timeout = \"2h\"\nmax_session_disk = \"lots\"\n",
         )
-        .expect_err("four errors");
+        .expect_err("six errors");
         let text = errs.to_string();
         for what in [
             "uns_prefix",
             "max_queue 0",
             "unknown overflow policy",
             "max_inflight 70000",
+            "slow_consumer_timeout \"2h\" is out of range",
+            "max_session_disk must be a size",
         ] {
             assert!(text.contains(what), "{what} missing from:\n{text}");
         }

@@ -309,7 +309,7 @@ fn render_broker(w: &mut String, b: &ironplant_mqtt::Broker) {
         (
             "slow_disconnects_total",
             counter,
-            "Connections closed because their queue overflowed.",
+            "Connections closed for reading slower than their messages arrive (queue full past slow_consumer_timeout, or overflow = \"disconnect\").",
             get(&st.slow_disconnects),
         ),
         (

@@ -260,6 +260,8 @@ async fn serve_with(
             max_packet_size: m.max_packet_size,
             max_queue: m.max_queue,
             max_session_queue: m.max_session_queue,
+            max_session_disk: m.max_session_disk,
+            slow_consumer_timeout: m.slow_consumer_timeout,
             overflow: if m.disconnect_slow_clients {
                 ironplant_mqtt::Overflow::Disconnect
             } else {

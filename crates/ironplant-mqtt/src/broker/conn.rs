@@ -189,6 +189,7 @@ impl Broker {
             _ => connect.keep_alive,
         };
         let (tx, rx) = mpsc::channel::<Out>(cfg.max_queue);
+        let (ctl, ctl_rx) = mpsc::channel::<Out>(CONTROL_QUEUE);
         let kick = Arc::new(Kick::new());
         let (done_tx, done_rx) = watch::channel(false);
         let attached = self
@@ -199,6 +200,7 @@ impl Broker {
                 usize::from(window),
                 Conn {
                     tx: tx.clone(),
+                    ctl: ctl.clone(),
                     kick: kick.clone(),
                     done: done_rx,
                     principal: Some(principal.clone()),
@@ -240,7 +242,7 @@ impl Broker {
         let stop = Arc::new(Kick::new());
         let writer = tokio::spawn(writer(
             write_half,
-            rx,
+            (rx, ctl_rx),
             version,
             session.clone(),
             limits,
@@ -260,10 +262,15 @@ impl Broker {
             last_topic: String::new(),
             last_decision: None,
             epoch: self.inner.auth.epoch(),
+            blocked: Vec::new(),
         };
         let outcome = self
-            .read_loop(read_half, buf, &mut ctx, keep_alive, &tx, &kick)
+            .read_loop(read_half, buf, &mut ctx, keep_alive, &ctl, &kick)
             .await;
+        // Messages still waiting for room when the connection ended are not lost.
+        for b in ctx.blocked.drain(..) {
+            self.keep_late(b.client, b.publish);
+        }
         // Stop the writer, then detach: what it had not sent goes back to the session.
         let close = match &outcome {
             Ok(Goodbye::Kick(code)) => Some(*code),
@@ -277,6 +284,7 @@ impl Broker {
             None => stop.notify.notify_one(),
         }
         drop(tx);
+        drop(ctl);
         let leftovers = writer.await.ok();
         let (ended, ended_generation) = self.detach(id, generation, ctx.expiry, leftovers);
         self.inner.stats.connected.fetch_sub(1, Ordering::Relaxed);
@@ -393,8 +401,8 @@ impl Broker {
                 reason_code: ReasonCode::Success,
                 properties: ack_props.clone(),
             });
-            let _ = conn.tx.try_send(Out::Packet(ack));
-            let _ = conn.tx.try_send(Out::Resume);
+            let _ = conn.ctl.try_send(Out::Packet(ack));
+            let _ = conn.ctl.try_send(Out::Resume);
         };
         let cfg = &self.inner.cfg;
         let owner = conn.principal.as_ref().and_then(|p| p.owner.clone());
@@ -462,6 +470,11 @@ impl Broker {
                     let mut st = session.state.lock();
                     st.window = window.max(1);
                     st.dirty = true;
+                    if expiry > 0 && !st.spills() {
+                        if let Some(s) = self.inner.spill_for(client_id, true) {
+                            st.set_spill(s);
+                        }
+                    }
                 }
                 for f in &removed {
                     r.tree.unsubscribe(f, id);
@@ -479,7 +492,15 @@ impl Broker {
             client_id: client_id.clone(),
             state: Mutex::new(SessionState::new(window, cfg.max_session_queue)),
         });
-        session.state.lock().dirty = true;
+        {
+            let mut st = session.state.lock();
+            st.dirty = true;
+            if expiry > 0 {
+                if let Some(s) = self.inner.spill_for(&client_id, false) {
+                    st.set_spill(s);
+                }
+            }
+        }
         greet(&conn, false);
         r.by_name.insert(client_id, id);
         r.entries.insert(
@@ -551,7 +572,13 @@ impl Broker {
                     .fetch_add(dropped, Ordering::Relaxed);
             }
         }
-        st.absorb_overflow();
+        let dropped = st.absorb_overflow();
+        if dropped > 0 {
+            self.inner
+                .stats
+                .dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
         (false, generation)
     }
 
@@ -583,6 +610,11 @@ impl Broker {
                             end = Some(bye);
                             break;
                         }
+                        // A subscriber's queue is full: nothing more is read from this client
+                        // until its message is handed over (back-pressure).
+                        if !ctx.blocked.is_empty() {
+                            break;
+                        }
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -596,6 +628,12 @@ impl Broker {
                     }
                 }
             }
+            // Messages that found a subscriber's queue full are handed over before the
+            // publisher gets its acknowledgement; then the packets already read are handled.
+            let held = !ctx.blocked.is_empty();
+            for b in std::mem::take(&mut ctx.blocked) {
+                self.hand_over(b).await;
+            }
             // Acknowledgements wait for room in the writer's queue: a client that does not read
             // its acks stops being read (back-pressure), it does not lose them.
             for r in replies.drain(..) {
@@ -607,6 +645,9 @@ impl Broker {
                 return Ok(bye);
             }
             buf.extend_from_slice(&frozen[off..]);
+            if held && off < frozen.len() {
+                continue;
+            }
             // A fresh buffer after split(): make room for a large read, not 64 bytes at a time.
             buf.reserve(READ_CHUNK);
             let read = async {
@@ -669,9 +710,82 @@ impl Broker {
         d
     }
 
+    /// Hands a message over to a subscriber whose queue was full, waiting up to
+    /// `slow_consumer_timeout` for room; then the subscriber is disconnected (0x97) and its
+    /// persistent session keeps the message. An in-process subscriber is never disconnected:
+    /// its message is dropped (counted).
+    async fn hand_over(&self, b: Blocked) {
+        let st = &self.inner.stats;
+        if !b.kick.kicked.load(Ordering::Acquire) {
+            let wait = self.inner.cfg.slow_consumer_timeout;
+            match tokio::time::timeout(wait, b.tx.reserve()).await {
+                Ok(Ok(permit)) => {
+                    permit.send(Out::Deliver(b.publish));
+                    st.messages_out.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                // The connection ended meanwhile.
+                Ok(Err(_)) => {}
+                Err(_) if b.internal => {
+                    st.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(topic = %b.publish.topic.as_str(), "an in-process subscriber did not take a message in time; dropped");
+                    return;
+                }
+                Err(_) => {
+                    if b.kick.kick(ReasonCode::QuotaExceeded) {
+                        st.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(?wait, "MQTT subscriber too slow for its publishers; disconnected (its persistent session keeps its messages)");
+                    }
+                }
+            }
+        }
+        self.keep_late(b.client, b.publish);
+    }
+
+    /// A message for a session whose connection is going or gone: a persistent session keeps
+    /// it (QoS 1/2), behind what it already holds; otherwise it is dropped (counted).
+    fn keep_late(&self, client: ClientId, p: Publish) {
+        let st = &self.inner.stats;
+        let r = self.inner.router.lock();
+        let kept = match r.entries.get(&client) {
+            Some(e) => match &e.conn {
+                Some(c) if c.kick.kicked.load(Ordering::Acquire) => keep_overflow(e, p),
+                // A new connection of the session (it came back meanwhile).
+                Some(c) => match c.tx.try_send(Out::Deliver(p)) {
+                    Ok(()) => true,
+                    Err(e2) => match e2.into_inner() {
+                        Out::Deliver(p) if p.qos != QoS::AtMostOnce => !matches!(
+                            e.session.state.lock().enqueue(Queued::new(p)),
+                            Admit::Overflow
+                        ),
+                        _ => false,
+                    },
+                },
+                None => {
+                    p.qos != QoS::AtMostOnce
+                        && e.expiry > 0
+                        && !matches!(
+                            e.session.state.lock().enqueue(Queued::new(p)),
+                            Admit::Overflow
+                        )
+                }
+            },
+            None => false,
+        };
+        let counter = if kept { &st.messages_out } else { &st.dropped };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Routes a client's message; false when its retained message exceeded its owner's quota.
-    fn route_from(&self, ctx: &ConnCtx, p: Publish) -> bool {
-        if self.route(Some(ctx.id), ctx.principal.owner.as_ref(), p) {
+    fn route_from(&self, ctx: &mut ConnCtx, p: Publish) -> bool {
+        let routed = self.route_inner(
+            Some(ctx.id),
+            ctx.principal.owner.as_ref(),
+            p,
+            true,
+            Some(&mut ctx.blocked),
+        );
+        if routed {
             return true;
         }
         self.deny(ctx, Denied::Limit("retained_per_owner"));
@@ -980,7 +1094,13 @@ pub(super) struct ConnCtx {
     last_topic: String,
     last_decision: Option<bool>,
     epoch: u64,
+    /// Messages of the packet being handled that wait for room in a subscriber's queue.
+    blocked: Vec<Blocked>,
 }
+
+/// Control packets queued for a connection's writer before its read loop waits (a client that
+/// does not read its acks stops being read).
+const CONTROL_QUEUE: usize = 256;
 
 /// Most cached publish decisions per connection.
 const DECIDED_MAX: usize = 256;

@@ -5,7 +5,9 @@
 //! messages go through a bounded queue to a writer task that coalesces everything queued into
 //! one socket write (the main lever for throughput: one syscall for many small packets).
 //! Routing holds the router lock to look up subscribers and hand each a message (a `try_send`,
-//! never an await); encoding happens in the writers.
+//! never an await); encoding happens in the writers. A client's QoS 1/2 message that finds a
+//! subscriber's queue full is handed over by the publisher's connection when there is room,
+//! before it is acknowledged (back-pressure; see `conn.rs` `hand_over`).
 //!
 //! Sessions outlive connections when the client asks for it (3.1.1 clean session = 0, 5.0
 //! session expiry > 0): subscriptions stay in the tree, QoS 1/2 messages for an absent client
@@ -75,9 +77,17 @@ pub struct BrokerConfig {
     pub max_packet_size: usize,
     /// Messages queued for a connection's writer before the overflow policy applies.
     pub max_queue: usize,
-    /// QoS 1/2 messages a session keeps while its client is away or its window is full, before
-    /// new ones are dropped and counted.
+    /// QoS 1/2 messages a session keeps in memory while its client is away or its window is
+    /// full. Beyond, a persistent session of a broker with a state directory keeps them on
+    /// disk (up to `max_session_disk` bytes); other sessions drop new ones (counted).
     pub max_session_queue: usize,
+    /// Bytes of messages one persistent session keeps on disk beyond `max_session_queue`.
+    pub max_session_disk: u64,
+    /// How long a publisher waits for room in a subscriber's full queue before that subscriber
+    /// is disconnected (0x97) for being too slow. Meanwhile the publisher's connection is not
+    /// read and its QoS 1/2 message not acknowledged: back-pressure, never a drop of a message
+    /// already acknowledged. The disconnected subscriber's persistent session keeps the messages.
+    pub slow_consumer_timeout: Duration,
     /// What happens when a connection's queue is full.
     pub overflow: Overflow,
     /// Time a new connection has to send CONNECT (slow-loris defence).
@@ -129,6 +139,8 @@ impl Default for BrokerConfig {
             max_packet_size: 1 << 20,
             max_queue: 10_000,
             max_session_queue: 10_000,
+            max_session_disk: 256 << 20,
+            slow_consumer_timeout: Duration::from_secs(5),
 
             overflow: Overflow::DropNewest,
 
@@ -170,7 +182,9 @@ pub struct BrokerStats {
     pub denied: AtomicU64,
     /// Failed saves of the state store.
     pub persist_errors: AtomicU64,
-    /// Connections ended because their queue overflowed (`Overflow::Disconnect`).
+    /// Connections ended for being too slow: their queue stayed full for
+    /// `slow_consumer_timeout` while a publisher waited, or overflowed under
+    /// `Overflow::Disconnect`.
     pub slow_disconnects: AtomicU64,
     /// Requests refused by a resource limit (connections, sessions, subscriptions, retained).
     pub limited: AtomicU64,
@@ -284,9 +298,26 @@ impl Kick {
     }
 }
 
+/// A QoS 1/2 message whose subscriber's queue was full when it was routed: the publisher's
+/// connection hands it over when there is room (or the subscriber is disconnected for being
+/// too slow) before it acknowledges the message and reads on.
+struct Blocked {
+    client: ClientId,
+    tx: mpsc::Sender<Out>,
+    kick: Arc<Kick>,
+    /// An in-process subscriber: never disconnected; the message is dropped (counted) when
+    /// it does not take it in time.
+    internal: bool,
+    publish: Publish,
+}
+
 /// The live connection of a session.
 struct Conn {
+    /// Messages for the client (bounded: `max_queue`).
     tx: mpsc::Sender<Out>,
+    /// Control packets and orders for its writer (acks, Release, Resume), apart from the
+    /// messages so that a full message queue never holds back the acks that free it.
+    ctl: mpsc::Sender<Out>,
     /// Wakes the read loop to end the connection (takeover, overflow).
     kick: Arc<Kick>,
     /// Becomes true when the connection has fully detached from the session.
@@ -398,9 +429,11 @@ impl Router {
         }
     }
 
-    /// Ends a session: its subscriptions leave the tree, its record the store.
+    /// Ends a session: its subscriptions leave the tree, its record the store, its spill file
+    /// the disk.
     fn remove(&mut self, id: ClientId) {
         if let Some(e) = self.entries.remove(&id) {
+            e.session.state.lock().remove_spill();
             if self.by_name.get(&e.session.client_id) == Some(&id) {
                 self.by_name.remove(&e.session.client_id);
             }
@@ -435,6 +468,32 @@ struct Inner {
     next_assigned: AtomicU64,
     /// The authoriser's epoch when live subscriptions were last checked against it.
     checked_epoch: AtomicU64,
+}
+
+impl Inner {
+    /// Where persistent sessions spill, when the broker has a state directory.
+    fn spill_dir(&self) -> Option<PathBuf> {
+        self.cfg.state_dir.as_ref().map(|d| d.join("spill"))
+    }
+
+    /// The spill of a persistent session: a new one (`resume` false), or the file an earlier
+    /// connection or run left. `None` without a state directory.
+    fn spill_for(&self, client_id: &str, resume: bool) -> Option<crate::spill::Spill> {
+        let path = crate::spill::path_for(&self.spill_dir()?, client_id);
+        let max = self.cfg.max_session_disk;
+        if !resume {
+            return Some(crate::spill::Spill::fresh(path, max));
+        }
+        match crate::spill::Spill::open(path.clone(), max) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(client = %client_id, path = %path.display(), error = %e,
+                    "cannot read the session's spill file; starting a new one");
+                let _ = std::fs::rename(&path, path.with_extension("damaged"));
+                Some(crate::spill::Spill::fresh(path, max))
+            }
+        }
+    }
 }
 
 /// A running broker; cheap to clone.
@@ -655,6 +714,7 @@ impl Broker {
                 continue;
             }
             let mut st = e.session.state.lock();
+            st.flush_spill();
             if !(st.dirty || all) {
                 continue;
             }
@@ -684,6 +744,8 @@ impl Broker {
             tracing::warn!(%what, "unreadable entry in the MQTT state store; skipped");
         }
         let mut timers = Vec::new();
+        let spill_dir = self.inner.spill_dir().unwrap_or_default();
+        let mut spills = HashSet::new();
         {
             let mut r = self.inner.router.lock();
             for (stored_ms, publish) in loaded.retained {
@@ -720,6 +782,11 @@ impl Broker {
                 let id = r.alloc_id();
                 let generation = r.next_generation();
                 let client_id: Arc<str> = name.into();
+                let mut rec = rec;
+                if let Some(s) = self.inner.spill_for(&client_id, true) {
+                    spills.insert(crate::spill::path_for(&spill_dir, &client_id));
+                    rec.state.set_spill(s);
+                }
                 for (f, o) in &rec.subscriptions {
                     r.tree.subscribe(f, id, *o);
                 }
@@ -752,6 +819,16 @@ impl Broker {
                 sessions = r.entries.len(),
                 "MQTT state restored"
             );
+        }
+        // Spill files of sessions that did not survive (expired, unreadable, or removed
+        // after the last save) go.
+        if let Ok(dir) = std::fs::read_dir(&spill_dir) {
+            for f in dir.flatten() {
+                let p = f.path();
+                if p.extension().is_some_and(|x| x == "q") && !spills.contains(&p) {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
         }
         if tokio::runtime::Handle::try_current().is_ok() {
             for (client_id, generation, after) in timers {
@@ -954,6 +1031,7 @@ impl Broker {
                     state: Mutex::new(SessionState::new(1, 0)),
                 }),
                 conn: Some(Conn {
+                    ctl: tx.clone(),
                     tx,
                     kick: Arc::new(Kick::new()),
                     done,
@@ -1195,7 +1273,7 @@ impl Broker {
             if let Ok(topic) = topic {
                 let mut p = Publish::new(topic, Bytes::from(value));
                 p.retain = true;
-                let _ = self.route_inner(None, None, p, false);
+                let _ = self.route_inner(None, None, p, false, None);
             }
         }
     }
@@ -1203,15 +1281,22 @@ impl Broker {
     /// Routes a message; false when a client's retained message was refused by its owner's
     /// quota (nothing was routed).
     fn route(&self, from: Option<ClientId>, owner: Option<&Arc<str>>, publish: Publish) -> bool {
-        self.route_inner(from, owner, publish, true)
+        self.route_inner(from, owner, publish, true, None)
     }
 
+    /// Routes a message. With `blocked` (a client's publish), a QoS 1/2 message whose
+    /// subscriber's queue is full is not dropped: it is pushed onto `blocked` for the
+    /// publisher's connection to hand over when there is room (back-pressure), and so is every
+    /// later one for that subscriber, to keep their order. Without it (wills, `$SYS`, bridged
+    /// and internal publishes) a full queue drops the message (counted), or disconnects the
+    /// subscriber under [`Overflow::Disconnect`].
     fn route_inner(
         &self,
         from: Option<ClientId>,
         owner: Option<&Arc<str>>,
         publish: Publish,
         count: bool,
+        mut blocked: Option<&mut Vec<Blocked>>,
     ) -> bool {
         let st = &self.inner.stats;
         let mut matches: Vec<Match> = Vec::new();
@@ -1327,28 +1412,70 @@ impl Broker {
                     dropped += u64::from(!keep_overflow(e, p));
                     continue;
                 }
-                Some(c) => match c.tx.try_send(Out::Deliver(p)) {
-                    Ok(()) => {
-                        sent += 1;
+                Some(c) => {
+                    // QoS 1/2 for this subscriber (an in-process one takes everything at QoS 0:
+                    // what counts is what the publisher was promised), and not to the
+                    // publisher itself (it would wait on its own queue, which only its own
+                    // acks, read by the very loop that waits, can free).
+                    let assured = if e.internal {
+                        publish.qos != QoS::AtMostOnce
+                    } else {
+                        p.qos != QoS::AtMostOnce
+                    };
+                    let hold = match blocked.as_deref_mut() {
+                        Some(b) if assured && Some(m.client) != from => Some(b),
+                        _ => None,
+                    };
+                    if let Some(b) = hold {
+                        let behind = b.iter().any(|x| x.client == m.client);
+                        let p = if behind {
+                            p
+                        } else {
+                            match c.tx.try_send(Out::Deliver(p)) {
+                                Ok(()) => {
+                                    sent += 1;
+                                    continue;
+                                }
+                                Err(mpsc::error::TrySendError::Full(Out::Deliver(p))) => p,
+                                Err(mpsc::error::TrySendError::Closed(Out::Deliver(p))) => {
+                                    dropped += u64::from(!keep_overflow(e, p));
+                                    continue;
+                                }
+                                Err(_) => continue,
+                            }
+                        };
+                        b.push(Blocked {
+                            client: m.client,
+                            tx: c.tx.clone(),
+                            kick: c.kick.clone(),
+                            internal: e.internal,
+                            publish: p,
+                        });
                         continue;
                     }
-                    Err(mpsc::error::TrySendError::Full(Out::Deliver(p)))
-                        if self.inner.cfg.overflow == Overflow::Disconnect =>
-                    {
-                        if c.kick.kick(ReasonCode::QuotaExceeded) {
-                            st.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                    match c.tx.try_send(Out::Deliver(p)) {
+                        Ok(()) => {
+                            sent += 1;
+                            continue;
                         }
-                        dropped += u64::from(!keep_overflow(e, p));
-                        continue;
+                        Err(mpsc::error::TrySendError::Full(Out::Deliver(p)))
+                            if self.inner.cfg.overflow == Overflow::Disconnect =>
+                        {
+                            if c.kick.kick(ReasonCode::QuotaExceeded) {
+                                st.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                            }
+                            dropped += u64::from(!keep_overflow(e, p));
+                            continue;
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            dropped += 1;
+                            continue;
+                        }
+                        // The connection is going: keep the message in its session.
+                        Err(mpsc::error::TrySendError::Closed(Out::Deliver(p))) => p,
+                        Err(mpsc::error::TrySendError::Closed(_)) => continue,
                     }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        dropped += 1;
-                        continue;
-                    }
-                    // The connection is going: keep the message in its session.
-                    Err(mpsc::error::TrySendError::Closed(Out::Deliver(p))) => p,
-                    Err(mpsc::error::TrySendError::Closed(_)) => continue,
-                },
+                }
                 None => p,
             };
             // The client is away: QoS 1/2 messages wait in a persistent session.

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Most items a writer takes from a queue per wake-up.
+const BATCH: usize = 256;
+
 /// Encodes packets for one client: assigns outgoing topic aliases (MQTT 5) and discards
 /// packets larger than the client accepts.
 struct Encoder {
@@ -61,7 +64,8 @@ impl Encoder {
 /// longer than the write timeout; returns the queue, whose messages go back to the session.
 pub(super) async fn writer<W: AsyncWrite + Unpin>(
     mut wr: W,
-    mut rx: mpsc::Receiver<Out>,
+    // The connection's message queue and its control queue (`Conn::tx`, `Conn::ctl`).
+    (mut rx, mut ctl): (mpsc::Receiver<Out>, mpsc::Receiver<Out>),
     version: ProtocolVersion,
     session: Arc<Session>,
     limits: ClientLimits,
@@ -77,14 +81,48 @@ pub(super) async fn writer<W: AsyncWrite + Unpin>(
     let mut batch: Vec<Out> = Vec::new();
     let stats = &inner.stats;
     let write_timeout = inner.cfg.write_timeout;
+    let max_pending = inner.cfg.max_session_queue.max(1);
+    let mut ctl_open = true;
     loop {
-        let n = tokio::select! {
+        // New messages are taken only while the session has room in memory for those that
+        // must wait for the client's window: beyond, they stay in the queue, which fills and
+        // holds their publishers back (see `Broker::hand_over`), rather than being dropped.
+        let room = max_pending.saturating_sub(session.state.lock().pending_in_memory());
+        let take = room.min(BATCH);
+        let first = tokio::select! {
             biased;
             () = stop.notify.notified() => break,
-            n = rx.recv_many(&mut batch, 256) => n,
+            o = ctl.recv(), if ctl_open => {
+                if o.is_none() {
+                    ctl_open = false;
+                }
+                o
+            }
+            o = rx.recv(), if take > 0 => match o {
+                Some(o) => Some(o),
+                None => break,
+            }
         };
-        if n == 0 {
-            break;
+        let Some(first) = first else { continue };
+        let from_rx = usize::from(!matches!(
+            first,
+            Out::Packet(_) | Out::Release | Out::Resume
+        ));
+        batch.push(first);
+        // Whatever else is ready goes into the same write.
+        while batch.len() < 2 * BATCH {
+            match ctl.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        let mut more = take.saturating_sub(from_rx);
+        while more > 0 {
+            match rx.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+            more -= 1;
         }
         out.clear();
         let (mut dropped, mut expired) = (0u64, 0u64);
@@ -165,7 +203,7 @@ pub(super) async fn writer<W: AsyncWrite + Unpin>(
         if out.capacity() > WRITE_KEEP {
             out = Vec::new();
         }
-        if batch.capacity() > 256 {
+        if batch.capacity() > 4 * BATCH {
             batch = Vec::new();
         }
     }
