@@ -18,12 +18,13 @@ impl Broker {
         let Some(_slot) = slot.or_else(|| self.admit(peer)) else {
             return Ok(());
         };
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // Most CONNECTs fit; a larger one grows the buffer.
+        let mut buf = BytesMut::with_capacity(256);
         // CONNECT first, within the connect timeout.
-        let connect = match tokio::time::timeout(
+        let connect = match Box::pin(tokio::time::timeout(
             cfg.connect_timeout,
             read_connect(&mut stream, &mut buf, cfg.max_packet_size),
-        )
+        ))
         .await
         {
             Err(_) => {
@@ -188,27 +189,32 @@ impl Broker {
             Some(k) if connect.keep_alive == 0 || connect.keep_alive > k => k,
             _ => connect.keep_alive,
         };
+        // Only the will is needed after this (the CONNECT itself is not kept for the
+        // connection's life).
+        let clean_start = connect.clean_start;
+        let will = connect.will.map(Box::new);
         let (tx, rx) = mpsc::channel::<Out>(cfg.max_queue);
         let (ctl, ctl_rx) = mpsc::channel::<Out>(CONTROL_QUEUE);
         let kick = Arc::new(Kick::new());
         let (done_tx, done_rx) = watch::channel(false);
-        let attached = self
-            .attach(
-                &client_id,
-                connect.clean_start,
-                expiry,
-                usize::from(window),
-                Conn {
-                    tx: tx.clone(),
-                    ctl: ctl.clone(),
-                    kick: kick.clone(),
-                    done: done_rx,
-                    principal: Some(principal.clone()),
-                    peer,
-                },
-                ack_props,
-            )
-            .await;
+        // (Boxed here and below: a future that runs once or rarely should not add its size to
+        // the connection's task for the connection's whole life.)
+        let attached = Box::pin(self.attach(
+            &client_id,
+            clean_start,
+            expiry,
+            usize::from(window),
+            Conn {
+                tx: tx.clone(),
+                ctl: ctl.clone(),
+                kick: kick.clone(),
+                done: done_rx,
+                principal: Some(principal.clone()),
+                peer,
+            },
+            ack_props,
+        ))
+        .await;
         let (id, session, generation) = match attached {
             Ok((id, session, generation, removed)) => {
                 for f in &removed {
@@ -291,7 +297,7 @@ impl Broker {
         let _ = done_tx.send(true);
         // The will goes out unless the client said goodbye properly; MQTT 5 may delay it
         // (will delay interval), and then it is cancelled if the client comes back in time.
-        if let (Some(will), false) = (&connect.will, matches!(outcome, Ok(Goodbye::Clean))) {
+        if let (Some(will), false) = (&will, matches!(outcome, Ok(Goodbye::Clean))) {
             let delay = will
                 .properties
                 .will_delay_interval
@@ -401,7 +407,7 @@ impl Broker {
                 reason_code: ReasonCode::Success,
                 properties: ack_props.clone(),
             });
-            let _ = conn.ctl.try_send(Out::Packet(ack));
+            let _ = conn.ctl.try_send(Out::packet(ack));
             let _ = conn.ctl.try_send(Out::Resume);
         };
         let cfg = &self.inner.cfg;
@@ -559,7 +565,7 @@ impl Broker {
             for item in waiting {
                 if let Out::Deliver(p) = item {
                     if p.qos != QoS::AtMostOnce {
-                        if let Admit::Overflow = st.enqueue(Queued::new(p)) {
+                        if let Admit::Overflow = st.enqueue(Queued::new(*p)) {
                             dropped += 1;
                         }
                     }
@@ -595,6 +601,7 @@ impl Broker {
         // Keep alive: 1.5 times the interval in force without any packet closes the connection.
         let idle = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let mut replies: Vec<Out> = Vec::new();
+        let mut last_read = 0usize;
         loop {
             // Decode everything buffered: one freeze, then zero-copy slices per packet (their
             // payloads share this buffer); the incomplete tail goes back for the next read.
@@ -632,7 +639,7 @@ impl Broker {
             // publisher gets its acknowledgement; then the packets already read are handled.
             let held = !ctx.blocked.is_empty();
             for b in std::mem::take(&mut ctx.blocked) {
-                self.hand_over(b).await;
+                Box::pin(self.hand_over(b)).await;
             }
             // Acknowledgements wait for room in the writer's queue: a client that does not read
             // its acks stops being read (back-pressure), it does not lose them.
@@ -648,8 +655,19 @@ impl Broker {
             if held && off < frozen.len() {
                 continue;
             }
-            // A fresh buffer after split(): make room for a large read, not 64 bytes at a time.
-            buf.reserve(READ_CHUNK);
+            // Room for the next read, sized by the last one: a busy connection gets
+            // READ_CHUNK (and more as its packets need), an idle device that sends a small
+            // packet now and then keeps a small buffer while it waits (a large one left
+            // over from a burst is given back).
+            if buf.is_empty() {
+                let want = (2 * last_read).next_power_of_two().clamp(64, READ_CHUNK);
+                if buf.capacity() > 2 * want {
+                    buf = BytesMut::new();
+                }
+                buf.reserve(want);
+            } else {
+                buf.reserve(READ_CHUNK);
+            }
             let read = async {
                 match idle {
                     Some(d) => match tokio::time::timeout(d, rd.read_buf(&mut buf)).await {
@@ -669,7 +687,7 @@ impl Broker {
             match n {
                 None => return Ok(Goodbye::Kick(ReasonCode::KeepAliveTimeout)),
                 Some(0) => return Ok(Goodbye::Lost),
-                Some(_) => {}
+                Some(n) => last_read = n,
             }
         }
     }
@@ -720,7 +738,7 @@ impl Broker {
             let wait = self.inner.cfg.slow_consumer_timeout;
             match tokio::time::timeout(wait, b.tx.reserve()).await {
                 Ok(Ok(permit)) => {
-                    permit.send(Out::Deliver(b.publish));
+                    permit.send(Out::Deliver(Box::new(b.publish)));
                     st.messages_out.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
@@ -751,11 +769,11 @@ impl Broker {
             Some(e) => match &e.conn {
                 Some(c) if c.kick.kicked.load(Ordering::Acquire) => keep_overflow(e, p),
                 // A new connection of the session (it came back meanwhile).
-                Some(c) => match c.tx.try_send(Out::Deliver(p)) {
+                Some(c) => match c.tx.try_send(Out::Deliver(Box::new(p))) {
                     Ok(()) => true,
                     Err(e2) => match e2.into_inner() {
                         Out::Deliver(p) if p.qos != QoS::AtMostOnce => !matches!(
-                            e.session.state.lock().enqueue(Queued::new(p)),
+                            e.session.state.lock().enqueue(Queued::new(*p)),
                             Admit::Overflow
                         ),
                         _ => false,
@@ -838,10 +856,10 @@ impl Broker {
                     self.deny(ctx, Denied::Publish(p.topic.as_str()));
                     // 3.1.1 has no way to say no: the message is acknowledged and dropped.
                     match (qos, pid) {
-                        (QoS::AtLeastOnce, Some(pid)) => out.push(Out::Packet(Packet::PubAck(
+                        (QoS::AtLeastOnce, Some(pid)) => out.push(Out::packet(Packet::PubAck(
                             ack(pid, ReasonCode::NotAuthorized),
                         ))),
-                        (QoS::ExactlyOnce, Some(pid)) => out.push(Out::Packet(Packet::PubRec(
+                        (QoS::ExactlyOnce, Some(pid)) => out.push(Out::packet(Packet::PubRec(
                             ack(pid, ReasonCode::NotAuthorized),
                         ))),
                         _ => {}
@@ -867,7 +885,7 @@ impl Broker {
                         } else {
                             ReasonCode::Success
                         };
-                        out.push(Out::Packet(Packet::PubRec(ack(pid, code))));
+                        out.push(Out::packet(Packet::PubRec(ack(pid, code))));
                     }
                     (QoS::AtLeastOnce, Some(pid)) => {
                         // Route (and store a retained message) before acknowledging: once the
@@ -877,7 +895,7 @@ impl Broker {
                         } else {
                             ReasonCode::QuotaExceeded
                         };
-                        out.push(Out::Packet(Packet::PubAck(ack(pid, code))));
+                        out.push(Out::packet(Packet::PubAck(ack(pid, code))));
                     }
                     _ => {
                         self.route_from(ctx, p);
@@ -886,7 +904,7 @@ impl Broker {
             }
             Packet::PubRel(r) => {
                 let known = ctx.session.state.lock().pubrel(r.packet_id);
-                out.push(Out::Packet(Packet::PubComp(ack(r.packet_id, found(known)))));
+                out.push(Out::packet(Packet::PubComp(ack(r.packet_id, found(known)))));
             }
             Packet::PubAck(r) => {
                 let mut st = ctx.session.state.lock();
@@ -900,7 +918,7 @@ impl Broker {
                 if failed {
                     release(out);
                 } else {
-                    out.push(Out::Packet(Packet::PubRel(ack(r.packet_id, found(known)))));
+                    out.push(Out::packet(Packet::PubRel(ack(r.packet_id, found(known)))));
                 }
             }
             Packet::PubComp(r) => {
@@ -999,12 +1017,12 @@ impl Broker {
                     self.inner.stats.limited.fetch_add(1, Ordering::Relaxed);
                     self.deny(ctx, Denied::Limit("subscriptions_per_client"));
                 }
-                out.push(Out::Packet(Packet::SubAck(SubAck {
+                out.push(Out::packet(Packet::SubAck(SubAck {
                     packet_id: s.packet_id,
                     properties: Default::default(),
                     reason_codes: codes,
                 })));
-                out.extend(retained.into_iter().map(Out::Deliver));
+                out.extend(retained.into_iter().map(|p| Out::Deliver(Box::new(p))));
             }
             Packet::Unsubscribe(u) => {
                 let mut codes = Vec::with_capacity(u.filters.len());
@@ -1027,13 +1045,13 @@ impl Broker {
                 if !v5 {
                     codes.clear();
                 }
-                out.push(Out::Packet(Packet::UnsubAck(UnsubAck {
+                out.push(Out::packet(Packet::UnsubAck(UnsubAck {
                     packet_id: u.packet_id,
                     properties: Default::default(),
                     reason_codes: codes,
                 })));
             }
-            Packet::PingReq => out.push(Out::Packet(Packet::PingResp)),
+            Packet::PingReq => out.push(Out::packet(Packet::PingResp)),
             Packet::Disconnect(d) => {
                 // MQTT 5: the client may change its session expiry, but not from 0 (3.14.2.2.2).
                 if let Some(e) = d.properties.session_expiry_interval {

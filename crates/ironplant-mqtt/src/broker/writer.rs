@@ -132,15 +132,15 @@ pub(super) async fn writer<W: AsyncWrite + Unpin>(
             for item in batch.drain(..) {
                 match item {
                     Out::Packet(p) => {
-                        enc.push(p, &mut out);
+                        enc.push(*p, &mut out);
                     }
                     Out::Deliver(p) if p.qos == QoS::AtMostOnce => {
-                        enc.push(Packet::Publish(p), &mut out);
+                        enc.push(Packet::Publish(*p), &mut out);
                     }
                     Out::Deliver(p) => {
                         let st = st.get_or_insert_with(|| session.state.lock());
                         let now = *now.get_or_insert_with(now_ms);
-                        match st.admit(Queued::new(p), now) {
+                        match st.admit(Queued::new(*p), now) {
                             Admit::Send(p) => {
                                 let pid = p.packet_id;
                                 if !enc.push(Packet::Publish(p), &mut out) {
