@@ -5,6 +5,9 @@
 //! version u8 = 1 | count u32 | first_ts i64 | last_ts i64 |
 //! ts:      mode u8: 0 = len varint, pco(i64)     (pco finds delta-of-delta itself)
 //!                   1 = step i64                 (strictly regular: first_ts + i·step)
+//!                   2 = id u64                   (shared: the column is stored once, in the
+//!                                                 store's `times` table, for every tag of a
+//!                                                 poll group — see [`encode_ts_column`])
 //! quality: runs varint, (code u8, run varint)*   (run-length: nearly always one run)
 //! values:  kind u8, then
 //!          0 F64:     len varint, pco(f64)       (pco detects the sensor's decimal grid)
@@ -122,8 +125,202 @@ fn get_runs<T: Copy>(
     Ok(out)
 }
 
+/// The timestamps of a chunk, inline (mode 0 or 1) appended to `out`.
+fn put_ts_inline(out: &mut Vec<u8>, ts: &[i64]) -> Result<(), ChunkError> {
+    if is_regular(ts) {
+        let step = if ts.len() > 1 {
+            ts[1].wrapping_sub(ts[0])
+        } else {
+            0
+        };
+        // A strictly regular schedule (polling): first and step say it all.
+        out.push(1);
+        out.extend_from_slice(&step.to_le_bytes());
+    } else {
+        out.push(0);
+        put_block(
+            out,
+            &pco::standalone::simple_compress(ts, &pco_config())
+                .map_err(|e| ChunkError::Pco(e.to_string()))?,
+        );
+    }
+    Ok(())
+}
+
+/// Reads inline timestamps (mode 0 or 1, the mode byte already read).
+fn get_ts_inline(
+    r: &mut Reader<'_>,
+    mode: u8,
+    n: usize,
+    first: i64,
+) -> Result<Vec<i64>, ChunkError> {
+    let pco_err = |e: pco::errors::PcoError| ChunkError::Pco(e.to_string());
+    let ts: Vec<i64> = match mode {
+        0 => {
+            let ts_len = r.len()?;
+            pco::standalone::simple_decompress(r.bytes(ts_len)?).map_err(pco_err)?
+        }
+        1 => {
+            let step = r.i64()?;
+            (0..n as i64)
+                .map(|i| first.wrapping_add(step.wrapping_mul(i)))
+                .collect()
+        }
+        _ => return Err(Malformed("timestamp encoding").into()),
+    };
+    if ts.len() != n {
+        return Err(Malformed("timestamp count").into());
+    }
+    Ok(ts)
+}
+
+/// A timestamp column stored once for several chunks (the tags of one poll group share their
+/// timestamps exactly): `count u32 | first i64 | inline ts (mode 0 or 1)`.
+pub fn encode_ts_column(ts: &[i64]) -> Result<Vec<u8>, ChunkError> {
+    let mut out = Vec::with_capacity(32 + ts.len());
+    out.extend_from_slice(&(ts.len() as u32).to_le_bytes());
+    out.extend_from_slice(&ts.first().copied().unwrap_or(0).to_le_bytes());
+    put_ts_inline(&mut out, ts)?;
+    Ok(out)
+}
+
+/// Reads a column written by [`encode_ts_column`].
+pub fn decode_ts_column(bytes: &[u8]) -> Result<Vec<i64>, ChunkError> {
+    let mut r = Reader::new(bytes);
+    let n = r.u32()? as usize;
+    let first = r.i64()?;
+    let mode = r.u8()?;
+    get_ts_inline(&mut r, mode, n, first)
+}
+
+/// Where a chunk's timestamps are.
+#[derive(Debug, Clone, Copy)]
+pub enum TsColumn<'a> {
+    /// In the chunk.
+    Inline(&'a [i64]),
+    /// In the store's shared column `id` (these are its timestamps, for the header).
+    Shared { id: u64, ts: &'a [i64] },
+}
+
+/// Offset of the timestamp mode byte (after version, count, first and last).
+const TS_MODE_AT: usize = 21;
+
+/// Points a chunk encoded with [`TsColumn::Shared`] at column `id` (ids are given when the
+/// column is stored) and renews its checksum.
+pub fn set_ts_ref(bytes: &mut [u8], id: u64) -> Result<(), ChunkError> {
+    if bytes.len() < TS_MODE_AT + 9 + 4 || bytes[TS_MODE_AT] != 2 {
+        return Err(Malformed("not a chunk with shared timestamps").into());
+    }
+    bytes[TS_MODE_AT + 1..TS_MODE_AT + 9].copy_from_slice(&id.to_le_bytes());
+    let end = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..end]);
+    bytes[end..].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Whether `ts` is strictly regular (stored as first + step inline: nothing to share).
+pub fn is_regular(ts: &[i64]) -> bool {
+    let step = if ts.len() > 1 {
+        ts[1].wrapping_sub(ts[0])
+    } else {
+        0
+    };
+    step >= 0
+        && ts
+            .iter()
+            .enumerate()
+            .all(|(i, &t)| t == ts[0].wrapping_add(step.wrapping_mul(i as i64)))
+}
+
+/// Groups of at least two indices of `columns` whose timestamps are identical and irregular
+/// (the tags of one poll group, stamped once per poll): each group's column is worth storing
+/// once. Equality is checked element by element, never assumed from a hash.
+pub fn identical_columns(columns: &[&[i64]]) -> Vec<Vec<usize>> {
+    let mut buckets: std::collections::HashMap<u64, Vec<Vec<usize>>> =
+        std::collections::HashMap::new();
+    for (i, ts) in columns.iter().enumerate() {
+        if ts.len() < 2 || is_regular(ts) {
+            continue;
+        }
+        // FNV-1a over the values: a bucket key only.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for t in ts.iter() {
+            for b in t.to_le_bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        let groups = buckets.entry(h).or_default();
+        match groups.iter_mut().find(|g| columns[g[0]] == *ts) {
+            Some(g) => g.push(i),
+            None => groups.push(vec![i]),
+        }
+    }
+    let mut out: Vec<Vec<usize>> = buckets
+        .into_values()
+        .flatten()
+        .filter(|g| g.len() >= 2)
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// The shared timestamp column a chunk refers to, if any (checksum verified).
+pub fn ts_ref(bytes: &[u8]) -> Result<Option<u64>, ChunkError> {
+    let body = checked_body(bytes)?;
+    let mut r = Reader::new(body);
+    read_header(&mut r)?;
+    if r.u8()? == 2 {
+        return Ok(Some(r.u64()?));
+    }
+    Ok(None)
+}
+
+/// Bytes of a chunk by part: (fixed header and checksum, timestamps, quality, values).
+pub fn sections(bytes: &[u8]) -> Result<[usize; 4], ChunkError> {
+    let body = checked_body(bytes)?;
+    let mut r = Reader::new(body);
+    read_header(&mut r)?;
+    let ts_start = body.len() - r.remaining();
+    match r.u8()? {
+        0 => {
+            let n = r.len()?;
+            r.bytes(n)?;
+        }
+        1 | 2 => {
+            r.bytes(8)?;
+        }
+        _ => return Err(Malformed("timestamp encoding").into()),
+    }
+    let q_start = body.len() - r.remaining();
+    let runs = r.len()?;
+    for _ in 0..runs {
+        r.u8()?;
+        r.varint()?;
+    }
+    let v_start = body.len() - r.remaining();
+    Ok([
+        ts_start + 4,
+        q_start - ts_start,
+        v_start - q_start,
+        body.len() - v_start,
+    ])
+}
+
 /// Encodes one chunk. `ts`, `values` and `quality` have equal, non-zero length.
 pub fn encode(ts: &[i64], values: &[Value], quality: &[u8]) -> Result<Vec<u8>, ChunkError> {
+    encode_with(TsColumn::Inline(ts), values, quality)
+}
+
+/// Encodes one chunk whose timestamps are inline or in a shared column.
+pub fn encode_with(
+    column: TsColumn<'_>,
+    values: &[Value],
+    quality: &[u8],
+) -> Result<Vec<u8>, ChunkError> {
+    let ts = match column {
+        TsColumn::Inline(ts) | TsColumn::Shared { ts, .. } => ts,
+    };
     debug_assert!(ts.len() == values.len() && ts.len() == quality.len() && !ts.is_empty());
     let mut out = Vec::with_capacity(64 + ts.len());
     out.push(VERSION);
@@ -134,27 +331,12 @@ pub fn encode(ts: &[i64], values: &[Value], quality: &[u8]) -> Result<Vec<u8>, C
     out.extend_from_slice(&first.to_le_bytes());
     out.extend_from_slice(&last.to_le_bytes());
     let cfg = pco_config();
-    let step = if ts.len() > 1 {
-        ts[1].wrapping_sub(ts[0])
-    } else {
-        0
-    };
-    if step >= 0
-        && ts
-            .iter()
-            .enumerate()
-            .all(|(i, &t)| t == ts[0].wrapping_add(step.wrapping_mul(i as i64)))
-    {
-        // A strictly regular schedule (polling): first and step say it all.
-        out.push(1);
-        out.extend_from_slice(&step.to_le_bytes());
-    } else {
-        out.push(0);
-        put_block(
-            &mut out,
-            &pco::standalone::simple_compress(ts, &cfg)
-                .map_err(|e| ChunkError::Pco(e.to_string()))?,
-        );
+    match column {
+        TsColumn::Inline(ts) => put_ts_inline(&mut out, ts)?,
+        TsColumn::Shared { id, .. } => {
+            out.push(2);
+            out.extend_from_slice(&id.to_le_bytes());
+        }
     }
     put_runs(&mut out, quality.iter().copied(), |o, q| o.push(q));
     if values.iter().all(|v| *v == values[0]) {
@@ -228,28 +410,35 @@ fn read_header(r: &mut Reader<'_>) -> Result<Header, ChunkError> {
     })
 }
 
-/// Decodes a whole chunk, verifying its checksum and every length.
+/// Decodes a whole chunk with inline timestamps, verifying its checksum and every length.
 pub fn decode(bytes: &[u8]) -> Result<(Header, Columns), ChunkError> {
+    decode_with(bytes, &mut |_| {
+        Err(Malformed("shared timestamps without their store").into())
+    })
+}
+
+/// Decodes a whole chunk; `shared` gives the column of a shared timestamp id.
+pub fn decode_with(
+    bytes: &[u8],
+    shared: &mut dyn FnMut(u64) -> Result<Vec<i64>, ChunkError>,
+) -> Result<(Header, Columns), ChunkError> {
     let mut r = Reader::new(checked_body(bytes)?);
     let h = read_header(&mut r)?;
     let n = h.count as usize;
     let pco_err = |e: pco::errors::PcoError| ChunkError::Pco(e.to_string());
-    let ts: Vec<i64> = match r.u8()? {
-        0 => {
-            let ts_len = r.len()?;
-            pco::standalone::simple_decompress(r.bytes(ts_len)?).map_err(pco_err)?
+    let ts = match r.u8()? {
+        2 => {
+            let ts = shared(r.u64()?)?;
+            if ts.len() != n
+                || ts.iter().min() != Some(&h.first_ts)
+                || ts.iter().max() != Some(&h.last_ts)
+            {
+                return Err(Malformed("shared timestamps do not match the chunk").into());
+            }
+            ts
         }
-        1 => {
-            let step = r.i64()?;
-            (0..n as i64)
-                .map(|i| h.first_ts.wrapping_add(step.wrapping_mul(i)))
-                .collect()
-        }
-        _ => return Err(Malformed("timestamp encoding").into()),
+        mode => get_ts_inline(&mut r, mode, n, h.first_ts)?,
     };
-    if ts.len() != n {
-        return Err(Malformed("timestamp count").into());
-    }
     let quality = get_runs(&mut r, n, |r| r.u8())?;
     let values: Vec<Value> = match r.u8()? {
         0 => {
@@ -315,6 +504,39 @@ mod tests {
             }
         );
         bytes.len()
+    }
+
+    #[test]
+    fn identical_irregular_columns_are_grouped_and_shared() {
+        let a: Vec<i64> = (0..100).map(|i| i * 1_000_000 + (i * 7_919) % 5_000).collect();
+        let mut b = a.clone();
+        b[50] += 1;
+        let regular: Vec<i64> = (0..100).map(|i| i * 1_000_000).collect();
+        let cols: Vec<&[i64]> = vec![&a, &b, &a, &regular, &regular, &a, &b];
+        assert_eq!(identical_columns(&cols), vec![vec![0, 2, 5], vec![1, 6]]);
+
+        // A shared chunk points at its column once the store gave it an id.
+        let values: Vec<Value> = (0..100).map(|i| Value::Float(i as f64)).collect();
+        let q = vec![0u8; 100];
+        let mut bytes = encode_with(TsColumn::Shared { id: 0, ts: &a }, &values, &q).expect("enc");
+        set_ts_ref(&mut bytes, 42).expect("set");
+        assert_eq!(ts_ref(&bytes).expect("ref"), Some(42));
+        let column = encode_ts_column(&a).expect("column");
+        let (_, cols) = decode_with(&bytes, &mut |id| {
+            assert_eq!(id, 42);
+            decode_ts_column(&column)
+        })
+        .expect("decode");
+        assert_eq!(cols.ts, a);
+        assert_eq!(cols.values, values);
+        // The wrong column is refused, not trusted.
+        let other = encode_ts_column(&b[..99]).expect("column");
+        assert!(decode_with(&bytes, &mut |_| decode_ts_column(&other)).is_err());
+        // Sections add up to the chunk.
+        let [head, ts, qual, vals] = sections(&bytes).expect("sections");
+        assert_eq!(head + ts + qual + vals, bytes.len());
+        assert_eq!(ts, 9);
+        assert!(set_ts_ref(&mut encode(&a, &values, &q).expect("enc"), 1).is_err());
     }
 
     #[test]

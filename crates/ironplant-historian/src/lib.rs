@@ -162,6 +162,33 @@ pub struct HistorianStats {
     pub tags: u64,
 }
 
+/// Where the bytes of the chunk database go, by part ([`Historian::storage_breakdown`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StorageBreakdown {
+    /// Samples in chunks.
+    pub samples: u64,
+    pub chunks: u64,
+    /// Timestamp columns shared by the chunks of a poll group.
+    pub shared_columns: u64,
+    /// Timestamps: inline in chunks, and shared columns (with their keys).
+    pub timestamp_bytes: u64,
+    pub value_bytes: u64,
+    pub quality_bytes: u64,
+    /// Fixed chunk headers, checksums and keys.
+    pub header_bytes: u64,
+    /// All of the above.
+    pub chunk_bytes: u64,
+    /// The database file: chunk bytes plus the storage engine's pages, B-tree and free space.
+    pub file_bytes: u64,
+}
+
+impl StorageBreakdown {
+    /// Bytes of the file that are not chunk data (the storage engine's overhead).
+    pub fn overhead_bytes(&self) -> u64 {
+        self.file_bytes.saturating_sub(self.chunk_bytes)
+    }
+}
+
 struct State {
     active: Memtable,
     /// Being compressed into chunks, oldest first; queried until their chunks are committed.
@@ -479,6 +506,12 @@ impl Historian {
             chunk_bytes: self.shared.store.file_bytes(),
             tags: self.shared.tags.read().by_path.len() as u64,
         }
+    }
+
+    /// Where the chunk database's bytes go (timestamps, values, quality, headers, the storage
+    /// engine's overhead). Reads every chunk: for benchmarks and diagnostics.
+    pub fn storage_breakdown(&self) -> Result<StorageBreakdown, HistorianError> {
+        self.shared.store.breakdown()
     }
 
     /// The event store beside the samples (`events.redb`).
@@ -1217,7 +1250,7 @@ fn flusher_loop(shared: Arc<Shared>, rx: std_mpsc::Receiver<Job>) {
 
 /// Compresses a frozen memtable into chunks and commits them with the checkpoint LSN.
 fn checkpoint(shared: &Arc<Shared>, mem: &Arc<Memtable>) -> Result<u64, HistorianError> {
-    let mut chunks: Vec<(ChunkKey, Vec<u8>)> = Vec::new();
+    let mut parts = Vec::new();
     for (hid, head) in mem.heads.iter().enumerate() {
         if head.is_empty() {
             continue;
@@ -1225,36 +1258,35 @@ fn checkpoint(shared: &Arc<Shared>, mem: &Arc<Memtable>) -> Result<u64, Historia
         let mut start = 0;
         while start < head.len() {
             let end = chunk::chunk_end(&head.values, start);
-            let bytes = chunk::encode(
-                &head.ts[start..end],
-                &head.values[start..end],
-                &head.quality[start..end],
-            )
-            .map_err(|e| HistorianError::Storage(format!("cannot compress a chunk: {e}")))?;
             let (first, last) = head.ts[start..end]
                 .iter()
                 .fold((i64::MAX, i64::MIN), |(a, b), &t| (a.min(t), b.max(t)));
-            chunks.push((
+            parts.push((
                 ChunkKey {
                     hid: hid as u32,
                     last_ts: last,
                     first_ts: first,
                     seq: 0,
                 },
-                bytes,
+                head.ts[start..end].to_vec(),
+                head.values[start..end].to_vec(),
+                head.quality[start..end].to_vec(),
             ));
             start = end;
         }
     }
+    // The tags of one poll group share their timestamps: stored once.
+    let (chunks, shared_ts) = store::encode_chunks(parts)?;
     let n = chunks.len() as u64;
-    let payload: u64 = chunks.iter().map(|c| c.1.len() as u64).sum();
+    let payload: u64 = chunks.iter().map(|c| c.1.len() as u64).sum::<u64>()
+        + shared_ts.iter().map(|s| s.column.len() as u64).sum::<u64>();
     shared
         .counters
         .chunk_payload_bytes
         .fetch_add(payload, Ordering::Relaxed);
     // Commit under the state lock so no query sees both the new chunks and the frozen memtable.
     let mut st = shared.state.write();
-    shared.store.commit_chunks(chunks, mem.lsn)?;
+    shared.store.commit_chunks(chunks, shared_ts, mem.lsn)?;
     st.frozen.retain(|f| !Arc::ptr_eq(f, mem));
     Ok(n)
 }

@@ -20,6 +20,129 @@ const CHUNKS: TableDefinition<'_, (u32, i64, i64, u64), &[u8]> = TableDefinition
 /// hid → the longest time span of any of its chunks (bounds how far a scan must look).
 const SPANS: TableDefinition<'_, u32, i64> = TableDefinition::new("spans");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// Shared timestamp columns: id → `[references u32 LE][chunk::encode_ts_column]`. The tags of
+/// one poll group are stamped once per poll, so their chunks' timestamps are identical: stored
+/// once here, referenced by id from each chunk (and freed with the last reference).
+const TIMES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("times");
+
+/// A timestamp column shared by the chunks at `members` (indices into the chunks committed
+/// with it); they were encoded with [`chunk::TsColumn::Shared`] and get its id at commit.
+pub struct SharedTs {
+    pub column: Vec<u8>,
+    pub members: Vec<usize>,
+}
+
+/// The timestamps of shared column `id`.
+fn times_of(
+    t: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> Result<Vec<i64>, chunk::ChunkError> {
+    let row = t
+        .get(id)
+        .map_err(|e| chunk::ChunkError::Pco(format!("shared timestamps {id}: {e}")))?
+        .ok_or(crate::codec::Malformed("missing shared timestamps"))?;
+    let v = row.value();
+    if v.len() < 4 {
+        return Err(crate::codec::Malformed("shared timestamps too short").into());
+    }
+    chunk::decode_ts_column(&v[4..])
+}
+
+/// Drops one reference to the shared column of `bytes` (a chunk being deleted), if it has one.
+fn release_ts(
+    t: &mut redb::Table<'_, u64, &'static [u8]>,
+    bytes: &[u8],
+) -> Result<(), HistorianError> {
+    let Ok(Some(id)) = chunk::ts_ref(bytes) else {
+        return Ok(());
+    };
+    let row = t.get(id).map_err(storage)?.map(|v| v.value().to_vec());
+    if let Some(mut v) = row.filter(|v| v.len() >= 4) {
+        let refs = u32::from_le_bytes([v[0], v[1], v[2], v[3]]).saturating_sub(1);
+        if refs == 0 {
+            t.remove(id).map_err(storage)?;
+        } else {
+            v[..4].copy_from_slice(&refs.to_le_bytes());
+            t.insert(id, v.as_slice()).map_err(storage)?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores shared columns under new ids (from `META.next_times_id`) and points their member
+/// chunks at them.
+fn store_shared(
+    txn: &redb::WriteTransaction,
+    shared: Vec<SharedTs>,
+    chunks: &mut [(ChunkKey, Vec<u8>)],
+) -> Result<(), HistorianError> {
+    if shared.is_empty() {
+        return Ok(());
+    }
+    let mut meta = txn.open_table(META).map_err(storage)?;
+    let mut next = meta
+        .get("next_times_id")
+        .map_err(storage)?
+        .map_or(1, |v| v.value());
+    let mut t = txn.open_table(TIMES).map_err(storage)?;
+    for s in shared {
+        let id = next;
+        next += 1;
+        let mut row = Vec::with_capacity(4 + s.column.len());
+        row.extend_from_slice(&(s.members.len() as u32).to_le_bytes());
+        row.extend_from_slice(&s.column);
+        t.insert(id, row.as_slice()).map_err(storage)?;
+        for &i in &s.members {
+            let c = chunks
+                .get_mut(i)
+                .ok_or_else(|| HistorianError::Storage("shared timestamps: bad member".into()))?;
+            chunk::set_ts_ref(&mut c.1, id).map_err(|e| HistorianError::Storage(e.to_string()))?;
+        }
+    }
+    meta.insert("next_times_id", next).map_err(storage)?;
+    Ok(())
+}
+
+/// One chunk's columns before encoding.
+pub type ChunkParts = (ChunkKey, Vec<i64>, Vec<ironplant_core::Value>, Vec<u8>);
+/// Encoded chunks and the shared timestamp columns they refer to.
+pub type Encoded = (Vec<(ChunkKey, Vec<u8>)>, Vec<SharedTs>);
+
+/// Splits chunk columns into shared timestamp columns (one per group of identical, irregular
+/// ones) and encodes every chunk; returns the encoded chunks and the columns to store.
+pub fn encode_chunks(
+    parts: Vec<ChunkParts>,
+) -> Result<Encoded, HistorianError> {
+    let err =
+        |e: chunk::ChunkError| HistorianError::Storage(format!("cannot compress a chunk: {e}"));
+    let groups = {
+        let cols: Vec<&[i64]> = parts.iter().map(|p| p.1.as_slice()).collect();
+        chunk::identical_columns(&cols)
+    };
+    let mut group_of = vec![None; parts.len()];
+    let mut shared = Vec::with_capacity(groups.len());
+    for (g, members) in groups.into_iter().enumerate() {
+        for &i in &members {
+            group_of[i] = Some(g);
+        }
+        shared.push(SharedTs {
+            column: chunk::encode_ts_column(&parts[members[0]].1).map_err(err)?,
+            members,
+        });
+    }
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, (key, ts, values, quality)) in parts.into_iter().enumerate() {
+        let column = match group_of[i] {
+            Some(_) => chunk::TsColumn::Shared { id: 0, ts: &ts },
+            None => chunk::TsColumn::Inline(&ts),
+        };
+        out.push((
+            key,
+            chunk::encode_with(column, &values, &quality).map_err(err)?,
+        ));
+    }
+    Ok((out, shared))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkKey {
@@ -55,6 +178,7 @@ impl Store {
             txn.open_table(CHUNKS).map_err(storage)?;
             txn.open_table(SPANS).map_err(storage)?;
             txn.open_table(META).map_err(storage)?;
+            txn.open_table(TIMES).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         Ok(Store {
@@ -117,10 +241,12 @@ impl Store {
     /// Inserts chunks and sets the checkpoint LSN in one durable transaction.
     pub fn commit_chunks(
         &self,
-        chunks: Vec<(ChunkKey, Vec<u8>)>,
+        mut chunks: Vec<(ChunkKey, Vec<u8>)>,
+        shared: Vec<SharedTs>,
         checkpoint_lsn: u64,
     ) -> Result<(), HistorianError> {
         let txn = self.db()?.begin_write().map_err(storage)?;
+        store_shared(&txn, shared, &mut chunks)?;
         let mut seq = *self.next_seq.read();
         let mut spans = self.spans.read().clone();
         {
@@ -168,12 +294,13 @@ impl Store {
 
     fn decode(
         &self,
+        times: &impl ReadableTable<u64, &'static [u8]>,
         key: (u32, i64, i64, u64),
         bytes: &[u8],
         path: &str,
         warnings: &mut Vec<String>,
     ) -> Option<chunk::Columns> {
-        match chunk::decode(bytes) {
+        match chunk::decode_with(bytes, &mut |id| times_of(times, id)) {
             Ok((_, cols)) => Some(cols),
             Err(e) => {
                 warnings.push(format!(
@@ -202,6 +329,7 @@ impl Store {
         mut f: impl FnMut(i64, chunk::Columns) -> bool,
     ) -> Result<(), HistorianError> {
         let t = txn.open_table(CHUNKS).map_err(storage)?;
+        let times = txn.open_table(TIMES).map_err(storage)?;
         let horizon = to.saturating_add(self.span(hid));
         // Keys first (cheap), so each chunk knows the earliest start of those after it.
         let mut keys = Vec::new();
@@ -226,7 +354,7 @@ impl Store {
             let Some(v) = t.get(key).map_err(storage)? else {
                 continue;
             };
-            if let Some(c) = self.decode(key, v.value(), path, warnings) {
+            if let Some(c) = self.decode(&times, key, v.value(), path, warnings) {
                 if !f(after[i], c) {
                     break;
                 }
@@ -269,6 +397,7 @@ impl Store {
         path: &str,
     ) -> Result<Option<Raw>, HistorianError> {
         let table = txn.open_table(CHUNKS).map_err(storage)?;
+        let times = txn.open_table(TIMES).map_err(storage)?;
         let mut best: Option<Raw> = None;
         let consider = |c: &chunk::Columns, best: &mut Option<Raw>| {
             for i in 0..c.ts.len() {
@@ -289,7 +418,7 @@ impl Store {
             .rev()
         {
             let (k, v) = row.map_err(storage)?;
-            if let Some(c) = self.decode(k.value(), v.value(), path, warnings) {
+            if let Some(c) = self.decode(&times, k.value(), v.value(), path, warnings) {
                 consider(&c, &mut best);
                 break;
             }
@@ -306,7 +435,7 @@ impl Store {
                 break;
             }
             if key.2 < t {
-                if let Some(c) = self.decode(key, v.value(), path, warnings) {
+                if let Some(c) = self.decode(&times, key, v.value(), path, warnings) {
                     consider(&c, &mut best);
                 }
             }
@@ -324,6 +453,7 @@ impl Store {
         path: &str,
     ) -> Result<Option<Raw>, HistorianError> {
         let table = txn.open_table(CHUNKS).map_err(storage)?;
+        let times = txn.open_table(TIMES).map_err(storage)?;
         let span = self.span(hid);
         let mut best: Option<Raw> = None;
         for row in table
@@ -339,7 +469,7 @@ impl Store {
             {
                 break;
             }
-            if let Some(c) = self.decode(key, v.value(), path, warnings) {
+            if let Some(c) = self.decode(&times, key, v.value(), path, warnings) {
                 for i in 0..c.ts.len() {
                     if c.ts[i] >= t && best.as_ref().is_none_or(|b| c.ts[i] < b.ts) {
                         best = Some(Raw {
@@ -370,6 +500,7 @@ impl Store {
         let mut n = 0;
         {
             let mut t = txn.open_table(CHUNKS).map_err(storage)?;
+            let mut times = txn.open_table(TIMES).map_err(storage)?;
             for &(hid, cutoff) in cutoffs {
                 let keys: Vec<(u32, i64, i64, u64)> = t
                     .range((hid, i64::MIN, i64::MIN, 0)..(hid, cutoff, i64::MIN, 0))
@@ -377,7 +508,9 @@ impl Store {
                     .filter_map(|r| r.ok().map(|(k, _)| k.value()))
                     .collect();
                 for k in keys {
-                    t.remove(k).map_err(storage)?;
+                    if let Some(v) = t.remove(k).map_err(storage)? {
+                        release_ts(&mut times, v.value())?;
+                    }
                     n += 1;
                 }
             }
@@ -457,11 +590,15 @@ impl Store {
         let mut seq = *self.next_seq.read();
         {
             let mut t = txn.open_table(CHUNKS).map_err(storage)?;
+            let mut times = txn.open_table(TIMES).map_err(storage)?;
+            // Decode every plan first: the merged chunks of the tags of one poll group have
+            // identical timestamps again, and share them again.
+            let mut merged = Vec::new();
             for plan in plans {
                 let mut rows: Vec<(i64, ironplant_core::Value, u8)> = Vec::new();
                 let mut ok = true;
                 for (_, bytes) in &plan {
-                    match chunk::decode(bytes) {
+                    match chunk::decode_with(bytes, &mut |id| times_of(&times, id)) {
                         Ok((_, c)) => rows.extend(
                             c.ts.into_iter()
                                 .zip(c.values)
@@ -478,14 +615,26 @@ impl Store {
                 let ts: Vec<i64> = rows.iter().map(|r| r.0).collect();
                 let quality: Vec<u8> = rows.iter().map(|r| r.2).collect();
                 let values: Vec<ironplant_core::Value> = rows.into_iter().map(|r| r.1).collect();
-                let bytes = chunk::encode(&ts, &values, &quality)
-                    .map_err(|e| HistorianError::Storage(e.to_string()))?;
                 let hid = plan[0].0 .0;
-                for (k, _) in &plan {
+                for (k, bytes) in &plan {
                     t.remove(*k).map_err(storage)?;
+                    release_ts(&mut times, bytes)?;
                     removed += 1;
                 }
                 let (first, last) = (ts[0], ts[ts.len() - 1]);
+                let key = ChunkKey {
+                    hid,
+                    last_ts: last,
+                    first_ts: first,
+                    seq: 0,
+                };
+                merged.push((key, ts, values, quality));
+            }
+            drop(times);
+            let (mut chunks, shared) = encode_chunks(merged)?;
+            store_shared(&txn, shared, &mut chunks)?;
+            for (key, bytes) in chunks {
+                let (hid, first, last) = (key.hid, key.first_ts, key.last_ts);
                 t.insert((hid, last, first, seq), bytes.as_slice())
                     .map_err(storage)?;
                 seq += 1;
@@ -507,6 +656,48 @@ impl Store {
         txn.commit().map_err(storage)?;
         *self.next_seq.write() = seq;
         Ok((removed, written))
+    }
+
+    /// Where the bytes of the database file go (reads every chunk).
+    pub fn breakdown(&self) -> Result<crate::StorageBreakdown, HistorianError> {
+        let txn = self.begin_read()?;
+        let mut b = crate::StorageBreakdown {
+            file_bytes: self.file_bytes(),
+            ..Default::default()
+        };
+        for row in txn
+            .open_table(CHUNKS)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (_, v) = row.map_err(storage)?;
+            let bytes = v.value();
+            b.chunks += 1;
+            // Key: hid, last, first, seq.
+            b.chunk_bytes += bytes.len() as u64 + 28;
+            if let (Ok(h), Ok([head, ts, q, values])) =
+                (chunk::header(bytes), chunk::sections(bytes))
+            {
+                b.samples += u64::from(h.count);
+                b.header_bytes += head as u64 + 28;
+                b.timestamp_bytes += ts as u64;
+                b.quality_bytes += q as u64;
+                b.value_bytes += values as u64;
+            }
+        }
+        for row in txn
+            .open_table(TIMES)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (_, v) = row.map_err(storage)?;
+            b.shared_columns += 1;
+            b.timestamp_bytes += v.value().len() as u64 + 8;
+            b.chunk_bytes += v.value().len() as u64 + 8;
+        }
+        Ok(b)
     }
 
     /// Gives free pages back to the file system. Fails harmlessly (returns false) while queries
