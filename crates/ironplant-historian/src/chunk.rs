@@ -508,7 +508,9 @@ mod tests {
 
     #[test]
     fn identical_irregular_columns_are_grouped_and_shared() {
-        let a: Vec<i64> = (0..100).map(|i| i * 1_000_000 + (i * 7_919) % 5_000).collect();
+        let a: Vec<i64> = (0..100)
+            .map(|i| i * 1_000_000 + (i * 7_919) % 5_000)
+            .collect();
         let mut b = a.clone();
         b[50] += 1;
         let regular: Vec<i64> = (0..100).map(|i| i * 1_000_000).collect();

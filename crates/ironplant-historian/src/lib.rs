@@ -1226,12 +1226,8 @@ fn flusher_loop(shared: Arc<Shared>, rx: std_mpsc::Receiver<Job>) {
             }
         }
         // Background merging: checkpoints leave one small chunk per tag each time.
-        let (min_run, since) = if job.compact {
-            (2, i64::MIN)
-        } else {
-            (8, Timestamp::now().0 - 7 * 86_400_000_000)
-        };
-        match shared.store.merge_small(min_run, since) {
+        let min_run = if job.compact { 2 } else { 8 };
+        match shared.store.merge_small(min_run) {
             Ok((0, _)) => {}
             Ok((removed, written)) => {
                 tracing::debug!(removed, written, "historian merged small chunks")

@@ -20,6 +20,9 @@ const CHUNKS: TableDefinition<'_, (u32, i64, i64, u64), &[u8]> = TableDefinition
 /// hid → the longest time span of any of its chunks (bounds how far a scan must look).
 const SPANS: TableDefinition<'_, u32, i64> = TableDefinition::new("spans");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// The chunks that are not full (fewer than `chunk::MAX_CHUNK_SAMPLES` samples), keyed as in
+/// `CHUNKS`: what background merging looks at, whatever the age of their data.
+const SMALL: TableDefinition<'_, (u32, i64, i64, u64), ()> = TableDefinition::new("small");
 /// Shared timestamp columns: id → `[references u32 LE][chunk::encode_ts_column]`. The tags of
 /// one poll group are stamped once per poll, so their chunks' timestamps are identical: stored
 /// once here, referenced by id from each chunk (and freed with the last reference).
@@ -30,6 +33,11 @@ const TIMES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("times");
 pub struct SharedTs {
     pub column: Vec<u8>,
     pub members: Vec<usize>,
+}
+
+/// Whether a chunk has room for more samples (a candidate for merging).
+fn not_full(bytes: &[u8]) -> bool {
+    chunk::header(bytes).is_ok_and(|h| (h.count as usize) < chunk::MAX_CHUNK_SAMPLES)
 }
 
 /// The timestamps of shared column `id`.
@@ -110,9 +118,7 @@ pub type Encoded = (Vec<(ChunkKey, Vec<u8>)>, Vec<SharedTs>);
 
 /// Splits chunk columns into shared timestamp columns (one per group of identical, irregular
 /// ones) and encodes every chunk; returns the encoded chunks and the columns to store.
-pub fn encode_chunks(
-    parts: Vec<ChunkParts>,
-) -> Result<Encoded, HistorianError> {
+pub fn encode_chunks(parts: Vec<ChunkParts>) -> Result<Encoded, HistorianError> {
     let err =
         |e: chunk::ChunkError| HistorianError::Storage(format!("cannot compress a chunk: {e}"));
     let groups = {
@@ -179,6 +185,22 @@ impl Store {
             txn.open_table(SPANS).map_err(storage)?;
             txn.open_table(META).map_err(storage)?;
             txn.open_table(TIMES).map_err(storage)?;
+            txn.open_table(SMALL).map_err(storage)?;
+            // A file from before the index: fill it once.
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            if meta.get("small_index").map_err(storage)?.is_none() {
+                let chunks = txn.open_table(CHUNKS).map_err(storage)?;
+                let mut small = txn.open_table(SMALL).map_err(storage)?;
+                for row in chunks.iter().map_err(storage)? {
+                    let (k, v) = row.map_err(storage)?;
+                    if chunk::header(v.value())
+                        .is_ok_and(|h| (h.count as usize) < chunk::MAX_CHUNK_SAMPLES)
+                    {
+                        small.insert(k.value(), ()).map_err(storage)?;
+                    }
+                }
+                meta.insert("small_index", 1).map_err(storage)?;
+            }
         }
         txn.commit().map_err(storage)?;
         Ok(Store {
@@ -252,9 +274,15 @@ impl Store {
         {
             let mut t = txn.open_table(CHUNKS).map_err(storage)?;
             let mut s = txn.open_table(SPANS).map_err(storage)?;
+            let mut small = txn.open_table(SMALL).map_err(storage)?;
             for (k, bytes) in &chunks {
                 t.insert((k.hid, k.last_ts, k.first_ts, seq), bytes.as_slice())
                     .map_err(storage)?;
+                if not_full(bytes) {
+                    small
+                        .insert((k.hid, k.last_ts, k.first_ts, seq), ())
+                        .map_err(storage)?;
+                }
                 seq += 1;
                 let span = k.last_ts.saturating_sub(k.first_ts);
                 let cur = spans.entry(k.hid).or_insert(0);
@@ -501,6 +529,7 @@ impl Store {
         {
             let mut t = txn.open_table(CHUNKS).map_err(storage)?;
             let mut times = txn.open_table(TIMES).map_err(storage)?;
+            let mut small = txn.open_table(SMALL).map_err(storage)?;
             for &(hid, cutoff) in cutoffs {
                 let keys: Vec<(u32, i64, i64, u64)> = t
                     .range((hid, i64::MIN, i64::MIN, 0)..(hid, cutoff, i64::MIN, 0))
@@ -511,6 +540,7 @@ impl Store {
                     if let Some(v) = t.remove(k).map_err(storage)? {
                         release_ts(&mut times, v.value())?;
                     }
+                    small.remove(k).map_err(storage)?;
                     n += 1;
                 }
             }
@@ -519,70 +549,77 @@ impl Store {
         Ok(n)
     }
 
-    /// Merges runs of small neighbouring chunks of each tag into chunks of up to
+    /// Merges runs of neighbouring chunks of each tag that are not full into chunks of up to
     /// [`chunk::MAX_CHUNK_SAMPLES`]: a run is merged once it has `min_run` chunks or enough samples
-    /// for a full-size chunk. Checkpoints write one chunk per tag each time, so without this a
+    /// for half a full chunk. Checkpoints write one chunk per tag each time, so without this a
     /// tag polled every second would keep ten-minute chunks whose fixed overhead costs more than
     /// their data. Corrupt chunks are never merged (they stay, reported by queries).
-    /// Returns (chunks merged away, chunks written).
-    /// Only chunks ending at or after `since` are considered, so the background pass reads the
-    /// recent end of each tag's series, not the whole history.
-    pub fn merge_small(&self, min_run: usize, since: i64) -> Result<(u64, u64), HistorianError> {
-        const SMALL: u32 = chunk::MAX_CHUNK_SAMPLES as u32 / 2;
+    /// Candidates come from the `small` index, so data of any age is merged (a backfill of last
+    /// year's files as well as today's checkpoints) without reading the full chunks of the
+    /// history. Returns (chunks merged away, chunks written).
+    pub fn merge_small(&self, min_run: usize) -> Result<(u64, u64), HistorianError> {
+        const ENOUGH: u32 = chunk::MAX_CHUNK_SAMPLES as u32 / 2;
         type Key = (u32, i64, i64, u64);
         let mut plans: Vec<Vec<(Key, Vec<u8>)>> = Vec::new();
+        let mut stale: Vec<Key> = Vec::new();
         {
             let txn = self.begin_read()?;
             let t = txn.open_table(CHUNKS).map_err(storage)?;
+            let small = txn.open_table(SMALL).map_err(storage)?;
             let mut run: Vec<(Key, Vec<u8>)> = Vec::new();
             let mut run_samples = 0u32;
             let mut run_bytes = 0usize;
             let close = |run: &mut Vec<(Key, Vec<u8>)>,
                          samples: u32,
                          plans: &mut Vec<Vec<(Key, Vec<u8>)>>| {
-                if run.len() >= 2 && (run.len() >= min_run || samples >= SMALL) {
+                if run.len() >= 2 && (run.len() >= min_run || samples >= ENOUGH) {
                     plans.push(std::mem::take(run));
                 } else {
                     run.clear();
                 }
             };
-            let mut hids: Vec<u32> = self.spans.read().keys().copied().collect();
-            hids.sort_unstable();
-            let rows = hids.into_iter().map(|hid| {
-                t.range((hid, since, i64::MIN, 0)..=(hid, i64::MAX, i64::MAX, u64::MAX))
-            });
-            for row in rows
-                .map(|r| r.map_err(storage))
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .flatten()
-            {
-                let (k, v) = row.map_err(storage)?;
+            for row in small.iter().map_err(storage)? {
+                let (k, _) = row.map_err(storage)?;
                 let key = k.value();
-                let header = chunk::header(v.value()).ok();
+                let Some(v) = t.get(key).map_err(storage)? else {
+                    stale.push(key);
+                    continue;
+                };
+                let bytes = v.value();
+                let header = chunk::header(bytes).ok();
                 // Chunks of large values merge only up to TARGET_CHUNK_BYTES of stored bytes
                 // (tagged values are stored uncompressed; a constant chunk decodes to clones of
                 // one value, which share its Arc).
                 let fits = header.is_some_and(|h| {
-                    h.count < SMALL
-                        && run_samples + h.count <= chunk::MAX_CHUNK_SAMPLES as u32
-                        && run_bytes + v.value().len() <= chunk::TARGET_CHUNK_BYTES
+                    run_samples + h.count <= chunk::MAX_CHUNK_SAMPLES as u32
+                        && run_bytes + bytes.len() <= chunk::TARGET_CHUNK_BYTES
                 });
-                let same_tag = run.first().is_some_and(|r| r.0 .0 == key.0);
-                if !(same_tag && fits) {
+                // Neighbours only: no other chunk of the tag between the run and this one.
+                let adjacent = match run.last() {
+                    Some((prev, _)) if prev.0 == key.0 => t
+                        .range::<Key>((
+                            std::ops::Bound::Excluded(*prev),
+                            std::ops::Bound::Excluded(key),
+                        ))
+                        .map_err(storage)?
+                        .next()
+                        .is_none(),
+                    _ => false,
+                };
+                if !(adjacent && fits) {
                     close(&mut run, run_samples, &mut plans);
                     run_samples = 0;
                     run_bytes = 0;
                 }
-                if let Some(h) = header.filter(|h| h.count < SMALL) {
+                if let Some(h) = header {
                     run_samples += h.count;
-                    run_bytes += v.value().len();
-                    run.push((key, v.value().to_vec()));
+                    run_bytes += bytes.len();
+                    run.push((key, bytes.to_vec()));
                 }
             }
             close(&mut run, run_samples, &mut plans);
         }
-        if plans.is_empty() {
+        if plans.is_empty() && stale.is_empty() {
             return Ok((0, 0));
         }
         let txn = self.db()?.begin_write().map_err(storage)?;
@@ -591,6 +628,10 @@ impl Store {
         {
             let mut t = txn.open_table(CHUNKS).map_err(storage)?;
             let mut times = txn.open_table(TIMES).map_err(storage)?;
+            let mut small = txn.open_table(SMALL).map_err(storage)?;
+            for k in stale {
+                small.remove(k).map_err(storage)?;
+            }
             // Decode every plan first: the merged chunks of the tags of one poll group have
             // identical timestamps again, and share them again.
             let mut merged = Vec::new();
@@ -618,6 +659,7 @@ impl Store {
                 let hid = plan[0].0 .0;
                 for (k, bytes) in &plan {
                     t.remove(*k).map_err(storage)?;
+                    small.remove(*k).map_err(storage)?;
                     release_ts(&mut times, bytes)?;
                     removed += 1;
                 }
@@ -637,6 +679,9 @@ impl Store {
                 let (hid, first, last) = (key.hid, key.first_ts, key.last_ts);
                 t.insert((hid, last, first, seq), bytes.as_slice())
                     .map_err(storage)?;
+                if not_full(&bytes) {
+                    small.insert((hid, last, first, seq), ()).map_err(storage)?;
+                }
                 seq += 1;
                 written += 1;
                 let span = last - first;

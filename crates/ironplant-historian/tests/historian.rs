@@ -518,3 +518,62 @@ fn late_and_overlapping_data_comes_back_in_time_order() {
     assert_eq!(count.rows[0].values[0], Some(expected as f64));
     h.close();
 }
+
+#[test]
+fn old_data_and_half_full_chunks_are_merged_in_the_background() {
+    // A backfill from two years ago, written in pieces: the background merge (no compaction
+    // asked) joins neighbouring chunks whatever the age of their data, also when one of them
+    // is more than half full.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = HistorianConfig::new(dir.path());
+    c.flush_samples = 1_000_000; // checkpoints only when asked
+    let h = Historian::open(c).expect("open");
+    let id = h.register(&[path("a/backfill")]).expect("register")[0];
+    let old = Timestamp::now().0 - 2 * 365 * 86_400 * S;
+    let mut next = 0i64;
+    let mut write = |n: i64| {
+        let batch = (next..next + n)
+            .map(|i| {
+                (
+                    id,
+                    old + i * S,
+                    Value::Float((i % 100) as f64),
+                    Quality::GOOD,
+                )
+            })
+            .collect();
+        next += n;
+        h.submit(batch)
+            .expect("submit")
+            .wait_blocking()
+            .expect("durable");
+        h.flush_blocking().expect("flush");
+    };
+    // 5,000 samples, then 3,000: two chunks, the first more than half full.
+    write(5_000);
+    write(3_000);
+    // Then ten small pieces, merged once eight of them wait.
+    for _ in 0..10 {
+        write(300);
+    }
+    let b = h.storage_breakdown().expect("breakdown");
+    assert_eq!(b.samples, 11_000);
+    // 5,000 + 3,000 → one chunk of 8,000; eight pieces of 300 → one of 2,400; the last two
+    // wait for more.
+    assert_eq!(b.chunks, 4, "{b:?}");
+    let page = h
+        .raw(
+            "a/backfill",
+            Timestamp(old),
+            Timestamp(old + 11_000 * S),
+            100_000,
+        )
+        .expect("raw");
+    assert_eq!(page.points.len(), 11_000);
+    assert!(page
+        .points
+        .iter()
+        .enumerate()
+        .all(|(i, p)| p.ts.0 == old + i as i64 * S && p.value == Value::Float((i % 100) as f64)));
+    h.close();
+}
