@@ -793,6 +793,56 @@ fn fmt_ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
+/// The field regime's storage: `tags` × `seconds` of the mix with each device's poll
+/// jittered by ±5 ms (µs resolution), ingested, flushed and merged like the main run.
+fn field_storage(
+    tags: usize,
+    seconds: u64,
+) -> anyhow::Result<ironplant_historian::StorageBreakdown> {
+    use ironplant_core::{Quality, TagPath};
+    use ironplant_historian::{Historian, HistorianConfig};
+    let dir = tempfile::Builder::new()
+        .prefix("ironplant-bench-historian-field-")
+        .tempdir()
+        .context("cannot create a temp dir")?;
+    let h =
+        Historian::open(HistorianConfig::new(dir.path())).context("cannot open the historian")?;
+    let mut mix = crate::bench_mix::Mix::new(tags, crate::bench_mix::START_2026_US, 1_000_000, 7)
+        .with_jitter(5_000);
+    let paths: Vec<TagPath> = mix
+        .tags()
+        .iter()
+        .map(|t| TagPath::parse(&t.name))
+        .collect::<Result<_, _>>()?;
+    let hids = h.register(&paths)?;
+    let bar = indicatif::ProgressBar::new(seconds);
+    bar.set_message("field regime ingest");
+    let mut rows = Vec::with_capacity(tags);
+    let mut acks = std::collections::VecDeque::new();
+    for step in 0..seconds {
+        mix.step(step, &mut rows);
+        let batch = rows
+            .iter()
+            .map(|&(i, ts, v)| (hids[i as usize], ts, mix_value(v), Quality::GOOD))
+            .collect();
+        acks.push_back(h.submit(batch)?);
+        while acks.len() > 16 {
+            if let Some(a) = acks.pop_front() {
+                a.wait_blocking()?;
+            }
+        }
+        bar.inc(1);
+    }
+    for a in acks {
+        a.wait_blocking()?;
+    }
+    bar.finish_and_clear();
+    h.compact_blocking()?;
+    let b = h.storage_breakdown()?;
+    h.close();
+    Ok(b)
+}
+
 /// Ingests `tags` × `seconds` of the mix (plus one tag with a full day, for the aggregate query)
 /// into a fresh historian with durability on, then the same rows into PostgreSQL.
 async fn bench_historian(tags: usize, seconds: u64, postgres: bool) -> anyhow::Result<()> {
@@ -883,6 +933,7 @@ async fn bench_historian(tags: usize, seconds: u64, postgres: bool) -> anyhow::R
     let stats = h.stats();
     let bytes = (stats.chunk_bytes + stats.wal_bytes) as f64;
     let stored = (total + DAY) as f64;
+    let regular = h.storage_breakdown()?;
 
     // 2. Queries: 1 day of one tag into 1-minute averages; last value of every tag.
     let from = Timestamp(crate::bench_mix::START_2026_US);
@@ -1052,9 +1103,61 @@ async fn bench_historian(tags: usize, seconds: u64, postgres: bool) -> anyhow::R
         ));
     }
 
+    // Where the bytes go, on the regular mix and on the field regime (each device's poll
+    // stamped with ±5 ms of jitter at µs resolution, shared by its 20 tags).
+    let field = tokio::task::block_in_place(|| field_storage(tags, seconds))?;
     println!();
     let rows: Vec<[String; 4]> = table.into_iter().map(|(a, b, c, d)| [a, b, c, d]).collect();
     print_table(["figure", "ironplant", "PostgreSQL", "ratio"], &rows);
+    println!();
+    let split = |b: &ironplant_historian::StorageBreakdown| {
+        let n = b.samples.max(1) as f64;
+        [
+            format!("{:.3}", b.file_bytes as f64 / n),
+            format!("{:.3}", b.timestamp_bytes as f64 / n),
+            format!("{:.3}", b.value_bytes as f64 / n),
+            format!("{:.3}", (b.quality_bytes + b.header_bytes) as f64 / n),
+            format!(
+                "{:.3} ({:.0} %)",
+                b.overhead_bytes() as f64 / n,
+                100.0 * b.overhead_bytes() as f64 / b.file_bytes.max(1) as f64
+            ),
+        ]
+    };
+    let [a0, a1, a2, a3, a4] = split(&regular);
+    let [b0, b1, b2, b3, b4] = split(&field);
+    print_table(
+        [
+            "bytes per sample (after merge)",
+            "total",
+            "timestamps",
+            "values",
+            "quality + headers",
+            "storage engine overhead",
+        ],
+        &[
+            [
+                format!("regular 1 s polling ({} samples)", regular.samples),
+                a0,
+                a1,
+                a2,
+                a3,
+                a4,
+            ],
+            [
+                format!("jittered ±5 ms per device ({} samples)", field.samples),
+                b0,
+                b1,
+                b2,
+                b3,
+                b4,
+            ],
+        ],
+    );
+    println!(
+        "field regime: {} shared timestamp columns for {} chunks; overhead = the redb file minus the chunk bytes (pages, B-tree, free space)",
+        field.shared_columns, field.chunks
+    );
     println!();
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!(

@@ -211,6 +211,11 @@ pub struct Mix {
     period_us: i64,
     /// The step the states produce next.
     next_step: u64,
+    /// Each device's poll is stamped up to this far (µs) from its nominal time, uniformly and
+    /// deterministically: the 20 tags of one device share their poll's timestamp, as a PLC
+    /// read stamps them.
+    jitter_us: i64,
+    seed: u64,
 }
 
 impl Mix {
@@ -275,7 +280,32 @@ impl Mix {
             start_us,
             period_us,
             next_step: 0,
+            jitter_us: 0,
+            seed,
         }
+    }
+
+    /// The same mix with each device's poll timestamps jittered by up to ±`jitter_us`
+    /// (µs resolution), shared by the device's tags.
+    pub fn with_jitter(mut self, jitter_us: i64) -> Mix {
+        self.jitter_us = jitter_us.max(0);
+        self
+    }
+
+    /// The jitter of `device`'s poll at `step` (SplitMix64 of seed, device and step).
+    fn jitter(&self, device: u64, step: u64) -> i64 {
+        if self.jitter_us == 0 {
+            return 0;
+        }
+        let mut z = self
+            .seed
+            .wrapping_add(device.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .wrapping_add(step.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let span = 2 * self.jitter_us as u64 + 1;
+        (z % span) as i64 - self.jitter_us
     }
 
     pub fn tags(&self) -> &[MixTag] {
@@ -315,14 +345,18 @@ impl Mix {
             self.next_step += 1;
         }
         let ts = self.timestamp_us(step);
+        let jitter: Vec<i64> = (0..self.states.len().div_ceil(TAGS_PER_DEVICE))
+            .map(|d| self.jitter(d as u64, step))
+            .collect();
         out.clear();
         out.reserve(self.states.len());
-        out.extend(
-            self.states
-                .iter_mut()
-                .enumerate()
-                .map(|(i, state)| (i as u32, ts, state.next())),
-        );
+        out.extend(self.states.iter_mut().enumerate().map(|(i, state)| {
+            (
+                i as u32,
+                ts.saturating_add(jitter[i / TAGS_PER_DEVICE]),
+                state.next(),
+            )
+        }));
         self.next_step = step + 1;
     }
 }

@@ -82,7 +82,137 @@ fn is_good(q: u8) -> bool {
     q >> 5 == 0
 }
 
-#[derive(Default)]
+/// One interval's accumulated state: what an hourly rollup keeps, and what several of them
+/// merge into for a longer interval ([`Summary::merge`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Summary {
+    acc: Acc,
+    /// Whether the counter (Delta) was known at the interval's end.
+    counter_known: bool,
+}
+
+/// Bytes of an encoded [`Summary`].
+pub const SUMMARY_BYTES: usize = 8 * 12 + 1;
+
+impl Summary {
+    /// The interval's row for `aggs`.
+    pub fn row(&self, start: i64, aggs: &[Aggregate]) -> Row {
+        let a = &self.acc;
+        let has = a.n > 0;
+        let values = aggs
+            .iter()
+            .map(|agg| match agg {
+                Aggregate::Min => has.then_some(a.min),
+                Aggregate::Max => has.then_some(a.max),
+                Aggregate::Avg => has.then_some(a.mean),
+                Aggregate::TimeWeightedAvg => (a.known_us > 0).then(|| a.area / a.known_us as f64),
+                Aggregate::First => a.first,
+                Aggregate::Last => a.last,
+                Aggregate::Count => Some(a.good as f64),
+                Aggregate::StdDev => has.then(|| (a.m2 / a.n as f64).sqrt()),
+                Aggregate::Delta => self.counter_known.then_some(a.delta),
+            })
+            .collect();
+        Row {
+            start: Timestamp(start),
+            values,
+            good: a.good,
+            bad: a.bad,
+        }
+    }
+
+    /// The summary of this interval followed by `next` (Chan et al.'s pairwise mean and M2).
+    pub fn merge(&self, next: &Summary) -> Summary {
+        let (a, b) = (&self.acc, &next.acc);
+        let n = a.n + b.n;
+        let (mean, m2) = if a.n == 0 {
+            (b.mean, b.m2)
+        } else if b.n == 0 {
+            (a.mean, a.m2)
+        } else {
+            let d = b.mean - a.mean;
+            let nf = n as f64;
+            (
+                a.mean + d * b.n as f64 / nf,
+                a.m2 + b.m2 + d * d * a.n as f64 * b.n as f64 / nf,
+            )
+        };
+        Summary {
+            acc: Acc {
+                good: a.good + b.good,
+                bad: a.bad + b.bad,
+                n,
+                min: a.min.min(b.min),
+                max: a.max.max(b.max),
+                mean,
+                m2,
+                first: a.first.or(b.first),
+                last: b.last.or(a.last),
+                area: a.area + b.area,
+                known_us: a.known_us + b.known_us,
+                delta: a.delta + b.delta,
+            },
+            counter_known: next.counter_known,
+        }
+    }
+
+    pub fn encode(&self) -> [u8; SUMMARY_BYTES] {
+        let a = &self.acc;
+        let mut out = [0u8; SUMMARY_BYTES];
+        let fields: [u64; 12] = [
+            a.good,
+            a.bad,
+            a.n,
+            a.min.to_bits(),
+            a.max.to_bits(),
+            a.mean.to_bits(),
+            a.m2.to_bits(),
+            a.first.unwrap_or(0.0).to_bits(),
+            a.last.unwrap_or(0.0).to_bits(),
+            a.area.to_bits(),
+            a.known_us as u64,
+            a.delta.to_bits(),
+        ];
+        for (i, f) in fields.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&f.to_le_bytes());
+        }
+        out[96] = u8::from(a.first.is_some())
+            | u8::from(a.last.is_some()) << 1
+            | u8::from(self.counter_known) << 2;
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Summary> {
+        if bytes.len() != SUMMARY_BYTES {
+            return None;
+        }
+        let f = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(b)
+        };
+        let flags = bytes[96];
+        Some(Summary {
+            acc: Acc {
+                good: f(0),
+                bad: f(1),
+                n: f(2),
+                min: f64::from_bits(f(3)),
+                max: f64::from_bits(f(4)),
+                mean: f64::from_bits(f(5)),
+                m2: f64::from_bits(f(6)),
+                first: (flags & 1 != 0).then(|| f64::from_bits(f(7))),
+                last: (flags & 2 != 0).then(|| f64::from_bits(f(8))),
+                area: f64::from_bits(f(9)),
+                known_us: f(10) as i64,
+                delta: f64::from_bits(f(11)),
+            },
+            counter_known: flags & 4 != 0,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Acc {
     good: u64,
     bad: u64,
@@ -138,6 +268,8 @@ pub struct Aggregator {
     t_prev: i64,
     acc: Acc,
     rows: Vec<Row>,
+    /// With [`Aggregator::summaries`]: the intervals' states instead of rows.
+    summaries: Option<Vec<(i64, Summary)>>,
 }
 
 impl Aggregator {
@@ -160,7 +292,23 @@ impl Aggregator {
             t_prev: from,
             acc: Acc::fresh(),
             rows: Vec::new(),
+            summaries: None,
         }
+    }
+
+    /// The same computation, keeping each interval's [`Summary`] (for rollups).
+    pub fn summaries(before: Option<&Raw>, from: i64, to: i64, step: i64) -> Aggregator {
+        let mut a = Aggregator::new(&[], before, from, to, step);
+        a.summaries = Some(Vec::new());
+        a
+    }
+
+    /// The intervals' summaries (for an aggregator made by [`Aggregator::summaries`]).
+    pub fn finish_summaries(mut self) -> Vec<(i64, Summary)> {
+        while self.start < self.to {
+            self.close();
+        }
+        self.summaries.unwrap_or_default()
     }
 
     /// Closes intervals until `ts` falls in the current one.
@@ -176,28 +324,14 @@ impl Aggregator {
             a.area += h * (self.end - self.t_prev) as f64;
             a.known_us += self.end - self.t_prev;
         }
-        let has = a.n > 0;
-        let values = self
-            .aggs
-            .iter()
-            .map(|agg| match agg {
-                Aggregate::Min => has.then_some(a.min),
-                Aggregate::Max => has.then_some(a.max),
-                Aggregate::Avg => has.then_some(a.mean),
-                Aggregate::TimeWeightedAvg => (a.known_us > 0).then(|| a.area / a.known_us as f64),
-                Aggregate::First => a.first,
-                Aggregate::Last => a.last,
-                Aggregate::Count => Some(a.good as f64),
-                Aggregate::StdDev => has.then(|| (a.m2 / a.n as f64).sqrt()),
-                Aggregate::Delta => self.counter.map(|_| a.delta),
-            })
-            .collect();
-        self.rows.push(Row {
-            start: Timestamp(self.start),
-            values,
-            good: a.good,
-            bad: a.bad,
-        });
+        let summary = Summary {
+            acc: *a,
+            counter_known: self.counter.is_some(),
+        };
+        match self.summaries.as_mut() {
+            Some(s) => s.push((self.start, summary)),
+            None => self.rows.push(summary.row(self.start, &self.aggs)),
+        }
         self.start = self.end;
         self.end = self.start.saturating_add(self.step).min(self.to);
         self.t_prev = self.start;

@@ -142,6 +142,7 @@ struct Counters {
     checkpoints: AtomicU64,
     retention_dropped_chunks: AtomicU64,
     corrupt_chunks_seen: AtomicU64,
+    rollup_hours_read: AtomicU64,
 }
 
 /// A snapshot of the historian's counters and sizes.
@@ -156,6 +157,8 @@ pub struct HistorianStats {
     pub checkpoints: u64,
     pub retention_dropped_chunks: u64,
     pub corrupt_chunks_seen: u64,
+    /// Hourly rollups read by aggregate queries instead of raw samples.
+    pub rollup_hours_read: u64,
     pub memtable_samples: u64,
     pub wal_bytes: u64,
     pub chunk_bytes: u64,
@@ -501,6 +504,7 @@ impl Historian {
             checkpoints: c.checkpoints.load(Ordering::Relaxed),
             retention_dropped_chunks: c.retention_dropped_chunks.load(Ordering::Relaxed),
             corrupt_chunks_seen: c.corrupt_chunks_seen.load(Ordering::Relaxed),
+            rollup_hours_read: c.rollup_hours_read.load(Ordering::Relaxed),
             memtable_samples: mem as u64,
             wal_bytes: wal::disk_bytes(&*self.shared.cfg.wal_fs, &self.shared.wal_dir),
             chunk_bytes: self.shared.store.file_bytes(),
@@ -639,24 +643,71 @@ impl Historian {
         let hid = self.resolve(path)?;
         let mut view = self.snapshot(hid, from.0, to.0, true)?;
         let mut warnings = Vec::new();
+        // Whole hours, aligned: the hourly rollups answer as far as they reach.
+        let (mut rows, split) = self.rows_from_rollups(&view, hid, from.0, to.0, step, aggs)?;
         let before = later(
             view.before.take(),
             self.shared
                 .store
-                .before(&view.txn, hid, from.0, &mut warnings, path)?,
+                .before(&view.txn, hid, split, &mut warnings, path)?,
         );
-        let mut agg = aggregate::Aggregator::new(aggs, before.as_ref(), from.0, to.0, step);
-        self.stream(view, hid, from.0, to.0, path, &mut warnings, |r| {
-            agg.push(&r);
-            true
-        })?;
+        let mut agg = aggregate::Aggregator::new(aggs, before.as_ref(), split, to.0, step);
+        if split < to.0 {
+            self.stream(view, hid, split, to.0, path, &mut warnings, |r| {
+                agg.push(&r);
+                true
+            })?;
+        }
         self.note_corrupt(&warnings);
-        let rows = agg.finish();
+        rows.extend(agg.finish());
         Ok(AggResult {
             aggregates: aggs.to_vec(),
             rows,
             warnings,
         })
+    }
+
+    /// The rows of `[from, split)` computed from hourly rollups, and `split` (`from` when the
+    /// rollups cannot answer: an interval that is not whole hours from an hour boundary, no
+    /// rollups yet, or samples of those hours still in memory — late data — or pending).
+    fn rows_from_rollups(
+        &self,
+        view: &TagView,
+        hid: u32,
+        from: i64,
+        to: i64,
+        step: i64,
+        aggs: &[Aggregate],
+    ) -> Result<(Vec<aggregate::Row>, i64), HistorianError> {
+        let hour = store::HOUR_US;
+        if step % hour != 0 || from.rem_euclid(hour) != 0 || view.before.is_some() {
+            return Ok((Vec::new(), from));
+        }
+        let mut reach = self.shared.store.rollup_mark(&view.txn, hid)?.min(to);
+        if let Some(m) = view.mem.iter().map(|r| r.ts).min() {
+            reach = reach.min(m);
+        }
+        let split = from + (reach.saturating_sub(from)).max(0) / step * step;
+        if split <= from {
+            return Ok((Vec::new(), from));
+        }
+        let Some(hours) = self.shared.store.rollups(&view.txn, hid, from, split)? else {
+            return Ok((Vec::new(), from));
+        };
+        self.shared
+            .counters
+            .rollup_hours_read
+            .fetch_add(hours.len() as u64, Ordering::Relaxed);
+        let per = usize::try_from(step / hour).unwrap_or(1).max(1);
+        let rows = hours
+            .chunks(per)
+            .enumerate()
+            .map(|(i, group)| {
+                let merged = group.iter().skip(1).fold(group[0], |acc, s| acc.merge(s));
+                merged.row(from + i as i64 * step, aggs)
+            })
+            .collect();
+        Ok((rows, split))
     }
 
     /// The value of `path` at `at`: the last sample at or before it (`Previous`), or linear
@@ -1234,6 +1285,7 @@ fn flusher_loop(shared: Arc<Shared>, rx: std_mpsc::Receiver<Job>) {
             }
             Err(e) => tracing::warn!(error = %e, "merging small chunks failed; will retry"),
         }
+        update_rollups(&shared);
         if job.compact && !shared.store.compact_file() {
             tracing::debug!("database file compaction skipped (readers active or nothing to do)");
         }
@@ -1285,6 +1337,22 @@ fn checkpoint(shared: &Arc<Shared>, mem: &Arc<Memtable>) -> Result<u64, Historia
     shared.store.commit_chunks(chunks, shared_ts, mem.lsn)?;
     st.frozen.retain(|f| !Arc::ptr_eq(f, mem));
     Ok(n)
+}
+
+/// Brings the hourly rollups of every tag with new samples up to date.
+fn update_rollups(shared: &Arc<Shared>) {
+    let pending = match shared.store.rollups_pending() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read pending rollups; will retry");
+            return;
+        }
+    };
+    for (hid, dirty) in pending {
+        if let Err(e) = shared.store.roll_up(hid, dirty) {
+            tracing::warn!(hid, error = %e, "cannot update rollups; will retry");
+        }
+    }
 }
 
 fn run_retention(shared: &Arc<Shared>, last_run: &mut Instant) {

@@ -20,6 +20,19 @@ const CHUNKS: TableDefinition<'_, (u32, i64, i64, u64), &[u8]> = TableDefinition
 /// hid → the longest time span of any of its chunks (bounds how far a scan must look).
 const SPANS: TableDefinition<'_, u32, i64> = TableDefinition::new("spans");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// Hourly rollups: (hid, hour start µs) → [`crate::aggregate::Summary`] of that hour, computed
+/// from the raw samples with the exact state an aggregate query carries (the value held from
+/// before the hour for the time-weighted average, the counter for Delta). Kept when retention
+/// drops the raw chunks.
+const ROLLUP_1H: TableDefinition<'_, (u32, i64), &[u8]> = TableDefinition::new("rollup_1h");
+/// hid → the end of the hours rolled up (every hour before it has its row).
+const ROLLUP_MARK: TableDefinition<'_, u32, i64> = TableDefinition::new("rollup_mark");
+/// hid → the earliest sample committed since its rollups were last brought up to date
+/// (written with the chunks, in their transaction).
+const ROLLUP_DIRTY: TableDefinition<'_, u32, i64> = TableDefinition::new("rollup_dirty");
+/// One hour in µs: the rollup's interval.
+pub const HOUR_US: i64 = 3_600_000_000;
+
 /// The chunks that are not full (fewer than `chunk::MAX_CHUNK_SAMPLES` samples), keyed as in
 /// `CHUNKS`: what background merging looks at, whatever the age of their data.
 const SMALL: TableDefinition<'_, (u32, i64, i64, u64), ()> = TableDefinition::new("small");
@@ -186,6 +199,27 @@ impl Store {
             txn.open_table(META).map_err(storage)?;
             txn.open_table(TIMES).map_err(storage)?;
             txn.open_table(SMALL).map_err(storage)?;
+            txn.open_table(ROLLUP_1H).map_err(storage)?;
+            txn.open_table(ROLLUP_MARK).map_err(storage)?;
+            let mut dirty = txn.open_table(ROLLUP_DIRTY).map_err(storage)?;
+            // A file from before rollups: roll every tag up from its first chunk.
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            if meta.get("rollups").map_err(storage)?.is_none() {
+                let chunks = txn.open_table(CHUNKS).map_err(storage)?;
+                let mut first: HashMap<u32, i64> = HashMap::new();
+                for row in chunks.iter().map_err(storage)? {
+                    let (k, _) = row.map_err(storage)?;
+                    let (hid, _, f, _) = k.value();
+                    let e = first.entry(hid).or_insert(f);
+                    *e = (*e).min(f);
+                }
+                for (hid, f) in first {
+                    dirty.insert(hid, f).map_err(storage)?;
+                }
+                meta.insert("rollups", 1).map_err(storage)?;
+            }
+            drop(meta);
+            drop(dirty);
             // A file from before the index: fill it once.
             let mut meta = txn.open_table(META).map_err(storage)?;
             if meta.get("small_index").map_err(storage)?.is_none() {
@@ -275,7 +309,12 @@ impl Store {
             let mut t = txn.open_table(CHUNKS).map_err(storage)?;
             let mut s = txn.open_table(SPANS).map_err(storage)?;
             let mut small = txn.open_table(SMALL).map_err(storage)?;
+            let mut dirty = txn.open_table(ROLLUP_DIRTY).map_err(storage)?;
             for (k, bytes) in &chunks {
+                let earliest = dirty.get(k.hid).map_err(storage)?.map(|v| v.value());
+                if earliest.is_none_or(|e| k.first_ts < e) {
+                    dirty.insert(k.hid, k.first_ts).map_err(storage)?;
+                }
                 t.insert((k.hid, k.last_ts, k.first_ts, seq), bytes.as_slice())
                     .map_err(storage)?;
                 if not_full(bytes) {
@@ -701,6 +740,153 @@ impl Store {
         txn.commit().map_err(storage)?;
         *self.next_seq.write() = seq;
         Ok((removed, written))
+    }
+
+    /// Tags whose rollups wait for new samples, with the earliest of those.
+    pub fn rollups_pending(&self) -> Result<Vec<(u32, i64)>, HistorianError> {
+        let txn = self.begin_read()?;
+        let t = txn.open_table(ROLLUP_DIRTY).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            out.push((k.value(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Brings a tag's hourly rollups up to date from `dirty` (its earliest new sample) to the
+    /// start of the hour of its latest sample in chunks (that hour may still fill). Reads the
+    /// raw samples a day at a time.
+    pub fn roll_up(&self, hid: u32, dirty: i64) -> Result<(), HistorianError> {
+        let txn = self.begin_read()?;
+        let last = txn
+            .open_table(CHUNKS)
+            .map_err(storage)?
+            .range((hid, i64::MIN, i64::MIN, 0)..=(hid, i64::MAX, i64::MAX, u64::MAX))
+            .map_err(storage)?
+            .next_back()
+            .transpose()
+            .map_err(storage)?
+            .map(|(k, _)| k.value().1);
+        let first = txn
+            .open_table(CHUNKS)
+            .map_err(storage)?
+            .range((hid, i64::MIN, i64::MIN, 0)..=(hid, i64::MAX, i64::MAX, u64::MAX))
+            .map_err(storage)?
+            .next()
+            .transpose()
+            .map_err(storage)?
+            .map(|(k, _)| k.value().2);
+        let mark = self.rollup_mark(&txn, hid)?;
+        // From the first hour not rolled up yet, or the hour of the earliest new sample if it
+        // is older — but never before the raw data retention left (those hours keep the
+        // rollups made while their samples were there).
+        let floor = |t: i64| t - t.rem_euclid(HOUR_US);
+        let mut start = floor(dirty);
+        if mark != i64::MIN {
+            start = start.min(mark);
+        }
+        if let Some(f) = first {
+            start = start.max(floor(f));
+        }
+        let seal = last.map_or(i64::MIN, floor);
+        let mut rows = Vec::new();
+        if start < seal {
+            let mut warnings = Vec::new();
+            let before = self.before(&txn, hid, start, &mut warnings, "")?;
+            let mut agg =
+                crate::aggregate::Aggregator::summaries(before.as_ref(), start, seal, HOUR_US);
+            let mut w = start;
+            while w < seal {
+                let end = w.saturating_add(24 * HOUR_US).min(seal);
+                let mut samples = self.scan(&txn, hid, w, end, &mut warnings, "")?;
+                samples.sort_by_key(|r| r.ts);
+                for r in &samples {
+                    agg.push(r);
+                }
+                w = end;
+            }
+            rows = agg.finish_summaries();
+        }
+        drop(txn);
+        let txn = self.db()?.begin_write().map_err(storage)?;
+        {
+            let mut t = txn.open_table(ROLLUP_1H).map_err(storage)?;
+            for (hour, summary) in &rows {
+                t.insert((hid, *hour), summary.encode().as_slice())
+                    .map_err(storage)?;
+            }
+            let mut marks = txn.open_table(ROLLUP_MARK).map_err(storage)?;
+            let mark = marks
+                .get(hid)
+                .map_err(storage)?
+                .map_or(i64::MIN, |v| v.value());
+            if seal > mark {
+                marks.insert(hid, seal).map_err(storage)?;
+            }
+            // Done with what was pending (unless more came meanwhile).
+            let mut d = txn.open_table(ROLLUP_DIRTY).map_err(storage)?;
+            let now = d.get(hid).map_err(storage)?.map(|v| v.value());
+            if now == Some(dirty) {
+                d.remove(hid).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// The hourly summaries of `[from, to)` (hour-aligned) when the rollups cover all of it
+    /// and nothing newer is pending for those hours; `None` otherwise.
+    pub fn rollups(
+        &self,
+        txn: &redb::ReadTransaction,
+        hid: u32,
+        from: i64,
+        to: i64,
+    ) -> Result<Option<Vec<crate::aggregate::Summary>>, HistorianError> {
+        let mark = txn
+            .open_table(ROLLUP_MARK)
+            .map_err(storage)?
+            .get(hid)
+            .map_err(storage)?
+            .map_or(i64::MIN, |v| v.value());
+        let dirty = txn
+            .open_table(ROLLUP_DIRTY)
+            .map_err(storage)?
+            .get(hid)
+            .map_err(storage)?
+            .map_or(i64::MAX, |v| v.value());
+        if to > mark || dirty < to {
+            return Ok(None);
+        }
+        let t = txn.open_table(ROLLUP_1H).map_err(storage)?;
+        let mut out = Vec::with_capacity(usize::try_from((to - from) / HOUR_US).unwrap_or(0));
+        let mut expect = from;
+        for row in t.range((hid, from)..(hid, to)).map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            let Some(s) = crate::aggregate::Summary::decode(v.value()) else {
+                return Ok(None);
+            };
+            if k.value().1 != expect {
+                return Ok(None);
+            }
+            out.push(s);
+            expect += HOUR_US;
+        }
+        Ok((expect == to).then_some(out))
+    }
+
+    /// The end of a tag's hourly rollups (`i64::MIN`: none).
+    pub fn rollup_mark(
+        &self,
+        txn: &redb::ReadTransaction,
+        hid: u32,
+    ) -> Result<i64, HistorianError> {
+        Ok(txn
+            .open_table(ROLLUP_MARK)
+            .map_err(storage)?
+            .get(hid)
+            .map_err(storage)?
+            .map_or(i64::MIN, |v| v.value()))
     }
 
     /// Where the bytes of the database file go (reads every chunk).
