@@ -1204,6 +1204,15 @@ async fn bench_historian(tags: usize, seconds: u64, postgres: bool) -> anyhow::R
         "field regime: {} shared timestamp columns for {} chunks; overhead = the redb file minus the chunk bytes (pages, B-tree, free space)",
         field.shared_columns, field.chunks
     );
+    for (name, b) in [("regular", &regular), ("jittered", &field)] {
+        let n = b.samples.max(1) as f64;
+        println!(
+            "  {name}: of the overhead, B-tree metadata {:.3} B/sample, unused room in pages {:.3}, free pages {:.3}",
+            b.engine_metadata_bytes as f64 / n,
+            b.engine_fragmented_bytes as f64 / n,
+            b.file_bytes.saturating_sub(b.engine_allocated_bytes) as f64 / n
+        );
+    }
     println!();
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     let field_bps = field.file_bytes as f64 / field.samples.max(1) as f64;

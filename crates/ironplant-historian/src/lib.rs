@@ -183,6 +183,11 @@ pub struct StorageBreakdown {
     pub chunk_bytes: u64,
     /// The database file: chunk bytes plus the storage engine's pages, B-tree and free space.
     pub file_bytes: u64,
+    /// The storage engine's pages in use, and within them its B-tree metadata and the unused
+    /// room of partly filled pages (the rest of the file is free pages).
+    pub engine_allocated_bytes: u64,
+    pub engine_metadata_bytes: u64,
+    pub engine_fragmented_bytes: u64,
 }
 
 impl StorageBreakdown {

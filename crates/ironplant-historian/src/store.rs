@@ -928,6 +928,14 @@ impl Store {
             b.timestamp_bytes += v.value().len() as u64 + 8;
             b.chunk_bytes += v.value().len() as u64 + 8;
         }
+        drop(txn);
+        // The engine's own view (a write transaction, aborted: nothing changes).
+        let w = self.db()?.begin_write().map_err(storage)?;
+        let st = w.stats().map_err(storage)?;
+        b.engine_allocated_bytes = st.allocated_pages() * st.page_size() as u64;
+        b.engine_metadata_bytes = st.metadata_bytes();
+        b.engine_fragmented_bytes = st.fragmented_bytes();
+        w.abort().map_err(storage)?;
         Ok(b)
     }
 
