@@ -31,12 +31,87 @@ pub const MAX_CHUNK_SAMPLES: usize = 8192;
 /// floats would otherwise make a 4 GiB chunk that every query of the tag decodes whole.
 pub const TARGET_CHUNK_BYTES: usize = 16 << 20;
 
+/// Most samples of a chunk that merging sized to fill a page of the store ([`fit_pages`]).
+pub const MAX_FITTED_SAMPLES: usize = 32_768;
+/// Bytes a chunk may take to fill one 4 KiB page of the store together with its key (redb
+/// gives every value of a page or more a power-of-two run of pages: a chunk of 4.1 kB takes
+/// 8 kB; measured: values up to 4,000 bytes fit one page).
+pub const PAGE_FIT_BYTES: usize = 3_990;
+/// A chunk this large (or with [`MAX_CHUNK_SAMPLES`] samples) is full: merging leaves it alone.
+pub const FULL_BYTES: usize = 3_400;
+
 /// Where the chunk starting at `start` of `values` ends (exclusive): at most
 /// [`MAX_CHUNK_SAMPLES`] samples and, past the first, [`TARGET_CHUNK_BYTES`] of values.
 pub fn chunk_end(values: &[Value], start: usize) -> usize {
+    chunk_end_max(values, start, MAX_CHUNK_SAMPLES)
+}
+
+/// Whether a stored chunk may still be merged with its neighbours.
+pub fn is_full(count: usize, bytes: usize) -> bool {
+    count >= MAX_CHUNK_SAMPLES || bytes >= FULL_BYTES
+}
+
+/// Cuts a run of one tag's samples into chunks that each fill one page of the store (as
+/// close to [`PAGE_FIT_BYTES`] as a few trial encodings get, at most [`MAX_FITTED_SAMPLES`]);
+/// returns the end of each chunk. Large values (tens of bytes a sample and more) are cut by
+/// [`chunk_end`] instead: a page would hold too few of them.
+pub fn fit_pages(ts: &[i64], values: &[Value], quality: &[u8]) -> Result<Vec<usize>, ChunkError> {
+    let n = ts.len();
+    let mut ends = Vec::new();
+    let mut start = 0;
+    let size =
+        |a: usize, b: usize| encode(&ts[a..b], &values[a..b], &quality[a..b]).map(|c| c.len());
+    while start < n {
+        let hi = chunk_end_max(values, start, MAX_FITTED_SAMPLES);
+        let all = size(start, hi)?;
+        if all <= PAGE_FIT_BYTES {
+            ends.push(hi);
+            start = hi;
+            continue;
+        }
+        let count = hi - start;
+        if all / count > PAGE_FIT_BYTES / 64 {
+            let end = chunk_end(values, start);
+            ends.push(end);
+            start = end;
+            continue;
+        }
+        // Compressed size grows about linearly with the samples: guess, then correct.
+        let (mut lo, mut up) = (1usize, count);
+        let mut best = 1usize;
+        let mut guess = count * PAGE_FIT_BYTES / all;
+        for _ in 0..6 {
+            let g = guess.clamp(lo, up - 1);
+            let s = size(start, start + g)?;
+            if s <= PAGE_FIT_BYTES {
+                best = best.max(g);
+                lo = g;
+                if s * 100 >= PAGE_FIT_BYTES * 97 || lo + 1 >= up {
+                    break;
+                }
+                guess = g * PAGE_FIT_BYTES / s.max(1);
+                if guess <= g {
+                    guess = g + 1;
+                }
+            } else {
+                up = g;
+                if lo + 1 >= up {
+                    break;
+                }
+                guess = (g * PAGE_FIT_BYTES / s).min(g - 1);
+            }
+        }
+        ends.push(start + best);
+        start += best;
+    }
+    Ok(ends)
+}
+
+/// [`chunk_end`] with another sample limit.
+pub fn chunk_end_max(values: &[Value], start: usize, max: usize) -> usize {
     let mut end = start;
     let mut bytes = 0usize;
-    while end < values.len() && end - start < MAX_CHUNK_SAMPLES {
+    while end < values.len() && end - start < max {
         // A timestamp and a quality code come with each value.
         let size = 9 + crate::codec::encoded_len_bound(&values[end]);
         if end > start && bytes.saturating_add(size) > TARGET_CHUNK_BYTES {
@@ -556,6 +631,45 @@ mod tests {
             Value::String(Arc::from("x")),
             Value::Int(3),
         ]);
+    }
+
+    #[test]
+    fn merged_runs_are_cut_to_fill_pages() {
+        // A noisy sensor at 0.01 precision: about half a byte to a byte per sample.
+        let n = 60_000;
+        let ts: Vec<i64> = (0..n as i64).map(|i| i * 1_000_000).collect();
+        let values: Vec<Value> = (0..n as u64)
+            .map(|i| {
+                let noise = (i.wrapping_mul(2_654_435_761) % 200) as f64 / 100.0;
+                Value::Float(
+                    ((20.0 + (i as f64 / 900.0).sin() * 5.0 + noise) * 100.0).round() / 100.0,
+                )
+            })
+            .collect();
+        let q = vec![0u8; n];
+        let ends = fit_pages(&ts, &values, &q).expect("fit");
+        assert_eq!(*ends.last().expect("ends"), n);
+        let mut start = 0;
+        for (i, &end) in ends.iter().enumerate() {
+            let len = encode(&ts[start..end], &values[start..end], &q[start..end])
+                .expect("enc")
+                .len();
+            assert!(len <= PAGE_FIT_BYTES, "chunk {i}: {len} bytes");
+            if i + 1 < ends.len() {
+                assert!(
+                    len * 100 >= PAGE_FIT_BYTES * 90,
+                    "chunk {i}: only {len} bytes"
+                );
+                assert!(is_full(end - start, len));
+            }
+            start = end;
+        }
+        // Large values keep the count/size rule.
+        let big: Vec<Value> = (0..100)
+            .map(|i| Value::String(Arc::from("x".repeat(500 + i))))
+            .collect();
+        let bts: Vec<i64> = (0..100).collect();
+        assert_eq!(fit_pages(&bts, &big, &[0; 100]).expect("fit"), vec![100]);
     }
 
     #[test]

@@ -1304,13 +1304,31 @@ fn flusher_loop(shared: Arc<Shared>, rx: std_mpsc::Receiver<Job>) {
 /// Compresses a frozen memtable into chunks and commits them with the checkpoint LSN.
 fn checkpoint(shared: &Arc<Shared>, mem: &Arc<Memtable>) -> Result<u64, HistorianError> {
     let mut parts = Vec::new();
+    // Long heads are cut to fill the store's pages, except those sharing their timestamps
+    // with other tags' (a poll group), which are cut alike so that they still share.
+    let grouped: std::collections::HashSet<usize> = {
+        let cols: Vec<&[i64]> = mem.heads.iter().map(|h| h.ts.as_slice()).collect();
+        chunk::identical_columns(&cols)
+            .into_iter()
+            .flatten()
+            .collect()
+    };
     for (hid, head) in mem.heads.iter().enumerate() {
         if head.is_empty() {
             continue;
         }
+        let fitted = if head.len() > chunk::MAX_CHUNK_SAMPLES && !grouped.contains(&hid) {
+            chunk::fit_pages(&head.ts, &head.values, &head.quality)
+                .map_err(|e| HistorianError::Storage(format!("cannot compress a chunk: {e}")))?
+        } else {
+            Vec::new()
+        };
+        let mut fitted = fitted.into_iter();
         let mut start = 0;
         while start < head.len() {
-            let end = chunk::chunk_end(&head.values, start);
+            let end = fitted
+                .next()
+                .unwrap_or_else(|| chunk::chunk_end(&head.values, start));
             let (first, last) = head.ts[start..end]
                 .iter()
                 .fold((i64::MAX, i64::MIN), |(a, b), &t| (a.min(t), b.max(t)));

@@ -50,7 +50,7 @@ pub struct SharedTs {
 
 /// Whether a chunk has room for more samples (a candidate for merging).
 fn not_full(bytes: &[u8]) -> bool {
-    chunk::header(bytes).is_ok_and(|h| (h.count as usize) < chunk::MAX_CHUNK_SAMPLES)
+    chunk::header(bytes).is_ok_and(|h| !chunk::is_full(h.count as usize, bytes.len()))
 }
 
 /// The timestamps of shared column `id`.
@@ -227,9 +227,7 @@ impl Store {
                 let mut small = txn.open_table(SMALL).map_err(storage)?;
                 for row in chunks.iter().map_err(storage)? {
                     let (k, v) = row.map_err(storage)?;
-                    if chunk::header(v.value())
-                        .is_ok_and(|h| (h.count as usize) < chunk::MAX_CHUNK_SAMPLES)
-                    {
+                    if not_full(v.value()) {
                         small.insert(k.value(), ()).map_err(storage)?;
                     }
                 }
@@ -598,6 +596,8 @@ impl Store {
     /// history. Returns (chunks merged away, chunks written).
     pub fn merge_small(&self, min_run: usize) -> Result<(u64, u64), HistorianError> {
         const ENOUGH: u32 = chunk::MAX_CHUNK_SAMPLES as u32 / 2;
+        // A run holds up to a few fitted chunks' worth.
+        const RUN_SAMPLES: u32 = 4 * chunk::MAX_FITTED_SAMPLES as u32;
         type Key = (u32, i64, i64, u64);
         let mut plans: Vec<Vec<(Key, Vec<u8>)>> = Vec::new();
         let mut stale: Vec<Key> = Vec::new();
@@ -610,8 +610,11 @@ impl Store {
             let mut run_bytes = 0usize;
             let close = |run: &mut Vec<(Key, Vec<u8>)>,
                          samples: u32,
+                         bytes: usize,
                          plans: &mut Vec<Vec<(Key, Vec<u8>)>>| {
-                if run.len() >= 2 && (run.len() >= min_run || samples >= ENOUGH) {
+                if run.len() >= 2
+                    && (run.len() >= min_run || samples >= ENOUGH || bytes >= chunk::FULL_BYTES)
+                {
                     plans.push(std::mem::take(run));
                 } else {
                     run.clear();
@@ -630,7 +633,7 @@ impl Store {
                 // (tagged values are stored uncompressed; a constant chunk decodes to clones of
                 // one value, which share its Arc).
                 let fits = header.is_some_and(|h| {
-                    run_samples + h.count <= chunk::MAX_CHUNK_SAMPLES as u32
+                    run_samples + h.count <= RUN_SAMPLES
                         && run_bytes + bytes.len() <= chunk::TARGET_CHUNK_BYTES
                 });
                 // Neighbours only: no other chunk of the tag between the run and this one.
@@ -646,7 +649,7 @@ impl Store {
                     _ => false,
                 };
                 if !(adjacent && fits) {
-                    close(&mut run, run_samples, &mut plans);
+                    close(&mut run, run_samples, run_bytes, &mut plans);
                     run_samples = 0;
                     run_bytes = 0;
                 }
@@ -656,7 +659,7 @@ impl Store {
                     run.push((key, bytes.to_vec()));
                 }
             }
-            close(&mut run, run_samples, &mut plans);
+            close(&mut run, run_samples, run_bytes, &mut plans);
         }
         if plans.is_empty() && stale.is_empty() {
             return Ok((0, 0));
@@ -712,7 +715,52 @@ impl Store {
                 merged.push((key, ts, values, quality));
             }
             drop(times);
-            let (mut chunks, shared) = encode_chunks(merged)?;
+            // Cut each run: runs that share their timestamps with other tags' (a poll group)
+            // at the same counts, so they still share; the others to fill pages.
+            let groups = {
+                let cols: Vec<&[i64]> = merged.iter().map(|m| m.1.as_slice()).collect();
+                chunk::identical_columns(&cols)
+            };
+            let mut grouped = vec![false; merged.len()];
+            for g in &groups {
+                for &i in g {
+                    grouped[i] = true;
+                }
+            }
+            let mut parts = Vec::new();
+            for (i, (key, ts, values, quality)) in merged.into_iter().enumerate() {
+                let ends = if grouped[i] {
+                    let mut ends = Vec::new();
+                    let mut at = 0;
+                    while at < ts.len() {
+                        at = chunk::chunk_end(&values, at);
+                        ends.push(at);
+                    }
+                    ends
+                } else {
+                    chunk::fit_pages(&ts, &values, &quality)
+                        .map_err(|e| HistorianError::Storage(e.to_string()))?
+                };
+                let mut from = 0;
+                for end in ends {
+                    let (first, last) = ts[from..end]
+                        .iter()
+                        .fold((i64::MAX, i64::MIN), |(a, b), &t| (a.min(t), b.max(t)));
+                    parts.push((
+                        ChunkKey {
+                            hid: key.hid,
+                            last_ts: last,
+                            first_ts: first,
+                            seq: 0,
+                        },
+                        ts[from..end].to_vec(),
+                        values[from..end].to_vec(),
+                        quality[from..end].to_vec(),
+                    ));
+                    from = end;
+                }
+            }
+            let (mut chunks, shared) = encode_chunks(parts)?;
             store_shared(&txn, shared, &mut chunks)?;
             for (key, bytes) in chunks {
                 let (hid, first, last) = (key.hid, key.first_ts, key.last_ts);
