@@ -95,13 +95,14 @@ pub enum BenchCommand {
         #[arg(long)]
         no_postgres: bool,
     },
-    /// MQTT broker: msgs/s and p50/p99 latency of ours and Mosquitto's in the same run
-    /// (1 -> 1, fan-in, fan-out; QoS 0 and 1); optionally RSS with many idle connections.
+    /// MQTT broker: ours against Mosquitto in the same run, driven by rumqttc (or our own
+    /// client): max throughput, fixed rates with p50/p99/p99.9 latency, 10,000 plant clients,
+    /// overload losses; broker CPU per delivered message in every row.
     #[command(
-        after_help = "Examples:\n  ironplant-bench mqtt --seconds 5\n  ironplant-bench mqtt --seconds 2 --idle 10000\n  ironplant-bench mqtt --seconds 5 --policy   # our broker with the platform's authorisation policy"
+        after_help = "Examples:\n  ironplant-bench mqtt --seconds 5                      # all scenarios, rumqttc clients\n  ironplant-bench mqtt --scenarios a --client ours --batch 100  # the old packing\n  ironplant-bench mqtt --scenarios c --clients 2000\n  ironplant-bench mqtt --seconds 1 --clients 200        # the CI smoke run\n  ironplant-bench mqtt --seconds 2 --idle 10000 --scenarios a\n  ironplant-bench mqtt --policy    # our broker behind the platform's authorisation policy\n\nThe plant regime needs one file descriptor per client (`ulimit -n`); fewer are capped with a note."
     )]
     Mqtt {
-        /// Seconds each scenario runs (after a 0.5 s warm-up).
+        /// Seconds each row is measured (after its warm-up); the overload publishes for twice that.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
         /// Idle connections to open to each broker to measure its RSS (0: skip).
@@ -112,6 +113,8 @@ pub enum BenchCommand {
         /// token. Mosquitto still allows anonymous clients (a handicap for us).
         #[arg(long)]
         policy: bool,
+        #[command(flatten)]
+        flags: crate::bench_mqtt::Flags,
     },
     /// OPC UA client: notifications/s one connection sustains and CPU per 1,000 monitored
     /// items, ours and asyncua's (the reference) against our server in the same run.
@@ -197,7 +200,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             seconds,
             idle,
             policy,
-        } => crate::bench_mqtt::run(seconds, idle, policy).await,
+            flags,
+        } => crate::bench_mqtt::run(seconds, idle, policy, flags).await,
         BenchCommand::Opcua {
             items,
             period,

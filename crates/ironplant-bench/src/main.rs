@@ -129,7 +129,15 @@ mod tests {
                 "ironplant-bench historian" => &["tags", "seconds", "no-postgres"],
                 "ironplant-bench rules" => &["rules", "alarms", "rate", "seconds"],
                 "ironplant-bench detection" => &["seeds", "hours", "limit"],
-                "ironplant-bench mqtt" => &["seconds", "idle", "policy"],
+                "ironplant-bench mqtt" => &[
+                    "seconds",
+                    "idle",
+                    "policy",
+                    "client",
+                    "batch",
+                    "scenarios",
+                    "clients",
+                ],
                 "ironplant-bench opcua" => {
                     &["items", "period", "publishing", "seconds", "no-asyncua"]
                 }
