@@ -372,22 +372,9 @@ impl PollObserver for Counter {
 /// too coarse for a poll loop that needs a few ms a second.) Threads that exited before the
 /// call are not counted; the tokio workers that do the polling live for the whole run.
 pub(crate) fn process_cpu() -> anyhow::Result<Duration> {
-    let mut total_ns: u64 = 0;
-    for task in
-        std::fs::read_dir("/proc/self/task").context("cannot read /proc/self/task (Linux only)")?
-    {
-        let path = task?.path().join("schedstat");
-        // A thread may exit between listing and reading: skip it.
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let ns = text
-            .split_whitespace()
-            .next()
-            .and_then(|f| f.parse::<u64>().ok());
-        total_ns += ns.with_context(|| format!("unexpected {}", path.display()))?;
-    }
-    Ok(Duration::from_nanos(total_ns))
+    Ok(Duration::from_nanos(
+        crate::bench_mqtt::probe::schedstat_ns("/proc/self/task")?,
+    ))
 }
 
 fn device(id: &str, address: &str, unit_id: u8, poll: Duration) -> DeviceConfig {
@@ -799,6 +786,36 @@ fn fmt_ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
+/// Median time of 21 runs of an average over `[from, to)` in `interval`s, which must give
+/// `rows` rows.
+fn time_aggregate(
+    h: &ironplant_historian::Historian,
+    tag: &str,
+    from: ironplant_core::Timestamp,
+    to: ironplant_core::Timestamp,
+    interval: Duration,
+    rows: usize,
+) -> anyhow::Result<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..21 {
+        let t = Instant::now();
+        let r = h.aggregate(
+            tag,
+            from,
+            to,
+            interval,
+            &[ironplant_historian::Aggregate::Avg],
+        )?;
+        times.push(t.elapsed());
+        anyhow::ensure!(
+            r.rows.len() == rows,
+            "expected {rows} rows of {interval:?}, got {}",
+            r.rows.len()
+        );
+    }
+    Ok(median(times))
+}
+
 /// The field regime's storage: `tags` × `seconds` of the mix with each device's poll
 /// jittered by ±5 ms (µs resolution), ingested, flushed and merged like the main run.
 fn field_storage(
@@ -854,7 +871,7 @@ fn field_storage(
 async fn bench_historian(tags: usize, seconds: u64, postgres: bool) -> anyhow::Result<()> {
     use crate::bench_mix::Mix;
     use ironplant_core::{Quality, TagPath, Timestamp};
-    use ironplant_historian::{Aggregate, Historian, HistorianConfig};
+    use ironplant_historian::{Historian, HistorianConfig};
 
     let total = tags as u64 * seconds;
     println!("ironplant bench historian: {tags} tags x {seconds} s at 1 s = {total} samples, plus 1 tag x 30 days ({MONTH} samples)");
@@ -945,46 +962,19 @@ async fn bench_historian(tags: usize, seconds: u64, postgres: bool) -> anyhow::R
     let from = Timestamp(crate::bench_mix::START_2026_US);
     let to = Timestamp(crate::bench_mix::START_2026_US + DAY as i64 * 1_000_000);
     let day_name = day_path.to_string();
-    let mut agg_times = Vec::new();
-    let mut rows_out = 0;
-    for _ in 0..21 {
-        let t = Instant::now();
-        let r = h.aggregate(
-            &day_name,
-            from,
-            to,
-            Duration::from_secs(60),
-            &[Aggregate::Avg],
-        )?;
-        agg_times.push(t.elapsed());
-        rows_out = r.rows.len();
-    }
-    anyhow::ensure!(
-        rows_out == 1440,
-        "expected 1440 one-minute rows, got {rows_out}"
-    );
+    let agg_ms = time_aggregate(&h, &day_name, from, to, Duration::from_secs(60), 1440)?;
     // 30 days of the same tag into 1-hour averages: answered by the hourly rollups.
     let month_to = Timestamp(crate::bench_mix::START_2026_US + MONTH as i64 * 1_000_000);
     let rollups_before = h.stats().rollup_hours_read;
-    let mut month_times = Vec::new();
-    for _ in 0..21 {
-        let t = Instant::now();
-        let r = h.aggregate(
-            &day_name,
-            from,
-            month_to,
-            Duration::from_secs(3600),
-            &[Aggregate::Avg],
-        )?;
-        month_times.push(t.elapsed());
-        anyhow::ensure!(
-            r.rows.len() == 720,
-            "expected 720 hourly rows, got {}",
-            r.rows.len()
-        );
-    }
+    let month_ms = time_aggregate(
+        &h,
+        &day_name,
+        from,
+        month_to,
+        Duration::from_secs(3600),
+        720,
+    )?;
     let month_rollups = h.stats().rollup_hours_read > rollups_before;
-    let month_ms = median(month_times);
     let names: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut last_times = Vec::new();
@@ -994,7 +984,6 @@ async fn bench_historian(tags: usize, seconds: u64, postgres: bool) -> anyhow::R
         last_times.push(t.elapsed());
         anyhow::ensure!(last.iter().all(Option::is_some), "a tag has no last value");
     }
-    let agg_ms = median(agg_times);
     let last_ms = median(last_times);
     h.close();
 

@@ -13,7 +13,7 @@
 #[path = "bench_mqtt_client.rs"]
 mod client;
 #[path = "bench_mqtt_probe.rs"]
-mod probe;
+pub(crate) mod probe;
 #[path = "bench_mqtt_scenarios.rs"]
 mod scenarios;
 

@@ -18,12 +18,12 @@ struct CpuTime {
     stat_ns: u64,
 }
 
-fn cpu_time(pid: u32) -> anyhow::Result<CpuTime> {
+/// CPU time (ns) of the threads listed in `dir` (`/proc/<pid>/task`), summed from their
+/// `schedstat`. A thread may exit between listing and reading: it is skipped.
+pub(crate) fn schedstat_ns(dir: &str) -> anyhow::Result<u64> {
     let mut sched_ns = 0u64;
-    let dir = format!("/proc/{pid}/task");
-    for task in std::fs::read_dir(&dir).with_context(|| format!("cannot read {dir}"))? {
+    for task in std::fs::read_dir(dir).with_context(|| format!("cannot read {dir} (Linux only)"))? {
         let path = task?.path().join("schedstat");
-        // A thread may exit between listing and reading: the stat clock still has its time.
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
@@ -33,6 +33,12 @@ fn cpu_time(pid: u32) -> anyhow::Result<CpuTime> {
             .and_then(|f| f.parse::<u64>().ok());
         sched_ns += ns.with_context(|| format!("unexpected {}", path.display()))?;
     }
+    Ok(sched_ns)
+}
+
+fn cpu_time(pid: u32) -> anyhow::Result<CpuTime> {
+    // (The stat clock below still has the time of threads that exited.)
+    let sched_ns = schedstat_ns(&format!("/proc/{pid}/task"))?;
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     let ticks = stat_ticks(&text).with_context(|| format!("unexpected {path}: {text:?}"))?;
