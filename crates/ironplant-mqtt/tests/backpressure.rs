@@ -247,3 +247,54 @@ async fn qos0_to_a_full_queue_is_dropped_and_counted_without_holding_the_publish
     assert_eq!(stats.slow_disconnects.load(Ordering::Relaxed), 0);
     drop(sub);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_leaving_while_its_publisher_waits_loses_nothing() {
+    // The publisher waits for room in a full queue; the subscriber goes away meanwhile (its
+    // queue drains into its session). What the publisher then hands over must land in the
+    // session too, not in the queue of a connection nobody reads any more.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = BrokerConfig {
+        max_queue: 16,
+        max_session_queue: 64,
+        max_inflight: 16,
+        slow_consumer_timeout: Duration::from_secs(30),
+        state_dir: Some(dir.path().to_owned()),
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::open(cfg, Arc::new(ironplant_mqtt::auth::AllowAll)).expect("open");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let b = broker.clone();
+    tokio::spawn(async move { b.serve(listener).await });
+    let (mut sub, _) = Client::connect_with(addr, connect("leaver", Some(3600))).await;
+    sub.subscribe("plant/#", QoS::AtLeastOnce).await;
+    const N: u16 = 2_000;
+    let publisher = tokio::spawn(firehose(addr, N, 8 * 1024));
+    // Once the session's memory is full, the publisher is being held back.
+    eventually(
+        "the subscriber's session is full",
+        Duration::from_secs(20),
+        || broker.counts().queued >= 64,
+    )
+    .await;
+    drop(sub);
+    let acked = publisher.await.expect("publisher");
+    assert_eq!(acked.len(), usize::from(N));
+    assert_eq!(broker.stats().slow_disconnects.load(Ordering::Relaxed), 0);
+    let (mut sub, ack) = Client::connect_with(addr, connect("leaver", Some(3600))).await;
+    assert!(ack.session_present);
+    sub.stream.set_nodelay(true).expect("nodelay");
+    let mut seen = BTreeSet::new();
+    while seen.len() < usize::from(N) {
+        let p = tokio::time::timeout(Duration::from_secs(10), sub.next_publish())
+            .await
+            .unwrap_or_else(|_| panic!("stuck after {} messages", seen.len()));
+        seen.insert(number(&p));
+        sub.send(Packet::PubAck(PublishResponse::new(
+            p.packet_id.expect("packet id"),
+        )))
+        .await;
+    }
+    assert_eq!(broker.stats().dropped.load(Ordering::Relaxed), 0);
+}

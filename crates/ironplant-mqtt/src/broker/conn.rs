@@ -738,9 +738,24 @@ impl Broker {
             let wait = self.inner.cfg.slow_consumer_timeout;
             match tokio::time::timeout(wait, b.tx.reserve()).await {
                 Ok(Ok(permit)) => {
-                    permit.send(Out::Deliver(Box::new(b.publish)));
-                    st.messages_out.fetch_add(1, Ordering::Relaxed);
-                    return;
+                    // Under the router lock, and only while the connection is still the
+                    // session's: a connection that detached (its queue drained into its
+                    // session under this lock) must not get a message nobody will read.
+                    let r = self.inner.router.lock();
+                    let live = r
+                        .entries
+                        .get(&b.client)
+                        .and_then(|e| e.conn.as_ref())
+                        .is_some_and(|c| {
+                            Arc::ptr_eq(&c.kick, &b.kick) && !c.kick.kicked.load(Ordering::Acquire)
+                        });
+                    if live {
+                        permit.send(Out::Deliver(Box::new(b.publish)));
+                        st.messages_out.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    drop(permit);
+                    drop(r);
                 }
                 // The connection ended meanwhile.
                 Ok(Err(_)) => {}
