@@ -99,17 +99,16 @@ fn number(p: &Publish) -> u16 {
         .expect("numbered payload")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_starved_subscriber_loses_no_acknowledged_message() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    // Small bounds, so that a few MB overflow every queue in memory: the subscriber's queue
-    // (16), its session's memory (64), its window (16); the rest must go to disk.
+/// A persistent broker in `dir` with small bounds, so that a few MB overflow every queue in
+/// memory: a subscriber's queue (16), its session's memory (64), its window (16); the rest
+/// must go to disk.
+async fn start_small(dir: &std::path::Path, slow: Duration) -> (Broker, std::net::SocketAddr) {
     let cfg = BrokerConfig {
         max_queue: 16,
         max_session_queue: 64,
         max_inflight: 16,
-        slow_consumer_timeout: Duration::from_millis(500),
-        state_dir: Some(dir.path().to_owned()),
+        slow_consumer_timeout: slow,
+        state_dir: Some(dir.to_owned()),
         ..BrokerConfig::default()
     };
     let broker = Broker::open(cfg, Arc::new(ironplant_mqtt::auth::AllowAll)).expect("open");
@@ -117,6 +116,13 @@ async fn a_starved_subscriber_loses_no_acknowledged_message() {
     let addr = listener.local_addr().expect("addr");
     let b = broker.clone();
     tokio::spawn(async move { b.serve(listener).await });
+    (broker, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starved_subscriber_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, addr) = start_small(dir.path(), Duration::from_millis(500)).await;
 
     // The subscriber subscribes at QoS 1, then stops reading altogether.
     let (mut sub, _) = Client::connect_with(addr, connect("starved", Some(3600))).await;
@@ -254,19 +260,7 @@ async fn a_subscriber_leaving_while_its_publisher_waits_loses_nothing() {
     // queue drains into its session). What the publisher then hands over must land in the
     // session too, not in the queue of a connection nobody reads any more.
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = BrokerConfig {
-        max_queue: 16,
-        max_session_queue: 64,
-        max_inflight: 16,
-        slow_consumer_timeout: Duration::from_secs(30),
-        state_dir: Some(dir.path().to_owned()),
-        ..BrokerConfig::default()
-    };
-    let broker = Broker::open(cfg, Arc::new(ironplant_mqtt::auth::AllowAll)).expect("open");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let b = broker.clone();
-    tokio::spawn(async move { b.serve(listener).await });
+    let (broker, addr) = start_small(dir.path(), Duration::from_secs(30)).await;
     let (mut sub, _) = Client::connect_with(addr, connect("leaver", Some(3600))).await;
     sub.subscribe("plant/#", QoS::AtLeastOnce).await;
     const N: u16 = 2_000;
